@@ -1,0 +1,55 @@
+# The ELBO book. `make book` builds the HTML, `make test` verifies everything.
+# Both create .venv from requirements.txt on first use (Python 3.11).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
+
+.PHONY: all book test execute lint bench bench-smoke clean help
+
+all: book
+
+help:
+	@echo "make book     build the HTML book into book/_build/html (warnings are errors)"
+	@echo "make test     library tests + nbval over every chapter + book build check"
+	@echo "make execute  re-execute every notebook in place (refresh committed outputs)"
+	@echo "make lint     ruff over elbo_lib, tests, benchmarks and the notebooks"
+	@echo "make bench    run the benchmarks (see benchmarks/)"
+	@echo "make clean    remove the build output and caches (keeps .venv)"
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	$(BIN)/python -c "import matplotlib.pyplot"  # warm the font cache outside nbval
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --path-output book -W --keep-going
+	@echo "Open book/_build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+execute: $(STAMP)
+	@for nb in $(NOTEBOOKS); do \
+		echo "executing $$nb"; \
+		(cd chapters && ../$(BIN)/jupyter execute --inplace --kernel_name=python3 $$(basename $$nb)) || exit 1; \
+	done
+
+lint: $(STAMP)
+	$(BIN)/ruff check elbo_lib tests benchmarks chapters
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks --smoke
+
+clean:
+	rm -rf book/_build tests/_output .pytest_cache .hypothesis .jupyter_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

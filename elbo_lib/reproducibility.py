@@ -1,0 +1,49 @@
+"""One seeding helper for the whole book (used at the top of every chapter)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+
+from elbo_lib._validation import check_positive_int
+
+#: Threads torch may use. Fixed so that results do not depend on the reader's core count.
+TORCH_THREADS = 1
+
+
+def seed_everything(seed: int = 0) -> np.random.Generator:
+    """Seed Python, NumPy and PyTorch, and make PyTorch deterministic.
+
+    Every chapter calls this once, in its first code cell, so that two executions of
+    a notebook print identical text on any machine.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative seed.
+
+    Returns
+    -------
+    numpy.random.Generator
+        A fresh ``default_rng(seed)``; chapters draw all their NumPy randomness from it.
+
+    Notes
+    -----
+    PyTorch is seeded only if it is installed. Its intra-op thread count is fixed at
+    :data:`TORCH_THREADS`, because floating-point reductions split over a different
+    number of threads add up in a different order.
+    """
+    seed = check_positive_int(seed, "seed", minimum=0)
+    random.seed(seed)
+    np.random.seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is in requirements.txt
+        return np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(TORCH_THREADS)
+    return np.random.default_rng(seed)
