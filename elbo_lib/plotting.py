@@ -15,8 +15,9 @@ import seaborn as sns
 from matplotlib.collections import Collection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.patches import Ellipse
 
-from elbo_lib._validation import check_positive_int
+from elbo_lib._validation import as_float_array, check_positive, check_positive_int
 from elbo_lib.reporting import fmt, fmt_array
 
 #: The book's palette (colour-blind safe) and a few named roles used across chapters.
@@ -96,8 +97,9 @@ def describe_figure(fig: Figure, digits: int = 4) -> str:
             label = coll.get_label()
             label = "(unlabelled)" if label.startswith("_") else repr(label)
             if hasattr(coll, "levels") and getattr(coll, "levels", None) is not None:
-                out.append(f"  contours {label}: {len(coll.levels)} levels "
-                           f"{fmt(np.min(coll.levels), digits)}..{fmt(np.max(coll.levels), digits)}")
+                lv = np.asarray(coll.levels, float)
+                out.append(f"  contours {label}: {lv.size} levels "
+                           f"{fmt(lv.min(), digits)}..{fmt(lv.max(), digits)}")
             elif offsets.ndim == 2 and offsets.shape[0] > 1:
                 out.append(f"  points {label}: {offsets.shape[0]}, mean "
                            f"{fmt_array(offsets.mean(axis=0), digits)}")
@@ -125,3 +127,38 @@ def show(fig: Figure, digits: int = 4) -> None:
     fig.tight_layout()
     print(describe_figure(fig, digits))
     plt.show()
+
+
+def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
+    """Draw the ``n_std``-standard-deviation ellipse of a 2-D Gaussian on ``ax``.
+
+    Used for mixture components (chapters 2 and 4). Extra keyword arguments go to
+    :class:`matplotlib.patches.Ellipse` (default: unfilled, line width 2).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    mean : array_like, shape (2,)
+    cov : array_like, shape (2, 2)
+        Symmetric positive-definite covariance.
+    n_std : float
+        Radius in standard deviations (Mahalanobis distance), > 0.
+
+    Returns
+    -------
+    matplotlib.patches.Ellipse
+    """
+    mean = as_float_array(mean, "mean", ndim=1)
+    cov = as_float_array(cov, "cov", ndim=2)
+    if mean.shape != (2,) or cov.shape != (2, 2):
+        raise ValueError(f"need mean of shape (2,) and cov (2, 2), got {mean.shape}, {cov.shape}")
+    n_std = check_positive(n_std, "n_std")
+    eigvals, eigvecs = np.linalg.eigh(0.5 * (cov + cov.T))
+    if eigvals[0] <= 0:
+        raise ValueError("cov must be positive definite")
+    angle = float(np.degrees(np.arctan2(eigvecs[1, -1], eigvecs[0, -1])))
+    width, height = 2 * n_std * np.sqrt(eigvals[::-1])
+    kwargs = {"fill": False, "linewidth": 2, **kwargs}
+    patch = Ellipse(xy=tuple(mean), width=width, height=height, angle=angle, **kwargs)
+    ax.add_patch(patch)
+    return patch

@@ -37,7 +37,7 @@ def seed_everything(seed: int = 0) -> np.random.Generator:
     """
     seed = check_positive_int(seed, "seed", minimum=0)
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - legacy global state, for third-party code using it
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         import torch
