@@ -1,0 +1,73 @@
+"""Book-level tests: every chapter is in the book, committed executed, and renders.
+
+The HTML build runs with warnings as errors into a temporary folder, exactly as
+`make book` does, so a broken reference, citation or page fails `make test` too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
+
+
+def _toc_files() -> list[str]:
+    return re.findall(r"^\s*-?\s*file:\s*(\S+)", (ROOT / "_toc.yml").read_text(), re.M)
+
+
+def _png_outputs(nb: dict) -> int:
+    return sum(1 for c in nb["cells"] if c["cell_type"] == "code"
+               for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+
+
+@pytest.fixture(scope="module")
+def built_html(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    proc = subprocess.run([str(jb), "build", str(ROOT), "--path-output", str(out), "-W",
+                           "--keep-going"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return out / "_build" / "html"
+
+
+def test_there_are_chapters():
+    assert NOTEBOOKS, "no notebooks in chapters/"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_is_in_the_toc(nb_path):
+    assert f"chapters/{nb_path.stem}" in _toc_files()
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_is_committed_executed_in_order(nb_path):
+    nb = json.loads(nb_path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    counts = [c["execution_count"] for c in code]
+    assert None not in counts, "a code cell has not been executed: run `make execute`"
+    assert counts == list(range(1, len(code) + 1)), "cells were not executed top to bottom once"
+    errors = [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors, "a stored output is an error"
+    assert _png_outputs(nb) > 0, "every chapter has figures"
+
+
+def test_book_builds_and_every_chapter_has_its_figures(built_html):
+    assert (built_html / "index.html").is_file()
+    for nb_path in NOTEBOOKS:
+        page = built_html / "chapters" / f"{nb_path.stem}.html"
+        assert page.is_file(), f"{page.name} was not built"
+        html = page.read_text()
+        images = re.findall(r'<img[^>]+src="([^"]+\.png)"', html)
+        want = _png_outputs(json.loads(nb_path.read_text()))
+        assert len(images) >= want, f"{page.name}: {len(images)} images, notebook has {want}"
+        for src in images:
+            assert (page.parent / src).resolve().is_file(), f"{page.name}: missing {src}"
+        assert "tex-chtml.js" in html, f"{page.name}: MathJax is not served from the build"
+        assert "cdn.jsdelivr" not in html, f"{page.name}: loads MathJax from a CDN"

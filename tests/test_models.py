@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate
+from scipy.stats import multivariate_normal, norm
+
+from elbo_lib.models import ConjugateGaussianMean
+
+
+@pytest.fixture
+def model(rng):
+    return ConjugateGaussianMean(rng.normal(1.5, 2.0, size=15), noise_std=2.0, prior_mean=-0.5,
+                                 prior_std=3.0)
+
+
+def test_log_evidence_matches_multivariate_normal(model):
+    cov = model.noise_var * np.eye(model.n) + model.prior_var * np.ones((model.n, model.n))
+    want = multivariate_normal(np.full(model.n, model.prior_mean), cov).logpdf(model.x)
+    assert model.log_evidence() == pytest.approx(want, rel=1e-12)
+
+
+def test_log_evidence_matches_quadrature(model):
+    joint = lambda z: np.exp(model.log_joint(torch.tensor(z)).item() - model.log_evidence())
+    total, _ = integrate.quad(joint, -20, 20, points=[model.posterior_mean], limit=200)
+    assert total == pytest.approx(1.0, abs=1e-8)
+
+
+def test_posterior_is_normalised_joint(model):
+    z = np.linspace(-3, 3, 7)
+    log_post = model.log_joint(torch.tensor(z)).numpy() - model.log_evidence()
+    want = norm(model.posterior_mean, np.sqrt(model.posterior_var)).logpdf(z)
+    np.testing.assert_allclose(log_post, want, rtol=1e-10)
+
+
+def test_two_readings_of_the_elbo_agree(model):
+    m, v = np.array([-1.0, 0.0, 2.0]), np.array([0.1, 1.0, 5.0])
+    np.testing.assert_allclose(model.elbo(m, v), model.elbo_from_entropy(m, v), rtol=1e-12)
+
+
+def test_elbo_is_maximised_at_the_posterior(model):
+    best = model.elbo(model.posterior_mean, model.posterior_var)
+    assert best == pytest.approx(model.log_evidence(), abs=1e-10)
+    for dm, dv in [(0.1, 1.0), (-0.1, 1.0), (0.0, 1.2), (0.0, 0.8)]:
+        assert model.elbo(model.posterior_mean + dm, model.posterior_var * dv) < best
+
+
+@settings(max_examples=200, deadline=None)
+@given(m=st.floats(-50, 50), log_v=st.floats(-10, 8), n=st.integers(1, 30),
+       seed=st.integers(0, 2**16))
+def test_identity_and_bound_for_random_q(m, log_v, n, seed):
+    x = np.random.default_rng(seed).normal(0.0, 1.0, size=n)
+    model = ConjugateGaussianMean(x, noise_std=0.7, prior_mean=0.3, prior_std=1.9)
+    v = float(np.exp(log_v))
+    kl = model.kl_to_posterior(m, v)
+    elbo = model.elbo(m, v)
+    assert kl >= 0.0
+    assert elbo <= model.log_evidence() + 1e-9
+    assert elbo + kl == pytest.approx(model.log_evidence(), rel=1e-9, abs=1e-8)
+
+
+@pytest.mark.parametrize("kwargs, err, msg", [
+    ({"x": [[1.0, 2.0]]}, ValueError, "dimension"),
+    ({"x": []}, ValueError, "empty"),
+    ({"x": [1.0, np.nan]}, ValueError, "finite"),
+    ({"x": ["a"]}, TypeError, "numeric"),
+    ({"x": [1.0], "noise_std": 0.0}, ValueError, "noise_std"),
+    ({"x": [1.0], "prior_std": -1.0}, ValueError, "prior_std"),
+    ({"x": [1.0], "prior_std": "1"}, TypeError, "prior_std"),
+    ({"x": [1.0], "prior_mean": np.inf}, ValueError, "finite"),
+])
+def test_bad_construction(kwargs, err, msg):
+    with pytest.raises(err, match=msg):
+        ConjugateGaussianMean(**kwargs)
+
+
+def test_bad_q(model):
+    with pytest.raises(ValueError, match="q_var"):
+        model.elbo(0.0, 0.0)
+    with pytest.raises(ValueError, match="q_mean"):
+        model.kl_to_posterior(np.nan, 1.0)

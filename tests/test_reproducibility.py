@@ -1,0 +1,38 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from elbo_lib import seed_everything
+from elbo_lib.reproducibility import TORCH_THREADS
+
+
+def _draws(seed):
+    rng = seed_everything(seed)
+    return (rng.normal(size=3), np.random.rand(2), random.random(), torch.randn(3).numpy())
+
+
+def test_same_seed_same_draws_everywhere():
+    a, b = _draws(7), _draws(7)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_different_seed_different_draws():
+    a, b = _draws(7), _draws(8)
+    assert not np.array_equal(a[0], b[0])
+    assert not np.array_equal(a[3], b[3])
+
+
+def test_torch_is_deterministic_and_single_threaded():
+    seed_everything(0)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == TORCH_THREADS
+
+
+@pytest.mark.parametrize("bad, err", [(-1, ValueError), (1.5, TypeError), ("0", TypeError),
+                                      (True, TypeError)])
+def test_bad_seed(bad, err):
+    with pytest.raises(err, match="seed"):
+        seed_everything(bad)
