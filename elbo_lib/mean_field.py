@@ -1,0 +1,799 @@
+"""Mean-field variational inference and coordinate ascent (CAVI): chapter 4.
+
+Every routine here maximises the ELBO over a product family q(z) = prod_j q_j(z_j) by
+setting one factor at a time to its optimum, log q_j*(z_j) = E_{-j}[log p(x, z)] + const
+(Bishop 2006, section 10.1.1; Goodfellow et al. 2016, section 19.4), and each comes with an
+exact answer to check it against:
+
+* :func:`cavi_normal_gamma` -- univariate Gaussian with unknown mean and precision and a
+  Normal-Gamma prior (Bishop 2006, section 10.1.3); the exact posterior is Normal-Gamma
+  (:func:`normal_gamma_posterior`) and the exact evidence is :func:`normal_gamma_log_evidence`.
+* :func:`mean_field_gaussian`, :func:`cavi_gaussian` -- a correlated Gaussian approximated
+  by a factorised one (Bishop 2006, section 10.1.2), with :func:`gaussian_kl_mvn`.
+* :func:`cavi_gaussian_mixture` -- the Bayesian mixture of unit-variance Gaussians of
+  Blei, Kucukelbir & McAuliffe (2017), section 3, with its ELBO
+  :func:`gaussian_mixture_elbo`.
+* :func:`bsc_mean_field` -- binary sparse coding with the fixed-point updates of
+  Goodfellow et al. (2016), section 19.4.1, checked against exact enumeration
+  (:func:`bsc_exact_posterior`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import product
+from numbers import Real
+
+import numpy as np
+from scipy.special import digamma, expit, gammaln, log_expit, logsumexp, xlogy
+
+from elbo_lib._validation import as_float_array, check_positive, check_positive_int
+
+__all__ = [
+    "BSCTrace",
+    "MixtureCAVIResult",
+    "NormalGamma",
+    "NormalGammaCAVIResult",
+    "NormalGammaMeanField",
+    "bsc_elbo",
+    "bsc_elbo_enumeration",
+    "bsc_exact_posterior",
+    "bsc_log_joint",
+    "bsc_mean_field",
+    "cavi_gaussian",
+    "cavi_gaussian_mixture",
+    "cavi_normal_gamma",
+    "gaussian_kl_mvn",
+    "gaussian_mixture_elbo",
+    "kl_on_grid",
+    "mean_field_gaussian",
+    "normal_gamma_elbo",
+    "normal_gamma_log_evidence",
+    "normal_gamma_posterior",
+]
+
+_LOG_2PI = float(np.log(2 * np.pi))
+
+
+def _check_real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real | np.floating | np.integer):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Univariate Gaussian, unknown mean and precision, Normal-Gamma prior (PRML 10.1.3)
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NormalGamma:
+    """Normal-Gamma density NG(mu, tau | m, lam, a, b) = N(mu | m, 1/(lam tau)) Gam(tau | a, b).
+
+    Used as the prior and as the exact posterior of the chapter 4 model (Bishop 2006,
+    eqs. 2.154 and 10.21-10.22). ``b`` is a rate: E[tau] = a / b.
+
+    Parameters
+    ----------
+    mean : float
+        m, the location of mu.
+    lam : float
+        lam > 0, the precision of mu in units of tau.
+    shape, rate : float
+        a > 0 and b > 0 of the Gamma density of tau.
+    """
+
+    mean: float
+    lam: float
+    shape: float
+    rate: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", _check_real(self.mean, "mean"))
+        for name in ("lam", "shape", "rate"):
+            object.__setattr__(self, name, check_positive(getattr(self, name), name))
+
+    def log_pdf(self, mu, tau) -> np.ndarray:
+        """log NG(mu, tau), elementwise and broadcasting; -inf where tau <= 0."""
+        mu = np.asarray(mu, dtype=np.float64)
+        tau = np.asarray(tau, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_tau = np.where(tau > 0, np.log(np.where(tau > 0, tau, 1.0)), -np.inf)
+            lp = (self.shape * np.log(self.rate) - gammaln(self.shape)
+                  + (self.shape - 1) * log_tau - self.rate * tau
+                  + 0.5 * (np.log(self.lam) + log_tau - _LOG_2PI)
+                  - 0.5 * self.lam * tau * (mu - self.mean) ** 2)
+        return np.where(tau > 0, lp, -np.inf)
+
+    @property
+    def mean_tau(self) -> float:
+        """E[tau] = a / b."""
+        return self.shape / self.rate
+
+    @property
+    def var_mu(self) -> float:
+        """Marginal variance of mu (a Student t): b / (lam (a - 1)), inf when a <= 1."""
+        return self.rate / (self.lam * (self.shape - 1)) if self.shape > 1 else np.inf
+
+
+@dataclass(frozen=True)
+class NormalGammaMeanField:
+    """q(mu, tau) = N(mu | mean, 1/precision) Gam(tau | shape, rate): the chapter 4 factors."""
+
+    mean: float
+    precision: float
+    shape: float
+    rate: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", _check_real(self.mean, "mean"))
+        for name in ("precision", "shape", "rate"):
+            object.__setattr__(self, name, check_positive(getattr(self, name), name))
+
+    @property
+    def mean_tau(self) -> float:
+        """E_q[tau] = shape / rate."""
+        return self.shape / self.rate
+
+    def log_pdf(self, mu, tau) -> np.ndarray:
+        """log q(mu) + log q(tau), elementwise and broadcasting; -inf where tau <= 0."""
+        mu = np.asarray(mu, dtype=np.float64)
+        tau = np.asarray(tau, dtype=np.float64)
+        log_q_mu = 0.5 * (np.log(self.precision) - _LOG_2PI) - 0.5 * self.precision * (
+            mu - self.mean) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            safe = np.where(tau > 0, tau, 1.0)
+            log_q_tau = (self.shape * np.log(self.rate) - gammaln(self.shape)
+                         + (self.shape - 1) * np.log(safe) - self.rate * safe)
+        return np.where(tau > 0, log_q_mu + log_q_tau, -np.inf)
+
+
+def _check_data_1d(x) -> np.ndarray:
+    return as_float_array(x, "x", ndim=1)
+
+
+def _check_prior(prior) -> NormalGamma:
+    if not isinstance(prior, NormalGamma):
+        raise TypeError(f"prior must be a NormalGamma, got {type(prior).__name__}")
+    return prior
+
+
+def normal_gamma_posterior(x, prior: NormalGamma) -> NormalGamma:
+    """Exact posterior p(mu, tau | x) of the chapter 4 Normal-Gamma model.
+
+    With x_i ~ N(mu, 1/tau) and (mu, tau) ~ NG(m0, lam0, a0, b0) the posterior is
+    NG(m_n, lam_n, a_n, b_n) with lam_n = lam0 + n, m_n = (lam0 m0 + n xbar) / lam_n,
+    a_n = a0 + n/2 and b_n = b0 + S/2 + lam0 n (xbar - m0)^2 / (2 lam_n), where
+    S = sum_i (x_i - xbar)^2 (Murphy 2007, section 6; Bishop 2006, exercise 2.44).
+
+    Raises
+    ------
+    ValueError
+        If x is empty, not one-dimensional or not finite.
+    TypeError
+        If prior is not a :class:`NormalGamma`.
+    """
+    x = _check_data_1d(x)
+    prior = _check_prior(prior)
+    n, xbar = x.size, float(x.mean())
+    scatter = float(((x - xbar) ** 2).sum())
+    lam_n = prior.lam + n
+    return NormalGamma(
+        mean=(prior.lam * prior.mean + n * xbar) / lam_n,
+        lam=lam_n,
+        shape=prior.shape + 0.5 * n,
+        rate=prior.rate + 0.5 * scatter + 0.5 * prior.lam * n * (xbar - prior.mean) ** 2 / lam_n,
+    )
+
+
+def normal_gamma_log_evidence(x, prior: NormalGamma) -> float:
+    """Exact log p(x) of the Normal-Gamma model (Murphy 2007, eq. 95).
+
+    log p(x) = lgamma(a_n) - lgamma(a0) + a0 log b0 - a_n log b_n
+    + (1/2) log(lam0 / lam_n) - (n/2) log(2 pi).
+    """
+    post = normal_gamma_posterior(x, prior)
+    n = np.asarray(x).size
+    return float(gammaln(post.shape) - gammaln(prior.shape)
+                 + prior.shape * np.log(prior.rate) - post.shape * np.log(post.rate)
+                 + 0.5 * np.log(prior.lam / post.lam) - 0.5 * n * _LOG_2PI)
+
+
+def normal_gamma_elbo(x, prior: NormalGamma, q: NormalGammaMeanField) -> float:
+    """Closed-form ELBO(q) of the Normal-Gamma model for q = N(mu) Gam(tau) (chapter 4).
+
+    ELBO = E[log p(x | mu, tau)] + E[log p(mu | tau)] + E[log p(tau)] + H[q(mu)] + H[q(tau)],
+    with E[tau] = a/b, E[log tau] = psi(a) - log b, E[(x_i - mu)^2] = (x_i - m)^2 + 1/l.
+    """
+    x = _check_data_1d(x)
+    prior = _check_prior(prior)
+    if not isinstance(q, NormalGammaMeanField):
+        raise TypeError(f"q must be a NormalGammaMeanField, got {type(q).__name__}")
+    n = x.size
+    e_tau = q.shape / q.rate
+    e_log_tau = digamma(q.shape) - np.log(q.rate)
+    e_sq_data = float(((x - q.mean) ** 2).sum()) + n / q.precision
+    e_sq_prior = (q.mean - prior.mean) ** 2 + 1.0 / q.precision
+    e_log_lik = 0.5 * n * (e_log_tau - _LOG_2PI) - 0.5 * e_tau * e_sq_data
+    e_log_p_mu = (0.5 * (np.log(prior.lam) + e_log_tau - _LOG_2PI)
+                  - 0.5 * prior.lam * e_tau * e_sq_prior)
+    e_log_p_tau = (prior.shape * np.log(prior.rate) - gammaln(prior.shape)
+                   + (prior.shape - 1) * e_log_tau - prior.rate * e_tau)
+    h_mu = 0.5 * (1.0 + _LOG_2PI - np.log(q.precision))
+    h_tau = q.shape - np.log(q.rate) + gammaln(q.shape) + (1 - q.shape) * digamma(q.shape)
+    return float(e_log_lik + e_log_p_mu + e_log_p_tau + h_mu + h_tau)
+
+
+@dataclass
+class NormalGammaCAVIResult:
+    """Output of :func:`cavi_normal_gamma`.
+
+    Attributes
+    ----------
+    q : NormalGammaMeanField
+        The final factors.
+    history : list of NormalGammaMeanField
+        q before any update, then after every single-factor update (mu, tau, mu, ...).
+    elbo : numpy.ndarray
+        ELBO of every entry of ``history``.
+    updated : list of str
+        Which factor each entry of ``history`` updated ("init", "mu" or "tau").
+    converged : bool
+        Whether the ELBO gain of a full sweep fell below ``tol``.
+    """
+
+    q: NormalGammaMeanField
+    history: list[NormalGammaMeanField]
+    elbo: np.ndarray
+    updated: list[str]
+    converged: bool
+
+
+def cavi_normal_gamma(x, prior: NormalGamma, init: NormalGammaMeanField | None = None, *,
+                      max_iter: int = 100, tol: float = 1e-12) -> NormalGammaCAVIResult:
+    """CAVI for the Normal-Gamma model of Bishop (2006), section 10.1.3 (chapter 4).
+
+    Alternates the two optimal-factor updates
+
+    * q(mu) = N(m, 1/l):  m = (lam0 m0 + n xbar) / (lam0 + n),  l = (lam0 + n) E[tau];
+    * q(tau) = Gam(a, b): a = a0 + (n + 1)/2,
+      b = b0 + (1/2) E_mu[sum_i (x_i - mu)^2 + lam0 (mu - m0)^2].
+
+    Parameters
+    ----------
+    x : array_like, shape (n,)
+        Observations.
+    prior : NormalGamma
+        NG(m0, lam0, a0, b0).
+    init : NormalGammaMeanField, optional
+        Starting factors; default q(mu) = N(m0, 1/(lam0 a0/b0)), q(tau) = Gam(a0, b0).
+    max_iter : int
+        Maximum number of sweeps (one sweep updates q(mu) then q(tau)).
+    tol : float
+        Stop when a sweep raises the ELBO by less than ``tol`` (> 0).
+
+    Returns
+    -------
+    NormalGammaCAVIResult
+    """
+    x = _check_data_1d(x)
+    prior = _check_prior(prior)
+    max_iter = check_positive_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol")
+    if init is None:
+        init = NormalGammaMeanField(prior.mean, prior.lam * prior.mean_tau, prior.shape, prior.rate)
+    elif not isinstance(init, NormalGammaMeanField):
+        raise TypeError(f"init must be a NormalGammaMeanField or None, got {type(init).__name__}")
+    n, xbar = x.size, float(x.mean())
+    q = init
+    history, updated = [q], ["init"]
+    elbos = [normal_gamma_elbo(x, prior, q)]
+    m = (prior.lam * prior.mean + n * xbar) / (prior.lam + n)
+    a = prior.shape + 0.5 * (n + 1)
+    converged = False
+    for _ in range(max_iter):
+        q = NormalGammaMeanField(m, (prior.lam + n) * q.mean_tau, q.shape, q.rate)
+        history.append(q)
+        updated.append("mu")
+        elbos.append(normal_gamma_elbo(x, prior, q))
+        e_sq = (float(((x - q.mean) ** 2).sum()) + n / q.precision
+                + prior.lam * ((q.mean - prior.mean) ** 2 + 1.0 / q.precision))
+        q = NormalGammaMeanField(q.mean, q.precision, a, prior.rate + 0.5 * e_sq)
+        history.append(q)
+        updated.append("tau")
+        elbos.append(normal_gamma_elbo(x, prior, q))
+        if elbos[-1] - elbos[-3] < tol:
+            converged = True
+            break
+    return NormalGammaCAVIResult(q, history, np.asarray(elbos), updated, converged)
+
+
+def kl_on_grid(log_q, log_p, grid_0, grid_1) -> float:
+    """KL(q || p) = integral of q (log q - log p) by the trapezoid rule on a 2-D grid.
+
+    Chapter 4 uses it as a check of log p(x) - ELBO(q) that shares no formula with
+    the closed forms. ``log_q`` and ``log_p`` are the two log densities evaluated on
+    ``np.meshgrid(grid_0, grid_1, indexing="ij")``; where q underflows to 0 the
+    integrand is 0.
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not match the grids or the grids are not increasing.
+    """
+    g0 = as_float_array(grid_0, "grid_0", ndim=1)
+    g1 = as_float_array(grid_1, "grid_1", ndim=1)
+    for name, g in (("grid_0", g0), ("grid_1", g1)):
+        if g.size < 2 or np.any(np.diff(g) <= 0):
+            raise ValueError(f"{name} must be strictly increasing with >= 2 points")
+    log_q = np.asarray(log_q, dtype=np.float64)
+    log_p = np.asarray(log_p, dtype=np.float64)
+    if log_q.shape != (g0.size, g1.size) or log_p.shape != log_q.shape:
+        raise ValueError(f"log_q and log_p must have shape {(g0.size, g1.size)}, "
+                         f"got {log_q.shape} and {log_p.shape}")
+    q = np.exp(log_q)
+    with np.errstate(invalid="ignore"):
+        integrand = np.where(q > 0, q * (log_q - log_p), 0.0)
+    return float(np.trapezoid(np.trapezoid(integrand, g1, axis=1), g0))
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Factorised approximation of a correlated Gaussian (PRML 10.1.2)
+# ---------------------------------------------------------------------------------------
+def _check_gaussian(mean, matrix, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = as_float_array(mean, "mean", ndim=1)
+    matrix = as_float_array(matrix, name, ndim=2)
+    d = mean.size
+    if matrix.shape != (d, d):
+        raise ValueError(f"{name} must have shape ({d}, {d}) to match mean, got {matrix.shape}")
+    if not np.allclose(matrix, matrix.T, rtol=1e-10, atol=1e-12):
+        raise ValueError(f"{name} must be symmetric")
+    try:
+        chol = np.linalg.cholesky(matrix)
+    except np.linalg.LinAlgError as exc:
+        raise ValueError(f"{name} must be positive definite") from exc
+    return mean, matrix, chol
+
+
+def mean_field_gaussian(mean, precision) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal factorised q for p = N(mean, precision^{-1}) under KL(q || p) (chapter 4).
+
+    The fixed point of the CAVI updates is q_j = N(mean_j, 1 / Lambda_jj)
+    (Bishop 2006, eqs. 10.12-10.15): exact means, variances 1 / Lambda_jj, which never
+    exceed the true marginal variances Sigma_jj.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        The means and variances of the factors.
+    """
+    mean, precision, _ = _check_gaussian(mean, precision, "precision")
+    return mean.copy(), 1.0 / np.diag(precision)
+
+
+def cavi_gaussian(mean, precision, init_mean, num_sweeps: int = 10) -> np.ndarray:
+    """Coordinate-ascent path of the factor means for p = N(mean, precision^{-1}).
+
+    Updates one coordinate at a time, m_j <- mean_j - (1/Lambda_jj) sum_{k != j}
+    Lambda_jk (m_k - mean_k) (Bishop 2006, eq. 10.13): Gauss-Seidel on Lambda m = Lambda mean.
+
+    Returns
+    -------
+    numpy.ndarray, shape (num_sweeps * d + 1, d)
+        The factor means after every single-coordinate update, starting with ``init_mean``.
+    """
+    mean, precision, _ = _check_gaussian(mean, precision, "precision")
+    m = as_float_array(init_mean, "init_mean", ndim=1).copy()
+    if m.shape != mean.shape:
+        raise ValueError(f"init_mean must have shape {mean.shape}, got {m.shape}")
+    num_sweeps = check_positive_int(num_sweeps, "num_sweeps")
+    path = [m.copy()]
+    for _ in range(num_sweeps):
+        for j in range(mean.size):  # over coordinates (factors), not data points
+            others = precision[j] @ (m - mean) - precision[j, j] * (m[j] - mean[j])
+            m[j] = mean[j] - others / precision[j, j]
+            path.append(m.copy())
+    return np.asarray(path)
+
+
+def gaussian_kl_mvn(mean_q, cov_q, mean_p, cov_p) -> float:
+    """KL(N(mean_q, cov_q) || N(mean_p, cov_p)) for full covariances, via Cholesky.
+
+    KL = (1/2) [tr(S_p^{-1} S_q) + (m_p - m_q)^T S_p^{-1} (m_p - m_q) - d + log|S_p| - log|S_q|].
+    """
+    mean_q, cov_q, lq = _check_gaussian(mean_q, cov_q, "cov_q")
+    mean_p, cov_p, lp = _check_gaussian(mean_p, cov_p, "cov_p")
+    if mean_q.shape != mean_p.shape:
+        raise ValueError(f"mean_q and mean_p must have the same shape, got "
+                         f"{mean_q.shape} and {mean_p.shape}")
+    from scipy.linalg import solve_triangular
+
+    a = solve_triangular(lp, lq, lower=True)           # L_p^{-1} L_q
+    r = solve_triangular(lp, mean_p - mean_q, lower=True)
+    log_det_p = 2 * np.log(np.diag(lp)).sum()
+    log_det_q = 2 * np.log(np.diag(lq)).sum()
+    return float(0.5 * ((a**2).sum() + r @ r - mean_q.size + log_det_p - log_det_q))
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Bayesian mixture of unit-variance Gaussians (Blei, Kucukelbir & McAuliffe 2017, s. 3)
+# ---------------------------------------------------------------------------------------
+def _check_mixture_data(x) -> np.ndarray:
+    x = as_float_array(x, "x", ndim=(1, 2))
+    return x[:, None] if x.ndim == 1 else x
+
+
+def gaussian_mixture_elbo(x, means, variances, resp, prior_var: float) -> float:
+    """ELBO of the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, eq. 21).
+
+    Model: mu_k ~ N(0, sigma^2 I), c_i ~ Uniform{1..K}, x_i | c_i, mu ~ N(mu_{c_i}, I).
+    Family: q(mu_k) = N(m_k, s_k^2 I), q(c_i) = Categorical(phi_i).
+
+    ELBO = sum_k E[log p(mu_k)] + sum_i (E[log p(c_i)] + E[log p(x_i | c_i, mu)])
+           - sum_i E[log q(c_i)] - sum_k E[log q(mu_k)].
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d) or (n,)
+    means : array_like, shape (K, d) or (K,)
+        m_k.
+    variances : array_like, shape (K,)
+        s_k^2 > 0.
+    resp : array_like, shape (n, K)
+        phi_ik, rows on the simplex.
+    prior_var : float
+        sigma^2 > 0.
+    """
+    x = _check_mixture_data(x)
+    prior_var = check_positive(prior_var, "prior_var")
+    means = as_float_array(means, "means", ndim=(1, 2))
+    means = means[:, None] if means.ndim == 1 else means
+    k, d = means.shape
+    variances = check_positive(variances, "variances", allow_array=True)
+    resp = as_float_array(resp, "resp", ndim=2)
+    if d != x.shape[1] or variances.shape != (k,) or resp.shape != (x.shape[0], k):
+        raise ValueError(f"shapes do not match: x {x.shape}, means {means.shape}, "
+                         f"variances {variances.shape}, resp {resp.shape}; expected "
+                         f"means (K, d), variances (K,), resp (n, K)")
+    if np.any(resp < 0) or not np.allclose(resp.sum(axis=1), 1.0, atol=1e-8):
+        raise ValueError("resp rows must be probability vectors (>= 0, summing to 1)")
+    return _mixture_elbo(x, means, variances, resp, prior_var)
+
+
+def _mixture_elbo(x, m, s2, phi, sigma2) -> float:
+    n, d = x.shape
+    k = m.shape[0]
+    e_mu_sq = (m**2).sum(axis=1) + d * s2                     # E[mu_k^T mu_k], (K,)
+    e_log_prior_mu = -0.5 * d * np.log(2 * np.pi * sigma2) - 0.5 * e_mu_sq / sigma2
+    sq = (x**2).sum(axis=1)[:, None] - 2 * x @ m.T + e_mu_sq[None, :]   # E||x_i - mu_k||^2
+    e_log_lik = (phi * (-0.5 * d * _LOG_2PI - 0.5 * sq)).sum()
+    entropy_mu = 0.5 * d * (np.log(2 * np.pi * s2) + 1.0)
+    return float(e_log_prior_mu.sum() - n * np.log(k) + e_log_lik
+                 - xlogy(phi, phi).sum() + entropy_mu.sum())
+
+
+@dataclass
+class MixtureCAVIResult:
+    """Output of :func:`cavi_gaussian_mixture`.
+
+    Attributes
+    ----------
+    means : numpy.ndarray, shape (K, d)
+        m_k, the posterior means of the component means.
+    variances : numpy.ndarray, shape (K,)
+        s_k^2 (each q(mu_k) is isotropic).
+    resp : numpy.ndarray, shape (n, K)
+        phi_ik = q(c_i = k).
+    elbo : numpy.ndarray
+        ELBO after initialisation and after every iteration.
+    mean_history : numpy.ndarray, shape (n_iter + 1, K, d)
+        m_k after initialisation and after every iteration.
+    n_iter : int
+    converged : bool
+    restart_elbos : numpy.ndarray
+        Final ELBO of every initialisation tried (the result is the best one).
+    labels : numpy.ndarray, shape (n,)
+        argmax_k phi_ik, the hard clustering.
+    """
+
+    means: np.ndarray
+    variances: np.ndarray
+    resp: np.ndarray
+    elbo: np.ndarray
+    mean_history: np.ndarray
+    n_iter: int
+    converged: bool
+    restart_elbos: np.ndarray = field(default_factory=lambda: np.empty(0))
+    labels: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = self.resp.argmax(axis=1)
+
+
+def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
+                          rng: np.random.Generator | None = None, init_means=None,
+                          n_init: int = 1, max_iter: int = 200,
+                          tol: float = 1e-8) -> MixtureCAVIResult:
+    """CAVI for the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, alg. 2).
+
+    Each iteration sets every q(c_i) and then every q(mu_k) to its optimum:
+
+    * phi_ik proportional to exp{ x_i^T m_k - (d s_k^2 + m_k^T m_k) / 2 }  (eq. 26),
+    * m_k = sum_i phi_ik x_i / (1/sigma^2 + sum_i phi_ik),
+      s_k^2 = 1 / (1/sigma^2 + sum_i phi_ik)  (eq. 34),
+
+    vectorised over data points and components (log-sum-exp for the softmax). With one
+    dimension these are exactly Blei et al.'s equations; in d dimensions they hold
+    coordinate-wise.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d) or (n,)
+        Data, n >= n_components.
+    n_components : int
+        K >= 1.
+    prior_var : float
+        sigma^2 > 0, the prior variance of each component mean.
+    rng : numpy.random.Generator, optional
+        Used to pick K distinct data points as the initial m_k (when ``init_means`` is None).
+    init_means : array_like, shape (K, d), optional
+        Initial m_k (then ``n_init`` is ignored); the initial s_k^2 are 1 and phi uniform.
+    n_init : int
+        Number of random initialisations; the run with the highest final ELBO is
+        returned (the ELBO of this model has several local optima).
+    max_iter : int
+        Maximum number of iterations.
+    tol : float
+        Stop when an iteration raises the ELBO by less than ``tol`` times |ELBO|.
+
+    Returns
+    -------
+    MixtureCAVIResult
+    """
+    x = _check_mixture_data(x)
+    n, d = x.shape
+    k = check_positive_int(n_components, "n_components")
+    if k > n:
+        raise ValueError(f"n_components must be <= the number of points {n}, got {k}")
+    sigma2 = check_positive(prior_var, "prior_var")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol")
+    n_init = check_positive_int(n_init, "n_init")
+    if init_means is None:
+        if rng is None:
+            raise ValueError("give rng (numpy Generator) or init_means to initialise the means")
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        m = x[rng.choice(n, size=k, replace=False)].copy()
+    else:
+        m = as_float_array(init_means, "init_means", ndim=(1, 2))
+        m = (m[:, None] if m.ndim == 1 else m).copy()
+        if m.shape != (k, d):
+            raise ValueError(f"init_means must have shape {(k, d)}, got {m.shape}")
+    if init_means is not None:
+        result = _cavi_mixture_once(x, m, sigma2, max_iter, tol)
+        result.restart_elbos = result.elbo[-1:].copy()
+        return result
+    results = [_cavi_mixture_once(x, m, sigma2, max_iter, tol)]
+    for _ in range(n_init - 1):
+        results.append(_cavi_mixture_once(x, x[rng.choice(n, size=k, replace=False)],
+                                          sigma2, max_iter, tol))
+    finals = np.array([r.elbo[-1] for r in results])
+    best = results[int(np.argmax(finals))]
+    best.restart_elbos = finals
+    return best
+
+
+def _cavi_mixture_once(x, m, sigma2, max_iter, tol) -> MixtureCAVIResult:
+    n, d = x.shape
+    k = m.shape[0]
+    m = np.array(m, dtype=np.float64)
+    s2 = np.ones(k)
+    phi = np.full((n, k), 1.0 / k)
+    elbos = [_mixture_elbo(x, m, s2, phi, sigma2)]
+    history = [m.copy()]
+    converged = False
+    for _ in range(max_iter):
+        logits = x @ m.T - 0.5 * ((m**2).sum(axis=1) + d * s2)[None, :]
+        phi = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+        nk = phi.sum(axis=0)
+        s2 = 1.0 / (1.0 / sigma2 + nk)
+        m = (phi.T @ x) * s2[:, None]
+        elbos.append(_mixture_elbo(x, m, s2, phi, sigma2))
+        history.append(m.copy())
+        if abs(elbos[-1] - elbos[-2]) < tol * abs(elbos[-1]):
+            converged = True
+            break
+    return MixtureCAVIResult(m, s2, phi, np.asarray(elbos), np.asarray(history),
+                             len(elbos) - 1, converged)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Binary sparse coding (Goodfellow et al. 2016, section 19.4.1)
+# ---------------------------------------------------------------------------------------
+def _check_bsc(v, weights, bias, noise_precision):
+    v = as_float_array(v, "v", ndim=1)
+    weights = as_float_array(weights, "weights", ndim=2)
+    if weights.shape[0] != v.size:
+        raise ValueError(f"weights must have shape (len(v), n_latent) = ({v.size}, n), "
+                         f"got {weights.shape}")
+    bias = as_float_array(bias, "bias", ndim=1)
+    if bias.size != weights.shape[1]:
+        raise ValueError(f"bias must have length n_latent = {weights.shape[1]}, got {bias.size}")
+    beta = check_positive(noise_precision, "noise_precision", allow_array=True)
+    beta = np.broadcast_to(beta, v.shape).astype(np.float64) if beta.ndim == 0 else beta
+    if beta.shape != v.shape:
+        raise ValueError(f"noise_precision must be a scalar or have shape {v.shape}, "
+                         f"got {beta.shape}")
+    return v, weights, bias, beta
+
+
+def bsc_log_joint(h, v, weights, bias, noise_precision) -> np.ndarray:
+    """log p(v, h) of binary sparse coding for one or many binary codes h (chapter 4).
+
+    p(h_i = 1) = sigmoid(b_i), p(v | h) = N(v | W h, diag(beta)^{-1})
+    (Goodfellow et al. 2016, eqs. 19.19-19.20).
+
+    Parameters
+    ----------
+    h : array_like, shape (n_latent,) or (num_codes, n_latent)
+        Binary codes (0/1).
+    v : array_like, shape (n_visible,)
+    weights : array_like, shape (n_visible, n_latent)
+    bias : array_like, shape (n_latent,)
+    noise_precision : float or array_like, shape (n_visible,)
+        beta > 0.
+    """
+    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
+    h = as_float_array(h, "h", ndim=(1, 2))
+    h2 = h[None] if h.ndim == 1 else h
+    if h2.shape[1] != b.size or np.any((h2 != 0) & (h2 != 1)):
+        raise ValueError(f"h must be binary with {b.size} columns, got shape {h.shape}")
+    log_prior = h2 @ log_expit(b) + (1 - h2) @ log_expit(-b)
+    resid = v[None, :] - h2 @ w.T
+    log_lik = 0.5 * (np.log(beta).sum() - v.size * _LOG_2PI) - 0.5 * (resid**2) @ beta
+    out = log_prior + log_lik
+    return out[0] if h.ndim == 1 else out
+
+
+def bsc_exact_posterior(v, weights, bias, noise_precision) -> dict:
+    """Exact posterior of binary sparse coding by enumerating all 2^n codes (n <= 20).
+
+    Returns
+    -------
+    dict
+        ``codes`` (2^n, n), ``log_posterior`` (2^n,), ``log_evidence`` (float) and
+        ``marginals`` (n,), the exact p(h_i = 1 | v).
+    """
+    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
+    n = b.size
+    if n > 20:
+        raise ValueError(f"enumeration over 2^n codes needs n_latent <= 20, got {n}")
+    codes = np.array(list(product((0.0, 1.0), repeat=n)))
+    log_joint = bsc_log_joint(codes, v, w, b, beta)
+    log_evidence = float(logsumexp(log_joint))
+    log_post = log_joint - log_evidence
+    return {"codes": codes, "log_posterior": log_post, "log_evidence": log_evidence,
+            "marginals": np.exp(log_post) @ codes}
+
+
+def _check_h_hat(h_hat, n: int) -> np.ndarray:
+    h_hat = as_float_array(h_hat, "h_hat", ndim=1)
+    if h_hat.size != n or np.any(h_hat < 0) or np.any(h_hat > 1):
+        raise ValueError(f"h_hat must hold {n} probabilities in [0, 1], got shape {h_hat.shape}")
+    return h_hat
+
+
+def bsc_elbo(h_hat, v, weights, bias, noise_precision) -> float:
+    """Closed-form ELBO of binary sparse coding for q(h) = prod_i Bernoulli(h_hat_i).
+
+    Uses E_q[h_i h_j] = h_hat_i h_hat_j (i != j) and E_q[h_i^2] = h_hat_i
+    (Goodfellow et al. 2016, eq. 19.36):
+
+    ELBO = sum_i [h_hat_i log sigma(b_i) + (1 - h_hat_i) log sigma(-b_i) + H(h_hat_i)]
+    + (1/2) sum_j log(beta_j / 2 pi)
+    - (1/2) [(v - W h_hat)^T B (v - W h_hat) + sum_i (W^T B W)_ii h_hat_i (1 - h_hat_i)].
+    """
+    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
+    h = _check_h_hat(h_hat, b.size)
+    return _bsc_elbo(h, v, w, b, beta)
+
+
+def _bsc_elbo(h, v, w, b, beta) -> float:
+    entropy = -(xlogy(h, h) + xlogy(1 - h, 1 - h)).sum()
+    log_prior = h @ log_expit(b) + (1 - h) @ log_expit(-b)
+    resid = v - w @ h
+    diag = (w**2).T @ beta                                  # (W^T B W)_ii
+    quad = resid**2 @ beta + diag @ (h * (1 - h))
+    return float(log_prior + entropy + 0.5 * (np.log(beta).sum() - v.size * _LOG_2PI) - 0.5 * quad)
+
+
+def bsc_elbo_enumeration(h_hat, v, weights, bias, noise_precision) -> float:
+    """ELBO of q(h) = prod_i Bernoulli(h_hat_i) as the exact sum over all 2^n codes.
+
+    sum_h q(h) [log p(v, h) - log q(h)]: the independent check of :func:`bsc_elbo`.
+    """
+    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
+    h_hat = _check_h_hat(h_hat, b.size)
+    exact = bsc_exact_posterior(v, w, b, beta)
+    codes = exact["codes"]
+    log_q = xlogy(codes, h_hat).sum(axis=1) + xlogy(1 - codes, 1 - h_hat).sum(axis=1)
+    q = np.exp(log_q)
+    log_joint = exact["log_posterior"] + exact["log_evidence"]
+    mask = q > 0
+    return float((q[mask] * (log_joint[mask] - log_q[mask])).sum())
+
+
+@dataclass
+class BSCTrace:
+    """Output of :func:`bsc_mean_field`: ``h_hat`` (final), ``history`` (num_iter + 1, n)
+    and ``elbo`` (num_iter + 1,) after every sweep, ``converged``."""
+
+    h_hat: np.ndarray
+    history: np.ndarray
+    elbo: np.ndarray
+    converged: bool
+
+
+def bsc_mean_field(v, weights, bias, noise_precision, *, schedule: str = "sequential",
+                   damping: float = 1.0, init=None, max_iter: int = 200,
+                   tol: float = 1e-10) -> BSCTrace:
+    """Mean-field fixed-point iteration for binary sparse coding (Goodfellow et al. 2016, 19.4.1).
+
+    The optimal factor for h_i given the others is Bernoulli(h_hat_i) with (eq. 19.44)
+
+    h_hat_i = sigmoid(b_i + v^T B W_{:,i} - (1/2) W_{:,i}^T B W_{:,i}
+                      - sum_{j != i} W_{:,j}^T B W_{:,i} h_hat_j).
+
+    ``schedule="sequential"`` applies it to one unit at a time with the newest values of
+    the others (coordinate ascent: the ELBO never decreases). ``schedule="parallel"``
+    applies it to every unit at once from the old values, then moves a fraction
+    ``damping`` of the way: h_hat <- (1 - damping) h_hat + damping * update. Undamped
+    parallel updates (damping = 1) can oscillate.
+
+    Parameters
+    ----------
+    v, weights, bias, noise_precision
+        As in :func:`bsc_log_joint`.
+    schedule : {"sequential", "parallel"}
+    damping : float
+        In (0, 1]; 1 means no damping. Used by both schedules.
+    init : array_like, shape (n_latent,), optional
+        Starting h_hat in [0, 1]; default sigmoid(b), the prior.
+    max_iter : int
+        Number of sweeps at most.
+    tol : float
+        Stop when max |change of h_hat| in a sweep is below ``tol``.
+
+    Returns
+    -------
+    BSCTrace
+    """
+    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
+    if schedule not in ("sequential", "parallel"):
+        raise ValueError(f"schedule must be 'sequential' or 'parallel', got {schedule!r}")
+    damping = check_positive(damping, "damping")
+    if damping > 1:
+        raise ValueError(f"damping must be in (0, 1], got {damping}")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol")
+    h = expit(b) if init is None else _check_h_hat(init, b.size).copy()
+    gram = w.T @ (beta[:, None] * w)                         # W^T B W
+    drive = b + w.T @ (beta * v) - 0.5 * np.diag(gram)       # terms not involving h_hat
+    off = gram - np.diag(np.diag(gram))
+    history, elbos = [h.copy()], [_bsc_elbo(h, v, w, b, beta)]
+    converged = False
+    for _ in range(max_iter):
+        old = h.copy()
+        if schedule == "parallel":
+            h = (1 - damping) * h + damping * expit(drive - off @ h)
+        else:
+            for i in range(b.size):  # over latent units (Gauss-Seidel), not data points
+                h[i] = (1 - damping) * h[i] + damping * expit(drive[i] - off[i] @ h)
+        history.append(h.copy())
+        elbos.append(_bsc_elbo(h, v, w, b, beta))
+        if np.max(np.abs(h - old)) < tol:
+            converged = True
+            break
+    return BSCTrace(h, np.asarray(history), np.asarray(elbos), converged)

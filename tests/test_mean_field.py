@@ -1,0 +1,295 @@
+"""Tests of elbo_lib.mean_field (chapter 4): every CAVI routine against an exact answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+from scipy.stats import gamma, norm
+from sklearn.metrics import adjusted_rand_score
+from torch.distributions import Gamma, MultivariateNormal, Normal, kl_divergence
+
+from elbo_lib.mean_field import (
+    NormalGamma,
+    NormalGammaMeanField,
+    bsc_elbo,
+    bsc_elbo_enumeration,
+    bsc_exact_posterior,
+    bsc_log_joint,
+    bsc_mean_field,
+    cavi_gaussian,
+    cavi_gaussian_mixture,
+    cavi_normal_gamma,
+    gaussian_kl_mvn,
+    gaussian_mixture_elbo,
+    kl_on_grid,
+    mean_field_gaussian,
+    normal_gamma_elbo,
+    normal_gamma_log_evidence,
+    normal_gamma_posterior,
+)
+
+
+# --- Normal-Gamma ----------------------------------------------------------------------
+@pytest.fixture
+def ng_data():
+    rng = np.random.default_rng(3)
+    return rng.normal(1.0, 0.7, size=12), NormalGamma(0.5, 2.0, 1.5, 0.8)
+
+
+def _log_joint_grid(x, prior, mu, tau):
+    """log p(x, mu, tau) from scipy.stats densities, independent of the closed forms."""
+    sd = 1 / np.sqrt(tau)
+    return (norm.logpdf(x[:, None, None], mu[None], sd[None]).sum(axis=0)
+            + norm.logpdf(mu, prior.mean, sd / np.sqrt(prior.lam))
+            + gamma.logpdf(tau, prior.shape, scale=1 / prior.rate))
+
+
+def test_normal_gamma_evidence_matches_numerical_integration(ng_data):
+    x, prior = ng_data
+    post = normal_gamma_posterior(x, prior)
+    mu = np.linspace(post.mean - 3, post.mean + 3, 401)
+    tau = np.linspace(1e-4, 12, 601)
+    grid_mu, grid_tau = np.meshgrid(mu, tau, indexing="ij")
+    log_joint = _log_joint_grid(x, prior, grid_mu, grid_tau)
+    shift = log_joint.max()
+    z = np.trapezoid(np.trapezoid(np.exp(log_joint - shift), tau, axis=1), mu)
+    assert np.log(z) + shift == pytest.approx(normal_gamma_log_evidence(x, prior), abs=1e-6)
+    # the closed-form posterior density is log joint minus log evidence
+    np.testing.assert_allclose(post.log_pdf(grid_mu, grid_tau)[::40, ::40],
+                               (log_joint - np.log(z) - shift)[::40, ::40], atol=1e-6)
+
+
+def test_cavi_normal_gamma_monotone_and_matches_posterior_means(ng_data):
+    x, prior = ng_data
+    init = NormalGammaMeanField(-2.0, 30.0, 2.0, 9.0)
+    res = cavi_normal_gamma(x, prior, init)
+    assert res.converged
+    assert np.all(np.diff(res.elbo) >= -1e-12)
+    assert res.updated[:3] == ["init", "mu", "tau"]
+    post = normal_gamma_posterior(x, prior)
+    assert res.q.mean == pytest.approx(post.mean, rel=1e-12)
+    assert res.q.mean_tau == pytest.approx(post.mean_tau, rel=1e-7)
+    assert 1 / res.q.precision < post.var_mu        # mean-field under-estimates the spread
+
+
+def test_normal_gamma_gap_equals_kl_on_grid(ng_data):
+    x, prior = ng_data
+    res = cavi_normal_gamma(x, prior)
+    post = normal_gamma_posterior(x, prior)
+    q = res.q
+    sd = 1 / np.sqrt(q.precision)
+    mu = np.linspace(q.mean - 9 * sd, q.mean + 9 * sd, 901)
+    tau = np.linspace(gamma.ppf(1e-13, q.shape, scale=1 / q.rate),
+                      gamma.ppf(1 - 1e-13, q.shape, scale=1 / q.rate), 901)
+    gm, gt = np.meshgrid(mu, tau, indexing="ij")
+    kl = kl_on_grid(q.log_pdf(gm, gt), post.log_pdf(gm, gt), mu, tau)
+    gap = normal_gamma_log_evidence(x, prior) - res.elbo[-1]
+    assert gap > 0
+    assert kl == pytest.approx(gap, abs=1e-6)
+
+
+def test_normal_gamma_elbo_matches_monte_carlo(ng_data):
+    x, prior = ng_data
+    q = NormalGammaMeanField(0.8, 5.0, 3.0, 2.0)
+    torch.manual_seed(0)
+    mu = Normal(torch.tensor(q.mean, dtype=torch.float64),
+                torch.tensor(q.precision, dtype=torch.float64) ** -0.5)
+    tau = Gamma(torch.tensor(q.shape, dtype=torch.float64),
+                torch.tensor(q.rate, dtype=torch.float64))
+    m, t = mu.sample((200_000,)), tau.sample((200_000,))
+    xt = torch.as_tensor(x)
+    log_joint = (Normal(m[:, None], t[:, None] ** -0.5).log_prob(xt).sum(1)
+                 + Normal(prior.mean, (prior.lam * t) ** -0.5).log_prob(m)
+                 + Gamma(torch.tensor(prior.shape, dtype=torch.float64),
+                         torch.tensor(prior.rate, dtype=torch.float64)).log_prob(t))
+    terms = log_joint - mu.log_prob(m) - tau.log_prob(t)
+    se = float(terms.std() / len(terms) ** 0.5)
+    assert float(terms.mean()) == pytest.approx(normal_gamma_elbo(x, prior, q), abs=5 * se)
+
+
+def test_normal_gamma_bad_inputs(ng_data):
+    x, prior = ng_data
+    with pytest.raises(ValueError, match="lam"):
+        NormalGamma(0.0, 0.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="rate"):
+        NormalGamma(0.0, 1.0, 1.0, -1.0)
+    with pytest.raises(ValueError, match="empty"):
+        cavi_normal_gamma([], prior)
+    with pytest.raises(ValueError, match="dimension"):
+        normal_gamma_posterior(np.ones((3, 2)), prior)
+    with pytest.raises(TypeError, match="NormalGamma"):
+        cavi_normal_gamma(x, (0.0, 1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="precision"):
+        NormalGammaMeanField(0.0, -1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="increasing"):
+        kl_on_grid(np.zeros((2, 2)), np.zeros((2, 2)), [1.0, 0.0], [0.0, 1.0])
+
+
+# --- correlated Gaussian ---------------------------------------------------------------
+def test_mean_field_gaussian_is_the_kl_optimum_and_cavi_converges():
+    mean = np.array([1.0, -0.5])
+    cov = np.array([[1.0, 0.9], [0.9, 1.5]])
+    prec = np.linalg.inv(cov)
+    m, v = mean_field_gaussian(mean, prec)
+    np.testing.assert_allclose(v, 1 / np.diag(prec))
+    assert np.all(v < np.diag(cov))
+
+    def kl_qp(theta):
+        return gaussian_kl_mvn(theta[:2], np.diag(np.exp(theta[2:])), mean, cov)
+
+    best = minimize(kl_qp, np.zeros(4), method="BFGS", options={"gtol": 1e-10})
+    np.testing.assert_allclose(best.x[:2], m, atol=1e-5)
+    np.testing.assert_allclose(np.exp(best.x[2:]), v, atol=1e-5)
+    path = cavi_gaussian(mean, prec, [-2.0, 2.0], num_sweeps=60)
+    assert path.shape == (121, 2)
+    np.testing.assert_allclose(path[-1], mean, atol=1e-8)
+
+
+def test_gaussian_kl_mvn_matches_torch():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+    cq, cp = a @ a.T + np.eye(3), b @ b.T + np.eye(3)
+    mq, mp = rng.normal(size=3), rng.normal(size=3)
+    ref = kl_divergence(MultivariateNormal(torch.as_tensor(mq), torch.as_tensor(cq)),
+                        MultivariateNormal(torch.as_tensor(mp), torch.as_tensor(cp)))
+    assert gaussian_kl_mvn(mq, cq, mp, cp) == pytest.approx(float(ref), rel=1e-10)
+    with pytest.raises(ValueError, match="positive definite"):
+        gaussian_kl_mvn(mq, -cq, mp, cp)
+    with pytest.raises(ValueError, match="shape"):
+        mean_field_gaussian(mq, np.eye(2))
+
+
+# --- Bayesian mixture of Gaussians -----------------------------------------------------
+@pytest.fixture
+def mixture_data():
+    rng = np.random.default_rng(5)
+    true = np.array([[-4.0, 0.0], [3.0, 3.0], [2.0, -4.0]])
+    labels = rng.integers(3, size=300)
+    return true[labels] + rng.normal(size=(300, 2)), labels, true, rng
+
+
+def test_cavi_mixture_monotone_and_recovers_means(mixture_data):
+    x, labels, true, rng = mixture_data
+    res = cavi_gaussian_mixture(x, 3, prior_var=25.0, rng=rng, n_init=4)
+    assert res.converged
+    assert np.all(np.diff(res.elbo) >= -1e-9 * np.abs(res.elbo[1:]))
+    assert res.restart_elbos.shape == (4,) and res.elbo[-1] == res.restart_elbos.max()
+    dist = np.linalg.norm(res.means[:, None] - true[None], axis=2)
+    assert np.all(dist.min(axis=0) < 0.3)       # every true mean found, up to permutation
+    assert adjusted_rand_score(labels, res.labels) > 0.95
+    np.testing.assert_allclose(res.variances, 1 / (1 / 25.0 + res.resp.sum(0)))
+
+
+def test_cavi_mixture_elbo_formula_against_monte_carlo(mixture_data):
+    x, _, _, rng = mixture_data
+    x = x[:20]
+    k = 3
+    m, s2 = rng.normal(size=(k, 2)), np.array([0.3, 0.5, 0.8])
+    phi = rng.dirichlet(np.ones(k), size=20)
+    sigma2 = 4.0
+    elbo = gaussian_mixture_elbo(x, m, s2, phi, sigma2)
+    # Monte Carlo over mu only; the sums over c_i are done exactly.
+    mu = m[None] + np.sqrt(s2)[None, :, None] * rng.normal(size=(30_000, k, 2))
+    log_prior = norm.logpdf(mu, 0, np.sqrt(sigma2)).sum(axis=(1, 2))
+    log_q_mu = norm.logpdf(mu, m[None], np.sqrt(s2)[None, :, None]).sum(axis=(1, 2))
+    log_lik = norm.logpdf(x[None, :, None, :], mu[:, None], 1).sum(-1)      # (S, n, K)
+    per_sample = (log_prior - log_q_mu + (phi * (log_lik - np.log(k) - np.log(phi))).sum((1, 2)))
+    se = per_sample.std() / np.sqrt(per_sample.size)
+    assert per_sample.mean() == pytest.approx(elbo, abs=5 * se)
+
+
+def test_cavi_mixture_univariate_and_bad_inputs(mixture_data):
+    x, _, _, rng = mixture_data
+    res = cavi_gaussian_mixture(x[:, 0], 2, rng=rng)
+    assert res.means.shape == (2, 1)
+    with pytest.raises(ValueError, match="n_components"):
+        cavi_gaussian_mixture(x[:2], 3, rng=rng)
+    with pytest.raises(ValueError, match="prior_var"):
+        cavi_gaussian_mixture(x, 3, prior_var=0.0, rng=rng)
+    with pytest.raises(ValueError, match="empty"):
+        cavi_gaussian_mixture(np.empty((0, 2)), 1, rng=rng)
+    with pytest.raises(ValueError, match="init_means"):
+        cavi_gaussian_mixture(x, 3, init_means=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="rng"):
+        cavi_gaussian_mixture(x, 3)
+    with pytest.raises(ValueError, match="dimension"):
+        cavi_gaussian_mixture(np.ones((2, 2, 2)), 1, rng=rng)
+    with pytest.raises(ValueError, match="resp"):
+        gaussian_mixture_elbo(x[:3], np.zeros((2, 2)), np.ones(2), np.ones((3, 2)), 1.0)
+
+
+# --- binary sparse coding --------------------------------------------------------------
+@pytest.fixture
+def bsc_problem():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(8, 6))
+    w[:, 1] = w[:, 0] + 0.3 * rng.normal(size=8)
+    b = np.full(6, -1.0)
+    v = w @ np.array([1, 0, 0, 1, 0, 0.0]) + rng.normal(size=8) / 2
+    return v, w, b, 4.0
+
+
+def test_bsc_log_joint_and_exact_posterior(bsc_problem):
+    v, w, b, beta = bsc_problem
+    h = np.array([1, 0, 1, 0, 0, 1.0])
+    prior = torch.distributions.Bernoulli(logits=torch.as_tensor(b)).log_prob(torch.as_tensor(h))
+    lik = Normal(torch.as_tensor(w @ h), beta**-0.5).log_prob(torch.as_tensor(v))
+    assert bsc_log_joint(h, v, w, b, beta) == pytest.approx(float(prior.sum() + lik.sum()))
+    ex = bsc_exact_posterior(v, w, b, beta)
+    assert ex["codes"].shape == (64, 6)
+    assert np.exp(ex["log_posterior"]).sum() == pytest.approx(1.0)
+
+
+def test_bsc_elbo_closed_form_matches_enumeration(bsc_problem):
+    v, w, b, beta = bsc_problem
+    for h_hat in (np.full(6, 0.5), np.array([0.9, 0.1, 0.0, 1.0, 0.3, 0.7])):
+        assert bsc_elbo(h_hat, v, w, b, beta) == pytest.approx(
+            bsc_elbo_enumeration(h_hat, v, w, b, beta), abs=1e-10)
+
+
+def test_bsc_sequential_is_monotone_and_bounded(bsc_problem):
+    v, w, b, beta = bsc_problem
+    ex = bsc_exact_posterior(v, w, b, beta)
+    tr = bsc_mean_field(v, w, b, beta, schedule="sequential")
+    assert tr.converged
+    assert np.all(np.diff(tr.elbo) >= -1e-12)
+    assert tr.elbo[-1] < ex["log_evidence"]
+    # the fixed point is a stationary point: one more update changes nothing
+    again = bsc_mean_field(v, w, b, beta, schedule="parallel", init=tr.h_hat, max_iter=1)
+    np.testing.assert_allclose(again.h_hat, tr.h_hat, atol=1e-8)
+    # units that the data decide on agree with the exact marginals
+    np.testing.assert_allclose(tr.h_hat[3:], ex["marginals"][3:], atol=0.02)
+
+
+def test_bsc_parallel_oscillates_and_damping_fixes_it(bsc_problem):
+    v, w, b, beta = bsc_problem
+    undamped = bsc_mean_field(v, w, b, beta, schedule="parallel", max_iter=60)
+    assert not undamped.converged
+    assert np.abs(undamped.history[-1] - undamped.history[-2]).max() > 0.5   # period-2 cycle
+    np.testing.assert_allclose(undamped.history[-1], undamped.history[-3], atol=1e-6)
+    damped = bsc_mean_field(v, w, b, beta, schedule="parallel", damping=0.3, max_iter=300)
+    seq = bsc_mean_field(v, w, b, beta)
+    assert damped.converged
+    np.testing.assert_allclose(damped.h_hat, seq.h_hat, atol=1e-6)
+
+
+def test_bsc_bad_inputs(bsc_problem):
+    v, w, b, beta = bsc_problem
+    with pytest.raises(ValueError, match="noise_precision"):
+        bsc_mean_field(v, w, b, 0.0)
+    with pytest.raises(ValueError, match="weights"):
+        bsc_mean_field(v[:3], w, b, beta)
+    with pytest.raises(ValueError, match="bias"):
+        bsc_mean_field(v, w, b[:2], beta)
+    with pytest.raises(ValueError, match="schedule"):
+        bsc_mean_field(v, w, b, beta, schedule="random")
+    with pytest.raises(ValueError, match="damping"):
+        bsc_mean_field(v, w, b, beta, damping=1.5)
+    with pytest.raises(ValueError, match="h_hat"):
+        bsc_elbo(np.full(6, 1.5), v, w, b, beta)
+    with pytest.raises(ValueError, match="binary"):
+        bsc_log_joint(np.full(6, 0.5), v, w, b, beta)
+    with pytest.raises(ValueError, match="n_latent <= 20"):
+        bsc_exact_posterior(np.zeros(2), np.zeros((2, 21)), np.zeros(21), 1.0)
