@@ -1,0 +1,310 @@
+"""Tests of elbo_lib.gradients: Monte Carlo gradient estimators (chapter 5).
+
+Statistical tests use a fixed seed and a tolerance of a few *measured* standard errors
+(the standard deviation of the estimator over R repeats divided by sqrt(R)), never a
+loose constant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch.distributions import Bernoulli, Independent, OneHotCategorical
+
+from elbo_lib import seed_everything
+from elbo_lib.gradients import (
+    BayesianLogisticRegression,
+    GaussianVariational,
+    crps_gaussian,
+    diagonal_gaussian,
+    fit_gaussian_vi,
+    gaussian_quadratic_expectation,
+    gaussian_quadratic_gradient,
+    gradient_stats,
+    monte_carlo_crps,
+    pathwise_gradient,
+    per_sample_gradients,
+    score_function_elbo_surrogate,
+    score_function_gradient,
+)
+
+NUM_SE = 4.0  # tolerance in measured standard errors
+F64 = torch.float64
+
+
+def quadratic_problem(dim: int = 3, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(dim, dim))
+    b = rng.normal(size=dim)
+    mu = rng.normal(size=dim)
+    sigma = rng.uniform(0.5, 1.5, size=dim)
+    at, bt = torch.tensor(a), torch.tensor(b)
+
+    def f(z):
+        return torch.einsum("ni,ij,nj->n", z, at, z) + z @ bt
+
+    params = {"mu": torch.tensor(mu), "sigma": torch.tensor(sigma)}
+    return a, b, mu, sigma, f, params
+
+
+def test_closed_form_gradient_matches_autograd_of_closed_form_expectation():
+    a, b, mu, sigma, _, _ = quadratic_problem()
+    mu_t = torch.tensor(mu, requires_grad=True)
+    sigma_t = torch.tensor(sigma, requires_grad=True)
+    at, bt = torch.tensor(a), torch.tensor(b)
+    value = mu_t @ at @ mu_t + torch.diagonal(at) @ sigma_t**2 + bt @ mu_t
+    value.backward()
+    exact = gaussian_quadratic_gradient(a, b, mu, sigma)
+    np.testing.assert_allclose(exact["mu"], mu_t.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(exact["sigma"], sigma_t.grad.numpy(), rtol=1e-12)
+    assert np.isclose(float(value.detach()), gaussian_quadratic_expectation(a, b, mu, sigma))
+
+
+def test_closed_form_expectation_matches_monte_carlo():
+    a, b, mu, sigma, f, _ = quadratic_problem()
+    seed_everything(0)
+    z = diagonal_gaussian(torch.tensor(mu), torch.tensor(sigma)).sample((50_000,))
+    values = f(z)
+    se = float(values.std()) / np.sqrt(values.numel())
+    assert abs(float(values.mean()) - gaussian_quadratic_expectation(a, b, mu, sigma)) < NUM_SE * se
+
+
+@pytest.mark.parametrize(("estimator", "baseline"),
+                         [("score", None), ("score", "leave-one-out"), ("score", 3.0),
+                          ("pathwise", None)])
+def test_estimators_are_unbiased_for_quadratic(estimator, baseline):
+    a, b, mu, sigma, f, params = quadratic_problem()
+    seed_everything(0)
+    stats = gradient_stats(f, diagonal_gaussian, params, 8, 4000, estimator=estimator,
+                           baseline=baseline)
+    exact = gaussian_quadratic_gradient(a, b, mu, sigma)
+    for name in ("mu", "sigma"):
+        z_scores = np.abs(stats.mean[name] - exact[name]) / stats.std_error[name]
+        assert np.all(z_scores < NUM_SE), (name, z_scores)
+
+
+def test_a_biased_baseline_is_detected_by_the_same_tolerance():
+    """The unbiasedness test can fail. Subtracting the plain mean of the S samples
+    (which includes f(z_s) itself) multiplies the leave-one-out estimator by (S - 1)/S:
+    with S = 2 the estimate is half the gradient, and the 4-standard-error test sees it."""
+    a, b, mu, sigma, f, params = quadratic_problem()
+    seed_everything(0)
+    s, r = 2, 4000
+    g = per_sample_gradients(f, diagonal_gaussian, params, s, estimator="score",
+                             baseline="leave-one-out", num_repeats=r)
+    biased = (s - 1) / s * g["mu"].mean(dim=1).numpy()
+    exact = gaussian_quadratic_gradient(a, b, mu, sigma)["mu"]
+    se = biased.std(axis=0, ddof=1) / np.sqrt(r)
+    assert np.max(np.abs(biased.mean(axis=0) - exact) / se) > NUM_SE
+
+
+def test_measured_variances_match_closed_forms_in_one_dimension():
+    # f(z) = z^2, z ~ N(1, 1): pathwise d/dmu = 2z has variance 4 sigma^2 = 4;
+    # score d/dmu = z^2 eps / sigma has variance (mu^4 + 18 mu^2 sigma^2 + 15 sigma^4)/sigma^2
+    # - 4 mu^2 = 30 for one sample.
+    seed_everything(0)
+    params = {"mu": torch.ones(1, dtype=F64), "sigma": torch.ones(1, dtype=F64)}
+
+    def f(z):
+        return (z**2).sum(-1)
+
+    r = 20_000
+    for estimator, exact in (("pathwise", 4.0), ("score", 30.0)):
+        g = per_sample_gradients(f, diagonal_gaussian, params, 1, estimator=estimator,
+                                 num_repeats=r)["mu"].reshape(r).numpy()
+        # standard error of a sample variance: sqrt((m4 - s^4) / R)
+        centred = g - g.mean()
+        se_var = np.sqrt((np.mean(centred**4) - np.var(centred) ** 2) / r)
+        assert abs(g.var(ddof=1) - exact) < NUM_SE * se_var, (estimator, g.var())
+
+
+def test_variance_ordering_and_growth_with_dimension():
+    seed_everything(0)
+
+    def f(z):
+        return (z**2).sum(-1)
+
+    totals = {}
+    for dim in (2, 16):
+        params = {"mu": torch.ones(dim, dtype=F64), "sigma": torch.ones(dim, dtype=F64)}
+        totals[dim] = [gradient_stats(f, diagonal_gaussian, params, 16, 400, estimator=e,
+                                      baseline=bl).total_variance()
+                       for e, bl in (("score", None), ("score", "leave-one-out"),
+                                     ("pathwise", None))]
+        score, loo, path = totals[dim]
+        assert score > loo > path
+    # the score/pathwise ratio grows with the dimension
+    assert totals[16][0] / totals[16][2] > 4 * totals[2][0] / totals[2][2]
+
+
+def test_variance_falls_as_one_over_num_samples():
+    seed_everything(0)
+    params = {"mu": torch.ones(2, dtype=F64), "sigma": torch.ones(2, dtype=F64)}
+
+    def f(z):
+        return (z**2).sum(-1)
+
+    v1 = gradient_stats(f, diagonal_gaussian, params, 1, 4000, estimator="pathwise")
+    v16 = gradient_stats(f, diagonal_gaussian, params, 16, 4000, estimator="pathwise")
+    ratio = v1.total_variance() / v16.total_variance()
+    assert 12 < ratio < 21
+
+
+def test_single_estimate_functions_agree_with_per_sample_terms():
+    _, _, _, _, f, params = quadratic_problem()
+    seed_everything(3)
+    g1 = score_function_gradient(f, diagonal_gaussian, params, 5, baseline="leave-one-out")
+    seed_everything(3)
+    g2 = per_sample_gradients(f, diagonal_gaussian, params, 5, estimator="score",
+                              baseline="leave-one-out")
+    torch.testing.assert_close(g1["mu"], g2["mu"][0].mean(0))
+    seed_everything(3)
+    p1 = pathwise_gradient(f, diagonal_gaussian, params, 5)
+    assert p1["sigma"].shape == (3,)
+
+
+def test_score_function_works_for_discrete_latents_and_pathwise_refuses():
+    # f(z) = sum_k c_k z_k for one-hot z: E f = sum_k softmax(l)_k c_k, gradient by autograd
+    c = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    logits = torch.tensor([0.2, -0.4, 0.1], dtype=F64)
+    leaf = logits.clone().requires_grad_(True)
+    (torch.softmax(leaf, 0) @ c).backward()
+
+    def make_q(logits):
+        return OneHotCategorical(logits=logits)
+
+    def f(z):
+        return z @ c
+
+    seed_everything(0)
+    stats = gradient_stats(f, make_q, {"logits": logits}, 4, 4000, estimator="score",
+                           baseline="leave-one-out")
+    z_scores = np.abs(stats.mean["logits"] - leaf.grad.numpy()) / stats.std_error["logits"]
+    assert np.all(z_scores < NUM_SE)
+    with pytest.raises(ValueError, match="has no rsample"):
+        pathwise_gradient(f, make_q, {"logits": logits}, 4)
+
+
+def test_score_function_elbo_surrogate_is_unbiased_for_conjugate_model():
+    # log p(x, z) = N(z; 1, 0.5^2) (unnormalised evidence irrelevant): exact ELBO gradient
+    # for q = N(m, s^2): d/dm = -(m - 1)/0.25, d/ds = -s/0.25 + 1/s
+    target = torch.distributions.Normal(torch.tensor(1.0, dtype=F64),
+                                        torch.tensor(0.5, dtype=F64))
+    m, s = 0.3, 0.8
+    ests = []
+    seed_everything(0)
+    for _ in range(300):
+        mu = torch.tensor([m], dtype=F64, requires_grad=True)
+        sd = torch.tensor([s], dtype=F64, requires_grad=True)
+        surrogate, _ = score_function_elbo_surrogate(lambda z: target.log_prob(z[:, 0]),
+                                                     diagonal_gaussian(mu, sd), 32)
+        surrogate.backward()
+        ests.append([mu.grad.item(), sd.grad.item()])
+    ests = np.array(ests)
+    exact = np.array([-(m - 1) / 0.25, -s / 0.25 + 1 / s])
+    se = ests.std(axis=0, ddof=1) / np.sqrt(len(ests))
+    assert np.all(np.abs(ests.mean(axis=0) - exact) < NUM_SE * se)
+
+
+def test_bad_inputs_raise_clear_errors():
+    _, _, _, _, f, params = quadratic_problem()
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        per_sample_gradients(f, diagonal_gaussian, params, 4, estimator="magic")
+    with pytest.raises(ValueError, match="baseline applies to the score-function"):
+        per_sample_gradients(f, diagonal_gaussian, params, 4, estimator="pathwise",
+                             baseline=1.0)
+    with pytest.raises(ValueError, match="leave-one-out baseline needs num_samples >= 2"):
+        score_function_gradient(f, diagonal_gaussian, params, 1, baseline="leave-one-out")
+    with pytest.raises(ValueError, match="baseline must be None"):
+        score_function_gradient(f, diagonal_gaussian, params, 4, baseline="median")
+    with pytest.raises(TypeError, match="baseline must be None"):
+        score_function_gradient(f, diagonal_gaussian, params, 4, baseline=[1.0])
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        pathwise_gradient(f, diagonal_gaussian, params, 0)
+    with pytest.raises(TypeError, match="num_samples must be an integer"):
+        pathwise_gradient(f, diagonal_gaussian, params, 2.5)
+    with pytest.raises(TypeError, match="params must be a non-empty mapping"):
+        pathwise_gradient(f, diagonal_gaussian, {}, 4)
+    with pytest.raises(ValueError, match="must be finite"):
+        pathwise_gradient(f, diagonal_gaussian, {**params, "mu": torch.tensor([np.nan] * 3)}, 4)
+    with pytest.raises(ValueError, match="batch_shape"):
+        # forgetting Independent gives batch_shape (N, D), not (N,)
+        pathwise_gradient(f, lambda mu, sigma: torch.distributions.Normal(mu, sigma), params, 4)
+    with pytest.raises(TypeError, match="must return a torch Distribution"):
+        pathwise_gradient(f, lambda mu, sigma: mu, params, 4)
+    with pytest.raises(ValueError, match="f must map samples"):
+        pathwise_gradient(lambda z: z, diagonal_gaussian, params, 4)
+    with pytest.raises(ValueError, match="num_repeats must be >= 2"):
+        gradient_stats(f, diagonal_gaussian, params, 4, 1, estimator="score")
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        gaussian_quadratic_gradient(np.eye(2), np.zeros(2), np.zeros(2), [1.0, -1.0])
+    with pytest.raises(ValueError, match="need A of shape"):
+        gaussian_quadratic_gradient(np.eye(3), np.zeros(2), np.zeros(2), [1.0, 1.0])
+    with pytest.raises(ValueError, match="family must be one of"):
+        GaussianVariational(3, family="banded")
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 2])
+    with pytest.raises(ValueError, match="same number of rows"):
+        BayesianLogisticRegression(np.ones((3, 2)), [0, 1])
+    with pytest.raises(ValueError, match="even number of samples"):
+        monte_carlo_crps(torch.zeros(3, 2, dtype=F64), torch.zeros(2, dtype=F64))
+    with pytest.raises(TypeError, match="q must be a torch.distributions"):
+        score_function_elbo_surrogate(f, "q", 4)
+    with pytest.raises(ValueError, match="has no rsample"):
+        pathwise_gradient(lambda z: z.sum(-1),
+                          lambda logits: Independent(Bernoulli(logits=logits), 1),
+                          {"logits": torch.zeros(2)}, 2)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        fit_gaussian_vi(lambda z: -(z**2).sum(-1), 2, estimator="exact", num_steps=1)
+
+
+def test_gaussian_variational_families():
+    q = GaussianVariational(4, "full", init_scale=0.5)
+    np.testing.assert_allclose(q.covariance(), 0.25 * np.eye(4), rtol=1e-12)
+    assert q.num_parameters() == 4 + 10
+    assert GaussianVariational(4, "diagonal").num_parameters() == 8
+    assert q.distribution().event_shape == (4,)
+
+
+def test_logistic_map_matches_scikit_learn_and_laplace_is_a_covariance():
+    rng = np.random.default_rng(0)
+    x = np.c_[np.ones(200), rng.normal(size=(200, 3))]
+    y = (rng.uniform(size=200) < 1 / (1 + np.exp(-x @ np.array([0.5, 1.0, -2.0, 0.0])))) * 1.0
+    model = BayesianLogisticRegression(x, y, prior_std=2.0)
+    w_map, cov = model.laplace()
+    # scikit-learn: minimises 0.5 ||w||^2 + C sum log-loss, i.e. prior N(0, C I)
+    sk = LogisticRegression(C=4.0, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(w_map, sk.coef_[0], atol=1e-5)
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
+    # log_joint agrees with a direct evaluation through torch.distributions
+    w = torch.tensor(rng.normal(size=(5, 4)))
+    direct = (torch.distributions.Bernoulli(logits=w @ torch.tensor(x).T)
+              .log_prob(torch.tensor(y)).sum(1)
+              + torch.distributions.Normal(0.0, 2.0).log_prob(w).sum(1))
+    torch.testing.assert_close(model.log_joint(w), direct.to(F64))
+
+
+def test_pathwise_vi_recovers_a_gaussian_target():
+    # target N(m, C) is in the full-rank family: VI must find it (KL -> 0)
+    m = torch.tensor([1.0, -1.0], dtype=F64)
+    cov = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=F64)
+    target = torch.distributions.MultivariateNormal(m, cov)
+    seed_everything(0)
+    res = fit_gaussian_vi(target.log_prob, 2, family="full", num_samples=16, num_steps=1000,
+                          lr=0.02, eval_every=100)
+    np.testing.assert_allclose(res.q.mu.detach().numpy(), m.numpy(), atol=0.1)
+    np.testing.assert_allclose(res.q.covariance(), cov.numpy(), atol=0.1)
+    assert abs(res.elbo[-1]) < 0.05  # log p(x) = 0 for a normalised target
+    assert res.model_evaluations == 1000 * 16
+
+
+def test_crps_monte_carlo_matches_closed_form():
+    seed_everything(0)
+    mu = torch.tensor([0.0, 1.0, -2.0], dtype=F64)
+    sigma = torch.tensor([1.0, 0.3, 2.0], dtype=F64)
+    y = torch.tensor([0.5, 1.0, 1.0], dtype=F64)
+    samples = mu + sigma * torch.randn(200_000, 3, dtype=F64)
+    torch.testing.assert_close(monte_carlo_crps(samples, y), crps_gaussian(mu, sigma, y),
+                               atol=0.02, rtol=0)
