@@ -1,4 +1,8 @@
-"""Shared fixtures for the elbo_lib tests."""
+"""Shared fixtures: a seeded rng, and one warnings-as-errors build of the whole book."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -7,7 +11,23 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def built_html(tmp_path_factory) -> Path:
+    """Build the book exactly as `make book` does (-W --keep-going) into a temporary folder.
+
+    Built once per test session and shared by the book and browser tests.
+    """
+    out = tmp_path_factory.mktemp("book")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    proc = subprocess.run([str(jb), "build", str(ROOT), "--path-output", str(out), "-W",
+                           "--keep-going"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return out / "_build" / "html"

@@ -55,7 +55,10 @@ def test_mc_elbo_without_rsample_has_no_gradient(model):
 
 def test_mc_elbo_multivariate_q():
     q = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
-    log_joint = lambda z: Independent(Normal(torch.zeros(3), torch.ones(3)), 1).log_prob(z)
+
+    def log_joint(z):
+        return Independent(Normal(torch.zeros(3), torch.ones(3)), 1).log_prob(z)
+
     assert monte_carlo_elbo(log_joint, q, 7).item() == pytest.approx(0.0, abs=1e-6)
 
 

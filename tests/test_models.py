@@ -22,7 +22,9 @@ def test_log_evidence_matches_multivariate_normal(model):
 
 
 def test_log_evidence_matches_quadrature(model):
-    joint = lambda z: np.exp(model.log_joint(torch.tensor(z)).item() - model.log_evidence())
+    def joint(z):
+        return np.exp(model.log_joint(torch.tensor(z)).item() - model.log_evidence())
+
     total, _ = integrate.quad(joint, -20, 20, points=[model.posterior_mean], limit=200)
     assert total == pytest.approx(1.0, abs=1e-8)
 
