@@ -1,0 +1,672 @@
+"""MAP inference and sparse coding: the lasso, ISTA / FISTA and dictionary learning.
+
+The sparse coding model of chapter 3 (Olshausen & Field 1996; Goodfellow et al. 2016,
+section 19.3) is
+
+.. math::
+
+    h_j \\sim \\mathrm{Laplace}(0, b), \\qquad x \\mid h \\sim \\mathcal N(W h, \\sigma^2 I),
+
+and MAP inference of the codes h (the ELBO with q restricted to a point mass) is the lasso
+
+.. math::
+
+    \\min_h \\; \\tfrac12 \\lVert x - W h \\rVert_2^2 + \\lambda \\lVert h \\rVert_1,
+    \\qquad \\lambda = \\sigma^2 / b .
+
+Conventions (those of scikit-learn's ``sparse_encode``): a batch of ``n`` signals is a
+matrix ``X`` of shape ``(n, d)``, one signal per row; the dictionary ``W`` has shape
+``(d, k)``, one atom per column; the codes ``H`` have shape ``(n, k)``, so that
+``X ~= H @ W.T``. Every routine works on the whole batch at once with matrix products.
+
+Penalty conversions to scikit-learn (checked in ``tests/test_sparse_coding.py``):
+
+* ``sklearn.decomposition.sparse_encode(X, W.T, algorithm="lasso_lars" or "lasso_cd",
+  alpha=lam)`` minimises exactly the objective above for every row: ``alpha = lam``.
+* ``sklearn.linear_model.Lasso`` minimises ``(1 / (2 n_samples)) ||y - A w||^2 +
+  alpha ||w||_1``; coding one signal x means ``y = x``, ``A = W``, ``n_samples = d``,
+  hence ``alpha = lam / d`` (see :func:`sklearn_lasso_alpha`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from elbo_lib._validation import as_float_array, check_positive, check_positive_int
+
+__all__ = [
+    "DictionaryLearningResult",
+    "ProximalGradientResult",
+    "best_m_term_reconstruction",
+    "debias_codes",
+    "fista",
+    "ista",
+    "lasso_duality_gap",
+    "lasso_objective",
+    "learn_dictionary",
+    "lipschitz_constant",
+    "normalize_columns",
+    "sklearn_lasso_alpha",
+    "soft_threshold",
+    "update_dictionary",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_problem(X, W, lam) -> tuple[np.ndarray, np.ndarray, float]:
+    """Validate a lasso problem (X, W, lam); a single signal X of shape (d,) becomes (1, d)."""
+    X = as_float_array(X, "X", ndim=(1, 2))
+    if X.ndim == 1:
+        X = X[None, :]
+    W = as_float_array(W, "W", ndim=2)
+    if X.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"shape mismatch: X has signals of length {X.shape[1]} (shape {X.shape}) but the "
+            f"dictionary W has {W.shape[0]} rows (shape {W.shape}); expected X of shape (n, d) "
+            "and W of shape (d, k)")
+    lam = check_positive(lam, "lam")
+    return X, W, lam
+
+
+def _check_codes(H, n: int, k: int, name: str = "codes") -> np.ndarray:
+    H = as_float_array(H, name, ndim=(1, 2))
+    if H.ndim == 1:
+        H = H[None, :]
+    if H.shape != (n, k):
+        raise ValueError(f"{name} must have shape (n_signals, n_atoms) = {(n, k)}, "
+                         f"got {H.shape}")
+    return H
+
+
+def soft_threshold(v, threshold) -> np.ndarray:
+    """Soft-thresholding, the proximal operator of ``threshold * ||.||_1`` (chapter 3).
+
+    .. math::
+
+        \\operatorname{prox}_{\\tau \\lVert\\cdot\\rVert_1}(v)
+        = \\arg\\min_u \\tfrac12 \\lVert u - v \\rVert^2 + \\tau \\lVert u \\rVert_1
+        = \\operatorname{sign}(v) \\max(\\lvert v \\rvert - \\tau, 0),
+
+    elementwise.
+
+    Parameters
+    ----------
+    v : array_like
+        Points to shrink (finite).
+    threshold : float or array_like
+        tau >= 0, broadcastable against ``v``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape as ``v``.
+
+    Raises
+    ------
+    ValueError
+        If ``threshold`` is negative or anything is not finite.
+
+    Examples
+    --------
+    >>> soft_threshold([-3.0, 0.5, 2.0], 1.0).tolist()
+    [-2.0, 0.0, 1.0]
+    """
+    v = as_float_array(v, "v")
+    tau = as_float_array(threshold, "threshold")
+    if np.any(tau < 0):
+        raise ValueError(f"threshold must be >= 0, got minimum {float(tau.min())!r}")
+    return np.maximum(v - tau, 0.0) + np.minimum(v + tau, 0.0)
+
+
+def lipschitz_constant(W, method: str = "exact", *, max_iter: int = 1000, tol: float = 1e-10,
+                       rng: np.random.Generator | None = None) -> float:
+    """Largest eigenvalue of W^T W: the Lipschitz constant of the gradient of the lasso fit.
+
+    The gradient of f(h) = 0.5 ||x - W h||^2 is W^T (W h - x), whose Lipschitz constant is
+    L = lambda_max(W^T W) = ||W||_2^2; ISTA and FISTA take steps of size 1 / L
+    (Beck & Teboulle 2009). Chapter 3.
+
+    Parameters
+    ----------
+    W : array_like, shape (d, k)
+        Dictionary.
+    method : {"exact", "power"}
+        ``"exact"``: symmetric eigenvalue decomposition of the smaller of W^T W and W W^T.
+        ``"power"``: power iteration on W^T W, stopped when the Rayleigh quotient changes
+        by less than ``tol`` (relative); it approaches L from below.
+    max_iter : int
+        Power-iteration cap.
+    tol : float
+        Relative tolerance of the power iteration (> 0).
+    rng : numpy.random.Generator, optional
+        Start vector of the power iteration (default: ``numpy.random.default_rng(0)``).
+
+    Returns
+    -------
+    float
+        L > 0.
+
+    Raises
+    ------
+    ValueError
+        If W is not a finite non-zero matrix, ``method`` is unknown, or the power
+        iteration does not converge within ``max_iter``.
+    """
+    W = as_float_array(W, "W", ndim=2)
+    if not np.any(W):
+        raise ValueError("W must not be all zeros (the Lipschitz constant would be 0)")
+    if method == "exact":
+        gram = W.T @ W if W.shape[1] <= W.shape[0] else W @ W.T
+        return float(np.linalg.eigvalsh(gram)[-1])
+    if method != "power":
+        raise ValueError(f"method must be 'exact' or 'power', got {method!r}")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol")
+    rng = np.random.default_rng(0) if rng is None else rng
+    v = rng.standard_normal(W.shape[1])
+    v /= np.linalg.norm(v)
+    estimate = 0.0
+    for _ in range(max_iter):
+        u = W.T @ (W @ v)
+        new = float(v @ u)             # Rayleigh quotient, <= L
+        norm_u = np.linalg.norm(u)
+        if norm_u == 0:                # start vector in the null space: restart
+            v = rng.standard_normal(W.shape[1])
+            v /= np.linalg.norm(v)
+            continue
+        v = u / norm_u
+        if abs(new - estimate) <= tol * new:
+            return new
+        estimate = new
+    raise ValueError(f"power iteration did not converge to relative tolerance {tol} "
+                     f"in {max_iter} iterations; raise max_iter or use method='exact'")
+
+
+def sklearn_lasso_alpha(lam, signal_dim: int) -> float:
+    """Penalty for ``sklearn.linear_model.Lasso`` that gives our lasso problem (chapter 3).
+
+    scikit-learn's Lasso minimises (1 / (2 n_samples)) ||y - A w||^2 + alpha ||w||_1. Coding
+    one signal x of length d against W is the regression y = x, A = W with n_samples = d,
+    so multiplying our objective 0.5 ||x - W h||^2 + lam ||h||_1 by 1 / d gives
+    alpha = lam / d. (``sparse_encode`` with ``lasso_lars`` / ``lasso_cd`` does this
+    division itself: pass ``alpha=lam`` there.)
+
+    Parameters
+    ----------
+    lam : float
+        Our penalty (> 0).
+    signal_dim : int
+        d, the length of each signal (number of rows of W).
+    """
+    return check_positive(lam, "lam") / check_positive_int(signal_dim, "signal_dim")
+
+
+def lasso_objective(X, W, H, lam) -> np.ndarray:
+    """Per-signal lasso objective 0.5 ||x_i - W h_i||^2 + lam ||h_i||_1 (chapter 3).
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d) or (d,)
+        Signals, one per row.
+    W : array_like, shape (d, k)
+        Dictionary, one atom per column.
+    H : array_like, shape (n, k) or (k,)
+        Codes, one row per signal.
+    lam : float
+        Penalty lam > 0.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,)
+        The objective of every signal (computed from the residual, not the expanded
+        quadratic, so that differences near the optimum keep their precision).
+    """
+    X, W, lam = _check_problem(X, W, lam)
+    H = _check_codes(H, X.shape[0], W.shape[1])
+    return _objective(X, W, H, lam)
+
+
+def _objective(X: np.ndarray, W: np.ndarray, H: np.ndarray, lam: float) -> np.ndarray:
+    residual = X - H @ W.T
+    return 0.5 * np.einsum("ij,ij->i", residual, residual) + lam * np.abs(H).sum(axis=1)
+
+
+def lasso_duality_gap(X, W, H, lam) -> np.ndarray:
+    """Per-signal duality gap of the lasso: a certified bound on objective - optimum.
+
+    The dual of min_h 0.5 ||x - W h||^2 + lam ||h||_1 is
+    max_theta 0.5 ||x||^2 - 0.5 ||x - theta||^2 subject to ||W^T theta||_inf <= lam.
+    From the residual r = x - W h we build the feasible point
+    theta = r * min(1, lam / ||W^T r||_inf); the gap P(h) - D(theta) >= P(h) - P(h*) >= 0
+    and it is zero exactly at the optimum. Chapter 3 uses it to certify the optimum
+    against which ISTA and FISTA are compared.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,)
+        Non-negative gaps (up to rounding).
+    """
+    X, W, lam = _check_problem(X, W, lam)
+    H = _check_codes(H, X.shape[0], W.shape[1])
+    residual = X - H @ W.T
+    primal = 0.5 * np.einsum("ij,ij->i", residual, residual) + lam * np.abs(H).sum(axis=1)
+    corr = np.abs(residual @ W).max(axis=1)
+    scale = np.minimum(1.0, lam / np.maximum(corr, np.finfo(float).tiny))
+    theta = residual * scale[:, None]
+    diff = X - theta
+    dual = 0.5 * (np.einsum("ij,ij->i", X, X) - np.einsum("ij,ij->i", diff, diff))
+    return primal - dual
+
+
+# ------------------------------------------------------------------ ISTA and FISTA
+@dataclass
+class ProximalGradientResult:
+    """Output of :func:`ista` and :func:`fista`.
+
+    Attributes
+    ----------
+    codes : numpy.ndarray, shape (n, k)
+        The codes H, one row per signal.
+    n_iter : int
+        Iterations run.
+    converged : bool
+        Whether the relative change of H fell below ``tol``.
+    objectives : numpy.ndarray or None
+        Total objective (sum over signals) after each iteration, if tracked.
+    lipschitz : float
+        The Lipschitz constant L used (step 1 / L).
+    """
+
+    codes: np.ndarray
+    n_iter: int
+    converged: bool
+    objectives: np.ndarray | None
+    lipschitz: float
+
+
+def _proximal_gradient(X, W, lam, *, accelerated: bool, restart: bool, max_iter: int,
+                       tol: float, check_every: int, codes_init, lipschitz,
+                       track_objective: bool) -> ProximalGradientResult:
+    X, W, lam = _check_problem(X, W, lam)
+    max_iter = check_positive_int(max_iter, "max_iter")
+    check_every = check_positive_int(check_every, "check_every")
+    if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating) or tol < 0:
+        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    n, k = X.shape[0], W.shape[1]
+    L = lipschitz_constant(W) if lipschitz is None else check_positive(lipschitz, "lipschitz")
+    # gradient step on every row at once: Y - (Y G - X W) / L = Y (I - G / L) + X W / L,
+    # with G = W^T W (k, k) and X W (n, k) computed once
+    step_matrix = np.eye(k) - (W.T @ W) / L
+    offset = (X @ W) / L
+    thr = lam / L
+    H = (np.zeros((n, k)) if codes_init is None
+         else _check_codes(codes_init, n, k, "codes_init").copy())
+    H_old = np.empty_like(H)
+    Y = H.copy()
+    V = np.empty_like(H)
+    t = np.ones(n) if restart else 1.0
+    objectives = [] if track_objective else None
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 - a loop over iterations, not over data
+        np.matmul(Y, step_matrix, out=V)
+        V += offset
+        H, H_old = H_old, H
+        np.clip(V, -thr, thr, out=H)
+        np.subtract(V, H, out=H)               # soft_threshold(V, thr) in two passes
+        if accelerated:
+            np.subtract(H, H_old, out=V)       # V = H_k - H_{k-1} (V is free again)
+            if restart:
+                # restart the momentum of the rows where it points uphill
+                # (O'Donoghue & Candes 2015): <y_k - h_k, h_k - h_{k-1}> > 0
+                np.subtract(Y, H, out=Y)
+                uphill = np.einsum("ij,ij->i", Y, V) > 0
+                t[uphill] = 1.0
+            t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+            beta = (t - 1.0) / t_new
+            np.multiply(V, beta[:, None] if restart else beta, out=Y)
+            Y += H
+            t = t_new
+        else:
+            Y = H                              # safe: H's buffer is not written next step
+        if track_objective:
+            objectives.append(float(_objective(X, W, H, lam).sum()))
+        if it % check_every == 0 or it == max_iter:
+            change = np.linalg.norm(H - H_old)
+            if change <= tol * max(np.linalg.norm(H), np.finfo(float).tiny):
+                converged = True
+                break
+    return ProximalGradientResult(
+        codes=H, n_iter=it, converged=converged,
+        objectives=None if objectives is None else np.asarray(objectives), lipschitz=L)
+
+
+_PG_DOC = """
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d) or (d,)
+        Signals, one per row (finite).
+    W : array_like, shape (d, k)
+        Dictionary, one atom per column (finite).
+    lam : float
+        L1 penalty lam > 0 of 0.5 ||x - W h||^2 + lam ||h||_1 (same as ``alpha`` of
+        ``sklearn.decomposition.sparse_encode``).
+    max_iter : int
+        Iteration cap (>= 1).
+    tol : float
+        Stop when ||H_t - H_{t-1}||_F <= tol ||H_t||_F (>= 0; 0 runs ``max_iter`` steps).
+    check_every : int
+        Test the stopping rule every this many iterations (it costs two passes over H).
+    codes_init : array_like, shape (n, k), optional
+        Warm start (default zeros).
+    lipschitz : float, optional
+        L = lambda_max(W^T W); computed exactly with :func:`lipschitz_constant` if omitted.
+    track_objective : bool
+        Record the total objective after every iteration (costs one residual per step).
+
+    Returns
+    -------
+    ProximalGradientResult
+
+    Raises
+    ------
+    ValueError
+        Non-positive ``lam``, shape mismatch between X and W, non-finite data, bad
+        ``max_iter`` / ``tol`` / ``codes_init``.
+
+    Notes
+    -----
+    The batch is processed with matrix products only: G = W^T W and W^T X are
+    precomputed, and each iteration costs one (n, k) x (k, k) product.
+    """
+
+
+def ista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int = 10,
+         codes_init=None, lipschitz: float | None = None, track_objective: bool = False
+         ) -> ProximalGradientResult:
+    return _proximal_gradient(X, W, lam, accelerated=False, restart=False, max_iter=max_iter,
+                              tol=tol, check_every=check_every, codes_init=codes_init,
+                              lipschitz=lipschitz, track_objective=track_objective)
+
+
+def fista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int = 10,
+          restart: bool = True, codes_init=None, lipschitz: float | None = None,
+          track_objective: bool = False) -> ProximalGradientResult:
+    return _proximal_gradient(X, W, lam, accelerated=True, restart=bool(restart),
+                              max_iter=max_iter, tol=tol, check_every=check_every,
+                              codes_init=codes_init, lipschitz=lipschitz,
+                              track_objective=track_objective)
+
+
+ista.__doc__ = """ISTA: proximal gradient descent on the lasso, for a batch of signals (chapter 3).
+
+    h <- soft_threshold(h - W^T (W h - x) / L, lam / L)   (Daubechies et al. 2004);
+    the objective gap falls as O(1 / k) (Beck & Teboulle 2009, theorem 3.1).
+""" + _PG_DOC
+
+fista.__doc__ = """FISTA: accelerated proximal gradient on the lasso, batched (chapter 3).
+
+    h_k = soft_threshold(y_k - W^T (W y_k - x) / L, lam / L),
+    t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2,
+    y_{k+1} = h_k + ((t_k - 1) / t_{k+1}) (h_k - h_{k-1});
+    the objective gap falls as O(1 / k^2) (Beck & Teboulle 2009, theorem 4.4).
+
+    With ``restart=True`` (the default) the momentum of a signal is reset (t = 1) whenever
+    it points uphill, <y_k - h_k, h_k - h_{k-1}> > 0 (the gradient restart scheme of
+    O'Donoghue & Candes 2015), which in practice converges much faster once the support
+    has settled (chapter 3 measures it); ``restart=False`` is the textbook FISTA of
+    Beck & Teboulle.
+""" + _PG_DOC.replace("\n\n    Returns\n", """
+    restart : bool
+        Adaptive momentum restart, per signal (see above).
+
+    Returns
+""", 1)
+
+
+# ---------------------------------------------------------------- dictionary learning
+def normalize_columns(W, *, project: bool = False) -> np.ndarray:
+    """Scale the atoms (columns) of a dictionary to unit Euclidean norm (chapter 3).
+
+    Parameters
+    ----------
+    W : array_like, shape (d, k)
+    project : bool
+        If True, project onto the constraint set {||w_j|| <= 1}: only columns longer than
+        1 are shrunk. If False (default), every column is scaled to norm exactly 1.
+
+    Raises
+    ------
+    ValueError
+        If W is not a finite 2-D array, or (``project=False``) a column is zero.
+    """
+    W = as_float_array(W, "W", ndim=2)
+    norms = np.linalg.norm(W, axis=0)
+    if project:
+        return W / np.maximum(norms, 1.0)
+    if np.any(norms == 0):
+        raise ValueError(f"cannot normalise zero columns {np.flatnonzero(norms == 0).tolist()}")
+    return W / norms
+
+
+def update_dictionary(X, H, W, *, n_sweeps: int = 1) -> np.ndarray:
+    """Dictionary update: block coordinate descent over atoms with ||w_j|| <= 1 (chapter 3).
+
+    Minimises 0.5 ||X - H W^T||_F^2 over W subject to ||w_j||_2 <= 1, one column at a time,
+    exactly (Mairal et al. 2010, algorithm 2): with A = H^T H and B = X^T H,
+
+        u_j = w_j + (b_j - W a_j) / A_jj,   w_j <- u_j / max(||u_j||, 1).
+
+    Each column step solves its sub-problem exactly, so the objective never increases.
+    Atoms that no code uses (A_jj = 0) are left unchanged. The loop runs over atoms, not
+    data points; the data enter only through A and B.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    H : array_like, shape (n, k)
+    W : array_like, shape (d, k)
+        Current dictionary.
+    n_sweeps : int
+        Passes over all atoms.
+
+    Returns
+    -------
+    numpy.ndarray, shape (d, k)
+        The new dictionary (a copy).
+    """
+    X = as_float_array(X, "X", ndim=2)
+    W = as_float_array(W, "W", ndim=2).copy()
+    if X.shape[1] != W.shape[0]:
+        raise ValueError(f"shape mismatch: X has shape {X.shape}, W has shape {W.shape}; "
+                         "expected (n, d) and (d, k)")
+    H = _check_codes(H, X.shape[0], W.shape[1], "H")
+    n_sweeps = check_positive_int(n_sweeps, "n_sweeps")
+    A = H.T @ H
+    B = X.T @ H
+    for _ in range(n_sweeps):
+        for j in range(W.shape[1]):
+            if A[j, j] <= 0:
+                continue
+            u = W[:, j] + (B[:, j] - W @ A[:, j]) / A[j, j]
+            W[:, j] = u / max(np.linalg.norm(u), 1.0)
+    return W
+
+
+@dataclass
+class DictionaryLearningResult:
+    """Output of :func:`learn_dictionary`.
+
+    Attributes
+    ----------
+    dictionary : numpy.ndarray, shape (d, k)
+        Learned atoms, one per column, each of norm <= 1.
+    codes : numpy.ndarray, shape (n, k)
+        MAP codes of the training signals under the final dictionary's last code step.
+    objectives : numpy.ndarray, shape (n_iter + 1,)
+        Mean training objective (1/n) sum_i [0.5 ||x_i - W h_i||^2 + lam ||h_i||_1],
+        at the start and after each outer iteration.
+    n_replaced : int
+        Number of unused atoms re-initialised from data.
+    """
+
+    dictionary: np.ndarray
+    codes: np.ndarray
+    objectives: np.ndarray
+    n_replaced: int
+
+
+def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int = 50,
+                     rng: np.random.Generator, W_init=None) -> DictionaryLearningResult:
+    """Sparse coding dictionary learning by alternating MAP steps (chapter 3).
+
+    Alternates (1) MAP inference of all codes with :func:`fista`, warm-started from the
+    previous codes, keeping for each signal whichever of the old and new codes has the
+    lower objective, and (2) :func:`update_dictionary`. Both steps can only lower the
+    objective, so the training objective is non-increasing (Olshausen & Field 1996;
+    Mairal et al. 2010). Atoms that no code uses after a code step are replaced by
+    random normalised training signals; their codes are zero, so this leaves the
+    objective unchanged.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+        Training signals, one per row.
+    n_atoms : int
+        k, number of atoms.
+    lam : float
+        L1 penalty (> 0).
+    n_iter : int
+        Outer iterations.
+    code_iter : int
+        FISTA iterations per code step.
+    rng : numpy.random.Generator
+        Source of the initial dictionary (random training signals) and replacements.
+    W_init : array_like, shape (d, k), optional
+        Initial dictionary (columns are normalised).
+
+    Returns
+    -------
+    DictionaryLearningResult
+    """
+    X = as_float_array(X, "X", ndim=2)
+    n, d = X.shape
+    k = check_positive_int(n_atoms, "n_atoms")
+    lam = check_positive(lam, "lam")
+    n_iter = check_positive_int(n_iter, "n_iter")
+    code_iter = check_positive_int(code_iter, "code_iter")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if k > n:
+        raise ValueError(f"n_atoms must be <= the number of signals {n}, got {k}")
+    if W_init is None:
+        W = normalize_columns(X[rng.choice(n, size=k, replace=False)].T)
+    else:
+        W = normalize_columns(W_init)
+        if W.shape != (d, k):
+            raise ValueError(f"W_init must have shape {(d, k)}, got {W.shape}")
+    H = np.zeros((n, k))
+    per_signal = _objective(X, W, H, lam)
+    objectives = [float(per_signal.mean())]
+    n_replaced = 0
+    for _ in range(n_iter):
+        result = fista(X, W, lam, max_iter=code_iter, tol=0.0, codes_init=H)
+        new = _objective(X, W, result.codes, lam)
+        better = new < per_signal
+        H[better] = result.codes[better]
+        W = update_dictionary(X, H, W)
+        unused = np.flatnonzero(~np.any(H, axis=0))
+        if unused.size:
+            picks = rng.choice(n, size=unused.size, replace=False)
+            norms = np.linalg.norm(X[picks], axis=1)
+            ok = norms > 0
+            W[:, unused[ok]] = (X[picks[ok]] / norms[ok, None]).T
+            n_replaced += int(ok.sum())
+        per_signal = _objective(X, W, H, lam)
+        objectives.append(float(per_signal.mean()))
+    return DictionaryLearningResult(dictionary=W, codes=H, objectives=np.asarray(objectives),
+                                    n_replaced=n_replaced)
+
+
+def best_m_term_reconstruction(X, basis, n_terms) -> np.ndarray:
+    """Best m-term approximation of each signal in an orthonormal basis (chapter 3).
+
+    For an orthonormal basis U (columns), the best approximation of x using m basis
+    vectors keeps the m coefficients U^T x of largest magnitude. Used as the PCA baseline
+    with the same number of non-zeros as a sparse code.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    basis : array_like, shape (d, p)
+        Orthonormal columns (U^T U = I).
+    n_terms : int or array_like of int, shape (n,)
+        m for all signals, or one m_i per signal (0 <= m_i <= p).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, d)
+    """
+    X = as_float_array(X, "X", ndim=2)
+    U = as_float_array(basis, "basis", ndim=2)
+    if X.shape[1] != U.shape[0]:
+        raise ValueError(f"shape mismatch: X has shape {X.shape}, basis has shape {U.shape}")
+    if not np.allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-8):
+        raise ValueError("basis must have orthonormal columns (U^T U = I)")
+    m = np.broadcast_to(np.asarray(n_terms), (X.shape[0],))
+    if not np.issubdtype(m.dtype, np.integer) or np.any(m < 0) or np.any(m > U.shape[1]):
+        raise ValueError(f"n_terms must be integers in [0, {U.shape[1]}], got {n_terms!r}")
+    C = X @ U
+    ranks = np.argsort(np.argsort(-np.abs(C), axis=1, kind="stable"), axis=1, kind="stable")
+    C = np.where(ranks < m[:, None], C, 0.0)
+    return C @ U.T
+
+
+def debias_codes(X, W, H, *, chunk_size: int = 1024) -> np.ndarray:
+    """Least-squares refit of each code on its own support (chapter 3).
+
+    The lasso shrinks every non-zero coefficient towards 0 by up to lam / L. Keeping the
+    support S_i of each code and solving min ||x_i - W_S h_S||^2 exactly removes that
+    bias without adding non-zeros. All the supports are solved at once, in chunks, as
+    batched (k, k) linear systems in which the coordinates outside S_i are pinned to 0.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    W : array_like, shape (d, k)
+    H : array_like, shape (n, k)
+        Codes whose supports are kept.
+    chunk_size : int
+        Signals per batched solve (memory is chunk_size * k^2 floats).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, k)
+        Refitted codes, zero outside each support.
+
+    Raises
+    ------
+    ValueError
+        Shape mismatch, non-finite input, or a support whose atoms are linearly dependent.
+    """
+    X = as_float_array(X, "X", ndim=2)
+    W = as_float_array(W, "W", ndim=2)
+    if X.shape[1] != W.shape[0]:
+        raise ValueError(f"shape mismatch: X has shape {X.shape}, W has shape {W.shape}")
+    H = _check_codes(H, X.shape[0], W.shape[1], "H")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    gram, corr = W.T @ W, X @ W
+    out = np.zeros_like(H)
+    eye = np.eye(W.shape[1])
+    for start in range(0, X.shape[0], chunk_size):   # chunks bound memory; not per signal
+        mask = (H[start:start + chunk_size] != 0).astype(float)
+        systems = mask[:, :, None] * gram * mask[:, None, :] + eye * (1.0 - mask)[:, None, :]
+        try:
+            out[start:start + chunk_size] = np.linalg.solve(
+                systems, (mask * corr[start:start + chunk_size])[..., None])[..., 0]
+        except np.linalg.LinAlgError as exc:
+            raise ValueError("a support has linearly dependent atoms; cannot refit") from exc
+    return out

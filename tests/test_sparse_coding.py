@@ -1,0 +1,335 @@
+"""Tests of elbo_lib.sparse_coding and elbo_lib.patches (chapter 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.decomposition import sparse_encode
+from sklearn.linear_model import Lasso
+
+from elbo_lib.patches import (
+    ZCAWhitener,
+    denoise_image,
+    load_grey_sample_images,
+    random_patches,
+    remove_dc,
+)
+from elbo_lib.sparse_coding import (
+    best_m_term_reconstruction,
+    debias_codes,
+    fista,
+    ista,
+    lasso_duality_gap,
+    lasso_objective,
+    learn_dictionary,
+    lipschitz_constant,
+    normalize_columns,
+    sklearn_lasso_alpha,
+    soft_threshold,
+    update_dictionary,
+)
+
+
+def _problem(seed=0, n=40, d=20, k=30, density=0.1, noise=0.05):
+    rng = np.random.default_rng(seed)
+    W = normalize_columns(rng.standard_normal((d, k)))
+    H = rng.standard_normal((n, k)) * (rng.random((n, k)) < density)
+    X = H @ W.T + noise * rng.standard_normal((n, d))
+    return X, W
+
+
+# ------------------------------------------------------------------ proximal step
+def test_soft_threshold_values():
+    out = soft_threshold([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5], 1.0)
+    np.testing.assert_array_equal(out, [-2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5])
+
+
+@settings(max_examples=50, deadline=None)
+@given(v=st.floats(-10, 10), tau=st.floats(0, 5))
+def test_soft_threshold_is_the_prox_of_l1(v, tau):
+    # brute-force minimisation of 0.5 (u - v)^2 + tau |u| on a fine grid around v
+    grid = np.linspace(v - tau - 1, v + tau + 1, 20001)
+    grid = np.append(grid, 0.0)
+    u_best = grid[np.argmin(0.5 * (grid - v) ** 2 + tau * np.abs(grid))]
+    assert abs(float(soft_threshold(v, tau)) - u_best) <= 2 * (2 * tau + 2) / 20000 + 1e-12
+
+
+def test_soft_threshold_rejects_negative_threshold():
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        soft_threshold([1.0], -0.1)
+
+
+# --------------------------------------------------------------- Lipschitz constant
+def test_lipschitz_exact_and_power_agree_with_svd():
+    rng = np.random.default_rng(1)
+    for shape in [(20, 30), (30, 20), (5, 5)]:
+        W = rng.standard_normal(shape)
+        expected = np.linalg.norm(W, 2) ** 2
+        assert lipschitz_constant(W) == pytest.approx(expected, rel=1e-12)
+        assert lipschitz_constant(W, "power", tol=1e-13, max_iter=100000) == pytest.approx(
+            expected, rel=1e-6)
+
+
+def test_lipschitz_errors():
+    with pytest.raises(ValueError, match="all zeros"):
+        lipschitz_constant(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="method must be"):
+        lipschitz_constant(np.eye(2), "svd")
+    with pytest.raises(ValueError, match="did not converge"):
+        lipschitz_constant(np.diag([1.0, 0.999999]), "power", max_iter=2, tol=1e-15)
+
+
+def test_step_above_two_over_l_diverges_and_one_over_l_does_not():
+    # the step 1/L is what makes ISTA a descent method; 2.5/L overshoots
+    X, W = _problem(seed=2)
+    L = lipschitz_constant(W)
+    good = ista(X, W, 0.1, lipschitz=L, max_iter=200, tol=0, track_objective=True)
+    bad = ista(X, W, 0.1, lipschitz=L / 2.5, max_iter=200, tol=0, track_objective=True)
+    assert np.all(np.diff(good.objectives) <= 1e-12 * np.abs(good.objectives[:-1]))
+    assert bad.objectives[-1] > 1e3 * good.objectives[-1]
+
+
+# ------------------------------------------------------------ against scikit-learn
+@pytest.mark.parametrize("lam", [0.02, 0.1, 0.5])
+@pytest.mark.parametrize("algorithm", ["lasso_lars", "lasso_cd"])
+def test_fista_matches_sparse_encode(lam, algorithm):
+    X, W = _problem(seed=3)
+    ours = fista(X, W, lam, max_iter=20000, tol=1e-12)
+    assert ours.converged
+    theirs = sparse_encode(X, W.T, algorithm=algorithm, alpha=lam, max_iter=10000)
+    f_ours = lasso_objective(X, W, ours.codes, lam)
+    f_theirs = lasso_objective(X, W, theirs, lam)
+    # ours is at least as good (to rounding), and the two agree to 1e-6 relative
+    assert np.all(f_ours <= f_theirs * (1 + 1e-9))
+    np.testing.assert_allclose(f_ours, f_theirs, rtol=1e-6)
+    np.testing.assert_allclose(ours.codes, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", [ista, fista])
+def test_ista_and_fista_match_sklearn_lasso_with_converted_penalty(method):
+    X, W = _problem(seed=4, n=5)
+    lam = 0.05
+    ours = method(X, W, lam, max_iter=50000, tol=1e-12)
+    alpha = sklearn_lasso_alpha(lam, W.shape[0])
+    assert alpha == pytest.approx(lam / W.shape[0])
+    for i in range(X.shape[0]):  # scikit-learn's Lasso codes one signal per fit
+        model = Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=100000).fit(W, X[i])
+        f_ours = lasso_objective(X[i], W, ours.codes[i], lam)[0]
+        f_sk = lasso_objective(X[i], W, model.coef_, lam)[0]
+        assert f_ours == pytest.approx(f_sk, rel=1e-6)
+        # and Lasso's own objective is ours divided by d
+        resid = X[i] - W @ model.coef_
+        sk_obj = resid @ resid / (2 * W.shape[0]) + alpha * np.abs(model.coef_).sum()
+        assert sk_obj == pytest.approx(f_sk / W.shape[0], rel=1e-12)
+
+
+def test_wrong_penalty_conversion_is_detected():
+    # passing lam (not lam / d) to Lasso solves a different problem: the check must see it
+    X, W = _problem(seed=5, n=1)
+    lam = 0.05
+    ours = fista(X, W, lam, max_iter=20000, tol=1e-12)
+    wrong = Lasso(alpha=lam, fit_intercept=False, tol=1e-12, max_iter=100000).fit(W, X[0])
+    f_wrong = lasso_objective(X, W, wrong.coef_, lam)[0]
+    assert f_wrong > lasso_objective(X, W, ours.codes, lam)[0] * (1 + 1e-3)
+
+
+def test_duality_gap_certifies_the_optimum():
+    X, W = _problem(seed=6)
+    lam = 0.1
+    exact = fista(X, W, lam, max_iter=20000, tol=1e-13).codes
+    rough = ista(X, W, lam, max_iter=5, tol=0).codes
+    gap_exact = lasso_duality_gap(X, W, exact, lam)
+    gap_rough = lasso_duality_gap(X, W, rough, lam)
+    assert np.all(gap_exact >= -1e-10) and np.all(gap_exact < 1e-8)
+    excess = lasso_objective(X, W, rough, lam) - lasso_objective(X, W, exact, lam)
+    assert np.all(gap_rough >= excess - 1e-10)  # the gap bounds the excess objective
+    assert gap_rough.max() > 1e-2  # and it does notice that 5 ISTA steps are not enough
+
+
+# ------------------------------------------------------------------ ISTA vs FISTA
+def test_fista_needs_fewer_iterations_than_ista():
+    X, W = _problem(seed=7, d=30, k=60, density=0.05)
+    lam = 0.05
+    f_star = lasso_objective(X, W, fista(X, W, lam, max_iter=50000, tol=1e-13).codes, lam).sum()
+    target = f_star * (1 + 1e-6)
+
+    def iterations(result):
+        hits = np.flatnonzero(result.objectives <= target)
+        return hits[0] + 1 if hits.size else np.inf
+
+    kw = dict(max_iter=5000, tol=0, track_objective=True)
+    n_ista = iterations(ista(X, W, lam, **kw))
+    n_fista = iterations(fista(X, W, lam, restart=False, **kw))
+    n_restart = iterations(fista(X, W, lam, **kw))
+    assert n_fista < n_ista and n_restart < n_ista
+    assert np.isfinite(n_fista)
+
+
+def test_batch_equals_one_signal_at_a_time():
+    X, W = _problem(seed=8, n=6)
+    batch = fista(X, W, 0.1, max_iter=5000, tol=1e-12).codes
+    single = np.vstack([fista(x, W, 0.1, max_iter=5000, tol=1e-12).codes for x in X])
+    np.testing.assert_allclose(batch, single, atol=1e-8)
+
+
+def test_warm_start_and_single_signal_shapes():
+    X, W = _problem(seed=9, n=3)
+    res = fista(X[0], W, 0.1, max_iter=2000, tol=1e-10)
+    assert res.codes.shape == (1, W.shape[1])
+    warm = fista(X[:1], W, 0.1, codes_init=res.codes, max_iter=2000, tol=1e-10)
+    assert warm.n_iter <= 20
+
+
+@pytest.mark.parametrize("method", [ista, fista])
+def test_bad_inputs_raise(method):
+    X, W = _problem(seed=10, n=3)
+    with pytest.raises(ValueError, match="lam must be a finite number > 0"):
+        method(X, W, 0.0)
+    with pytest.raises(ValueError, match="lam must be a finite number > 0"):
+        method(X, W, -1.0)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        method(X[:, :-1], W, 0.1)
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        method(bad, W, 0.1)
+    W_inf = W.copy()
+    W_inf[0, 0] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        method(X, W_inf, 0.1)
+    with pytest.raises(ValueError, match="codes_init must have shape"):
+        method(X, W, 0.1, codes_init=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="tol must be"):
+        method(X, W, 0.1, tol=-1.0)
+    with pytest.raises(TypeError, match="lam must be a positive number"):
+        method(X, W, "0.1")
+    with pytest.raises(ValueError, match="lipschitz"):
+        method(X, W, 0.1, lipschitz=0.0)
+
+
+# ---------------------------------------------------------------- dictionary learning
+def test_normalize_columns():
+    W = np.array([[3.0, 0.1], [4.0, 0.0]])
+    np.testing.assert_allclose(np.linalg.norm(normalize_columns(W), axis=0), 1.0)
+    proj = normalize_columns(W, project=True)
+    np.testing.assert_allclose(proj[:, 0], [0.6, 0.8])
+    np.testing.assert_allclose(proj[:, 1], [0.1, 0.0])  # already inside the ball
+    with pytest.raises(ValueError, match="zero columns"):
+        normalize_columns(np.array([[1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_update_dictionary_is_exact_block_minimisation():
+    X, W = _problem(seed=11, n=200)
+    H = fista(X, W, 0.1, max_iter=500).codes
+    rng = np.random.default_rng(0)
+    W0 = normalize_columns(rng.standard_normal(W.shape))
+    W1 = update_dictionary(X, H, W0, n_sweeps=50)
+    assert np.all(np.linalg.norm(W1, axis=0) <= 1 + 1e-12)
+    fit0 = np.sum((X - H @ W0.T) ** 2)
+    fit1 = np.sum((X - H @ W1.T) ** 2)
+    assert fit1 < fit0
+    # every column is optimal given the others: a perturbation within the ball is no better
+    for j in range(3):
+        others = X - H @ W1.T + np.outer(H[:, j], W1[:, j])
+        w = W1[:, j] + 1e-3 * rng.standard_normal(W.shape[0])
+        w /= max(np.linalg.norm(w), 1.0)
+        assert (np.sum((others - np.outer(H[:, j], w)) ** 2)
+                >= np.sum((others - np.outer(H[:, j], W1[:, j])) ** 2) - 1e-9)
+
+
+def test_learn_dictionary_objective_decreases_and_recovers_atoms():
+    rng = np.random.default_rng(12)
+    d, k, n = 16, 12, 600
+    W_true = normalize_columns(rng.standard_normal((d, k)))
+    H = rng.laplace(size=(n, k)) * (rng.random((n, k)) < 0.15)
+    X = H @ W_true.T + 0.01 * rng.standard_normal((n, d))
+    res = learn_dictionary(X, k, 0.05, n_iter=60, code_iter=30, rng=rng)
+    assert np.all(np.diff(res.objectives) <= 1e-12 * res.objectives[:-1])
+    assert res.objectives[-1] < 0.5 * res.objectives[1]
+    assert np.all(np.linalg.norm(res.dictionary, axis=0) <= 1 + 1e-12)
+    # most true atoms are found (up to sign) by some learned atom
+    match = np.abs(W_true.T @ res.dictionary).max(axis=1)
+    assert np.mean(match > 0.95) >= 0.75
+
+
+def test_learn_dictionary_errors():
+    X, _ = _problem(seed=13, n=10)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="n_atoms must be <="):
+        learn_dictionary(X, 11, 0.1, rng=rng)
+    with pytest.raises(TypeError, match="rng must be"):
+        learn_dictionary(X, 3, 0.1, rng=0)
+    with pytest.raises(ValueError, match="W_init must have shape"):
+        learn_dictionary(X, 3, 0.1, rng=rng, W_init=np.ones((5, 3)))
+
+
+def test_debias_codes_is_least_squares_on_the_support():
+    X, W = _problem(seed=14, n=30)
+    H = fista(X, W, 0.2, max_iter=2000).codes
+    D = debias_codes(X, W, H, chunk_size=7)
+    assert np.array_equal(D != 0, H != 0)
+    for i in range(0, 30, 7):
+        S = np.flatnonzero(H[i])
+        expected, *_ = np.linalg.lstsq(W[:, S], X[i], rcond=None)
+        np.testing.assert_allclose(D[i, S], expected, atol=1e-10)
+
+
+def test_best_m_term_reconstruction():
+    rng = np.random.default_rng(15)
+    U, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    X = rng.standard_normal((5, 8))
+    np.testing.assert_allclose(best_m_term_reconstruction(X, U, 8), X, atol=1e-12)
+    np.testing.assert_allclose(best_m_term_reconstruction(X, U, 0), 0.0)
+    m = np.array([1, 2, 3, 4, 5])
+    rec = best_m_term_reconstruction(X, U, m)
+    for i in range(5):  # brute force: keep the m largest |coefficients|
+        c = U.T @ X[i]
+        keep = np.argsort(-np.abs(c))[: m[i]]
+        np.testing.assert_allclose(rec[i], U[:, keep] @ c[keep], atol=1e-12)
+    with pytest.raises(ValueError, match="orthonormal"):
+        best_m_term_reconstruction(X, 2 * U, 2)
+    with pytest.raises(ValueError, match="n_terms"):
+        best_m_term_reconstruction(X, U, 9)
+
+
+# -------------------------------------------------------------------------- patches
+def test_sample_images_and_patches():
+    images = load_grey_sample_images()
+    assert set(images) == {"china", "flower"}
+    img = images["china"]
+    assert img.ndim == 2 and 0 <= img.min() and img.max() <= 1
+    rng = np.random.default_rng(0)
+    P = random_patches(img, 8, 50, rng, rows=(100, 200))
+    assert P.shape == (50, 64)
+    # every patch is a real 8x8 window of the image rows 100..199
+    windows = np.lib.stride_tricks.sliding_window_view(img[100:200], (8, 8)).reshape(-1, 64)
+    assert all(np.any(np.all(windows == p, axis=1)) for p in P[:5])
+    with pytest.raises(ValueError, match="does not fit"):
+        random_patches(img, 8, 5, rng, rows=(0, 4))
+
+
+def test_zca_whitener_whitens_and_inverts():
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((6, 6))
+    X = rng.standard_normal((5000, 6)) @ A
+    zca = ZCAWhitener(eps_fraction=1e-8).fit(X)
+    Z = zca.transform(X)
+    np.testing.assert_allclose(np.cov(Z.T), np.eye(6), atol=1e-4)
+    np.testing.assert_allclose(zca.inverse_transform(Z), X, atol=1e-8)
+    Zr = ZCAWhitener(eps_fraction=1.0).fit(X).transform(X)
+    assert np.mean(Zr ** 2) == pytest.approx(1.0, rel=1e-3)
+    centred, means = remove_dc(X)
+    np.testing.assert_allclose(centred.mean(axis=1), 0, atol=1e-12)
+    with pytest.raises(ValueError, match="not fitted"):
+        ZCAWhitener().transform(X)
+
+
+def test_denoise_image_with_identity_dictionary_and_small_penalty_is_identity():
+    rng = np.random.default_rng(2)
+    img = rng.random((12, 14))
+    out = denoise_image(img, np.eye(16), 1e-9, max_iter=50)
+    np.testing.assert_allclose(out, img, atol=1e-6)
+    with pytest.raises(ValueError, match="p\\*p rows"):
+        denoise_image(img, np.eye(15), 0.1)
