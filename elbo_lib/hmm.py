@@ -1,0 +1,463 @@
+"""Hidden Markov models: forward-backward, Baum-Welch (EM) and Viterbi.
+
+Chapter 2 of the book. The latent variable is the whole state sequence z_{1:T}, and
+
+.. math::
+
+    \\log p(x_{1:T} \\mid \\theta) = \\mathcal L(q, \\theta)
+        + \\mathrm{KL}\\big(q(z_{1:T}) \\,\\|\\, p(z_{1:T} \\mid x_{1:T}, \\theta)\\big).
+
+The E-step needs only the posterior marginals gamma_t(k) = p(z_t = k | x) and the pairwise
+marginals xi_t(i, j) = p(z_t = i, z_{t+1} = j | x), which the forward-backward recursions
+compute exactly in O(T K^2) instead of the K^T terms of the sum over sequences
+(Baum et al. 1970; Rabiner 1989; Bishop 2006, section 13.2). Everything here works with
+logarithms (each step shifted by its maximum), so long sequences and extreme emission
+densities neither underflow nor overflow. :func:`enumerate_posterior` is the brute-force
+oracle the chapter and the tests compare against.
+
+Time steps are processed by a loop because the recursions are sequential in t; every step
+is vectorised over the K states, and everything else is vectorised over t.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from elbo_lib._validation import as_float_array, check_positive_int
+from elbo_lib.em import (
+    _as_generator,
+    _check_nonnegative,
+    _check_spd,
+    _log_density_unchecked,
+    _m_step,
+    precision_cholesky,
+)
+
+__all__ = [
+    "GaussianHMM",
+    "chain_entropy",
+    "enumerate_posterior",
+    "forward_backward",
+    "sample_gaussian_hmm",
+    "viterbi",
+]
+
+#: Brute-force enumeration refuses more than this many state sequences.
+MAX_ENUMERATED_SEQUENCES = 2**20
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------
+def _check_log_params(log_pi, log_A, log_B):
+    """Validate log start probabilities (K,), log transitions (K, K), log emissions (T, K)."""
+    log_pi = np.asarray(log_pi, dtype=np.float64)
+    log_A = np.asarray(log_A, dtype=np.float64)
+    log_B = as_float_array(log_B, "log_B", ndim=2)
+    k = log_B.shape[1]
+    if log_pi.shape != (k,):
+        raise ValueError(f"log_pi must have shape ({k},) to match log_B {log_B.shape}, "
+                         f"got {log_pi.shape}")
+    if log_A.shape != (k, k):
+        raise ValueError(f"log_A must have shape ({k}, {k}), got {log_A.shape}")
+    for name, arr in (("log_pi", log_pi), ("log_A", log_A)):
+        if np.any(np.isnan(arr)) or np.any(arr == np.inf):
+            raise ValueError(f"{name} must be log-probabilities (-inf allowed), got NaN or +inf")
+    if not np.isclose(np.logaddexp.reduce(log_pi), 0.0, atol=1e-8):
+        raise ValueError("exp(log_pi) must sum to 1")
+    if not np.allclose(np.logaddexp.reduce(log_A, axis=1), 0.0, atol=1e-8):
+        raise ValueError("every row of exp(log_A) must sum to 1")
+    return log_pi, log_A, log_B
+
+
+def _check_stochastic(p, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    p = as_float_array(p, name, ndim=len(shape))
+    if p.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {p.shape}")
+    if np.any(p < 0) or not np.allclose(p.sum(axis=-1), 1.0, atol=1e-8):
+        raise ValueError(f"{name} must be non-negative with (rows) summing to 1")
+    return p
+
+
+def _log(p):
+    with np.errstate(divide="ignore"):
+        return np.log(p)
+
+
+# ---------------------------------------------------------------------------------------
+# exact inference
+# ---------------------------------------------------------------------------------------
+def forward_backward(log_pi, log_A, log_B, return_pairwise: bool = False):
+    """Exact posterior marginals of an HMM by the forward-backward recursions, in log space.
+
+    .. math::
+
+        \\log\\alpha_t(j) = \\log B_t(j) + \\log\\sum_i \\alpha_{t-1}(i) A_{ij}, \\qquad
+        \\log\\beta_t(i) = \\log\\sum_j A_{ij} B_{t+1}(j) \\beta_{t+1}(j),
+
+    each log-sum-exp shifted by its maximum, and both messages renormalised at every
+    step by c_t = p(x_t | x_{1:t-1}) (Rabiner's scaling, kept in log space), so that
+    log p(x) = sum_t log c_t and no quantity grows with T.
+    Used in chapter 2.
+
+    Parameters
+    ----------
+    log_pi : array_like, shape (K,)
+        Log initial-state probabilities (-inf allowed).
+    log_A : array_like, shape (K, K)
+        Log transition matrix, rows = from-state (-inf allowed).
+    log_B : array_like, shape (T, K)
+        Log emission densities log p(x_t | z_t = k) (finite).
+    return_pairwise : bool
+        Also return the per-step pairwise marginals xi_t (shape (T-1, K, K)).
+
+    Returns
+    -------
+    log_likelihood : float
+        log p(x_{1:T}).
+    gamma : numpy.ndarray, shape (T, K)
+        p(z_t = k | x).
+    xi_sum : numpy.ndarray, shape (K, K)
+        sum_t p(z_t = i, z_{t+1} = j | x).
+    xi : numpy.ndarray, shape (T-1, K, K)
+        Only if ``return_pairwise``.
+    """
+    log_pi, log_A, log_B = _check_log_params(log_pi, log_A, log_B)
+    T, K = log_B.shape
+    A = np.exp(log_A)
+    # normalised forward messages: log_alpha[t] = log p(z_t | x_{1:t}),
+    # log_c[t] = log p(x_t | x_{1:t-1}), so that log p(x) = sum_t log_c[t]
+    log_alpha = np.empty((T, K))
+    log_c = np.empty(T)
+    v = log_pi + log_B[0]
+    for t in range(T):  # sequential in t, vectorised over states
+        if t > 0:
+            prev = log_alpha[t - 1]
+            top = prev.max()
+            with np.errstate(divide="ignore"):
+                v = top + np.log(np.exp(prev - top) @ A) + log_B[t]
+        top = v.max()
+        if not np.isfinite(top):
+            raise ValueError(f"the observations have probability 0 under the model at t={t}")
+        log_c[t] = top + np.log(np.exp(v - top).sum())
+        log_alpha[t] = v - log_c[t]
+    # backward messages scaled by the same constants: log_beta[t] = log p(x_{t+1:T} | z_t)
+    # - sum_{s>t} log_c[s]
+    log_beta = np.zeros((T, K))
+    for t in range(T - 2, -1, -1):
+        w = log_B[t + 1] + log_beta[t + 1]
+        top = w.max()
+        with np.errstate(divide="ignore"):
+            log_beta[t] = top + np.log(A @ np.exp(w - top)) - log_c[t + 1]
+    log_lik = float(log_c.sum())
+    gamma = np.exp(log_alpha + log_beta)
+    log_xi = (log_alpha[:-1, :, None] + log_A[None]
+              + (log_B[1:] + log_beta[1:] - log_c[1:, None])[:, None, :])
+    xi = np.exp(log_xi)
+    if return_pairwise:
+        return log_lik, gamma, xi.sum(axis=0), xi
+    return log_lik, gamma, xi.sum(axis=0)
+
+
+def enumerate_posterior(log_pi, log_A, log_B):
+    """Brute force: log p(x), marginals and the MAP path by summing over all K^T sequences.
+
+    The independent check of :func:`forward_backward` and :func:`viterbi` in chapter 2
+    and its tests (only for short sequences: K^T <= 2^20).
+
+    Returns
+    -------
+    dict
+        ``log_likelihood`` (float), ``gamma`` (T, K), ``xi`` (T-1, K, K), ``entropy``
+        (H of the posterior over sequences, float), ``map_path`` (T,), ``map_log_joint``.
+    """
+    log_pi, log_A, log_B = _check_log_params(log_pi, log_A, log_B)
+    T, K = log_B.shape
+    if K**T > MAX_ENUMERATED_SEQUENCES:
+        raise ValueError(f"enumeration over K^T = {K}^{T} sequences is too large "
+                         f"(limit {MAX_ENUMERATED_SEQUENCES}); use a shorter sequence")
+    seqs = np.array(list(itertools.product(range(K), repeat=T)), dtype=np.intp)
+    log_joint = log_pi[seqs[:, 0]] + log_B[np.arange(T), seqs].sum(axis=1)
+    if T > 1:
+        log_joint = log_joint + log_A[seqs[:, :-1], seqs[:, 1:]].sum(axis=1)
+    top = log_joint.max()
+    log_lik = float(top + np.log(np.exp(log_joint - top).sum()))
+    post = np.exp(log_joint - log_lik)
+    gamma = np.stack([np.bincount(seqs[:, t], weights=post, minlength=K) for t in range(T)])
+    xi = np.stack([np.bincount(seqs[:, t] * K + seqs[:, t + 1], weights=post,
+                               minlength=K * K).reshape(K, K) for t in range(T - 1)]
+                  ) if T > 1 else np.zeros((0, K, K))
+    positive = post > 0
+    entropy = float(-(post[positive] * (log_joint[positive] - log_lik)).sum())
+    best = int(np.argmax(log_joint))
+    return {"log_likelihood": log_lik, "gamma": gamma, "xi": xi, "entropy": entropy,
+            "map_path": seqs[best].copy(), "map_log_joint": float(log_joint[best])}
+
+
+def chain_entropy(gamma, xi) -> float:
+    """Entropy of a Markov-chain distribution over sequences from its marginals.
+
+    For q(z) = q(z_1) prod_t q(z_{t+1} | z_t),
+    H[q] = -sum_k gamma_1(k) log gamma_1(k) - sum_t sum_ij xi_t(i, j) log(xi_t(i, j) / gamma_t(i)).
+    The exact posterior of an HMM is such a chain; chapter 2 uses this to evaluate the
+    ELBO of Baum-Welch directly.
+
+    Parameters
+    ----------
+    gamma : array_like, shape (T, K)
+    xi : array_like, shape (T-1, K, K)
+
+    Returns
+    -------
+    float
+    """
+    gamma = as_float_array(gamma, "gamma", ndim=2)
+    xi = np.asarray(xi, dtype=np.float64)
+    T, K = gamma.shape
+    if xi.shape != (T - 1, K, K):
+        raise ValueError(f"xi must have shape ({T - 1}, {K}, {K}), got {xi.shape}")
+    g0 = gamma[0][gamma[0] > 0]
+    h = -float((g0 * np.log(g0)).sum())
+    cond = np.divide(xi, gamma[:-1, :, None], out=np.zeros_like(xi),
+                     where=gamma[:-1, :, None] > 0)
+    pos = xi > 0
+    return h - float((xi[pos] * np.log(cond[pos])).sum())
+
+
+def viterbi(log_pi, log_A, log_B):
+    """Most probable state sequence argmax_z p(z | x), by max-product in log space.
+
+    Parameters
+    ----------
+    log_pi, log_A, log_B
+        As in :func:`forward_backward`.
+
+    Returns
+    -------
+    path : numpy.ndarray of int, shape (T,)
+    log_joint : float
+        log p(x, path), the maximum over all K^T sequences (Viterbi 1967).
+    """
+    log_pi, log_A, log_B = _check_log_params(log_pi, log_A, log_B)
+    T, K = log_B.shape
+    delta = log_pi + log_B[0]
+    back = np.empty((T, K), dtype=np.intp)
+    for t in range(1, T):  # sequential in t, vectorised over states
+        scores = delta[:, None] + log_A
+        back[t] = scores.argmax(axis=0)
+        delta = scores[back[t], np.arange(K)] + log_B[t]
+    path = np.empty(T, dtype=np.intp)
+    path[-1] = int(delta.argmax())
+    for t in range(T - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path, float(delta.max())
+
+
+# ---------------------------------------------------------------------------------------
+# sampling
+# ---------------------------------------------------------------------------------------
+def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, rng):
+    """Draw (x_{1:T}, z_{1:T}) from an HMM with Gaussian emissions (chapter 2).
+
+    Parameters
+    ----------
+    startprob : array_like, shape (K,)
+    transmat : array_like, shape (K, K)
+    means : array_like, shape (K, d)
+    covariances : array_like, shape (K, d, d)
+    n_steps : int
+        T >= 1.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    X : numpy.ndarray, shape (T, d)
+    z : numpy.ndarray of int, shape (T,)
+    """
+    means = as_float_array(means, "means", ndim=2)
+    K, d = means.shape
+    startprob = _check_stochastic(startprob, "startprob", (K,))
+    transmat = _check_stochastic(transmat, "transmat", (K, K))
+    cov = _check_spd(covariances, "covariances", K, d)
+    T = check_positive_int(n_steps, "n_steps")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+    u = rng.random(T)
+    cum_start, cum_trans = np.cumsum(startprob), np.cumsum(transmat, axis=1)
+    z = np.empty(T, dtype=np.intp)
+    z[0] = min(np.searchsorted(cum_start, u[0], side="right"), K - 1)
+    for t in range(1, T):  # a Markov chain is sequential
+        z[t] = min(np.searchsorted(cum_trans[z[t - 1]], u[t], side="right"), K - 1)
+    chol = np.linalg.cholesky(cov)
+    eps = rng.standard_normal((T, d))
+    X = means[z] + np.einsum("tij,tj->ti", chol[z], eps)
+    return X, z
+
+
+# ---------------------------------------------------------------------------------------
+# Baum-Welch
+# ---------------------------------------------------------------------------------------
+def _as_sequence(X) -> np.ndarray:
+    X = as_float_array(X, "X", ndim=(1, 2))
+    return X[:, None] if X.ndim == 1 else X
+
+
+def _expected_complete_loglik(gamma, xi_sum, log_pi, log_A, log_B) -> float:
+    """E_q[log p(x, z | theta)] from the marginals of q (0 log 0 = 0)."""
+    def dot(p, logv):
+        return float(np.where(p > 0, p * np.where(p > 0, logv, 0.0), 0.0).sum())
+
+    return dot(gamma[0], log_pi) + dot(xi_sum, log_A) + float((gamma * log_B).sum())
+
+
+class GaussianHMM:
+    """Hidden Markov model with full-covariance Gaussian emissions, fitted by Baum-Welch.
+
+    Baum-Welch is EM with q over whole state sequences: the E-step runs
+    :func:`forward_backward` (q = exact posterior, bound tight), the M-step sets
+    pi = gamma_1, A_ij proportional to sum_t xi_t(i, j), and the Gaussian means and
+    covariances to gamma-weighted averages (with the covariance floor ``reg_covar`` of
+    :class:`elbo_lib.em.GaussianMixtureEM`). Used in chapter 2.
+
+    Parameters
+    ----------
+    n_states : int
+        K >= 1.
+    tol : float
+        Stop when log p(x | theta) (total, nats) improves by less than ``tol``.
+    reg_covar : float
+        Covariance floor added to every diagonal after each M-step.
+    max_iter : int
+        Maximum number of EM iterations.
+    startprob_init, transmat_init, means_init, covariances_init : array_like, optional
+        Initial pi (K,), A (K, K), mu (K, d), Sigma (K, d, d). Defaults: uniform pi,
+        A with 1/2 on the diagonal and the rest spread evenly, means at K distinct
+        random data points, covariances at the data covariance.
+    rng : numpy.random.Generator or int, optional
+        Used only for the default means.
+
+    Attributes
+    ----------
+    startprob_, transmat_, means_, covariances_ : numpy.ndarray
+    log_likelihood_ : numpy.ndarray, shape (n_iter_ + 1,)
+        log p(x | theta_t), t = 0 .. n_iter_.
+    elbo_after_e_step_, elbo_after_m_step_ : numpy.ndarray, shape (n_iter_,)
+        L(q_t, theta_{t-1}) and L(q_t, theta_t), computed from the marginals with
+        :func:`chain_entropy`.
+    n_iter_ : int
+    converged_ : bool
+    """
+
+    def __init__(self, n_states: int, *, tol: float = 1e-6, reg_covar: float = 1e-6,
+                 max_iter: int = 200, startprob_init=None, transmat_init=None,
+                 means_init=None, covariances_init=None, rng=None) -> None:
+        self.n_states = check_positive_int(n_states, "n_states")
+        self.tol = _check_nonnegative(tol, "tol")
+        self.reg_covar = _check_nonnegative(reg_covar, "reg_covar")
+        self.max_iter = check_positive_int(max_iter, "max_iter")
+        self.startprob_init, self.transmat_init = startprob_init, transmat_init
+        self.means_init, self.covariances_init = means_init, covariances_init
+        self.rng = rng
+
+    def _init_params(self, X):
+        T, d = X.shape
+        K = self.n_states
+        pi = (np.full(K, 1.0 / K) if self.startprob_init is None
+              else _check_stochastic(self.startprob_init, "startprob_init", (K,)))
+        if self.transmat_init is None:
+            A = np.full((K, K), 0.5 / max(K - 1, 1)) if K > 1 else np.ones((1, 1))
+            if K > 1:
+                np.fill_diagonal(A, 0.5)
+        else:
+            A = _check_stochastic(self.transmat_init, "transmat_init", (K, K))
+        if self.means_init is None:
+            means = X[_as_generator(self.rng).choice(T, size=K, replace=False)].copy()
+        else:
+            means = as_float_array(self.means_init, "means_init", ndim=2)
+            if means.shape != (K, d):
+                raise ValueError(f"means_init must have shape ({K}, {d}), got {means.shape}")
+        if self.covariances_init is None:
+            c = np.atleast_2d(np.cov(X, rowvar=False, bias=True)) + self.reg_covar * np.eye(d)
+            cov = np.repeat(c[None], K, axis=0)
+        else:
+            cov = _check_spd(self.covariances_init, "covariances_init", K, d)
+        return pi, A, means, cov
+
+    def emission_log_prob(self, X, means=None, covariances=None) -> np.ndarray:
+        """log N(x_t | mu_k, Sigma_k), shape (T, K) (fitted parameters by default)."""
+        X = _as_sequence(X)
+        means = self.means_ if means is None else means
+        cov = self.covariances_ if covariances is None else covariances
+        return _log_density_unchecked(X, np.asarray(means), precision_cholesky(cov))
+
+    def fit(self, X) -> GaussianHMM:
+        """Run Baum-Welch on one sequence X of shape (T, d) (or (T,)); return ``self``.
+
+        Raises
+        ------
+        ValueError
+            If X is not finite, has fewer than 2 steps or fewer steps than states, or an
+            initial parameter is malformed.
+        """
+        X = _as_sequence(X)
+        T = X.shape[0]
+        if T < max(2, self.n_states):
+            raise ValueError(f"need a sequence of at least max(2, n_states) = "
+                             f"{max(2, self.n_states)} steps, got T={T}")
+        pi, A, means, cov = self._init_params(X)
+        log_lik, elbo_e, elbo_m = [], [], []
+        log_B = self.emission_log_prob(X, means, cov)
+        prev = None
+        converged, n_iter = False, 0
+        for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - used after the loop
+            ll, gamma, xi_sum, xi = forward_backward(_log(pi), _log(A), log_B,
+                                                     return_pairwise=True)
+            if prev is not None:  # L(q_{t-1}, theta_{t-1}) after the previous M-step
+                g, x_s, h = prev
+                elbo_m.append(_expected_complete_loglik(g, x_s, _log(pi), _log(A), log_B) + h)
+            entropy = chain_entropy(gamma, xi)
+            log_lik.append(ll)
+            elbo_e.append(_expected_complete_loglik(gamma, xi_sum, _log(pi), _log(A), log_B)
+                          + entropy)
+            # M-step
+            pi = gamma[0] / gamma[0].sum()
+            A = xi_sum / np.maximum(xi_sum.sum(axis=1, keepdims=True), np.finfo(float).tiny)
+            _, means, cov = _m_step(X, gamma, self.reg_covar)
+            log_B = self.emission_log_prob(X, means, cov)
+            prev = (gamma, xi_sum, entropy)
+            if len(log_lik) > 1 and abs(log_lik[-1] - log_lik[-2]) < self.tol:
+                converged = True
+                break
+        ll, _, _ = forward_backward(_log(pi), _log(A), log_B)
+        g, x_s, h = prev
+        elbo_m.append(_expected_complete_loglik(g, x_s, _log(pi), _log(A), log_B) + h)
+        log_lik.append(ll)
+        self.startprob_, self.transmat_, self.means_, self.covariances_ = pi, A, means, cov
+        self.log_likelihood_ = np.asarray(log_lik)
+        self.elbo_after_e_step_ = np.asarray(elbo_e)
+        self.elbo_after_m_step_ = np.asarray(elbo_m)
+        self.n_iter_, self.converged_ = n_iter, converged
+        return self
+
+    def _fitted(self, X):
+        if not hasattr(self, "means_"):
+            raise ValueError("this GaussianHMM is not fitted yet: call fit(X) first")
+        X = _as_sequence(X)
+        if X.shape[1] != self.means_.shape[1]:
+            raise ValueError(f"X has {X.shape[1]} features, the model has "
+                             f"{self.means_.shape[1]}")
+        return _log(self.startprob_), _log(self.transmat_), self.emission_log_prob(X)
+
+    def posterior(self, X) -> np.ndarray:
+        """p(z_t = k | x_{1:T}), shape (T, K)."""
+        return forward_backward(*self._fitted(X))[1]
+
+    def score(self, X) -> float:
+        """log p(x_{1:T} | theta) in nats."""
+        return forward_backward(*self._fitted(X))[0]
+
+    def predict(self, X) -> np.ndarray:
+        """The Viterbi path."""
+        return viterbi(*self._fitted(X))[0]

@@ -1,0 +1,248 @@
+"""Tests of elbo_lib.em (chapter 2): EM for Gaussian mixtures as coordinate ascent on the ELBO."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import multivariate_normal
+from sklearn.datasets import load_iris
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from elbo_lib.em import (
+    GaussianMixtureEM,
+    bound_along_path,
+    fit_gmm,
+    gaussian_log_density,
+    gmm_elbo,
+    gmm_log_likelihood,
+    gmm_responsibilities,
+    interpolate_parameters,
+    match_components,
+    precision_cholesky,
+)
+
+
+def _random_init(X, k, seed):
+    rng = np.random.default_rng(seed)
+    means = X[rng.choice(len(X), k, replace=False)]
+    cov = np.repeat(np.cov(X, rowvar=False, bias=True)[None], k, axis=0)
+    return np.full(k, 1.0 / k), means, cov
+
+
+def _synthetic(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    means = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -2.0], [-3.0, 3.0, 2.0]])
+    a = rng.normal(size=(3, 3, 3))
+    covs = a @ a.transpose(0, 2, 1) / 3 + 0.3 * np.eye(3)
+    z = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
+    eps = rng.standard_normal((n, 3))
+    return means[z] + np.einsum("nij,nj->ni", np.linalg.cholesky(covs)[z], eps), z
+
+
+@pytest.fixture(scope="module")
+def iris():
+    return load_iris().data
+
+
+def _sklearn_fit(X, w, m, c, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        return GaussianMixture(len(w), covariance_type="full", weights_init=w, means_init=m,
+                               precisions_init=np.linalg.inv(c), random_state=0, **kw).fit(X)
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
+# -- agreement with scikit-learn -------------------------------------------------------
+@pytest.mark.parametrize("seed,tol", [(0, 1e-3), (1, 1e-3), (2, 1e-8)])
+def test_matches_sklearn_iris(iris, seed, tol):
+    w, m, c = _random_init(iris, 3, seed)
+    ours = GaussianMixtureEM(3, weights_init=w, means_init=m, covariances_init=c, tol=tol,
+                             max_iter=1000).fit(iris)
+    sk = _sklearn_fit(iris, w, m, c, tol=tol, max_iter=1000)
+    assert ours.converged_ and sk.converged_
+    assert abs(ours.n_iter_ - sk.n_iter_) <= 1
+    assert abs(ours.score(iris) - sk.score(iris)) <= 1e-6 * abs(sk.score(iris))
+    assert abs(ours.lower_bound_ - sk.lower_bound_) <= 1e-6 * abs(sk.lower_bound_)
+    perm = match_components(sk.means_, ours.means_)
+    assert _rel(ours.weights_[perm], sk.weights_) < 1e-6
+    assert _rel(ours.means_[perm], sk.means_) < 1e-6
+    assert _rel(ours.covariances_[perm], sk.covariances_) < 1e-6
+    # sklearn's per-iteration bounds are our log-likelihood trace divided by n
+    np.testing.assert_allclose(np.asarray(sk.lower_bounds_) * len(iris),
+                               ours.log_likelihood_[:-1], rtol=1e-9)
+
+
+def test_matches_sklearn_precisions_init_and_max_iter():
+    X, _ = _synthetic()
+    w, m, c = _random_init(X, 3, 5)
+    ours = GaussianMixtureEM(3, weights_init=w, means_init=m,
+                             precisions_init=np.linalg.inv(c), max_iter=7, tol=0.0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk = GaussianMixture(3, weights_init=w, means_init=m, precisions_init=np.linalg.inv(c),
+                             max_iter=7, tol=0.0, random_state=0).fit(X)
+    assert ours.n_iter_ == sk.n_iter_ == 7 and not ours.converged_
+    assert _rel(ours.means_, sk.means_) < 1e-9
+    assert _rel(ours.covariances_, sk.covariances_) < 1e-9
+    assert _rel(ours.precisions_cholesky_ @ ours.precisions_cholesky_.transpose(0, 2, 1),
+                sk.precisions_) < 1e-8
+
+
+# -- the ELBO story: monotone, tight after the E-step, ladder ----------------------------
+@pytest.mark.parametrize("seed", range(4))
+def test_monotone_and_tight(iris, seed):
+    w, m, c = _random_init(iris, 4, seed)
+    fit = fit_gmm(iris, 4, weights_init=w, means_init=m, covariances_init=c, tol=1e-6,
+                  max_iter=300)
+    ll, e, mm = fit.log_likelihood_, fit.elbo_after_e_step_, fit.elbo_after_m_step_
+    assert ll.shape == (fit.n_iter_ + 1,) and e.shape == mm.shape == (fit.n_iter_,)
+    assert np.all(np.diff(ll) >= -1e-9)
+    assert np.max(np.abs(e - ll[:-1])) < 1e-10
+    # ladder: L(q_t, th_{t-1}) <= L(q_t, th_t) <= log p(x | th_t)
+    assert np.all(mm >= e - 1e-9)
+    assert np.all(mm <= ll[1:] + 1e-9)
+
+
+def test_first_iterations_increase_strictly(iris):
+    w, m, c = _random_init(iris, 3, 0)
+    fit = fit_gmm(iris, 3, weights_init=w, means_init=m, covariances_init=c)
+    assert fit.log_likelihood_[1] > fit.log_likelihood_[0] + 1.0
+
+
+def test_traces_agree_with_public_functions(iris):
+    w, m, c = _random_init(iris, 3, 3)
+    fit = fit_gmm(iris, 3, weights_init=w, means_init=m, covariances_init=c,
+                  keep_history=True, max_iter=5, tol=0.0)
+    assert len(fit.history_) == fit.n_iter_ + 1 == 6
+    for t, theta in enumerate(fit.history_):
+        assert abs(gmm_log_likelihood(iris, *theta) - fit.log_likelihood_[t]) < 1e-9
+    q1 = gmm_responsibilities(iris, *fit.history_[0])
+    assert abs(gmm_elbo(iris, q1, *fit.history_[1]) - fit.elbo_after_m_step_[0]) < 1e-9
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000))
+def test_elbo_below_loglik_for_any_q(seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(40, 2))
+    w, m, c = _random_init(X, 3, seed)
+    resp = rng.dirichlet(np.ones(3), size=40)
+    ll = gmm_log_likelihood(X, w, m, c)
+    assert gmm_elbo(X, resp, w, m, c) <= ll + 1e-10
+    exact = gmm_responsibilities(X, w, m, c)
+    assert abs(gmm_elbo(X, exact, w, m, c) - ll) < 1e-10
+
+
+def test_recovers_synthetic_truth():
+    X, z = _synthetic(n=3000, seed=1)
+    fit = fit_gmm(X, 3, rng=0, tol=1e-8, max_iter=500)
+    true_means = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -2.0], [-3.0, 3.0, 2.0]])
+    perm = match_components(true_means, fit.means_)
+    assert np.max(np.abs(fit.means_[perm] - true_means)) < 0.2
+    assert np.max(np.abs(fit.weights_[perm] - [0.5, 0.3, 0.2])) < 0.03
+    assert np.mean(np.argsort(perm)[fit.predict(X)] == z) > 0.95
+
+
+# -- pieces ---------------------------------------------------------------------------
+def test_log_density_matches_scipy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5000, 4))  # more rows than one block
+    means = rng.normal(size=(3, 4))
+    a = rng.normal(size=(3, 4, 4))
+    cov = a @ a.transpose(0, 2, 1) + 0.5 * np.eye(4)
+    got = gaussian_log_density(X, means, precision_cholesky(cov))
+    want = np.stack([multivariate_normal(means[k], cov[k]).logpdf(X) for k in range(3)], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_covariance_floor_prevents_collapse():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(50, 2)), np.tile([[5.0, 5.0]], (6, 1))])
+    m = np.array([[0.0, 0.0], [5.0, 5.0]])
+    c = np.stack([np.eye(2), 0.01 * np.eye(2)])
+    w = np.array([0.9, 0.1])
+    fit = fit_gmm(X, 2, weights_init=w, means_init=m, covariances_init=c, reg_covar=1e-4)
+    eig = np.linalg.eigvalsh(fit.covariances_)
+    assert eig.min() >= 1e-4 * (1 - 1e-9)
+    assert np.isfinite(fit.log_likelihood_).all()
+    with pytest.raises(ValueError, match="reg_covar"):
+        fit_gmm(X, 2, weights_init=w, means_init=m, covariances_init=c, reg_covar=0.0)
+
+
+def test_interpolation_endpoints_and_path(iris):
+    w, m, c = _random_init(iris[:, 2:], 3, 0)
+    fit = fit_gmm(iris[:, 2:], 3, weights_init=w, means_init=m, covariances_init=c,
+                  keep_history=True, max_iter=3, tol=0.0)
+    th0, th1 = fit.history_[1], fit.history_[2]
+    for t, th in ((0.0, th0), (1.0, th1)):
+        got = interpolate_parameters(th0, th1, t)
+        for a, b in zip(got, th, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    ts = np.linspace(-0.5, 1.5, 21)
+    path = bound_along_path(iris[:, 2:], th0, th1, ts)
+    assert np.all(path["elbo_q_old"] <= path["log_likelihood"] + 1e-9)
+    assert np.all(path["elbo_q_new"] <= path["log_likelihood"] + 1e-9)
+    assert abs(path["elbo_q_old"][5] - path["log_likelihood"][5]) < 1e-9   # t = 0
+    assert abs(path["elbo_q_new"][15] - path["log_likelihood"][15]) < 1e-9  # t = 1
+    assert int(np.argmax(path["elbo_q_old"])) == 15  # the M-step maximised the old bound
+
+
+def test_predict_and_score(iris):
+    fit = fit_gmm(iris, 3, rng=0)
+    proba = fit.predict_proba(iris)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert set(np.unique(fit.predict(iris))) <= {0, 1, 2}
+    assert abs(fit.score(iris) * len(iris) - fit.log_likelihood_[-1]) < 1e-9
+
+
+def test_match_components():
+    ref = np.array([[0.0], [5.0], [10.0]])
+    assert list(match_components(ref, ref[[2, 0, 1]])) == [1, 2, 0]
+
+
+# -- bad input ------------------------------------------------------------------------
+def test_bad_inputs(iris):
+    with pytest.raises(ValueError, match="larger than the number of points"):
+        fit_gmm(iris[:2], 3)
+    bad = iris.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        fit_gmm(bad, 2)
+    with pytest.raises(ValueError, match="dimension"):
+        fit_gmm(iris[:, 0], 2)
+    with pytest.raises(ValueError, match="dimension"):
+        fit_gmm(iris[None], 2)
+    with pytest.raises(TypeError, match="integer"):
+        fit_gmm(iris, 2.5)
+    with pytest.raises(ValueError, match=">= 1"):
+        fit_gmm(iris, 0)
+    with pytest.raises(ValueError, match="means must have shape"):
+        fit_gmm(iris, 2, means_init=np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="sum to 1"):
+        fit_gmm(iris, 2, weights_init=[0.5, 0.6])
+    with pytest.raises(ValueError, match="not both"):
+        GaussianMixtureEM(2, covariances_init=np.stack([np.eye(4)] * 2),
+                          precisions_init=np.stack([np.eye(4)] * 2))
+    with pytest.raises(ValueError, match="symmetric"):
+        fit_gmm(iris, 2, covariances_init=np.stack([np.triu(np.ones((4, 4)))] * 2))
+    with pytest.raises(ValueError, match="positive definite"):
+        fit_gmm(iris, 2, covariances_init=np.stack([-np.eye(4)] * 2))
+    with pytest.raises(ValueError, match=">= 0"):
+        GaussianMixtureEM(2, tol=-1.0)
+    with pytest.raises(TypeError, match="rng"):
+        fit_gmm(iris, 2, rng="seed")
+    with pytest.raises(ValueError, match="not fitted"):
+        GaussianMixtureEM(2).predict(iris)
+    with pytest.raises(ValueError, match="features"):
+        fit_gmm(iris, 2, rng=0).score(iris[:, :2])
+    with pytest.raises(ValueError, match="rows summing to 1"):
+        w, m, c = _random_init(iris, 2, 0)
+        gmm_elbo(iris, np.full((150, 2), 0.7), w, m, c)

@@ -1,0 +1,140 @@
+"""Tests of elbo_lib.hmm (chapter 2): forward-backward, Viterbi and Baum-Welch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from elbo_lib.em import match_components
+from elbo_lib.hmm import (
+    GaussianHMM,
+    chain_entropy,
+    enumerate_posterior,
+    forward_backward,
+    sample_gaussian_hmm,
+    viterbi,
+)
+
+PI = np.array([0.5, 0.3, 0.2])
+A = np.array([[0.90, 0.05, 0.05], [0.10, 0.80, 0.10], [0.05, 0.15, 0.80]])
+MEANS = np.array([[-2.0, 0.0], [0.0, 1.5], [2.5, -1.0]])
+COVS = np.stack([0.5 * np.eye(2), np.array([[0.4, 0.2], [0.2, 0.3]]), 0.6 * np.eye(2)])
+
+
+def _random_hmm(rng, K, T, d=1, zeros=False):
+    pi = rng.dirichlet(np.ones(K))
+    trans = rng.dirichlet(np.ones(K), size=K)
+    if zeros:  # forbid some transitions (log A = -inf), keep rows stochastic
+        trans[0, -1] = 0.0
+        trans /= trans.sum(axis=1, keepdims=True)
+    means = rng.normal(scale=2.0, size=(K, d))
+    covs = np.stack([np.eye(d) * s for s in rng.uniform(0.3, 1.5, K)])
+    X, _ = sample_gaussian_hmm(pi, trans, means, covs, T, rng)
+    log_b = np.stack([multivariate_normal(means[k], covs[k]).logpdf(X).reshape(T)
+                      for k in range(K)], axis=1)
+    with np.errstate(divide="ignore"):
+        return np.log(pi), np.log(trans), log_b
+
+
+@pytest.mark.parametrize("seed,K,T,zeros", [(0, 2, 10, False), (1, 3, 8, False),
+                                            (2, 3, 7, True), (3, 4, 6, False),
+                                            (4, 2, 1, False)])
+def test_forward_backward_equals_enumeration(seed, K, T, zeros):
+    rng = np.random.default_rng(seed)
+    log_pi, log_A, log_b = _random_hmm(rng, K, T, d=2, zeros=zeros)
+    ll, gamma, xi_sum, xi = forward_backward(log_pi, log_A, log_b, return_pairwise=True)
+    ref = enumerate_posterior(log_pi, log_A, log_b)
+    assert abs(ll - ref["log_likelihood"]) < 1e-10
+    assert np.max(np.abs(gamma - ref["gamma"])) < 1e-10
+    if T > 1:
+        assert np.max(np.abs(xi - ref["xi"])) < 1e-10
+        np.testing.assert_allclose(xi_sum, ref["xi"].sum(axis=0), atol=1e-10)
+    assert abs(chain_entropy(gamma, xi) - ref["entropy"]) < 1e-10
+    path, log_joint = viterbi(log_pi, log_A, log_b)
+    assert abs(log_joint - ref["map_log_joint"]) < 1e-10
+    np.testing.assert_array_equal(path, ref["map_path"])
+
+
+def test_extreme_emissions_stay_finite():
+    rng = np.random.default_rng(0)
+    T, K = 3000, 3
+    log_b = rng.uniform(-5000.0, -1000.0, size=(T, K))  # densities far below 1e-300
+    ll, gamma, xi_sum = forward_backward(np.log(PI), np.log(A), log_b)
+    assert np.isfinite(ll) and ll < -1000.0 * T
+    np.testing.assert_allclose(gamma.sum(axis=1), 1.0, atol=1e-12)
+    assert abs(xi_sum.sum() - (T - 1)) < 1e-8
+
+
+def test_sampler_statistics():
+    rng = np.random.default_rng(1)
+    X, z = sample_gaussian_hmm(PI, A, MEANS, COVS, 20_000, rng)
+    counts = np.zeros((3, 3))
+    np.add.at(counts, (z[:-1], z[1:]), 1)
+    assert np.max(np.abs(counts / counts.sum(axis=1, keepdims=True) - A)) < 0.02
+    for k in range(3):
+        assert np.max(np.abs(X[z == k].mean(axis=0) - MEANS[k])) < 0.05
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rng = np.random.default_rng(3)
+    X, z = sample_gaussian_hmm(PI, A, MEANS, COVS, 1500, rng)
+    model = GaussianHMM(3, rng=rng, tol=1e-6, max_iter=300).fit(X)
+    return X, z, model
+
+
+def test_baum_welch_monotone_and_tight(fitted):
+    _, _, model = fitted
+    ll = model.log_likelihood_
+    assert model.converged_ and ll.shape == (model.n_iter_ + 1,)
+    assert np.all(np.diff(ll) >= -1e-8)
+    assert np.max(np.abs(model.elbo_after_e_step_ - ll[:-1])) < 1e-10 * np.abs(ll).max()
+    assert np.all(model.elbo_after_m_step_ >= model.elbo_after_e_step_ - 1e-8)
+    assert np.all(model.elbo_after_m_step_ <= ll[1:] + 1e-8)
+
+
+def test_baum_welch_recovers_truth(fitted):
+    X, z, model = fitted
+    perm = match_components(MEANS, model.means_)
+    assert np.max(np.abs(model.means_[perm] - MEANS)) < 0.1
+    assert np.max(np.abs(model.transmat_[np.ix_(perm, perm)] - A)) < 0.05
+    assert np.max(np.abs(model.covariances_[perm] - COVS)) < 0.1
+    states = np.argsort(perm)[model.predict(X)]
+    assert np.mean(states == z) > 0.95
+    gamma = model.posterior(X)
+    np.testing.assert_allclose(gamma.sum(axis=1), 1.0, atol=1e-12)
+    assert abs(model.score(X) - model.log_likelihood_[-1]) < 1e-8
+
+
+def test_one_dimensional_input_and_defaults():
+    rng = np.random.default_rng(0)
+    X, _ = sample_gaussian_hmm([0.5, 0.5], [[0.95, 0.05], [0.05, 0.95]], [[-3.0], [3.0]],
+                               [[[1.0]], [[1.0]]], 400, rng)
+    model = GaussianHMM(2, rng=0).fit(X[:, 0])
+    assert np.allclose(np.sort(model.means_[:, 0]), [-3.0, 3.0], atol=0.3)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="rows? of exp\\(log_A\\) must sum to 1"):
+        forward_backward(np.log(PI), np.log(A * 1.1), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="log_pi must have shape"):
+        forward_backward(np.log([0.5, 0.5]), np.log(A), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="finite"):
+        forward_backward(np.log(PI), np.log(A), np.full((4, 3), np.nan))
+    with pytest.raises(ValueError, match="too large"):
+        enumerate_posterior(np.log(PI), np.log(A), np.zeros((30, 3)))
+    with pytest.raises(ValueError, match="shape"):
+        forward_backward(np.log(PI), np.log(A[:2]), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="at least"):
+        GaussianHMM(3).fit(np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="finite"):
+        GaussianHMM(2).fit(np.array([0.0, np.inf, 1.0]))
+    with pytest.raises(ValueError, match="transmat_init"):
+        GaussianHMM(2, transmat_init=[[1.0, 0.0]]).fit(np.arange(10.0))
+    with pytest.raises(TypeError, match="integer"):
+        GaussianHMM(2.0)
+    with pytest.raises(ValueError, match="not fitted"):
+        GaussianHMM(2).posterior(np.arange(5.0))
+    with pytest.raises(TypeError, match="Generator"):
+        sample_gaussian_hmm(PI, A, MEANS, COVS, 5, 0)
