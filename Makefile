@@ -35,10 +35,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 execute: $(STAMP)
-	@for nb in $(NOTEBOOKS); do \
-		echo "executing $$nb"; \
-		(cd chapters && ../$(BIN)/jupyter execute --inplace --kernel_name=python3 $$(basename $$nb)) || exit 1; \
-	done
+	$(BIN)/python -m elbo_lib.notebooks $(NOTEBOOKS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check elbo_lib tests benchmarks chapters
