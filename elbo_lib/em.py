@@ -43,6 +43,7 @@ __all__ = [
     "bound_along_path",
     "precision_cholesky",
     "match_components",
+    "plot_mixture",
 ]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -96,6 +97,12 @@ def _check_spd(mats, name: str, n_components: int, n_features: int) -> np.ndarra
     if not np.allclose(c, c.transpose(0, 2, 1), rtol=1e-10, atol=1e-12):
         raise ValueError(f"{name} must be symmetric matrices")
     return c
+
+
+def _check_floor(floor) -> str:
+    if floor not in _FLOORS:
+        raise ValueError(f"covariance_floor must be one of {_FLOORS}, got {floor!r}")
+    return floor
 
 
 def _as_generator(rng) -> np.random.Generator:
@@ -211,8 +218,39 @@ def _normalise(weighted_log_prob: np.ndarray):
     return log_norm[:, 0], resp, log_resp
 
 
-def _m_step(X, resp, reg_covar):
-    """Closed-form argmax over theta of L(q, theta) for fixed responsibilities."""
+_FLOORS = ("add", "clip")
+
+
+def _floor_covariances(cov, counts, reg_covar, floor):
+    """Apply the covariance floor in place; return the M-step's shortfall in Q (nats).
+
+    ``"add"`` (scikit-learn's rule) returns S_k + eps I. That is not the maximiser of
+    Q over Sigma_k (which is S_k itself), and it falls short of it by
+    delta = sum_k N_k / 2 sum_j [log(1 + eps / l_kj) - eps / (l_kj + eps)] >= 0, with l_kj
+    the eigenvalues of S_k (infinite if S_k is singular). ``"clip"`` raises every
+    eigenvalue below eps to eps, which is the exact maximiser of Q over the set
+    {Sigma_k >= eps I}, so its shortfall is 0 and EM stays exactly monotone.
+    """
+    d = cov.shape[1]
+    eig, vecs = np.linalg.eigh(cov)
+    if floor == "add":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = reg_covar / eig
+            per = np.where(eig > 0, np.log1p(ratio) - reg_covar / (eig + reg_covar), np.inf)
+        per = np.where(reg_covar == 0, 0.0, per)
+        shortfall = float((0.5 * counts * per.sum(axis=1)).sum())
+        cov[:, np.arange(d), np.arange(d)] += reg_covar
+    else:
+        cov[...] = (vecs * np.maximum(eig, reg_covar)[:, None, :]) @ vecs.transpose(0, 2, 1)
+        shortfall = 0.0
+    return shortfall
+
+
+def _m_step(X, resp, reg_covar, floor="add"):
+    """Closed-form argmax over theta of L(q, theta) for fixed responsibilities.
+
+    Returns weights, means, floored covariances and the floor's shortfall in Q.
+    """
     n, d = X.shape
     n_components = resp.shape[1]
     counts = resp.sum(axis=0) + _COUNT_EPS
@@ -228,8 +266,8 @@ def _m_step(X, resp, reg_covar):
             diff *= srs[:, k, None]
             cov[k] += diff.T @ diff
     cov /= counts[:, None, None]
-    cov[:, np.arange(d), np.arange(d)] += reg_covar  # the covariance floor
-    return weights, means, cov
+    shortfall = _floor_covariances(cov, counts, reg_covar, floor)
+    return weights, means, cov, shortfall
 
 
 def _weighted_log_prob(X, weights, means, prec_chol):
@@ -343,10 +381,17 @@ class GaussianMixtureEM:
         Stop when the per-sample mean log-likelihood (measured in the E-step) changes by
         less than ``tol`` between two iterations (scikit-learn's rule; default 1e-3).
     reg_covar : float
-        The covariance floor: added to the diagonal of every covariance after each
-        M-step, so every eigenvalue is >= ``reg_covar``. It keeps a component that
-        collapses onto one point (where the likelihood is unbounded) from producing a
-        singular matrix (default 1e-6, as scikit-learn).
+        The covariance floor eps: every covariance has all eigenvalues >= eps after each
+        M-step. It keeps a component that collapses onto one point (where the
+        likelihood is unbounded) from producing a singular matrix (default 1e-6, as
+        scikit-learn).
+    covariance_floor : {"add", "clip"}
+        How the floor is applied. ``"add"`` (default) adds eps I to the weighted
+        covariance, exactly as scikit-learn does; the M-step is then not an exact
+        maximiser and the log-likelihood can dip by at most ``floor_shortfall_[t]``.
+        ``"clip"`` raises eigenvalues below eps to eps, the exact maximiser of the bound
+        over {Sigma >= eps I}, so the log-likelihood never decreases (given a start
+        that satisfies the floor).
     max_iter : int
         Maximum number of EM iterations (default 100).
     weights_init, means_init : array_like, optional
@@ -374,6 +419,9 @@ class GaussianMixtureEM:
         log p(x | theta_t) in nats for t = 0 (initial) .. n_iter_ (final).
     elbo_after_e_step_, elbo_after_m_step_ : numpy.ndarray, shape (n_iter_,)
         L(q_t, theta_{t-1}) right after E-step t and L(q_t, theta_t) right after M-step t.
+    floor_shortfall_ : numpy.ndarray, shape (n_iter_,)
+        How far each M-step fell short of the exact maximum of L(q_t, .) because of the
+        floor (0 with ``"clip"``); log p(x | theta_t) >= log p(x | theta_{t-1}) minus it.
     history_ : list of (weights, means, covariances), length n_iter_ + 1
         Only if ``keep_history``.
 
@@ -386,11 +434,12 @@ class GaussianMixtureEM:
     def __init__(self, n_components: int, *, tol: float = 1e-3, reg_covar: float = 1e-6,
                  max_iter: int = 100, weights_init=None, means_init=None,
                  covariances_init=None, precisions_init=None, rng=None,
-                 keep_history: bool = False) -> None:
+                 keep_history: bool = False, covariance_floor: str = "add") -> None:
         self.n_components = check_positive_int(n_components, "n_components")
         self.tol = _check_nonnegative(tol, "tol")
         self.reg_covar = _check_nonnegative(reg_covar, "reg_covar")
         self.max_iter = check_positive_int(max_iter, "max_iter")
+        self.covariance_floor = _check_floor(covariance_floor)
         if covariances_init is not None and precisions_init is not None:
             raise ValueError("give covariances_init or precisions_init, not both")
         self.weights_init = weights_init
@@ -446,7 +495,7 @@ class GaussianMixtureEM:
                              f"of points n={n}: need n >= n_components")
         weights, means, cov, prec_chol = self._initial_parameters(X)
         history = [(weights, means, cov)] if self.keep_history else None
-        log_lik, elbo_e, elbo_m = [], [], []
+        log_lik, elbo_e, elbo_m, shortfalls = [], [], [], []
         wlp = _weighted_log_prob(X, weights, means, prec_chol)
         prev_resp = prev_entropy = None
         lower_bound = -np.inf
@@ -461,7 +510,9 @@ class GaussianMixtureEM:
             log_lik.append(float(log_norm.sum()))
             elbo_e.append(_elbo_terms(resp, wlp, entropy))
             # M-step: theta_t = argmax_theta L(q_t, theta)
-            weights, means, cov = _m_step(X, resp, self.reg_covar)
+            weights, means, cov, shortfall = _m_step(X, resp, self.reg_covar,
+                                                     self.covariance_floor)
+            shortfalls.append(shortfall)
             prec_chol = precision_cholesky(cov)
             wlp = _weighted_log_prob(X, weights, means, prec_chol)
             if self.keep_history:
@@ -481,6 +532,7 @@ class GaussianMixtureEM:
         self.log_likelihood_ = np.asarray(log_lik)
         self.elbo_after_e_step_ = np.asarray(elbo_e)
         self.elbo_after_m_step_ = np.asarray(elbo_m)
+        self.floor_shortfall_ = np.asarray(shortfalls)
         self.history_ = history
         self.n_features_in_ = X.shape[1]
         return self
@@ -621,3 +673,46 @@ def match_components(reference, estimate) -> np.ndarray:
     cost = ((ref[:, None, :] - est[None, :, :]) ** 2).sum(axis=2)
     _, perm = linear_sum_assignment(cost)
     return perm
+
+
+def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
+                 labels=("x1", "x2"), n_std: float = 2.0):
+    """Scatter 2-D data coloured by their most probable component, with 2-sd ellipses.
+
+    Used for the figures of chapter 2 (the clustering as EM runs). Points take the
+    colour of argmax_k r_ik; each component is drawn as the ellipse of
+    :func:`elbo_lib.plotting.gaussian_ellipse` and a cross at its mean, labelled with
+    its weight.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    X : array_like, shape (n, 2)
+    weights, means, covariances
+        A 2-D mixture (K,), (K, 2), (K, 2, 2).
+    title : str
+    labels : tuple of str
+        Axis labels.
+    n_std : float
+        Ellipse radius in standard deviations.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    import seaborn as sns
+
+    from elbo_lib.plotting import PALETTE, gaussian_ellipse
+
+    X, weights, means, cov = _check_params(X, weights, means, covariances)
+    if X.shape[1] != 2:
+        raise ValueError(f"plot_mixture needs 2-D data, got {X.shape[1]} features")
+    colors = sns.color_palette(PALETTE, len(weights))
+    hard = gmm_responsibilities(X, weights, means, cov).argmax(axis=1)
+    ax.scatter(X[:, 0], X[:, 1], c=[colors[k] for k in hard], s=14, alpha=0.6,
+               edgecolors="none", label="data (colour = argmax r)")
+    for k in range(len(weights)):
+        gaussian_ellipse(ax, means[k], cov[k], n_std=n_std, color=colors[k])
+    ax.scatter(means[:, 0], means[:, 1], marker="x", s=80, c="black", label="means")
+    ax.set(title=title, xlabel=labels[0], ylabel=labels[1])
+    return ax

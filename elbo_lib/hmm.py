@@ -318,7 +318,7 @@ class GaussianHMM:
     Baum-Welch is EM with q over whole state sequences: the E-step runs
     :func:`forward_backward` (q = exact posterior, bound tight), the M-step sets
     pi = gamma_1, A_ij proportional to sum_t xi_t(i, j), and the Gaussian means and
-    covariances to gamma-weighted averages (with the covariance floor ``reg_covar`` of
+    covariances to gamma-weighted averages (with the ``"clip"`` covariance floor of
     :class:`elbo_lib.em.GaussianMixtureEM`). Used in chapter 2.
 
     Parameters
@@ -328,7 +328,8 @@ class GaussianHMM:
     tol : float
         Stop when log p(x | theta) (total, nats) improves by less than ``tol``.
     reg_covar : float
-        Covariance floor added to every diagonal after each M-step.
+        Covariance floor: eigenvalues below it are raised to it after each M-step (the
+        exact constrained maximiser, so Baum-Welch stays monotone).
     max_iter : int
         Maximum number of EM iterations.
     startprob_init, transmat_init, means_init, covariances_init : array_like, optional
@@ -424,7 +425,7 @@ class GaussianHMM:
             # M-step
             pi = gamma[0] / gamma[0].sum()
             A = xi_sum / np.maximum(xi_sum.sum(axis=1, keepdims=True), np.finfo(float).tiny)
-            _, means, cov = _m_step(X, gamma, self.reg_covar)
+            _, means, cov, _ = _m_step(X, gamma, self.reg_covar, "clip")
             log_B = self.emission_log_prob(X, means, cov)
             prev = (gamma, xi_sum, entropy)
             if len(log_lik) > 1 and abs(log_lik[-1] - log_lik[-2]) < self.tol:
