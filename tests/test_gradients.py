@@ -140,16 +140,51 @@ def test_variance_ordering_and_growth_with_dimension():
 
 
 def test_variance_falls_as_one_over_num_samples():
+    """Var(S = 1) / Var(S = 16) = 16, within 4 bootstrap standard errors of the ratio."""
     seed_everything(0)
     params = {"mu": torch.ones(2, dtype=F64), "sigma": torch.ones(2, dtype=F64)}
 
     def f(z):
         return (z**2).sum(-1)
 
-    v1 = gradient_stats(f, diagonal_gaussian, params, 1, 4000, estimator="pathwise")
-    v16 = gradient_stats(f, diagonal_gaussian, params, 16, 4000, estimator="pathwise")
-    ratio = v1.total_variance() / v16.total_variance()
-    assert 12 < ratio < 21
+    r = 4000
+    estimates = []
+    for s in (1, 16):
+        g = per_sample_gradients(f, diagonal_gaussian, params, s, estimator="pathwise",
+                                 num_repeats=r)
+        estimates.append(np.concatenate([v.mean(dim=1).numpy() for v in g.values()], axis=1))
+
+    def ratio(idx1, idx16):
+        return estimates[0][idx1].var(axis=0, ddof=1).sum() / \
+            estimates[1][idx16].var(axis=0, ddof=1).sum()
+
+    boot_rng = np.random.default_rng(0)
+    boots = [ratio(boot_rng.integers(0, r, r), boot_rng.integers(0, r, r)) for _ in range(200)]
+    measured = ratio(slice(None), slice(None))
+    assert abs(measured - 16) < NUM_SE * np.std(boots), (measured, np.std(boots))
+
+
+def test_full_rank_gaussian_through_the_generic_interface():
+    # q = N(mu, L L^T), f(z) = ||z||^2: E f = ||mu||^2 + ||L||_F^2, so grad_mu = 2 mu and
+    # grad_L = 2 L (lower triangle). Both estimators, through MultivariateNormal.
+    mu = torch.tensor([0.5, -1.0], dtype=F64)
+    low = torch.tensor([[1.0, 0.0], [0.4, 0.7]], dtype=F64)
+
+    def make_q(mu, low):
+        return torch.distributions.MultivariateNormal(mu, scale_tril=torch.tril(low))
+
+    def f(z):
+        return (z**2).sum(-1)
+
+    seed_everything(0)
+    for estimator, baseline in (("pathwise", None), ("score", "leave-one-out")):
+        stats = gradient_stats(f, make_q, {"mu": mu, "low": low}, 8, 3000,
+                               estimator=estimator, baseline=baseline)
+        exact = {"mu": 2 * mu.numpy(), "low": np.tril(2 * low.numpy())}
+        for name in exact:
+            se = np.where(stats.std_error[name] > 0, stats.std_error[name], 1.0)
+            assert np.all(np.abs(stats.mean[name] - exact[name]) < NUM_SE * se), name
+        assert stats.mean["low"][0, 1] == 0.0  # the upper triangle does not enter q
 
 
 def test_single_estimate_functions_agree_with_per_sample_terms():
