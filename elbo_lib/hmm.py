@@ -97,9 +97,11 @@ def forward_backward(log_pi, log_A, log_B, return_pairwise: bool = False):
         \\log\\alpha_t(j) = \\log B_t(j) + \\log\\sum_i \\alpha_{t-1}(i) A_{ij}, \\qquad
         \\log\\beta_t(i) = \\log\\sum_j A_{ij} B_{t+1}(j) \\beta_{t+1}(j),
 
-    each log-sum-exp shifted by its maximum, and both messages renormalised at every
-    step by c_t = p(x_t | x_{1:t-1}) (Rabiner's scaling, kept in log space), so that
-    log p(x) = sum_t log c_t and no quantity grows with T.
+    with both messages renormalised at every step by c_t = p(x_t | x_{1:t-1})
+    (Rabiner's scaling), so that log p(x) = sum_t log c_t and no quantity grows with T.
+    Emission densities enter shifted by their per-step maximum in log space; if a
+    scaled message still comes near underflow, the recursions are redone entirely in
+    log space (per-step log-sum-exp), so extreme inputs give finite, exact answers.
     Used in chapter 2.
 
     Parameters
@@ -125,6 +127,52 @@ def forward_backward(log_pi, log_A, log_B, return_pairwise: bool = False):
         Only if ``return_pairwise``.
     """
     log_pi, log_A, log_B = _check_log_params(log_pi, log_A, log_B)
+    out = _forward_backward_scaled(log_pi, log_A, log_B)
+    if out is None:  # a scaled message underflowed: redo the recursions in log space
+        out = _forward_backward_log(log_pi, log_A, log_B)
+    log_lik, gamma, xi = out
+    if return_pairwise:
+        return log_lik, gamma, xi.sum(axis=0), xi
+    return log_lik, gamma, xi.sum(axis=0)
+
+
+#: Below this, a scaling constant is too close to underflow to trust: use log space.
+_SCALED_MIN = 1e-250
+
+
+def _forward_backward_scaled(log_pi, log_A, log_B):
+    """Fast path: Rabiner's scaled recursions in probability space.
+
+    Emissions enter as exp(log_B[t] - max_k log_B[t, k]) (largest entry 1), so only a
+    state sequence the model finds astronomically unlikely can underflow; then this
+    returns None and the caller falls back to :func:`_forward_backward_log`.
+    """
+    T, K = log_B.shape
+    A = np.exp(log_A)
+    shift = log_B.max(axis=1)
+    B = np.exp(log_B - shift[:, None])
+    alpha = np.empty((T, K))
+    c = np.empty(T)
+    v = np.exp(log_pi) * B[0]
+    for t in range(T):  # sequential in t, vectorised over states
+        if t > 0:
+            v = (alpha[t - 1] @ A) * B[t]
+        c[t] = v.sum()
+        if not c[t] > _SCALED_MIN:
+            return None
+        alpha[t] = v / c[t]
+    beta = np.ones((T, K))
+    for t in range(T - 2, -1, -1):
+        beta[t] = (A @ (B[t + 1] * beta[t + 1])) / c[t + 1]
+    if not np.all(np.isfinite(beta)):
+        return None
+    gamma = alpha * beta
+    xi = alpha[:-1, :, None] * A[None] * ((B[1:] * beta[1:]) / c[1:, None])[:, None, :]
+    return float(np.log(c).sum() + shift.sum()), gamma, xi
+
+
+def _forward_backward_log(log_pi, log_A, log_B):
+    """Robust path: the same normalised recursions with every message kept in logs."""
     T, K = log_B.shape
     A = np.exp(log_A)
     # normalised forward messages: log_alpha[t] = log p(z_t | x_{1:t}),
@@ -151,14 +199,10 @@ def forward_backward(log_pi, log_A, log_B, return_pairwise: bool = False):
         top = w.max()
         with np.errstate(divide="ignore"):
             log_beta[t] = top + np.log(A @ np.exp(w - top)) - log_c[t + 1]
-    log_lik = float(log_c.sum())
     gamma = np.exp(log_alpha + log_beta)
     log_xi = (log_alpha[:-1, :, None] + log_A[None]
               + (log_B[1:] + log_beta[1:] - log_c[1:, None])[:, None, :])
-    xi = np.exp(log_xi)
-    if return_pairwise:
-        return log_lik, gamma, xi.sum(axis=0), xi
-    return log_lik, gamma, xi.sum(axis=0)
+    return float(log_c.sum()), gamma, np.exp(log_xi)
 
 
 def enumerate_posterior(log_pi, log_A, log_B):
