@@ -72,7 +72,7 @@ class NormalGamma:
     """Normal-Gamma density NG(mu, tau | m, lam, a, b) = N(mu | m, 1/(lam tau)) Gam(tau | a, b).
 
     Used as the prior and as the exact posterior of the chapter 4 model (Bishop 2006,
-    eqs. 2.154 and 10.21-10.22). ``b`` is a rate: E[tau] = a / b.
+    sections 2.3.6 and 10.1.3). ``b`` is a rate: E[tau] = a / b.
 
     Parameters
     ----------
@@ -165,7 +165,7 @@ def normal_gamma_posterior(x, prior: NormalGamma) -> NormalGamma:
     With x_i ~ N(mu, 1/tau) and (mu, tau) ~ NG(m0, lam0, a0, b0) the posterior is
     NG(m_n, lam_n, a_n, b_n) with lam_n = lam0 + n, m_n = (lam0 m0 + n xbar) / lam_n,
     a_n = a0 + n/2 and b_n = b0 + S/2 + lam0 n (xbar - m0)^2 / (2 lam_n), where
-    S = sum_i (x_i - xbar)^2 (Murphy 2007, section 6; Bishop 2006, exercise 2.44).
+    S = sum_i (x_i - xbar)^2 (Murphy 2007; Bishop 2006, section 2.3.6).
 
     Raises
     ------
@@ -188,7 +188,7 @@ def normal_gamma_posterior(x, prior: NormalGamma) -> NormalGamma:
 
 
 def normal_gamma_log_evidence(x, prior: NormalGamma) -> float:
-    """Exact log p(x) of the Normal-Gamma model (Murphy 2007, eq. 95).
+    """Exact log p(x) of the Normal-Gamma model (Murphy 2007).
 
     log p(x) = lgamma(a_n) - lgamma(a0) + a0 log b0 - a_n log b_n
     + (1/2) log(lam0 / lam_n) - (n/2) log(2 pi).
@@ -360,7 +360,7 @@ def mean_field_gaussian(mean, precision) -> tuple[np.ndarray, np.ndarray]:
     """Optimal factorised q for p = N(mean, precision^{-1}) under KL(q || p) (chapter 4).
 
     The fixed point of the CAVI updates is q_j = N(mean_j, 1 / Lambda_jj)
-    (Bishop 2006, eqs. 10.12-10.15): exact means, variances 1 / Lambda_jj, which never
+    (Bishop 2006, section 10.1.2): exact means, variances 1 / Lambda_jj, which never
     exceed the true marginal variances Sigma_jj.
 
     Returns
@@ -376,7 +376,7 @@ def cavi_gaussian(mean, precision, init_mean, num_sweeps: int = 10) -> np.ndarra
     """Coordinate-ascent path of the factor means for p = N(mean, precision^{-1}).
 
     Updates one coordinate at a time, m_j <- mean_j - (1/Lambda_jj) sum_{k != j}
-    Lambda_jk (m_k - mean_k) (Bishop 2006, eq. 10.13): Gauss-Seidel on Lambda m = Lambda mean.
+    Lambda_jk (m_k - mean_k) (Bishop 2006, section 10.1.2): Gauss-Seidel on Lambda m = Lambda mean.
 
     Returns
     -------
@@ -425,7 +425,7 @@ def _check_mixture_data(x) -> np.ndarray:
 
 
 def gaussian_mixture_elbo(x, means, variances, resp, prior_var: float) -> float:
-    """ELBO of the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, eq. 21).
+    """ELBO of the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, section 3).
 
     Model: mu_k ~ N(0, sigma^2 I), c_i ~ Uniform{1..K}, x_i | c_i, mu ~ N(mu_{c_i}, I).
     Family: q(mu_k) = N(m_k, s_k^2 I), q(c_i) = Categorical(phi_i).
@@ -515,13 +515,13 @@ def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
                           rng: np.random.Generator | None = None, init_means=None,
                           n_init: int = 1, max_iter: int = 200,
                           tol: float = 1e-8) -> MixtureCAVIResult:
-    """CAVI for the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, alg. 2).
+    """CAVI for the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, section 3).
 
     Each iteration sets every q(c_i) and then every q(mu_k) to its optimum:
 
-    * phi_ik proportional to exp{ x_i^T m_k - (d s_k^2 + m_k^T m_k) / 2 }  (eq. 26),
+    * phi_ik proportional to exp{ x_i^T m_k - (d s_k^2 + m_k^T m_k) / 2 },
     * m_k = sum_i phi_ik x_i / (1/sigma^2 + sum_i phi_ik),
-      s_k^2 = 1 / (1/sigma^2 + sum_i phi_ik)  (eq. 34),
+      s_k^2 = 1 / (1/sigma^2 + sum_i phi_ik),
 
     vectorised over data points and components (log-sum-exp for the softmax). With one
     dimension these are exactly Blei et al.'s equations; in d dimensions they hold
@@ -633,7 +633,7 @@ def bsc_log_joint(h, v, weights, bias, noise_precision) -> np.ndarray:
     """log p(v, h) of binary sparse coding for one or many binary codes h (chapter 4).
 
     p(h_i = 1) = sigmoid(b_i), p(v | h) = N(v | W h, diag(beta)^{-1})
-    (Goodfellow et al. 2016, eqs. 19.19-19.20).
+    (Goodfellow et al. 2016, section 19.4.1).
 
     Parameters
     ----------
@@ -689,7 +689,7 @@ def bsc_elbo(h_hat, v, weights, bias, noise_precision) -> float:
     """Closed-form ELBO of binary sparse coding for q(h) = prod_i Bernoulli(h_hat_i).
 
     Uses E_q[h_i h_j] = h_hat_i h_hat_j (i != j) and E_q[h_i^2] = h_hat_i
-    (Goodfellow et al. 2016, eq. 19.36):
+    (Goodfellow et al. 2016, section 19.4.1):
 
     ELBO = sum_i [h_hat_i log sigma(b_i) + (1 - h_hat_i) log sigma(-b_i) + H(h_hat_i)]
     + (1/2) sum_j log(beta_j / 2 pi)
@@ -741,7 +741,7 @@ def bsc_mean_field(v, weights, bias, noise_precision, *, schedule: str = "sequen
                    tol: float = 1e-10) -> BSCTrace:
     """Mean-field fixed-point iteration for binary sparse coding (Goodfellow et al. 2016, 19.4.1).
 
-    The optimal factor for h_i given the others is Bernoulli(h_hat_i) with (eq. 19.44)
+    The optimal factor for h_i given the others is Bernoulli(h_hat_i) with
 
     h_hat_i = sigmoid(b_i + v^T B W_{:,i} - (1/2) W_{:,i}^T B W_{:,i}
                       - sum_{j != i} W_{:,j}^T B W_{:,i} h_hat_j).
