@@ -1,0 +1,584 @@
+"""The variational autoencoder: amortised inference with a learned encoder (chapter 6).
+
+The model is p_theta(x, z) = p(z) p_theta(x | z) with a standard-normal prior
+p(z) = N(0, I) and a Bernoulli decoder whose logits are an MLP of z. The approximate
+posterior is amortised: one encoder network maps each x to the mean and log-variance
+of a diagonal Gaussian q_phi(z | x) (Kingma & Welling 2014; Rezende et al. 2014).
+Encoder and decoder are trained together by stochastic gradient ascent on
+
+.. math::
+
+    \\mathcal L(\\theta, \\phi; x) = \\mathbb E_{q_\\phi(z\\mid x)}[\\log p_\\theta(x\\mid z)]
+    - \\mathrm{KL}(q_\\phi(z\\mid x) \\,\\|\\, p(z)),
+
+with reparameterised samples z = mu + sigma * eps and the closed-form Gaussian KL of
+:func:`elbo_lib.bounds.gaussian_kl`. The module also holds the tighter
+importance-weighted bound (Burda et al. 2016), per-datapoint refinement of q for the
+amortisation gap (Cremer et al. 2018), exact 2-D quadrature of log p(x) as the
+reference answer, the active-unit count for posterior collapse, and wake-sleep
+training (Hinton et al. 1995) for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from elbo_lib._validation import check_positive, check_positive_int
+from elbo_lib.bounds import gaussian_kl, importance_weighted_bound
+
+__all__ = [
+    "VAE",
+    "TrainingHistory",
+    "active_units",
+    "as_tensor",
+    "bernoulli_log_likelihood",
+    "elbo_terms",
+    "evaluate_elbo",
+    "gaussian_log_density",
+    "grid_log_marginal",
+    "importance_log_weights",
+    "iwae_bound",
+    "latent_grid",
+    "refine_posterior",
+    "reparameterize",
+    "train_vae",
+    "train_wake_sleep",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class VAE(nn.Module):
+    """A VAE with a Gaussian encoder and a Bernoulli decoder, each a one-hidden-layer MLP.
+
+    Used by chapter 6.
+
+    Parameters
+    ----------
+    num_pixels : int
+        Data dimension D (64 for the 8x8 digits, 784 for MNIST).
+    latent_dim : int
+        Dimension of z (2 for the manifold figures).
+    hidden : int
+        Width of the hidden layer of encoder and decoder.
+
+    Attributes
+    ----------
+    encoder : torch.nn.Sequential
+        x -> (mean, log-variance) of q_phi(z | x), concatenated (2 * latent_dim outputs).
+    decoder : torch.nn.Sequential
+        z -> logits of the D independent Bernoulli pixels of p_theta(x | z).
+    """
+
+    def __init__(self, num_pixels: int, latent_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.num_pixels = check_positive_int(num_pixels, "num_pixels")
+        self.latent_dim = check_positive_int(latent_dim, "latent_dim")
+        self.hidden = check_positive_int(hidden, "hidden")
+        self.encoder = nn.Sequential(nn.Linear(num_pixels, hidden), nn.Tanh(),
+                                     nn.Linear(hidden, 2 * latent_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(),
+                                     nn.Linear(hidden, num_pixels))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q_phi(z | x), each of shape ``(..., latent_dim)``."""
+        _check_data(x, self.num_pixels)
+        mean, logvar = self.encoder(x).chunk(2, dim=-1)
+        return mean, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits of p_theta(x | z), shape ``(..., num_pixels)``."""
+        if not isinstance(z, torch.Tensor) or z.shape[-1:] != (self.latent_dim,):
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a tensor of shape (..., {self.latent_dim}), got {got}")
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One reparameterised pass: returns ``(logits, mean, logvar)``."""
+        mean, logvar = self.encode(x)
+        return self.decode(reparameterize(mean, logvar)), mean, logvar
+
+
+def _check_data(x, num_pixels: int | None = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor (use elbo_lib.vae.as_tensor), "
+                        f"got {type(x).__name__}")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one data point, got shape {tuple(x.shape)}")
+    if num_pixels is not None and x.shape[-1] != num_pixels:
+        raise ValueError(f"x must have {num_pixels} pixels in its last axis, "
+                         f"got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_model(model) -> VAE:
+    if not isinstance(model, VAE):
+        raise TypeError(f"model must be an elbo_lib.vae.VAE, got {type(model).__name__}")
+    return model
+
+
+def as_tensor(x) -> torch.Tensor:
+    """Images as a float32 tensor with values checked to lie in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 2-D (n, D), is empty, not finite, or outside [0, 1].
+    """
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"x must have shape (n, num_pixels) with n >= 1, got {arr.shape}")
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+        raise ValueError("x must contain finite pixel values in [0, 1]")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor,
+                   num_samples: int | None = None) -> torch.Tensor:
+    """Reparameterised samples z = mean + exp(logvar / 2) * eps with eps ~ N(0, I).
+
+    Gradients flow to ``mean`` and ``logvar`` (the pathwise estimator of chapter 5):
+    dz/dmean = 1 and dz/dlogvar = exp(logvar / 2) * eps / 2.
+
+    Parameters
+    ----------
+    mean, logvar : torch.Tensor, same shape ``(..., latent_dim)``
+    num_samples : int or None
+        ``None``: one sample of the shape of ``mean``. Otherwise ``num_samples`` samples
+        stacked in a new leading axis.
+
+    Returns
+    -------
+    torch.Tensor
+    """
+    if not isinstance(mean, torch.Tensor) or not isinstance(logvar, torch.Tensor):
+        raise TypeError(f"mean and logvar must be tensors, got {type(mean).__name__} "
+                        f"and {type(logvar).__name__}")
+    if mean.shape != logvar.shape:
+        raise ValueError(f"mean and logvar must have the same shape, got {tuple(mean.shape)} "
+                         f"and {tuple(logvar.shape)}")
+    shape = mean.shape if num_samples is None else (
+        check_positive_int(num_samples, "num_samples"), *mean.shape)
+    eps = torch.randn(shape, dtype=mean.dtype)
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log p(x | z) = sum_j [x_j log sigma(l_j) + (1 - x_j) log(1 - sigma(l_j))].
+
+    Computed from the logits l as sum_j (x_j l_j - softplus(l_j)), the stable form of
+    binary cross-entropy. ``logits`` may carry extra leading (sample) axes; ``x`` is
+    broadcast against them.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``logits.shape[:-1]``.
+    """
+    _check_data(x)
+    if not isinstance(logits, torch.Tensor) or logits.shape[-x.ndim:] != x.shape:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must end in the shape of x {tuple(x.shape)}, got {got}")
+    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits),
+                                               reduction="none").sum(-1)
+
+
+def gaussian_log_density(z: torch.Tensor, mean, logvar) -> torch.Tensor:
+    """log N(z; mean, diag(exp(logvar))), summed over the last axis (broadcasting)."""
+    mean = torch.as_tensor(mean, dtype=z.dtype)
+    logvar = torch.as_tensor(logvar, dtype=z.dtype)
+    return -0.5 * (_LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
+def elbo_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-sample reconstruction term and closed-form KL of each data point.
+
+    reconstruction_i = log p_theta(x_i | z_i) with z_i = mean_i + sigma_i * eps_i
+    (reparameterised), kl_i = KL(q_phi(z | x_i) || N(0, I)) from
+    :func:`elbo_lib.bounds.gaussian_kl` summed over latent dimensions. The ELBO of x_i is
+    ``reconstruction_i - kl_i``. Differentiable in encoder and decoder parameters.
+
+    Returns
+    -------
+    (reconstruction, kl) : tuple of torch.Tensor, each of shape (n,)
+    """
+    model = _check_model(model)
+    mean, logvar = model.encode(x)
+    reconstruction = bernoulli_log_likelihood(x, model.decode(reparameterize(mean, logvar)))
+    kl = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1)
+    return reconstruction, kl
+
+
+@torch.no_grad()
+def evaluate_elbo(model: VAE, x: torch.Tensor, num_samples: int = 1) -> dict[str, float]:
+    """Average ELBO of ``x`` and its two terms (reconstruction and KL), in nats per image.
+
+    The reconstruction term is averaged over ``num_samples`` reparameterised samples per
+    data point; the KL is exact.
+
+    Returns
+    -------
+    dict
+        ``{"elbo": ..., "reconstruction": ..., "kl": ...}`` as Python floats.
+    """
+    model = _check_model(model)
+    num_samples = check_positive_int(num_samples, "num_samples")
+    mean, logvar = model.encode(x)
+    z = reparameterize(mean, logvar, num_samples)
+    reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0).mean()
+    kl = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1).mean()
+    return {"elbo": float(reconstruction - kl), "reconstruction": float(reconstruction),
+            "kl": float(kl)}
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch averages (nats per image) recorded by :func:`train_vae`.
+
+    ``train_*`` are averages over the epoch's minibatches (one sample each); ``val_*``
+    are evaluated on the validation set at the end of each epoch. ``seconds`` is the
+    wall-clock training time (never printed in a compared cell).
+    """
+
+    train_elbo: list[float] = field(default_factory=list)
+    train_reconstruction: list[float] = field(default_factory=list)
+    train_kl: list[float] = field(default_factory=list)
+    val_elbo: list[float] = field(default_factory=list)
+    val_reconstruction: list[float] = field(default_factory=list)
+    val_kl: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def record(self, train: dict[str, float], val: dict[str, float]) -> None:
+        """Append one epoch's train and validation averages."""
+        for part, values in (("train", train), ("val", val)):
+            for key in ("elbo", "reconstruction", "kl"):
+                getattr(self, f"{part}_{key}").append(values[key])
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """Every curve as a NumPy array, keyed like the attributes."""
+        return {k: np.asarray(v) for k, v in vars(self).items() if isinstance(v, list)}
+
+
+def _check_training(model, x_train, x_val, num_epochs, batch_size, lr):
+    model = _check_model(model)
+    _check_data(x_train, model.num_pixels)
+    _check_data(x_val, model.num_pixels)
+    num_epochs = check_positive_int(num_epochs, "num_epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    lr = check_positive(lr, "lr")
+    return model, num_epochs, batch_size, lr
+
+
+def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs: int,
+              batch_size: int = 64, lr: float = 1e-3, beta: float = 1.0,
+              progress: bool = False) -> TrainingHistory:
+    """Train encoder and decoder jointly with Adam on the (beta-weighted) ELBO.
+
+    Each step draws a minibatch (a fresh permutation of the training set every epoch,
+    from torch's global generator, seeded by :func:`elbo_lib.seed_everything`), takes one
+    reparameterised sample per image and ascends
+    mean_i [log p_theta(x_i | z_i) - beta * KL(q_phi(z | x_i) || p(z))]
+    (Kingma & Welling 2014; Kingma & Ba 2015). ``beta = 1`` is the ELBO; other values give
+    the beta-VAE objective of Higgins et al. (2017). Used by chapter 6.
+
+    Parameters
+    ----------
+    model : VAE
+        Trained in place.
+    x_train, x_val : torch.Tensor, shape (n, D)
+    num_epochs : int
+    batch_size : int
+    lr : float
+        Adam learning rate.
+    beta : float
+        Weight of the KL term (> 0).
+    progress : bool
+        Show a tqdm progress bar over epochs (on stderr).
+
+    Returns
+    -------
+    TrainingHistory
+        The history always reports the true ELBO (beta = 1) next to its two terms.
+    """
+    model, num_epochs, batch_size, lr = _check_training(model, x_train, x_val, num_epochs,
+                                                        batch_size, lr)
+    beta = check_positive(beta, "beta")
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = TrainingHistory()
+    n = len(x_train)
+    start = time.perf_counter()
+    bar = tqdm(range(num_epochs), desc=f"VAE beta={beta:g}", disable=not progress,
+               mininterval=0.5)
+    for _ in bar:
+        model.train()
+        totals = torch.zeros(2)
+        for idx in torch.randperm(n).split(batch_size):
+            reconstruction, kl = elbo_terms(model, x_train[idx])
+            loss = -(reconstruction - beta * kl).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
+        rec, kl_mean = (totals / n).tolist()
+        train = {"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean}
+        model.eval()
+        history.record(train, evaluate_elbo(model, x_val))
+        bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs: int,
+                     batch_size: int = 64, lr: float = 1e-3,
+                     progress: bool = False) -> TrainingHistory:
+    """Train the same networks with the wake-sleep algorithm (Hinton et al. 1995).
+
+    Wake phase: z ~ q_phi(z | x) for a data minibatch, without reparameterisation, and a
+    gradient step on the decoder only, maximising log p_theta(x | z) (the prior has no
+    parameters). Sleep phase: dream (z, x) ~ p(z) p_theta(x | z) and a gradient step on the
+    encoder only, maximising log q_phi(z | x) on the dream, i.e. minimising
+    KL(p_theta(z | x) || q_phi(z | x)) averaged over the model's own x. The recorded
+    curves are the ELBO and its terms, so that they compare with :func:`train_vae`.
+    Used by chapter 6.
+
+    Returns
+    -------
+    TrainingHistory
+    """
+    model, num_epochs, batch_size, lr = _check_training(model, x_train, x_val, num_epochs,
+                                                        batch_size, lr)
+    opt_decoder = torch.optim.Adam(model.decoder.parameters(), lr=lr)
+    opt_encoder = torch.optim.Adam(model.encoder.parameters(), lr=lr)
+    history = TrainingHistory()
+    n = len(x_train)
+    start = time.perf_counter()
+    bar = tqdm(range(num_epochs), desc="wake-sleep", disable=not progress, mininterval=0.5)
+    for _ in bar:
+        totals = torch.zeros(2)
+        for idx in torch.randperm(n).split(batch_size):
+            x = x_train[idx]
+            # wake: fit the decoder to the encoder's explanations of real data
+            with torch.no_grad():
+                mean, logvar = model.encode(x)
+                z = reparameterize(mean, logvar)
+                kl = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1)
+            reconstruction = bernoulli_log_likelihood(x, model.decode(z))
+            opt_decoder.zero_grad(set_to_none=True)
+            (-reconstruction.mean()).backward()
+            opt_decoder.step()
+            # sleep: fit the encoder to the decoder's dreams
+            with torch.no_grad():
+                z_dream = torch.randn(len(idx), model.latent_dim)
+                x_dream = torch.bernoulli(torch.sigmoid(model.decode(z_dream)))
+            mean_d, logvar_d = model.encode(x_dream)
+            opt_encoder.zero_grad(set_to_none=True)
+            (-gaussian_log_density(z_dream, mean_d, logvar_d).mean()).backward()
+            opt_encoder.step()
+            totals += torch.stack([reconstruction.detach().sum(), kl.sum()])
+        rec, kl_mean = (totals / n).tolist()
+        history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean},
+                       evaluate_elbo(model, x_val))
+        bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def importance_log_weights(model: VAE, x: torch.Tensor, k: int, mean=None,
+                           logvar=None) -> torch.Tensor:
+    """Log importance weights log p(x, z_i) - log q(z_i | x) for k samples per point.
+
+    The proposal is the encoder's q_phi(z | x) unless ``mean`` and ``logvar`` (shape
+    (n, latent_dim)) give another diagonal Gaussian per data point, such as the refined
+    q of :func:`refine_posterior`. All k * n samples go through the decoder in one
+    batched call. Not wrapped in ``no_grad``: the weights are differentiable.
+
+    Returns
+    -------
+    torch.Tensor, shape (k, n)
+    """
+    model = _check_model(model)
+    k = check_positive_int(k, "k")
+    if (mean is None) != (logvar is None):
+        raise ValueError("give both mean and logvar, or neither (to use the encoder)")
+    if mean is None:
+        mean, logvar = model.encode(x)
+    elif mean.shape != (len(x), model.latent_dim) or logvar.shape != mean.shape:
+        raise ValueError(f"mean and logvar must have shape ({len(x)}, {model.latent_dim}), "
+                         f"got {tuple(mean.shape)} and {tuple(logvar.shape)}")
+    z = reparameterize(mean, logvar, k)                        # (k, n, latent_dim)
+    log_px_given_z = bernoulli_log_likelihood(x, model.decode(z))
+    log_pz = -0.5 * (_LOG_2PI * model.latent_dim + (z**2).sum(-1))
+    return log_px_given_z + log_pz - gaussian_log_density(z, mean, logvar)
+
+
+@torch.no_grad()
+def iwae_bound(model: VAE, x: torch.Tensor, k: int, mean=None, logvar=None,
+               max_batch: int = 2**16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-data-point IWAE_k and ELBO estimates, from the same k samples.
+
+    IWAE_k = logsumexp_i(log w_i) - log k (:func:`elbo_lib.bounds.importance_weighted_bound`)
+    and the ELBO estimate mean_i(log w_i), whose expectation is the ELBO. Data points are
+    processed in chunks so that at most ``max_batch`` samples meet the decoder at once.
+    Used by chapter 6 to estimate the test log-likelihood with k up to thousands.
+
+    Parameters
+    ----------
+    model : VAE
+    x : torch.Tensor, shape (n, D)
+    k : int
+        Importance samples per data point.
+    mean, logvar : torch.Tensor or None
+        Optional proposal per data point (see :func:`importance_log_weights`).
+    max_batch : int
+        Upper bound on k * (points per chunk).
+
+    Returns
+    -------
+    (iwae, elbo) : tuple of torch.Tensor, each of shape (n,)
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    k = check_positive_int(k, "k")
+    chunk = max(1, check_positive_int(max_batch, "max_batch") // k)
+    iwae, elbo = [], []
+    for start in range(0, len(x), chunk):
+        sl = slice(start, start + chunk)
+        lw = importance_log_weights(model, x[sl], k,
+                                    None if mean is None else mean[sl],
+                                    None if logvar is None else logvar[sl])
+        iwae.append(importance_weighted_bound(lw, dim=0))
+        elbo.append(lw.mean(0))
+    return torch.cat(iwae), torch.cat(elbo)
+
+
+def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.01,
+                     num_samples: int = 8) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Optimise a separate Gaussian q(z | x_i) per data point, starting from the encoder.
+
+    With the decoder frozen, the per-point mean and log-variance are free parameters
+    initialised at the encoder's output and moved by Adam along the reparameterised
+    gradient of each point's ELBO (``num_samples`` samples per step, closed-form KL).
+    All points are optimised in one batched problem: their ELBOs share no parameters
+    and Adam is elementwise, so this is n independent optimisations at once. The
+    improvement over the encoder is the amortisation gap of Cremer et al. (2018).
+    Used by chapter 6.
+
+    Returns
+    -------
+    (mean, logvar, trace) : torch.Tensor, torch.Tensor, numpy.ndarray
+        Refined parameters (detached, shape (n, latent_dim)) and the average stochastic
+        ELBO estimate at every step (shape (num_steps,)).
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    num_steps = check_positive_int(num_steps, "num_steps")
+    num_samples = check_positive_int(num_samples, "num_samples")
+    lr = check_positive(lr, "lr")
+    with torch.no_grad():
+        mean0, logvar0 = model.encode(x)
+    mean = mean0.clone().requires_grad_(True)
+    logvar = logvar0.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([mean, logvar], lr=lr)
+    trace = torch.empty(num_steps)
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for step in range(num_steps):
+            z = reparameterize(mean, logvar, num_samples)
+            reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0)
+            elbo = reconstruction - gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1)
+            optimizer.zero_grad(set_to_none=True)
+            (-elbo.sum()).backward()
+            optimizer.step()
+            trace[step] = elbo.detach().mean()
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+    return mean.detach(), logvar.detach(), trace.numpy()
+
+
+@torch.no_grad()
+def grid_log_marginal(model: VAE, x: torch.Tensor, limit: float = 5.0,
+                      num_points: int = 401, max_batch: int = 2**15) -> torch.Tensor:
+    """log p(x) = log \u222b p(x | z) p(z) dz by quadrature on a grid (2-D latent only).
+
+    The integrand is evaluated on a ``num_points`` x ``num_points`` grid over
+    [-limit, limit]^2 and summed with the cell area h^2 (a Riemann sum, which converges
+    very fast for smooth, rapidly decaying integrands), in float64 with log-sum-exp.
+    The decoder is evaluated once per grid point and shared by all data points:
+    log p(x | z_g) = x . l_g - sum_j softplus(l_gj) is one matrix product. This is the
+    independent reference that chapter 6 checks the ELBO and IWAE_k against.
+
+    Returns
+    -------
+    torch.Tensor, shape (n,), float64
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    if model.latent_dim != 2:
+        raise ValueError(f"grid quadrature needs a 2-D latent space, got latent_dim="
+                         f"{model.latent_dim}")
+    limit = check_positive(limit, "limit")
+    num_points = check_positive_int(num_points, "num_points", minimum=3)
+    axis = torch.linspace(-limit, limit, num_points, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)                     # (G, 2)
+    log_cell = 2 * math.log(float(axis[1] - axis[0]))
+    x64 = x.to(torch.float64)
+    parts = []
+    for chunk in grid.split(max_batch):
+        logits = model.decode(chunk.float()).to(torch.float64)  # (g, D)
+        log_lik = x64 @ logits.T - F.softplus(logits).sum(-1)   # (n, g)
+        log_prior = -0.5 * (2 * _LOG_2PI + (chunk**2).sum(-1))
+        parts.append(torch.logsumexp(log_lik + log_prior, dim=1))
+    return torch.logsumexp(torch.stack(parts, dim=1), dim=1) + log_cell
+
+
+def latent_grid(num_points: int, low: float = 0.05, high: float = 0.95) -> torch.Tensor:
+    """A 2-D grid of z values at standard-normal quantiles, row by row (top row first).
+
+    The learned manifold of Kingma & Welling (2014, fig. 4): equally spaced
+    probabilities in [low, high] mapped through the inverse normal CDF, so the grid
+    covers the prior's mass evenly. Row r has z_2 decreasing from top to bottom and
+    z_1 increasing from left to right, matching an image of the decoded grid.
+
+    Returns
+    -------
+    torch.Tensor, shape (num_points**2, 2)
+    """
+    num_points = check_positive_int(num_points, "num_points", minimum=2)
+    if not 0.0 < low < high < 1.0:
+        raise ValueError(f"need 0 < low < high < 1, got low={low!r}, high={high!r}")
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(low, high, num_points))
+    z1, z2 = torch.meshgrid(q, q.flip(0), indexing="xy")
+    return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1)
+
+
+@torch.no_grad()
+def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01
+                 ) -> tuple[int, np.ndarray]:
+    """Number of active latent units: Cov_x(E_q[z_u | x]) > threshold (Burda et al. 2016).
+
+    A unit whose posterior mean does not vary with x carries no information about x:
+    its q(z_u | x) has collapsed to the prior (posterior collapse). Used by chapter 6.
+
+    Returns
+    -------
+    (count, variances) : int and numpy.ndarray of shape (latent_dim,)
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    threshold = check_positive(threshold, "threshold")
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 data points to measure a variance, got {len(x)}")
+    mean, _ = model.encode(x)
+    variances = mean.var(dim=0, unbiased=True).numpy().astype(np.float64)
+    return int((variances > threshold).sum()), variances

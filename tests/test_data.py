@@ -1,0 +1,210 @@
+"""Tests of elbo_lib.data: the digits split, binarisation, the MNIST IDX reader, mosaics."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from elbo_lib.data import (
+    binarize,
+    load_digits_split,
+    load_image_split,
+    load_mnist_split,
+    read_idx,
+    split_indices,
+    tile_images,
+)
+
+# -- IDX fixtures, written byte by byte with struct (independent of the reader) -----------
+
+
+def _idx_bytes(array: np.ndarray, type_code: int, dtype: str) -> bytes:
+    header = struct.pack(">BBBB", 0, 0, type_code, array.ndim)
+    header += struct.pack(">" + "I" * array.ndim, *array.shape)
+    return header + array.astype(dtype).tobytes()
+
+
+def _write(path, payload: bytes, compress: bool = False):
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path
+
+
+@pytest.fixture
+def mnist_folder(tmp_path, rng):
+    """A miniature MNIST: 12 training and 5 test images of 4x3 pixels, mixed plain / gz."""
+    train_x = rng.integers(0, 256, size=(12, 4, 3), dtype=np.uint8)
+    test_x = rng.integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
+    train_y = rng.integers(0, 10, size=12, dtype=np.uint8)
+    test_y = rng.integers(0, 10, size=5, dtype=np.uint8)
+    _write(tmp_path / "train-images-idx3-ubyte.gz", _idx_bytes(train_x, 0x08, ">u1"), True)
+    _write(tmp_path / "train-labels-idx1-ubyte", _idx_bytes(train_y, 0x08, ">u1"))
+    _write(tmp_path / "t10k-images-idx3-ubyte", _idx_bytes(test_x, 0x08, ">u1"))
+    _write(tmp_path / "t10k-labels-idx1-ubyte.gz", _idx_bytes(test_y, 0x08, ">u1"), True)
+    return tmp_path, train_x, train_y, test_x, test_y
+
+
+# -- read_idx -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_idx_roundtrips_unsigned_bytes(tmp_path, rng, compress):
+    images = rng.integers(0, 256, size=(7, 5, 4), dtype=np.uint8)
+    path = _write(tmp_path / "x.idx", _idx_bytes(images, 0x08, ">u1"), compress)
+    out = read_idx(path)
+    assert out.dtype == np.uint8 and out.shape == (7, 5, 4)
+    np.testing.assert_array_equal(out, images)
+
+
+@pytest.mark.parametrize("type_code, dtype", [(0x09, ">i1"), (0x0B, ">i2"), (0x0C, ">i4"),
+                                               (0x0D, ">f4"), (0x0E, ">f8")])
+def test_read_idx_reads_every_big_endian_type(tmp_path, rng, type_code, dtype):
+    values = rng.integers(-100, 100, size=(3, 2)).astype(dtype)
+    out = read_idx(_write(tmp_path / "v.idx", _idx_bytes(values, type_code, dtype)))
+    assert out.dtype.isnative
+    np.testing.assert_array_equal(out, values.astype(np.dtype(dtype).newbyteorder("=")))
+
+
+def test_read_idx_labels_are_one_dimensional(tmp_path):
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    out = read_idx(_write(tmp_path / "y", _idx_bytes(labels, 0x08, ">u1")))
+    np.testing.assert_array_equal(out, labels)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"\x01\x00\x08\x01\x00\x00\x00\x01\x05", "magic number"),
+    (b"\x00\x00\x07\x01\x00\x00\x00\x01\x05", "type code"),
+    (b"\x00\x00\x08\x00", "0 dimensions"),
+    (b"\x00\x00\x08\x02\x00\x00\x00\x01", "header declares"),
+    (b"\x00\x00\x08\x01\x00\x00\x00\x03\x05\x06", "data bytes follow"),
+    (b"\x00\x00", "too short"),
+])
+def test_read_idx_rejects_malformed_files(tmp_path, payload, message):
+    with pytest.raises(ValueError, match=message):
+        read_idx(_write(tmp_path / "bad", payload))
+
+
+def test_read_idx_rejects_bad_paths(tmp_path):
+    with pytest.raises(TypeError, match="path"):
+        read_idx(3)
+    with pytest.raises(FileNotFoundError):
+        read_idx(tmp_path / "missing")
+
+
+# -- MNIST loader -----------------------------------------------------------------------------
+
+
+def test_load_mnist_split_reads_the_fixture(mnist_folder, rng):
+    folder, train_x, train_y, test_x, test_y = mnist_folder
+    split = load_mnist_split(folder, rng, val_fraction=0.25)
+    assert split.image_shape == (4, 3) and split.num_pixels == 12
+    assert split.sizes() == {"train": 9, "val": 3, "test": 5}
+    np.testing.assert_allclose(split.x_test, test_x.reshape(5, 12) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(split.y_test, test_y)
+    # train and validation together are exactly the training file, scaled
+    both = np.concatenate([split.x_train, split.x_val])
+    ref = train_x.reshape(12, 12) / 255.0
+    assert sorted(map(tuple, np.round(both * 255).astype(int))) == sorted(
+        map(tuple, np.round(ref * 255).astype(int)))
+    assert split.x_train.dtype == np.float32 and split.y_train.dtype == np.int64
+    assert 0.0 <= split.x_train.min() and split.x_train.max() <= 1.0
+
+
+def test_load_mnist_split_max_train_and_dispatch(mnist_folder, rng):
+    folder = mnist_folder[0]
+    split = load_image_split(rng, mnist_dir=folder, max_train=4)
+    assert split.sizes()["train"] == 4 and split.source.startswith("MNIST")
+
+
+def test_load_mnist_split_errors(mnist_folder, tmp_path, rng):
+    folder = mnist_folder[0]
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="t10k-labels"):
+        load_mnist_split(folder, rng)
+    _write(folder / "t10k-labels-idx1-ubyte", _idx_bytes(np.zeros(4, np.uint8), 0x08, ">u1"))
+    with pytest.raises(ValueError, match="expected images"):
+        load_mnist_split(folder, rng)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist_split(tmp_path / "nowhere", rng)
+    with pytest.raises(TypeError, match="folder"):
+        load_mnist_split(None, rng)
+
+
+# -- digits and splits ------------------------------------------------------------------------
+
+
+def test_load_digits_split_covers_the_data_once():
+    split = load_digits_split(np.random.default_rng(0))
+    sizes = split.sizes()
+    assert sizes == {"train": 1257, "val": 270, "test": 270}
+    assert split.image_shape == (8, 8) and split.x_train.shape[1] == 64
+    everything = np.concatenate([split.x_train, split.x_val, split.x_test])
+    assert everything.min() == 0.0 and everything.max() == 1.0
+    assert set(np.unique(split.y_train)) == set(range(10))
+    from sklearn.datasets import load_digits
+    ref = load_digits().data / 16.0
+    assert np.isclose(everything.sum(), ref.sum(), rtol=1e-5)
+
+
+def test_digits_split_is_reproducible_and_seed_dependent():
+    a = load_digits_split(np.random.default_rng(0))
+    b = load_digits_split(np.random.default_rng(0))
+    c = load_digits_split(np.random.default_rng(1))
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    assert not np.array_equal(a.y_test, c.y_test)
+    assert load_image_split(np.random.default_rng(0)).source == "sklearn load_digits"
+
+
+def test_split_indices_partition(rng):
+    train, val, test = split_indices(100, rng, 0.2, 0.1)
+    assert (len(train), len(val), len(test)) == (70, 20, 10)
+    assert np.array_equal(np.sort(np.concatenate([train, val, test])), np.arange(100))
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"n": 2}, ValueError), ({"n": 10, "val_fraction": 1.2}, ValueError),
+    ({"n": 10, "val_fraction": 0.6, "test_fraction": 0.5}, ValueError),
+    ({"n": 4, "val_fraction": 0.4, "test_fraction": 0.4}, ValueError),
+    ({"n": 10, "test_fraction": "a"}, TypeError), ({"n": 10.0}, TypeError),
+])
+def test_split_indices_rejects_bad_input(rng, kwargs, error):
+    with pytest.raises(error):
+        split_indices(rng=rng, **kwargs)
+
+
+def test_split_needs_a_generator():
+    with pytest.raises(TypeError, match="Generator"):
+        split_indices(10, 0)
+
+
+def test_binarize_is_bernoulli(rng):
+    x = np.full((200, 50), 0.3)
+    b = binarize(x, rng)
+    assert set(np.unique(b)) <= {0.0, 1.0} and b.dtype == np.float32
+    assert abs(b.mean() - 0.3) < 0.01               # 10,000 draws: standard error 0.0046
+    assert binarize(np.ones((2, 3)), rng).min() == 1.0
+    assert binarize(np.zeros((2, 3)), rng).max() == 0.0
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        binarize(np.array([[1.5]]), rng)
+
+
+# -- mosaics ------------------------------------------------------------------------------------
+
+
+def test_tile_images_places_each_image():
+    images = np.arange(5 * 6, dtype=float).reshape(5, 6) / 30   # five 2x3 images
+    canvas = tile_images(images, (2, 3), n_cols=3, pad_value=-1.0)
+    assert canvas.shape == (2 * 3 - 1, 3 * 4 - 1)
+    np.testing.assert_array_equal(canvas[0:2, 0:3], images[0].reshape(2, 3))
+    np.testing.assert_array_equal(canvas[3:5, 4:7], images[4].reshape(2, 3))
+    assert np.all(canvas[3:5, 8:11] == -1.0)          # empty sixth cell
+    assert np.all(canvas[2, :] == -1.0)                # gap row
+
+
+def test_tile_images_rejects_bad_input():
+    with pytest.raises(ValueError, match="pixels"):
+        tile_images(np.zeros((2, 5)), (2, 3), 2)
+    with pytest.raises(TypeError, match="image_shape"):
+        tile_images(np.zeros((2, 6)), [2, 3], 2)
+    with pytest.raises(ValueError):
+        tile_images(np.zeros(6), (2, 3), 2)

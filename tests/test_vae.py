@@ -1,0 +1,341 @@
+"""Tests of elbo_lib.vae and of bounds.importance_weighted_bound (chapter 6)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+
+from elbo_lib import seed_everything
+from elbo_lib.bounds import gaussian_kl, importance_weighted_bound
+from elbo_lib.models import ConjugateGaussianMean
+from elbo_lib.vae import (
+    VAE,
+    active_units,
+    as_tensor,
+    bernoulli_log_likelihood,
+    elbo_terms,
+    evaluate_elbo,
+    gaussian_log_density,
+    grid_log_marginal,
+    importance_log_weights,
+    iwae_bound,
+    latent_grid,
+    refine_posterior,
+    reparameterize,
+    train_vae,
+    train_wake_sleep,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    seed_everything(0)
+
+
+@pytest.fixture
+def toy_data(rng):
+    """40 binary 'images' of 6 pixels with two clear prototypes."""
+    proto = np.array([[0.9, 0.9, 0.9, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.9, 0.9, 0.9]])
+    x = (rng.random((40, 6)) < proto[rng.integers(0, 2, 40)]).astype(np.float32)
+    return as_tensor(x)
+
+
+# -- the closed-form Gaussian KL --------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3, 3), st.floats(0.05, 5), st.floats(-3, 3),
+                          st.floats(0.05, 5)), min_size=1, max_size=6))
+def test_gaussian_kl_matches_torch_kl_divergence(params):
+    mq, vq, mp, vp = (torch.tensor(c, dtype=torch.float64) for c in zip(*params, strict=True))
+    ours = gaussian_kl(mq, vq, mp, vp).sum()
+    ref = kl_divergence(Independent(Normal(mq, vq.sqrt()), 1),
+                        Independent(Normal(mp, vp.sqrt()), 1))
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-9, abs=1e-12)
+
+
+def test_gaussian_kl_matches_monte_carlo(rng):
+    mq, vq = torch.tensor(rng.normal(size=4)), torch.tensor(rng.uniform(0.3, 2.0, size=4))
+    q, p = Independent(Normal(mq, vq.sqrt()), 1), Independent(
+        Normal(torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)), 1)
+    z = q.sample((100_000,))
+    ratio = q.log_prob(z) - p.log_prob(z)
+    exact = gaussian_kl(mq, vq, 0.0, 1.0).sum()
+    assert abs(ratio.mean() - exact) < 4 * ratio.std() / math.sqrt(len(ratio))
+
+
+def test_vae_kl_formula_and_its_gradient():
+    """KL(N(mu, s^2) || N(0, 1)) = (mu^2 + s^2 - 1 - log s^2) / 2, gradient mu and (s^2 - 1) / 2."""
+    mu = torch.tensor([0.3, -1.2], requires_grad=True)
+    logvar = torch.tensor([0.5, -0.4], requires_grad=True)
+    kl = gaussian_kl(mu, logvar.exp(), 0.0, 1.0)
+    expected = 0.5 * (mu**2 + logvar.exp() - 1 - logvar)
+    torch.testing.assert_close(kl, expected)
+    kl.sum().backward()
+    torch.testing.assert_close(mu.grad, mu.detach())
+    torch.testing.assert_close(logvar.grad, 0.5 * (logvar.detach().exp() - 1))
+    assert gaussian_kl(torch.zeros(3), torch.ones(3), 0.0, 1.0).abs().max() == 0
+
+
+# -- the reparameterised sampler ----------------------------------------------------------------
+
+
+def test_reparameterize_pathwise_derivatives_are_exact():
+    mean = torch.tensor([[0.5, -1.0, 2.0]], requires_grad=True)
+    logvar = torch.tensor([[0.2, -0.7, 1.1]], requires_grad=True)
+    z = reparameterize(mean, logvar, num_samples=7)
+    assert z.shape == (7, 1, 3)
+    eps = (z - mean) / torch.exp(0.5 * logvar)
+    z.sum().backward()
+    torch.testing.assert_close(mean.grad, torch.full_like(mean, 7.0))
+    torch.testing.assert_close(logvar.grad, (0.5 * torch.exp(0.5 * logvar) * eps).sum(0).detach())
+
+
+def test_reparameterized_gradient_is_unbiased():
+    """d/dmu E[z^2] = 2 mu and d/dlogvar E[z^2] = sigma^2 for z ~ N(mu, sigma^2)."""
+    mean = torch.tensor([0.7, -0.3], dtype=torch.float64, requires_grad=True)
+    logvar = torch.tensor([-0.5, 0.4], dtype=torch.float64, requires_grad=True)
+    z = reparameterize(mean, logvar, num_samples=200_000)
+    (z**2).mean(0).sum().backward()
+    torch.testing.assert_close(mean.grad, 2 * mean.detach(), atol=0.02, rtol=0)
+    torch.testing.assert_close(logvar.grad, logvar.detach().exp(), atol=0.02, rtol=0)
+    sample = reparameterize(mean.detach(), logvar.detach(), 200_000)
+    torch.testing.assert_close(sample.var(0), logvar.detach().exp(), atol=0.02, rtol=0)
+
+
+def test_reparameterize_rejects_bad_input():
+    with pytest.raises(ValueError, match="same shape"):
+        reparameterize(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(TypeError, match="tensors"):
+        reparameterize([0.0], torch.zeros(1))
+    with pytest.raises(ValueError, match="num_samples"):
+        reparameterize(torch.zeros(2), torch.zeros(2), num_samples=0)
+
+
+# -- likelihood pieces ----------------------------------------------------------------------------
+
+
+def test_bernoulli_log_likelihood_matches_torch_and_is_stable(toy_data):
+    logits = torch.randn(5, *toy_data.shape) * 3
+    ours = bernoulli_log_likelihood(toy_data, logits)
+    ref = Independent(Bernoulli(logits=logits), 1).log_prob(toy_data.expand_as(logits))
+    assert ours.shape == (5, 40)
+    torch.testing.assert_close(ours, ref)
+    extreme = bernoulli_log_likelihood(torch.tensor([[1.0, 0.0]]), torch.tensor([[-200.0, 200.0]]))
+    assert torch.isfinite(extreme).all() and extreme.item() == pytest.approx(-400.0)
+    with pytest.raises(ValueError, match="logits"):
+        bernoulli_log_likelihood(toy_data, torch.zeros(40, 5))
+
+
+def test_gaussian_log_density_matches_torch():
+    z, mean, logvar = torch.randn(4, 3), torch.randn(3), torch.randn(3)
+    ref = Independent(Normal(mean, torch.exp(0.5 * logvar)), 1).log_prob(z)
+    torch.testing.assert_close(gaussian_log_density(z, mean, logvar), ref)
+
+
+def test_elbo_terms_kl_is_the_encoder_gaussians_kl(toy_data):
+    model = VAE(6, 3, hidden=8)
+    reconstruction, kl = elbo_terms(model, toy_data)
+    mean, logvar = model.encode(toy_data)
+    ref = kl_divergence(Independent(Normal(mean, torch.exp(0.5 * logvar)), 1),
+                        Independent(Normal(torch.zeros(3), torch.ones(3)), 1))
+    torch.testing.assert_close(kl, ref)
+    assert reconstruction.shape == (40,) and (reconstruction < 0).all()
+    (reconstruction - kl).mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+# -- importance-weighted bound --------------------------------------------------------------------
+
+
+def test_importance_weighted_bound_formula_and_stability(rng):
+    lw = rng.normal(size=(50, 3)) * 3
+    ref = np.log(np.mean(np.exp(lw), axis=0))
+    np.testing.assert_allclose(importance_weighted_bound(lw), ref, rtol=1e-12)
+    torch.testing.assert_close(importance_weighted_bound(torch.tensor(lw)), torch.tensor(ref))
+    np.testing.assert_allclose(importance_weighted_bound(lw.T, dim=1), ref, rtol=1e-12)
+    np.testing.assert_allclose(importance_weighted_bound(lw[:1]), lw[0])      # k = 1
+    shifted = importance_weighted_bound(lw - 2000.0)                           # no underflow
+    np.testing.assert_allclose(shifted, ref - 2000.0, rtol=1e-12)
+    with_zero = np.array([[-np.inf, -np.inf], [0.0, -np.inf]])
+    out = importance_weighted_bound(with_zero)
+    assert out[0] == pytest.approx(-np.log(2)) and out[1] == -np.inf
+    assert importance_weighted_bound(torch.tensor(with_zero))[1] == -torch.inf
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (np.array([0.0, np.nan]), ValueError, "NaN"),
+    (torch.tensor([0.0, float("inf")]), ValueError, r"\+inf"),
+    (np.zeros((0, 3)), ValueError, "k = 0"),
+    ("abc", TypeError, "numeric"),
+])
+def test_importance_weighted_bound_rejects_bad_weights(bad, error, message):
+    with pytest.raises(error, match=message):
+        importance_weighted_bound(bad)
+
+
+def test_importance_weighted_bound_rejects_bad_dim():
+    with pytest.raises(ValueError, match="out of range"):
+        importance_weighted_bound(np.zeros((3, 2)), dim=2)
+    with pytest.raises(TypeError, match="dim"):
+        importance_weighted_bound(np.zeros(3), dim=0.0)
+
+
+def test_iwae_is_non_decreasing_in_k_and_below_the_evidence(rng):
+    """Conjugate Gaussian model: E[IWAE_k] rises with k, stays below log p(x), IWAE_1 = ELBO."""
+    model = ConjugateGaussianMean(rng.normal(1.0, 1.0, size=5), 1.0, 0.0, 2.0)
+    q_mean, q_var = model.posterior_mean - 0.6, 3.0 * model.posterior_var
+    q = Normal(torch.tensor(q_mean, dtype=torch.float64),
+               torch.tensor(q_var, dtype=torch.float64).sqrt())
+    log_evidence, replicates = model.log_evidence(), 4000
+    means, ses = [], []
+    for k in (1, 4, 16, 64):
+        z = q.sample((k, replicates))
+        bound = importance_weighted_bound(model.log_joint(z) - q.log_prob(z), dim=0)
+        means.append(bound.mean().item())
+        ses.append(bound.std().item() / math.sqrt(replicates))
+    assert means[0] == pytest.approx(model.elbo(q_mean, q_var), abs=4 * ses[0])
+    assert all(b - a > 0 for a, b in zip(means, means[1:], strict=False))
+    assert all(m < log_evidence + 3 * s for m, s in zip(means, ses, strict=True))
+    assert log_evidence - means[0] > 10 * (log_evidence - means[-1])        # the gap closes
+
+
+def test_iwae_is_exact_when_q_is_the_posterior(rng):
+    model = ConjugateGaussianMean(rng.normal(size=4), 0.5, 0.0, 1.0)
+    z = model.posterior().sample((10, 3))
+    bound = importance_weighted_bound(model.log_joint(z) - model.posterior().log_prob(z))
+    torch.testing.assert_close(bound, torch.full((3,), model.log_evidence(), dtype=torch.float64))
+
+
+def test_vae_iwae_bounds_increase_and_meet_the_quadrature(toy_data):
+    model = VAE(6, 2, hidden=8)
+    exact = grid_log_marginal(model, toy_data, num_points=151)
+    bounds = [iwae_bound(model, toy_data, k)[0].mean().item() for k in (1, 10, 100, 2000)]
+    assert all(b - a > -0.01 for a, b in zip(bounds, bounds[1:], strict=False))
+    assert bounds[-1] == pytest.approx(exact.mean().item(), abs=0.02)
+    assert bounds[0] < exact.mean().item()
+    iw, elbo = iwae_bound(model, toy_data, 50, max_batch=100)                # chunked path
+    assert iw.shape == elbo.shape == (40,) and (iw >= elbo).all()  # Jensen, per sample set
+
+
+def test_grid_quadrature_is_exact_when_the_decoder_ignores_z(toy_data):
+    model = VAE(6, 2, hidden=4)
+    with torch.no_grad():
+        model.decoder[0].weight.zero_()       # p(x | z) no longer depends on z
+    logits = model.decode(torch.zeros(1, 2))[0]
+    exact = bernoulli_log_likelihood(toy_data, logits.expand_as(toy_data)).double()
+    torch.testing.assert_close(grid_log_marginal(model, toy_data), exact, atol=1e-4, rtol=0)
+
+
+def test_importance_log_weights_with_an_explicit_proposal(toy_data):
+    model = VAE(6, 2, hidden=8)
+    lw = importance_log_weights(model, toy_data, 3, torch.zeros(40, 2), torch.zeros(40, 2))
+    assert lw.shape == (3, 40)
+    with pytest.raises(ValueError, match="both"):
+        importance_log_weights(model, toy_data, 3, mean=torch.zeros(40, 2))
+    with pytest.raises(ValueError, match="shape"):
+        importance_log_weights(model, toy_data, 3, torch.zeros(4, 2), torch.zeros(4, 2))
+
+
+# -- amortisation gap, training, collapse ---------------------------------------------------------
+
+
+def test_refine_posterior_improves_the_elbo_and_leaves_the_decoder_alone(toy_data):
+    model = VAE(6, 2, hidden=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    mean, logvar, trace = refine_posterior(model, toy_data, num_steps=150, lr=0.05)
+    assert mean.shape == logvar.shape == (40, 2) and trace.shape == (150,)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.requires_grad for p in model.parameters())
+    encoder_elbo = iwae_bound(model, toy_data, 2000)[1].mean()
+    refined_elbo = iwae_bound(model, toy_data, 2000, mean, logvar)[1].mean()
+    assert refined_elbo > encoder_elbo + 0.05
+    assert refined_elbo < grid_log_marginal(model, toy_data).mean() + 0.01
+
+
+def test_train_vae_raises_the_elbo_and_is_deterministic(toy_data):
+    def run():
+        seed_everything(3)
+        model = VAE(6, 2, hidden=16)
+        return train_vae(model, toy_data, toy_data, num_epochs=30, batch_size=10, lr=0.01)
+
+    first, second = run(), run()
+    assert first.as_arrays()["val_elbo"].tolist() == second.as_arrays()["val_elbo"].tolist()
+    curves = first.as_arrays()
+    assert len(curves["train_elbo"]) == 30 and first.seconds > 0
+    assert curves["val_elbo"][-5:].mean() > curves["val_elbo"][:3].mean() + 0.5
+    np.testing.assert_allclose(curves["train_elbo"],
+                               curves["train_reconstruction"] - curves["train_kl"], rtol=1e-5)
+
+
+def test_large_beta_collapses_the_posterior(toy_data):
+    model = VAE(6, 3, hidden=16)
+    train_vae(model, toy_data, toy_data, num_epochs=60, batch_size=10, lr=0.01, beta=20.0)
+    count, variances = active_units(model, toy_data)
+    assert count == 0 and variances.shape == (3,)
+    assert evaluate_elbo(model, toy_data)["kl"] < 0.05
+
+
+def test_wake_sleep_trains(toy_data):
+    model = VAE(6, 2, hidden=16)
+    history = train_wake_sleep(model, toy_data, toy_data, num_epochs=30, batch_size=10, lr=0.01)
+    curves = history.as_arrays()
+    assert np.all(np.isfinite(curves["val_elbo"]))
+    assert curves["val_elbo"][-5:].mean() > curves["val_elbo"][:3].mean() + 0.5
+
+
+def test_active_units_counts_varying_means(toy_data):
+    model = VAE(6, 2, hidden=8)
+    with torch.no_grad():
+        model.encoder[2].weight[0].zero_()    # the mean of unit 0 no longer depends on x
+        model.encoder[2].weight[1].mul_(50)   # unit 1 varies a lot
+    count, variances = active_units(model, toy_data)
+    assert count == 1 and variances[0] == 0.0 and variances[1] > 0.01
+    with pytest.raises(ValueError, match="at least 2"):
+        active_units(model, toy_data[:1])
+
+
+def test_latent_grid_layout():
+    grid = latent_grid(5)
+    assert grid.shape == (25, 2)
+    low, high = Normal(0.0, 1.0).icdf(torch.tensor([0.05, 0.95]))
+    torch.testing.assert_close(grid[0], torch.stack([low, high]))     # top-left
+    torch.testing.assert_close(grid[-1], torch.stack([high, low]))    # bottom-right
+    torch.testing.assert_close(grid[:5, 1], torch.full((5,), high.item()))
+    with pytest.raises(ValueError, match="low"):
+        latent_grid(5, low=0.9, high=0.1)
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def test_bad_input_errors(toy_data):
+    with pytest.raises(ValueError, match="num_pixels"):
+        VAE(0, 2)
+    with pytest.raises(TypeError, match="latent_dim"):
+        VAE(6, 2.5)
+    model = VAE(6, 3, hidden=4)
+    with pytest.raises(ValueError, match="6 pixels"):
+        model.encode(torch.zeros(3, 5))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model.encode(np.zeros((3, 6)))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\)"):
+        model.decode(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="2-D latent"):
+        grid_log_marginal(model, toy_data)
+    with pytest.raises(ValueError, match="k must be"):
+        iwae_bound(model, toy_data, 0)
+    with pytest.raises(TypeError, match="VAE"):
+        evaluate_elbo("model", toy_data)
+    with pytest.raises(ValueError, match="beta"):
+        train_vae(model, toy_data, toy_data, 1, beta=0.0)
+    with pytest.raises(ValueError, match="lr"):
+        train_wake_sleep(model, toy_data, toy_data, 1, lr=-1.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        as_tensor(np.array([[0.5, 2.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        as_tensor(np.zeros(4))
