@@ -334,7 +334,7 @@ def load_image_split(rng: np.random.Generator, mnist_dir: str | os.PathLike | No
 
 
 def tile_images(images, image_shape: tuple[int, int], n_cols: int,
-                pad_value: float = 1.0) -> np.ndarray:
+                pad_value: float = 0.3) -> np.ndarray:
     """Arrange flattened images in one 2-D array, ``n_cols`` per row, 1-pixel gaps.
 
     One mosaic is one ``imshow`` (and one line of :func:`~elbo_lib.plotting.describe_figure`)
@@ -348,7 +348,8 @@ def tile_images(images, image_shape: tuple[int, int], n_cols: int,
     n_cols : int
         Images per row; the last row is padded with ``pad_value``.
     pad_value : float
-        Value of the gaps and of empty cells.
+        Value of the gaps and of empty cells (0.3: light grey under the reversed grey
+        colour map the chapter uses, so gaps are visible next to both ink and paper).
 
     Returns
     -------

@@ -421,7 +421,7 @@ def importance_log_weights(model: VAE, x: torch.Tensor, k: int, mean=None,
 
 @torch.no_grad()
 def iwae_bound(model: VAE, x: torch.Tensor, k: int, mean=None, logvar=None,
-               max_batch: int = 2**16) -> tuple[torch.Tensor, torch.Tensor]:
+               max_batch: int = 2**14) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-data-point IWAE_k and ELBO estimates, from the same k samples.
 
     IWAE_k = logsumexp_i(log w_i) - log k (:func:`elbo_lib.bounds.importance_weighted_bound`)
@@ -508,7 +508,7 @@ def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.
 
 @torch.no_grad()
 def grid_log_marginal(model: VAE, x: torch.Tensor, limit: float = 5.0,
-                      num_points: int = 401, max_batch: int = 2**15) -> torch.Tensor:
+                      num_points: int = 201, max_batch: int = 2**12) -> torch.Tensor:
     """log p(x) = log \u222b p(x | z) p(z) dz by quadrature on a grid (2-D latent only).
 
     The integrand is evaluated on a ``num_points`` x ``num_points`` grid over
