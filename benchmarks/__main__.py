@@ -1,0 +1,114 @@
+"""Run every comparison and write the results table and figures.
+
+Usage::
+
+    python -m benchmarks                 # full run -> benchmarks/results/ (~10 minutes)
+    python -m benchmarks --smoke         # tiny sizes, seconds -> benchmarks/_scratch/
+    python -m benchmarks --only gmm,hmm  # a subset -> benchmarks/_scratch/ unless --out
+
+Every comparison runs in this one process on the same machine, with the same BLAS
+thread count for both sides (``--blas-threads``, default 1, as torch in the book).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import COMPARISONS
+from benchmarks._common import ROOT, Config, machine_description
+from benchmarks._report import write_csv, write_figures, write_json, write_markdown
+
+RESULTS = ROOT / "benchmarks" / "results"
+SCRATCH = ROOT / "benchmarks" / "_scratch"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes that finish in seconds (CI); writes to the scratch "
+                             "folder, never to benchmarks/results/")
+    parser.add_argument("--only", default="",
+                        help=f"comma-separated subset of {','.join(COMPARISONS)}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: benchmarks/results for a full run of "
+                             "everything, benchmarks/_scratch otherwise)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats per measurement (default 5; 3 in smoke mode)")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="BLAS/OpenMP threads for both sides (0 = library default)")
+    parser.add_argument("--note", default="",
+                        help="a remark printed with the machine description (e.g. load)")
+    args = parser.parse_args(argv)
+    names = [s.strip() for s in args.only.split(",") if s.strip()] or list(COMPARISONS)
+    unknown = sorted(set(names) - set(COMPARISONS))
+    if unknown:
+        parser.error(f"unknown comparison(s) {unknown}; choose from {list(COMPARISONS)}")
+    args.names = names
+    if args.repeats is None:
+        args.repeats = 3 if args.smoke else 5
+    if args.repeats < 1 or (not args.smoke and args.repeats < 5):
+        parser.error(f"--repeats must be >= 5 for a measured run (>= 1 with --smoke), "
+                     f"got {args.repeats}")
+    if args.out is None:
+        args.out = RESULTS if (not args.smoke and names == list(COMPARISONS)) else SCRATCH
+    if args.smoke and args.out.resolve() == RESULTS.resolve():
+        parser.error("a smoke run must not overwrite the committed results; use another --out")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    config = Config(smoke=args.smoke, repeats=args.repeats)
+    args.out.mkdir(parents=True, exist_ok=True)
+    from threadpoolctl import threadpool_limits
+
+    # import every module (and so load every BLAS / OpenMP library) BEFORE limiting the
+    # thread pools: threadpoolctl only limits the libraries already loaded
+    modules = {name: importlib.import_module(f"benchmarks.{name}") for name in args.names}
+    import scipy.linalg  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import torch  # noqa: F401
+
+    start = time.perf_counter()
+    limits = threadpool_limits(limits=args.blas_threads) if args.blas_threads > 0 else None
+    try:
+        machine = machine_description()
+        sections = []
+        for name in args.names:
+            t0 = time.perf_counter()
+            print(f"[benchmarks] {name} ...", flush=True)
+            section = modules[name].run(config)
+            section["seconds"] = time.perf_counter() - t0
+            sections.append(section)
+            for r in section["rows"]:
+                ratio = "" if r["ratio"] is None else f" ratio {r['ratio']:.2f}"
+                print(f"  {r['case']:<22} {r['size']:<28} ours {r['ours_s']:.4g} s{ratio}",
+                      flush=True)
+            print(f"  ({section['seconds']:.1f} s)", flush=True)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+    load_end = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    meta = {"smoke": args.smoke, "repeats": config.repeats, "warmup": config.warmup,
+            "seed": config.seed, "blas_threads": args.blas_threads or "library default",
+            "comparisons": args.names, "wall_s": time.perf_counter() - start,
+            "load_average_end": load_end, "warning": args.note,
+            "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None
+                                                          else argv)}
+    write_json(args.out / "results.json", machine, sections, meta)
+    write_csv(args.out / "results.csv", sections)
+    write_markdown(args.out / "results.md", machine, sections, meta)
+    figures = write_figures(args.out, sections)
+    print(f"[benchmarks] wrote {args.out}/results.json, results.csv, results.md and "
+          f"{len(figures)} figure(s) in {meta['wall_s']:.0f} s", flush=True)
+    return {"out": args.out, "sections": sections, "machine": machine, "meta": meta}
+
+
+if __name__ == "__main__":
+    main()

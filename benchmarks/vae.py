@@ -1,0 +1,177 @@
+"""VAE (chapter 6): epoch time vs a PyTorch-example training loop, and IWAE throughput.
+
+Epoch time. Ours is ``elbo_lib.vae.train_vae`` on ``elbo_lib.vae.VAE``. The reference is
+written the way the official PyTorch VAE example is (pytorch/examples, ``vae/main.py``):
+a separate ``nn.Module`` with ``fc1, fc21, fc22, fc3, fc4`` layers, sigmoid outputs and
+``F.binary_cross_entropy(..., reduction="sum")`` plus the analytic KL, a ``DataLoader``
+with ``shuffle=True``, Adam, ``loss.item()`` bookkeeping, and a ``torch.no_grad()`` test
+pass after every epoch. Equal work: same architecture (D -> 128 tanh -> 2 x latent,
+latent -> 128 tanh -> D), same binarised digits, batch size 64, learning rate 1e-3, the
+same number of epochs, a validation pass per epoch on both sides, and one torch thread
+for both (``elbo_lib.seed_everything``). Agreement: the validation ELBO after the timed
+epochs (different random initialisations, so close but not identical).
+
+IWAE throughput. ``elbo_lib.vae.iwae_bound(model, x, k=1000)`` vs a reference written
+with ``torch.distributions`` (``Normal.rsample``, ``Bernoulli(logits=...).log_prob``,
+``torch.logsumexp``) on the same trained model, same test images and the same chunking
+(``2**16 // k`` points at a time); agreement is |mean IWAE difference| in nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Bernoulli, Normal
+from torch.utils.data import DataLoader, TensorDataset
+
+from benchmarks._common import Config, measure, row
+from elbo_lib import seed_everything
+from elbo_lib.data import binarize, load_digits_split
+from elbo_lib.vae import VAE, as_tensor, iwae_bound, train_vae
+
+TITLE = "VAE: training epoch vs a PyTorch-example loop; IWAE evaluation throughput"
+EQUALITY = (
+    "Epoch: same architecture (64 -> 128 tanh -> 2x2 latent; 2 -> 128 tanh -> 64), same "
+    "binarised digits, batch 64, Adam lr 1e-3, same epochs, a validation pass per epoch on "
+    "both sides, 1 torch thread for both (seed_everything). Reference in the style of the "
+    "official PyTorch example (separate module, sigmoid + BCE-sum loss, DataLoader, "
+    ".item()). agreement = |validation ELBO difference| after the timed epochs (different "
+    "initialisations). IWAE: same trained model, same test points and chunking, reference "
+    "written with torch.distributions; agreement = |mean IWAE_1000 difference| (nats).")
+LATENT, HIDDEN, BATCH, LR = 2, 128, 64, 1e-3
+
+
+class ReferenceVAE(nn.Module):
+    """The PyTorch-example VAE, with the book's sizes and tanh activations."""
+
+    def __init__(self, num_pixels: int, latent_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.num_pixels = num_pixels
+        self.fc1 = nn.Linear(num_pixels, hidden)
+        self.fc21 = nn.Linear(hidden, latent_dim)
+        self.fc22 = nn.Linear(hidden, latent_dim)
+        self.fc3 = nn.Linear(latent_dim, hidden)
+        self.fc4 = nn.Linear(hidden, num_pixels)
+
+    def encode(self, x):
+        h1 = torch.tanh(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+
+    def decode(self, z):
+        h3 = torch.tanh(self.fc3(z))
+        return torch.sigmoid(self.fc4(h3))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, self.num_pixels))
+        z = self.reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+
+def loss_function(recon_x, x, mu, logvar):
+    """Negative ELBO summed over the batch, as in the PyTorch example."""
+    bce = F.binary_cross_entropy(recon_x, x.view(-1, recon_x.shape[-1]), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+def reference_training(x_train, x_val, epochs: int) -> float:
+    """The example's train / test loop; returns the last validation ELBO (nats per image)."""
+    seed_everything(0)
+    model = ReferenceVAE(x_train.shape[1], LATENT, HIDDEN)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    train_loader = DataLoader(TensorDataset(x_train), batch_size=BATCH, shuffle=True)
+    test_loader = DataLoader(TensorDataset(x_val), batch_size=BATCH, shuffle=False)
+    test_loss = 0.0
+    for _ in range(epochs):
+        model.train()
+        train_loss = 0.0
+        for (data,) in train_loader:
+            optimizer.zero_grad()
+            recon_batch, mu, logvar = model(data)
+            loss = loss_function(recon_batch, data, mu, logvar)
+            loss.backward()
+            train_loss += loss.item()
+            optimizer.step()
+        model.eval()
+        test_loss = 0.0
+        with torch.no_grad():
+            for (data,) in test_loader:
+                recon_batch, mu, logvar = model(data)
+                test_loss += loss_function(recon_batch, data, mu, logvar).item()
+    return -test_loss / len(x_val)
+
+
+def our_training(x_train, x_val, epochs: int):
+    seed_everything(0)
+    model = VAE(x_train.shape[1], latent_dim=LATENT, hidden=HIDDEN)
+    history = train_vae(model, x_train, x_val, epochs, batch_size=BATCH, lr=LR)
+    return model, history.val_elbo[-1]
+
+
+@torch.no_grad()
+def reference_iwae(model: VAE, x, k: int, max_batch: int = 2**16):
+    """IWAE_k per point with torch.distributions, chunked like ``iwae_bound``."""
+    out = []
+    for xs in x.split(max(1, max_batch // k)):
+        mean, logvar = model.encode(xs)
+        q = Normal(mean, torch.exp(0.5 * logvar))
+        z = q.rsample((k,))
+        log_px = Bernoulli(logits=model.decode(z)).log_prob(xs).sum(-1)
+        log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
+        out.append(torch.logsumexp(log_px + log_pz - q.log_prob(z).sum(-1), dim=0)
+                   - math.log(k))
+    return torch.cat(out)
+
+
+def run(config: Config) -> dict:
+    rng = seed_everything(config.seed)
+    data = load_digits_split(rng)
+    x_train, x_val, x_test = (as_tensor(binarize(x, rng))
+                              for x in (data.x_train, data.x_val, data.x_test))
+    epochs, k = (1, 50) if config.smoke else (10, 1000)
+    if config.smoke:
+        x_train, x_val, x_test = x_train[:256], x_val[:64], x_test[:32]
+    t = measure({"ours": lambda: our_training(x_train, x_val, epochs),
+                 "reference": lambda: reference_training(x_train, x_val, epochs)}, config)
+    model, val_ours = t["ours"].result
+    val_ref = t["reference"].result
+    rows = [row("vae", "training epoch", {"n_train": len(x_train), "batch": BATCH,
+                                          "epochs": epochs},
+                ours=t["ours"].median / epochs, reference_name="PyTorch-example loop",
+                reference=t["reference"].median / epochs,
+                agreement="|val ELBO diff| (nats/image)",
+                agreement_value=abs(val_ours - val_ref),
+                notes=f"seconds per epoch (median of {config.repeats} runs of {epochs} "
+                      f"epochs / {epochs}); val ELBO ours {val_ours:.2f}, "
+                      f"reference {val_ref:.2f}")]
+
+    def ours_iwae():
+        torch.manual_seed(1)
+        return iwae_bound(model, x_test, k)[0]
+
+    def ref_iwae():
+        torch.manual_seed(1)
+        return reference_iwae(model, x_test, k)
+
+    seed_everything(config.seed)
+    t = measure({"ours": ours_iwae, "reference": ref_iwae}, config)
+    diff = abs(float(t["ours"].result.mean() - t["reference"].result.mean()))
+    n = len(x_test)
+    rows.append(row("vae", f"IWAE k={k} evaluation", {"n_test": n, "k": k},
+                    ours=t["ours"], reference_name="torch.distributions IWAE",
+                    reference=t["reference"], agreement="|mean IWAE diff| (nats)",
+                    agreement_value=diff,
+                    notes=f"throughput ours {n / t['ours'].median:,.0f} points/s, "
+                          f"reference {n / t['reference'].median:,.0f} points/s"))
+    return {"name": "vae", "title": TITLE, "equality": EQUALITY, "rows": rows,
+            "extra": {"iwae_points_per_s_ours": n / t["ours"].median,
+                      "iwae_points_per_s_reference": n / t["reference"].median,
+                      "torch_threads": torch.get_num_threads()}}

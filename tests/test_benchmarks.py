@@ -1,0 +1,101 @@
+"""The benchmarks' smoke mode runs and writes a well-formed results table.
+
+Timings are never asserted (they depend on the machine and its load); what is checked is
+that every comparison runs, agrees with its reference, and is reported completely.
+"""
+
+import csv
+import json
+import math
+import re
+
+import pytest
+
+from benchmarks import COMPARISONS
+from benchmarks.__main__ import RESULTS, main, parse_args
+from benchmarks._common import Config, loglog_slope, measure
+from benchmarks._report import CSV_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return main(["--smoke", "--out", str(out)])
+
+
+def test_smoke_writes_every_file(smoke):
+    out = smoke["out"]
+    for name in ("results.json", "results.csv", "results.md", "em_scaling.png",
+                 "fista_scaling.png", "hmm_scaling.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_json_has_machine_and_every_comparison(smoke):
+    data = json.loads((smoke["out"] / "results.json").read_text())
+    machine = data["machine"]
+    for key in ("cpu", "cores", "python", "numpy", "scipy", "scikit-learn", "torch", "blas",
+                "date_utc"):
+        assert machine[key] not in (None, "", []), key
+    assert [c["name"] for c in data["comparisons"]] == list(COMPARISONS)
+    for c in data["comparisons"]:
+        assert c["title"] and len(c["equality"]) > 50, c["name"]
+    assert data["run"]["smoke"] is True
+    assert data["run"]["repeats"] >= 1
+
+
+def test_rows_are_complete_and_results_agree(smoke):
+    rows = [r for s in smoke["sections"] for r in s["rows"]]
+    names = {r["comparison"] for r in rows}
+    assert names == set(COMPARISONS) - {"book"}  # the book is not executed in smoke mode
+    for r in rows:
+        assert r["ours_s"] > 0 and math.isfinite(r["ours_s"])
+        assert r["ref_s"] > 0 and r["ratio"] == pytest.approx(r["ours_s"] / r["ref_s"])
+        assert r["agreement"] and r["agreement_value"] is not None
+    by = {(r["comparison"], r["size"]): r for r in rows}
+    # equal work: the two EM implementations run the same iterations to the same answer
+    for (name, _), r in by.items():
+        if name == "gmm":
+            assert r["ours_iters"] == r["ref_iters"]
+            assert r["agreement_value"] < 1e-8
+        if name == "sparse":  # both reach the accuracy target
+            assert r["agreement_value"] <= 1e-6
+        if name == "hmm":
+            assert r["agreement_value"] < 1e-8
+        if name == "cavi":
+            assert r["agreement_value"] > 0.9  # adjusted Rand index
+
+
+def test_csv_and_markdown_are_well_formed(smoke):
+    with (smoke["out"] / "results.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        rows = list(reader)
+    assert len(rows) == sum(len(s["rows"]) for s in smoke["sections"])
+    md = (smoke["out"] / "results.md").read_text()
+    assert "### Machine and run" in md and "| CPU |" in md
+    for s in smoke["sections"]:
+        assert f"### {s['title']}" in md
+    table = [ln for ln in md.splitlines() if ln.startswith("| gmm |")]
+    assert len(table) == len([r for r in rows if r["comparison"] == "gmm"])
+    widths = {len(re.findall(r"(?<!\\)\|", ln)) for ln in md.splitlines()
+              if ln.startswith("| n-sweep") or ln.startswith("| case |")}
+    assert len(widths) == 1  # every row of the EM table has as many cells as its header
+
+
+def test_smoke_never_writes_to_the_committed_results():
+    assert parse_args(["--smoke"]).out != RESULTS
+    with pytest.raises(SystemExit):
+        parse_args(["--smoke", "--out", str(RESULTS)])
+    with pytest.raises(SystemExit):
+        parse_args(["--repeats", "3"])  # a measured run needs >= 5 repeats
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "nonsense"])
+
+
+def test_measure_and_slope():
+    calls = []
+    t = measure({"a": lambda: calls.append(1) or len(calls)}, Config(repeats=5, warmup=2))
+    assert len(calls) == 7 and len(t["a"].times) == 5 and t["a"].result == 7
+    assert t["a"].minimum <= t["a"].median <= t["a"].maximum
+    assert loglog_slope([10, 100, 1000], [2.0, 20.0, 200.0]) == pytest.approx(1.0)
+    assert loglog_slope([10, 100], [1.0, 100.0]) == pytest.approx(2.0)
