@@ -133,6 +133,7 @@ COLLECT_JS = r"""
         width: i.naturalWidth, complete: i.complete})),
     all_links: links('a[href]'),
     sidebar_links: links('.bd-sidebar-primary nav.bd-links a[href]'),
+    content_links: links('article.bd-article a[href]'),
     prev: links('.prev-next-area a.left-prev'),
     next: links('.prev-next-area a.right-next'),
     download_links: links('.dropdown-download-buttons a[href]'),
@@ -447,6 +448,17 @@ def test_chapters_are_numbered(visits):
         n = int(re.match(r"chapters/(\d+)_", page_path).group(1))
         h1 = visits[page_path].facts["h1"]
         assert h1.startswith(f"{n}. "), f"{page_path}: heading {h1!r} is not numbered {n}."
+
+
+@pytest.mark.parametrize("page_path", CHAPTERS)
+def test_chapter_links_notation_and_cites_sources(visits, server, page_path):
+    """In the text (not the sidebar): a link to the notation page and citations."""
+    content = [urldefrag(u) for u in visits[page_path].facts["content_links"]
+               if u.startswith(server)]
+    assert any(url.endswith("/book/notation.html") for url, _ in content), (
+        f"{page_path}: the text does not link the notation page")
+    assert any(url.endswith("/book/bibliography.html") and frag for url, frag in content), (
+        f"{page_path}: the text cites nothing from the bibliography")
 
 
 @pytest.mark.parametrize("page_path", CHAPTERS)
