@@ -21,6 +21,7 @@ __all__ = [
     "load_grey_sample_images",
     "random_patches",
     "remove_dc",
+    "tile_patches",
 ]
 
 
@@ -44,7 +45,8 @@ def load_grey_sample_images() -> dict[str, np.ndarray]:
 
 
 def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Generator,
-                   *, rows: tuple[int, int] | None = None) -> np.ndarray:
+                   *, rows: tuple[int, int] | None = None,
+                   cols: tuple[int, int] | None = None) -> np.ndarray:
     """Draw square patches at random positions of a 2-D image (vectorised).
 
     Parameters
@@ -59,6 +61,8 @@ def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Genera
     rows : (int, int), optional
         Restrict patches to image rows ``rows[0] <= r < rows[1]`` (whole patch inside),
         for example to keep training and held-out regions apart.
+    cols : (int, int), optional
+        The same for image columns.
 
     Returns
     -------
@@ -71,11 +75,13 @@ def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Genera
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     r0, r1 = (0, image.shape[0]) if rows is None else rows
-    if not (0 <= r0 < r1 <= image.shape[0]) or r1 - r0 < p or image.shape[1] < p:
-        raise ValueError(f"patch_size {p} does not fit in rows {r0}..{r1} of an image of "
-                         f"shape {image.shape}")
+    c0, c1 = (0, image.shape[1]) if cols is None else cols
+    if not (0 <= r0 < r1 <= image.shape[0] and 0 <= c0 < c1 <= image.shape[1]
+            and r1 - r0 >= p and c1 - c0 >= p):
+        raise ValueError(f"patch_size {p} does not fit in rows {r0}..{r1}, columns "
+                         f"{c0}..{c1} of an image of shape {image.shape}")
     top = rng.integers(r0, r1 - p + 1, size=n)
-    left = rng.integers(0, image.shape[1] - p + 1, size=n)
+    left = rng.integers(c0, c1 - p + 1, size=n)
     offsets = np.arange(p)
     rr = top[:, None, None] + offsets[None, :, None]
     cc = left[:, None, None] + offsets[None, None, :]
@@ -203,3 +209,39 @@ def denoise_image(noisy, atoms, lam, *, offset=None, max_iter: int = 500,
     codes = fista(Y - offset, A, lam, max_iter=max_iter, tol=tol).codes
     estimate = codes @ A.T + offset + dc[:, None]
     return reconstruct_from_patches_2d(estimate.reshape(-1, p, p), noisy.shape)
+
+
+def tile_patches(patches, n_cols: int, *, pad: int = 1, normalize: bool = True) -> np.ndarray:
+    """Arrange flattened square patches (or atoms) into one mosaic image (chapter 3).
+
+    Parameters
+    ----------
+    patches : array_like, shape (m, p * p)
+        One flattened patch per row (for a dictionary W of shape (d, k), pass ``W.T``).
+    n_cols : int
+        Patches per mosaic row.
+    pad : int
+        Pixels of separation (filled with NaN, drawn as background by ``imshow``).
+    normalize : bool
+        Scale each patch by its own maximum absolute value, so that every tile spans
+        [-1, 1] and zero is mid-grey (the usual way of showing atoms).
+
+    Returns
+    -------
+    numpy.ndarray, shape (rows * (p + pad) - pad, n_cols * (p + pad) - pad)
+    """
+    P = as_float_array(patches, "patches", ndim=2)
+    n_cols = check_positive_int(n_cols, "n_cols")
+    pad = check_positive_int(pad, "pad", minimum=0)
+    p = int(round(np.sqrt(P.shape[1])))
+    if p * p != P.shape[1]:
+        raise ValueError(f"patches must have p*p columns, got shape {P.shape}")
+    if normalize:
+        P = P / np.maximum(np.abs(P).max(axis=1, keepdims=True), np.finfo(float).tiny)
+    m = P.shape[0]
+    n_rows = -(-m // n_cols)
+    canvas = np.full((n_rows * n_cols, p + pad, p + pad), np.nan)
+    canvas[:m, :p, :p] = P.reshape(m, p, p)
+    mosaic = canvas.reshape(n_rows, n_cols, p + pad, p + pad).transpose(0, 2, 1, 3)
+    mosaic = mosaic.reshape(n_rows * (p + pad), n_cols * (p + pad))
+    return mosaic[: mosaic.shape[0] - pad, : mosaic.shape[1] - pad]

@@ -15,6 +15,7 @@ from elbo_lib.patches import (
     load_grey_sample_images,
     random_patches,
     remove_dc,
+    tile_patches,
 )
 from elbo_lib.sparse_coding import (
     best_m_term_reconstruction,
@@ -333,3 +334,13 @@ def test_denoise_image_with_identity_dictionary_and_small_penalty_is_identity():
     np.testing.assert_allclose(out, img, atol=1e-6)
     with pytest.raises(ValueError, match="p\\*p rows"):
         denoise_image(img, np.eye(15), 0.1)
+
+
+def test_tile_patches_places_each_patch():
+    P = np.arange(5 * 4, dtype=float).reshape(5, 4)  # five 2x2 patches
+    mosaic = tile_patches(P, 3, pad=1, normalize=False)
+    assert mosaic.shape == (2 * 3 - 1, 3 * 3 - 1)
+    np.testing.assert_array_equal(mosaic[:2, 3:5], P[1].reshape(2, 2))
+    np.testing.assert_array_equal(mosaic[3:5, 3:5], P[4].reshape(2, 2))
+    assert np.isnan(mosaic[2]).all() and np.isnan(mosaic[3:5, 6:8]).all()
+    assert np.nanmax(np.abs(tile_patches(P, 3))) == pytest.approx(1.0)
