@@ -102,6 +102,7 @@ class Visit:
     download: dict | None = None
     screenshot: Path | None = None
     seconds: float = 0.0
+    error: str = ""  # the browser could not finish looking at this page
 
 
 COLLECT_JS = r"""
@@ -193,6 +194,8 @@ def _visit(context, base: str, page_path: str) -> Visit:
         if page_path in CHAPTERS:
             visit.dropdowns = _exercise_dropdowns(page)
             visit.download = _download_notebook(page)
+    except Exception as err:  # reported by every test of this page, not a crash of all
+        visit.error = f"{type(err).__name__}: {err}"
     finally:
         page.close()
     return visit
@@ -300,7 +303,7 @@ def server(html_dir):
 
 
 @pytest.fixture(scope="module")
-def visits(server, tmp_path_factory) -> dict[str, Visit]:
+def visits(server) -> dict[str, Visit]:
     sync_api = pytest.importorskip("playwright.sync_api")
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True)
@@ -345,6 +348,13 @@ def fetch(server):
 # --------------------------------------------------------------------------------------
 # The tests
 
+
+def _seen(visits: dict[str, Visit], page_path: str) -> Visit:
+    """The visit of a page, failing the test at once if the browser could not finish it."""
+    v = visits[page_path]
+    assert not v.error, f"{page_path}: the browser could not finish the page: {v.error}"
+    return v
+
 def test_every_built_page_is_visited(html_dir):
     built = {p.relative_to(html_dir).as_posix() for p in html_dir.rglob("*.html")
              if not p.relative_to(html_dir).parts[0].startswith("_")}
@@ -355,7 +365,7 @@ def test_every_built_page_is_visited(html_dir):
 
 @pytest.mark.parametrize("page_path", PAGES)
 def test_page_loads_without_errors(visits, page_path):
-    v = visits[page_path]
+    v = _seen(visits, page_path)
     assert v.status == 200, f"{page_path}: HTTP {v.status}"
     assert not v.failed_requests, f"{page_path}: failed requests {v.failed_requests}"
     assert not v.http_errors, f"{page_path}: HTTP errors {v.http_errors}"
@@ -370,7 +380,7 @@ def test_page_loads_without_errors(visits, page_path):
 
 @pytest.mark.parametrize("page_path", PAGES)
 def test_math_is_typeset_offline(visits, page_path):
-    f = visits[page_path].facts
+    f = _seen(visits, page_path).facts
     if f["math_elements"]:
         assert f["mathjax_script"], f"{page_path} has math but does not load MathJax"
         assert f["mjx"] >= f["math_elements"], (
@@ -386,13 +396,13 @@ def test_math_is_typeset_offline(visits, page_path):
 def test_pages_with_math_are_the_expected_ones(visits):
     """The front matter and every chapter show formulas; the check above is not vacuous."""
     for page_path in ["book/intro.html", "book/notation.html", *CHAPTERS]:
-        f = visits[page_path].facts
+        f = _seen(visits, page_path).facts
         assert f["mjx"] > 0, f"{page_path}: no typeset math at all"
 
 
 @pytest.mark.parametrize("page_path", PAGES)
 def test_every_image_loads(visits, page_path):
-    images = visits[page_path].facts["images"]
+    images = _seen(visits, page_path).facts["images"]
     broken = [i["src"] for i in images if not (i["complete"] and i["width"] > 0)]
     assert not broken, f"{page_path}: images that did not load {broken}"
     if page_path in CHAPTERS:
@@ -401,7 +411,7 @@ def test_every_image_loads(visits, page_path):
 
 @pytest.mark.parametrize("page_path", PAGES)
 def test_page_fits_a_laptop_screen(visits, page_path):
-    f = visits[page_path].facts
+    f = _seen(visits, page_path).facts
     assert f["scroll_width"] <= f["client_width"], (
         f"{page_path}: the page scrolls sideways ({f['scroll_width']} px > "
         f"{f['client_width']} px)")
@@ -413,7 +423,7 @@ def test_page_fits_a_laptop_screen(visits, page_path):
 @pytest.mark.parametrize("page_path", PAGES)
 def test_links_to_the_book_resolve(visits, server, fetch, page_path):
     """Every same-site link answers 200, and its #fragment names an element there."""
-    f = visits[page_path].facts
+    f = _seen(visits, page_path).facts
     problems = []
     for href in sorted(set(f["all_links"])):
         if not href.startswith(server):
@@ -430,7 +440,7 @@ def test_links_to_the_book_resolve(visits, server, fetch, page_path):
 
 @pytest.mark.parametrize("page_path", TOC_PAGES)
 def test_navigation_follows_the_table_of_contents(visits, server, page_path):
-    f = visits[page_path].facts
+    f = _seen(visits, page_path).facts
     strip = lambda urls: [urldefrag(u)[0].removeprefix(server) for u in urls]  # noqa: E731
     sidebar = set(strip(f["sidebar_links"]))
     missing = [p for p in TOC_PAGES[1:] if p not in sidebar]
@@ -446,14 +456,14 @@ def test_chapters_are_numbered(visits):
     """Chapter NN_x is headed "NN. Title" (Sphinx numbers them in table-of-contents order)."""
     for page_path in CHAPTERS:
         n = int(re.match(r"chapters/(\d+)_", page_path).group(1))
-        h1 = visits[page_path].facts["h1"]
+        h1 = _seen(visits, page_path).facts["h1"]
         assert h1.startswith(f"{n}. "), f"{page_path}: heading {h1!r} is not numbered {n}."
 
 
 @pytest.mark.parametrize("page_path", CHAPTERS)
 def test_chapter_links_notation_and_cites_sources(visits, server, page_path):
     """In the text (not the sidebar): a link to the notation page and citations."""
-    content = [urldefrag(u) for u in visits[page_path].facts["content_links"]
+    content = [urldefrag(u) for u in _seen(visits, page_path).facts["content_links"]
                if u.startswith(server)]
     assert any(url.endswith("/book/notation.html") for url, _ in content), (
         f"{page_path}: the text does not link the notation page")
@@ -465,14 +475,14 @@ def test_chapter_links_notation_and_cites_sources(visits, server, page_path):
 def test_equations_are_numbered_by_chapter(visits, page_path):
     """Labelled equations of chapter n read (n.1), (n.2), ... in order."""
     n = int(re.match(r"chapters/(\d+)_", page_path).group(1))
-    eqnos = visits[page_path].facts["eqnos"]
+    eqnos = _seen(visits, page_path).facts["eqnos"]
     assert eqnos, f"{page_path}: no numbered (labelled) equation"
     assert eqnos == [f"({n}.{k})" for k in range(1, len(eqnos) + 1)], eqnos
 
 
 @pytest.mark.parametrize("page_path", CHAPTERS)
 def test_chapter_downloads_as_ipynb(visits, page_path):
-    v = visits[page_path]
+    v = _seen(visits, page_path)
     d = v.download
     assert d and "error" not in d, f"{page_path}: {d}"
     assert d["href"].endswith(f"_sources/{page_path.removesuffix('.html')}.ipynb"), d
@@ -481,10 +491,11 @@ def test_chapter_downloads_as_ipynb(visits, page_path):
 
 
 @pytest.mark.parametrize("page_path", CHAPTERS)
-def test_solutions_are_hidden_until_clicked(visits, page_path):
-    v = visits[page_path]
+def test_solutions_and_set_up_code_are_folded(visits, page_path):
+    v = _seen(visits, page_path)
     assert v.dropdowns, f"{page_path}: no exercise solution behind a toggle"
     for d in v.dropdowns:
         assert d["hidden_before"], f"{page_path}: solution {d['title']!r} is visible at first"
         assert d["shown_after_click"], f"{page_path}: solution {d['title']!r} does not open"
+    assert v.facts["hide_input_open"], f"{page_path}: no set-up cell folded away (hide-input)"
     assert not any(v.facts["hide_input_open"]), f"{page_path}: a hide-input cell is expanded"
