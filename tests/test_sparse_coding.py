@@ -344,3 +344,20 @@ def test_tile_patches_places_each_patch():
     np.testing.assert_array_equal(mosaic[3:5, 3:5], P[4].reshape(2, 2))
     assert np.isnan(mosaic[2]).all() and np.isnan(mosaic[3:5, 6:8]).all()
     assert np.nanmax(np.abs(tile_patches(P, 3))) == pytest.approx(1.0)
+
+
+def test_easy_signals_leave_the_working_set_without_changing_the_answer():
+    X, W = _problem(seed=16, n=8)
+    X[::2] = 1e-3 * X[::2]              # these codes are exactly zero at the optimum
+    lam = 0.1
+    res = fista(X, W, lam, max_iter=5000, tol=1e-12, check_every=1)
+    assert res.converged
+    assert np.all(res.codes[::2] == 0)
+    hard_only = fista(X[1::2], W, lam, max_iter=5000, tol=1e-12, check_every=1)
+    np.testing.assert_allclose(res.codes[1::2], hard_only.codes, atol=1e-12)
+    assert res.n_iter == hard_only.n_iter
+    # tracking the objective sees the frozen rows too: it equals the final objective at the end
+    tracked = fista(X, W, lam, max_iter=5000, tol=1e-12, track_objective=True)
+    assert tracked.objectives[-1] == pytest.approx(lasso_objective(X, W, tracked.codes, lam).sum())
+    # a signal that does not converge within max_iter is reported as such
+    assert not ista(X, W, lam, max_iter=3, tol=1e-12).converged
