@@ -3,7 +3,8 @@
 ``python -m elbo_lib.notebooks chapters/01_elbo.ipynb ...`` runs each notebook top to
 bottom in a fresh ``python3`` kernel started in the notebook's folder (as nbval and
 jupyter-book do), stores the outputs, and writes nothing that changes from run to run:
-no per-cell timing metadata, a fixed kernelspec, no authoring-tool metadata. Re-running
+no per-cell timing metadata, a fixed kernelspec, no authoring-tool metadata, and
+printed text merged into one output per stream. Re-running
 it on an unchanged book therefore leaves ``git diff chapters/`` empty of text changes.
 """
 
@@ -49,8 +50,28 @@ def execute_notebook(path: str | Path, timeout: int = 600) -> float:
     elapsed = time.perf_counter() - start
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.outputs = coalesce_streams(cell.outputs)
     nbformat.write(nb, path)
     return elapsed
+
+
+def coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stream outputs of the same name (stdout / stderr) into one.
+
+    How a cell's printed text is split into chunks depends on when the kernel flushed,
+    not on what was printed; merging makes the stored notebook independent of that
+    timing (nbval compares the merged text too).
+    """
+    merged: list = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (out.get("output_type") == "stream" and prev is not None
+                and prev.get("output_type") == "stream" and prev.get("name") == out.get("name")):
+            prev["text"] = "".join(prev["text"]) + "".join(out["text"])
+        else:
+            merged.append(out)
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 import nbformat
 import pytest
 
-from elbo_lib.notebooks import KERNELSPEC, execute_notebook, main
+from elbo_lib.notebooks import KERNELSPEC, coalesce_streams, execute_notebook, main
 
 
 def test_execute_notebook_is_reproducible(tmp_path):
@@ -32,3 +32,14 @@ def test_execute_notebook_bad_path(tmp_path):
 
 def test_main_usage():
     assert main([]) == 2
+
+
+def test_coalesce_streams_merges_only_neighbours_of_the_same_stream():
+    outs = [{"output_type": "stream", "name": "stdout", "text": "a\n"},
+            {"output_type": "stream", "name": "stdout", "text": ["b\n", "c"]},
+            {"output_type": "stream", "name": "stderr", "text": "e"},
+            {"output_type": "display_data", "data": {}},
+            {"output_type": "stream", "name": "stdout", "text": "d"}]
+    got = coalesce_streams(outs)
+    assert [o.get("name") for o in got] == ["stdout", "stderr", None, "stdout"]
+    assert got[0]["text"] == "a\nb\nc" and got[3]["text"] == "d"
