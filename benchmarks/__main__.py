@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="timed repeats per measurement (default 5; 3 in smoke mode)")
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="BLAS/OpenMP threads for both sides (0 = library default)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="do not measure: rewrite results.md, results.csv and the figures "
+                             "from the results.json already in the output folder")
     parser.add_argument("--note", default="",
                         help="a remark printed with the machine description (e.g. load)")
     args = parser.parse_args(argv)
@@ -57,13 +60,27 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"got {args.repeats}")
     if args.out is None:
         args.out = RESULTS if (not args.smoke and names == list(COMPARISONS)) else SCRATCH
-    if args.smoke and args.out.resolve() == RESULTS.resolve():
+    if args.smoke and args.out.resolve() == RESULTS.resolve() and not args.render_only:
         parser.error("a smoke run must not overwrite the committed results; use another --out")
     return args
 
 
+def render(out: Path) -> None:
+    """Rewrite the Markdown, CSV and figures from ``out/results.json`` (no measurement)."""
+    import json
+
+    data = json.loads((out / "results.json").read_text())
+    write_csv(out / "results.csv", data["comparisons"])
+    write_markdown(out / "results.md", data["machine"], data["comparisons"], data["run"])
+    write_figures(out, data["comparisons"])
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.render_only:
+        render(args.out)
+        print(f"[benchmarks] re-rendered {args.out} from results.json", flush=True)
+        return {"out": args.out}
     config = Config(smoke=args.smoke, repeats=args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     from threadpoolctl import threadpool_limits
