@@ -127,21 +127,27 @@ def forward_backward(log_pi, log_A, log_B, return_pairwise: bool = False):
         Only if ``return_pairwise``.
     """
     log_pi, log_A, log_B = _check_log_params(log_pi, log_A, log_B)
-    out = _forward_backward_scaled(log_pi, log_A, log_B)
+    out = _forward_backward_scaled(log_pi, log_A, log_B, bool(return_pairwise))
     if out is None:  # a scaled message underflowed: redo the recursions in log space
-        out = _forward_backward_log(log_pi, log_A, log_B)
-    log_lik, gamma, xi = out
+        log_lik, gamma, xi = _forward_backward_log(log_pi, log_A, log_B)
+        xi_sum = xi.sum(axis=0)
+    else:
+        log_lik, gamma, xi_sum, xi = out
     if return_pairwise:
-        return log_lik, gamma, xi.sum(axis=0), xi
-    return log_lik, gamma, xi.sum(axis=0)
+        return log_lik, gamma, xi_sum, xi
+    return log_lik, gamma, xi_sum
 
 
 #: Below this, a scaling constant is too close to underflow to trust: use log space.
 _SCALED_MIN = 1e-250
 
 
-def _forward_backward_scaled(log_pi, log_A, log_B):
+def _forward_backward_scaled(log_pi, log_A, log_B, pairwise: bool):
     """Fast path: Rabiner's scaled recursions in probability space.
+
+    Returns (log p(x), gamma, xi_sum, xi), with xi None unless ``pairwise``: the sum over
+    t of the pairwise marginals is one (K, T) x (T, K) product, so the (T-1, K, K) array
+    is built only when asked for (at K = 64 this is 2.4x faster; benchmarks/).
 
     Emissions enter as exp(log_B[t] - max_k log_B[t, k]) (largest entry 1), so only a
     state sequence the model finds astronomically unlikely can underflow; then this
@@ -167,8 +173,12 @@ def _forward_backward_scaled(log_pi, log_A, log_B):
     if not np.all(np.isfinite(beta)):
         return None
     gamma = alpha * beta
-    xi = alpha[:-1, :, None] * A[None] * ((B[1:] * beta[1:]) / c[1:, None])[:, None, :]
-    return float(np.log(c).sum() + shift.sum()), gamma, xi
+    right = (B[1:] * beta[1:]) / c[1:, None]  # (T-1, K)
+    log_lik = float(np.log(c).sum() + shift.sum())
+    if not pairwise:
+        return log_lik, gamma, A * (alpha[:-1].T @ right), None
+    xi = alpha[:-1, :, None] * A[None] * right[:, None, :]
+    return log_lik, gamma, xi.sum(axis=0), xi
 
 
 def _forward_backward_log(log_pi, log_A, log_B):

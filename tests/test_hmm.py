@@ -145,12 +145,16 @@ def test_scaled_and_log_space_paths_agree():
 
     rng = np.random.default_rng(7)
     log_pi, log_A, log_b = _random_hmm(rng, 4, 300, d=2, zeros=True)
-    fast = _forward_backward_scaled(log_pi, log_A, log_b)
+    fast = _forward_backward_scaled(log_pi, log_A, log_b, pairwise=True)
+    lean = _forward_backward_scaled(log_pi, log_A, log_b, pairwise=False)
     slow = _forward_backward_log(log_pi, log_A, log_b)
-    assert fast is not None
+    assert fast is not None and lean is not None and lean[3] is None
     assert abs(fast[0] - slow[0]) < 1e-9
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-10)
-    np.testing.assert_allclose(fast[2], slow[2], atol=1e-10)
+    np.testing.assert_allclose(fast[3], slow[2], atol=1e-10)
+    # the sum over t without the (T-1, K, K) array equals the sum of the full array
+    np.testing.assert_allclose(lean[2], slow[2].sum(axis=0), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fast[2], slow[2].sum(axis=0), rtol=1e-10, atol=1e-10)
     # start in state 0, which moves to state 1 almost surely, but at t = 1 state 1 emits
     # with density e^-2000 relative to state 0: the scaled message underflows and the
     # log-space path must take over, still matching enumeration
@@ -159,7 +163,7 @@ def test_scaled_and_log_space_paths_agree():
     log_pi = np.log([1.0, 1e-300]) - np.log1p(1e-300)
     log_A = np.log([[1e-300, 1.0], [0.5, 0.5]])
     log_A -= np.logaddexp.reduce(log_A, axis=1, keepdims=True)
-    assert _forward_backward_scaled(log_pi, log_A, log_b) is None
+    assert _forward_backward_scaled(log_pi, log_A, log_b, pairwise=False) is None
     ll, gamma, _ = forward_backward(log_pi, log_A, log_b)
     ref = enumerate_posterior(log_pi, log_A, log_b)
     assert abs(ll - ref["log_likelihood"]) < 1e-10 * abs(ll)
