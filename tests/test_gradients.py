@@ -34,6 +34,11 @@ NUM_SE = 4.0  # tolerance in measured standard errors
 F64 = torch.float64
 
 
+def sum_of_squares(z: torch.Tensor) -> torch.Tensor:
+    """f(z) = ||z||^2 per sample: the test function with closed-form moments."""
+    return (z**2).sum(-1)
+
+
 def quadratic_problem(dim: int = 3, seed: int = 1):
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(dim, dim))
@@ -107,12 +112,9 @@ def test_measured_variances_match_closed_forms_in_one_dimension():
     seed_everything(0)
     params = {"mu": torch.ones(1, dtype=F64), "sigma": torch.ones(1, dtype=F64)}
 
-    def f(z):
-        return (z**2).sum(-1)
-
     r = 20_000
     for estimator, exact in (("pathwise", 4.0), ("score", 30.0)):
-        g = per_sample_gradients(f, diagonal_gaussian, params, 1, estimator=estimator,
+        g = per_sample_gradients(sum_of_squares, diagonal_gaussian, params, 1, estimator=estimator,
                                  num_repeats=r)["mu"].reshape(r).numpy()
         # standard error of a sample variance: sqrt((m4 - s^4) / R)
         centred = g - g.mean()
@@ -123,14 +125,11 @@ def test_measured_variances_match_closed_forms_in_one_dimension():
 def test_variance_ordering_and_growth_with_dimension():
     seed_everything(0)
 
-    def f(z):
-        return (z**2).sum(-1)
-
     totals = {}
     for dim in (2, 16):
         params = {"mu": torch.ones(dim, dtype=F64), "sigma": torch.ones(dim, dtype=F64)}
-        totals[dim] = [gradient_stats(f, diagonal_gaussian, params, 16, 400, estimator=e,
-                                      baseline=bl).total_variance()
+        totals[dim] = [gradient_stats(sum_of_squares, diagonal_gaussian, params, 16, 400,
+                                      estimator=e, baseline=bl).total_variance()
                        for e, bl in (("score", None), ("score", "leave-one-out"),
                                      ("pathwise", None))]
         score, loo, path = totals[dim]
@@ -144,13 +143,10 @@ def test_variance_falls_as_one_over_num_samples():
     seed_everything(0)
     params = {"mu": torch.ones(2, dtype=F64), "sigma": torch.ones(2, dtype=F64)}
 
-    def f(z):
-        return (z**2).sum(-1)
-
     r = 4000
     estimates = []
     for s in (1, 16):
-        g = per_sample_gradients(f, diagonal_gaussian, params, s, estimator="pathwise",
+        g = per_sample_gradients(sum_of_squares, diagonal_gaussian, params, s, estimator="pathwise",
                                  num_repeats=r)
         estimates.append(np.concatenate([v.mean(dim=1).numpy() for v in g.values()], axis=1))
 
@@ -173,12 +169,9 @@ def test_full_rank_gaussian_through_the_generic_interface():
     def make_q(mu, low):
         return torch.distributions.MultivariateNormal(mu, scale_tril=torch.tril(low))
 
-    def f(z):
-        return (z**2).sum(-1)
-
     seed_everything(0)
     for estimator, baseline in (("pathwise", None), ("score", "leave-one-out")):
-        stats = gradient_stats(f, make_q, {"mu": mu, "low": low}, 8, 3000,
+        stats = gradient_stats(sum_of_squares, make_q, {"mu": mu, "low": low}, 8, 3000,
                                estimator=estimator, baseline=baseline)
         exact = {"mu": 2 * mu.numpy(), "low": np.tril(2 * low.numpy())}
         for name in exact:
