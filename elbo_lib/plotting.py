@@ -254,7 +254,7 @@ def _in_ipython_kernel() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
-def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
+def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> None:
     """Lay out ``fig``, check it, and display it with its data summary attached.
 
     Use as the last line of every figure cell. In a notebook the figure is displayed as
@@ -271,10 +271,8 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
     check_legends : bool
         Raise if a legend covers plotted data (:func:`legend_overlaps`).
 
-    Returns
-    -------
-    str
-        The summary.
+    Returns nothing, so that ``show(fig)`` as a cell's last line adds no second output
+    (use :func:`describe_figure` for the summary as a string).
 
     Raises
     ------
@@ -305,7 +303,6 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
     else:
         print(summary)
     plt.close(fig)
-    return summary
 
 
 def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
