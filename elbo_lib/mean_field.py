@@ -16,6 +16,12 @@ exact answer to check it against:
 * :func:`bsc_mean_field` -- binary sparse coding with the fixed-point updates of
   Goodfellow et al. (2016), section 19.4.1, checked against exact enumeration
   (:func:`bsc_exact_posterior`).
+* :func:`cavi_dirichlet_mixture` -- the same mixture with learned weights (q(pi) Dirichlet),
+  checked against its exact evidence over all set partitions
+  (:func:`dirichlet_mixture_log_evidence`) on small data.
+* :func:`bsc_variational_em` -- learning W, b, beta of binary sparse coding with mean-field
+  E-steps (Goodfellow et al. 2016, section 19.4.4), with the exact log-likelihood
+  (:func:`bsc_log_likelihood`) tracked by enumeration.
 """
 
 from __future__ import annotations
@@ -30,26 +36,37 @@ from scipy.special import digamma, expit, gammaln, log_expit, logsumexp, xlogy
 from elbo_lib._validation import as_float_array, check_positive, check_positive_int
 
 __all__ = [
+    "BSCLearningResult",
     "BSCTrace",
+    "DirichletMixtureCAVIResult",
     "MixtureCAVIResult",
     "NormalGamma",
     "NormalGammaCAVIResult",
     "NormalGammaMeanField",
     "bsc_elbo",
+    "bsc_elbo_batch",
     "bsc_elbo_enumeration",
+    "bsc_exact_moments",
     "bsc_exact_posterior",
+    "bsc_log_likelihood",
     "bsc_log_joint",
     "bsc_mean_field",
+    "bsc_mean_field_batch",
+    "bsc_variational_em",
+    "cavi_dirichlet_mixture",
     "cavi_gaussian",
     "cavi_gaussian_mixture",
     "cavi_normal_gamma",
     "gaussian_kl_mvn",
+    "dirichlet_mixture_elbo",
+    "dirichlet_mixture_log_evidence",
     "gaussian_mixture_elbo",
     "kl_on_grid",
     "mean_field_gaussian",
     "normal_gamma_elbo",
     "normal_gamma_log_evidence",
     "normal_gamma_posterior",
+    "set_partitions",
 ]
 
 _LOG_2PI = float(np.log(2 * np.pi))
@@ -1220,3 +1237,22 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
         beta = n * n_v / sq
     return BSCLearningResult(w, b, float(beta), np.asarray(elbos), np.asarray(logliks),
                              np.asarray(w_hist), h)
+
+
+def bsc_exact_moments(v, weights, bias, noise_precision: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact posterior moments of binary sparse coding for every row, by enumeration (ch. 4).
+
+    Returns
+    -------
+    mean : numpy.ndarray, shape (N, n_latent)
+        E[h_n | v_n].
+    second : numpy.ndarray, shape (N, n_latent, n_latent)
+        E[h_n h_n^T | v_n]; the exact posterior covariance is second - mean mean^T.
+    """
+    v, w, b, beta = _check_bsc_batch(v, weights, bias, noise_precision)
+    if b.size > 16:
+        raise ValueError(f"enumeration needs n_latent <= 16, got {b.size}")
+    codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
+    log_joint = _bsc_log_joint_batch(codes, v, w, b, beta)
+    post = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+    return post @ codes, np.einsum("nc,ci,cj->nij", post, codes, codes)
