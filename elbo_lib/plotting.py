@@ -53,14 +53,18 @@ def set_theme() -> None:
 def _fmt_scaled(x: float, scale: float, digits: int) -> str:
     """Format ``x`` to ``digits`` significant digits *of ``scale``* (not of ``x``).
 
-    A value far below the data's scale (the mean of a zero-mean image, 1e-17 on data of
-    scale 1) is round-off and prints as 0 on every machine.
+    ``x`` is rounded to a multiple of ``scale * 10**-digits`` and then printed with
+    ``digits`` significant digits. A value far below the data's scale (the mean of a
+    zero-mean image, 1e-17 on data of scale 1) is round-off and prints as 0 on every
+    machine. The quantum is proportional to ``scale`` (not a power of ten chosen from
+    it), so a maximum of ``1 - 1e-16`` on one machine and ``1.0`` on another give the
+    same text.
     """
     if not np.isfinite(x):
         return str(x)
     if scale <= 0 or not np.isfinite(scale):
         return fmt(x, digits)
-    quantum = 10.0 ** (np.floor(np.log10(scale)) - digits + 1)
+    quantum = scale * 10.0 ** (-digits)
     return fmt(np.round(x / quantum) * quantum, digits)
 
 
