@@ -53,18 +53,20 @@ def set_theme() -> None:
 def _fmt_scaled(x: float, scale: float, digits: int) -> str:
     """Format ``x`` to ``digits`` significant digits *of ``scale``* (not of ``x``).
 
-    ``x`` is rounded to a multiple of ``scale * 10**-digits`` and then printed with
-    ``digits`` significant digits. A value far below the data's scale (the mean of a
-    zero-mean image, 1e-17 on data of scale 1) is round-off and prints as 0 on every
-    machine. The quantum is proportional to ``scale`` (not a power of ten chosen from
-    it), so a maximum of ``1 - 1e-16`` on one machine and ``1.0`` on another give the
-    same text.
+    ``x`` is rounded to a multiple of ``10**(e - digits)``, where ``10**e`` is the power
+    of ten *nearest* to ``scale`` (in log terms), then printed with ``digits``
+    significant digits. A value far below the data's scale (the mean of a zero-mean
+    image, 1e-17 on data of scale 1) is round-off and prints as 0 on every machine.
+    The quantum changes only where ``scale`` crosses ``10**(k + 1/2)`` (3.16, 31.6,
+    0.316, ...), not at powers of ten, so data that saturate at 1 (probabilities) or 10
+    print the same whether their maximum is ``1.0`` on one CPU or ``1 - 1e-16`` on
+    another.
     """
     if not np.isfinite(x):
         return str(x)
     if scale <= 0 or not np.isfinite(scale):
         return fmt(x, digits)
-    quantum = scale * 10.0 ** (-digits)
+    quantum = 10.0 ** (np.floor(np.log10(scale) + 0.5) - digits)
     return fmt(np.round(x / quantum) * quantum, digits)
 
 
