@@ -49,20 +49,22 @@ CONFIGS = [
         {"OPENBLAS_CORETYPE": "Sandybridge", "ATEN_CPU_CAPABILITY": "default",
          "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, "Sandybridge", "DEFAULT"),
     KernelConfig(
-        "sse4", "an SSE4.2 CPU (Intel Nehalem), MKL in its conditional-reproducibility mode",
+        "sse4", "an SSE4.2 CPU (Intel Nehalem), MKL in its conditional-reproducibility mode, "
+        "OpenBLAS on one thread",
         {"OPENBLAS_CORETYPE": "Nehalem", "ATEN_CPU_CAPABILITY": "default",
-         "MKL_CBWR": "COMPATIBLE"}, "Nehalem", "DEFAULT"),
+         "MKL_CBWR": "COMPATIBLE", "OPENBLAS_NUM_THREADS": "1"}, "Nehalem", "DEFAULT"),
 ]
 
 _PROBE = """
 import json, threadpoolctl, torch
-blas = [i.get("architecture") for i in threadpoolctl.threadpool_info()
+blas = [(i.get("architecture"), i["num_threads"]) for i in threadpoolctl.threadpool_info()
         if i["internal_api"] == "openblas"]
 torch.ones(64, 64) @ torch.ones(64, 64)  # initialise MKL: its warnings would go to stderr
 print(json.dumps({"openblas": blas, "torch": torch.backends.cpu.get_cpu_capability()}))
 """
 
-_SWITCHES = ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+_SWITCHES = ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
+             "OPENBLAS_NUM_THREADS")
 
 
 def config_env(config: KernelConfig) -> dict[str, str]:
@@ -81,9 +83,13 @@ def probe(config: KernelConfig) -> str | None:
     if proc.stderr.strip():  # e.g. an MKL deprecation warning would reach notebook output
         return f"the configuration prints to stderr: {proc.stderr.strip()[:300]}"
     found = json.loads(proc.stdout.strip().splitlines()[-1])
-    if found["openblas"] != [config.openblas] or found["torch"] != config.torch:
-        return (f"kernels not switched: OpenBLAS {found['openblas']} (expected "
-                f"[{config.openblas!r}]), torch {found['torch']} (expected {config.torch})")
+    archs = [arch for arch, _ in found["openblas"]]
+    if archs != [config.openblas] or found["torch"] != config.torch:
+        return (f"kernels not switched: OpenBLAS {archs} (expected [{config.openblas!r}]), "
+                f"torch {found['torch']} (expected {config.torch})")
+    threads = config.env.get("OPENBLAS_NUM_THREADS")
+    if threads and [n for _, n in found["openblas"]] != [int(threads)]:
+        return f"OpenBLAS threads {found['openblas']}, expected {threads}"
     return None
 
 
