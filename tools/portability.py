@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -100,23 +101,28 @@ def notebooks() -> list[str]:
     return found
 
 
-def run(config: KernelConfig, pytest_args: list[str]) -> tuple[bool, float, str]:
+def _child_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # pytest and its notebook kernels
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(config: KernelConfig, pytest_args: list[str]) -> tuple[bool, float, float, str]:
     settings = " ".join(f"{k}={v}" for k, v in config.env.items())
     print(f"\n== {config.name}: {settings}\n   imitates {config.imitates}", flush=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _child_cpu_seconds()
     problem = probe(config)
     if problem:
         print(f"   FAILED before testing: {problem}", flush=True)
-        return False, time.perf_counter() - start, "probe"
+        return False, time.perf_counter() - start, _child_cpu_seconds() - cpu_start, "probe"
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rf",
            *pytest_args, *notebooks()]
     proc = subprocess.run(cmd, env=config_env(config), cwd=ROOT)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _child_cpu_seconds() - cpu_start
     # exit 0: all passed; anything else (1 failed, 2 interrupted, 5 nothing collected, ...)
     # is a failure of this configuration
     status = "passed" if proc.returncode == 0 else f"FAILED (pytest exit {proc.returncode})"
-    print(f"== {config.name}: {status} in {seconds:.0f} s", flush=True)
-    return proc.returncode == 0, seconds, status
+    print(f"== {config.name}: {status} in {seconds:.0f} s ({cpu:.0f} s CPU)", flush=True)
+    return proc.returncode == 0, seconds, cpu, status
 
 
 def main(argv=None) -> int:
@@ -138,11 +144,11 @@ def main(argv=None) -> int:
         return 0
     chosen = [c for c in CONFIGS if not args.config or c.name in args.config]
     results = [(c, *run(c, args.pytest_args)) for c in chosen]
-    print("\n== test-portable summary")
-    for config, _, seconds, status in results:
-        print(f"   {config.name:6} {status:28} {seconds:6.0f} s")
-    total = sum(seconds for _, _, seconds, _ in results)
-    ok = all(passed for _, passed, _, _ in results)
+    print("\n== test-portable summary (wall time; CPU time of pytest and its kernels)")
+    for config, _, seconds, cpu, status in results:
+        print(f"   {config.name:6} {status:28} {seconds:6.0f} s  {cpu:6.0f} s CPU")
+    total = sum(seconds for _, _, seconds, _, _ in results)
+    ok = all(passed for _, passed, _, _, _ in results)
     print(f"   {'all passed' if ok else 'SOME FAILED'} in {total:.0f} s")
     return 0 if ok else 1
 
