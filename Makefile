@@ -15,7 +15,7 @@ help:
 	@echo "make book     build the HTML book into book/_build/html (warnings are errors)"
 	@echo "make test     library tests + nbval over every chapter + book build check"
 	@echo "make test-portable  nbval over every chapter under 3 kernel configurations"
-	@echo "              imitating other x86-64 CPUs (tools/portability.py; ~6 min)"
+	@echo "              imitating other x86-64 CPUs (tools/portability.py; 3 nbval passes)"
 	@echo "make execute  re-execute every notebook in place (refresh committed outputs)"
 	@echo "make lint     ruff over elbo_lib, tests, tools, benchmarks and the notebooks"
 	@echo "make bench    run the benchmarks (see benchmarks/)"
