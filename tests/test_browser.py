@@ -215,7 +215,7 @@ READER_JS = r"""
   const bodyPx = firstP ? px(firstP) : 16;
 
   // --- test plumbing on the page
-  const SUMMARY = /^axes \d+: .*; x: |^\s+line .*: \d+ pts; y /m;
+  const SUMMARY = /^['"]?axes \d+: .*; x: |^\s+line .*: \d+ pts; y /m;
   const TQDM = /\d+%\|[^|\n]*\|\s*\d+\/\d+|\d+(\.\d+)?\s*it\/s\]/;
   const plumbing = [];
   main.querySelectorAll('.cell_output .output').forEach(o => {
