@@ -403,7 +403,7 @@ def _visit(context, base: str, page_path: str) -> Visit:
         visit.status = response.status if response else None
         if page_path == "index.html":  # a meta-refresh to the root page
             page.wait_for_url(re.compile(r".*/book/intro\.html.*"), wait_until="load",
-                              timeout=10_000)
+                              timeout=60_000)  # generous: the first page of a cold browser
         visit.final_url = page.url
         _settle(page)
         visit.facts = page.evaluate(COLLECT_JS)
