@@ -127,7 +127,7 @@ def describe_figure(fig: Figure, digits: int = 4) -> str:
                    f"y: {ax.get_ylabel()!r} ({ax.get_yscale()})")
         for line in ax.get_lines():
             x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
-            label = line.get_label()
+            label = str(line.get_label() or "")
             label = "(unlabelled)" if label.startswith("_") else repr(label)
             out.append(f"  line {label}: {y.size} pts; "
                        f"y {_stats(y, digits, ax.get_yscale() == 'log')}; "
@@ -136,7 +136,7 @@ def describe_figure(fig: Figure, digits: int = 4) -> str:
             if not isinstance(coll, Collection):
                 continue
             offsets = np.asarray(coll.get_offsets(), float)
-            label = coll.get_label()
+            label = str(coll.get_label() or "")
             label = "(unlabelled)" if label.startswith("_") else repr(label)
             if hasattr(coll, "levels") and getattr(coll, "levels", None) is not None:
                 lv = np.asarray(coll.levels, float)
@@ -237,8 +237,9 @@ def legend_overlaps(fig: Figure, margin_px: float = 2.0) -> list[str]:
             inside = ((pts[:, 0] > x0) & (pts[:, 0] < x1)
                       & (pts[:, 1] > y0) & (pts[:, 1] < y1))
             if inside.any():
-                label = artist.get_label()
-                label = type(artist).__name__ if label.startswith("_") else repr(label)
+                label = str(artist.get_label() or "")
+                label = (repr(label) if label and not label.startswith("_")
+                         else f"an unlabelled {type(artist).__name__}")
                 problems.append(f"axes {i} ({ax.get_title()!r}): the legend covers "
                                 f"{int(inside.sum())} drawn point(s) of {label}")
     return problems
@@ -253,7 +254,7 @@ def _in_ipython_kernel() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
-def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
+def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> None:
     """Lay out ``fig``, check it, and display it with its data summary attached.
 
     Use as the last line of every figure cell. In a notebook the figure is displayed as
@@ -270,10 +271,8 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
     check_legends : bool
         Raise if a legend covers plotted data (:func:`legend_overlaps`).
 
-    Returns
-    -------
-    str
-        The summary.
+    Returns nothing, so that ``show(fig)`` as a cell's last line adds no second output
+    (use :func:`describe_figure` for the summary as a string).
 
     Raises
     ------
@@ -304,7 +303,6 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
     else:
         print(summary)
     plt.close(fig)
-    return summary
 
 
 def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
