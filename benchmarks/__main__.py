@@ -105,8 +105,10 @@ def main(argv=None) -> dict:
             sections.append(section)
             for r in section["rows"]:
                 ratio = "" if r["ratio"] is None else f" ratio {r['ratio']:.2f}"
-                print(f"  {r['case']:<22} {r['size']:<28} ours {r['ours_s']:.4g} s{ratio}",
-                      flush=True)
+                what = (f"ours {r['ours_s']:.4g} s{ratio}" if r["ours_s"] is not None else
+                        ", ".join(f"{k} {v:.3g}" for k, v in r.get("memory", {}).items()
+                                  if v is not None))
+                print(f"  {r['case']:<32} {r['size']:<28} {what}", flush=True)
             print(f"  ({section['seconds']:.1f} s)", flush=True)
     finally:
         if limits is not None:
