@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     modules = {name: importlib.import_module(f"benchmarks.{name}") for name in args.names}
     import scipy.linalg  # noqa: F401
     import sklearn.linear_model  # noqa: F401
-    import torch  # noqa: F401
+    import torch
 
     start = time.perf_counter()
     limits = threadpool_limits(limits=args.blas_threads) if args.blas_threads > 0 else None
@@ -110,6 +110,7 @@ def main(argv=None) -> dict:
                                   if v is not None))
                 print(f"  {r['case']:<32} {r['size']:<28} {what}", flush=True)
             print(f"  ({section['seconds']:.1f} s)", flush=True)
+        machine["torch_threads_in_run"] = torch.get_num_threads()  # seed_everything's
     finally:
         if limits is not None:
             limits.restore_original_limits()

@@ -171,6 +171,15 @@ def _blas_info() -> list[dict[str, Any]]:
     return [{k: info.get(k) for k in keep} for info in threadpool_info()]
 
 
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_description() -> dict[str, Any]:
     """CPU, cores, load, library versions and thread pools of this run."""
     import matplotlib
@@ -191,6 +200,8 @@ def machine_description() -> dict[str, Any]:
         "torch": torch.__version__,
         "matplotlib": matplotlib.__version__,
         "torch_threads": torch.get_num_threads(),
+        "pyro-ppl": _dist_version("pyro-ppl"),
+        "hmmlearn": _dist_version("hmmlearn"),
         "blas": _blas_info(),
         "load_average_start": [round(x, 2) for x in load],
     }

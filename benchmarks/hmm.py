@@ -31,13 +31,13 @@ from elbo_lib.hmm import GaussianHMM, forward_backward, sample_gaussian_hmm
 
 TITLE = "Hidden Markov models vs hmmlearn: forward-backward and Baum-Welch"
 EQUALITY = (
-    "Same observations (a sampled 2-D Gaussian HMM) and parameters; both compute the "
-    "full-covariance emission log-densities from X, log p(x) and the marginals gamma "
-    "(hmmlearn GaussianHMM.score_samples, implementation='scaling'; ours also returns "
-    "the summed pairwise marginals). Baum-Welch: same start, same fixed number of "
-    "iterations (tolerances off), hmmlearn's priors off (covars_prior=0, "
-    "covars_weight=1) so both run maximum-likelihood EM; ours also records the ELBO "
-    "after every step. agreement = |log p(x) difference| in nats.")
+    "The same observations (a sampled 2-D Gaussian HMM) and parameters; both compute the "
+    r"full-covariance emission log-densities from $X$, $\log p(x)$ and the marginals "
+    r"$\gamma$ (hmmlearn: `GaussianHMM.score_samples`, `implementation='scaling'`; ours "
+    r"also returns $\sum_t \xi_t$). Baum-Welch: the same start, the same fixed number of "
+    "iterations (tolerances off), hmmlearn's priors off (`covars_prior=0, "
+    "covars_weight=1`) so that both run maximum-likelihood EM; ours also records the ELBO "
+    r"after every step. Agreement: $|\Delta \log p(x)|$ in nats.")
 D = 2
 BW_ITERS = 10
 REFERENCE = "hmmlearn GaussianHMM (scaling)"

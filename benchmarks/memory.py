@@ -33,12 +33,13 @@ from benchmarks._common import ROOT, Config, loglog_slope, row
 
 TITLE = "Peak memory: EM against n (d = 16, K = 10), IWAE against k and n"
 EQUALITY = (
-    "Each measurement in a fresh process, after the data are built: tracemalloc's peak "
-    "(NumPy allocations) and the resident set's high-water mark minus the resident set "
-    "just before the call (Linux VmHWM, reset first). EM: 3 iterations from the same start "
-    "(ours with the default and with the chunked E-step, chunk_size=65536; scikit-learn "
-    "GaussianMixture). IWAE: iwae_bound with its default chunking (16384 samples per "
-    "decoder call). Growth = log-log slope of the peak against n or k.")
+    "Each measurement in a fresh process, after the data are built: the peak traced by "
+    "`tracemalloc` (NumPy's allocations) and the resident set's high-water mark minus the "
+    "resident set just before the call (Linux `VmHWM`, reset first). EM: 3 iterations from "
+    "the same start (ours with the default E-step and with the chunked one, "
+    "`chunk_size=65536`; scikit-learn's `GaussianMixture`). IWAE: `iwae_bound` with its "
+    "default chunking (16,384 samples per decoder call). Growth: the log-log slope of the "
+    "peak against $n$ or $k$.")
 CHUNK = 65_536
 EM_D, EM_K, EM_ITERS = 16, 10, 3
 

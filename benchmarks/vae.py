@@ -47,15 +47,17 @@ from elbo_lib.vae import VAE, as_tensor, iwae_bound, train_vae
 
 TITLE = "VAE: training epoch vs a PyTorch-example loop; IWAE evaluation throughput"
 EQUALITY = (
-    "Epoch: same architecture (64 -> 128 tanh -> 2x2 latent; 2 -> 128 tanh -> 64), same "
-    "binarised digits, batch 64, Adam lr 1e-3, same epochs, a validation pass per epoch on "
-    "both sides, 1 torch thread for both (seed_everything). Reference in the style of the "
-    "official PyTorch example (separate module, sigmoid + BCE-sum loss, DataLoader, "
-    ".item()). agreement = |validation ELBO difference| after the timed epochs (different "
-    "initialisations). IWAE: same trained model, same test points and chunking, reference "
-    "written with torch.distributions; agreement = |mean IWAE_1000 difference| (nats). "
-    "Limit: FLOPs from the layer shapes; the same float32 matrix products alone, back to "
-    "back (torch.mm, 1 thread), and a 1024^3 GEMM for the core's peak.")
+    r"Epoch: the same architecture ($64 \to 128$ tanh $\to 2 \times 2$ for the encoder, "
+    r"$2 \to 128$ tanh $\to 64$ for the decoder), the same binarised digits, batch 64, Adam "
+    "with learning rate $10^{-3}$, the same epochs, a validation pass per epoch on both "
+    "sides, one torch thread for both (`seed_everything`). The reference is written in the "
+    "style of the official PyTorch example (a separate module, sigmoid outputs with a "
+    "summed binary cross-entropy, a `DataLoader`, `.item()`). Agreement: the difference of "
+    "the validation ELBOs after the timed epochs (different initialisations). IWAE: the same "
+    "trained model, test points and chunking, the reference written with "
+    "`torch.distributions`; agreement: the difference of the mean bounds (nats). Limit: "
+    "FLOPs counted from the layer shapes; the same float32 matrix products alone, back to "
+    r"back (`torch.mm`, one thread), and a $1024^3$ product for the core's peak.")
 LATENT, HIDDEN, BATCH, LR = 2, 128, 64, 1e-3
 
 

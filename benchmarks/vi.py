@@ -35,13 +35,14 @@ from elbo_lib.gradients import BayesianLogisticRegression, diagonal_gaussian, fi
 
 TITLE = "Black-box VI (Bayesian logistic regression) vs Pyro SVI + Trace_ELBO"
 EQUALITY = (
-    "Chapter 5's Bayesian logistic regression (breast-cancer data, 398 x 31, w ~ N(0, I)); "
-    "same diagonal Gaussian family and parameterisation (softplus scale, start N(0, "
-    "0.1^2 I)), Adam with step size 0.02, 8 reparameterised samples per step (Pyro: "
-    "num_particles=8, vectorize_particles=True), float64, 1 torch thread. Time per step: "
-    "median of interleaved runs. ELBO reached after 2000 steps: both final q scored by the "
-    "same 20,000-sample estimator. agreement = |z| of Pyro's Trace_ELBO estimate of one "
-    "fixed q against ours (each 20,000 samples; |z| < 4 expected).")
+    "Chapter 5's Bayesian logistic regression (breast-cancer data, 398 points, 31 weights, "
+    r"$w \sim \mathcal N(0, I)$); the same diagonal Gaussian family and parameterisation "
+    r"(softplus scale, start $\mathcal N(0, 0.1^2 I)$), Adam with step size 0.02, 8 "
+    "reparameterised samples per step (Pyro: `num_particles=8, vectorize_particles=True`), "
+    "float64, one torch thread. Time per step: the median of interleaved runs. ELBO reached "
+    "after the chapter's 2000 steps: both final $q$ scored by the same 20,000-sample "
+    "estimator. Agreement: $|z|$ of Pyro's `Trace_ELBO` estimate of one fixed $q$ against "
+    "ours (20,000 samples each; $|z| < 4$ expected).")
 LR, SAMPLES, STEPS, INIT_SCALE = 0.02, 8, 2000, 0.1
 
 
