@@ -229,7 +229,9 @@ def _memory_md(section: dict) -> list[str]:
                 f"E-step {_num(g.get('em_ours_traced'))}, chunked "
                 f"{_num(g.get('em_chunked_traced'))}, scikit-learn "
                 f"{_num(g.get('em_sklearn_traced'))}; IWAE RSS peak against $k$ "
-                f"{_num(g.get('iwae_k_rss'))} and against $n$ {_num(g.get('iwae_n_rss'))}."]
+                f"{_num(g.get('iwae_k_rss'))} (with the mmap threshold fixed "
+                f"{_num(g.get('iwae_k_rss_fixed_mmap_threshold'))}) and against $n$ "
+                f"{_num(g.get('iwae_n_rss'))}."]
     return out
 
 
