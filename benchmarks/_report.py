@@ -113,24 +113,46 @@ _HEADERS = {
 }
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _sci(value: float) -> str:
+    """5.0×10⁻⁷: scientific notation that a table cell cannot break at the exponent."""
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}×10{str(int(exponent)).translate(_SUPERSCRIPT)}"
+
+
 def _agreement(name: str, value) -> str:
     if value is None:
         return ""
     return f"{value:.4f}" if name == "cavi" else f"{value:.2f}" if name == "vi" \
-        else f"{value:.1e}"
+        else _sci(value)
+
+
+def _split_params(rows: list[dict]) -> tuple[list[str], dict]:
+    """Parameters that vary between the rows, and those that are the same in all of them."""
+    keys = list(dict.fromkeys(k for r in rows for k in r["params"]))
+    same = {k: rows[0]["params"].get(k) for k in keys
+            if len({repr(r["params"].get(k)) for r in rows}) == 1 and len(rows) > 1}
+    return [k for k in keys if k not in same], same
 
 
 def _timing_table(section: dict) -> list[str]:
     name, rows = section["name"], section["rows"]
     peer_h, agree_h = _HEADERS.get(name, ("reference (s)", "agreement"))
     with_iters = any(r["ours_iters"] is not None and r["ref_iters"] is not None for r in rows)
+    varying, same = _split_params(rows)
     head = ["case", "size", "ours (s)" if name != "vi" else "ours (s/step)", peer_h, "ratio"]
     head += ["iters"] if with_iters else []
     head += [agree_h]
-    out = ["| " + " | ".join(head) + " |",
-           "| --- | --- | " + " | ".join(["---:"] * (len(head) - 2)) + " |"]
+    out = ([f"In every row: {_size(same)}.", ""] if same else []) + [
+        "| " + " | ".join(head) + " |",
+        "| --- | --- | " + " | ".join(["---:"] * (len(head) - 2)) + " |"]
     for r in rows:
-        cells = [r["case"], _size(r["params"]), _num(r["ours_s"]),
+        cells = [r["case"], _size({k: r["params"][k] for k in varying if k in r["params"]}),
+                 _num(r["ours_s"]),
                  _num(r["ref_s"]) if r["ref_s"] is not None else "not run",
                  f"**{_num(r['ratio'])}**" if r["ratio"] is not None else ""]
         if with_iters:
@@ -216,22 +238,40 @@ def _limit_md(limit: dict) -> list[str]:
 
 def _memory_md(section: dict) -> list[str]:
     rows = section["rows"]
-    out = ["| case | size | data (MB) | traced peak (MB) | RSS peak (MB) |",
-           "| --- | --- | ---: | ---: | ---: |"]
-    for r in rows:
-        m = r["memory"]
-        traced = "" if r["case"].startswith("IWAE") else _num(m["traced_peak_mb"])
-        out.append(f"| {r['case']} | {_size(r['params'])} | {_num(m['data_mb'])} | {traced} "
-                   f"| {_num(m['rss_peak_increment_mb'])} |")
+    em = [r for r in rows if r["case"].startswith("EM")]
+    iwae = [r for r in rows if r["case"].startswith("IWAE")]
+    out = []
+    if em:
+        _, same = _split_params(em)
+        out += [f"EM ({_size(same)}), 3 iterations; peaks of the fit beyond the data:", "",
+                "| fit | $n$ | data (MB) | traced peak (MB) | RSS peak (MB) |",
+                "| --- | ---: | ---: | ---: | ---: |"]
+        for r in em:
+            m = r["memory"]
+            out.append(f"| {r['case'].removeprefix('EM, ').removesuffix(' E-step')} | "
+                       f"{r['params']['n']:,} | {_num(m['data_mb'])} | "
+                       f"{_num(m['traced_peak_mb'])} | {_num(m['rss_peak_increment_mb'])} |")
+        out.append("")
+    if iwae:
+        out += ["IWAE evaluation (`iwae_bound`; torch's allocations are not traced, so the "
+                "resident set is the measure):", "",
+                "| sweep | $n$ | $k$ | RSS peak (MB) |", "| --- | ---: | ---: | ---: |"]
+        for r in iwae:
+            label = ("$k$, mmap threshold fixed" if "fixed" in r["case"]
+                     else f"${r['case'].split(', ')[1].split('-')[0]}$")
+            out.append(f"| {label} | {r['params']['n']:,} | {r['params']['k']:,} | "
+                       f"{_num(r['memory']['rss_peak_increment_mb'])} |")
     g = (section.get("extra") or {}).get("growth", {})
     if g:
         out += ["", "Growth (log-log slope of the peak): EM traced peak against $n$: default "
                 f"E-step {_num(g.get('em_ours_traced'))}, chunked "
                 f"{_num(g.get('em_chunked_traced'))}, scikit-learn "
                 f"{_num(g.get('em_sklearn_traced'))}; IWAE RSS peak against $k$ "
-                f"{_num(g.get('iwae_k_rss'))} (with the mmap threshold fixed "
-                f"{_num(g.get('iwae_k_rss_fixed_mmap_threshold'))}) and against $n$ "
-                f"{_num(g.get('iwae_n_rss'))}."]
+                f"{_num(g.get('iwae_k_rss'))}"
+                + (f" (with the mmap threshold fixed "
+                   f"{_num(g['iwae_k_rss_fixed_mmap_threshold'])})"
+                   if "iwae_k_rss_fixed_mmap_threshold" in g else "")
+                + f" and against $n$ {_num(g.get('iwae_n_rss'))}."]
     return out
 
 
@@ -260,7 +300,8 @@ def _section_md(section: dict) -> list[str]:
         if paragraph:
             lines += [" ".join(paragraph), ""]
             paragraph = []
-        lines.append(line)
+        if line or (lines and lines[-1]):
+            lines.append(line)
     return out + lines
 
 
