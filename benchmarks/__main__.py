@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--render-only", action="store_true",
                         help="do not measure: rewrite results.md, results.csv and the figures "
                              "from the results.json already in the output folder")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FOLDER",
+                        help="do not measure: combine the results.json of runs of disjoint "
+                             "subsets (--only) on this machine into --out, in the usual order")
     parser.add_argument("--note", default="",
                         help="a remark printed with the machine description (e.g. load)")
     args = parser.parse_args(argv)
@@ -75,8 +78,32 @@ def render(out: Path) -> None:
     write_figures(out, data["comparisons"])
 
 
+def merge(folders: list[Path], out: Path) -> dict:
+    """Combine runs of disjoint subsets into one results.json (machine of the first run)."""
+    import json
+
+    runs = [json.loads((f / "results.json").read_text()) for f in folders]
+    sections = {c["name"]: c for run in runs for c in run["comparisons"]}
+    if sum(len(run["comparisons"]) for run in runs) != len(sections):
+        raise SystemExit("--merge: the runs overlap (a comparison appears twice)")
+    order = [name for name in COMPARISONS if name in sections]
+    meta = dict(runs[0]["run"])
+    meta.update(comparisons=order, wall_s=sum(run["run"]["wall_s"] for run in runs),
+                load_average_end=runs[-1]["run"]["load_average_end"],
+                command=" && ".join(run["run"]["command"] for run in runs),
+                warning=" ".join(dict.fromkeys(run["run"].get("warning", "") for run in runs)))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", runs[0]["machine"], [sections[n] for n in order], meta)
+    render(out)
+    return {"out": out}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        print(f"[benchmarks] merged {len(args.merge)} run(s) into {args.out}", flush=True)
+        return {"out": args.out}
     if args.render_only:
         render(args.out)
         print(f"[benchmarks] re-rendered {args.out} from results.json", flush=True)

@@ -146,3 +146,18 @@ def test_measure_and_slope():
     assert t["a"].minimum <= t["a"].median <= t["a"].maximum
     assert loglog_slope([10, 100, 1000], [2.0, 20.0, 200.0]) == pytest.approx(1.0)
     assert loglog_slope([10, 100], [1.0, 100.0]) == pytest.approx(2.0)
+
+
+def test_merge_combines_disjoint_runs(smoke, tmp_path):
+    data = json.loads((smoke["out"] / "results.json").read_text())
+    for name, keep in (("a", {"gmm", "hmm"}), ("b", {"sparse"})):
+        (tmp_path / name).mkdir()
+        part = dict(data, comparisons=[c for c in data["comparisons"] if c["name"] in keep])
+        (tmp_path / name / "results.json").write_text(json.dumps(part))
+    main(["--merge", str(tmp_path / "b"), str(tmp_path / "a"), "--out", str(tmp_path / "m")])
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert [c["name"] for c in merged["comparisons"]] == ["gmm", "sparse", "hmm"]
+    assert (tmp_path / "m" / "results.md").stat().st_size > 0
+    with pytest.raises(SystemExit):  # overlapping runs are refused
+        main(["--merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out",
+              str(tmp_path / "x")])
