@@ -18,7 +18,7 @@ help:
 	@echo "              imitating other x86-64 CPUs (tools/portability.py; 3 nbval passes)"
 	@echo "make execute  re-execute every notebook in place (refresh committed outputs)"
 	@echo "make lint     ruff over elbo_lib, tests, tools, benchmarks and the notebooks"
-	@echo "make bench    run the benchmarks (see benchmarks/)"
+	@echo "make bench    run the benchmarks (installs benchmarks/requirements.txt; see benchmarks/)"
 	@echo "make clean    remove the build output and caches (keeps .venv)"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -45,10 +45,16 @@ execute: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check elbo_lib tests benchmarks chapters tools conftest.py
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
+	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks
 
-bench-smoke: $(STAMP)
+bench-smoke: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --smoke
 
 clean:

@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--render-only", action="store_true",
                         help="do not measure: rewrite results.md, results.csv and the figures "
                              "from the results.json already in the output folder")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="FOLDER",
+                        help="do not measure: combine the results.json of runs of disjoint "
+                             "subsets (--only) on this machine into --out, in the usual order")
     parser.add_argument("--note", default="",
                         help="a remark printed with the machine description (e.g. load)")
     args = parser.parse_args(argv)
@@ -75,8 +78,32 @@ def render(out: Path) -> None:
     write_figures(out, data["comparisons"])
 
 
+def merge(folders: list[Path], out: Path) -> dict:
+    """Combine runs of disjoint subsets into one results.json (machine of the first run)."""
+    import json
+
+    runs = [json.loads((f / "results.json").read_text()) for f in folders]
+    sections = {c["name"]: c for run in runs for c in run["comparisons"]}
+    if sum(len(run["comparisons"]) for run in runs) != len(sections):
+        raise SystemExit("--merge: the runs overlap (a comparison appears twice)")
+    order = [name for name in COMPARISONS if name in sections]
+    meta = dict(runs[0]["run"])
+    meta.update(comparisons=order, wall_s=sum(run["run"]["wall_s"] for run in runs),
+                load_average_end=runs[-1]["run"]["load_average_end"],
+                command=" && ".join(run["run"]["command"] for run in runs),
+                warning=" ".join(dict.fromkeys(run["run"].get("warning", "") for run in runs)))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", runs[0]["machine"], [sections[n] for n in order], meta)
+    render(out)
+    return {"out": out}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out)
+        print(f"[benchmarks] merged {len(args.merge)} run(s) into {args.out}", flush=True)
+        return {"out": args.out}
     if args.render_only:
         render(args.out)
         print(f"[benchmarks] re-rendered {args.out} from results.json", flush=True)
@@ -90,7 +117,7 @@ def main(argv=None) -> dict:
     modules = {name: importlib.import_module(f"benchmarks.{name}") for name in args.names}
     import scipy.linalg  # noqa: F401
     import sklearn.linear_model  # noqa: F401
-    import torch  # noqa: F401
+    import torch
 
     start = time.perf_counter()
     limits = threadpool_limits(limits=args.blas_threads) if args.blas_threads > 0 else None
@@ -105,9 +132,12 @@ def main(argv=None) -> dict:
             sections.append(section)
             for r in section["rows"]:
                 ratio = "" if r["ratio"] is None else f" ratio {r['ratio']:.2f}"
-                print(f"  {r['case']:<22} {r['size']:<28} ours {r['ours_s']:.4g} s{ratio}",
-                      flush=True)
+                what = (f"ours {r['ours_s']:.4g} s{ratio}" if r["ours_s"] is not None else
+                        ", ".join(f"{k} {v:.3g}" for k, v in r.get("memory", {}).items()
+                                  if v is not None))
+                print(f"  {r['case']:<32} {r['size']:<28} {what}", flush=True)
             print(f"  ({section['seconds']:.1f} s)", flush=True)
+        machine["torch_threads_in_run"] = torch.get_num_threads()  # seed_everything's
     finally:
         if limits is not None:
             limits.restore_original_limits()

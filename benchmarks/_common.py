@@ -85,6 +85,25 @@ def measure(functions: dict[str, Callable[[], Any]], config: Config,
             for name, t in times.items()}
 
 
+def peer(package: str, *modules: str):
+    """The peer library ``package`` (its submodules ``modules`` imported), or None.
+
+    The peers (hmmlearn, Pyro) are pinned in ``benchmarks/requirements.txt``, not in the
+    book's requirements: CI does not install them, and a comparison without its peer
+    times our side only and says so. ``BENCH_WITHOUT_PEERS=1`` hides them (tests).
+    """
+    import importlib
+
+    if os.environ.get("BENCH_WITHOUT_PEERS") == "1":
+        return None
+    try:
+        for name in modules:
+            importlib.import_module(name)
+        return importlib.import_module(package)
+    except ImportError:
+        return None
+
+
 def loglog_slope(sizes, times) -> float:
     """Least-squares slope of log(time) against log(size): the empirical scaling exponent."""
     sizes, times = np.asarray(sizes, float), np.asarray(times, float)
@@ -152,6 +171,15 @@ def _blas_info() -> list[dict[str, Any]]:
     return [{k: info.get(k) for k in keep} for info in threadpool_info()]
 
 
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def machine_description() -> dict[str, Any]:
     """CPU, cores, load, library versions and thread pools of this run."""
     import matplotlib
@@ -172,6 +200,8 @@ def machine_description() -> dict[str, Any]:
         "torch": torch.__version__,
         "matplotlib": matplotlib.__version__,
         "torch_threads": torch.get_num_threads(),
+        "pyro-ppl": _dist_version("pyro-ppl"),
+        "hmmlearn": _dist_version("hmmlearn"),
         "blas": _blas_info(),
         "load_average_start": [round(x, 2) for x in load],
     }

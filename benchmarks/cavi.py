@@ -31,11 +31,12 @@ TITLE = "CAVI (Bayesian mixture, Blei et al.) vs scikit-learn BayesianGaussianMi
 EQUALITY = (
     "Different models (ours: unit variances and fixed uniform weights; scikit-learn: "
     "learned spherical variances, Dirichlet weights, Normal-Wishart mean prior), so each "
-    "of its iterations does more work. Equal: data, K, prior variance of the means "
-    "(mean_precision_prior = 1/sigma^2), the start (the same K data points, one per true "
-    "cluster: scikit-learn's random_from_data draw, passed to ours as init_means), and the "
-    "stopping rule (ELBO change < 1e-6 nats per point). agreement = adjusted Rand index of the two "
-    "clusterings. Per-iteration time = time to convergence / iterations (includes set-up).")
+    "of its iterations does more work. Equal: the data, $K$, the prior variance of the "
+    r"means (`mean_precision_prior` $= 1/\sigma^2$), the start (the same $K$ data points, one "
+    "per true cluster: scikit-learn's `random_from_data` draw, passed to ours as "
+    r"`init_means`) and the stopping rule (an ELBO change below $10^{-6}$ nats per point). "
+    "Agreement: the adjusted Rand index of the two clusterings. Time per iteration = time "
+    "to convergence / iterations (set-up included).")
 PRIOR_VAR = 10.0
 PER_POINT_TOL = 1e-6
 

@@ -1,106 +1,153 @@
-"""Forward-backward (chapter 2): time vs sequence length T and vs number of states K.
+"""Hidden Markov models (chapter 2) vs hmmlearn: forward-backward and Baum-Welch.
 
-The claim to check is that ``elbo_lib.hmm.forward_backward`` is linear in T (its log-log
-slope is ~1) and O(K^2) per step once K is large enough for the K x K products to
-dominate. There is no HMM library in the book's environment (hmmlearn is not a
-dependency), so the reference is what a reader would write from Rabiner (1989): the
-scaled recursions in probability space (one normalising constant per step), vectorised
-over states, with the summed pairwise marginals sum_t xi_t from one matrix product.
-``elbo_lib.hmm.forward_backward`` runs the same scaled recursions (with a log-space
-fallback for underflow) but always builds the (T-1, K, K) tensor of pairwise marginals
-before summing it. Equal work: the same log pi, log A and emission log-densities (from a
-sampled Gaussian HMM), the same outputs (log p(x), the marginals gamma and the summed
-pairwise marginals); agreement is |log p(x) ours - reference| in nats.
+The library a reader would use for a Gaussian HMM is ``hmmlearn`` (a scikit-learn-like
+API; its recursions are compiled C++). It is not a dependency of the book: it is pinned in
+``benchmarks/requirements.txt``, and without it only our side is timed (the rows say so).
+
+Forward-backward. Both sides get the same observations X (a sampled 2-D Gaussian HMM)
+and the same parameters (pi, A, means, full covariances) and compute the emission
+log-densities from X, log p(x) and the posterior marginals gamma:
+``hmmlearn.hmm.GaussianHMM(covariance_type="full", implementation="scaling")
+.score_samples(X)`` (its faster implementation) against
+``elbo_lib.em.gaussian_log_density`` + ``elbo_lib.hmm.forward_backward`` (which also
+returns sum_t xi_t). Swept over T at K = 4 and over K at T = 1e4.
+
+Baum-Welch. ``elbo_lib.hmm.GaussianHMM.fit`` against ``hmmlearn`` ``fit`` from the same
+start, for a fixed number of iterations (tolerances disabled on both sides), with
+hmmlearn's priors switched off (``covars_prior=0, covars_weight=1``; the mean, start and
+transition priors are flat by default) so that both run maximum-likelihood EM. Our fit
+also records the ELBO after every E- and M-step (chapter 2's figures), which needs the
+per-step pairwise marginals. Agreement: |log p(x) ours - hmmlearn| in nats, at the same
+parameters (forward-backward) or after the same iterations (Baum-Welch).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from benchmarks._common import Config, loglog_slope, measure, row
-from elbo_lib.em import gaussian_log_density
-from elbo_lib.hmm import forward_backward, sample_gaussian_hmm
+from benchmarks._common import Config, loglog_slope, measure, peer, row
+from elbo_lib.em import gaussian_log_density, precision_cholesky
+from elbo_lib.hmm import GaussianHMM, forward_backward, sample_gaussian_hmm
 
-TITLE = "Forward-backward: time vs sequence length and number of states"
+TITLE = "Hidden Markov models vs hmmlearn: forward-backward and Baum-Welch"
 EQUALITY = (
-    "Reference: the scaled forward-backward recursions of Rabiner (1989) written plainly in "
-    "NumPy, vectorised over states, sum_t xi_t by one matrix product (no HMM library is a "
-    "dependency of the book); ours runs the same recursions but materialises the "
-    "(T-1, K, K) pairwise tensor. Same parameters and emission log-densities, same outputs "
-    "(log p(x), gamma, summed xi). agreement = |log p(x) difference| in nats. The target is "
-    "a log-log slope of ~1 in T.")
-
-
-def scaled_forward_backward(log_pi, log_A, log_B):
-    """Rabiner's scaled recursions in probability space: (log p(x), gamma, xi_sum).
-
-    Emissions are shifted by their per-step maximum before exponentiation (the shift is
-    added back to log p(x)) so that long sequences do not underflow.
-    """
-    T, K = log_B.shape
-    shift = log_B.max(axis=1)
-    B = np.exp(log_B - shift[:, None])
-    A = np.exp(log_A)
-    alpha = np.empty((T, K))
-    c = np.empty(T)
-    a = np.exp(log_pi) * B[0]
-    for t in range(T):  # sequential in t, vectorised over states
-        if t > 0:
-            a = (alpha[t - 1] @ A) * B[t]
-        c[t] = a.sum()
-        alpha[t] = a / c[t]
-    beta = np.empty((T, K))
-    beta[-1] = 1.0
-    for t in range(T - 2, -1, -1):
-        beta[t] = (A @ (B[t + 1] * beta[t + 1])) / c[t + 1]
-    gamma = alpha * beta
-    xi_sum = A * (alpha[:-1].T @ (B[1:] * beta[1:] / c[1:, None]))
-    return float(np.log(c).sum() + shift.sum()), gamma, xi_sum
+    "The same observations (a sampled 2-D Gaussian HMM) and parameters; both compute the "
+    r"full-covariance emission log-densities from $X$, $\log p(x)$ and the marginals "
+    r"$\gamma$ (hmmlearn: `GaussianHMM.score_samples`, `implementation='scaling'`; ours "
+    r"also returns $\sum_t \xi_t$). Baum-Welch: the same start, the same fixed number of "
+    "iterations (tolerances off), hmmlearn's priors off (`covars_prior=0, "
+    "covars_weight=1`) so that both run maximum-likelihood EM; ours also records the ELBO "
+    r"after every step. Agreement: $|\Delta \log p(x)|$ in nats.")
+D = 2
+BW_ITERS = 10
+REFERENCE = "hmmlearn GaussianHMM (scaling)"
 
 
 def make_problem(T: int, K: int, rng: np.random.Generator):
-    """Log parameters and emission log-densities of a sampled 2-D Gaussian HMM."""
-    d = 2
+    """Parameters of a sticky 2-D Gaussian HMM and a sequence of length T from it."""
     trans = rng.dirichlet(np.full(K, 0.3), size=K) * 0.5 + 0.5 * np.eye(K)
     start = np.full(K, 1.0 / K)
-    means = rng.normal(scale=3.0, size=(K, d))
-    cov = np.repeat(np.eye(d)[None], K, axis=0)
+    means = rng.normal(scale=3.0, size=(K, D))
+    cov = np.repeat(np.eye(D)[None], K, axis=0)
     X, _ = sample_gaussian_hmm(start, trans, means, cov, T, rng)
-    prec_chol = np.repeat(np.eye(d)[None], K, axis=0)
-    return np.log(start), np.log(trans), gaussian_log_density(X, means, prec_chol)
+    return X, (start, trans, means, cov)
 
 
-def _measure(T: int, K: int, config: Config, sweep: str) -> dict:
-    log_pi, log_A, log_B = make_problem(T, K, np.random.default_rng([config.seed, 2, T, K]))
-    t = measure({"ours": lambda: forward_backward(log_pi, log_A, log_B),
-                 "scaled": lambda: scaled_forward_backward(log_pi, log_A, log_B)}, config)
-    ll_a, gamma_a, _ = t["ours"].result
-    ll_b, gamma_b, _ = t["scaled"].result
-    return row("hmm", f"{sweep}-sweep", {"T": T, "K": K}, ours=t["ours"],
-               reference_name="scaled recursions (Rabiner), NumPy", reference=t["scaled"],
-               agreement="|log p(x) diff| (nats)", agreement_value=abs(ll_a - ll_b),
-               notes=f"max |gamma diff| {np.abs(gamma_a - gamma_b).max():.1e}")
+def _hmmlearn_model(hmmlearn, K: int, params, n_iter: int = 1):
+    start, trans, means, cov = params
+    model = hmmlearn.hmm.GaussianHMM(K, covariance_type="full", implementation="scaling",
+                                     init_params="", params="stmc", covars_prior=0.0,
+                                     covars_weight=1.0, n_iter=n_iter, tol=-np.inf)
+    model.startprob_, model.transmat_ = start.copy(), trans.copy()
+    model.means_, model.covars_ = means.copy(), cov.copy()
+    return model
+
+
+def ours_forward_backward(X, params):
+    """Emission log-densities from X, then the forward-backward recursions."""
+    start, trans, means, cov = params
+    log_b = gaussian_log_density(X, means, precision_cholesky(cov))
+    with np.errstate(divide="ignore"):
+        return forward_backward(np.log(start), np.log(trans), log_b)
+
+
+def _forward_backward_row(T: int, K: int, config: Config, sweep: str, hmmlearn) -> dict:
+    X, params = make_problem(T, K, np.random.default_rng([config.seed, 2, T, K]))
+    functions = {"ours": lambda: ours_forward_backward(X, params)}
+    if hmmlearn is not None:
+        model = _hmmlearn_model(hmmlearn, K, params)
+        functions["peer"] = lambda: model.score_samples(X)
+    t = measure(functions, config)
+    ll, gamma, _ = t["ours"].result
+    if hmmlearn is None:
+        return row("hmm", f"forward-backward, {sweep}-sweep", {"T": T, "K": K},
+                   ours=t["ours"], agreement="", notes="hmmlearn not installed")
+    ll_ref, gamma_ref = t["peer"].result
+    return row("hmm", f"forward-backward, {sweep}-sweep", {"T": T, "K": K},
+               ours=t["ours"], reference_name=REFERENCE, reference=t["peer"],
+               agreement="|log p(x) diff| (nats)", agreement_value=abs(ll - ll_ref),
+               notes=f"max |gamma diff| {np.abs(gamma - gamma_ref).max():.1e}")
+
+
+def _baum_welch_row(T: int, K: int, config: Config, hmmlearn) -> dict:
+    rng = np.random.default_rng([config.seed, 3, T, K])
+    X, (_, _, means, _) = make_problem(T, K, rng)
+    start = np.full(K, 1.0 / K)
+    trans = np.full((K, K), 0.5 / (K - 1))
+    np.fill_diagonal(trans, 0.5)
+    init = (start, trans, means + rng.normal(scale=0.5, size=means.shape),
+            np.repeat(2.0 * np.eye(D)[None], K, axis=0))
+    iters = 3 if config.smoke else BW_ITERS
+
+    def ours():
+        return GaussianHMM(K, tol=0.0, max_iter=iters, reg_covar=1e-6,
+                           startprob_init=init[0], transmat_init=init[1],
+                           means_init=init[2], covariances_init=init[3]).fit(X)
+
+    functions = {"ours": ours}
+    if hmmlearn is not None:
+        functions["peer"] = lambda: _hmmlearn_model(hmmlearn, K, init, iters).fit(X)
+    t = measure(functions, config)
+    a = t["ours"].result
+    if hmmlearn is None:
+        return row("hmm", "Baum-Welch fit", {"T": T, "K": K}, ours=t["ours"],
+                   ours_iters=a.n_iter_, notes="hmmlearn not installed")
+    b = t["peer"].result
+    diff = abs(a.log_likelihood_[-1] - b.score(X))
+    return row("hmm", "Baum-Welch fit", {"T": T, "K": K}, ours=t["ours"],
+               reference_name=REFERENCE, reference=t["peer"], ours_iters=a.n_iter_,
+               ref_iters=b.monitor_.iter, agreement="|log p(x) diff| (nats)",
+               agreement_value=float(diff),
+               notes=f"{iters} iterations on both sides")
 
 
 def run(config: Config) -> dict:
+    hmmlearn = peer("hmmlearn", "hmmlearn.hmm")
     if config.smoke:
         lengths, states, fixed_k, fixed_t = (200, 400, 800), (2, 4), 3, 300
+        bw_cases = [(300, 3)]
     else:
         lengths = (1_000, 3_000, 10_000, 30_000, 100_000)
         states, fixed_k, fixed_t = (2, 4, 8, 16, 32, 64), 4, 10_000
-    rows = [_measure(T, fixed_k, config, "T") for T in lengths]
-    rows += [_measure(fixed_t, K, config, "K") for K in states]
-    t_rows = [r for r in rows if r["case"] == "T-sweep"]
-    k_rows = [r for r in rows if r["case"] == "K-sweep"]
+        bw_cases = [(10_000, 4), (30_000, 4), (10_000, 16)]
+    rows = [_forward_backward_row(T, fixed_k, config, "T", hmmlearn) for T in lengths]
+    rows += [_forward_backward_row(fixed_t, K, config, "K", hmmlearn) for K in states]
+    rows += [_baum_welch_row(T, K, config, hmmlearn) for T, K in bw_cases]
+    t_rows = [r for r in rows if r["case"].endswith("T-sweep")]
     slope_t = loglog_slope(lengths, [r["ours_s"] for r in t_rows])
-    slope_t_ref = loglog_slope(lengths, [r["ref_s"] for r in t_rows])
-    slope_k = loglog_slope(states, [r["ours_s"] for r in k_rows])
+    slope_t_ref = (loglog_slope(lengths, [r["ref_s"] for r in t_rows])
+                   if hmmlearn is not None else None)
     linear = bool(0.85 <= slope_t <= 1.15)
     for r in t_rows:
         r["target"] = "log-log slope in T ~ 1"
         r["met"] = linear
-    for r in t_rows:
-        r["notes"] += f"; slope in T {slope_t:.2f} (reference {slope_t_ref:.2f})"
+    extra = {"slope_T_ours": slope_t, "slope_T_reference": slope_t_ref,
+             "fixed_K": fixed_k, "fixed_T": fixed_t,
+             "baum_welch_iterations": 3 if config.smoke else BW_ITERS}
+    if hmmlearn is None:
+        extra["skipped"] = ("hmmlearn is not installed (pip install -r "
+                            "benchmarks/requirements.txt): only our side was timed")
+    else:
+        extra["hmmlearn"] = hmmlearn.__version__
     return {"name": "hmm", "title": TITLE, "equality": EQUALITY, "rows": rows,
-            "extra": {"slope_T_ours": slope_t, "slope_T_reference": slope_t_ref,
-                      "slope_K_ours": slope_k, "fixed_K": fixed_k, "fixed_T": fixed_t}}
+            "extra": extra}

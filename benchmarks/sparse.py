@@ -34,16 +34,18 @@ from elbo_lib.sparse_coding import fista, lasso_duality_gap, lasso_objective, le
 
 TITLE = "FISTA batch sparse coding vs scikit-learn sparse_encode (lasso_cd, lasso_lars)"
 EQUALITY = (
-    "Same whitened 8x8 patches, same dictionary (64 x 128), same penalty: sparse_encode("
-    "alpha=lam) divides alpha by d and minimises (1/2d)||x - Wh||^2 + (lam/d)||h||_1, the "
-    "same minimiser as 0.5||x - Wh||^2 + lam||h||_1. Equal accuracy: a reference optimum "
-    "per signal from a long tight FISTA solve (tol 1e-13, warm-started, certified by the "
-    "duality gap); our FISTA tolerance is calibrated once (untimed) to the loosest value "
-    "that brings the batch objective within 5e-7 relative of such a solve; lasso_cd "
-    "(tol=1e-8 fixed by sparse_encode) and lasso_lars (exact) run as a reader would call "
-    "them. agreement = relative excess of "
-    "the batch objective over the reference (the worse of the two methods in the row). "
-    "Warm-up: one call of each method at the smallest batch.")
+    "Same whitened 8 × 8 patches, same dictionary $W$ (64 × 128), same penalty: "
+    "`sparse_encode(alpha=lam)` divides `alpha` by $d$ and minimises "
+    r"$\frac{1}{2d}\lVert x - Wh\rVert_2^2 + \frac{\lambda}{d}\lVert h\rVert_1$, which has "
+    r"the same minimiser as $\frac12\lVert x - Wh\rVert_2^2 + \lambda\lVert h\rVert_1$. "
+    "Equal accuracy: "
+    "a reference optimum per signal from a long, tight FISTA solve ($10^{-13}$, "
+    "warm-started, certified by the duality gap); our FISTA tolerance is calibrated once "
+    "(untimed) to the loosest value that brings the batch objective within "
+    r"$5 \times 10^{-7}$ (relative) of it; `lasso_cd` (its fixed `tol=1e-8`) and `lasso_lars` "
+    "(exact) run as a reader would call them. Agreement: the relative excess of the batch "
+    "objective over the reference, the worse of the two methods in the row. Warm-up: "
+    "one call of each method at the smallest batch.")
 LAM = 1.0
 PATCH = 8
 N_ATOMS = 128

@@ -16,6 +16,17 @@ with ``torch.distributions`` (``Normal.rsample``, ``Bernoulli(logits=...).log_pr
 ``torch.logsumexp``) on the same trained model, same test images and the same chunking
 (``max_batch // k`` points at a time, with ``iwae_bound``'s default ``max_batch``);
 agreement is |mean IWAE difference| in nats (different random draws: Monte Carlo error).
+
+The machine's limit. The floating-point work of an epoch and of the IWAE evaluation is
+counted from the layer shapes: 2 m k n FLOPs for every (m x k) @ (k x n) product of the
+forward pass (and of the backward pass in training: the weight gradient of every layer
+and the input gradient of every layer but the first). Two limits are measured in the
+same run, in float32 with torch's thread setting as used (one thread,
+``seed_everything``): (a) the same list of products, at the same shapes, run back to back
+with ``torch.mm`` on preallocated tensors (everything but the matrix products removed:
+the best any implementation of these layers could do), and (b) a 1024 x 1024 x 1024
+product (the CPU core's GEMM peak). A fraction is the time of (a) over the measured
+time, or the achieved FLOP rate over (b).
 """
 
 from __future__ import annotations
@@ -36,13 +47,17 @@ from elbo_lib.vae import VAE, as_tensor, iwae_bound, train_vae
 
 TITLE = "VAE: training epoch vs a PyTorch-example loop; IWAE evaluation throughput"
 EQUALITY = (
-    "Epoch: same architecture (64 -> 128 tanh -> 2x2 latent; 2 -> 128 tanh -> 64), same "
-    "binarised digits, batch 64, Adam lr 1e-3, same epochs, a validation pass per epoch on "
-    "both sides, 1 torch thread for both (seed_everything). Reference in the style of the "
-    "official PyTorch example (separate module, sigmoid + BCE-sum loss, DataLoader, "
-    ".item()). agreement = |validation ELBO difference| after the timed epochs (different "
-    "initialisations). IWAE: same trained model, same test points and chunking, reference "
-    "written with torch.distributions; agreement = |mean IWAE_1000 difference| (nats).")
+    r"Epoch: the same architecture ($64 \to 128$ tanh $\to 2 \times 2$ for the encoder, "
+    r"$2 \to 128$ tanh $\to 64$ for the decoder), the same binarised digits, batch 64, Adam "
+    "with learning rate $10^{-3}$, the same epochs, a validation pass per epoch on both "
+    "sides, one torch thread for both (`seed_everything`). The reference is written in the "
+    "style of the official PyTorch example (a separate module, sigmoid outputs with a "
+    "summed binary cross-entropy, a `DataLoader`, `.item()`). Agreement: the difference of "
+    "the validation ELBOs after the timed epochs (different initialisations). IWAE: the same "
+    "trained model, test points and chunking, the reference written with "
+    "`torch.distributions`; agreement: the difference of the mean bounds (nats). Limit: "
+    "FLOPs counted from the layer shapes; the same float32 matrix products alone, back to "
+    r"back (`torch.mm`, one thread), and a $1024^3$ product for the core's peak.")
 LATENT, HIDDEN, BATCH, LR = 2, 128, 64, 1e-3
 
 
@@ -138,6 +153,87 @@ def reference_iwae(model: VAE, x, k: int, max_batch: int = IWAE_MAX_BATCH):
     return torch.cat(out)
 
 
+def _layers(model: VAE) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(in, out) of every linear layer of the encoder and of the decoder."""
+    def shapes(seq):
+        return [(m.in_features, m.out_features) for m in seq if isinstance(m, nn.Linear)]
+    return shapes(model.encoder), shapes(model.decoder)
+
+
+def epoch_products(model: VAE, n_train: int, n_val: int, batch: int):
+    """Every (m, k, n) matrix product of one training epoch and its validation pass."""
+    encoder, decoder = _layers(model)
+    layers = encoder + decoder
+    out = []
+    for start in range(0, n_train, batch):
+        b = min(batch, n_train - start)
+        for i, (fan_in, fan_out) in enumerate(layers):
+            out.append((b, fan_in, fan_out))          # forward
+            out.append((fan_out, b, fan_in))          # weight gradient
+            if i > 0:
+                out.append((b, fan_out, fan_in))      # input gradient
+    out += [(n_val, fan_in, fan_out) for fan_in, fan_out in layers]  # validation pass
+    return out
+
+
+def iwae_products(model: VAE, n: int, k: int, max_batch: int = IWAE_MAX_BATCH):
+    """Every (m, k, n) product of ``iwae_bound``: encoder on each chunk, decoder on k x it."""
+    encoder, decoder = _layers(model)
+    chunk = max(1, max_batch // k)
+    out = []
+    for start in range(0, n, chunk):
+        c = min(chunk, n - start)
+        out += [(c, a, b) for a, b in encoder] + [(k * c, a, b) for a, b in decoder]
+    return out
+
+
+def flops(products) -> int:
+    return int(sum(2 * m * k * n for m, k, n in products))
+
+
+def gemm_runner(products):
+    """A function that runs exactly these float32 products with torch.mm (preallocated)."""
+    gen = torch.Generator().manual_seed(0)
+    cache = {}
+    for m, k, n in products:
+        if (m, k, n) not in cache:
+            cache[m, k, n] = (torch.rand(m, k, generator=gen), torch.rand(k, n, generator=gen),
+                              torch.empty(m, n))
+    calls = [cache[p] for p in products]
+
+    def go():
+        for a, b, c in calls:
+            torch.mm(a, b, out=c)
+    return go
+
+
+def machine_limit(model: VAE, n_train: int, n_val: int, n_test: int, k: int,
+                  epoch_s: dict[str, float], iwae_s: dict[str, float],
+                  config: Config) -> dict:
+    """FLOPs, the GEMM-only times at the same shapes, the 1024^3 peak, and the fractions."""
+    epoch = epoch_products(model, n_train, n_val, BATCH)
+    iwae = iwae_products(model, n_test, k)
+    size = 256 if config.smoke else 1024
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(size, size, generator=gen), torch.rand(size, size, generator=gen)
+    c = torch.empty(size, size)
+    t = measure({"epoch_gemms": gemm_runner(epoch), "iwae_gemms": gemm_runner(iwae),
+                 "peak": lambda: torch.mm(a, b, out=c)}, config)
+    peak = 2 * size**3 / t["peak"].median
+    out = {"torch_threads": torch.get_num_threads(), "dtype": "float32",
+           "peak_shape": size, "peak_gflops": peak / 1e9}
+    for name, products, measured in (("epoch", epoch, epoch_s), ("iwae", iwae, iwae_s)):
+        f = flops(products)
+        gemm_s = t[f"{name}_gemms"].median
+        out[name] = {"flops": f, "products": len(products), "gemm_only_s": gemm_s,
+                     "gemm_only_gflops": f / gemm_s / 1e9,
+                     "sides": {side: {"seconds": s, "gflops": f / s / 1e9,
+                                      "fraction_of_gemm_at_shapes": gemm_s / s,
+                                      "fraction_of_peak": f / s / peak}
+                               for side, s in measured.items()}}
+    return out
+
+
 def run(config: Config) -> dict:
     rng = seed_everything(config.seed)
     data = load_digits_split(rng)
@@ -178,7 +274,10 @@ def run(config: Config) -> dict:
                     agreement_value=diff,
                     notes=f"throughput ours {n / t['ours'].median:,.0f} points/s, "
                           f"reference {n / t['reference'].median:,.0f} points/s"))
+    limit = machine_limit(model, len(x_train), len(x_val), n, k,
+                          {"ours": rows[0]["ours_s"], "reference": rows[0]["ref_s"]},
+                          {"ours": rows[1]["ours_s"], "reference": rows[1]["ref_s"]}, config)
     return {"name": "vae", "title": TITLE, "equality": EQUALITY, "rows": rows,
             "extra": {"iwae_points_per_s_ours": n / t["ours"].median,
                       "iwae_points_per_s_reference": n / t["reference"].median,
-                      "torch_threads": torch.get_num_threads()}}
+                      "torch_threads": torch.get_num_threads(), "limit": limit}}

@@ -407,6 +407,15 @@ class GaussianMixtureEM:
         points, weights uniform, covariances at the data covariance plus the floor.
     keep_history : bool
         Also store the parameters after every iteration in ``history_`` (for figures).
+    chunk_size : int, optional
+        If given, run the E-step over blocks of this many rows and accumulate the
+        M-step's sufficient statistics (counts, sums and scatter matrices of the
+        responsibility-weighted points) instead of holding the (n, K) responsibilities:
+        memory beyond X is then O(chunk_size * K + K d^2), whatever n (the default
+        initial covariance, the data covariance, takes one copy of X). Same iterations
+        and answers as the default to round-off (the scatter is accumulated about the
+        data mean). ``L(q_t, theta_t)`` is computed from the same statistics in closed
+        form. Not with ``keep_history``. Used by the benchmarks (n = 1e6).
 
     Attributes
     ----------
@@ -438,7 +447,8 @@ class GaussianMixtureEM:
     def __init__(self, n_components: int, *, tol: float = 1e-3, reg_covar: float = 1e-6,
                  max_iter: int = 100, weights_init=None, means_init=None,
                  covariances_init=None, precisions_init=None, rng=None,
-                 keep_history: bool = False, covariance_floor: str = "add") -> None:
+                 keep_history: bool = False, covariance_floor: str = "add",
+                 chunk_size: int | None = None) -> None:
         self.n_components = check_positive_int(n_components, "n_components")
         self.tol = _check_nonnegative(tol, "tol")
         self.reg_covar = _check_nonnegative(reg_covar, "reg_covar")
@@ -452,6 +462,10 @@ class GaussianMixtureEM:
         self.precisions_init = precisions_init
         self.rng = rng
         self.keep_history = bool(keep_history)
+        self.chunk_size = None if chunk_size is None else check_positive_int(chunk_size,
+                                                                             "chunk_size")
+        if self.chunk_size is not None and self.keep_history:
+            raise ValueError("chunk_size and keep_history cannot be combined")
 
     # -- initialisation -------------------------------------------------------------
     def _initial_parameters(self, X):
@@ -497,6 +511,8 @@ class GaussianMixtureEM:
         if n < self.n_components:
             raise ValueError(f"n_components={self.n_components} is larger than the number "
                              f"of points n={n}: need n >= n_components")
+        if self.chunk_size is not None:
+            return self._fit_chunked(X)
         weights, means, cov, prec_chol = self._initial_parameters(X)
         history = [(weights, means, cov)] if self.keep_history else None
         log_lik, elbo_e, elbo_m, shortfalls = [], [], [], []
@@ -539,6 +555,84 @@ class GaussianMixtureEM:
         self.floor_shortfall_ = np.asarray(shortfalls)
         self.history_ = history
         self.n_features_in_ = X.shape[1]
+        return self
+
+    # -- chunked fitting (bounded memory) ----------------------------------------------
+    def _chunk_pass(self, X, center, weights, means, prec_chol, stats: bool):
+        """One pass over blocks of rows: log p(x), and the E-step's statistics if asked.
+
+        Returns (log p(x), E_q[log p(x, z)], H[q], N_k, sum_i r_ik y_i, sum_i r_ik y_i
+        y_i^T) with y_i = x_i - center and q the posterior at the given theta.
+        """
+        n, d = X.shape
+        k = self.n_components
+        with np.errstate(divide="ignore"):
+            log_w = np.log(weights)
+        shifted_means = means - center
+        log_lik = energy = entropy = 0.0
+        counts, sx, sxx = np.zeros(k), np.zeros((k, d)), np.zeros((k, d, d))
+        for start in range(0, n, self.chunk_size):
+            ys = X[start:start + self.chunk_size] - center
+            wlp = _log_density_unchecked(ys, shifted_means, prec_chol) + log_w
+            log_norm, resp, log_resp = _normalise(wlp)
+            log_lik += float(log_norm.sum())
+            if not stats:
+                continue
+            entropy += _entropy(resp, log_resp)
+            energy += _elbo_terms(resp, wlp, 0.0)
+            counts += resp.sum(axis=0)
+            sx += resp.T @ ys
+            sqrt_resp = np.sqrt(resp)
+            for j in range(k):
+                diff = ys * sqrt_resp[:, j, None]
+                sxx[j] += diff.T @ diff
+        return log_lik, energy, entropy, counts, sx, sxx
+
+    def _fit_chunked(self, X) -> GaussianMixtureEM:
+        n, d = X.shape
+        weights, means, cov, prec_chol = self._initial_parameters(X)
+        center = X.mean(axis=0)
+        log_lik, elbo_e, elbo_m, shortfalls = [], [], [], []
+        lower_bound, converged, n_iter = -np.inf, False, 0
+        for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - used after the loop
+            ll, energy, entropy, n_raw, sx, sxx = self._chunk_pass(X, center, weights, means,
+                                                                   prec_chol, True)
+            log_lik.append(ll)
+            elbo_e.append(energy + entropy)
+            # M-step from the statistics, as _m_step (same count offset, same floor)
+            counts = n_raw + _COUNT_EPS
+            weights = counts / counts.sum()
+            m = sx / counts[:, None]
+            outer = m[:, :, None] * sx[:, None, :]
+            scatter = (sxx - outer - outer.transpose(0, 2, 1)
+                       + n_raw[:, None, None] * m[:, :, None] * m[:, None, :])
+            cov = scatter / counts[:, None, None]
+            shortfalls.append(_floor_covariances(cov, counts, self.reg_covar,
+                                                 self.covariance_floor))
+            means = m + center
+            prec_chol = precision_cholesky(cov)
+            # L(q_t, theta_t) in closed form: sum_k N_k [log pi_k + log N(. | theta_k)]
+            # with sum_i r_ik (x_i - mu_k)^T P_k (x_i - mu_k) = tr(P_k scatter_k)
+            with np.errstate(divide="ignore"):
+                log_w = np.log(weights)
+            log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+            maha = np.einsum("kij,kil,klj->k", prec_chol, scatter, prec_chol)
+            terms = n_raw * (log_w + log_det - 0.5 * d * _LOG_2PI) - 0.5 * maha
+            elbo_m.append(float(np.where(n_raw > 0, terms, 0.0).sum()) + entropy)
+            prev_lower_bound, lower_bound = lower_bound, ll / n
+            if abs(lower_bound - prev_lower_bound) < self.tol:
+                converged = True
+                break
+        log_lik.append(self._chunk_pass(X, center, weights, means, prec_chol, False)[0])
+        self.weights_, self.means_, self.covariances_ = weights, means, cov
+        self.precisions_cholesky_ = prec_chol
+        self.n_iter_, self.converged_, self.lower_bound_ = n_iter, converged, lower_bound
+        self.log_likelihood_ = np.asarray(log_lik)
+        self.elbo_after_e_step_ = np.asarray(elbo_e)
+        self.elbo_after_m_step_ = np.asarray(elbo_m)
+        self.floor_shortfall_ = np.asarray(shortfalls)
+        self.history_ = None
+        self.n_features_in_ = d
         return self
 
     # -- prediction ---------------------------------------------------------------------

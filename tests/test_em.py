@@ -362,3 +362,54 @@ def test_map_em_keeps_covariances_away_from_zero_on_duplicated_points():
     assert np.linalg.eigvalsh(fit.covariances_)[:, 0].min() >= floor
     with pytest.raises(ValueError, match="cov_prior_dof"):
         map_em(X, 2, cov_prior_dof=0.5)
+# -- chunked E-step (bounded memory) ----------------------------------------------------
+def _mixture(n, d, k, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3.0, size=(k, d))
+    X = centres[rng.integers(k, size=n)] + rng.normal(size=(n, d))
+    return X, X[rng.choice(n, size=k, replace=False)]
+
+
+@pytest.mark.parametrize("floor", ["add", "clip"])
+def test_chunked_e_step_gives_the_same_fit(floor):
+    X, means = _mixture(3000, 3, 4, 1)
+    kw = {"means_init": means, "tol": 1e-5, "max_iter": 40, "covariance_floor": floor}
+    full = GaussianMixtureEM(4, **kw).fit(X)
+    scale = np.abs(full.log_likelihood_).max()
+    for chunk in (37, 512, 3000, 10_000):  # uneven last chunk, one chunk, larger than n
+        fit = GaussianMixtureEM(4, chunk_size=chunk, **kw).fit(X)
+        assert fit.n_iter_ == full.n_iter_ and fit.converged_ == full.converged_
+        for name in ("log_likelihood_", "elbo_after_e_step_", "elbo_after_m_step_"):
+            np.testing.assert_allclose(getattr(fit, name), getattr(full, name),
+                                       rtol=0, atol=1e-12 * scale, err_msg=name)
+        np.testing.assert_allclose(fit.floor_shortfall_, full.floor_shortfall_,
+                                   rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(fit.means_, full.means_, atol=1e-10)
+        np.testing.assert_allclose(fit.covariances_, full.covariances_, atol=1e-10)
+        assert fit.score(X) == pytest.approx(full.score(X), rel=1e-12)
+
+
+def test_chunked_e_step_memory_does_not_grow_with_n():
+    import tracemalloc
+
+    peaks = {}
+    for n in (20_000, 80_000):
+        X, means = _mixture(n, 4, 5, 2)
+        cov = np.repeat(np.eye(4)[None], 5, axis=0)  # the default start copies X (np.cov)
+        for chunk in (None, 1024):
+            tracemalloc.start()
+            GaussianMixtureEM(5, means_init=means, covariances_init=cov, max_iter=3, tol=0.0,
+                              chunk_size=chunk).fit(X)
+            peaks[n, chunk] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    # the default holds several (n, K) arrays: its peak grows with n; chunked does not
+    assert peaks[80_000, None] > 3 * peaks[20_000, None]
+    assert peaks[80_000, 1024] < 1.2 * peaks[20_000, 1024]
+    assert peaks[80_000, 1024] < 0.1 * peaks[80_000, None]
+
+
+def test_chunk_size_is_validated():
+    with pytest.raises(ValueError, match="chunk_size"):
+        GaussianMixtureEM(2, chunk_size=0)
+    with pytest.raises(ValueError, match="keep_history"):
+        GaussianMixtureEM(2, chunk_size=100, keep_history=True)
