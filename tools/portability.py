@@ -7,12 +7,12 @@ use (CONTRIBUTING.md, "Portability", records what each one changes in the pinned
 For each configuration this script first checks in a fresh interpreter that the switch
 took effect (OpenBLAS core type, torch's CPU capability), then runs pytest --nbval over
 every notebook in chapters/ (the committed outputs, the number-aware comparison of the
-root conftest.py) as a separate pytest run, and prints its time. It exits non-zero if any
-configuration fails.
+root conftest.py), one pytest run per (configuration, notebook), two at a time on two
+cores, and prints their times. It exits non-zero if anything fails.
 
     python tools/portability.py              # every configuration
     python tools/portability.py --list
-    python tools/portability.py --config avx2 -- -x   # one; extra args go to pytest
+    python tools/portability.py --config avx2 --jobs 1 -- -x   # extra args go to pytest
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,28 +102,64 @@ def notebooks() -> list[str]:
     return found
 
 
-def _child_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # pytest and its notebook kernels
-    return usage.ru_utime + usage.ru_stime
-
-
-def run(config: KernelConfig, pytest_args: list[str]) -> tuple[bool, float, float, str]:
-    settings = " ".join(f"{k}={v}" for k, v in config.env.items())
-    print(f"\n== {config.name}: {settings}\n   imitates {config.imitates}", flush=True)
-    start, cpu_start = time.perf_counter(), _child_cpu_seconds()
-    problem = probe(config)
-    if problem:
-        print(f"   FAILED before testing: {problem}", flush=True)
-        return False, time.perf_counter() - start, _child_cpu_seconds() - cpu_start, "probe"
+def _run_job(config: KernelConfig, notebook: str, pytest_args: list[str]) -> dict:
+    """pytest --nbval on one notebook under one configuration, output captured."""
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rf",
-           *pytest_args, *notebooks()]
-    proc = subprocess.run(cmd, env=config_env(config), cwd=ROOT)
-    seconds, cpu = time.perf_counter() - start, _child_cpu_seconds() - cpu_start
-    # exit 0: all passed; anything else (1 failed, 2 interrupted, 5 nothing collected, ...)
-    # is a failure of this configuration
-    status = "passed" if proc.returncode == 0 else f"FAILED (pytest exit {proc.returncode})"
-    print(f"== {config.name}: {status} in {seconds:.0f} s ({cpu:.0f} s CPU)", flush=True)
-    return proc.returncode == 0, seconds, cpu, status
+           *pytest_args, notebook]
+    start = time.perf_counter()
+    with tempfile.TemporaryFile(mode="w+") as out:
+        proc = subprocess.Popen(cmd, env=config_env(config), cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+        # wait4: this pytest's own resource usage, including its notebook kernels
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    return {"config": config, "notebook": notebook, "returncode": proc.returncode,
+            "seconds": time.perf_counter() - start,
+            "cpu": usage.ru_utime + usage.ru_stime, "output": text}
+
+
+def run(configs: list[KernelConfig], pytest_args: list[str], jobs: int) -> list[tuple]:
+    """Probe every configuration, then run every (configuration, notebook) pair.
+
+    ``jobs`` pairs run at once: each is one pytest process whose notebook kernel is
+    single-threaded (seed_everything) apart from OpenBLAS, so on 2 cores two jobs take
+    about half the wall time of one. Returns one row per configuration:
+    ``(config, passed, wall seconds summed over its notebooks, CPU seconds, status)``.
+    """
+    runnable = []
+    rows = {}
+    for config in configs:
+        settings = " ".join(f"{k}={v}" for k, v in config.env.items())
+        print(f"== {config.name}: {settings}\n   imitates {config.imitates}", flush=True)
+        problem = probe(config)
+        if problem:
+            print(f"   FAILED before testing: {problem}", flush=True)
+            rows[config.name] = (config, False, 0.0, 0.0, "FAILED (probe)")
+        else:
+            runnable.append(config)
+    pairs = [(c, nb) for c in runnable for nb in notebooks()]
+    results = []
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(_run_job, c, nb, pytest_args) for c, nb in pairs]
+        for future in as_completed(futures):
+            r = future.result()
+            results.append(r)
+            ok = r["returncode"] == 0
+            verdict = "passed" if ok else f"FAILED (pytest exit {r['returncode']})"
+            print(f"-- {r['config'].name:5} {r['notebook']:42} {verdict} "
+                  f"in {r['seconds']:.0f} s ({r['cpu']:.0f} s CPU)", flush=True)
+            if not ok:  # exit 1 failed, 2 interrupted, 5 nothing collected, ...
+                print(r["output"][-6000:], flush=True)
+    for config in runnable:
+        mine = [r for r in results if r["config"] is config]
+        passed = all(r["returncode"] == 0 for r in mine) and len(mine) == len(notebooks())
+        failed = [r["notebook"] for r in mine if r["returncode"] != 0]
+        status = "passed" if passed else "FAILED: " + ", ".join(Path(f).stem for f in failed)
+        rows[config.name] = (config, passed, sum(r["seconds"] for r in mine),
+                             sum(r["cpu"] for r in mine), status)
+    return [rows[c.name] for c in configs]
 
 
 def main(argv=None) -> int:
@@ -130,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", action="append", choices=[c.name for c in CONFIGS],
                         help="run only this configuration (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the configurations")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="notebook runs at once (default: 2, or 1 on a 1-core machine)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     if args.list:
@@ -143,13 +182,15 @@ def main(argv=None) -> int:
               f"{machine}: nothing run (make test verified this machine's own kernels)")
         return 0
     chosen = [c for c in CONFIGS if not args.config or c.name in args.config]
-    results = [(c, *run(c, args.pytest_args)) for c in chosen]
-    print("\n== test-portable summary (wall time; CPU time of pytest and its kernels)")
+    start = time.perf_counter()
+    results = run(chosen, args.pytest_args, args.jobs)
+    print(f"\n== test-portable summary ({args.jobs} job(s) at once; per configuration the "
+          "wall and CPU time of its notebooks, summed)")
     for config, _, seconds, cpu, status in results:
-        print(f"   {config.name:6} {status:28} {seconds:6.0f} s  {cpu:6.0f} s CPU")
-    total = sum(seconds for _, _, seconds, _, _ in results)
+        print(f"   {config.name:6} {status:40} {seconds:6.0f} s  {cpu:6.0f} s CPU")
     ok = all(passed for _, passed, _, _, _ in results)
-    print(f"   {'all passed' if ok else 'SOME FAILED'} in {total:.0f} s")
+    print(f"   {'all passed' if ok else 'SOME FAILED'} in {time.perf_counter() - start:.0f} s "
+          "wall")
     return 0 if ok else 1
 
 
