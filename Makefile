@@ -33,8 +33,15 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . --path-output book -W --keep-going
 	@echo "Open book/_build/html/index.html"
 
+# The same tests as a bare `pytest`, in two processes at once (2 cores): the library,
+# book and browser tests in tests/, and nbval over chapters/ (its log is printed after).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	@mkdir -p tests/_output
+	@$(BIN)/python -m pytest chapters > tests/_output/nbval.log 2>&1 & nbval=$$!; \
+	$(BIN)/python -m pytest tests; tests=$$?; \
+	wait $$nbval; chapters=$$?; \
+	echo "== nbval over chapters/ (ran alongside):"; cat tests/_output/nbval.log; \
+	test $$tests -eq 0 && test $$chapters -eq 0
 
 test-portable: $(STAMP)
 	$(BIN)/python tools/portability.py
