@@ -1,12 +1,17 @@
 """The book's one figure style, and a text summary of every figure.
 
 Every chapter calls :func:`set_theme` once. Every cell that draws a figure ends with
-:func:`show`, which prints :func:`describe_figure`: the titles, labels and rounded
-key values of what the figure plots. nbval compares text but not pixels, so this
-printed summary is what makes a change in a figure's data fail the tests.
+:func:`show`, which displays the figure with :func:`describe_figure` (the titles,
+labels and rounded key values of what the figure plots) as the output's ``text/plain``.
+The tests compare text but not pixels, so this summary is what makes a change in a
+figure's data fail them; readers see only the picture. :func:`show` also refuses a
+figure whose legend covers plotted data (:func:`legend_overlaps`).
 """
 
 from __future__ import annotations
+
+import base64
+import io
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -15,10 +20,11 @@ import seaborn as sns
 from matplotlib.collections import Collection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
-from matplotlib.patches import Ellipse
+from matplotlib.lines import Line2D
+from matplotlib.patches import Ellipse, Patch
 
 from elbo_lib._validation import as_float_array, check_positive, check_positive_int
-from elbo_lib.reporting import fmt, fmt_array
+from elbo_lib.reporting import fmt
 
 #: The book's palette (colour-blind safe) and a few named roles used across chapters.
 PALETTE = "colorblind"
@@ -44,14 +50,49 @@ def set_theme() -> None:
     })
 
 
-def _stats(values: np.ndarray, digits: int) -> str:
+def _fmt_scaled(x: float, scale: float, digits: int) -> str:
+    """Format ``x`` to ``digits`` significant digits *of ``scale``* (not of ``x``).
+
+    A value far below the data's scale (the mean of a zero-mean image, 1e-17 on data of
+    scale 1) is round-off and prints as 0 on every machine.
+    """
+    if not np.isfinite(x):
+        return str(x)
+    if scale <= 0 or not np.isfinite(scale):
+        return fmt(x, digits)
+    quantum = 10.0 ** (np.floor(np.log10(scale)) - digits + 1)
+    return fmt(np.round(x / quantum) * quantum, digits)
+
+
+def _stats(values: np.ndarray, digits: int, log: bool = False) -> str:
+    """First, last, min, max and mean of the finite values, at the data's precision.
+
+    On a linear axis every number is rounded relative to the largest magnitude in
+    ``values`` (:func:`_fmt_scaled`); on a log axis each to its own significant digits.
+    """
     values = np.asarray(values, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
     if values.size == 0:
         return "no finite values"
-    return (f"first {fmt(values[0], digits)}, last {fmt(values[-1], digits)}, "
-            f"min {fmt(values.min(), digits)}, max {fmt(values.max(), digits)}, "
-            f"mean {fmt(values.mean(), digits)}")
+    if log:
+        def f(v):
+            return fmt(v, digits)
+    else:
+        scale = float(np.max(np.abs(values)))
+
+        def f(v):
+            return _fmt_scaled(float(v), scale, digits)
+    return (f"first {f(values[0])}, last {f(values[-1])}, "
+            f"min {f(values.min())}, max {f(values.max())}, mean {f(values.mean())}")
+
+
+def _range(values: np.ndarray, digits: int) -> str:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "none"
+    scale = float(np.max(np.abs(values)))
+    return f"{_fmt_scaled(values.min(), scale, digits)}..{_fmt_scaled(values.max(), scale, digits)}"
 
 
 def describe_figure(fig: Figure, digits: int = 4) -> str:
@@ -86,23 +127,29 @@ def describe_figure(fig: Figure, digits: int = 4) -> str:
                    f"y: {ax.get_ylabel()!r} ({ax.get_yscale()})")
         for line in ax.get_lines():
             x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
-            label = line.get_label()
+            label = str(line.get_label() or "")
             label = "(unlabelled)" if label.startswith("_") else repr(label)
-            out.append(f"  line {label}: {y.size} pts; y {_stats(y, digits)}; "
-                       f"x {fmt(np.nanmin(x), digits)}..{fmt(np.nanmax(x), digits)}")
+            out.append(f"  line {label}: {y.size} pts; "
+                       f"y {_stats(y, digits, ax.get_yscale() == 'log')}; "
+                       f"x {_range(x, digits)}")
         for coll in ax.collections:
             if not isinstance(coll, Collection):
                 continue
             offsets = np.asarray(coll.get_offsets(), float)
-            label = coll.get_label()
+            label = str(coll.get_label() or "")
             label = "(unlabelled)" if label.startswith("_") else repr(label)
             if hasattr(coll, "levels") and getattr(coll, "levels", None) is not None:
                 lv = np.asarray(coll.levels, float)
-                out.append(f"  contours {label}: {lv.size} levels "
-                           f"{fmt(lv.min(), digits)}..{fmt(lv.max(), digits)}")
+                out.append(f"  contours {label}: {lv.size} levels {_range(lv, digits)}")
             elif offsets.ndim == 2 and offsets.shape[0] > 1:
-                out.append(f"  points {label}: {offsets.shape[0]}, mean "
-                           f"{fmt_array(offsets.mean(axis=0), digits)}")
+                finite = offsets[np.isfinite(offsets).all(axis=1)]
+                if finite.size == 0:
+                    out.append(f"  points {label}: {offsets.shape[0]}, none finite")
+                    continue
+                mean = ", ".join(_fmt_scaled(m, float(np.max(np.abs(finite[:, j]),
+                                                             initial=0.0)), digits)
+                                 for j, m in enumerate(finite.mean(axis=0)))
+                out.append(f"  points {label}: {offsets.shape[0]}, mean [{mean}]")
             else:
                 out.append(f"  {type(coll).__name__} {label}: {len(coll.get_paths())} paths")
         for im in ax.get_images():
@@ -118,15 +165,147 @@ def describe_figure(fig: Figure, digits: int = 4) -> str:
     return "\n".join(out)
 
 
-def show(fig: Figure, digits: int = 4) -> None:
-    """Lay out ``fig``, print :func:`describe_figure` and display it.
+def _display_points(artist, ax) -> np.ndarray:
+    """Display coordinates of the data an artist draws, densified along line segments."""
+    if isinstance(artist, Line2D):
+        xy = np.column_stack([np.asarray(artist.get_xdata(), float),
+                              np.asarray(artist.get_ydata(), float)])
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if len(xy) == 0:
+            return np.empty((0, 2))
+        pts = artist.get_transform().transform(xy)
+        if artist.get_linestyle() in ("None", "none", "", " ") or len(pts) < 2:
+            return pts
+        # Points every ~2 px along each segment, so that a line crossing the legend
+        # between two data points is caught too.
+        seg = np.diff(pts, axis=0)
+        n = np.clip(np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / 2.0).astype(int), 1, 400)
+        parts = [pts[i] + np.linspace(0, 1, k, endpoint=False)[:, None] * seg[i]
+                 for i, k in enumerate(n)]
+        return np.vstack([*parts, pts[-1:]])
+    if isinstance(artist, Collection):
+        offsets = np.asarray(artist.get_offsets(), float)
+        if offsets.ndim == 2 and len(offsets) and len(artist.get_paths()) <= 1:
+            offsets = offsets[np.isfinite(offsets).all(axis=1)]
+            return artist.get_offset_transform().transform(offsets)
+        trans = artist.get_transform()
+        verts = [p.vertices for p in artist.get_paths() if len(p.vertices)]
+        if not verts:
+            return np.empty((0, 2))
+        v = np.vstack(verts)
+        v = v[np.isfinite(v).all(axis=1)]
+        return trans.transform(v)
+    if isinstance(artist, Patch):
+        path = artist.get_path().interpolated(16)
+        return artist.get_transform().transform(path.vertices)
+    return np.empty((0, 2))
 
-    Use as the last line of every figure cell so that the figure's numbers are
-    compared by nbval.
+
+def legend_overlaps(fig: Figure, margin_px: float = 2.0) -> list[str]:
+    """Describe every place where a legend inside an axes covers that axes' data.
+
+    Lines (sampled every ~2 px along their segments), scatter points, the vertices of
+    other collections (contours, bands) and patches (ellipses, bars) are tested against
+    each legend's box shrunk by ``margin_px``. Images are not data a legend can avoid
+    and are ignored; so are legends placed outside the axes.
+
+    Returns
+    -------
+    list of str
+        One message per (legend, artist) overlap; empty when no legend covers data.
     """
-    fig.tight_layout()
-    print(describe_figure(fig, digits))
-    plt.show()
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    problems = []
+    for i, ax in enumerate(fig.axes):
+        legend = ax.get_legend()
+        if legend is None or not legend.get_visible():
+            continue
+        box = legend.get_window_extent(renderer)
+        x0, y0 = box.x0 + margin_px, box.y0 + margin_px
+        x1, y1 = box.x1 - margin_px, box.y1 - margin_px
+        artists = [*ax.get_lines(), *ax.collections,
+                   *(p for p in ax.patches if p.get_visible())]
+        for artist in artists:
+            if not artist.get_visible():
+                continue
+            pts = _display_points(artist, ax)
+            if pts.size == 0:
+                continue
+            inside = ((pts[:, 0] > x0) & (pts[:, 0] < x1)
+                      & (pts[:, 1] > y0) & (pts[:, 1] < y1))
+            if inside.any():
+                label = str(artist.get_label() or "")
+                label = (repr(label) if label and not label.startswith("_")
+                         else f"an unlabelled {type(artist).__name__}")
+                problems.append(f"axes {i} ({ax.get_title()!r}): the legend covers "
+                                f"{int(inside.sum())} drawn point(s) of {label}")
+    return problems
+
+
+def _in_ipython_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython ships with the book's kernel
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
+    """Lay out ``fig``, check it, and display it with its data summary attached.
+
+    Use as the last line of every figure cell. In a notebook the figure is displayed as
+    one output whose ``image/png`` (rendered at twice the screen resolution, shown at
+    its natural size) is what readers see and whose ``text/plain`` is
+    :func:`describe_figure`: the tests compare that text, readers never see it.
+    Outside a notebook the summary is printed.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    digits : int
+        Significant digits of the summary's numbers.
+    check_legends : bool
+        Raise if a legend covers plotted data (:func:`legend_overlaps`).
+
+    Returns
+    -------
+    str
+        The summary.
+
+    Raises
+    ------
+    ValueError
+        If ``check_legends`` and a legend covers data; the message says where.
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    if not fig.get_constrained_layout():
+        fig.tight_layout()
+    summary = describe_figure(fig, digits)
+    if check_legends:
+        problems = legend_overlaps(fig)
+        if problems:
+            plt.close(fig)
+            raise ValueError("legend over data; move it (loc=..., bbox_to_anchor=...):\n"
+                             + "\n".join(problems))
+    if _in_ipython_kernel():
+        from IPython.display import display
+
+        buf = io.BytesIO()
+        dpi = float(mpl.rcParams["figure.dpi"])
+        fig.savefig(buf, format="png", dpi=2 * dpi)
+        width = int(round(fig.get_figwidth() * dpi))
+        display({"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                 "text/plain": summary},
+                raw=True, metadata={"image/png": {"width": width}})
+    else:
+        print(summary)
+    plt.close(fig)
+    return summary
 
 
 def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:

@@ -1,8 +1,10 @@
-"""Machine-stable printing of numbers.
+"""Machine-stable printing and glueing of numbers.
 
-The notebooks are compared text-for-text by nbval, so every printed number is rounded
-to the precision its claim needs (four significant digits by default): harmless
-last-bit differences between machines do not fail the book, real changes do.
+The notebooks' outputs are compared by the tests, so every printed or glued number is
+rounded to the precision its claim needs (four significant digits by default):
+harmless last-bit differences between machines do not fail the book, real changes do.
+:func:`fmt` / :func:`fmt_array` print, :func:`glue` stores a rounded value for the
+prose, :func:`fmt_below` states a round-off-level quantity as a bound.
 """
 
 from __future__ import annotations
@@ -47,3 +49,92 @@ def fmt_array(values, digits: int = 4) -> str:
     if arr.ndim == 0:
         return fmt(arr, digits)
     return "[" + ", ".join(fmt_array(v, digits) for v in arr) + "]"
+
+
+def round_to(x, *, digits: int | None = None, decimals: int | None = None) -> float:
+    """Round ``x`` to ``digits`` significant digits or to ``decimals`` decimal places.
+
+    Exactly one of ``digits`` and ``decimals`` is given. The result is a Python
+    ``float`` whose ``repr`` is short (``round_to(0.5513224236995268, digits=3)`` is
+    ``0.551``), so that a stored value does not carry last-bit noise from the machine.
+
+    Raises
+    ------
+    ValueError
+        If both or neither of ``digits`` / ``decimals`` are given, ``digits < 1``, or
+        ``x`` is not finite.
+    """
+    if (digits is None) == (decimals is None):
+        raise ValueError("give exactly one of digits= and decimals=")
+    x = float(x)
+    if not np.isfinite(x):
+        raise ValueError(f"x must be finite, got {x}")
+    if digits is not None:
+        digits = check_positive_int(digits, "digits")
+        out = float(f"{x:.{digits}g}")
+    else:
+        if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)):
+            raise TypeError(f"decimals must be an int, got {type(decimals).__name__}")
+        out = round(x, int(decimals))
+    return 0.0 if out == 0 else out
+
+
+def glue(name: str, value, *, digits: int | None = None, decimals: int | None = None):
+    """Glue a value for the chapter's prose, rounded to the precision the prose shows.
+
+    A thin wrapper over :func:`myst_nb.glue` with ``display=False``: myst-nb stores the
+    value's ``repr``, which the tests compare, so a float is stored rounded (4
+    significant digits unless ``digits`` or ``decimals`` says otherwise) and a
+    machine's last bits never reach the notebook. Integers (Python or NumPy) are
+    stored as ``int``, strings as they are. Use in a code cell tagged ``remove-cell``
+    and reference it in markdown as ``{glue:text}`name```.
+
+    Parameters
+    ----------
+    name : str
+        The glue key (unique within the notebook).
+    value : float, int or str
+    digits, decimals : int, optional
+        Significant digits or decimal places of a float (at most one of them).
+
+    Returns
+    -------
+    float, int or str
+        The stored value.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str, got {name!r}")
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"value of {name!r} is a bool: glue a number or a str")
+    if isinstance(value, str):
+        stored = value
+    elif isinstance(value, (int, np.integer)):
+        if digits is not None or decimals is not None:
+            raise ValueError(f"{name!r} is an integer: do not give digits/decimals")
+        stored = int(value)
+    else:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"value of {name!r} must be a number or a str, "
+                            f"got {type(value).__name__}") from None
+        if digits is None and decimals is None:
+            digits = 4
+        stored = round_to(x, digits=digits, decimals=decimals)
+    from myst_nb import glue as _myst_glue
+
+    _myst_glue(name, stored, display=False)
+    return stored
+
+
+def fmt_below(value, bound: float, name: str = "max |error|") -> str:
+    """State that a round-off-level quantity is below a bound, without printing it.
+
+    ``fmt_below(3e-16, 1e-12)`` is ``'max |error| < 1e-12: True'``: the statement is the
+    same on every machine, whereas the value itself is last-bit noise.
+    """
+    bound = float(bound)
+    if not np.isfinite(bound) or bound <= 0:
+        raise ValueError(f"bound must be a positive finite number, got {bound}")
+    value = float(value)
+    return f"{name} < {bound:g}: {bool(value < bound)}"

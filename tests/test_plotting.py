@@ -2,7 +2,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from elbo_lib.plotting import describe_figure, gaussian_ellipse, set_theme, show
+from elbo_lib.plotting import (
+    describe_figure,
+    gaussian_ellipse,
+    legend_overlaps,
+    set_theme,
+    show,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -17,7 +23,7 @@ def _figure(y):
     ax.plot(np.arange(len(y)), y, label="trace")
     ax.scatter([0, 1, 2], [1, 2, 3], label="pts")
     ax.set(title="T", xlabel="iteration", ylabel="value", yscale="log")
-    ax.legend()
+    ax.legend(loc="upper left")
     return fig
 
 
@@ -54,8 +60,81 @@ def test_describe_figure_bad_input():
 
 
 def test_show_prints_description(capsys):
-    show(_figure([1.0, 3.0]))
+    summary = show(_figure([1.0, 3.0]))
     assert "line 'trace': 2 pts" in capsys.readouterr().out
+    assert "line 'trace': 2 pts" in summary
+
+
+def test_describe_figure_prints_round_off_relative_to_the_data_scale():
+    # A zero-mean image: its mean is round-off whose last bits depend on the machine.
+    img = np.array([[1.0, -1.0], [0.5, -0.5 + 1e-17]])
+    fig, ax = plt.subplots()
+    ax.imshow(img)
+    assert "mean 0" in describe_figure(fig)
+    fig2, ax2 = plt.subplots()
+    ax2.imshow(img + np.array([[0, 0], [0, 3e-17]]))
+    assert describe_figure(fig) == describe_figure(fig2)
+    # ... but a real change at the 4th significant digit of the scale shows.
+    fig3, ax3 = plt.subplots()
+    ax3.imshow(img + np.array([[0, 0], [0, 1e-3]]))
+    assert describe_figure(fig) != describe_figure(fig3)
+
+
+def test_describe_figure_log_axis_keeps_small_values():
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [1.0, 1e-4, 1.234e-8], label="err")
+    ax.set_yscale("log")
+    assert "last 1.234e-08" in describe_figure(fig)
+
+
+def test_describe_figure_empty_line():
+    fig, ax = plt.subplots()
+    ax.plot([], [], label="empty")
+    assert "line 'empty': 0 pts; y no finite values; x none" in describe_figure(fig)
+
+
+def _legend_figure(loc):
+    fig, ax = plt.subplots()
+    x = np.linspace(0, 1, 50)
+    ax.plot(x, x, label="diagonal")
+    ax.legend(loc=loc)
+    return fig
+
+
+def test_legend_overlap_detects_a_legend_on_the_line():
+    # The diagonal runs from the lower-left to the upper-right corner.
+    assert legend_overlaps(_legend_figure("upper left")) == []
+    problems = legend_overlaps(_legend_figure("upper right"))
+    assert len(problems) == 1 and "'diagonal'" in problems[0]
+
+
+def test_legend_overlap_detects_a_segment_crossing_between_points():
+    # Two points only, far apart: no vertex is under the legend, the segment is.
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0.9, 0.9], label="flat")
+    ax.plot([0, 1], [0, 0.05], label="low")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper center")
+    assert any("'flat'" in p for p in legend_overlaps(fig))
+
+
+def test_legend_overlap_scatter_and_outside_legend():
+    fig, ax = plt.subplots()
+    ax.scatter([0.95], [0.95], label="corner point")
+    ax.scatter([0.0], [0.0], label="origin")
+    ax.set(xlim=(-0.1, 1.05), ylim=(-0.1, 1.05))
+    ax.legend(loc="upper right")
+    assert any("'corner point'" in p for p in legend_overlaps(fig))
+    fig2, ax2 = plt.subplots()
+    ax2.scatter([0.95], [0.95], label="corner point")
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    assert legend_overlaps(fig2) == []
+
+
+def test_show_refuses_a_legend_over_data():
+    with pytest.raises(ValueError, match="legend over data"):
+        show(_legend_figure("upper right"))
+    show(_legend_figure("upper right"), check_legends=False)  # an explicit opt-out works
 
 
 def test_gaussian_ellipse_axes_match_eigenvectors():
