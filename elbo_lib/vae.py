@@ -46,6 +46,7 @@ __all__ = [
     "fano_error_bound",
     "fit_encoder",
     "gradient_snr",
+    "inference_gaps",
     "iwae_objective",
     "kl_per_unit",
     "train_vae_variant",
@@ -603,10 +604,10 @@ def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01
 def elbo_per_point(model: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
     """Per-data-point ELBO with the closed-form KL: mean_s log p(x | z_s) - KL(q || p).
 
-    The reconstruction term is averaged over ``num_samples`` reparameterised samples; the
-    KL is exact (:func:`elbo_lib.bounds.gaussian_kl`). :func:`iwae_bound` estimates the same quantity from
-    log importance weights (Monte Carlo in both terms), so the two agree within Monte
-    Carlo error. Used by chapter 6.
+    The reconstruction term is averaged over ``num_samples`` reparameterised samples;
+    the KL is exact (:func:`elbo_lib.bounds.gaussian_kl`). :func:`iwae_bound` estimates
+    the same quantity from log importance weights (Monte Carlo in both terms), so the
+    two agree within Monte Carlo error. Used by chapter 6.
 
     Returns
     -------
@@ -840,7 +841,7 @@ def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
     """The aggregate posterior of a 2-D VAE on a grid, its KL to the prior and I(x; z).
 
     q(z) is the equal-weight mixture of the encoder's Gaussians over the data ``x``
-    (Hoffman and Johnson 2016; Makhzani et al. 2016). The average KL term of the ELBO
+    (Hoffman and Johnson 2016). The average KL term of the ELBO
     splits exactly into the mutual information between x and z under q and the KL from
     q(z) to the prior; both are computed here by Riemann sums on a
     ``num_points`` x ``num_points`` grid over [-limit, limit]^2 in float64, and the sum
@@ -945,3 +946,34 @@ def fano_error_bound(conditional_entropy: float, num_classes: int) -> float:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if rhs(mid) < h else (lo, mid)
     return hi
+
+
+def inference_gaps(model: VAE, x: torch.Tensor, log_px: torch.Tensor,
+                   num_steps: int = 300, lr: float = 0.01, k: int = 1000
+                   ) -> dict[str, object]:
+    """Amortisation and approximation gaps of ``x`` (Cremer et al. 2018).
+
+    Refines q per data point with :func:`refine_posterior` (``num_steps`` Adam steps
+    from the encoder's output), then estimates the ELBO of the encoder's q and of the
+    refined q with ``k`` fresh samples each (:func:`iwae_bound`). With ``log_px`` the
+    exact log-likelihood (for a 2-D latent, :func:`grid_log_marginal`):
+    amortisation gap = mean(ELBO_refined - ELBO_encoder), approximation gap =
+    mean(log_px - ELBO_refined). Used by chapter 6.
+
+    Returns
+    -------
+    dict
+        ``"amortisation"``, ``"approximation"`` (floats), ``"elbo_encoder"``,
+        ``"elbo_refined"`` (tensors of shape (n,)) and ``"trace"`` (the refinement's
+        mean stochastic ELBO per step).
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    if not isinstance(log_px, torch.Tensor) or log_px.shape != (len(x),):
+        raise ValueError(f"log_px must be a tensor of shape ({len(x)},)")
+    mean, logvar, trace = refine_posterior(model, x, num_steps, lr)
+    elbo_encoder = iwae_bound(model, x, k)[1]
+    elbo_refined = iwae_bound(model, x, k, mean, logvar)[1]
+    return {"amortisation": float((elbo_refined - elbo_encoder).mean()),
+            "approximation": float((log_px - elbo_refined).mean()),
+            "elbo_encoder": elbo_encoder, "elbo_refined": elbo_refined, "trace": trace}
