@@ -408,14 +408,14 @@ def test_aggregate_posterior_decomposition(toy_data):
     from elbo_lib.vae import aggregate_posterior
 
     model = VAE(6, 2, hidden=8)
-    agg = aggregate_posterior(model, toy_data, num_points=151)
-    assert agg.log_density.shape == (151, 151)
+    agg = aggregate_posterior(model, toy_data, limit=8.0, num_points=201)
+    assert agg.log_density.shape == (201, 201)
     h = agg.axis[1] - agg.axis[0]
     assert np.exp(agg.log_density).sum() * h * h == pytest.approx(1.0, abs=1e-3)
     assert agg.mutual_information + agg.kl_to_prior == pytest.approx(agg.mean_rate, abs=1e-4)
     assert 0 <= agg.mutual_information <= math.log(len(toy_data)) + 1e-6
     # one image repeated: the aggregate posterior is q(z | x) itself, no information
-    same = aggregate_posterior(model, toy_data[:1].expand(5, 6).contiguous())
+    same = aggregate_posterior(model, toy_data[:1].expand(5, 6).contiguous(), limit=8.0)
     assert abs(same.mutual_information) < 1e-6
     assert same.kl_to_prior == pytest.approx(same.mean_rate, abs=1e-4)
 
