@@ -7,15 +7,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
 
-.PHONY: all book test execute lint bench bench-smoke clean help
+.PHONY: all book test test-portable execute lint bench bench-smoke clean help
 
 all: book
 
 help:
 	@echo "make book     build the HTML book into book/_build/html (warnings are errors)"
 	@echo "make test     library tests + nbval over every chapter + book build check"
+	@echo "make test-portable  nbval over every chapter under 3 kernel configurations"
+	@echo "              imitating other x86-64 CPUs (tools/portability.py; 3 nbval passes)"
 	@echo "make execute  re-execute every notebook in place (refresh committed outputs)"
-	@echo "make lint     ruff over elbo_lib, tests, benchmarks and the notebooks"
+	@echo "make lint     ruff over elbo_lib, tests, tools, benchmarks and the notebooks"
 	@echo "make bench    run the benchmarks (see benchmarks/)"
 	@echo "make clean    remove the build output and caches (keeps .venv)"
 
@@ -34,11 +36,14 @@ book: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+test-portable: $(STAMP)
+	$(BIN)/python tools/portability.py
+
 execute: $(STAMP)
 	$(BIN)/python -m elbo_lib.notebooks $(NOTEBOOKS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check elbo_lib tests benchmarks chapters
+	$(BIN)/ruff check elbo_lib tests benchmarks chapters tools conftest.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -20,7 +20,8 @@ from torch.distributions import Distribution
 
 from elbo_lib._validation import check_positive_int
 
-__all__ = ["gaussian_entropy", "gaussian_kl", "importance_weighted_bound", "monte_carlo_elbo"]
+__all__ = ["gaussian_elbo_quadrature", "gaussian_entropy", "gaussian_kl",
+           "importance_weighted_bound", "log_evidence_quadrature", "monte_carlo_elbo"]
 
 
 def monte_carlo_elbo(
@@ -202,3 +203,112 @@ def importance_weighted_bound(log_weights, dim: int = 0):
     with np.errstate(divide="ignore"):  # all weights zero: the bound is -inf
         total = np.log(np.mean(np.exp(log_weights - safe), axis=dim))
     return np.squeeze(safe, axis=dim) + total
+
+
+def gaussian_elbo_quadrature(log_joint: Callable[[np.ndarray], np.ndarray], mean, std,
+                             num_nodes: int = 60):
+    """ELBO of q = N(mean, std^2) for a 1-D latent, by Gauss-Hermite quadrature.
+
+    .. math::
+
+        \\mathrm{ELBO}(q) = \\mathbb{E}_q[\\log p(x, z)] + H[q]
+        \\approx \\sum_j w_j \\log p(x, m + s\\,t_j) + \\tfrac12 \\log(2\\pi e s^2),
+
+    with the probabilists' Gauss-Hermite nodes t_j and weights w_j (normalised to sum
+    to 1). The rule is exact when log p(x, z) is a polynomial of degree below
+    ``2 * num_nodes``. Used by chapter 1 as the deterministic oracle next to Monte Carlo
+    estimates of a non-conjugate model's ELBO.
+
+    Parameters
+    ----------
+    log_joint : callable
+        Maps a NumPy array of z values (any shape) to log p(x, z) elementwise.
+    mean, std : float or array_like
+        Parameters of q (broadcast together); ``std`` > 0.
+    num_nodes : int
+        Number of quadrature nodes (>= 1).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        The ELBO for every (mean, std) pair, in nats.
+
+    Raises
+    ------
+    TypeError
+        If ``log_joint`` is not callable.
+    ValueError
+        If ``std`` is not positive or ``log_joint`` returns a wrong shape or NaN.
+    """
+    from numpy.polynomial.hermite_e import hermegauss
+
+    from elbo_lib._validation import as_float_array, check_positive
+
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
+    num_nodes = check_positive_int(num_nodes, "num_nodes")
+    mean = as_float_array(mean, "mean")
+    std = check_positive(std, "std", allow_array=True)
+    mean, std = np.broadcast_arrays(mean, std)
+    nodes, weights = hermegauss(num_nodes)
+    weights = weights / weights.sum()
+    z = mean[..., None] + std[..., None] * nodes
+    values = np.asarray(log_joint(z), dtype=np.float64)
+    if values.shape != z.shape:
+        raise ValueError(f"log_joint must return an array of the shape of its input "
+                         f"{z.shape}, got {values.shape}")
+    if np.any(np.isnan(values)):
+        raise ValueError("log_joint returned NaN")
+    out = values @ weights + gaussian_entropy(std**2)
+    return float(out) if out.ndim == 0 else out
+
+
+def log_evidence_quadrature(log_joint: Callable[[np.ndarray], np.ndarray], grid):
+    """log p(x) = log of the integral of p(x, z) over a 1-D latent, on a uniform grid.
+
+    Computes the trapezoidal rule in log space (a stable log-sum-exp) and also returns
+    the normalised posterior density on the grid. Used by chapter 1 as the exact
+    evidence of a non-conjugate model; the grid must cover the posterior's mass (the
+    density at both ends should be negligible, which is checked).
+
+    Parameters
+    ----------
+    log_joint : callable
+        Maps a NumPy array of z values to log p(x, z) elementwise.
+    grid : array_like, shape (m,)
+        Uniformly spaced, increasing z values (m >= 3).
+
+    Returns
+    -------
+    log_evidence : float
+    posterior : numpy.ndarray, shape (m,)
+        p(z | x) at the grid points.
+
+    Raises
+    ------
+    ValueError
+        If the grid is not uniform and increasing, or the posterior has more than
+        1e-12 of its peak density at an end of the grid.
+    """
+    from elbo_lib._validation import as_float_array
+
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
+    grid = as_float_array(grid, "grid", ndim=1)
+    if grid.size < 3:
+        raise ValueError(f"grid needs at least 3 points, got {grid.size}")
+    steps = np.diff(grid)
+    if np.any(steps <= 0) or np.ptp(steps) > 1e-9 * steps.mean():
+        raise ValueError("grid must be uniformly spaced and increasing")
+    values = np.asarray(log_joint(grid), dtype=np.float64)
+    if values.shape != grid.shape:
+        raise ValueError(f"log_joint must return shape {grid.shape}, got {values.shape}")
+    top = values.max()
+    if not np.isfinite(top):
+        raise ValueError("log_joint must be finite somewhere on the grid")
+    if max(values[0], values[-1]) > top + np.log(1e-12):
+        raise ValueError("the grid does not cover the posterior: widen it")
+    dens = np.exp(values - top)
+    integral = steps.mean() * (dens.sum() - 0.5 * (dens[0] + dens[-1]))
+    log_evidence = float(top + np.log(integral))
+    return log_evidence, np.exp(values - log_evidence)

@@ -754,3 +754,384 @@ def fit_heteroscedastic(x, y, *, hidden: int = 32, num_samples: int = 16,
         opt.step()
         losses[step] = float(loss.detach())
     return net, losses
+
+
+# --------------------------------------------------------------------------------------
+# the Gaussian ELBO gradient written out: closed-form entropy vs the path derivative
+# --------------------------------------------------------------------------------------
+ELBO_GRADIENTS = ("total", "path-derivative")
+
+
+def _check_mu_tril(mu, scale_tril) -> tuple[torch.Tensor, torch.Tensor]:
+    mu = torch.as_tensor(as_float_array(mu, "mu", ndim=1), dtype=DTYPE)
+    low = torch.as_tensor(as_float_array(scale_tril, "scale_tril", ndim=2), dtype=DTYPE)
+    d = mu.shape[0]
+    if tuple(low.shape) != (d, d):
+        raise ValueError(f"scale_tril must have shape ({d}, {d}) to match mu, got "
+                         f"{tuple(low.shape)}")
+    if not torch.equal(low, torch.tril(low)) or bool((torch.diagonal(low) <= 0).any()):
+        raise ValueError("scale_tril must be lower triangular with a positive diagonal")
+    return mu, low
+
+
+def gaussian_elbo_gradient_samples(
+    log_joint: Callable[[torch.Tensor], torch.Tensor],
+    mu,
+    scale_tril,
+    num_samples: int,
+    num_repeats: int = 1,
+    *,
+    estimator: str = "total",
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-sample pathwise terms of the ELBO gradient for q = N(mu, L L^T).
+
+    With z = mu + L eps and g(z) = grad_z log p(x, z), the two estimators are
+
+    ``"total"``
+        the closed-form-entropy gradient, ``d/dmu = g``, ``d/dL = tril(g eps^T)
+        + diag(1 / L_ii)``. It is, sample by sample, what automatic differentiation of the
+        Monte Carlo ELBO ``log p(x, z) - log q_phi(z)`` through ``rsample`` returns
+        (the total derivative): for a Gaussian, ``log q_phi(mu + L eps)`` is
+        ``-|eps|^2 / 2 - log det L + const``, whose gradient is the entropy's.
+    ``"path-derivative"``
+        the "sticking the landing" estimator of Roeder, Wu and Duvenaud (2017): only the
+        path through z, ``s = g - grad_z log q(z) = g + L^{-T} eps``, ``d/dmu = s``,
+        ``d/dL = tril(s eps^T)``. The dropped term, the score of q at fixed z, has mean
+        zero; when q equals the posterior, s = 0 for every sample.
+
+    Parameters
+    ----------
+    log_joint : callable
+        Maps samples (N, D) to log p(x, z) of shape (N,), differentiable in z.
+    mu : array_like, shape (D,)
+    scale_tril : array_like, shape (D, D)
+        Lower-triangular Cholesky factor L with a positive diagonal.
+    num_samples, num_repeats : int
+        S samples per estimate, R independent estimates.
+    estimator : {"total", "path-derivative"}
+    generator : torch.Generator, optional
+        Source of the base noise eps (default: torch's global generator).
+
+    Returns
+    -------
+    dict
+        ``{"mu": tensor (R, S, D), "scale_tril": tensor (R, S, D, D)}``: the per-sample
+        terms; the S-sample estimate is their mean over axis 1. Chapter 5.
+    """
+    if estimator not in ELBO_GRADIENTS:
+        raise ValueError(f"estimator must be one of {ELBO_GRADIENTS}, got {estimator!r}")
+    mu, low = _check_mu_tril(mu, scale_tril)
+    num_samples = check_positive_int(num_samples, "num_samples")
+    num_repeats = check_positive_int(num_repeats, "num_repeats")
+    n, d = num_samples * num_repeats, mu.shape[0]
+    eps = torch.randn(n, d, dtype=DTYPE, generator=generator)
+    z = (mu + eps @ low.T).requires_grad_(True)
+    (g,) = torch.autograd.grad(_evaluate(log_joint, z, n).sum(), z)
+    if estimator == "path-derivative":
+        g = g + torch.linalg.solve_triangular(low.T, eps.T, upper=True).T
+    g_low = torch.tril(g[:, :, None] * eps[:, None, :])
+    if estimator == "total":
+        g_low = g_low + torch.diag(1.0 / torch.diagonal(low))
+    return {"mu": g.reshape(num_repeats, num_samples, d),
+            "scale_tril": g_low.reshape(num_repeats, num_samples, d, d)}
+
+
+def gaussian_target_elbo_gradient(mu, scale_tril, mean, precision) -> dict[str, np.ndarray]:
+    """Exact ELBO gradient for q = N(mu, L L^T) and a Gaussian posterior N(m, P^{-1}).
+
+    ``ELBO = -(mu - m)^T P (mu - m) / 2 - tr(P L L^T) / 2 + log det L + const``, so
+    ``d/dmu = -P (mu - m)`` and ``d/dL = tril(-P L) + diag(1 / L_ii)``: the oracle for
+    :func:`gaussian_elbo_gradient_samples` in chapter 5. Zero when L L^T = P^{-1} and
+    mu = m.
+    """
+    mu_t, low_t = _check_mu_tril(mu, scale_tril)
+    mu, low = mu_t.numpy(), low_t.numpy()
+    mean = as_float_array(mean, "mean", ndim=1)
+    precision = as_float_array(precision, "precision", ndim=2)
+    d = mu.size
+    if mean.shape != (d,) or precision.shape != (d, d):
+        raise ValueError(f"mean and precision must have shapes ({d},) and ({d}, {d}), got "
+                         f"{mean.shape} and {precision.shape}")
+    return {"mu": -precision @ (mu - mean),
+            "scale_tril": np.tril(-precision @ low) + np.diag(1.0 / np.diag(low))}
+
+
+# --------------------------------------------------------------------------------------
+# many black-box VI runs at once: step-size sweeps over several seeds
+# --------------------------------------------------------------------------------------
+VI_ESTIMATORS = ("pathwise", "path-derivative", "score")
+
+
+@dataclass
+class ParallelVIResult:
+    """Output of :func:`fit_gaussian_vi_parallel`: R independent runs.
+
+    Attributes
+    ----------
+    lrs : ndarray (R,)
+        Adam step size of each run.
+    mu, scale_tril : ndarray (R, D) and (R, D, D)
+        Final q of each run (NaN where a run's parameters overflowed).
+    steps : ndarray (T,)
+        Steps at which the ELBO trace was recorded.
+    elbo : ndarray (R, T)
+        ELBO estimates (``eval_samples`` fresh samples, closed-form entropy).
+    final_elbo : ndarray (R,)
+        ELBO of the final q from ``final_samples`` samples.
+    diverged : ndarray of bool (R,)
+        The run's final ELBO is non-finite or below the ELBO of its starting point.
+    model_evaluations : int
+        log-joint evaluations spent on gradients by each run (steps x S).
+    """
+
+    lrs: np.ndarray
+    mu: np.ndarray
+    scale_tril: np.ndarray
+    steps: np.ndarray
+    elbo: np.ndarray
+    final_elbo: np.ndarray
+    diverged: np.ndarray
+    model_evaluations: int
+
+
+def _batched_log_q(z: torch.Tensor, mu: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu_r, L_r L_r^T) for z (R, S, D), mu (R, D), low (R, D, D) -> (R, S)."""
+    diff = (z - mu[:, None, :]).transpose(1, 2)
+    white = torch.linalg.solve_triangular(low, diff, upper=False)
+    log_det = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1, keepdim=True)
+    return -0.5 * (white**2).sum(1) - log_det - 0.5 * mu.shape[-1] * math.log(2 * math.pi)
+
+
+def fit_gaussian_vi_parallel(
+    log_joint: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    lrs,
+    *,
+    family: str = "diagonal",
+    estimator: str = "pathwise",
+    num_samples: int = 8,
+    num_steps: int = 1000,
+    baseline: None | float | str = "leave-one-out",
+    eval_every: int = 100,
+    eval_samples: int = 256,
+    final_samples: int = 4096,
+    init_scale: float = 0.1,
+    seed: int = 0,
+) -> ParallelVIResult:
+    """Run ``len(lrs)`` independent Gaussian black-box VI runs in parallel.
+
+    The same algorithm as :func:`fit_gaussian_vi` (q = N(mu, L L^T), diagonal or
+    full-rank, softplus diagonal, mu = 0 and L = init_scale I at the start, Adam), but
+    every run has its own step size and its own noise, and all runs advance in one
+    batched computation. Repeating a step size in ``lrs`` gives independent replicates
+    (seeds) of that setting. Chapter 5 uses it for a step-size sweep of the estimators.
+
+    Parameters
+    ----------
+    log_joint : callable
+        Maps samples (N, D) to log p(x, z) of shape (N,).
+    dim : int
+    lrs : array_like of float > 0, shape (R,)
+    family : {"diagonal", "full"}
+    estimator : {"pathwise", "path-derivative", "score"}
+        Pathwise with closed-form entropy (the gradient of ``monte_carlo_elbo`` through
+        ``rsample``), the path-derivative estimator of Roeder et al. (2017), or the
+        score-function estimator of Ranganath et al. (2014) with ``baseline``.
+    num_samples, num_steps : int
+        S samples of q per step (S model evaluations per run and step) and steps.
+    baseline : None, float or "leave-one-out"
+        Score function only.
+    eval_every, eval_samples, final_samples : int
+        ELBO trace every ``eval_every`` steps; final ELBO from ``final_samples``.
+    init_scale : float
+    seed : int
+        Seed of the private torch generator that draws every run's noise.
+
+    Returns
+    -------
+    ParallelVIResult
+    """
+    dim = check_positive_int(dim, "dim")
+    lrs_np = np.atleast_1d(as_float_array(lrs, "lrs", ndim=1))
+    if np.any(lrs_np <= 0):
+        raise ValueError("every step size in lrs must be > 0")
+    if family not in GaussianVariational.FAMILIES:
+        raise ValueError(f"family must be one of {GaussianVariational.FAMILIES}, "
+                         f"got {family!r}")
+    if estimator not in VI_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {VI_ESTIMATORS}, got {estimator!r}")
+    if estimator != "score":
+        baseline = None
+    num_samples = check_positive_int(num_samples, "num_samples")
+    baseline = _check_baseline(baseline, num_samples)
+    num_steps = check_positive_int(num_steps, "num_steps")
+    eval_every = check_positive_int(eval_every, "eval_every")
+    eval_samples = check_positive_int(eval_samples, "eval_samples")
+    final_samples = check_positive_int(final_samples, "final_samples")
+    init_scale = check_positive(init_scale, "init_scale")
+    gen = torch.Generator().manual_seed(check_positive_int(seed, "seed", minimum=0))
+    r, d, s = lrs_np.size, dim, num_samples
+    raw0 = math.log(math.expm1(init_scale))
+    mu = torch.zeros(r, d, dtype=DTYPE, requires_grad=True)
+    if family == "diagonal":
+        raw = torch.full((r, d), raw0, dtype=DTYPE, requires_grad=True)
+    else:
+        raw = torch.diag_embed(torch.full((r, d), raw0, dtype=DTYPE)).requires_grad_(True)
+    entropy_const = 0.5 * d * (1.0 + math.log(2 * math.pi))
+
+    def tril_of(raw_t: torch.Tensor) -> torch.Tensor:
+        if family == "diagonal":
+            return torch.diag_embed(softplus(raw_t))
+        return (torch.tril(raw_t, -1)
+                + torch.diag_embed(softplus(torch.diagonal(raw_t, dim1=1, dim2=2))))
+
+    def log_p(z: torch.Tensor) -> torch.Tensor:
+        return log_joint(z.reshape(-1, d)).reshape(z.shape[0], z.shape[1])
+
+    def elbo_of(mu_t, low, num) -> np.ndarray:
+        with torch.no_grad():
+            eps = torch.randn(r, num, d, dtype=DTYPE, generator=gen)
+            z = mu_t[:, None, :] + eps @ low.transpose(1, 2)
+            ent = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1) + entropy_const
+            return (log_p(z).mean(1) + ent).numpy()
+
+    lr_t = torch.as_tensor(lrs_np, dtype=DTYPE)
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
+    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (mu, raw)]
+    steps, trace = [0], [elbo_of(mu.detach(), tril_of(raw.detach()), eval_samples)]
+    for step in range(1, num_steps + 1):
+        low = tril_of(raw)
+        eps = torch.randn(r, s, d, dtype=DTYPE, generator=gen)
+        if estimator == "score":
+            with torch.no_grad():
+                z = mu[:, None, :] + eps @ low.transpose(1, 2)
+            log_q = _batched_log_q(z, mu, low)
+            with torch.no_grad():
+                w = _apply_baseline(log_p(z) - log_q, baseline)
+            objective = (w * log_q).mean(1)
+        else:
+            z = mu[:, None, :] + eps @ low.transpose(1, 2)
+            if estimator == "pathwise":
+                ent = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1)
+                objective = log_p(z).mean(1) + ent
+            else:
+                objective = (log_p(z) - _batched_log_q(z, mu.detach(),
+                                                       low.detach())).mean(1)
+        grads = torch.autograd.grad(-objective.sum(), (mu, raw))
+        with torch.no_grad():
+            for p, g, (m1, m2) in zip((mu, raw), grads, state, strict=True):
+                m1.mul_(beta1).add_(g, alpha=1 - beta1)
+                m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (m2 / (1 - beta2**step)).sqrt_().add_(adam_eps)
+                lr_b = lr_t.reshape(-1, *([1] * (p.ndim - 1)))
+                p.sub_(lr_b * (m1 / (1 - beta1**step)) / denom)
+        if step % eval_every == 0 or step == num_steps:
+            steps.append(step)
+            trace.append(elbo_of(mu.detach(), tril_of(raw.detach()), eval_samples))
+    low = tril_of(raw.detach())
+    final = elbo_of(mu.detach(), low, final_samples)
+    elbo = np.stack(trace, axis=1)
+    diverged = ~np.isfinite(final) | (final < elbo[:, 0])
+    return ParallelVIResult(lrs_np, mu.detach().numpy(), low.numpy(), np.asarray(steps),
+                            elbo, final, diverged, num_steps * num_samples)
+
+
+# --------------------------------------------------------------------------------------
+# a gold standard for a posterior with no closed form: importance sampling
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImportanceSamplingResult:
+    """Output of :func:`importance_sampling_posterior`.
+
+    Attributes
+    ----------
+    log_evidence : float
+        log of the importance-sampling estimate of p(x) (unbiased for p(x)).
+    log_evidence_se : float
+        Its delta-method standard error, sqrt((mean w^2 / (mean w)^2 - 1) / N).
+    ess : float
+        Effective sample size (sum w)^2 / sum w^2.
+    mean, sd, skewness : ndarray (D,)
+        Self-normalised estimates of the posterior marginals' mean, standard deviation
+        and standardised third moment.
+    num_samples : int
+    """
+
+    log_evidence: float
+    log_evidence_se: float
+    ess: float
+    mean: np.ndarray
+    sd: np.ndarray
+    skewness: np.ndarray
+    num_samples: int
+
+
+def importance_sampling_posterior(
+    log_joint: Callable[[torch.Tensor], torch.Tensor],
+    mean,
+    cov,
+    num_samples: int,
+    *,
+    rng: np.random.Generator,
+    df: float = 10.0,
+    chunk_size: int = 20_000,
+) -> ImportanceSamplingResult:
+    """Posterior moments and log evidence by importance sampling from a Student-t.
+
+    The proposal is a multivariate Student-t with ``df`` degrees of freedom, location
+    ``mean`` and shape ``cov`` (for example the Laplace approximation): heavier tails
+    than the posterior keep the weights w = p(x, z) / r(z) bounded. The log weights are
+    combined with log-sum-exp. Chapter 5 uses it as the gold standard for Bayesian
+    logistic regression.
+
+    Parameters
+    ----------
+    log_joint : callable
+        Maps samples (N, D) to log p(x, z), shape (N,).
+    mean : array_like (D,)
+    cov : array_like (D, D), symmetric positive definite
+    num_samples : int
+    rng : numpy.random.Generator
+    df : float
+        Degrees of freedom (> 0) of the proposal.
+    chunk_size : int
+        Samples per call of ``log_joint``.
+
+    Returns
+    -------
+    ImportanceSamplingResult
+    """
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_t
+
+    mean = as_float_array(mean, "mean", ndim=1)
+    cov = as_float_array(cov, "cov", ndim=2)
+    if cov.shape != (mean.size, mean.size):
+        raise ValueError(f"cov must have shape ({mean.size}, {mean.size}), got {cov.shape}")
+    num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    df = check_positive(df, "df")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+    proposal = multivariate_t(loc=mean, shape=cov, df=df)
+    z = np.atleast_2d(proposal.rvs(size=num_samples, random_state=rng))
+    log_w = np.empty(num_samples)
+    with torch.no_grad():
+        for start in range(0, num_samples, chunk_size):
+            block = torch.as_tensor(z[start:start + chunk_size], dtype=DTYPE)
+            log_w[start:start + chunk_size] = log_joint(block).numpy()
+    log_w -= proposal.logpdf(z)
+    if not np.all(np.isfinite(log_w)):
+        raise ValueError("log_joint or the proposal returned non-finite values")
+    log_sum = logsumexp(log_w)
+    w = np.exp(log_w - log_sum)  # normalised weights, sum 1
+    ess = 1.0 / float(np.sum(w**2))
+    post_mean = w @ z
+    centred = z - post_mean
+    var = w @ centred**2
+    skew = (w @ centred**3) / var**1.5
+    log_evidence = float(log_sum - math.log(num_samples))
+    rel_var = max(num_samples / ess - 1.0, 0.0) / num_samples
+    return ImportanceSamplingResult(log_evidence, math.sqrt(rel_var), ess, post_mean,
+                                    np.sqrt(var), skew, num_samples)

@@ -16,6 +16,12 @@ exact answer to check it against:
 * :func:`bsc_mean_field` -- binary sparse coding with the fixed-point updates of
   Goodfellow et al. (2016), section 19.4.1, checked against exact enumeration
   (:func:`bsc_exact_posterior`).
+* :func:`cavi_dirichlet_mixture` -- the same mixture with learned weights (q(pi) Dirichlet),
+  checked against its exact evidence over all set partitions
+  (:func:`dirichlet_mixture_log_evidence`) on small data.
+* :func:`bsc_variational_em` -- learning W, b, beta of binary sparse coding with mean-field
+  E-steps (Goodfellow et al. 2016, section 19.4.4), with the exact log-likelihood
+  (:func:`bsc_log_likelihood`) tracked by enumeration.
 """
 
 from __future__ import annotations
@@ -30,26 +36,37 @@ from scipy.special import digamma, expit, gammaln, log_expit, logsumexp, xlogy
 from elbo_lib._validation import as_float_array, check_positive, check_positive_int
 
 __all__ = [
+    "BSCLearningResult",
     "BSCTrace",
+    "DirichletMixtureCAVIResult",
     "MixtureCAVIResult",
     "NormalGamma",
     "NormalGammaCAVIResult",
     "NormalGammaMeanField",
     "bsc_elbo",
+    "bsc_elbo_batch",
     "bsc_elbo_enumeration",
+    "bsc_exact_moments",
     "bsc_exact_posterior",
+    "bsc_log_likelihood",
     "bsc_log_joint",
     "bsc_mean_field",
+    "bsc_mean_field_batch",
+    "bsc_variational_em",
+    "cavi_dirichlet_mixture",
     "cavi_gaussian",
     "cavi_gaussian_mixture",
     "cavi_normal_gamma",
     "gaussian_kl_mvn",
+    "dirichlet_mixture_elbo",
+    "dirichlet_mixture_log_evidence",
     "gaussian_mixture_elbo",
     "kl_on_grid",
     "mean_field_gaussian",
     "normal_gamma_elbo",
     "normal_gamma_log_evidence",
     "normal_gamma_posterior",
+    "set_partitions",
 ]
 
 _LOG_2PI = float(np.log(2 * np.pi))
@@ -797,3 +814,445 @@ def bsc_mean_field(v, weights, bias, noise_precision, *, schedule: str = "sequen
             converged = True
             break
     return BSCTrace(h, np.asarray(history), np.asarray(elbos), converged)
+
+
+# ---------------------------------------------------------------------------------------
+# 5. Mixture with learned weights: q(pi) Dirichlet (chapter 4, exercise 3 run for real)
+# ---------------------------------------------------------------------------------------
+@dataclass
+class DirichletMixtureCAVIResult(MixtureCAVIResult):
+    """Output of :func:`cavi_dirichlet_mixture`: the fields of :class:`MixtureCAVIResult`
+    and ``concentration`` (K,), the parameters alpha_k of q(pi) = Dirichlet(alpha)."""
+
+    concentration: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    @property
+    def weights(self) -> np.ndarray:
+        """E_q[pi_k] = alpha_k / sum_l alpha_l."""
+        return self.concentration / self.concentration.sum()
+
+
+def dirichlet_mixture_elbo(x, means, variances, resp, concentration, prior_var: float,
+                           alpha0: float) -> float:
+    """ELBO of the Bayesian mixture of unit-variance Gaussians with Dirichlet weights (ch. 4).
+
+    Model: pi ~ Dirichlet(alpha0, ..., alpha0), mu_k ~ N(0, sigma^2 I),
+    c_i | pi ~ Categorical(pi), x_i | c_i, mu ~ N(mu_{c_i}, I).
+    Family: q(pi) = Dirichlet(alpha), q(mu_k) = N(m_k, s_k^2 I), q(c_i) = Categorical(phi_i).
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d) or (n,)
+    means : array_like, shape (K, d) or (K,)
+    variances : array_like, shape (K,)
+    resp : array_like, shape (n, K)
+        Rows on the simplex.
+    concentration : array_like, shape (K,)
+        alpha_k > 0.
+    prior_var, alpha0 : float
+        sigma^2 > 0 and the symmetric Dirichlet parameter alpha0 > 0.
+    """
+    x = _check_mixture_data(x)
+    alpha = check_positive(concentration, "concentration", allow_array=True)
+    alpha0 = check_positive(alpha0, "alpha0")
+    means = as_float_array(means, "means", ndim=(1, 2))
+    means = means[:, None] if means.ndim == 1 else means
+    if alpha.shape != (means.shape[0],):
+        raise ValueError(f"concentration must have shape ({means.shape[0]},), got {alpha.shape}")
+    base = gaussian_mixture_elbo(x, means, variances, resp, prior_var)
+    return base + _weights_elbo_terms(np.asarray(resp, dtype=np.float64), alpha, alpha0)
+
+
+def _weights_elbo_terms(phi, alpha, alpha0) -> float:
+    """ELBO terms that the Dirichlet weights add to the fixed-weight mixture ELBO.
+
+    The fixed-weight ELBO contains E[log p(c_i)] = -log K for every point; here it is
+    sum_k phi_ik E[log pi_k], and E[log p(pi)] - E[log q(pi)] is added.
+    """
+    n, k = phi.shape
+    e_log_pi = digamma(alpha) - digamma(alpha.sum())
+    e_log_p_c = (phi @ e_log_pi).sum() + n * np.log(k)       # replaces -n log K
+    e_log_p_pi = gammaln(k * alpha0) - k * gammaln(alpha0) + (alpha0 - 1) * e_log_pi.sum()
+    e_log_q_pi = (gammaln(alpha.sum()) - gammaln(alpha).sum()
+                  + ((alpha - 1) * e_log_pi).sum())
+    return float(e_log_p_c + e_log_p_pi - e_log_q_pi)
+
+
+def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
+                           alpha0: float = 1.0, *, rng: np.random.Generator | None = None,
+                           init_means=None, n_init: int = 1, max_iter: int = 500,
+                           tol: float = 1e-10) -> DirichletMixtureCAVIResult:
+    """CAVI for the Bayesian mixture of unit-variance Gaussians with learned weights (ch. 4).
+
+    The model of :func:`cavi_gaussian_mixture` with pi ~ Dirichlet(alpha0 1_K) and
+    c_i ~ Categorical(pi) (Bishop 2006, section 10.2; chapter 4, exercise 3). Each
+    iteration sets every q(c_i), then q(pi), then every q(mu_k) to its optimum:
+
+    * phi_ik proportional to exp{ E[log pi_k] + x_i^T m_k - (d s_k^2 + m_k^T m_k) / 2 },
+      E[log pi_k] = psi(alpha_k) - psi(sum_l alpha_l),
+    * alpha_k = alpha0 + sum_i phi_ik,
+    * m_k = sum_i phi_ik x_i / (1/sigma^2 + sum_i phi_ik),
+      s_k^2 = 1 / (1/sigma^2 + sum_i phi_ik).
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d) or (n,)
+        Data, n >= n_components.
+    n_components : int
+        K >= 1.
+    prior_var : float
+        sigma^2 > 0.
+    alpha0 : float
+        alpha0 > 0; below 1 the prior favours few occupied components.
+    rng, init_means, n_init, max_iter, tol
+        As in :func:`cavi_gaussian_mixture` (initial q(pi) is Dirichlet(alpha0 + n/K)).
+
+    Returns
+    -------
+    DirichletMixtureCAVIResult
+        The run with the highest final ELBO; ``restart_elbos`` holds every run's.
+    """
+    x = _check_mixture_data(x)
+    n, d = x.shape
+    k = check_positive_int(n_components, "n_components")
+    if k > n:
+        raise ValueError(f"n_components must be <= the number of points {n}, got {k}")
+    sigma2 = check_positive(prior_var, "prior_var")
+    alpha0 = check_positive(alpha0, "alpha0")
+    max_iter = check_positive_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol")
+    n_init = check_positive_int(n_init, "n_init")
+    if init_means is not None:
+        m = as_float_array(init_means, "init_means", ndim=(1, 2))
+        m = (m[:, None] if m.ndim == 1 else m).copy()
+        if m.shape != (k, d):
+            raise ValueError(f"init_means must have shape {(k, d)}, got {m.shape}")
+        starts = [m]
+    else:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError("give rng (a numpy.random.Generator) or init_means, got "
+                            f"rng of type {type(rng).__name__}")
+        starts = [x[rng.choice(n, size=k, replace=False)].copy() for _ in range(n_init)]
+    results = [_cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) for m in starts]
+    finals = np.array([r.elbo[-1] for r in results])
+    best = results[int(np.argmax(finals))]
+    best.restart_elbos = finals
+    return best
+
+
+def _cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) -> DirichletMixtureCAVIResult:
+    n, d = x.shape
+    k = m.shape[0]
+    m = np.array(m, dtype=np.float64)
+    s2 = np.ones(k)
+    phi = np.full((n, k), 1.0 / k)
+    alpha = np.full(k, alpha0 + n / k)
+
+    def elbo():
+        return _mixture_elbo(x, m, s2, phi, sigma2) + _weights_elbo_terms(phi, alpha, alpha0)
+
+    elbos, history = [elbo()], [m.copy()]
+    converged = False
+    for _ in range(max_iter):
+        e_log_pi = digamma(alpha) - digamma(alpha.sum())
+        logits = e_log_pi[None, :] + x @ m.T - 0.5 * ((m**2).sum(axis=1) + d * s2)[None, :]
+        phi = np.exp(logits - logits.max(axis=1, keepdims=True))  # stable softmax
+        phi /= phi.sum(axis=1, keepdims=True)
+        nk = phi.sum(axis=0)
+        alpha = alpha0 + nk
+        s2 = 1.0 / (1.0 / sigma2 + nk)
+        m = (phi.T @ x) * s2[:, None]
+        elbos.append(elbo())
+        history.append(m.copy())
+        if abs(elbos[-1] - elbos[-2]) < tol * abs(elbos[-1]):
+            converged = True
+            break
+    out = DirichletMixtureCAVIResult(m, s2, phi, np.asarray(elbos), np.asarray(history),
+                                     len(elbos) - 1, converged)
+    out.concentration = alpha
+    return out
+
+
+def set_partitions(n: int) -> np.ndarray:
+    """Every partition of {0, ..., n-1} as a restricted growth string (chapter 4).
+
+    Row r gives the block of each element; element 0 is in block 0 and each element's
+    block is at most 1 + the largest block before it. There are Bell(n) rows
+    (Bell(10) = 115975); n <= 12.
+    """
+    n = check_positive_int(n, "n")
+    if n > 12:
+        raise ValueError(f"n must be <= 12 (Bell(13) = 27644437 partitions), got {n}")
+    rgs = np.zeros((1, 1), dtype=np.int8)
+    for _ in range(1, n):
+        top = rgs.max(axis=1)
+        reps = top.astype(np.int64) + 2                       # labels 0 .. top + 1
+        rows = np.repeat(rgs, reps, axis=0)
+        offsets = np.repeat(np.cumsum(reps) - reps, reps)
+        labels = (np.arange(reps.sum()) - offsets).astype(np.int8)
+        rgs = np.hstack([rows, labels[:, None]])
+    return rgs
+
+
+def dirichlet_mixture_log_evidence(x, n_components: int, prior_var: float,
+                                   alpha0: float) -> float:
+    """Exact log p(x) of the Dirichlet-weight mixture, by summing over set partitions (ch. 4).
+
+    Given the assignments, the means and the weights integrate out in closed form:
+    each block b of n_b points with sum S_b contributes the Gaussian marginal likelihood
+    -(n_b d / 2) log 2 pi - (d / 2) log(1 + n_b sigma^2) - ||x||^2 / 2
+    + sigma^2 ||S_b||^2 / (2 (1 + n_b sigma^2)), and the labels the Dirichlet-multinomial
+    log Gamma(K alpha0) - log Gamma(n + K alpha0) + sum_b [log Gamma(n_b + alpha0)
+    - log Gamma(alpha0)]. A partition into B <= K blocks stands for K! / (K - B)! labelled
+    assignments with the same probability. The sum runs over all Bell(n) partitions:
+    n <= 12.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d) or (n,)
+        n <= 12 points.
+    n_components : int
+        K >= 1.
+    prior_var, alpha0 : float
+        sigma^2 > 0 and the symmetric Dirichlet parameter.
+    """
+    x = _check_mixture_data(x)
+    n, d = x.shape
+    if n > 12:
+        raise ValueError(f"exact enumeration needs at most 12 points, got {n}")
+    k = check_positive_int(n_components, "n_components")
+    sigma2 = check_positive(prior_var, "prior_var")
+    alpha0 = check_positive(alpha0, "alpha0")
+    parts = set_partitions(n)
+    n_blocks = parts.max(axis=1).astype(np.int64) + 1
+    parts = parts[n_blocks <= k]
+    n_blocks = n_blocks[n_blocks <= k]
+    onehot = (parts[:, :, None] == np.arange(min(k, n))[None, None, :]).astype(np.float64)
+    sizes = onehot.sum(axis=1)                                # (P, B)
+    sums = np.einsum("pib,id->pbd", onehot, x)                # (P, B, d)
+    used = sizes > 0
+    log_ml = np.where(used, -0.5 * d * np.log1p(sizes * sigma2)
+                      + 0.5 * sigma2 * (sums**2).sum(axis=2) / (1 + sizes * sigma2), 0.0)
+    log_labels = np.where(used, gammaln(sizes + alpha0) - gammaln(alpha0), 0.0)
+    log_terms = (log_ml.sum(axis=1) + log_labels.sum(axis=1)
+                 + gammaln(k + 1) - gammaln(k - n_blocks + 1))
+    const = (gammaln(k * alpha0) - gammaln(n + k * alpha0)
+             - 0.5 * n * d * _LOG_2PI - 0.5 * (x**2).sum())
+    return float(logsumexp(log_terms) + const)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Learning theta: variational EM for binary sparse coding (Goodfellow et al. 19.4.4)
+# ---------------------------------------------------------------------------------------
+def _check_bsc_batch(v, weights, bias, noise_precision):
+    v = as_float_array(v, "v", ndim=2)
+    weights = as_float_array(weights, "weights", ndim=2)
+    if weights.shape[0] != v.shape[1]:
+        raise ValueError(f"weights must have shape (n_visible, n_latent) with n_visible = "
+                         f"{v.shape[1]}, got {weights.shape}")
+    bias = as_float_array(bias, "bias", ndim=1)
+    if bias.size != weights.shape[1]:
+        raise ValueError(f"bias must have length n_latent = {weights.shape[1]}, got {bias.size}")
+    beta = check_positive(noise_precision, "noise_precision")
+    return v, weights, bias, beta
+
+
+def bsc_mean_field_batch(v, weights, bias, noise_precision: float, *, init=None,
+                         max_iter: int = 200, tol: float = 1e-8) -> np.ndarray:
+    """Sequential mean-field updates of binary sparse coding for many inputs at once (ch. 4).
+
+    The update of :func:`bsc_mean_field` (``schedule="sequential"``, scalar precision
+    beta), applied to unit 1, then unit 2, ... with the newest values, vectorised over
+    the rows of ``v``: coordinate ascent on every row's ELBO.
+
+    Parameters
+    ----------
+    v : array_like, shape (N, n_visible)
+    weights : array_like, shape (n_visible, n_latent)
+    bias : array_like, shape (n_latent,)
+    noise_precision : float
+        beta > 0 (isotropic noise).
+    init : array_like, shape (N, n_latent), optional
+        Starting h_hat (for warm starts in variational EM); default sigmoid(b).
+    max_iter : int
+        Sweeps at most.
+    tol : float
+        Stop when no h_hat changes by more than ``tol`` in a sweep.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, n_latent)
+        h_hat, the Bernoulli means of q(h) for every row.
+    """
+    v, w, b, beta = _check_bsc_batch(v, weights, bias, noise_precision)
+    max_iter = check_positive_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol")
+    n_h = b.size
+    if init is None:
+        h = np.tile(expit(b), (v.shape[0], 1))
+    else:
+        h = as_float_array(init, "init", ndim=2).copy()
+        if h.shape != (v.shape[0], n_h) or np.any(h < 0) or np.any(h > 1):
+            raise ValueError(f"init must hold probabilities of shape {(v.shape[0], n_h)}, "
+                             f"got shape {h.shape}")
+    gram = beta * w.T @ w
+    drive = b[None, :] + beta * v @ w - 0.5 * np.diag(gram)[None, :]
+    off = gram - np.diag(np.diag(gram))
+    for _ in range(max_iter):
+        old = h.copy()
+        for i in range(n_h):  # over latent units (Gauss-Seidel); vectorised over rows
+            h[:, i] = expit(drive[:, i] - h @ off[:, i])
+        if np.max(np.abs(h - old)) < tol:
+            break
+    return h
+
+
+def bsc_elbo_batch(h_hat, v, weights, bias, noise_precision: float) -> np.ndarray:
+    """Closed-form ELBO of :func:`bsc_elbo` for every row of ``v`` (chapter 4), shape (N,)."""
+    v, w, b, beta = _check_bsc_batch(v, weights, bias, noise_precision)
+    h = as_float_array(h_hat, "h_hat", ndim=2)
+    if h.shape != (v.shape[0], b.size):
+        raise ValueError(f"h_hat must have shape {(v.shape[0], b.size)}, got {h.shape}")
+    entropy = -(xlogy(h, h) + xlogy(1 - h, 1 - h)).sum(axis=1)
+    log_prior = h @ log_expit(b) + (1 - h) @ log_expit(-b)
+    resid = v - h @ w.T
+    quad = beta * ((resid**2).sum(axis=1) + (h * (1 - h)) @ (w**2).sum(axis=0))
+    return log_prior + entropy + 0.5 * v.shape[1] * (np.log(beta) - _LOG_2PI) - 0.5 * quad
+
+
+def bsc_log_likelihood(v, weights, bias, noise_precision: float) -> np.ndarray:
+    """Exact log p(v_n) of binary sparse coding for every row, by enumerating 2^n codes.
+
+    Returns shape (N,). n_latent <= 16. Chapter 4's oracle for variational EM.
+    """
+    v, w, b, beta = _check_bsc_batch(v, weights, bias, noise_precision)
+    if b.size > 16:
+        raise ValueError(f"enumeration needs n_latent <= 16, got {b.size}")
+    codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
+    log_joint = _bsc_log_joint_batch(codes, v, w, b, beta)
+    return logsumexp(log_joint, axis=1)
+
+
+def _bsc_log_joint_batch(codes, v, w, b, beta) -> np.ndarray:
+    """log p(v_n, h) for every row n and code h, shape (N, num_codes)."""
+    log_prior = codes @ log_expit(b) + (1 - codes) @ log_expit(-b)
+    means = codes @ w.T                                          # (C, n_v)
+    sq = ((v**2).sum(axis=1)[:, None] - 2 * v @ means.T + (means**2).sum(axis=1)[None, :])
+    return (log_prior[None, :] + 0.5 * v.shape[1] * (np.log(beta) - _LOG_2PI)
+            - 0.5 * beta * np.maximum(sq, 0.0))
+
+
+@dataclass
+class BSCLearningResult:
+    """Output of :func:`bsc_variational_em`.
+
+    Attributes
+    ----------
+    weights, bias, noise_precision
+        Final W, b and beta.
+    elbo : numpy.ndarray
+        Sum over the data of the ELBO after every E-step (the bound the run maximises).
+    log_likelihood : numpy.ndarray
+        Exact sum_n log p(v_n | theta) by enumeration, at the same theta.
+    weights_history : numpy.ndarray, shape (n_iter, n_visible, n_latent)
+        W at which each entry of ``elbo`` was evaluated.
+    h_hat : numpy.ndarray, shape (N, n_latent)
+        The last E-step's q (or exact marginals when ``exact=True``).
+    """
+
+    weights: np.ndarray
+    bias: np.ndarray
+    noise_precision: float
+    elbo: np.ndarray
+    log_likelihood: np.ndarray
+    weights_history: np.ndarray
+    h_hat: np.ndarray
+
+
+def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, *,
+                       n_iter: int = 50, exact: bool = False) -> BSCLearningResult:
+    """Learn theta = (W, b, beta) of binary sparse coding by (variational) EM (chapter 4).
+
+    E-step: q(h_n) = prod_i Bernoulli(h_hat_ni) by sequential mean-field updates
+    (:func:`bsc_mean_field_batch`, warm-started), or with ``exact=True`` the exact
+    posterior by enumeration (ordinary EM, for comparison). M-step: the maximiser of
+    sum_n E_q[log p(v_n, h_n | theta)] in closed form (Goodfellow et al. 2016, 19.4.4):
+
+    * W = (sum_n v_n E[h_n]^T) (sum_n E[h_n h_n^T])^{-1},
+    * sigmoid(b_i) = mean_n E[h_ni],
+    * 1 / beta = sum_n E||v_n - W h_n||^2 / (N n_visible),
+
+    where under mean-field E[h h^T] = h_hat h_hat^T + diag(h_hat (1 - h_hat)).
+    Every E-step and M-step raises the ELBO (variational EM) or log p(V) (exact EM).
+
+    Parameters
+    ----------
+    v : array_like, shape (N, n_visible)
+    init_weights : array_like, shape (n_visible, n_latent)
+    init_bias : array_like, shape (n_latent,)
+    init_noise_precision : float
+    n_iter : int
+        Number of E-step / M-step pairs.
+    exact : bool
+        Exact posterior in the E-step (n_latent <= 16).
+
+    Returns
+    -------
+    BSCLearningResult
+        ``elbo`` and ``log_likelihood`` have n_iter + 1 entries: before the first M-step
+        and after every one (each evaluated after the following E-step).
+    """
+    v, w, b, beta = _check_bsc_batch(v, init_weights, init_bias, init_noise_precision)
+    w, b = w.copy(), b.copy()
+    n_iter = check_positive_int(n_iter, "n_iter")
+    if exact and b.size > 16:
+        raise ValueError(f"exact=True enumerates 2^n_latent codes: n_latent <= 16, got {b.size}")
+    n, n_v = v.shape
+    codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
+    h = None
+    elbos, logliks, w_hist = [], [], []
+
+    def e_step(h_prev):
+        if exact:
+            log_joint = _bsc_log_joint_batch(codes, v, w, b, beta)
+            post = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+            e_h = post @ codes
+            e_hh = np.einsum("nc,ci,cj->ij", post, codes, codes)
+            return e_h, e_hh, float(logsumexp(log_joint, axis=1).sum())
+        h_new = bsc_mean_field_batch(v, w, b, beta, init=h_prev, tol=1e-10, max_iter=500)
+        e_hh = h_new.T @ h_new + np.diag((h_new * (1 - h_new)).sum(axis=0))
+        return h_new, e_hh, float(bsc_elbo_batch(h_new, v, w, b, beta).sum())
+
+    for it in range(n_iter + 1):
+        h, e_hh, bound = e_step(h)
+        elbos.append(bound)
+        logliks.append(float(bsc_log_likelihood(v, w, b, beta).sum()))
+        w_hist.append(w.copy())
+        if it == n_iter:
+            break
+        w = np.linalg.solve(e_hh, h.T @ v).T                   # e_hh is symmetric
+        mean_h = np.clip(h.mean(axis=0), 1e-12, 1 - 1e-12)
+        b = np.log(mean_h) - np.log1p(-mean_h)
+        sq = ((v - h @ w.T) ** 2).sum() + np.trace(w @ (e_hh - h.T @ h) @ w.T)
+        beta = n * n_v / sq
+    return BSCLearningResult(w, b, float(beta), np.asarray(elbos), np.asarray(logliks),
+                             np.asarray(w_hist), h)
+
+
+def bsc_exact_moments(v, weights, bias, noise_precision: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact posterior moments of binary sparse coding for every row, by enumeration (ch. 4).
+
+    Returns
+    -------
+    mean : numpy.ndarray, shape (N, n_latent)
+        E[h_n | v_n].
+    second : numpy.ndarray, shape (N, n_latent, n_latent)
+        E[h_n h_n^T | v_n]; the exact posterior covariance is second - mean mean^T.
+    """
+    v, w, b, beta = _check_bsc_batch(v, weights, bias, noise_precision)
+    if b.size > 16:
+        raise ValueError(f"enumeration needs n_latent <= 16, got {b.size}")
+    codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
+    log_joint = _bsc_log_joint_batch(codes, v, w, b, beta)
+    post = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+    return post @ codes, np.einsum("nc,ci,cj->nij", post, codes, codes)

@@ -14,7 +14,7 @@ from torch.distributions import Normal
 from elbo_lib._validation import as_float_array, check_positive
 from elbo_lib.bounds import gaussian_entropy, gaussian_kl
 
-__all__ = ["ConjugateGaussianMean"]
+__all__ = ["ConjugateGaussianMean", "SquaredMeanModel"]
 
 _LOG_2PI = float(np.log(2 * np.pi))
 
@@ -133,3 +133,53 @@ class ConjugateGaussianMean:
         """log p(x, z) = log p(x | z) + log p(z), elementwise over a tensor of z values."""
         z = torch.as_tensor(z, dtype=torch.float64)
         return self.log_likelihood(z) + self.prior().log_prob(z)
+
+
+class SquaredMeanModel:
+    """A non-conjugate model with a two-mode posterior: the data see only z squared.
+
+    .. math::
+
+        z \\sim \\mathcal N(m_0, s_0^2), \\qquad
+        x_i \\mid z \\sim \\mathcal N(z^2, \\sigma^2), \\quad i = 1..n .
+
+    With ``prior_mean = 0`` the posterior is symmetric under z -> -z and, when the data
+    are well above zero, has two separated modes near +-sqrt(mean(x)). No Gaussian q can
+    cover both, so the best Gaussian leaves a gap of about log 2 (chapter 1). Nothing is
+    in closed form: the evidence comes from 1-D quadrature
+    (:func:`elbo_lib.bounds.log_evidence_quadrature`) and the ELBO of a Gaussian q from
+    Gauss-Hermite quadrature, exact here because log p(x, z) is a polynomial of degree 4.
+
+    Parameters
+    ----------
+    x : array_like, shape (n,)
+        Observations (finite, at least one).
+    noise_std : float
+        Known observation noise sigma > 0.
+    prior_mean : float
+        Prior mean m_0.
+    prior_std : float
+        Prior standard deviation s_0 > 0.
+    """
+
+    def __init__(self, x, noise_std: float = 0.5, prior_mean: float = 0.0,
+                 prior_std: float = 1.0) -> None:
+        self.x = as_float_array(x, "x", ndim=1)
+        self.n = self.x.size
+        self.noise_var = check_positive(noise_std, "noise_std") ** 2
+        self.prior_mean = float(as_float_array(prior_mean, "prior_mean", ndim=0))
+        self.prior_var = check_positive(prior_std, "prior_std") ** 2
+        self._sum = float(self.x.sum())
+        self._sum_sq = float((self.x**2).sum())
+
+    def log_joint(self, z):
+        """log p(x, z) elementwise for a NumPy array or a (differentiable) torch tensor."""
+        lib = torch if isinstance(z, torch.Tensor) else np
+        if lib is np:
+            z = np.asarray(z, dtype=np.float64)
+        u = z * z
+        sq = self._sum_sq - 2.0 * u * self._sum + self.n * u * u
+        log_lik = -0.5 * self.n * (_LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
+        log_prior = (-0.5 * (_LOG_2PI + np.log(self.prior_var))
+                     - 0.5 * (z - self.prior_mean) ** 2 / self.prior_var)
+        return log_lik + log_prior

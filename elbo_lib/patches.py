@@ -19,6 +19,7 @@ __all__ = [
     "ZCAWhitener",
     "denoise_image",
     "load_grey_sample_images",
+    "orientation_concentration",
     "random_patches",
     "remove_dc",
     "tile_patches",
@@ -245,3 +246,50 @@ def tile_patches(patches, n_cols: int, *, pad: int = 1, normalize: bool = True) 
     mosaic = canvas.reshape(n_rows, n_cols, p + pad, p + pad).transpose(0, 2, 1, 3)
     mosaic = mosaic.reshape(n_rows * (p + pad), n_cols * (p + pad))
     return mosaic[: mosaic.shape[0] - pad, : mosaic.shape[1] - pad]
+
+
+def orientation_concentration(patches, *, n_fft: int = 32,
+                              half_width_deg: float = 15.0) -> np.ndarray:
+    """How oriented each square patch (or atom) is: its spectral power in one wedge.
+
+    The power spectrum |FFT|^2 of each p x p patch (zero-padded to ``n_fft`` x ``n_fft``,
+    DC bin excluded) is split by orientation, angle(f_x, f_y) modulo 180 degrees. The
+    result is the largest fraction of the power that falls within +-``half_width_deg``
+    of any one orientation (searched in 1-degree steps). A grating or an edge gives a
+    value near 1; a patch whose power is spread evenly over orientations gives about
+    2 * half_width_deg / 180 (1/6 for the default). Chapter 3 uses it to check that the
+    learned atoms are oriented.
+
+    Parameters
+    ----------
+    patches : array_like, shape (m, p * p)
+        One flattened patch per row (for a dictionary W of shape (d, k), pass ``W.T``).
+    n_fft : int
+        FFT size (>= p).
+    half_width_deg : float
+        Half-width of the orientation wedge in degrees, in (0, 90).
+
+    Returns
+    -------
+    numpy.ndarray, shape (m,)
+        Values in [0, 1].
+    """
+    P = as_float_array(patches, "patches", ndim=2)
+    p = int(round(np.sqrt(P.shape[1])))
+    if p * p != P.shape[1]:
+        raise ValueError(f"patches must have p*p columns, got shape {P.shape}")
+    n_fft = check_positive_int(n_fft, "n_fft", minimum=p)
+    half_width = check_positive(half_width_deg, "half_width_deg")
+    if half_width >= 90:
+        raise ValueError(f"half_width_deg must be < 90, got {half_width}")
+    power = np.abs(np.fft.fft2(P.reshape(-1, p, p), s=(n_fft, n_fft))) ** 2
+    f = np.fft.fftfreq(n_fft)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    angle = np.degrees(np.arctan2(fy, fx)) % 180.0
+    keep = (fx != 0) | (fy != 0)
+    power, angle = power[:, keep], angle[keep]
+    total = np.maximum(power.sum(axis=1), np.finfo(float).tiny)
+    centres = np.arange(180.0)
+    dist = np.abs((angle[None, :] - centres[:, None] + 90.0) % 180.0 - 90.0)
+    wedges = (dist <= half_width).astype(float)        # (180, n_bins)
+    return (power @ wedges.T).max(axis=1) / total

@@ -53,14 +53,20 @@ def set_theme() -> None:
 def _fmt_scaled(x: float, scale: float, digits: int) -> str:
     """Format ``x`` to ``digits`` significant digits *of ``scale``* (not of ``x``).
 
-    A value far below the data's scale (the mean of a zero-mean image, 1e-17 on data of
-    scale 1) is round-off and prints as 0 on every machine.
+    ``x`` is rounded to a multiple of ``10**(e - digits)``, where ``10**e`` is the power
+    of ten *nearest* to ``scale`` (in log terms), then printed with ``digits``
+    significant digits. A value far below the data's scale (the mean of a zero-mean
+    image, 1e-17 on data of scale 1) is round-off and prints as 0 on every machine.
+    The quantum changes only where ``scale`` crosses ``10**(k + 1/2)`` (3.16, 31.6,
+    0.316, ...), not at powers of ten, so data that saturate at 1 (probabilities) or 10
+    print the same whether their maximum is ``1.0`` on one CPU or ``1 - 1e-16`` on
+    another.
     """
     if not np.isfinite(x):
         return str(x)
     if scale <= 0 or not np.isfinite(scale):
         return fmt(x, digits)
-    quantum = 10.0 ** (np.floor(np.log10(scale)) - digits + 1)
+    quantum = 10.0 ** (np.floor(np.log10(scale) + 0.5) - digits)
     return fmt(np.round(x / quantum) * quantum, digits)
 
 
@@ -254,7 +260,7 @@ def _in_ipython_kernel() -> bool:
     return shell is not None and hasattr(shell, "kernel")
 
 
-def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
+def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> None:
     """Lay out ``fig``, check it, and display it with its data summary attached.
 
     Use as the last line of every figure cell. In a notebook the figure is displayed as
@@ -271,10 +277,8 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
     check_legends : bool
         Raise if a legend covers plotted data (:func:`legend_overlaps`).
 
-    Returns
-    -------
-    str
-        The summary.
+    Returns nothing, so that ``show(fig)`` as a cell's last line adds no second output
+    (use :func:`describe_figure` for the summary as a string).
 
     Raises
     ------
@@ -305,7 +309,6 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> str:
     else:
         print(summary)
     plt.close(fig)
-    return summary
 
 
 def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:

@@ -50,8 +50,11 @@ __all__ = [
     "learn_dictionary",
     "lipschitz_constant",
     "normalize_columns",
+    "omp_codes",
     "sklearn_lasso_alpha",
     "soft_threshold",
+    "sparse_coding_log_evidence_2d",
+    "sparse_coding_log_joint",
     "update_dictionary",
 ]
 
@@ -720,3 +723,158 @@ def debias_codes(X, W, H, *, chunk_size: int = 1024) -> np.ndarray:
         except np.linalg.LinAlgError as exc:
             raise ValueError("a support has linearly dependent atoms; cannot refit") from exc
     return out
+
+
+# ------------------------------------------- what the point mass throws away (chapter 3)
+def sparse_coding_log_joint(X, W, H, sigma, b) -> np.ndarray:
+    """Log-joint log p(x, h) of the sparse coding model, with every constant (chapter 3).
+
+    p(h) = prod_j exp(-|h_j| / b) / (2 b) and p(x | h) = N(x | W h, sigma^2 I), so
+
+        log p(x, h) = -||x - W h||^2 / (2 sigma^2) - (d / 2) log(2 pi sigma^2)
+                      - ||h||_1 / b - k log(2 b).
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d) or (d,)
+        Signals (one per row), or one signal evaluated at every row of ``H``.
+    W : array_like, shape (d, k)
+    H : array_like, shape (m, k) or (k,)
+        Codes. With one signal and m codes (for example a grid), every code is
+        evaluated against that signal.
+    sigma, b : float
+        Noise standard deviation and Laplace scale (> 0).
+
+    Returns
+    -------
+    numpy.ndarray, shape (max(n, m),)
+    """
+    X = as_float_array(X, "X", ndim=(1, 2))
+    X = X[None, :] if X.ndim == 1 else X
+    W = as_float_array(W, "W", ndim=2)
+    H = as_float_array(H, "H", ndim=(1, 2))
+    H = H[None, :] if H.ndim == 1 else H
+    d, k = W.shape
+    if X.shape[1] != d or H.shape[1] != k:
+        raise ValueError(f"shape mismatch: X {X.shape}, W {W.shape}, H {H.shape}; expected "
+                         "X (n, d), W (d, k), H (m, k)")
+    if X.shape[0] != H.shape[0] and 1 not in (X.shape[0], H.shape[0]):
+        raise ValueError(f"X has {X.shape[0]} rows and H {H.shape[0]}: they must be equal "
+                         "or one of them must be a single row")
+    sigma = check_positive(sigma, "sigma")
+    b = check_positive(b, "b")
+    residual = X - H @ W.T
+    return (-0.5 * np.einsum("ij,ij->i", residual, residual) / sigma**2
+            - 0.5 * d * np.log(2 * np.pi * sigma**2)
+            - np.abs(H).sum(axis=1) / b - k * np.log(2 * b))
+
+
+def _positive_quadrant_probability(mean: np.ndarray, cov: np.ndarray) -> float:
+    """P(Y_1 > 0, Y_2 > 0) for Y ~ N(mean, cov) in 2-D, by one adaptive 1-D integral."""
+    from scipy import integrate, stats
+
+    s1 = np.sqrt(cov[0, 0])
+    slope = cov[0, 1] / cov[0, 0]
+    s2_given_1 = np.sqrt(cov[1, 1] - cov[0, 1] ** 2 / cov[0, 0])
+
+    def integrand(y1: float) -> float:
+        mean2 = mean[1] + slope * (y1 - mean[0])
+        return stats.norm.pdf(y1, mean[0], s1) * stats.norm.cdf(mean2 / s2_given_1)
+
+    lo = max(0.0, mean[0] - 12 * s1)
+    if lo >= mean[0] + 12 * s1:
+        return 0.0
+    value, _ = integrate.quad(integrand, lo, mean[0] + 12 * s1, epsabs=1e-14, epsrel=1e-11,
+                              limit=200)
+    return float(value)
+
+
+def sparse_coding_log_evidence_2d(x, W, sigma, b) -> tuple[float, np.ndarray]:
+    """Exact log p(x) of the sparse coding model with two codes, by orthants (chapter 3).
+
+    Inside each orthant of R^2 (signs s in {-1, 1}^2) the Laplace prior is
+    exp(-s^T h / b), so the log-joint is a quadratic with precision P = W^T W / sigma^2
+    and mean m_s = P^{-1} (W^T x / sigma^2 - s / b). Its integral over the orthant is the
+    Gaussian normaliser times the probability that N(m_s, P^{-1}) falls in the orthant,
+    a 1-D integral of a normal pdf times a normal cdf. Summing the four orthants gives
+    p(x) without any grid: the oracle for the quadrature of the chapter.
+
+    Parameters
+    ----------
+    x : array_like, shape (d,)
+    W : array_like, shape (d, 2)
+        Two linearly independent atoms.
+    sigma, b : float
+        Noise standard deviation and Laplace scale (> 0).
+
+    Returns
+    -------
+    log_evidence : float
+    orthant_probabilities : numpy.ndarray, shape (2, 2)
+        Posterior mass of each orthant: entry [i, j] is P(sign h_1 = (-1, 1)[i],
+        sign h_2 = (-1, 1)[j] | x).
+    """
+    x = as_float_array(x, "x", ndim=1)
+    W = as_float_array(W, "W", ndim=2)
+    if W.shape != (x.size, 2):
+        raise ValueError(f"W must have shape (d, 2) = {(x.size, 2)}, got {W.shape}")
+    sigma = check_positive(sigma, "sigma")
+    b = check_positive(b, "b")
+    precision = W.T @ W / sigma**2
+    if np.linalg.matrix_rank(precision) < 2:
+        raise ValueError("the two atoms of W must be linearly independent")
+    cov = np.linalg.inv(precision)
+    const = (-0.5 * x @ x / sigma**2 - 0.5 * x.size * np.log(2 * np.pi * sigma**2)
+             - 2 * np.log(2 * b) + np.log(2 * np.pi) + 0.5 * np.linalg.slogdet(cov)[1])
+    logs = np.empty((2, 2))
+    for i, s1 in enumerate((-1.0, 1.0)):
+        for j, s2 in enumerate((-1.0, 1.0)):
+            flip = np.array([s1, s2])
+            mean = cov @ (W.T @ x / sigma**2 - flip / b)
+            mass = _positive_quadrant_probability(flip * mean, cov * np.outer(flip, flip))
+            logs[i, j] = const + 0.5 * mean @ precision @ mean + np.log(max(mass, 1e-300))
+    top = logs.max()
+    log_evidence = float(top + np.log(np.exp(logs - top).sum()))
+    return log_evidence, np.exp(logs - log_evidence)
+
+
+def omp_codes(X, W, n_nonzero) -> np.ndarray:
+    """l0 codes by orthogonal matching pursuit, with a count per signal (chapter 3).
+
+    A wrapper of scikit-learn's ``orthogonal_mp_gram`` (Pati et al. 1993): greedily add
+    the atom most correlated with the residual and refit all chosen coefficients by least
+    squares, until signal i has ``n_nonzero[i]`` atoms. Signals with the same count are
+    coded in one call.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    W : array_like, shape (d, k)
+        Dictionary with unit-norm atoms (as OMP assumes).
+    n_nonzero : int or array_like of int, shape (n,)
+        Atoms per signal, 0 <= m_i <= min(d, k).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, k)
+    """
+    from sklearn.linear_model import orthogonal_mp_gram
+
+    X = as_float_array(X, "X", ndim=2)
+    W = as_float_array(W, "W", ndim=2)
+    if X.shape[1] != W.shape[0]:
+        raise ValueError(f"shape mismatch: X has shape {X.shape}, W has shape {W.shape}")
+    if not np.allclose(np.linalg.norm(W, axis=0), 1.0, atol=1e-8):
+        raise ValueError("W must have unit-norm columns for OMP")
+    m = np.broadcast_to(np.asarray(n_nonzero), (X.shape[0],))
+    limit = min(W.shape)
+    if not np.issubdtype(m.dtype, np.integer) or np.any(m < 0) or np.any(m > limit):
+        raise ValueError(f"n_nonzero must be integers in [0, {limit}], got {n_nonzero!r}")
+    gram, corr = W.T @ W, X @ W
+    codes = np.zeros((X.shape[0], W.shape[1]))
+    for count in np.unique(m[m > 0]):   # one call per distinct count, not per signal
+        rows = np.flatnonzero(m == count)
+        out = orthogonal_mp_gram(gram, corr[rows].T, n_nonzero_coefs=int(count),
+                                 copy_Gram=True, copy_Xy=True)
+        codes[rows] = np.asarray(out).reshape(W.shape[1], rows.size).T
+    return codes

@@ -59,3 +59,18 @@ def test_book_builds_and_every_chapter_has_its_figures(built_html):
             assert (page.parent / src).resolve().is_file(), f"{page.name}: missing {src}"
         assert "tex-chtml.js" in html, f"{page.name}: MathJax is not served from the build"
         assert "cdn.jsdelivr" not in html, f"{page.name}: loads MathJax from a CDN"
+
+
+def test_front_and_back_matter(built_html):
+    """The landing page has its figure and one card per chapter; the bibliography reads
+    "et al." (never pybtex's "and others") and says nothing about how chapters cite."""
+    intro = (built_html / "book" / "intro.html").read_text()
+    assert re.search(r'<figure[^>]*>.*?<img[^>]+intro_elbo_gap', intro, re.S), "no intro figure"
+    cards = re.findall(r'<a class="sd-stretched-link[^"]*" href="([^"#]+)', intro)
+    want = [f"../chapters/{nb.stem}.html" for nb in NOTEBOOKS]
+    assert cards == want, f"chapter cards link {cards}, want {want}"
+    bib = (built_html / "book" / "bibliography.html").read_text()
+    text = re.sub(r"<[^>]+>", " ", bib)
+    assert "and others" not in text, "the bibliography prints 'and others'"
+    assert "et al." in text
+    assert "{cite}" not in text, "the bibliography page explains how chapters cite"

@@ -19,10 +19,31 @@ Chromium driven by Playwright. For every page the browser must show:
   downloads a valid notebook; exercise solutions are collapsed until clicked;
   ``hide-input`` cells are collapsed.
 
-A full-page screenshot of every page is saved under ``tests/_output/screenshots/`` so a
-person can look at it. Without ``/usr/bin/chromium`` the tests are skipped with a
-message saying how to install it. Set ``ELBO_BOOK_HTML=book/_build/html`` to check an
-existing build instead of building the book.
+What a reader sees, as a textbook (issue 13), on every page:
+
+* nothing that belongs to the tests: no figure summary printed as text
+  (``axes 0: '...'; x: ...``), no nbval marker (``NBVAL_``) anywhere, no ``glue(`` call in
+  code a reader sees unfolded, no progress bar (tqdm), no empty output box;
+* at 1366 px no code cell (folded ones opened) and no table that scrolls sideways, and no
+  inline formula running past the column;
+* display math at least the size of the body text; h3 lighter and smaller than h2; running
+  text at a measure of about 60-85 characters;
+* on chapters, every figure in a numbered caption "Figure N.M" (N the chapter), numbered
+  in order;
+* no line that starts with punctuation belonging to the formula before it, or ends with
+  the "(" of the formula after it, at 1366 px and at 390 px;
+* at 390x844 (a phone) the page does not scroll sideways, the chapter-list button opens
+  the primary sidebar and a chapter link in it navigates to that chapter, and the
+  page-contents button opens the secondary sidebar; at 1366 px the sidebar button hides
+  the sidebar and shows it again.
+
+A full-page screenshot of every page at both widths is saved under
+``tests/_output/screenshots/`` (``<page>__1366.png``, ``<page>__390.png``) so a person can
+look at it. Failures name the page, the element (code cell number and section, the
+formula's TeX, the table's first header) and what is wrong. Without ``/usr/bin/chromium``
+the tests are skipped with a message saying how to install it. Set
+``ELBO_BOOK_HTML=book/_build/html`` to check an existing build instead of building the
+book.
 """
 
 from __future__ import annotations
@@ -47,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("ELBO_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = ROOT / "tests" / "_output" / "screenshots"
 VIEWPORT = {"width": 1366, "height": 900}  # a normal laptop screen
+PHONE = {"width": 390, "height": 844}  # a phone held upright
 # Flags for headless Chromium on a machine with no network (see the machine notes):
 # without the background-networking ones Chromium keeps trying to reach Google.
 # The host-resolver rule makes any request to a host other than localhost fail at once,
@@ -75,6 +97,8 @@ TOC_PAGES = _toc_pages()
 # index.html redirects to the root page; genindex and search come with every Sphinx build.
 PAGES = ["index.html", *TOC_PAGES, "genindex.html", "search.html"]
 CHAPTERS = [p for p in TOC_PAGES if p.startswith("chapters/")]
+# The sidebar buttons are tried on the second chapter, following its link to the third.
+NAV_PAGE, NAV_TARGET = CHAPTERS[1], CHAPTERS[2]
 
 pytestmark = [
     pytest.mark.slow,
@@ -98,6 +122,10 @@ class Visit:
     http_errors: list[str] = field(default_factory=list)
     external_requests: list[str] = field(default_factory=list)
     facts: dict = field(default_factory=dict)  # gathered in the page by COLLECT_JS
+    reader: dict = field(default_factory=dict)  # gathered by READER_JS (issue 13)
+    code_scroll: list[str] = field(default_factory=list)  # code that scrolls, folds opened
+    phone: dict = field(default_factory=dict)  # READER_JS and layout at 390 px
+    sidebar: dict = field(default_factory=dict)  # the sidebar buttons, on NAV_PAGE only
     dropdowns: list[dict] = field(default_factory=list)
     download: dict | None = None
     screenshot: Path | None = None
@@ -146,9 +174,193 @@ COLLECT_JS = r"""
     // Display formulas that still need a scroll bar after elbo.js scaled them to fit.
     wide_math: [...document.querySelectorAll('mjx-container[display="true"]')]
         .filter(m => m.clientWidth > 0 && m.scrollWidth > m.clientWidth + 1)
-        .map(m => `${m.scrollWidth} px > ${m.clientWidth} px: `
-             + m.parentElement.textContent.replace(/\s+/g, ' ').trim().slice(0, 50)),
+        .map(m => {
+          let tex = m.parentElement.textContent;
+          try { tex = MathJax.startup.document.getMathItemsWithin(m)[0].math; } catch (e) {}
+          return `${m.scrollWidth} px > ${m.clientWidth} px: `
+             + tex.replace(/\s+/g, ' ').trim().slice(0, 70);
+        }),
   };
+}
+"""
+
+
+READER_JS = r"""
+() => {
+  const main = document.querySelector('article.bd-article') || document.body;
+  const shown = e => !!(e.offsetWidth || e.offsetHeight || e.getClientRects().length)
+      && getComputedStyle(e).visibility !== 'hidden';
+  const clip = (t, n) => t.replace(/\s+/g, ' ').trim().slice(0, n);
+  const cells = [...main.querySelectorAll('div.cell')];
+  // Where an element is, in words a person can find on the page.
+  const where = (el) => {
+    const cell = el.closest('div.cell');
+    const sec = el.closest('section');
+    const h = sec && sec.querySelector('h1, h2, h3, h4');
+    const heading = h ? clip(h.textContent.replace(/#$/, ''), 60) : '(top)';
+    if (!cell) return `in "${heading}"`;
+    const code = cell.querySelector('.cell_input pre');
+    return `code cell ${cells.indexOf(cell) + 1} in "${heading}"`
+        + (code ? ` (starting "${clip(code.textContent, 40)}")` : '');
+  };
+  const tex = (m) => {
+    try {
+      const items = MathJax.startup.document.getMathItemsWithin(m);
+      if (items.length) return clip(items[0].math, 70);
+    } catch (e) { /* no MathJax on this page */ }
+    return clip(m.textContent, 70);
+  };
+  const px = (e) => parseFloat(getComputedStyle(e).fontSize);
+  const firstP = main.querySelector('section p') || main.querySelector('p');
+  const bodyPx = firstP ? px(firstP) : 16;
+
+  // --- test plumbing on the page
+  const SUMMARY = /^['"]?axes \d+: .*; x: |^\s+line .*: \d+ pts; y /m;
+  const TQDM = /\d+%\|[^|\n]*\|\s*\d+\/\d+|\d+(\.\d+)?\s*it\/s\]/;
+  const plumbing = [];
+  main.querySelectorAll('.cell_output .output').forEach(o => {
+    if (!shown(o)) return;
+    const text = o.textContent;
+    if (SUMMARY.test(text)) plumbing.push(`${where(o)}: a figure summary printed as text: `
+        + `"${clip(text.split('\n').find(l => SUMMARY.test(l)) || '', 80)}"`);
+    if (TQDM.test(text)) plumbing.push(`${where(o)}: a progress bar: "${clip(text, 80)}"`);
+    if (/NBVAL_/.test(text)) plumbing.push(`${where(o)}: an nbval marker in the output`);
+    if (!text.trim() && !o.querySelector('img, svg, table, iframe, mjx-container'))
+      plumbing.push(`${where(o)}: an empty output box`);
+  });
+  main.querySelectorAll('.cell_input pre, div.highlight pre').forEach(pre => {
+    const code = pre.textContent;
+    if (/NBVAL_/.test(code)) plumbing.push(`${where(pre)}: an nbval marker in the code `
+        + `("${clip(code.match(/.*NBVAL_.*/)[0], 60)}"); use the cell tag instead`);
+    const glue = code.match(/^\s*(?:myst_nb\.)?glue\(.*$/m);
+    if (glue && shown(pre) && pre.closest('.cell_input'))
+      plumbing.push(`${where(pre)}: a glue call in visible code ("${clip(glue[0], 60)}"); `
+          + `glue in a cell tagged remove-cell`);
+  });
+
+  // --- tables wider than the column
+  const colRight = main.getBoundingClientRect().right;
+  const wideTables = [];
+  main.querySelectorAll('table').forEach(t => {
+    if (!shown(t)) return;
+    const box = t.parentElement;
+    const over = Math.max(box.scrollWidth - box.clientWidth, t.scrollWidth - t.clientWidth,
+                          t.getBoundingClientRect().right - colRight);
+    if (over > 1) {
+      const head = t.querySelector('th, td');
+      wideTables.push(`${where(t)}: the table headed "${clip(head ? head.textContent : '', 40)}"`
+          + ` is ${Math.round(over)} px wider than its column`);
+    }
+  });
+
+  // --- math sizes, inline formulas past the column
+  const smallMath = [], longInline = [];
+  main.querySelectorAll('mjx-container[display="true"]').forEach(m => {
+    if (shown(m) && px(m) < bodyPx - 0.25)
+      smallMath.push(`${px(m).toFixed(1)} px < ${bodyPx} px: ${tex(m)}`);
+  });
+  main.querySelectorAll('mjx-container:not([display="true"])').forEach(m => {
+    if (!shown(m) || m.closest('.cell_output, table')) return;
+    const r = m.getBoundingClientRect();
+    if (r.right > colRight + 1)
+      longInline.push(`${where(m)}: "${tex(m)}" runs ${Math.round(r.right - colRight)} px `
+          + `past the column`);
+  });
+
+  // --- figures and their captions
+  const figures = [...main.querySelectorAll('.cell_output img, figure img')].filter(shown)
+      .map(img => {
+        const fig = img.closest('figure');
+        const num = fig && fig.querySelector('figcaption .caption-number');
+        return {where: where(img), number: num ? clip(num.textContent, 20) : null,
+                caption: fig && fig.querySelector('figcaption')
+                    ? clip(fig.querySelector('figcaption').textContent, 60) : null};
+      });
+
+  // --- headings and measure
+  const style = (sel) => {
+    const e = main.querySelector(sel);
+    if (!e) return null;
+    const cs = getComputedStyle(e);
+    return {weight: parseInt(cs.fontWeight, 10), size: parseFloat(cs.fontSize)};
+  };
+  const canvas = document.createElement('canvas').getContext('2d');
+  let measure = null;
+  const paras = [...main.querySelectorAll('section > p')].filter(shown);
+  if (paras.length) {
+    const widest = paras.reduce((a, b) => (b.clientWidth > a.clientWidth ? b : a));
+    const cs = getComputedStyle(widest);
+    canvas.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+    const sample = paras.map(p => {
+      const c = p.cloneNode(true);
+      c.querySelectorAll('mjx-container, code, .math').forEach(e => e.remove());
+      return c.textContent;
+    }).join(' ').replace(/\s+/g, ' ').slice(0, 4000);
+    if (sample.length > 200)
+      measure = Math.round(widest.clientWidth / (canvas.measureText(sample).width / sample.length));
+  }
+
+  // --- punctuation parted from its formula by a line break
+  const parted = [];
+  const charRect = (node, i) => {
+    const r = document.createRange();
+    r.setStart(node, i); r.setEnd(node, i + 1);
+    return r.getBoundingClientRect();
+  };
+  const textAfter = (el, forward) => {
+    const walker = document.createTreeWalker(main, NodeFilter.SHOW_TEXT);
+    walker.currentNode = el;
+    let n = el;
+    while ((n = forward ? walker.nextNode() : walker.previousNode())) {
+      if (el.contains(n) || n.parentElement.closest('mjx-container')) continue;
+      if (n.textContent.length) return n;
+    }
+    return null;
+  };
+  main.querySelectorAll('mjx-container:not([display="true"])').forEach(m => {
+    if (!shown(m) || m.closest('.cell_output, table, figcaption')) return;
+    const box = m.closest('span.math') || m;
+    const r = m.getBoundingClientRect();
+    const next = textAfter(box, true);
+    if (next && /^[,.;:!?)]/.test(next.textContent)) {
+      const c = charRect(next, 0);
+      if (c.height && c.top >= r.bottom - 2)
+        parted.push(`"${next.textContent[0]}" starts a line after ${tex(m)} (${where(m)})`);
+    }
+    const prev = textAfter(box, false);
+    if (prev && /\($/.test(prev.textContent)) {
+      const c = charRect(prev, prev.textContent.length - 1);
+      if (c.height && c.bottom <= r.top + 2)
+        parted.push(`"(" ends a line before ${tex(m)} (${where(m)})`);
+    }
+  });
+
+  return {plumbing, wide_tables: wideTables, small_math: smallMath, long_inline: longInline,
+          figures, h2: style('section h2'), h3: style('section h3'), measure,
+          parted: parted.slice(0, 20), body_px: bodyPx};
+}
+"""
+
+CODE_SCROLL_JS = r"""
+() => {
+  // Open every folded cell (as a reader clicking "Show code cell source" would) and list
+  // the code that scrolls sideways, with its longest line.
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  const main = document.querySelector('article.bd-article') || document.body;
+  const cells = [...main.querySelectorAll('div.cell')];
+  return [...main.querySelectorAll('pre')].filter(pre => !pre.closest('.cell_output'))
+    .filter(pre => pre.clientWidth > 0 && pre.scrollWidth > pre.clientWidth + 1)
+    .map(pre => {
+      const lines = pre.textContent.split('\n');
+      const longest = lines.reduce((a, b) => (b.length > a.length ? b : a), '');
+      const cell = pre.closest('div.cell');
+      const sec = pre.closest('section');
+      const h = sec && sec.querySelector('h1, h2, h3, h4');
+      const heading = h ? h.textContent.replace(/#$/, '').trim().slice(0, 60) : '(top)';
+      const what = cell ? `code cell ${cells.indexOf(cell) + 1}` : 'code block';
+      return `${what} in "${heading}" scrolls ${pre.scrollWidth - pre.clientWidth} px: `
+           + `longest line ${longest.length} characters: "${longest.trim().slice(0, 50)}"`;
+    });
 }
 """
 
@@ -156,6 +368,24 @@ COLLECT_JS = r"""
 def _is_local(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in {"data", "blob", "about"} or parts.hostname in LOCAL_HOSTS
+
+
+def _settle(page) -> None:
+    """Wait until MathJax has typeset the page (and elbo.js has run) and images are in."""
+    if page.locator("script[src*='mathjax']").count():
+        page.wait_for_function(
+            "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+            timeout=60_000)
+        page.evaluate("() => MathJax.startup.promise")  # resolves once typeset
+    page.evaluate("""async () => {
+        document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager');
+        await Promise.all([...document.images].map(i => i.decode().catch(() => null)));
+        await document.fonts.ready;
+    }""")
+
+
+def _shot_name(page_path: str, width: int) -> Path:
+    return SCREENSHOTS / f"{page_path.removesuffix('.html').replace('/', '__')}__{width}.png"
 
 
 def _visit(context, base: str, page_path: str) -> Visit:
@@ -169,36 +399,78 @@ def _visit(context, base: str, page_path: str) -> Visit:
     page.on("response",
             lambda r: r.status >= 400 and visit.http_errors.append(f"{r.status} {r.url}"))
     try:
-        response = page.goto(visit.url, wait_until="load", timeout=30_000)
+        response = page.goto(visit.url, wait_until="load", timeout=60_000)
         visit.status = response.status if response else None
         if page_path == "index.html":  # a meta-refresh to the root page
             page.wait_for_url(re.compile(r".*/book/intro\.html.*"), wait_until="load",
-                              timeout=10_000)
+                              timeout=60_000)  # generous: the first page of a cold browser
         visit.final_url = page.url
-        if page.locator("script[src*='mathjax']").count():
-            page.wait_for_function(
-                "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                timeout=30_000)
-            page.evaluate("() => MathJax.startup.promise")  # resolves once typeset
-        page.evaluate("""async () => {
-            document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager');
-            await Promise.all([...document.images].map(i => i.decode().catch(() => null)));
-            await document.fonts.ready;
-        }""")
+        _settle(page)
         visit.facts = page.evaluate(COLLECT_JS)
-        name = page_path.removesuffix(".html").replace("/", "__") + ".png"
+        visit.reader = page.evaluate(READER_JS)
         if page_path != "index.html":  # index.html shows the root page, shot as such
-            visit.screenshot = SCREENSHOTS / name
+            visit.screenshot = _shot_name(page_path, VIEWPORT["width"])
             page.screenshot(path=str(visit.screenshot), full_page=True,
-                            animations="disabled")
+                            animations="disabled", timeout=120_000)
         if page_path in CHAPTERS:
             visit.dropdowns = _exercise_dropdowns(page)
             visit.download = _download_notebook(page)
+        visit.code_scroll = page.evaluate(CODE_SCROLL_JS)  # opens every folded cell
+        if page_path == NAV_PAGE:
+            visit.sidebar["laptop"] = _laptop_sidebar_toggle(page)
     except Exception as err:  # reported by every test of this page, not a crash of all
         visit.error = f"{type(err).__name__}: {err}"
     finally:
         page.close()
     return visit
+
+
+def _visit_phone(context, base: str, visit: Visit) -> None:
+    """The same page at 390 px: a screenshot, the reader checks, sideways scrolling."""
+    if visit.page == "index.html":
+        return
+    page = context.new_page()
+    try:
+        page.goto(base + visit.page, wait_until="load", timeout=60_000)
+        _settle(page)
+        visit.phone = page.evaluate(READER_JS)
+        visit.phone["scroll_width"], visit.phone["client_width"] = page.evaluate(
+            "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        shot = _shot_name(visit.page, PHONE["width"])
+        page.screenshot(path=str(shot), full_page=True, animations="disabled",
+                        timeout=120_000)
+        visit.phone["screenshot"] = str(shot)
+        if visit.page == NAV_PAGE:  # last: it leaves the page
+            visit.sidebar["phone"] = _phone_navigation(page, base, NAV_TARGET)
+    except Exception as err:
+        visit.phone = {"error": f"{type(err).__name__}: {err}"}
+    finally:
+        page.close()
+
+
+SIDEBAR_JS = r"""
+(which) => {
+  // The primary sidebar is hidden on a laptop (theme class, invisible) or shown in a
+  // dialog on a phone; report what a reader would see.
+  const side = document.querySelector('#pst-' + which + '-sidebar');
+  const dialog = document.querySelector('#pst-' + which + '-sidebar-modal');
+  const shown = e => !!e && !!(e.offsetWidth || e.offsetHeight)
+      && getComputedStyle(e).visibility !== 'hidden' && getComputedStyle(e).opacity !== '0';
+  const box = dialog && dialog.open ? dialog : side;
+  return {dialog_open: !!(dialog && dialog.open), sidebar_shown: shown(side),
+          links: box ? [...box.querySelectorAll('a[href]')].filter(shown)
+              .map(a => ({href: a.href, text: a.textContent.trim()})) : []};
+}
+"""
+
+
+def _visible_toggle(page, cls: str):
+    """The sidebar button a reader can see (the theme also has hidden ones)."""
+    buttons = page.locator(f"button.{cls}")
+    for i in range(buttons.count()):
+        if buttons.nth(i).is_visible():
+            return buttons.nth(i)
+    return None
 
 
 DROPDOWN_STATE_JS = r"""
@@ -269,6 +541,61 @@ def _download_notebook(page) -> dict:
             "cells": len(nb.get("cells", []))}
 
 
+def _phone_navigation(page, base: str, target: str) -> dict:
+    """On an open page at 390 px: the contents button opens the page's contents; the
+    chapter-list button opens the chapter list, and its link to `target` navigates."""
+    out: dict = {"start": page.url.removeprefix(base), "target": target}
+    try:
+        contents = _visible_toggle(page, "secondary-toggle")
+        if contents is None:
+            out["contents"] = {"error": "no visible button opens the page contents"}
+        else:
+            contents.click()
+            page.wait_for_timeout(400)
+            out["contents"] = page.evaluate(SIDEBAR_JS, "secondary")
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(200)
+        out["before"] = page.evaluate(SIDEBAR_JS, "primary")
+        button = _visible_toggle(page, "primary-toggle")
+        if button is None:
+            out["error"] = "no visible button opens the chapter list"
+            return out
+        button.click()
+        page.wait_for_timeout(400)
+        out["after"] = page.evaluate(SIDEBAR_JS, "primary")
+        link = page.locator(f"#pst-primary-sidebar-modal a[href$='{Path(target).name}']")
+        if out["after"]["dialog_open"] and link.count() and link.first.is_visible():
+            link.first.click()
+            page.wait_for_url(re.compile(re.escape(target) + r"(#.*)?$"), timeout=30_000)
+        out["landed"] = page.url.removeprefix(base)
+    except Exception as err:
+        out["error"] = f"{type(err).__name__}: {err}"
+    return out
+
+
+def _laptop_sidebar_toggle(page) -> dict:
+    """On an open page at 1366 px: the sidebar button hides the sidebar, a second click
+    shows it again."""
+    out: dict = {"start": page.url}
+    try:
+        out["before"] = page.evaluate(SIDEBAR_JS, "primary")["sidebar_shown"]
+        button = _visible_toggle(page, "primary-toggle")
+        if button is None:
+            out["error"] = "no visible sidebar button"
+            return out
+        button.click()
+        page.wait_for_timeout(600)  # the theme animates the sidebar away (0.25 s)
+        state = page.evaluate(SIDEBAR_JS, "primary")
+        out["after_one_click"] = state["sidebar_shown"]
+        out["dialog_opened"] = state["dialog_open"]
+        button.click()
+        page.wait_for_timeout(600)
+        out["after_two_clicks"] = page.evaluate(SIDEBAR_JS, "primary")["sidebar_shown"]
+    except Exception as err:
+        out["error"] = f"{type(err).__name__}: {err}"
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # Fixtures: serve the build, drive the browser once over every page
 
@@ -304,6 +631,7 @@ def server(html_dir):
 
 @pytest.fixture(scope="module")
 def visits(server) -> dict[str, Visit]:
+    """One browser over the whole book: every page at 1366 px, then at 390 px."""
     sync_api = pytest.importorskip("playwright.sync_api")
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True)
@@ -319,9 +647,17 @@ def visits(server) -> dict[str, Visit]:
                 result[page_path] = _visit(context, server, page_path)
                 result[page_path].seconds = time.perf_counter() - t0
             context.close()
+            laptop_s = time.perf_counter() - start
+            phone = browser.new_context(viewport=PHONE)
+            for page_path in PAGES:
+                t0 = time.perf_counter()
+                _visit_phone(phone, server, result[page_path])
+                result[page_path].seconds += time.perf_counter() - t0
+            phone.close()
         finally:
             browser.close()
-    print(f"\nbrowser visited {len(result)} pages in {time.perf_counter() - start:.1f} s "
+    print(f"\nbrowser visited {len(result)} pages at 1366 px in {laptop_s:.1f} s and at "
+          f"390 px in {time.perf_counter() - start - laptop_s:.1f} s "
           f"({', '.join(f'{k} {v.seconds:.1f}' for k, v in result.items())}); "
           f"screenshots in {SCREENSHOTS.relative_to(ROOT)}")
     return result
@@ -374,6 +710,8 @@ def test_page_loads_without_errors(visits, page_path):
     assert not v.page_errors, f"{page_path}: uncaught JavaScript errors {v.page_errors}"
     if page_path != "index.html":
         assert v.screenshot and v.screenshot.stat().st_size > 10_000, "no screenshot saved"
+        assert "error" not in v.phone, f"{page_path} at 390 px: {v.phone.get('error')}"
+        assert Path(v.phone["screenshot"]).stat().st_size > 10_000, "no phone screenshot"
     else:
         assert v.final_url.endswith("/book/intro.html"), f"index.html led to {v.final_url}"
 
@@ -416,7 +754,8 @@ def test_page_fits_a_laptop_screen(visits, page_path):
         f"{page_path}: the page scrolls sideways ({f['scroll_width']} px > "
         f"{f['client_width']} px)")
     assert not f["wide_math"], (
-        f"{page_path}: display formulas too wide for the text column even at 75% size "
+        f"{page_path}: display formulas too wide for the text column even at 85% of "
+        f"MathJax's size "
         f"(split them over lines, e.g. with an aligned environment): {f['wide_math']}")
 
 
@@ -499,3 +838,109 @@ def test_solutions_and_set_up_code_are_folded(visits, page_path):
         assert d["shown_after_click"], f"{page_path}: solution {d['title']!r} does not open"
     assert v.facts["hide_input_open"], f"{page_path}: no set-up cell folded away (hide-input)"
     assert not any(v.facts["hide_input_open"]), f"{page_path}: a hide-input cell is expanded"
+
+
+# --------------------------------------------------------------------------------------
+# The page reads like a textbook (issue 13)
+
+READER_PAGES = [p for p in PAGES if p != "index.html"]  # index.html is intro.html
+
+
+def _listing(items: list[str], limit: int = 15) -> str:
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return "\n  " + "\n  ".join(items[:limit]) + more
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_no_test_plumbing_on_the_page(visits, page_path):
+    """No figure summary as text, nbval marker, visible glue call, progress bar, empty box."""
+    problems = _seen(visits, page_path).reader["plumbing"]
+    assert not problems, f"{page_path}: the page shows what the tests need:{_listing(problems)}"
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_code_and_tables_fit_the_column(visits, page_path):
+    """At 1366 px no code cell (folded ones opened) or table scrolls sideways."""
+    v = _seen(visits, page_path)
+    problems = [*v.code_scroll, *v.reader["wide_tables"], *v.reader["long_inline"]]
+    assert not problems, (f"{page_path}: wider than the text column at 1366 px (code lines "
+                          f"<= 88 characters, chapters/ruff.toml):{_listing(problems)}")
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_display_math_is_not_smaller_than_text(visits, page_path):
+    r = _seen(visits, page_path).reader
+    assert not r["small_math"], (
+        f"{page_path}: display formulas smaller than the body text ({r['body_px']} px); "
+        f"split them over lines instead:{_listing(r['small_math'])}")
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_punctuation_stays_with_its_formula(visits, page_path):
+    v = _seen(visits, page_path)
+    parted = [f"at 1366 px: {p}" for p in v.reader["parted"]]
+    parted += [f"at 390 px: {p}" for p in v.phone.get("parted", [])]
+    assert not parted, f"{page_path}: a line break parts a formula from its punctuation:" \
+                       f"{_listing(parted)}"
+
+
+@pytest.mark.parametrize("page_path", ["book/intro.html", *CHAPTERS])
+def test_typography(visits, page_path):
+    """h3 lighter and smaller than h2; running text at a measure of 60-85 characters."""
+    r = _seen(visits, page_path).reader
+    h2, h3 = r["h2"], r["h3"]
+    if h2 and h3:
+        assert h3["weight"] <= h2["weight"] and h3["size"] < h2["size"], (
+            f"{page_path}: h3 {h3} is not lighter than h2 {h2}")
+    assert r["measure"] and 60 <= r["measure"] <= 85, (
+        f"{page_path}: about {r['measure']} characters a line at 1366 px (want 60-85)")
+
+
+@pytest.mark.parametrize("page_path", CHAPTERS)
+def test_every_figure_has_a_numbered_caption(visits, page_path):
+    n = int(re.match(r"chapters/(\d+)_", page_path).group(1))
+    figures = _seen(visits, page_path).reader["figures"]
+    assert figures, f"{page_path}: no figure"
+    bare = [f"figure {i} ({f['where']})" for i, f in enumerate(figures, 1) if not f["number"]]
+    assert not bare, (f"{page_path}: {len(bare)} of {len(figures)} figures have no numbered "
+                      f"caption (cell metadata mystnb.figure.caption):{_listing(bare)}")
+    numbers = [f["number"].rstrip(". ") for f in figures]
+    want = [f"Figure {n}.{k}" for k in range(1, len(figures) + 1)]
+    assert numbers == want, f"{page_path}: figures numbered {numbers}, want {want}"
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_page_fits_a_phone(visits, page_path):
+    ph = _seen(visits, page_path).phone
+    assert "error" not in ph, f"{page_path} at 390 px: {ph.get('error')}"
+    assert ph["scroll_width"] <= ph["client_width"], (
+        f"{page_path}: the page scrolls sideways on a phone ({ph['scroll_width']} px > "
+        f"{ph['client_width']} px)")
+
+
+def test_phone_sidebar_opens_and_its_links_work(visits, server):
+    nav = _seen(visits, NAV_PAGE).sidebar.get("phone", {"error": "not tried"})
+    where = f"{NAV_PAGE} at 390x844"
+    assert "error" not in nav, f"{where}: {nav['error']}"
+    assert not nav["before"]["dialog_open"], f"{where}: the chapter list is open at first"
+    after = nav["after"]
+    assert after["dialog_open"], f"{where}: the chapter-list button does not open it"
+    hrefs = [urldefrag(a["href"])[0].removeprefix(server) for a in after["links"]]
+    assert nav["target"] in hrefs, f"{where}: the open chapter list has no link to " \
+                                   f"{nav['target']} ({hrefs})"
+    assert nav["landed"].split("#")[0] == nav["target"], (
+        f"{where}: the chapter link in the sidebar led to {nav['landed']}")
+    contents = nav["contents"]
+    assert "error" not in contents, f"{where}: {contents.get('error')}"
+    assert contents["dialog_open"] and contents["links"], (
+        f"{where}: the page-contents button does not open the page's contents {contents}")
+
+
+def test_laptop_sidebar_button_hides_the_sidebar(visits):
+    nav = _seen(visits, NAV_PAGE).sidebar.get("laptop", {"error": "not tried"})
+    where = f"{NAV_PAGE} at 1366x900"
+    assert "error" not in nav, f"{where}: {nav['error']}"
+    assert nav["before"], f"{where}: the sidebar is not shown at first"
+    assert not nav["dialog_opened"], f"{where}: the button opened a dialog instead of hiding"
+    assert not nav["after_one_click"], f"{where}: the sidebar button does not hide the sidebar"
+    assert nav["after_two_clicks"], f"{where}: a second click does not bring the sidebar back"

@@ -274,3 +274,91 @@ def test_clip_floor_is_exact_constrained_maximiser():
     assert np.linalg.eigvalsh(fit.covariances_[0]).min() >= eps * (1 - 1e-12)
     with pytest.raises(ValueError, match="covariance_floor"):
         GaussianMixtureEM(2, covariance_floor="max")
+
+
+# -- incremental EM and MAP-EM (chapter 2) ----------------------------------------------
+def _blobs(seed=0, n=300):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [5.0, 1.0], [1.0, 5.0]])
+    return centres[rng.integers(3, size=n)] + rng.standard_normal((n, 2))
+
+
+def test_incremental_em_elbo_is_monotone_and_reaches_the_em_fixed_point():
+    from elbo_lib.em import fit_gmm, incremental_em
+
+    X = _blobs()
+    m0 = X[[0, 1, 2]]
+    inc = incremental_em(X, 3, n_blocks=6, n_sweeps=40, means_init=m0)
+    assert np.all(np.diff(inc.elbo_) >= -1e-9)
+    assert np.all(inc.elbo_ <= inc.log_likelihood_ + 1e-9)
+    ref = fit_gmm(X, 3, means_init=m0, tol=1e-12, max_iter=2000, covariance_floor="clip")
+    assert inc.log_likelihood_[-1] == pytest.approx(ref.log_likelihood_[-1], rel=1e-8)
+
+
+def test_incremental_em_with_one_block_is_em():
+    from elbo_lib.em import fit_gmm, incremental_em
+
+    X = _blobs(1)
+    m0 = X[[3, 4, 5]]
+    inc = incremental_em(X, 3, n_blocks=1, n_sweeps=5, means_init=m0)
+    ref = fit_gmm(X, 3, means_init=m0, tol=0.0, max_iter=6, covariance_floor="clip")
+    np.testing.assert_allclose(inc.log_likelihood_, ref.log_likelihood_[1:], rtol=1e-10)
+
+
+def test_incremental_em_validates():
+    from elbo_lib.em import incremental_em
+
+    X = _blobs(n=20)
+    with pytest.raises(ValueError, match="n_blocks"):
+        incremental_em(X, 2, n_blocks=21)
+    with pytest.raises(TypeError):
+        incremental_em(X, 2, n_blocks=2.5)
+
+
+def test_gmm_log_prior_matches_scipy():
+    from scipy.stats import dirichlet, invwishart
+
+    from elbo_lib.em import gmm_log_prior
+
+    w = np.array([0.2, 0.3, 0.5])
+    cov = np.array([np.eye(2) * s for s in (0.5, 1.0, 2.0)])
+    cov[1, 0, 1] = cov[1, 1, 0] = 0.3
+    psi = np.array([[0.4, 0.1], [0.1, 0.3]])
+    for alpha in (1.0, 2.5):
+        expected = dirichlet(np.full(3, alpha)).logpdf(w) + sum(
+            invwishart(5.0, psi).logpdf(c) for c in cov)
+        got = gmm_log_prior(w, cov, weight_concentration=alpha, cov_prior_dof=5.0,
+                            cov_prior_scale=psi)
+        assert got == pytest.approx(expected, rel=1e-10)
+
+
+def test_map_em_is_monotone_and_its_fixed_point_is_stationary():
+    from scipy.optimize import approx_fprime
+
+    from elbo_lib.em import gmm_log_likelihood, gmm_log_prior, map_em
+
+    X = _blobs(2, n=200)
+    prior = dict(weight_concentration=2.0, cov_prior_dof=4.0,
+                 cov_prior_scale=0.5 * np.eye(2))
+    fit = map_em(X, 3, means_init=X[[0, 1, 2]], tol=1e-12, max_iter=3000, **prior)
+    obj = fit.log_likelihood_ + fit.log_prior_
+    assert np.all(np.diff(obj) >= -1e-9)
+
+    def objective(mu_flat):  # the means are unconstrained: gradient must vanish
+        mu = mu_flat.reshape(3, 2)
+        return (gmm_log_likelihood(X, fit.weights_, mu, fit.covariances_)
+                + gmm_log_prior(fit.weights_, fit.covariances_, **prior))
+
+    grad = approx_fprime(fit.means_.ravel(), objective, 1e-6)
+    assert np.max(np.abs(grad)) < 1e-3
+
+
+def test_map_em_keeps_covariances_away_from_zero_on_duplicated_points():
+    from elbo_lib.em import map_em
+
+    X = np.vstack([np.repeat([[1.0, 1.0]], 10, axis=0), _blobs(3, n=60)])
+    fit = map_em(X, 4, means_init=X[[0, 10, 20, 30]], cov_prior_scale=0.01 * np.eye(2))
+    floor = 0.01 / (len(X) + 4 + 2 + 1)
+    assert np.linalg.eigvalsh(fit.covariances_)[:, 0].min() >= floor
+    with pytest.raises(ValueError, match="cov_prior_dof"):
+        map_em(X, 2, cov_prior_dof=0.5)

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from torch.distributions import Bernoulli, Independent, OneHotCategorical
+from torch.distributions import (
+    Bernoulli,
+    Independent,
+    MultivariateNormal,
+    OneHotCategorical,
+)
 
 from elbo_lib import seed_everything
 from elbo_lib.gradients import (
@@ -20,9 +25,13 @@ from elbo_lib.gradients import (
     crps_gaussian,
     diagonal_gaussian,
     fit_gaussian_vi,
+    fit_gaussian_vi_parallel,
+    gaussian_elbo_gradient_samples,
     gaussian_quadratic_expectation,
     gaussian_quadratic_gradient,
+    gaussian_target_elbo_gradient,
     gradient_stats,
+    importance_sampling_posterior,
     monte_carlo_crps,
     pathwise_gradient,
     per_sample_gradients,
@@ -336,3 +345,145 @@ def test_crps_monte_carlo_matches_closed_form():
     samples = mu + sigma * torch.randn(200_000, 3, dtype=F64)
     torch.testing.assert_close(monte_carlo_crps(samples, y), crps_gaussian(mu, sigma, y),
                                atol=0.02, rtol=0)
+
+
+# --------------------------------------------------------------------------------------
+# the Gaussian ELBO gradient, parallel VI runs and importance sampling (chapter 5)
+# --------------------------------------------------------------------------------------
+def _gaussian_target(d: int = 3, seed: int = 3, log_z: float = 1.7):
+    """A Gaussian 'posterior' N(m, C) with log p(x, z) = log N(z; m, C) + log_z."""
+    gen = np.random.default_rng(seed)
+    a = gen.normal(size=(d, d))
+    cov = a @ a.T / d + 0.5 * np.eye(d)
+    m = gen.normal(size=d)
+    target = MultivariateNormal(torch.tensor(m), covariance_matrix=torch.tensor(cov))
+
+    def log_joint(z):
+        return target.log_prob(z) + log_z
+
+    return m, cov, log_joint, log_z
+
+
+@pytest.mark.parametrize("estimator", ["total", "path-derivative"])
+def test_gaussian_elbo_gradient_matches_autodiff_sample_by_sample(estimator):
+    m, cov, log_joint, _ = _gaussian_target()
+    mu = m + 0.4
+    low = 1.2 * np.linalg.cholesky(cov)
+    got = gaussian_elbo_gradient_samples(log_joint, mu, low, 3, estimator=estimator,
+                                         generator=torch.Generator().manual_seed(5))
+    eps = torch.randn(3, mu.size, dtype=F64, generator=torch.Generator().manual_seed(5))
+    mu_t = torch.tensor(mu, requires_grad=True)
+    low_t = torch.tensor(low, requires_grad=True)
+    for s in range(3):
+        z = mu_t + low_t @ eps[s]
+        if estimator == "total":
+            q = MultivariateNormal(mu_t, scale_tril=low_t)
+        else:  # path derivative: log q with its parameters held fixed
+            q = MultivariateNormal(mu_t.detach(), scale_tril=low_t.detach())
+        g_mu, g_low = torch.autograd.grad(log_joint(z) - q.log_prob(z), (mu_t, low_t))
+        assert torch.allclose(got["mu"][0, s], g_mu, atol=1e-10)
+        assert torch.allclose(got["scale_tril"][0, s], torch.tril(g_low), atol=1e-10)
+
+
+def test_gaussian_target_elbo_gradient_matches_autodiff_of_the_closed_form():
+    m, cov, _, _ = _gaussian_target()
+    prec = np.linalg.inv(cov)
+    mu = torch.tensor(m - 0.3, requires_grad=True)
+    low = torch.tensor(0.8 * np.linalg.cholesky(cov), requires_grad=True)
+    diff, pt = mu - torch.tensor(m), torch.tensor(prec)
+    elbo = (-0.5 * diff @ pt @ diff - 0.5 * torch.trace(pt @ low @ low.T)
+            + torch.log(torch.diagonal(low)).sum())
+    g_mu, g_low = torch.autograd.grad(elbo, (mu, low))
+    exact = gaussian_target_elbo_gradient(mu.detach(), low.detach(), m, prec)
+    np.testing.assert_allclose(exact["mu"], g_mu.numpy(), atol=1e-12)
+    np.testing.assert_allclose(exact["scale_tril"], torch.tril(g_low).numpy(), atol=1e-12)
+
+
+def test_both_elbo_gradients_unbiased_and_path_derivative_exact_at_optimum():
+    m, cov, log_joint, _ = _gaussian_target()
+    prec, l_star = np.linalg.inv(cov), np.linalg.cholesky(cov)
+    gen = torch.Generator().manual_seed(0)
+    mu, low = m + 0.5, 1.5 * l_star
+    exact = gaussian_target_elbo_gradient(mu, low, m, prec)
+    for est in ("total", "path-derivative"):
+        g = gaussian_elbo_gradient_samples(log_joint, mu, low, 4, 3000, estimator=est,
+                                           generator=gen)
+        for k, v in g.items():
+            r = v.mean(1).numpy()
+            se = r.std(0, ddof=1) / np.sqrt(len(r))
+            mask = se > 0
+            assert np.all(np.abs(r.mean(0) - exact[k])[mask] < NUM_SE * se[mask])
+            assert np.all(np.abs(r.mean(0) - exact[k])[~mask] < 1e-12)
+    at_opt = gaussian_elbo_gradient_samples(log_joint, m, l_star, 4, 50,
+                                            estimator="path-derivative", generator=gen)
+    assert all(float(v.abs().max()) < 1e-10 for v in at_opt.values())
+    total = gaussian_elbo_gradient_samples(log_joint, m, l_star, 1, 4000, generator=gen)
+    var_mu = float(total["mu"].reshape(4000, -1).numpy().var(0, ddof=1).sum())
+    assert abs(var_mu / np.trace(prec) - 1) < 0.1  # Var(-P L eps) = P, trace tr P
+
+
+@pytest.mark.parametrize("family", ["diagonal", "full"])
+def test_parallel_vi_reaches_a_gaussian_posterior(family):
+    m, cov, log_joint, log_z = _gaussian_target()
+    res = fit_gaussian_vi_parallel(log_joint, 3, [0.05, 0.05], family=family,
+                                   estimator="path-derivative", num_steps=600,
+                                   eval_every=200, final_samples=4000, seed=2)
+    assert res.elbo.shape == (2, 4) and res.steps.tolist() == [0, 200, 400, 600]
+    assert not res.diverged.any() and res.model_evaluations == 600 * 8
+    # the final ELBO is a 4000-sample estimate (sd about 0.02 near the optimum)
+    assert np.all(res.final_elbo <= log_z + 0.08)
+    if family == "full":  # the family contains the posterior: KL -> 0
+        assert np.all(np.abs(log_z - res.final_elbo) < 0.08)
+        np.testing.assert_allclose(res.mu, np.tile(m, (2, 1)), atol=0.05)
+        for low in res.scale_tril:
+            np.testing.assert_allclose(low @ low.T, cov, atol=0.1)
+    else:  # the best diagonal q: precision diagonal P_ii^{-1}, KL in closed form
+        prec = np.linalg.inv(cov)
+        kl = 0.5 * (np.sum(np.log(np.diag(prec))) + np.linalg.slogdet(cov)[1])
+        np.testing.assert_allclose(log_z - res.final_elbo, kl, atol=0.08)
+
+
+def test_parallel_vi_estimators_agree_and_divergence_is_flagged():
+    _, _, log_joint, log_z = _gaussian_target()
+    for est in ("pathwise", "score"):
+        res = fit_gaussian_vi_parallel(log_joint, 3, [0.02], family="full", estimator=est,
+                                       num_steps=1500, eval_every=500, seed=4)
+        assert not res.diverged[0] and log_z - res.final_elbo[0] < 0.2
+    # an absurd step size for the score function leaves the ELBO below where it started
+    bad = fit_gaussian_vi_parallel(log_joint, 3, [50.0], family="full", estimator="score",
+                                   num_steps=50, eval_every=50, seed=0)
+    assert bad.diverged[0]
+
+
+def test_importance_sampling_is_exact_on_a_gaussian_posterior():
+    m, cov, log_joint, log_z = _gaussian_target()
+    res = importance_sampling_posterior(log_joint, m + 0.1, 1.3 * cov, 40_000,
+                                       rng=np.random.default_rng(0), df=8.0)
+    assert abs(res.log_evidence - log_z) < NUM_SE * res.log_evidence_se
+    assert 1000 < res.ess <= 40_000
+    se_mean = np.sqrt(np.diag(cov) / res.ess)
+    assert np.all(np.abs(res.mean - m) < NUM_SE * se_mean)
+    np.testing.assert_allclose(res.sd, np.sqrt(np.diag(cov)), rtol=0.05)
+    assert np.all(np.abs(res.skewness) < NUM_SE * np.sqrt(6 / res.ess))
+
+
+def test_new_chapter5_functions_validate_inputs():
+    _, cov, log_joint, _ = _gaussian_target()
+    with pytest.raises(ValueError, match="estimator"):
+        gaussian_elbo_gradient_samples(log_joint, np.zeros(3), np.eye(3), 2,
+                                       estimator="stl")
+    with pytest.raises(ValueError, match="lower triangular"):
+        gaussian_elbo_gradient_samples(log_joint, np.zeros(3), np.ones((3, 3)), 2)
+    with pytest.raises(ValueError, match="shape"):
+        gaussian_elbo_gradient_samples(log_joint, np.zeros(3), np.eye(2), 2)
+    with pytest.raises(ValueError, match="step size"):
+        fit_gaussian_vi_parallel(log_joint, 3, [0.1, -0.1])
+    with pytest.raises(ValueError, match="estimator"):
+        fit_gaussian_vi_parallel(log_joint, 3, [0.1], estimator="reinforce")
+    with pytest.raises(ValueError, match="family"):
+        fit_gaussian_vi_parallel(log_joint, 3, [0.1], family="lowrank")
+    with pytest.raises(TypeError, match="rng"):
+        importance_sampling_posterior(log_joint, np.zeros(3), cov, 10, rng=0)
+    with pytest.raises(ValueError, match="cov"):
+        importance_sampling_posterior(log_joint, np.zeros(3), np.eye(2), 10,
+                                      rng=np.random.default_rng(0))

@@ -293,3 +293,192 @@ def test_bsc_bad_inputs(bsc_problem):
         bsc_log_joint(np.full(6, 0.5), v, w, b, beta)
     with pytest.raises(ValueError, match="n_latent <= 20"):
         bsc_exact_posterior(np.zeros(2), np.zeros((2, 21)), np.zeros(21), 1.0)
+
+
+# --- Dirichlet-weight mixture (chapter 4, learned weights) -------------------------------
+from elbo_lib.mean_field import (  # noqa: E402
+    bsc_elbo_batch,
+    bsc_exact_moments,
+    bsc_log_likelihood,
+    bsc_mean_field_batch,
+    bsc_variational_em,
+    cavi_dirichlet_mixture,
+    dirichlet_mixture_elbo,
+    dirichlet_mixture_log_evidence,
+    set_partitions,
+)
+
+
+def test_set_partitions_counts_bell_numbers():
+    bell = [1, 2, 5, 15, 52, 203, 877, 4140]
+    for n, b in enumerate(bell, start=1):
+        parts = set_partitions(n)
+        assert parts.shape == (b, n)
+        assert len({tuple(row) for row in parts}) == b        # all distinct
+    with pytest.raises(ValueError, match="n must be <= 12"):
+        set_partitions(13)
+
+
+def test_dirichlet_mixture_evidence_matches_prior_monte_carlo():
+    """Exact evidence (sum over partitions) vs a Monte Carlo average over the prior."""
+    rng = np.random.default_rng(0)
+    x = np.array([[-1.0, 0.3], [1.2, -0.4], [0.9, 0.1]])
+    k, sigma2, alpha0 = 2, 2.0, 0.7
+    exact = dirichlet_mixture_log_evidence(x, k, sigma2, alpha0)
+    s = 400_000
+    mu = rng.normal(scale=np.sqrt(sigma2), size=(s, k, 2))
+    pi = rng.dirichlet(np.full(k, alpha0), size=s)
+    log_n = -np.log(2 * np.pi) - 0.5 * ((x[None, :, None, :] - mu[:, None]) ** 2).sum(-1)
+    log_lik = np.log((pi[:, None, :] * np.exp(log_n)).sum(-1)).sum(-1)
+    mc = np.log(np.mean(np.exp(log_lik - log_lik.max()))) + log_lik.max()
+    assert abs(exact - mc) < 0.02
+
+
+def test_dirichlet_mixture_evidence_brute_force_labelled_sum():
+    """Sum over all K^n labelled assignments (independent of the partition bookkeeping)."""
+    from itertools import product as iproduct
+
+    from scipy.special import gammaln, logsumexp
+    from scipy.stats import multivariate_normal
+
+    x = np.array([0.5, -1.0, 2.0, 0.1])
+    k, sigma2, alpha0 = 3, 1.5, 0.5
+    terms = []
+    for labels in iproduct(range(k), repeat=x.size):
+        labels = np.array(labels)
+        counts = np.bincount(labels, minlength=k)
+        log_c = (gammaln(k * alpha0) - gammaln(x.size + k * alpha0)
+                 + np.sum(gammaln(counts + alpha0) - gammaln(alpha0)))
+        cov = np.eye(x.size) + sigma2 * (labels[:, None] == labels[None, :])
+        terms.append(log_c + multivariate_normal(np.zeros(x.size), cov).logpdf(x))
+    assert np.isclose(dirichlet_mixture_log_evidence(x, k, sigma2, alpha0), logsumexp(terms),
+                      rtol=0, atol=1e-10)
+
+
+def test_cavi_dirichlet_mixture_elbo_is_monte_carlo_expectation_and_below_evidence():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(-2, 1, 5), rng.normal(2, 1, 4)])
+    k, sigma2, alpha0 = 3, 4.0, 0.5
+    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, n_init=3, tol=1e-12)
+    assert np.all(np.diff(res.elbo) >= -1e-9)
+    elbo = dirichlet_mixture_elbo(x, res.means, res.variances, res.resp, res.concentration,
+                                  sigma2, alpha0)
+    assert np.isclose(elbo, res.elbo[-1], rtol=0, atol=1e-9)
+    # Monte Carlo E_q[log p(x, z) - log q(z)] with scipy densities
+    from scipy.stats import dirichlet, norm
+
+    s = 200_000
+    mu = rng.normal(res.means[:, 0], np.sqrt(res.variances), size=(s, k))
+    pi = rng.dirichlet(res.concentration, size=s)
+    u = rng.random((s, x.size, 1))
+    c = (u > np.cumsum(res.resp, axis=1)[None]).sum(-1)             # (s, n) labels
+    log_p = (norm.logpdf(mu, 0, np.sqrt(sigma2)).sum(1)
+             + dirichlet(np.full(k, alpha0)).logpdf(pi.T)
+             + np.log(np.take_along_axis(pi, c, 1)).sum(1)
+             + norm.logpdf(x[None], np.take_along_axis(mu, c, 1), 1).sum(1))
+    log_q = (norm.logpdf(mu, res.means[:, 0], np.sqrt(res.variances)).sum(1)
+             + dirichlet(res.concentration).logpdf(pi.T)
+             + np.log(res.resp[np.arange(x.size), c]).sum(1))
+    diff = log_p - log_q
+    assert abs(diff.mean() - elbo) < 5 * diff.std() / np.sqrt(s)
+    assert elbo < dirichlet_mixture_log_evidence(x, k, sigma2, alpha0)
+
+
+def test_cavi_dirichlet_mixture_updates_are_factor_optima():
+    """At convergence no perturbation of one factor's parameters raises the ELBO."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 2)) + np.repeat([[-2, 0], [2, 0]], 15, axis=0)
+    k, sigma2, alpha0 = 3, 10.0, 0.1
+    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, n_init=2, tol=1e-13,
+                                 max_iter=5000)
+    base = dirichlet_mixture_elbo(x, res.means, res.variances, res.resp, res.concentration,
+                                  sigma2, alpha0)
+    for _ in range(20):
+        alpha = res.concentration * np.exp(0.01 * rng.normal(size=k))
+        assert dirichlet_mixture_elbo(x, res.means, res.variances, res.resp, alpha,
+                                      sigma2, alpha0) <= base + 1e-9
+        means = res.means + 0.01 * rng.normal(size=res.means.shape)
+        assert dirichlet_mixture_elbo(x, means, res.variances, res.resp, res.concentration,
+                                      sigma2, alpha0) <= base + 1e-9
+
+
+def test_cavi_dirichlet_mixture_validates():
+    x = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="n_components"):
+        cavi_dirichlet_mixture(x, 6, rng=np.random.default_rng(0))
+    with pytest.raises(TypeError, match="rng"):
+        cavi_dirichlet_mixture(x, 2)
+    with pytest.raises(ValueError, match="alpha0"):
+        cavi_dirichlet_mixture(x, 2, alpha0=0.0, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="at most 12 points"):
+        dirichlet_mixture_log_evidence(np.zeros(13), 2, 1.0, 1.0)
+
+
+# --- binary sparse coding: batch mean-field and variational EM ---------------------------
+@pytest.fixture
+def bsc_batch():
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(5, 4))
+    b = np.full(4, -0.5)
+    h = (rng.random((20, 4)) < 0.4).astype(float)
+    v = h @ w.T + 0.5 * rng.normal(size=(20, 5))
+    return v, w, b, 3.0
+
+
+def test_bsc_batch_matches_single_input_routines(bsc_batch):
+    v, w, b, beta = bsc_batch
+    h_batch = bsc_mean_field_batch(v, w, b, beta, tol=1e-12, max_iter=1000)
+    elbos = bsc_elbo_batch(h_batch, v, w, b, beta)
+    ll = bsc_log_likelihood(v, w, b, beta)
+    mean, second = bsc_exact_moments(v, w, b, beta)
+    for n in range(v.shape[0]):
+        single = bsc_mean_field(v[n], w, b, beta, tol=1e-12, max_iter=1000)
+        assert np.allclose(single.h_hat, h_batch[n], atol=1e-8)
+        assert np.isclose(elbos[n], bsc_elbo_enumeration(h_batch[n], v[n], w, b, beta),
+                          atol=1e-10)
+        exact = bsc_exact_posterior(v[n], w, b, beta)
+        assert np.isclose(ll[n], exact["log_evidence"], atol=1e-10)
+        assert np.allclose(mean[n], exact["marginals"], atol=1e-12)
+        post = np.exp(exact["log_posterior"])
+        assert np.allclose(second[n], (exact["codes"].T * post) @ exact["codes"], atol=1e-12)
+    assert np.all(elbos <= ll + 1e-12)
+
+
+def test_bsc_variational_em_monotone_and_bounded(bsc_batch):
+    v, w, b, beta = bsc_batch
+    rng = np.random.default_rng(5)
+    w0 = 0.3 * rng.normal(size=w.shape)
+    vem = bsc_variational_em(v, w0, np.zeros(4), 1.0, n_iter=15)
+    assert np.all(np.diff(vem.elbo) >= -1e-8)
+    assert np.all(vem.elbo <= vem.log_likelihood + 1e-10)
+    em = bsc_variational_em(v, w0, np.zeros(4), 1.0, n_iter=15, exact=True)
+    assert np.all(np.diff(em.log_likelihood) >= -1e-8)
+    assert np.allclose(em.elbo, em.log_likelihood)           # exact E-step: bound is tight
+    assert em.weights_history.shape == (16, 5, 4)
+
+
+def test_bsc_variational_em_m_step_is_the_maximiser(bsc_batch):
+    """One M-step: perturbing W, b or beta never raises the expected complete log-lik."""
+    v, w, b, beta = bsc_batch
+    h = bsc_mean_field_batch(v, w, b, beta, tol=1e-10, max_iter=500)  # as in the E-step
+    fit = bsc_variational_em(v, w, b, beta, n_iter=1)
+    w1, b1, beta1 = fit.weights, fit.bias, fit.noise_precision
+    # the ELBO with q fixed at h is E_q[log p(v, h)] + entropy: compare at fixed h
+    base = bsc_elbo_batch(h, v, w1, b1, beta1).sum()
+    rng = np.random.default_rng(6)
+    for _ in range(10):
+        assert bsc_elbo_batch(h, v, w1 + 0.01 * rng.normal(size=w1.shape), b1, beta1).sum() <= base
+        assert bsc_elbo_batch(h, v, w1, b1 + 0.01 * rng.normal(size=4), beta1).sum() <= base
+        assert bsc_elbo_batch(h, v, w1, b1, beta1 * np.exp(0.01 * rng.normal())).sum() <= base
+
+
+def test_bsc_batch_validates(bsc_batch):
+    v, w, b, beta = bsc_batch
+    with pytest.raises(ValueError, match="weights"):
+        bsc_mean_field_batch(v, w[:3], b, beta)
+    with pytest.raises(ValueError, match="init"):
+        bsc_mean_field_batch(v, w, b, beta, init=np.full((2, 4), 0.5))
+    with pytest.raises(ValueError, match="noise_precision"):
+        bsc_log_likelihood(v, w, b, -1.0)
+    with pytest.raises(ValueError, match="n_latent <= 16"):
+        bsc_log_likelihood(np.zeros((1, 2)), np.zeros((2, 17)), np.zeros(17), 1.0)

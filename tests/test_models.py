@@ -82,3 +82,61 @@ def test_bad_q(model):
         model.elbo(0.0, 0.0)
     with pytest.raises(ValueError, match="q_mean"):
         model.kl_to_posterior(np.nan, 1.0)
+
+
+# -- SquaredMeanModel and the quadrature oracles (chapter 1) ----------------------------
+def test_squared_mean_log_joint_matches_scipy():
+    from scipy.stats import norm
+
+    from elbo_lib.models import SquaredMeanModel
+
+    x = np.array([1.1, 0.9, 1.3])
+    model = SquaredMeanModel(x, noise_std=0.5, prior_mean=0.2, prior_std=1.5)
+    z = np.linspace(-2, 2, 7)
+    expected = norm(0.2, 1.5).logpdf(z) + norm.logpdf(x[None, :], z[:, None] ** 2, 0.5).sum(1)
+    np.testing.assert_allclose(model.log_joint(z), expected, rtol=1e-12)
+    zt = torch.tensor(z, requires_grad=True)
+    np.testing.assert_allclose(model.log_joint(zt).detach().numpy(), expected, rtol=1e-12)
+
+
+def test_squared_mean_evidence_quadrature_matches_scipy_quad():
+    from scipy.integrate import quad
+
+    from elbo_lib.bounds import log_evidence_quadrature
+    from elbo_lib.models import SquaredMeanModel
+
+    model = SquaredMeanModel(np.array([1.0, 0.8, 1.2]), noise_std=0.5)
+    log_z, post = log_evidence_quadrature(model.log_joint, np.linspace(-5, 5, 20001))
+    ref = quad(lambda z: np.exp(model.log_joint(z)), -5, 5, points=[-1, 1], epsrel=1e-12)[0]
+    assert log_z == pytest.approx(np.log(ref), abs=1e-9)
+    assert post.sum() * 10 / 20000 == pytest.approx(1.0, abs=1e-9)
+
+
+def test_quadrature_oracles_reproduce_the_conjugate_closed_forms():
+    from elbo_lib.bounds import gaussian_elbo_quadrature, log_evidence_quadrature
+
+    rng = np.random.default_rng(3)
+    model = ConjugateGaussianMean(rng.normal(1.0, 2.0, 15), 2.0, 0.0, 3.0)
+
+    def log_joint(z):
+        z = np.asarray(z, dtype=np.float64)
+        return model.log_joint(torch.as_tensor(z)).numpy()
+
+    log_z, _ = log_evidence_quadrature(log_joint, np.linspace(-8, 10, 40001))
+    assert log_z == pytest.approx(model.log_evidence(), abs=1e-9)
+    means, stds = np.array([-1.0, 0.5, 2.0]), np.array([0.1, 1.0, 3.0])
+    np.testing.assert_allclose(gaussian_elbo_quadrature(log_joint, means, stds),
+                               model.elbo(means, stds**2), rtol=1e-12)
+
+
+def test_quadrature_oracles_validate_inputs():
+    from elbo_lib.bounds import gaussian_elbo_quadrature, log_evidence_quadrature
+
+    with pytest.raises(TypeError, match="callable"):
+        gaussian_elbo_quadrature(3.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="std"):
+        gaussian_elbo_quadrature(lambda z: -z**2, 0.0, -1.0)
+    with pytest.raises(ValueError, match="cover"):
+        log_evidence_quadrature(lambda z: -0.5 * z**2, np.linspace(-1, 1, 101))
+    with pytest.raises(ValueError, match="uniform"):
+        log_evidence_quadrature(lambda z: -0.5 * z**2, np.array([-9.0, 0.0, 1.0, 9.0]))

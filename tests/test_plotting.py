@@ -60,9 +60,8 @@ def test_describe_figure_bad_input():
 
 
 def test_show_prints_description(capsys):
-    summary = show(_figure([1.0, 3.0]))
+    assert show(_figure([1.0, 3.0])) is None  # no execute_result when it ends a cell
     assert "line 'trace': 2 pts" in capsys.readouterr().out
-    assert "line 'trace': 2 pts" in summary
 
 
 def test_describe_figure_prints_round_off_relative_to_the_data_scale():
@@ -156,3 +155,14 @@ def test_gaussian_ellipse_bad_input(mean, cov, msg):
     fig, ax = plt.subplots()
     with pytest.raises(ValueError, match=msg):
         gaussian_ellipse(ax, mean, cov)
+
+
+def test_describe_figure_has_no_decade_jump_at_a_saturated_maximum():
+    # Probabilities that reach 1 on one CPU and 1 - 1e-16 on another.
+    y = np.array([0.2, 0.4444444, 0.9, 1.0])
+    fig, ax = plt.subplots()
+    ax.plot(y, label="p")
+    fig2, ax2 = plt.subplots()
+    ax2.plot(y - np.array([0, 0, 0, 1e-16]), label="p")
+    assert describe_figure(fig) == describe_figure(fig2)
+    assert "mean 0.6361" in describe_figure(fig)

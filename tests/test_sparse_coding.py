@@ -13,6 +13,7 @@ from elbo_lib.patches import (
     ZCAWhitener,
     denoise_image,
     load_grey_sample_images,
+    orientation_concentration,
     random_patches,
     remove_dc,
     tile_patches,
@@ -27,8 +28,11 @@ from elbo_lib.sparse_coding import (
     learn_dictionary,
     lipschitz_constant,
     normalize_columns,
+    omp_codes,
     sklearn_lasso_alpha,
     soft_threshold,
+    sparse_coding_log_evidence_2d,
+    sparse_coding_log_joint,
     update_dictionary,
 )
 
@@ -361,3 +365,70 @@ def test_easy_signals_leave_the_working_set_without_changing_the_answer():
     assert tracked.objectives[-1] == pytest.approx(lasso_objective(X, W, tracked.codes, lam).sum())
     # a signal that does not converge within max_iter is reported as such
     assert not ista(X, W, lam, max_iter=3, tol=1e-12).converged
+
+
+# ------------------------------------------ the 2-D posterior, OMP, orientation (ch. 3)
+def test_sparse_coding_log_joint_matches_scipy_densities():
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    W, H, x = rng.standard_normal((5, 3)), rng.standard_normal((4, 3)), rng.standard_normal(5)
+    expected = (stats.norm.logpdf(x[None, :], H @ W.T, 0.7).sum(axis=1)
+                + stats.laplace.logpdf(H, scale=1.3).sum(axis=1))
+    np.testing.assert_allclose(sparse_coding_log_joint(x, W, H, 0.7, 1.3), expected,
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="sigma"):
+        sparse_coding_log_joint(x, W, H, 0.0, 1.0)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        sparse_coding_log_joint(x[:4], W, H, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("x", [[1.4, 0.05], [1.8, 0.6], [-0.3, 0.2], [0.0, 0.0]])
+def test_log_evidence_2d_matches_grid_quadrature(x):
+    from scipy.special import logsumexp
+
+    rho = 0.8
+    W = np.array([[1.0, rho], [0.0, np.sqrt(1 - rho**2)]])
+    step = 0.01
+    g = np.arange(-5 + step / 2, 6, step)
+    grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    log_joint = sparse_coding_log_joint(np.asarray(x), W, grid, 0.5, 1.0)
+    log_px, orthants = sparse_coding_log_evidence_2d(x, W, 0.5, 1.0)
+    assert abs(logsumexp(log_joint) + 2 * np.log(step) - log_px) < 1e-4
+    weights = np.exp(log_joint - log_px) * step**2
+    assert abs(weights[grid[:, 0] > 0].sum() - orthants[1].sum()) < 1e-3
+    assert abs(orthants.sum() - 1) < 1e-9
+
+
+def test_log_evidence_2d_errors():
+    with pytest.raises(ValueError, match="shape"):
+        sparse_coding_log_evidence_2d([1.0, 2.0], np.eye(3), 1.0, 1.0)
+    with pytest.raises(ValueError, match="independent"):
+        sparse_coding_log_evidence_2d([1.0, 2.0], np.ones((2, 2)), 1.0, 1.0)
+
+
+def test_omp_codes_counts_and_agree_with_sklearn_per_signal():
+    from sklearn.linear_model import orthogonal_mp
+
+    X, W = _problem(seed=4)
+    counts = np.arange(X.shape[0]) % 4
+    codes = omp_codes(X, W, counts)
+    np.testing.assert_array_equal((codes != 0).sum(axis=1), counts)
+    for i in np.flatnonzero(counts):
+        ref = orthogonal_mp(W, X[i], n_nonzero_coefs=int(counts[i]))
+        np.testing.assert_allclose(codes[i], ref, atol=1e-10)
+    with pytest.raises(ValueError, match="unit-norm"):
+        omp_codes(X, 2 * W, 1)
+    with pytest.raises(ValueError, match="n_nonzero"):
+        omp_codes(X, W, 1.5)
+
+
+def test_orientation_concentration_of_gratings_and_noise():
+    yy, xx = np.mgrid[:8, :8]
+    gratings = np.array([np.cos(2 * np.pi * 0.25 * (np.cos(a) * xx + np.sin(a) * yy)).ravel()
+                         for a in np.linspace(0, np.pi, 6, endpoint=False)])
+    assert np.all(orientation_concentration(gratings) > 0.7)   # window leakage: < 1
+    noise = np.random.default_rng(0).standard_normal((500, 64))
+    assert np.median(orientation_concentration(noise)) < 0.35
+    with pytest.raises(ValueError, match="half_width_deg"):
+        orientation_concentration(gratings, half_width_deg=90)

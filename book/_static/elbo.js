@@ -1,25 +1,160 @@
-/* The ELBO book: fit wide display formulas to the text column.
+/* The ELBO book: typesetting and navigation fixes, on every page.
  *
- * MathJax 3 does not break long display equations, so at laptop width a few are wider
- * than the text and would need a horizontal scroll bar. After typesetting, each such
- * formula is scaled down to fit, but never below MIN_SCALE (then it scrolls, and
- * tests/test_browser.py reports it so the chapter can split it across lines).
- * It runs again when the window is resized and when a hidden block (an exercise
- * solution, a collapsed cell) is opened.
+ * 1. Glued numbers inside formulas. myst-nb renders {glue:text} as
+ *    <span class="pasted-text">1.109</span>, so "$\N($ {glue} $, $ {glue} $^2)$" arrives as
+ *    five pieces: three formulas and two plain-text numbers between them. Before MathJax
+ *    typesets the page, each run of inline formulas and glued numbers that touch (only
+ *    white space between them) is joined into ONE formula, so the numbers are set in the
+ *    math font, with a true minus sign, and "^2" has its base. A glued number that
+ *    touches no formula stays text (elbo.css gives it the weight of the text around it)
+ *    and gets a true minus sign.
+ * 2. Punctuation stays with its formula. A formula is an unbreakable box, and browsers
+ *    may break the line between it and the comma after it, so a line would start with
+ *    "," or ":". Each inline formula is wrapped, with the punctuation that touches it
+ *    ("(" before, ",.;:!?)" after), in a span that does not wrap.
+ * 3. Wide display formulas. MathJax sets each formula's font size (about 120-130 % of
+ *    the text, matched to the text font's x-height). A display formula wider than the
+ *    text column is scaled down RELATIVE TO THAT SIZE, at most to MIN_SCALE of it and
+ *    never below the size of the body text; a formula that still does not fit scrolls,
+ *    and tests/test_browser.py reports it so that the chapter splits it over lines.
+ *    This runs again when the window is resized and when a hidden block opens.
+ * 4. Sidebar buttons. sphinx-book-theme 1.3.0 / pydata-sphinx-theme 0.17.1 put two
+ *    buttons of each kind on the page (.primary-toggle, .secondary-toggle): one in the top
+ *    navbar, hidden by the theme's CSS, and one in the article header, which is the one a
+ *    reader sees. Both themes attach their click handlers with
+ *    document.querySelector(".primary-toggle"), i.e. to the FIRST, hidden button
+ *    (sphinx-book-theme issues 917 and 935, unreleased fix in PR 991/1000), so the visible
+ *    buttons did nothing: on a phone the chapter list and page contents did not open, on a
+ *    laptop the sidebar did not hide. Here a click on any other button of the same kind is
+ *    passed on to the button the themes listen to.
  */
 (function () {
   "use strict";
-  const MIN_SCALE = 0.75;
+  const MIN_SCALE = 0.85;
+
+  // ---------------------------------------------------------------- 4. sidebar buttons
+  function wireSidebarToggles() {
+    ["primary-toggle", "secondary-toggle"].forEach(function (cls) {
+      const bound = document.querySelector("." + cls);
+      if (!bound) return;
+      document.querySelectorAll("." + cls).forEach(function (button) {
+        if (button === bound) return;
+        button.addEventListener("click", function (event) {
+          event.preventDefault();
+          event.stopPropagation();
+          bound.click();
+        });
+      });
+    });
+  }
+
+  // ------------------------------------------------------- 1. glued numbers in formulas
+  const INLINE_TEX = /^\s*\\\(([\s\S]*)\\\)\s*$/;
+  const NUMBER = /^\s*([-+\u2212]?)(\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE]([-+]?\d+))?\s*(%?)\s*$/;
+
+  function isInlineMath(node) {
+    return node && node.nodeType === 1 && node.tagName === "SPAN"
+      && node.classList.contains("math") && INLINE_TEX.test(node.textContent);
+  }
+  function isGlued(node) {
+    return node && node.nodeType === 1 && node.classList.contains("pasted-text")
+      && node.children.length === 0 && NUMBER.test(node.textContent);
+  }
+  function isBlank(node) {
+    return node && node.nodeType === 3 && !node.textContent.trim();
+  }
+  function numberAsTex(text) {
+    const m = NUMBER.exec(text);
+    const sign = m[1] ? "-" : "";
+    const exponent = m[3] ? "\\times 10^{" + parseInt(m[3], 10) + "}" : "";
+    return sign + m[2].replace(/,/g, "{,}") + exponent + (m[4] ? "\\%" : "");
+  }
+
+  function joinGluedNumbersWithFormulas(root) {
+    const done = new Set();
+    root.querySelectorAll("span.pasted-text").forEach(function (glued) {
+      if (done.has(glued) || !isGlued(glued)) return;
+      // Walk left and right over formulas, glued numbers and blank space between them.
+      let first = glued;
+      for (let n = glued.previousSibling; n; n = n.previousSibling) {
+        if (isInlineMath(n) || isGlued(n)) first = n;
+        else if (!isBlank(n)) break;
+      }
+      let last = glued;
+      for (let n = glued.nextSibling; n; n = n.nextSibling) {
+        if (isInlineMath(n) || isGlued(n)) last = n;
+        else if (!isBlank(n)) break;
+      }
+      const run = [];
+      for (let n = first; n; n = n.nextSibling) {
+        run.push(n);
+        if (n === last) break;
+      }
+      if (!run.some(isInlineMath)) return;
+      const tex = run.map(function (n) {
+        if (isInlineMath(n)) return INLINE_TEX.exec(n.textContent)[1];
+        if (isGlued(n)) { done.add(n); return numberAsTex(n.textContent); }
+        return " ";
+      }).join(" ");
+      const math = document.createElement("span");
+      math.className = "math notranslate nohighlight elbo-joined";
+      math.textContent = "\\(" + tex + "\\)";
+      run[0].parentNode.insertBefore(math, run[0]);
+      run.forEach(function (n) { n.remove(); });
+    });
+    // Glued numbers left in the text: a true minus sign.
+    root.querySelectorAll("span.pasted-text").forEach(function (glued) {
+      if (isGlued(glued)) glued.textContent = glued.textContent.replace(/^(\s*)-/, "$1\u2212");
+    });
+  }
+
+  // ------------------------------------------------------ 2. punctuation with formulas
+  const AFTER = /^[,.;:!?)\]]+/;
+  const BEFORE = /[(\[]$/;
+
+  function keepPunctuationWithFormulas(root) {
+    root.querySelectorAll("span.math").forEach(function (math) {
+      if (!INLINE_TEX.test(math.textContent) || math.closest(".elbo-nowrap")) return;
+      const prev = math.previousSibling;
+      const next = math.nextSibling;
+      const before = prev && prev.nodeType === 3 ? BEFORE.exec(prev.textContent) : null;
+      const after = next && next.nodeType === 3 ? AFTER.exec(next.textContent) : null;
+      if (!before && !after) return;
+      const box = document.createElement("span");
+      box.className = "elbo-nowrap";
+      math.parentNode.insertBefore(box, math);
+      if (before) {
+        prev.textContent = prev.textContent.slice(0, -before[0].length);
+        box.appendChild(document.createTextNode(before[0]));
+      }
+      box.appendChild(math);
+      if (after) {
+        next.textContent = next.textContent.slice(after[0].length);
+        box.appendChild(document.createTextNode(after[0]));
+      }
+    });
+  }
+
+  // ------------------------------------------------------------ 3. wide display formulas
+  function px(element) {
+    return parseFloat(window.getComputedStyle(element).fontSize);
+  }
 
   function fitFormulas() {
+    const article = document.querySelector("article") || document.body;
+    const bodyText = article.querySelector("p") || article;
+    const bodyPx = px(bodyText);
     document.querySelectorAll('mjx-container[display="true"]').forEach(function (m) {
-      m.style.fontSize = "";
+      if (m.dataset.elboSize === undefined) m.dataset.elboSize = m.style.fontSize || "";
+      m.style.fontSize = m.dataset.elboSize;  // MathJax's own size
       const have = m.clientWidth;
       const need = m.scrollWidth;
-      if (have > 0 && need > have + 1) {
-        const scale = Math.max(MIN_SCALE, (0.99 * have) / need);
-        m.style.fontSize = (100 * scale).toFixed(1) + "%";
-      }
+      if (!(have > 0 && need > have + 1)) return;
+      const own = m.dataset.elboSize ? parseFloat(m.dataset.elboSize) / 100 : 1;
+      const ownPx = px(m);
+      const floor = Math.max(MIN_SCALE, bodyPx / ownPx);
+      const scale = Math.min(1, Math.max(floor, (0.99 * have) / need));
+      m.style.fontSize = (100 * own * scale).toFixed(1) + "%";
     });
   }
 
@@ -29,11 +164,26 @@
     pending = window.setTimeout(fitFormulas, 50);
   }
 
-  window.addEventListener("load", function () {
-    const mj = window.MathJax;
-    if (!(mj && mj.startup && mj.startup.promise)) return;  // a page with no math
-    mj.startup.promise.then(fitFormulas);
-    window.addEventListener("resize", fitSoon);
-    document.addEventListener("click", fitSoon);  // opening a solution or a hidden cell
-  });
+  // ------------------------------------------------------------------------ wiring
+  if (window.MathJax && !window.MathJax.version) {
+    // Still the configuration object from _config.yml: run before the first typesetting.
+    const startup = window.MathJax.startup || {};
+    startup.pageReady = function () {
+      const main = document.querySelector("main") || document.body;
+      joinGluedNumbersWithFormulas(main);
+      keepPunctuationWithFormulas(main);
+      return window.MathJax.startup.defaultPageReady().then(function () {
+        fitFormulas();
+        window.addEventListener("resize", fitSoon);
+        document.addEventListener("click", fitSoon);  // a solution or hidden cell opened
+      });
+    };
+    window.MathJax.startup = startup;
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", wireSidebarToggles);
+  } else {
+    wireSidebarToggles();
+  }
 })();
