@@ -21,6 +21,7 @@ training (Hinton et al. 1995) for comparison.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,8 +37,19 @@ from elbo_lib.bounds import gaussian_kl, importance_weighted_bound
 
 __all__ = [
     "VAE",
+    "AggregatePosterior",
     "TrainingHistory",
     "active_units",
+    "aggregate_posterior",
+    "decoder_gradient_by_quadrature",
+    "elbo_per_point",
+    "fano_error_bound",
+    "fit_encoder",
+    "gradient_snr",
+    "inference_gaps",
+    "iwae_objective",
+    "kl_per_unit",
+    "train_vae_variant",
     "as_tensor",
     "bernoulli_log_likelihood",
     "elbo_terms",
@@ -582,3 +594,386 @@ def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01
     mean, _ = model.encode(x)
     variances = mean.var(dim=0, unbiased=True).numpy().astype(np.float64)
     return int((variances > threshold).sum()), variances
+
+
+# -- additions for chapter 6's second half: per-image ELBOs, IWAE training, KL warm-up and
+#    free bits, gradient signal-to-noise, the aggregate posterior, encoder refits ----------
+
+
+@torch.no_grad()
+def elbo_per_point(model: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+    """Per-data-point ELBO with the closed-form KL: mean_s log p(x | z_s) - KL(q || p).
+
+    The reconstruction term is averaged over ``num_samples`` reparameterised samples;
+    the KL is exact (:func:`elbo_lib.bounds.gaussian_kl`). :func:`iwae_bound` estimates
+    the same quantity from log importance weights (Monte Carlo in both terms), so the
+    two agree within Monte Carlo error. Used by chapter 6.
+
+    Returns
+    -------
+    torch.Tensor, shape (n,)
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    num_samples = check_positive_int(num_samples, "num_samples")
+    mean, logvar = model.encode(x)
+    z = reparameterize(mean, logvar, num_samples)
+    reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0)
+    return reconstruction - gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1)
+
+
+def iwae_objective(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Differentiable single-estimate IWAE_k of each data point (Burda et al. 2016).
+
+    log (1/k) sum_i w_i with k reparameterised samples z_i ~ q_phi(z | x); k = 1 is the
+    one-sample ELBO estimate with a Monte Carlo (not closed-form) KL. Gradients flow to
+    encoder and decoder. Used by :func:`train_vae_variant` and :func:`gradient_snr`.
+
+    Returns
+    -------
+    torch.Tensor, shape (n,)
+    """
+    return importance_weighted_bound(importance_log_weights(model, x, k), dim=0)
+
+
+def _free_bits_kl(kl_per_unit: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """sum_j max(free_bits, mean over the minibatch of KL_j), per data point (shape (n,))."""
+    if free_bits <= 0:
+        return kl_per_unit.sum(-1)
+    floored = torch.clamp(kl_per_unit.mean(0), min=free_bits).sum()
+    return floored.expand(kl_per_unit.shape[0])
+
+
+def train_vae_variant(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor,
+                      num_epochs: int, k: int = 1, beta: float = 1.0,
+                      warmup_epochs: int = 0, free_bits: float = 0.0,
+                      batch_size: int = 64, lr: float = 1e-3) -> TrainingHistory:
+    """Train a VAE on the IWAE_k objective, or on the ELBO with KL warm-up / free bits.
+
+    Same minibatches, optimiser and recorded history as :func:`train_vae`, with one of:
+
+    - ``k > 1``: ascend IWAE_k (Burda et al. 2016), k reparameterised samples per image;
+    - ``warmup_epochs > 0``: the KL weight rises linearly from 0 to ``beta`` over the
+      first ``warmup_epochs`` epochs (per step), then stays at ``beta`` (KL annealing,
+      Bowman et al. 2016; warm-up, Sonderby et al. 2016);
+    - ``free_bits > 0``: the KL term is sum_j max(free_bits, mean_batch KL_j), so a latent
+      unit is not pushed below ``free_bits`` nats (Kingma et al. 2016).
+
+    The recorded ``train_*`` values are the epoch's averages of the one-sample
+    reconstruction estimate and the closed-form KL (for ``k > 1``, the reconstruction
+    term averaged over the k samples); ``val_*`` are the true ELBO and its terms, as in
+    :func:`train_vae`. Used by chapter 6.
+
+    Raises
+    ------
+    ValueError
+        If ``k > 1`` is combined with ``beta != 1``, warm-up or free bits (the IWAE
+        objective has no separate KL term to weight), or on invalid sizes.
+    """
+    model, num_epochs, batch_size, lr = _check_training(model, x_train, x_val, num_epochs,
+                                                        batch_size, lr)
+    k = check_positive_int(k, "k")
+    beta = check_positive(beta, "beta")
+    if not isinstance(warmup_epochs, int | np.integer) or warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be a non-negative int, got {warmup_epochs!r}")
+    free_bits = float(free_bits)
+    if not np.isfinite(free_bits) or free_bits < 0:
+        raise ValueError(f"free_bits must be a finite number >= 0, got {free_bits!r}")
+    if k > 1 and (beta != 1.0 or warmup_epochs or free_bits):
+        raise ValueError("k > 1 (IWAE) cannot be combined with beta, warmup_epochs or "
+                         "free_bits")
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = TrainingHistory()
+    n = len(x_train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    step = 0
+    start = time.perf_counter()
+    for _ in range(num_epochs):
+        model.train()
+        totals = torch.zeros(2)
+        for idx in torch.randperm(n).split(batch_size):
+            x = x_train[idx]
+            mean, logvar = model.encode(x)
+            kl_units = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0)
+            if k > 1:
+                z = reparameterize(mean, logvar, k)
+                log_lik = bernoulli_log_likelihood(x, model.decode(z))       # (k, b)
+                log_w = (log_lik - 0.5 * (_LOG_2PI * model.latent_dim + (z**2).sum(-1))
+                         - gaussian_log_density(z, mean, logvar))
+                loss = -importance_weighted_bound(log_w, dim=0).mean()
+                reconstruction = log_lik.mean(0)
+            else:
+                reconstruction = bernoulli_log_likelihood(
+                    x, model.decode(reparameterize(mean, logvar)))
+                weight = beta
+                if warmup_epochs:
+                    weight = beta * min(1.0, (step + 1) / (warmup_epochs * steps_per_epoch))
+                loss = -(reconstruction - weight * _free_bits_kl(kl_units, free_bits)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            totals += torch.stack([reconstruction.detach().sum(),
+                                   kl_units.detach().sum()])
+        rec, kl_mean = (totals / n).tolist()
+        model.eval()
+        history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean},
+                       evaluate_elbo(model, x_val))
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+@torch.no_grad()
+def kl_per_unit(model: VAE, x: torch.Tensor) -> np.ndarray:
+    """Average over ``x`` of each latent unit's closed-form KL(q(z_u | x) || N(0, 1)).
+
+    The rate split by unit: the sum over units is the average KL term of the ELBO.
+    Used by chapter 6 to see free bits hold units at their floor.
+
+    Returns
+    -------
+    numpy.ndarray, shape (latent_dim,)
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    mean, logvar = model.encode(x)
+    kl = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).mean(0)
+    return kl.numpy().astype(np.float64)
+
+
+def gradient_snr(model: VAE, x: torch.Tensor, k: int, num_repeats: int = 100
+                 ) -> dict[str, np.ndarray]:
+    """Signal-to-noise ratio of the IWAE_k gradient, per parameter (Rainforth et al. 2018).
+
+    The gradient of mean_n IWAE_k(x_n) with respect to every parameter is estimated
+    ``num_repeats`` times on the same data ``x`` with fresh samples; the SNR of a
+    parameter is |mean| / standard deviation over the repeats. Rainforth et al. show that
+    as k grows the decoder's (generative network's) SNR grows like sqrt(k) while the
+    encoder's (inference network's) shrinks like 1 / sqrt(k). Used by chapter 6.
+
+    Returns
+    -------
+    dict
+        ``"encoder"`` and ``"decoder"``: per-parameter SNR (numpy arrays), and
+        ``"decoder_mean"``: the decoder gradient averaged over the repeats (for the
+        comparison with :func:`decoder_gradient_by_quadrature`).
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    k = check_positive_int(k, "k")
+    num_repeats = check_positive_int(num_repeats, "num_repeats", minimum=2)
+    groups = {"encoder": list(model.encoder.parameters()),
+              "decoder": list(model.decoder.parameters())}
+    params = groups["encoder"] + groups["decoder"]
+    samples = []
+    for _ in range(num_repeats):
+        grads = torch.autograd.grad(iwae_objective(model, x, k).mean(), params)
+        samples.append(torch.cat([g.reshape(-1) for g in grads]).double())
+    g = torch.stack(samples)                                  # (repeats, P)
+    mean, std = g.mean(0), g.std(0)
+    snr = (mean.abs() / std.clamp_min(1e-30)).numpy()
+    n_enc = sum(p.numel() for p in groups["encoder"])
+    return {"encoder": snr[:n_enc], "decoder": snr[n_enc:],
+            "decoder_mean": mean[n_enc:].numpy()}
+
+
+def decoder_gradient_by_quadrature(model: VAE, x: torch.Tensor, limit: float = 5.0,
+                                   num_points: int = 201) -> np.ndarray:
+    """Exact gradient of mean_n log p_theta(x_n) with respect to the decoder (2-D latent).
+
+    The grid quadrature of :func:`grid_log_marginal`, differentiated by autograd: the
+    reference that the IWAE_k decoder gradients approach as k grows. Used by chapter 6.
+
+    Returns
+    -------
+    numpy.ndarray
+        The decoder gradient, flattened in the order of ``model.decoder.parameters()``.
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    if model.latent_dim != 2:
+        raise ValueError(f"grid quadrature needs a 2-D latent space, got latent_dim="
+                         f"{model.latent_dim}")
+    limit = check_positive(limit, "limit")
+    num_points = check_positive_int(num_points, "num_points", minimum=3)
+    axis = torch.linspace(-limit, limit, num_points, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    logits = model.decode(grid.float()).to(torch.float64)
+    x64 = x.to(torch.float64)
+    log_joint = (x64 @ logits.T - F.softplus(logits).sum(-1)
+                 - 0.5 * (2 * _LOG_2PI + (grid**2).sum(-1)))
+    log_px = torch.logsumexp(log_joint, dim=1)                   # + const (cell area)
+    params = list(model.decoder.parameters())
+    grads = torch.autograd.grad(log_px.mean(), params)
+    return torch.cat([g.reshape(-1) for g in grads]).numpy()
+
+
+@dataclass
+class AggregatePosterior:
+    """The aggregate posterior q(z) = (1/N) sum_n q_phi(z | x_n) on a 2-D grid.
+
+    Attributes
+    ----------
+    axis : numpy.ndarray, shape (m,)
+        Grid coordinates along each latent axis.
+    log_density : numpy.ndarray, shape (m, m)
+        log q(z) at ``(z_1, z_2) = (axis[i], axis[j])`` in ``log_density[i, j]``.
+    kl_to_prior : float
+        KL(q(z) || N(0, I)) by quadrature.
+    mutual_information : float
+        I_q(x; z) = mean_n KL(q(z | x_n) || q(z)) by quadrature.
+    mean_rate : float
+        mean_n KL(q(z | x_n) || N(0, I)) in closed form. Hoffman and Johnson (2016):
+        ``mean_rate = mutual_information + kl_to_prior``.
+    """
+
+    axis: np.ndarray
+    log_density: np.ndarray
+    kl_to_prior: float
+    mutual_information: float
+    mean_rate: float
+
+
+@torch.no_grad()
+def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
+                        num_points: int = 201, max_batch: int = 2**12
+                        ) -> AggregatePosterior:
+    """The aggregate posterior of a 2-D VAE on a grid, its KL to the prior and I(x; z).
+
+    q(z) is the equal-weight mixture of the encoder's Gaussians over the data ``x``
+    (Hoffman and Johnson 2016). The average KL term of the ELBO
+    splits exactly into the mutual information between x and z under q and the KL from
+    q(z) to the prior; both are computed here by Riemann sums on a
+    ``num_points`` x ``num_points`` grid over [-limit, limit]^2 in float64, and the sum
+    is compared with the closed form in chapter 6.
+
+    Returns
+    -------
+    AggregatePosterior
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    if model.latent_dim != 2:
+        raise ValueError(f"the grid needs a 2-D latent space, got latent_dim="
+                         f"{model.latent_dim}")
+    limit = check_positive(limit, "limit")
+    num_points = check_positive_int(num_points, "num_points", minimum=3)
+    mean, logvar = (t.to(torch.float64) for t in model.encode(x))
+    axis = torch.linspace(-limit, limit, num_points, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)                       # (G, 2), row-major
+    log_cell = 2 * math.log(float(axis[1] - axis[0]))
+    log_n = math.log(len(x))
+    log_q_parts, kl_prior, mutual = [], 0.0, 0.0
+    for chunk in grid.split(max_batch):
+        log_q_cond = gaussian_log_density(chunk[:, None, :], mean, logvar)   # (g, N)
+        log_q = torch.logsumexp(log_q_cond, dim=1) - log_n                    # (g,)
+        log_p = -0.5 * (2 * _LOG_2PI + (chunk**2).sum(-1))
+        kl_prior += float((torch.exp(log_q + log_cell) * (log_q - log_p)).sum())
+        weights = torch.exp(log_q_cond + log_cell - log_n)
+        mutual += float((weights * (log_q_cond - log_q[:, None])).sum())
+        log_q_parts.append(log_q)
+    rate = float(gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1).mean())
+    log_density = torch.cat(log_q_parts).reshape(num_points, num_points).numpy()
+    return AggregatePosterior(axis.numpy(), log_density, kl_prior, mutual, rate)
+
+
+def fit_encoder(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs: int,
+                hidden: int, batch_size: int = 64, lr: float = 1e-3
+                ) -> tuple[VAE, TrainingHistory]:
+    """A new encoder of width ``hidden`` trained on the ELBO of ``model``'s frozen decoder.
+
+    Returns a new VAE whose decoder is a copy of ``model.decoder`` (never updated) and
+    whose encoder (one hidden layer of ``hidden`` tanh units; ``new.hidden`` is the
+    encoder's width) is trained by Adam on the reparameterised ELBO. With the decoder
+    fixed, the amortisation gaps of encoders of different widths are gaps for the same
+    model p_theta, so they can be compared (Cremer et al. 2018). Used by chapter 6.
+
+    Returns
+    -------
+    (new_model, history)
+    """
+    model = _check_model(model)
+    hidden = check_positive_int(hidden, "hidden")
+    new = VAE(model.num_pixels, model.latent_dim, hidden)
+    new.decoder = copy.deepcopy(model.decoder)       # same shape and weights, frozen below
+    for p in new.decoder.parameters():
+        p.requires_grad_(False)
+    _, num_epochs, batch_size, lr = _check_training(new, x_train, x_val, num_epochs,
+                                                    batch_size, lr)
+    optimizer = torch.optim.Adam(new.encoder.parameters(), lr=lr)
+    history = TrainingHistory()
+    n = len(x_train)
+    start = time.perf_counter()
+    for _ in range(num_epochs):
+        totals = torch.zeros(2)
+        for idx in torch.randperm(n).split(batch_size):
+            reconstruction, kl = elbo_terms(new, x_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            (-(reconstruction - kl).mean()).backward()
+            optimizer.step()
+            totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
+        rec, kl_mean = (totals / n).tolist()
+        history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean},
+                       evaluate_elbo(new, x_val))
+    history.seconds = time.perf_counter() - start
+    return new, history
+
+
+def fano_error_bound(conditional_entropy: float, num_classes: int) -> float:
+    """Smallest error probability allowed by Fano's inequality, in nats.
+
+    Any guess of a class Y from a code Z errs with probability P_e satisfying
+    H(Y | Z) <= h(P_e) + P_e log(num_classes - 1), with h the binary entropy (nats).
+    Returns the smallest P_e in [0, 1 - 1/num_classes] for which this holds (Cover and
+    Thomas 2006, theorem 2.10.1). Used by chapter 6 with H(Y | Z) >= H(Y) - I(x; z).
+    """
+    num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
+    h = float(conditional_entropy)
+    if not np.isfinite(h) or h < 0:
+        raise ValueError(f"conditional_entropy must be finite and >= 0, got {h!r}")
+    if h > math.log(num_classes) + 1e-12:
+        raise ValueError(f"conditional_entropy cannot exceed log(num_classes) = "
+                         f"{math.log(num_classes):.4g}, got {h!r}")
+
+    def rhs(p: float) -> float:
+        binary = 0.0 if p in (0.0, 1.0) else -p * math.log(p) - (1 - p) * math.log1p(-p)
+        return binary + p * math.log(num_classes - 1)
+
+    lo, hi = 0.0, 1.0 - 1.0 / num_classes            # rhs increases on this interval
+    if h >= rhs(hi):
+        return hi
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if rhs(mid) < h else (lo, mid)
+    return hi
+
+
+def inference_gaps(model: VAE, x: torch.Tensor, log_px: torch.Tensor,
+                   num_steps: int = 300, lr: float = 0.01, k: int = 1000
+                   ) -> dict[str, object]:
+    """Amortisation and approximation gaps of ``x`` (Cremer et al. 2018).
+
+    Refines q per data point with :func:`refine_posterior` (``num_steps`` Adam steps
+    from the encoder's output), then estimates the ELBO of the encoder's q and of the
+    refined q with ``k`` fresh samples each (:func:`iwae_bound`). With ``log_px`` the
+    exact log-likelihood (for a 2-D latent, :func:`grid_log_marginal`):
+    amortisation gap = mean(ELBO_refined - ELBO_encoder), approximation gap =
+    mean(log_px - ELBO_refined). Used by chapter 6.
+
+    Returns
+    -------
+    dict
+        ``"amortisation"``, ``"approximation"`` (floats), ``"elbo_encoder"``,
+        ``"elbo_refined"`` (tensors of shape (n,)) and ``"trace"`` (the refinement's
+        mean stochastic ELBO per step).
+    """
+    model = _check_model(model)
+    _check_data(x, model.num_pixels)
+    if not isinstance(log_px, torch.Tensor) or log_px.shape != (len(x),):
+        raise ValueError(f"log_px must be a tensor of shape ({len(x)},)")
+    mean, logvar, trace = refine_posterior(model, x, num_steps, lr)
+    elbo_encoder = iwae_bound(model, x, k)[1]
+    elbo_refined = iwae_bound(model, x, k, mean, logvar)[1]
+    return {"amortisation": float((elbo_refined - elbo_encoder).mean()),
+            "approximation": float((log_px - elbo_refined).mean()),
+            "elbo_encoder": elbo_encoder, "elbo_refined": elbo_refined, "trace": trace}

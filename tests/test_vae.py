@@ -339,3 +339,114 @@ def test_bad_input_errors(toy_data):
         as_tensor(np.array([[0.5, 2.0]]))
     with pytest.raises(ValueError, match="shape"):
         as_tensor(np.zeros(4))
+
+
+# -- chapter 6, second half: IWAE training, warm-up, free bits, SNR, aggregate posterior ---------
+
+
+def test_elbo_per_point_matches_log_weight_elbo(toy_data):
+    from elbo_lib.vae import elbo_per_point
+
+    model = VAE(6, 2, hidden=8)
+    closed = elbo_per_point(model, toy_data, num_samples=2000)
+    _, from_weights = iwae_bound(model, toy_data, 4000)
+    assert closed.shape == (40,)
+    diff = closed - from_weights
+    assert abs(diff.mean()) < 4 * diff.std() / math.sqrt(40) + 1e-3
+
+
+def test_train_vae_variant_iwae_warmup_free_bits(toy_data):
+    from elbo_lib.vae import kl_per_unit, train_vae_variant
+
+    for options in ({"k": 5}, {"beta": 2.0, "warmup_epochs": 3}, {"free_bits": 0.3}):
+        model = VAE(6, 2, hidden=8)
+        h = train_vae_variant(model, toy_data, toy_data, 15, batch_size=10, lr=0.01,
+                              **options)
+        assert len(h.val_elbo) == 15 and h.val_elbo[-1] > h.val_elbo[0]
+    # free bits far above what collapse would leave: every unit's KL rises to the floor
+    model = VAE(6, 3, hidden=8)
+    train_vae_variant(model, toy_data, toy_data, 200, beta=8.0, free_bits=0.4,
+                      batch_size=40, lr=0.02)
+    np.testing.assert_allclose(kl_per_unit(model, toy_data), 0.4, atol=0.08)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        train_vae_variant(VAE(6, 2, 8), toy_data, toy_data, 1, k=2, beta=2.0)
+    with pytest.raises(ValueError, match="free_bits"):
+        train_vae_variant(VAE(6, 2, 8), toy_data, toy_data, 1, free_bits=-1.0)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        train_vae_variant(VAE(6, 2, 8), toy_data, toy_data, 1, warmup_epochs=-1)
+
+
+def test_kl_per_unit_sums_to_the_rate(toy_data):
+    from elbo_lib.vae import kl_per_unit
+
+    model = VAE(6, 3, hidden=8)
+    _, kl = elbo_terms(model, toy_data)
+    np.testing.assert_allclose(kl_per_unit(model, toy_data).sum(), kl.mean().item(),
+                               rtol=1e-5)
+
+
+def test_gradient_snr_and_quadrature_gradient(toy_data):
+    from elbo_lib.vae import decoder_gradient_by_quadrature, gradient_snr
+
+    model = VAE(6, 2, hidden=8)
+    exact = decoder_gradient_by_quadrature(model, toy_data, num_points=101)
+    n_dec = sum(p.numel() for p in model.decoder.parameters())
+    n_enc = sum(p.numel() for p in model.encoder.parameters())
+    assert exact.shape == (n_dec,)
+    errors = []
+    for k in (1, 100):
+        s = gradient_snr(model, toy_data, k, num_repeats=30)
+        assert s["encoder"].shape == (n_enc,) and s["decoder"].shape == (n_dec,)
+        assert np.all(s["encoder"] >= 0)
+        errors.append(np.linalg.norm(s["decoder_mean"] - exact) / np.linalg.norm(exact))
+    assert errors[1] < errors[0] and errors[1] < 0.05
+    with pytest.raises(ValueError, match="2-D"):
+        decoder_gradient_by_quadrature(VAE(6, 3, 8), toy_data)
+
+
+def test_aggregate_posterior_decomposition(toy_data):
+    from elbo_lib.vae import aggregate_posterior
+
+    model = VAE(6, 2, hidden=8)
+    agg = aggregate_posterior(model, toy_data, limit=8.0, num_points=201)
+    assert agg.log_density.shape == (201, 201)
+    h = agg.axis[1] - agg.axis[0]
+    assert np.exp(agg.log_density).sum() * h * h == pytest.approx(1.0, abs=1e-3)
+    assert agg.mutual_information + agg.kl_to_prior == pytest.approx(agg.mean_rate, abs=1e-4)
+    assert 0 <= agg.mutual_information <= math.log(len(toy_data)) + 1e-6
+    # one image repeated: the aggregate posterior is q(z | x) itself, no information
+    same = aggregate_posterior(model, toy_data[:1].expand(5, 6).contiguous(), limit=8.0)
+    assert abs(same.mutual_information) < 1e-6
+    assert same.kl_to_prior == pytest.approx(same.mean_rate, abs=1e-4)
+
+
+def test_fit_encoder_keeps_the_decoder_and_inference_gaps(toy_data):
+    from elbo_lib.vae import fit_encoder, inference_gaps
+
+    model = VAE(6, 2, hidden=8)
+    before = [p.clone() for p in model.decoder.parameters()]
+    new, h = fit_encoder(model, toy_data, toy_data, 20, hidden=16)
+    assert new.encoder[0].out_features == 16 and new.hidden == 16
+    for p, q in zip(before, new.decoder.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert h.val_elbo[-1] > h.val_elbo[0]
+    log_px = grid_log_marginal(new, toy_data)
+    gaps = inference_gaps(new, toy_data, log_px, num_steps=50, k=500)
+    assert gaps["amortisation"] > 0 and gaps["approximation"] > -0.02
+    assert gaps["elbo_refined"].shape == (40,) and len(gaps["trace"]) == 50
+    with pytest.raises(ValueError, match="log_px"):
+        inference_gaps(new, toy_data, log_px[:3])
+
+
+def test_fano_error_bound():
+    from elbo_lib.vae import fano_error_bound
+
+    assert fano_error_bound(0.0, 10) == pytest.approx(0.0, abs=1e-12)
+    assert fano_error_bound(math.log(10), 10) == pytest.approx(0.9)
+    p = fano_error_bound(0.5, 10)
+    h = -p * math.log(p) - (1 - p) * math.log(1 - p) + p * math.log(9)
+    assert h == pytest.approx(0.5, abs=1e-9)
+    with pytest.raises(ValueError, match="exceed"):
+        fano_error_bound(3.0, 10)
+    with pytest.raises(ValueError, match="conditional_entropy"):
+        fano_error_bound(-0.1, 10)
