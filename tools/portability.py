@@ -139,7 +139,9 @@ def run(configs: list[KernelConfig], pytest_args: list[str], jobs: int) -> list[
             rows[config.name] = (config, False, 0.0, 0.0, "FAILED (probe)")
         else:
             runnable.append(config)
-    pairs = [(c, nb) for c in runnable for nb in notebooks()]
+    # Later chapters train models and take longest: start them first (longest job
+    # first keeps both workers busy to the end instead of leaving one long job alone).
+    pairs = [(c, nb) for nb in reversed(notebooks()) for c in runnable]
     results = []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(_run_job, c, nb, pytest_args) for c, nb in pairs]
