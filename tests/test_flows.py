@@ -1,0 +1,285 @@
+"""Tests of elbo_lib.flows: log-determinants, inverses, densities, test energies."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+from torch.distributions import Independent, Normal
+from torch.distributions.transforms import AffineTransform, ComposeTransform
+
+from elbo_lib.flows import (
+    FLOW_KINDS,
+    MADE,
+    AffineCouplingTransform,
+    AutoregressiveTransform,
+    FlowFamily,
+    PlanarTransform,
+    RadialTransform,
+    fit_maximum_likelihood,
+    log_density_u1,
+    log_density_u2,
+    log_density_u3,
+    log_density_u4,
+    square_grid,
+)
+
+F64 = torch.float64
+
+
+def _perturbed_family(kind: str, dim: int, num_layers: int = 3, seed: int = 0,
+                      scale: float = 0.7) -> FlowFamily:
+    """A flow with parameters moved well away from the (near-)identity initialisation."""
+    torch.manual_seed(seed)
+    family = FlowFamily(dim, num_layers, kind, hidden=8)
+    with torch.no_grad():
+        for p in family.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return family
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+@pytest.mark.parametrize("dim", [2, 3])
+def test_log_det_matches_autograd_jacobian(kind, dim):
+    family = _perturbed_family(kind, dim)
+    x = torch.randn(6, dim, dtype=F64)
+    for transform in family.transforms():
+        fresh = transform.with_cache(0)
+        y = fresh(x)
+        log_det = fresh.log_abs_det_jacobian(x, y)
+        assert log_det.shape == (6,)
+        exact = torch.stack([torch.linalg.slogdet(jacobian(fresh, xi))[1] for xi in x])
+        torch.testing.assert_close(log_det, exact, rtol=0, atol=1e-12)
+        x = y.detach()
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_inverse_undoes_forward(kind):
+    family = _perturbed_family(kind, 3, seed=1)
+    x = 2 * torch.randn(50, 3, dtype=F64)
+    for transform in family.transforms():
+        fresh = transform.with_cache(0)
+        y = fresh(x)
+        torch.testing.assert_close(fresh.inv(y), x, rtol=0, atol=1e-10)
+        x = y.detach()
+
+
+def test_planar_log_det_by_hand():
+    # w = (1, 0), u = (0, 1): w^T u = 0, m(0) = -1 + log 2, u_hat = (log 2 - 1, 1)
+    u = torch.tensor([0.0, 1.0], dtype=F64)
+    w = torch.tensor([1.0, 0.0], dtype=F64)
+    log2 = math.log(2.0)
+    # b = 0 at z = 0: tanh' = 1, det = 1 + w^T u_hat = log 2; f(0) = 0
+    t = PlanarTransform(u, w, torch.tensor(0.0, dtype=F64), cache_size=0)
+    z = torch.zeros(2, dtype=F64)
+    assert float(t.log_abs_det_jacobian(z, t(z))) == pytest.approx(math.log(log2), abs=1e-14)
+    torch.testing.assert_close(t.u_hat, torch.tensor([log2 - 1, 1.0], dtype=F64))
+    # b = atanh(1/2): tanh = 1/2, tanh' = 3/4, det = 1 + 3/4 (log 2 - 1); f(0) = u_hat / 2
+    t = PlanarTransform(u, w, torch.tensor(math.atanh(0.5), dtype=F64), cache_size=0)
+    assert float(t.log_abs_det_jacobian(z, t(z))) == pytest.approx(
+        math.log(1 + 0.75 * (log2 - 1)), abs=1e-14)
+    torch.testing.assert_close(t(z), torch.tensor([(log2 - 1) / 2, 0.5], dtype=F64))
+
+
+def test_planar_constraint_keeps_invertibility():
+    # raw u anti-parallel to w would give w^T u = -4 < -1; u_hat has w^T u_hat > -1
+    w = torch.tensor([2.0, 0.0], dtype=F64)
+    u = torch.tensor([-2.0, 1.0], dtype=F64)
+    t = PlanarTransform(u, w, torch.tensor(0.3, dtype=F64))
+    assert float(w @ t.u_hat) > -1
+    assert float(w @ t.u_hat) == pytest.approx(-1 + math.log1p(math.exp(-4.0)), rel=1e-12)
+
+
+def test_radial_beta_at_least_minus_alpha():
+    t = RadialTransform(torch.zeros(2, dtype=F64), torch.tensor(0.5, dtype=F64),
+                        torch.tensor(-30.0, dtype=F64))
+    assert float(t.beta) >= -float(t.alpha)
+    x = torch.randn(20, 2, dtype=F64)
+    assert torch.all(torch.isfinite(t.log_abs_det_jacobian(x, t(x))))
+
+
+def test_planar_stack_equals_single_layers():
+    torch.manual_seed(3)
+    u, w, b = torch.randn(4, 2, dtype=F64), torch.randn(4, 2, dtype=F64), torch.randn(4, dtype=F64)
+    x = torch.randn(7, 2, dtype=F64)
+    for k, layer in enumerate(PlanarTransform.stack(u, w, b, cache_size=0)):
+        single = PlanarTransform(u[k], w[k], b[k], cache_size=0)
+        torch.testing.assert_close(layer(x), single(x), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("cls_name", ["planar", "radial"])
+def test_planar_radial_match_pyro(cls_name):
+    pyro_module = pytest.importorskip(f"pyro.distributions.transforms.{cls_name}")
+    torch.manual_seed(4)
+    x = torch.randn(9, 2, dtype=F64)
+    if cls_name == "planar":
+        u, w, b = torch.randn(2, dtype=F64), torch.randn(2, dtype=F64), torch.randn(1, dtype=F64)
+        ours = PlanarTransform(u, w, b[0], cache_size=0)
+        theirs = pyro_module.ConditionedPlanar((b, u, w))
+    else:
+        z0, a, bt = torch.randn(2, dtype=F64), torch.randn(1, dtype=F64), torch.randn(1, dtype=F64)
+        ours = RadialTransform(z0, a[0], bt[0], cache_size=0)
+        theirs = pyro_module.ConditionedRadial((z0, a, bt))
+    y = theirs(x)
+    torch.testing.assert_close(ours(x), y, rtol=0, atol=1e-14)
+    torch.testing.assert_close(ours.log_abs_det_jacobian(x, y),
+                               theirs.log_abs_det_jacobian(x, y), rtol=0, atol=1e-14)
+
+
+def test_coupling_with_constant_conditioner_is_torch_affine():
+    s = torch.tensor([0.3, -0.8, 1.1], dtype=F64)
+    t = torch.tensor([1.0, 2.0, -0.5], dtype=F64)
+    mask = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    layer = AffineCouplingTransform(lambda z: (s.expand_as(z), t.expand_as(z)), mask,
+                                    cache_size=0)
+    affine = AffineTransform(loc=t * (1 - mask), scale=torch.exp(s * (1 - mask)), event_dim=1)
+    x = torch.randn(5, 3, dtype=F64)
+    torch.testing.assert_close(layer(x), affine(x))
+    torch.testing.assert_close(layer.log_abs_det_jacobian(x, layer(x)),
+                               affine.log_abs_det_jacobian(x, affine(x)))
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_flow_log_prob_is_compose_transform(kind):
+    family = _perturbed_family(kind, 2, seed=5)
+    q = family.distribution()
+    z = q.rsample((11,))
+    compose = ComposeTransform([t.with_cache(0) for t in family.transforms()])
+    z0 = compose.inv(z)
+    expected = family.base().log_prob(z0) - compose.log_abs_det_jacobian(z0, z)
+    torch.testing.assert_close(q.log_prob(z), expected, rtol=0, atol=1e-10)
+    # arbitrary points go through the inverse: the same formula
+    fresh = torch.randn(4, 2, dtype=F64)
+    torch.testing.assert_close(family.distribution().log_prob(fresh),
+                               family.base().log_prob(compose.inv(fresh))
+                               - compose.log_abs_det_jacobian(compose.inv(fresh), fresh),
+                               rtol=0, atol=1e-10)
+
+
+def test_zero_layers_is_the_diagonal_gaussian():
+    family = FlowFamily(3, 0, init_scale=0.5)
+    z = torch.randn(4, 3, dtype=F64)
+    expected = Independent(Normal(torch.zeros(3, dtype=F64), 0.5), 1).log_prob(z)
+    torch.testing.assert_close(family.distribution().log_prob(z), expected)
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_density_integrates_to_one(kind):
+    family = _perturbed_family(kind, 2, num_layers=4, seed=6, scale=0.2)
+    grid = square_grid(16.0, 641)
+    with torch.no_grad():
+        log_q = family.distribution().log_prob(grid.points)
+    # 1e-4: the radial layers' density has a kink at their centres (|z - z0|)
+    assert abs(grid.log_integral(log_q)) < 1e-4
+
+
+def test_rsample_is_differentiable_and_log_prob_uses_cache():
+    family = _perturbed_family("planar", 2, seed=7)
+    q = family.distribution()
+    z = q.rsample((8,))
+    loss = (z**2).sum() + q.log_prob(z).sum()
+    loss.backward()
+    assert all(p.grad is not None and torch.all(torch.isfinite(p.grad))
+               for p in family.parameters())
+
+
+def test_made_is_autoregressive():
+    torch.manual_seed(8)
+    made = MADE(4, hidden=12)
+    with torch.no_grad():
+        for p in made.parameters():
+            p.add_(torch.randn_like(p))
+    z = torch.randn(4, dtype=F64)
+    jac_m = jacobian(lambda v: made(v)[0], z)
+    jac_s = jacobian(lambda v: made(v)[1], z)
+    upper = torch.triu(torch.ones(4, 4, dtype=torch.bool))   # output i on inputs >= i
+    assert torch.all(jac_m[upper] == 0) and torch.all(jac_s[upper] == 0)
+    assert torch.any(jac_m[~upper] != 0)
+
+
+def test_log_density_u1_values():
+    # on the ring at (2, 0): ring term 0, lobes log(1 + exp(-1/2 (4/0.6)^2))
+    z = torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=F64)
+    expected = torch.tensor([math.log1p(math.exp(-0.5 * (4 / 0.6) ** 2)),
+                             math.log(2 * math.exp(-0.5 * (2 / 0.6) ** 2))], dtype=F64)
+    torch.testing.assert_close(log_density_u1(z), expected)
+
+
+@pytest.mark.parametrize("log_density", [log_density_u2, log_density_u3, log_density_u4])
+def test_wave_densities_confined_are_integrable(log_density):
+    # the wave's slices all have the same mass: confine=c multiplies by N(z1; 0, c^2)
+    # up to sqrt(2 pi) c, so the integral converges; U2's is 2 pi c 0.4 exactly
+    small, large = square_grid(8.0, 201), square_grid(10.0, 251)
+    a = small.log_integral(log_density(small.points, confine=1.5))
+    b = large.log_integral(log_density(large.points, confine=1.5))
+    assert abs(a - b) < 1e-6
+    if log_density is log_density_u2:
+        assert a == pytest.approx(math.log(2 * math.pi * 1.5 * 0.4), abs=1e-6)
+
+
+def test_fit_maximum_likelihood_raises_the_likelihood():
+    torch.manual_seed(9)
+    samples = torch.randn(500, 2, dtype=F64) * torch.tensor([2.0, 0.5], dtype=F64) + 1.0
+    family = FlowFamily(2, 2, "coupling", hidden=8)
+    trace = fit_maximum_likelihood(family, samples, num_steps=300, lr=0.03, batch_size=100)
+    assert trace.shape == (300,)
+    # the exact Gaussian is in the family: its mean log-likelihood is the MLE's limit
+    exact = Independent(Normal(torch.tensor([1.0, 1.0], dtype=F64),
+                               torch.tensor([2.0, 0.5], dtype=F64)), 1)
+    with torch.no_grad():
+        fitted = float(family.distribution().log_prob(samples).mean())
+    assert fitted > float(exact.log_prob(samples).mean()) - 0.05
+    assert trace[-20:].mean() > trace[0] + 1.0
+
+
+# ----------------------------------------------------------------------------- bad input
+U = torch.ones(2, dtype=F64)
+B = torch.tensor(0.0, dtype=F64)
+
+
+@pytest.mark.parametrize(("build", "error", "match"), [
+    (lambda: PlanarTransform([1.0, 0.0], U, B), TypeError, "u must be a torch.Tensor"),
+    (lambda: PlanarTransform(U, torch.zeros(2, dtype=F64), B), ValueError, "w must be nonzero"),
+    (lambda: PlanarTransform(U, torch.ones(3, dtype=F64), B), ValueError, "same last dim"),
+    (lambda: PlanarTransform(U, U, B, cache_size=2), ValueError, "cache_size"),
+    (lambda: PlanarTransform(torch.ones(2, dtype=torch.int64), U, B), TypeError, "floating"),
+    (lambda: RadialTransform(torch.tensor(1.0, dtype=F64), B, B), ValueError, "z0 must have"),
+    (lambda: AffineCouplingTransform(None, torch.tensor([1.0, 0.0])), TypeError, "conditioner"),
+    (lambda: AffineCouplingTransform(lambda z: (z, z), torch.tensor([1.0, 1.0])),
+     ValueError, "at least one 0"),
+    (lambda: AffineCouplingTransform(lambda z: (z, z), torch.tensor([1.0, 0.5])),
+     ValueError, "zeros and ones"),
+    (lambda: AutoregressiveTransform(torch.nn.Linear(2, 4)), TypeError, "made must be"),
+    (lambda: MADE(1), ValueError, "dim must be >= 2"),
+    (lambda: MADE(4, hidden=2), ValueError, "hidden must be >= 3"),
+    (lambda: FlowFamily(2, 3, "spline"), ValueError, "kind must be one of"),
+    (lambda: FlowFamily(2, -1), ValueError, "num_layers must be >= 0"),
+    (lambda: FlowFamily(0, 1), ValueError, "dim must be >= 1"),
+    (lambda: FlowFamily(2, 1, init_scale=0.0), ValueError, "init_scale"),
+    (lambda: FlowFamily(1, 1, "coupling"), ValueError, "dim must be >= 2"),
+    (lambda: log_density_u1(torch.ones(4, 3, dtype=F64)), ValueError, "last dimension 2"),
+    (lambda: log_density_u1(torch.tensor([[float("nan"), 0.0]])), ValueError, "finite"),
+    (lambda: log_density_u2(torch.ones(4, 2), confine=-1.0), ValueError, "confine"),
+    (lambda: square_grid(0.0, 11), ValueError, "limit"),
+    (lambda: square_grid(1.0, 2), ValueError, "num_points must be >= 3"),
+    (lambda: fit_maximum_likelihood(torch.nn.Linear(2, 2), torch.ones(3, 2)), TypeError,
+     "family must be"),
+    (lambda: fit_maximum_likelihood(FlowFamily(2, 1), torch.ones(3)), ValueError,
+     "samples must have"),
+    (lambda: fit_maximum_likelihood(FlowFamily(2, 1), torch.ones(3, 2), num_steps=0),
+     ValueError, "num_steps"),
+])
+def test_bad_input(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_bad_input_shape_at_call():
+    t = PlanarTransform(U, U, B)
+    with pytest.raises(ValueError, match="x must have last dimension 2"):
+        t(torch.ones(5, 3, dtype=F64))
+    grid = square_grid(1.0, 5)
+    with pytest.raises(ValueError, match="log_values must have 25 entries"):
+        grid.log_integral(torch.zeros(24))
