@@ -10,6 +10,11 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# One torch thread, as the chapters use (elbo_lib.reproducibility.TORCH_THREADS): `make test`
+# runs these tests beside nbval on two cores, where a second intra-op thread only waits.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 
