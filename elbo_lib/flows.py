@@ -40,7 +40,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Distribution, TransformedDistribution, constraints
+from torch.distributions import (
+    Distribution,
+    Independent,
+    Normal,
+    TransformedDistribution,
+    constraints,
+)
 from torch.distributions.transforms import Transform
 
 from elbo_lib._validation import check_positive, check_positive_int
@@ -55,6 +61,7 @@ __all__ = [
     "AutoregressiveTransform",
     "FlowFamily",
     "Grid2D",
+    "PlanarFlowEncoder",
     "PlanarStackTransform",
     "PlanarTransform",
     "RadialTransform",
@@ -63,7 +70,9 @@ __all__ = [
     "log_density_u2",
     "log_density_u3",
     "log_density_u4",
+    "refine_flow_posterior",
     "square_grid",
+    "vae_elbo_of",
 ]
 
 #: Layer kinds understood by :class:`FlowFamily`.
@@ -259,7 +268,8 @@ class _PlanarStackFunction(torch.autograd.Function):
     def forward(ctx, z, u_hat, w, b, wu):
         z_np, uh, w_np, b_np, wu_np = (t.detach().cpu().numpy() for t in (z, u_hat, w, b, wu))
         inputs, tanhs = [], []
-        log_det = np.zeros(np.broadcast_shapes(z_np.shape[:-1], b_np.shape[1:]))
+        log_det = np.zeros(np.broadcast_shapes(z_np.shape[:-1], b_np.shape[1:]),
+                           dtype=z_np.dtype)
         for k in range(uh.shape[0]):
             th = np.tanh((z_np * w_np[k]).sum(-1) + b_np[k])
             inputs.append(z_np)
@@ -268,13 +278,13 @@ class _PlanarStackFunction(torch.autograd.Function):
             z_np = z_np + th[..., None] * uh[k]
         ctx.arrays = (uh, w_np, b_np, wu_np, inputs, tanhs)
         ctx.z_shape = tuple(z.shape)
-        return torch.from_numpy(z_np), torch.from_numpy(log_det)
+        return torch.from_numpy(np.asarray(z_np)), torch.from_numpy(np.asarray(log_det))
 
     @staticmethod
     def backward(ctx, grad_z, grad_log_det):
         uh, w_np, b_np, wu_np, inputs, tanhs = ctx.arrays
-        g = grad_z.detach().cpu().numpy()
-        gl = grad_log_det.detach().cpu().numpy()
+        g = np.asarray(grad_z.detach().cpu().numpy())
+        gl = np.asarray(grad_log_det.detach().cpu().numpy())
         grads = [np.zeros_like(t) for t in (uh, w_np, b_np, wu_np)]
         for k in range(uh.shape[0] - 1, -1, -1):
             th = tanhs[k]
@@ -482,6 +492,7 @@ class AffineCouplingTransform(Transform):
         if bool(mask.all()) or not bool(mask.any()):
             raise ValueError("mask must contain at least one 0 and one 1")
         self.conditioner, self.mask = conditioner, mask
+        self._last = None
 
     def with_cache(self, cache_size: int = 1) -> AffineCouplingTransform:
         """The same layer with another cache size."""
@@ -490,10 +501,14 @@ class AffineCouplingTransform(Transform):
         return AffineCouplingTransform(self.conditioner, self.mask, cache_size)
 
     def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, t) at x, remembered for the last x (the forward pass's log-det)."""
+        if self._last is not None and self._last[0] is x:
+            return self._last[1]
         _check_input(x, self.mask.shape[-1])
         s, t = self.conditioner(x * self.mask)
         free = 1 - self.mask
-        return s * free, t * free
+        self._last = (x, (s * free, t * free))
+        return self._last[1]
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         s, t = self._params(x)
@@ -581,6 +596,7 @@ class AutoregressiveTransform(Transform):
         if not isinstance(made, MADE):
             raise TypeError(f"made must be a MADE, got {type(made).__name__}")
         self.made = made
+        self._last = None
 
     def with_cache(self, cache_size: int = 1) -> AutoregressiveTransform:
         """The same layer with another cache size."""
@@ -588,8 +604,14 @@ class AutoregressiveTransform(Transform):
             return self
         return AutoregressiveTransform(self.made, cache_size)
 
+    def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, s) at x, remembered for the last x (the forward pass's log-det)."""
+        if self._last is None or self._last[0] is not x:
+            self._last = (x, self.made(x))
+        return self._last[1]
+
     def _call(self, x: torch.Tensor) -> torch.Tensor:
-        m, s = self.made(x)
+        m, s = self._params(x)
         return x * torch.exp(s) + m
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
@@ -601,7 +623,7 @@ class AutoregressiveTransform(Transform):
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """sum_i s_i(x_<i), shape (...)."""
-        return self.made(x)[1].sum(-1)
+        return self._params(x)[1].sum(-1)
 
 
 # --------------------------------------------------------------------------------------
@@ -680,7 +702,10 @@ class FlowFamily(VariationalFamily):
     layers' inverses. Any :class:`~elbo_lib.variational.VariationalFamily` consumer,
     e.g. :func:`~elbo_lib.variational.fit_vi`, fits it unchanged.
 
-    Planar layers start near the identity (u, w ~ N(0, 0.1^2), b = 0), radial ones
+    Planar layers start near the identity: w ~ N(0, I), b = 0 and u chosen so that
+    w^T u_hat = 0 and u_hat is a small shear orthogonal to w (std 0.1), a map with
+    det = 1 (small random u and w would start every layer as a contraction along w,
+    since the constraint gives w^T u_hat = m(0) = log 2 - 1). Radial ones start
     too (centres z0 ~ N(0, I), alpha = log 2, beta ~ N(0, 0.1^2)); their parameters are
     stacked in one tensor per kind ((K, D) or (K,)). Coupling and autoregressive
     conditioners start at the identity exactly (zero output layers).
@@ -710,8 +735,14 @@ class FlowFamily(VariationalFamily):
         self.base_family = DiagonalGaussian(dim, init_scale)
         k = num_layers
         if kind == "planar":          # K layers' parameters stacked: one tensor each
-            self.u = nn.Parameter(0.1 * torch.randn(k, dim, dtype=dtype))
-            self.w = nn.Parameter(0.1 * torch.randn(k, dim, dtype=dtype))
+            w = torch.randn(k, dim, dtype=dtype)
+            unit = w / w.norm(dim=-1, keepdim=True)
+            u_perp = 0.1 * torch.randn(k, dim, dtype=dtype)
+            u_perp = u_perp - (u_perp * unit).sum(-1, keepdim=True) * unit
+            # w^T u = log(e - 1) gives m(w^T u) = 0: u_hat = u_perp, a small shear
+            along = math.log(math.e - 1) / w.norm(dim=-1, keepdim=True)
+            self.u = nn.Parameter(u_perp + along * unit)
+            self.w = nn.Parameter(w)
             self.b = nn.Parameter(torch.zeros(k, dtype=dtype))
         elif kind == "radial":        # near the identity: beta ~ N(0, 0.1^2), alpha = log 2
             self.z0 = nn.Parameter(torch.randn(k, dim, dtype=dtype))
@@ -944,3 +975,140 @@ def square_grid(limit: float, num_points: int,
     axis = torch.linspace(-limit, limit, num_points, dtype=dtype)
     points = torch.cartesian_prod(axis, axis)
     return Grid2D(axis, points, float(axis[1] - axis[0]) ** 2)
+
+
+# --------------------------------------------------------------------------------------
+# flows in the VAE's encoder (amortised planar flows, Rezende & Mohamed 2015, sec. 4)
+# --------------------------------------------------------------------------------------
+class PlanarFlowEncoder(nn.Module):
+    """x -> q_phi(z | x): a diagonal Gaussian pushed through K planar layers per image.
+
+    One tanh hidden layer outputs, for every image, the mean and log-variance of the
+    base Gaussian and the parameters (u, w, b) of K planar layers (Rezende & Mohamed
+    2015, section 4: the flow is amortised like the Gaussian). With ``num_layers=0`` it
+    is chapter 6's Gaussian encoder. The planar layers start near the identity, as in
+    :class:`FlowFamily`: the output layer's flow weights start at zero and its biases
+    at a random w with w^T u_hat = 0. Plugs into :class:`elbo_lib.vae.VAE` as
+    ``encoder=``. Chapter 7.
+
+    Parameters
+    ----------
+    num_pixels, latent_dim : int
+        Input size and dimension of z.
+    num_layers : int
+        K >= 0.
+    hidden : int
+        Hidden units.
+    """
+
+    def __init__(self, num_pixels: int, latent_dim: int, num_layers: int,
+                 hidden: int = 128) -> None:
+        super().__init__()
+        self.num_pixels = check_positive_int(num_pixels, "num_pixels")
+        self.latent_dim = check_positive_int(latent_dim, "latent_dim")
+        self.num_layers = check_positive_int(num_layers, "num_layers", minimum=0)
+        hidden = check_positive_int(hidden, "hidden")
+        d, k = self.latent_dim, self.num_layers
+        self.inner = nn.Linear(num_pixels, hidden)
+        self.outer = nn.Linear(hidden, 2 * d + k * (2 * d + 1))
+        if k:
+            w = torch.randn(k, d)
+            unit = w / w.norm(dim=-1, keepdim=True)
+            u = math.log(math.e - 1) / w.norm(dim=-1, keepdim=True) * unit
+            with torch.no_grad():
+                self.outer.weight[2 * d:].zero_()
+                self.outer.bias[2 * d:] = torch.cat([u, w, torch.zeros(k, 1)], -1).reshape(-1)
+
+    def raw_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The encoder's outputs for x (B, num_pixels): ``mean``, ``logvar`` (B, d) and
+        ``u``, ``w`` (K, B, d), ``b`` (K, B)."""
+        _check_input(x, self.num_pixels)
+        d, k = self.latent_dim, self.num_layers
+        out = self.outer(torch.tanh(self.inner(x)))
+        params = {"mean": out[..., :d], "logvar": out[..., d:2 * d]}
+        flow = out[..., 2 * d:].reshape(*x.shape[:-1], k, 2 * d + 1).movedim(-2, 0)
+        params.update(u=flow[..., :d], w=flow[..., d:2 * d], b=flow[..., 2 * d])
+        return params
+
+    def posterior(self, params: dict[str, torch.Tensor]) -> Distribution:
+        """q(z | x) from :meth:`raw_outputs` (or refined copies of them)."""
+        base = Independent(Normal(params["mean"], torch.exp(0.5 * params["logvar"])), 1)
+        if self.num_layers == 0:
+            return base
+        return TransformedDistribution(
+            base, [PlanarStackTransform(params["u"], params["w"], params["b"])])
+
+    def forward(self, x: torch.Tensor) -> Distribution:
+        """q_phi(z | x): batch shape (B,), event shape (latent_dim,)."""
+        return self.posterior(self.raw_outputs(x))
+
+
+def vae_elbo_of(model: nn.Module, x: torch.Tensor, q: Distribution,
+                num_samples: int) -> torch.Tensor:
+    """Per-image ELBO of any q(z | x) under a VAE's decoder: mean over S samples of
+    log p(x | z) + log N(z; 0, I) - log q(z | x). Differentiable. Chapter 7.
+
+    Parameters
+    ----------
+    model : elbo_lib.vae.VAE
+        Provides ``decode`` (Bernoulli logits).
+    x : torch.Tensor, shape (B, num_pixels)
+    q : torch.distributions.Distribution
+        Batch shape (B,), event shape (latent_dim,), with ``rsample``.
+    num_samples : int
+
+    Returns
+    -------
+    torch.Tensor, shape (B,)
+    """
+    from elbo_lib.vae import bernoulli_log_likelihood
+
+    num_samples = check_positive_int(num_samples, "num_samples")
+    z = q.rsample((num_samples,))
+    log_prior = Independent(Normal(torch.zeros_like(z), torch.ones_like(z)), 1).log_prob(z)
+    log_lik = bernoulli_log_likelihood(x, model.decode(z))
+    return (log_lik + log_prior - q.log_prob(z)).mean(0)
+
+
+def refine_flow_posterior(model: nn.Module, x: torch.Tensor, num_steps: int,
+                          lr: float = 0.01, num_samples: int = 8
+                          ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """Optimise the encoder's outputs separately for every image (decoder frozen).
+
+    The flow version of chapter 6's refinement (Cremer et al. 2018): the base
+    Gaussian's mean and log-variance and the K planar layers' (u, w, b) of each image
+    start at the :class:`PlanarFlowEncoder`'s output and follow Adam on that image's
+    ELBO (:func:`vae_elbo_of`, ``num_samples`` samples per step). The images share no
+    parameters, so one batched problem is n independent optimisations. Chapter 7.
+
+    Returns
+    -------
+    params : dict of torch.Tensor
+        Refined outputs, detached (pass to ``model.encoder.posterior``).
+    trace : numpy.ndarray, shape (num_steps,)
+        Mean stochastic ELBO per step.
+    """
+    if not isinstance(getattr(model, "encoder", None), PlanarFlowEncoder):
+        raise TypeError("model.encoder must be a PlanarFlowEncoder")
+    num_steps = check_positive_int(num_steps, "num_steps")
+    lr = check_positive(lr, "lr")
+    with torch.no_grad():
+        start = model.encoder.raw_outputs(x)
+    params = {name: value.clone().requires_grad_(True) for name, value in start.items()
+              if value.numel() > 0}
+    optimizer = torch.optim.Adam(list(params.values()), lr=lr)
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trace = np.empty(num_steps)
+    try:
+        for step in range(num_steps):
+            elbo = vae_elbo_of(model, x, model.encoder.posterior(params), num_samples)
+            optimizer.zero_grad(set_to_none=True)
+            (-elbo.sum()).backward()
+            optimizer.step()
+            trace[step] = float(elbo.detach().mean())
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+    return {name: value.detach() for name, value in params.items()}, trace
