@@ -9,7 +9,7 @@ and the same parameters (pi, A, means, full covariances) and compute the emissio
 log-densities from X, log p(x) and the posterior marginals gamma:
 ``hmmlearn.hmm.GaussianHMM(covariance_type="full", implementation="scaling")
 .score_samples(X)`` (its faster implementation) against
-``elbo_lib.em.gaussian_log_density`` + ``elbo_lib.hmm.forward_backward`` (which also
+``elbo_lib.gaussians.gaussian_log_density`` + ``elbo_lib.hmm.forward_backward`` (which also
 returns sum_t xi_t). Swept over T at K = 4 and over K at T = 1e4.
 
 Baum-Welch. ``elbo_lib.hmm.GaussianHMM.fit`` against ``hmmlearn`` ``fit`` from the same
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks._common import Config, loglog_slope, measure, peer, row
-from elbo_lib.em import gaussian_log_density, precision_cholesky
+from elbo_lib.gaussians import gaussian_log_density, precision_cholesky
 from elbo_lib.hmm import GaussianHMM, forward_backward, sample_gaussian_hmm
 
 TITLE = "Hidden Markov models vs hmmlearn: forward-backward and Baum-Welch"

@@ -31,7 +31,8 @@ from torch.nn.functional import softplus
 from benchmarks._common import Config, measure, peer, row
 from elbo_lib import seed_everything
 from elbo_lib.bounds import monte_carlo_elbo
-from elbo_lib.gradients import BayesianLogisticRegression, diagonal_gaussian, fit_gaussian_vi
+from elbo_lib.gaussians import diagonal_gaussian
+from elbo_lib.gradients import BayesianLogisticRegression, fit_gaussian_vi
 
 TITLE = "Black-box VI (Bayesian logistic regression) vs Pyro SVI + Trace_ELBO"
 EQUALITY = (

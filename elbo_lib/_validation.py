@@ -1,7 +1,12 @@
-"""Input validation shared by the public functions of elbo_lib.
+"""Input validation shared by the public functions of elbo_lib, and shared constants.
 
 Every public function checks its inputs with these helpers so that bad input fails
-early with a message that says what was given and what was expected.
+early with a message that says what was given and what was expected. This module is
+private to the package, but its names are the library's internal API: any module may
+import them (and no module imports another module's private names).
+
+The one randomness policy of the NumPy code is :func:`as_generator`: every function that
+draws random numbers takes ``rng``, an int seed or a ``numpy.random.Generator``.
 """
 
 from __future__ import annotations
@@ -9,6 +14,21 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
+
+__all__ = [
+    "LOG_2PI",
+    "as_float_array",
+    "as_generator",
+    "check_nonnegative",
+    "check_positive",
+    "check_positive_int",
+    "check_probability_rows",
+    "check_spd",
+    "check_symmetric",
+]
+
+#: log(2 pi), the constant of every Gaussian log-density.
+LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 def as_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
@@ -61,3 +81,98 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_nonnegative(value, name: str) -> float:
+    """Return ``value`` as float after checking it is a finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, Real | np.floating | np.integer):
+        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def as_generator(rng) -> np.random.Generator:
+    """The library's one randomness policy: ``rng`` as a ``numpy.random.Generator``.
+
+    A Generator is returned as it is (so a chapter's ``seed_everything`` stream is
+    shared); an int is a seed for ``numpy.random.default_rng``.
+
+    Raises
+    ------
+    TypeError
+        If ``rng`` is neither a Generator nor an int (a bool or ``None`` included: there
+        are no hidden seeds and no unseeded runs).
+    """
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, Integral) and not isinstance(rng, bool):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy.random.Generator or an int seed, "
+                    f"got {type(rng).__name__}")
+
+
+def check_probability_rows(p, name: str, shape: tuple[int, ...] | None = None,
+                           atol: float = 1e-8) -> np.ndarray:
+    """Return ``p`` as a float array whose last axis holds probability distributions.
+
+    Every entry must be >= 0 and every row (last axis) must sum to 1 within ``atol``.
+
+    Raises
+    ------
+    ValueError
+        If ``p`` has the wrong shape, a negative entry or a row that does not sum to 1.
+    """
+    p = as_float_array(p, name, ndim=None if shape is None else len(shape))
+    if shape is not None and p.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {p.shape}")
+    sums = p.sum(axis=-1)
+    if np.any(p < 0) or not np.allclose(sums, 1.0, rtol=0.0, atol=atol):
+        raise ValueError(f"{name} must be >= 0 with rows summing to 1, got minimum "
+                         f"{p.min()!r} and row sums in [{sums.min()!r}, {sums.max()!r}]")
+    return p
+
+
+def check_symmetric(mats, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Return ``mats`` (a matrix or a stack of matrices) after checking symmetry.
+
+    Symmetric means equal to its transpose over the last two axes within
+    ``rtol=1e-10, atol=1e-12``.
+
+    Raises
+    ------
+    ValueError
+        If the shape is not ``shape`` (when given), the matrices are not square, or not
+        symmetric.
+    """
+    c = as_float_array(mats, name, ndim=len(shape) if shape is not None else None)
+    if shape is not None and c.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {c.shape}")
+    if c.ndim < 2 or c.shape[-1] != c.shape[-2]:
+        raise ValueError(f"{name} must be square matrices, got shape {c.shape}")
+    if not np.allclose(c, np.swapaxes(c, -1, -2), rtol=1e-10, atol=1e-12):
+        raise ValueError(f"{name} must be symmetric")
+    return c
+
+
+def check_spd(mats, name: str, shape: tuple[int, ...] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Check that ``mats`` are symmetric positive definite; return them and their Cholesky.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        The matrices as float64 and their lower Cholesky factors (same shape).
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_symmetric`, or if a matrix is not positive definite.
+    """
+    c = check_symmetric(mats, name, shape)
+    try:
+        chol = np.linalg.cholesky(c)
+    except np.linalg.LinAlgError as exc:
+        raise ValueError(f"{name} must be positive definite") from exc
+    return c, chol

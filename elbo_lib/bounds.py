@@ -1,4 +1,4 @@
-"""The evidence lower bound: Monte Carlo estimation and closed-form Gaussian pieces.
+"""The evidence lower bound: Monte Carlo and quadrature estimators.
 
 For any density q(z),
 
@@ -19,9 +19,10 @@ import torch
 from torch.distributions import Distribution
 
 from elbo_lib._validation import check_positive_int
+from elbo_lib.gaussians import gaussian_entropy
 
-__all__ = ["gaussian_elbo_quadrature", "gaussian_entropy", "gaussian_kl",
-           "importance_weighted_bound", "log_evidence_quadrature", "monte_carlo_elbo"]
+__all__ = ["gaussian_elbo_quadrature", "importance_weighted_bound", "log_evidence_quadrature",
+           "monte_carlo_elbo"]
 
 
 def monte_carlo_elbo(
@@ -98,47 +99,6 @@ def monte_carlo_elbo(
     if return_std_error:
         return estimate, terms.detach().std(unbiased=True) / num_samples**0.5
     return estimate
-
-
-def _xp(*arrays):
-    return torch if any(isinstance(a, torch.Tensor) for a in arrays) else np
-
-
-def gaussian_kl(mean_q, var_q, mean_p, var_p):
-    """KL(N(mean_q, var_q) || N(mean_p, var_p)), elementwise, in closed form.
-
-    .. math::
-
-        \\mathrm{KL} = \\tfrac12\\Big(\\log\\frac{v_p}{v_q}
-        + \\frac{v_q + (m_q - m_p)^2}{v_p} - 1\\Big)
-
-    Works on NumPy arrays or torch tensors (differentiably), broadcasting; sum over the
-    last axis yourself for a diagonal multivariate Gaussian. Derived in chapter 6.
-
-    Raises
-    ------
-    ValueError
-        If a variance is not strictly positive.
-    """
-    xp = _xp(mean_q, var_q, mean_p, var_p)
-    for name, v in (("var_q", var_q), ("var_p", var_p)):
-        if bool(xp.any(xp.asarray(v) <= 0)) if xp is np else bool((torch.as_tensor(v) <= 0).any()):
-            raise ValueError(f"{name} must be > 0 everywhere")
-    if xp is np:
-        mean_q, var_q, mean_p, var_p = (np.asarray(a, dtype=np.float64)
-                                        for a in (mean_q, var_q, mean_p, var_p))
-    else:
-        mean_q, var_q, mean_p, var_p = (torch.as_tensor(a) for a in (mean_q, var_q, mean_p, var_p))
-    return 0.5 * (xp.log(var_p / var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1.0)
-
-
-def gaussian_entropy(var):
-    """Differential entropy of N(m, var): 0.5 * log(2 * pi * e * var), elementwise."""
-    xp = _xp(var)
-    v = np.asarray(var, dtype=np.float64) if xp is np else torch.as_tensor(var)
-    if bool((v <= 0).any()):
-        raise ValueError("var must be > 0 everywhere")
-    return 0.5 * (xp.log(v) + np.log(2 * np.pi) + 1.0)
 
 
 def importance_weighted_bound(log_weights, dim: int = 0):

@@ -25,32 +25,38 @@ every E-step and M-step for free.
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
-from scipy import linalg
 
-from elbo_lib._validation import as_float_array, check_positive_int
+from elbo_lib._validation import (
+    LOG_2PI,
+    as_float_array,
+    as_generator,
+    check_nonnegative,
+    check_positive_int,
+    check_probability_rows,
+    check_symmetric,
+)
+from elbo_lib.gaussians import gaussian_log_density, precision_cholesky
 
 __all__ = [
     "GaussianMixtureEM",
     "fit_gmm",
-    "gaussian_log_density",
     "gmm_elbo",
     "gmm_log_likelihood",
     "gmm_responsibilities",
     "interpolate_parameters",
     "bound_along_path",
-    "precision_cholesky",
     "match_components",
     "plot_mixture",
     "EMTrace",
     "incremental_em",
     "gmm_log_prior",
     "map_em",
+    "weighted_gaussian_m_step",
 ]
 
-_LOG_2PI = float(np.log(2.0 * np.pi))
 #: Number of float64 entries of the (rows, K * d) block product held in memory at once.
 _BLOCK_ELEMENTS = 2**19
 #: scikit-learn adds this to every component's effective count so empty components
@@ -61,28 +67,13 @@ _COUNT_EPS = 10.0 * np.finfo(np.float64).eps
 # ---------------------------------------------------------------------------------------
 # validation helpers
 # ---------------------------------------------------------------------------------------
-def _check_nonnegative(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real | np.floating | np.integer):
-        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
 def _check_data(X) -> np.ndarray:
     X = as_float_array(X, "X", ndim=2)
     return X
 
 
 def _check_weights(weights, n_components: int) -> np.ndarray:
-    w = as_float_array(weights, "weights", ndim=1)
-    if w.shape != (n_components,):
-        raise ValueError(f"weights must have shape ({n_components},), got {w.shape}")
-    if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-8:
-        raise ValueError(f"weights must be >= 0 and sum to 1, got sum {w.sum()!r} "
-                         f"and minimum {w.min()!r}")
-    return w
+    return check_probability_rows(weights, "weights", (n_components,))
 
 
 def _check_means(means, n_components: int, n_features: int) -> np.ndarray:
@@ -93,122 +84,10 @@ def _check_means(means, n_components: int, n_features: int) -> np.ndarray:
     return m
 
 
-def _check_spd(mats, name: str, n_components: int, n_features: int) -> np.ndarray:
-    c = as_float_array(mats, name, ndim=3)
-    if c.shape != (n_components, n_features, n_features):
-        raise ValueError(f"{name} must have shape ({n_components}, {n_features}, "
-                         f"{n_features}), got {c.shape}")
-    if not np.allclose(c, c.transpose(0, 2, 1), rtol=1e-10, atol=1e-12):
-        raise ValueError(f"{name} must be symmetric matrices")
-    return c
-
-
 def _check_floor(floor) -> str:
     if floor not in _FLOORS:
         raise ValueError(f"covariance_floor must be one of {_FLOORS}, got {floor!r}")
     return floor
-
-
-def _as_generator(rng) -> np.random.Generator:
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None or (isinstance(rng, Integral) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy Generator, an int seed or None, "
-                    f"got {type(rng).__name__}")
-
-
-# ---------------------------------------------------------------------------------------
-# Gaussian pieces
-# ---------------------------------------------------------------------------------------
-def precision_cholesky(covariances) -> np.ndarray:
-    """Upper-triangular factors U_k with U_k U_k^T = Sigma_k^{-1}, one per component.
-
-    If Sigma_k = L_k L_k^T (Cholesky), then U_k = L_k^{-T}; the Mahalanobis distance is
-    ||(x - mu_k)^T U_k||^2 and log det Sigma_k^{-1} = 2 sum log diag(U_k). This is the
-    representation scikit-learn stores as ``precisions_cholesky_``. Used in chapter 2.
-
-    Parameters
-    ----------
-    covariances : array_like, shape (K, d, d)
-        Symmetric positive-definite covariance matrices.
-
-    Returns
-    -------
-    numpy.ndarray, shape (K, d, d)
-
-    Raises
-    ------
-    ValueError
-        If a matrix is not symmetric positive definite (a collapsed component: raise
-        ``reg_covar`` or use fewer components).
-    """
-    cov = as_float_array(covariances, "covariances", ndim=3)
-    if cov.shape[1] != cov.shape[2]:
-        raise ValueError(f"covariances must have shape (K, d, d), got {cov.shape}")
-    try:
-        chol = np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError as exc:
-        raise ValueError(
-            "a covariance matrix is not positive definite (a component collapsed onto "
-            "too few points): increase reg_covar, use fewer components or rescale X"
-        ) from exc
-    out = np.empty_like(chol)
-    for k, c in enumerate(chol):  # LAPACK triangular inverse (dtrtri), one per component
-        inv, info = linalg.lapack.dtrtri(c, lower=1)
-        if info != 0:
-            raise ValueError("a covariance matrix is singular: increase reg_covar")
-        out[k] = inv.T
-    return out
-
-
-def gaussian_log_density(X, means, prec_chol) -> np.ndarray:
-    """log N(x_i | mu_k, Sigma_k) for every point i and component k, shape (n, K).
-
-    All K Mahalanobis distances of a block of rows come from ONE matrix product
-    X_block @ [U_1 ... U_K] of shape (rows, K d); rows are processed in blocks so the
-    temporary stays small (cache-friendly, bounded memory). Used by chapter 2 for the
-    mixture and for the Gaussian emissions of the hidden Markov model.
-
-    Parameters
-    ----------
-    X : array_like, shape (n, d)
-    means : array_like, shape (K, d)
-    prec_chol : array_like, shape (K, d, d)
-        Factors from :func:`precision_cholesky`.
-
-    Returns
-    -------
-    numpy.ndarray, shape (n, K)
-    """
-    X = _check_data(X)
-    prec_chol = as_float_array(prec_chol, "prec_chol", ndim=3)
-    n_components = prec_chol.shape[0]
-    n, d = X.shape
-    means = _check_means(means, n_components, d)
-    if prec_chol.shape != (n_components, d, d):
-        raise ValueError(f"prec_chol must have shape ({n_components}, {d}, {d}), "
-                         f"got {prec_chol.shape}")
-    return _log_density_unchecked(X, means, prec_chol)
-
-
-def _log_density_unchecked(X, means, prec_chol) -> np.ndarray:
-    n, d = X.shape
-    n_components = means.shape[0]
-    width = n_components * d
-    stacked = np.ascontiguousarray(prec_chol.transpose(1, 0, 2).reshape(d, width))
-    shift = np.einsum("kd,kde->ke", means, prec_chol).reshape(width)
-    log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
-    out = np.empty((n, n_components))
-    rows = max(256, _BLOCK_ELEMENTS // width)
-    for start in range(0, n, rows):  # blocks of rows, not single points
-        y = X[start:start + rows] @ stacked
-        y -= shift
-        np.square(y, out=y)
-        out[start:start + rows] = y.reshape(-1, n_components, d).sum(axis=2)
-    out *= -0.5
-    out += log_det - 0.5 * d * _LOG_2PI
-    return out
 
 
 def _normalise(weighted_log_prob: np.ndarray):
@@ -250,11 +129,46 @@ def _floor_covariances(cov, counts, reg_covar, floor):
     return shortfall
 
 
-def _m_step(X, resp, reg_covar, floor="add"):
+def weighted_gaussian_m_step(X, resp, reg_covar: float, floor: str = "add"
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Closed-form argmax over theta of L(q, theta) for fixed responsibilities.
 
-    Returns weights, means, floored covariances and the floor's shortfall in Q.
+    The M-step of a Gaussian mixture (chapter 2) and of the Gaussian emissions of a
+    hidden Markov model (:mod:`elbo_lib.hmm`, with the state marginals as ``resp``):
+    weights N_k / n, weighted means and weighted covariances, floored by ``reg_covar``.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    resp : array_like, shape (n, K)
+        Non-negative weights r_ik of point i for component k.
+    reg_covar : float
+        Covariance floor eps >= 0.
+    floor : {"add", "clip"}
+        ``"add"`` returns S_k + eps I (scikit-learn's rule); ``"clip"`` raises every
+        eigenvalue of S_k below eps to eps (the exact maximiser over {Sigma >= eps I}).
+
+    Returns
+    -------
+    weights : numpy.ndarray, shape (K,)
+    means : numpy.ndarray, shape (K, d)
+    covariances : numpy.ndarray, shape (K, d, d)
+    shortfall : float
+        How far the floored M-step falls short of the unconstrained maximum of Q (nats).
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not match, ``resp`` has a negative entry, ``reg_covar`` < 0 or
+        ``floor`` is unknown.
     """
+    X = _check_data(X)
+    resp = as_float_array(resp, "resp", ndim=2)
+    if resp.shape[0] != X.shape[0] or np.any(resp < 0):
+        raise ValueError(f"resp must be >= 0 with {X.shape[0]} rows (one per point), "
+                         f"got shape {resp.shape}")
+    reg_covar = check_nonnegative(reg_covar, "reg_covar")
+    floor = _check_floor(floor)
     n, d = X.shape
     n_components = resp.shape[1]
     counts = resp.sum(axis=0) + _COUNT_EPS
@@ -277,7 +191,7 @@ def _m_step(X, resp, reg_covar, floor="add"):
 def _weighted_log_prob(X, weights, means, prec_chol):
     with np.errstate(divide="ignore"):
         log_w = np.log(weights)
-    return _log_density_unchecked(X, means, prec_chol) + log_w
+    return gaussian_log_density(X, means, prec_chol) + log_w
 
 
 def _check_params(X, weights, means, covariances):
@@ -286,7 +200,7 @@ def _check_params(X, weights, means, covariances):
     n_components = means.shape[0]
     means = _check_means(means, n_components, X.shape[1])
     weights = _check_weights(weights, n_components)
-    cov = _check_spd(covariances, "covariances", n_components, X.shape[1])
+    cov = check_symmetric(covariances, "covariances", (n_components, X.shape[1], X.shape[1]))
     return X, weights, means, cov
 
 
@@ -340,8 +254,7 @@ def gmm_elbo(X, resp, weights, means, covariances) -> float:
     if resp.shape != (X.shape[0], means.shape[0]):
         raise ValueError(f"resp must have shape {(X.shape[0], means.shape[0])}, "
                          f"got {resp.shape}")
-    if np.any(resp < 0) or not np.allclose(resp.sum(axis=1), 1.0, atol=1e-8):
-        raise ValueError("resp must be non-negative with rows summing to 1")
+    resp = check_probability_rows(resp, "resp")
     wlp = _weighted_log_prob(X, weights, means, precision_cholesky(cov))
     return _elbo_terms(resp, wlp)
 
@@ -450,8 +363,8 @@ class GaussianMixtureEM:
                  keep_history: bool = False, covariance_floor: str = "add",
                  chunk_size: int | None = None) -> None:
         self.n_components = check_positive_int(n_components, "n_components")
-        self.tol = _check_nonnegative(tol, "tol")
-        self.reg_covar = _check_nonnegative(reg_covar, "reg_covar")
+        self.tol = check_nonnegative(tol, "tol")
+        self.reg_covar = check_nonnegative(reg_covar, "reg_covar")
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.covariance_floor = _check_floor(covariance_floor)
         if covariances_init is not None and precisions_init is not None:
@@ -472,14 +385,14 @@ class GaussianMixtureEM:
         n, d = X.shape
         k = self.n_components
         if self.means_init is None:
-            idx = _as_generator(self.rng).choice(n, size=k, replace=False)
+            idx = as_generator(self.rng).choice(n, size=k, replace=False)
             means = X[idx].copy()
         else:
             means = _check_means(self.means_init, k, d)
         weights = (np.full(k, 1.0 / k) if self.weights_init is None
                    else _check_weights(self.weights_init, k))
         if self.precisions_init is not None:
-            prec = _check_spd(self.precisions_init, "precisions_init", k, d)
+            prec = check_symmetric(self.precisions_init, "precisions_init", (k, d, d))
             try:
                 cov = np.linalg.inv(prec)
                 prec_chol = precision_cholesky(cov)
@@ -491,7 +404,7 @@ class GaussianMixtureEM:
                 data_cov = np.atleast_2d(np.cov(X, rowvar=False, bias=True))
                 cov = np.repeat((data_cov + self.reg_covar * np.eye(d))[None], k, axis=0)
             else:
-                cov = _check_spd(self.covariances_init, "covariances_init", k, d)
+                cov = check_symmetric(self.covariances_init, "covariances_init", (k, d, d))
             prec_chol = precision_cholesky(cov)
         return weights, means, cov, prec_chol
 
@@ -530,7 +443,7 @@ class GaussianMixtureEM:
             log_lik.append(float(log_norm.sum()))
             elbo_e.append(_elbo_terms(resp, wlp, entropy))
             # M-step: theta_t = argmax_theta L(q_t, theta)
-            weights, means, cov, shortfall = _m_step(X, resp, self.reg_covar,
+            weights, means, cov, shortfall = weighted_gaussian_m_step(X, resp, self.reg_covar,
                                                      self.covariance_floor)
             shortfalls.append(shortfall)
             prec_chol = precision_cholesky(cov)
@@ -573,7 +486,7 @@ class GaussianMixtureEM:
         counts, sx, sxx = np.zeros(k), np.zeros((k, d)), np.zeros((k, d, d))
         for start in range(0, n, self.chunk_size):
             ys = X[start:start + self.chunk_size] - center
-            wlp = _log_density_unchecked(ys, shifted_means, prec_chol) + log_w
+            wlp = gaussian_log_density(ys, shifted_means, prec_chol) + log_w
             log_norm, resp, log_resp = _normalise(wlp)
             log_lik += float(log_norm.sum())
             if not stats:
@@ -599,7 +512,8 @@ class GaussianMixtureEM:
                                                                    prec_chol, True)
             log_lik.append(ll)
             elbo_e.append(energy + entropy)
-            # M-step from the statistics, as _m_step (same count offset, same floor)
+            # M-step from the statistics, as weighted_gaussian_m_step (same count offset,
+            # same floor)
             counts = n_raw + _COUNT_EPS
             weights = counts / counts.sum()
             m = sx / counts[:, None]
@@ -617,7 +531,7 @@ class GaussianMixtureEM:
                 log_w = np.log(weights)
             log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
             maha = np.einsum("kij,kil,klj->k", prec_chol, scatter, prec_chol)
-            terms = n_raw * (log_w + log_det - 0.5 * d * _LOG_2PI) - 0.5 * maha
+            terms = n_raw * (log_w + log_det - 0.5 * d * LOG_2PI) - 0.5 * maha
             elbo_m.append(float(np.where(n_raw > 0, terms, 0.0).sum()) + entropy)
             prev_lower_bound, lower_bound = lower_bound, ll / n
             if abs(lower_bound - prev_lower_bound) < self.tol:
@@ -909,7 +823,7 @@ def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 
                          f"points n={n}: need n >= n_components")
     if n_blocks > n:
         raise ValueError(f"n_blocks={n_blocks} is larger than the number of points n={n}")
-    reg_covar = _check_nonnegative(reg_covar, "reg_covar")
+    reg_covar = check_nonnegative(reg_covar, "reg_covar")
     theta = _start(X, n_components, weights_init, means_init, covariances_init, rng,
                    reg_covar)
     bounds = np.linspace(0, n, n_blocks + 1).astype(int)
@@ -971,14 +885,13 @@ def gmm_log_prior(weights, covariances, *, weight_concentration: float,
     k = weights.shape[0]
     cov = as_float_array(covariances, "covariances", ndim=3)
     d = cov.shape[1]
-    cov = _check_spd(cov, "covariances", k, d)
-    alpha = _check_nonnegative(weight_concentration, "weight_concentration")
-    nu = _check_nonnegative(cov_prior_dof, "cov_prior_dof")
+    cov = check_symmetric(cov, "covariances", (k, d, d))
+    alpha = check_nonnegative(weight_concentration, "weight_concentration")
+    nu = check_nonnegative(cov_prior_dof, "cov_prior_dof")
     if alpha < 1 or nu <= d - 1:
         raise ValueError(f"need weight_concentration >= 1 and cov_prior_dof > d - 1 = "
                          f"{d - 1}, got {alpha} and {nu}")
-    psi = _check_spd(np.asarray(cov_prior_scale, dtype=np.float64)[None], "cov_prior_scale",
-                     1, d)[0]
+    psi = check_symmetric(cov_prior_scale, "cov_prior_scale", (d, d))
     with np.errstate(divide="ignore"):
         log_dir = (gammaln(k * alpha) - k * gammaln(alpha)
                    + (alpha - 1) * float(np.sum(np.log(weights))))
@@ -1039,15 +952,15 @@ def map_em(X, n_components: int, *, weight_concentration: float = 1.0,
     if n < n_components:
         raise ValueError(f"n_components={n_components} is larger than the number of "
                          f"points n={n}: need n >= n_components")
-    nu = float(d + 2) if cov_prior_dof is None else _check_nonnegative(cov_prior_dof,
+    nu = float(d + 2) if cov_prior_dof is None else check_nonnegative(cov_prior_dof,
                                                                          "cov_prior_dof")
-    psi = 1e-3 * np.eye(d) if cov_prior_scale is None else _check_spd(
-        np.asarray(cov_prior_scale, dtype=np.float64)[None], "cov_prior_scale", 1, d)[0]
-    alpha = _check_nonnegative(weight_concentration, "weight_concentration")
+    psi = 1e-3 * np.eye(d) if cov_prior_scale is None else check_symmetric(
+        cov_prior_scale, "cov_prior_scale", (d, d))
+    alpha = check_nonnegative(weight_concentration, "weight_concentration")
     if alpha < 1 or nu <= d - 1:
         raise ValueError(f"need weight_concentration >= 1 and cov_prior_dof > d - 1 = "
                          f"{d - 1}, got {alpha} and {nu}")
-    tol = _check_nonnegative(tol, "tol")
+    tol = check_nonnegative(tol, "tol")
     max_iter = check_positive_int(max_iter, "max_iter")
     prior = dict(weight_concentration=alpha, cov_prior_dof=nu, cov_prior_scale=psi)
     weights, means, cov = _start(X, n_components, weights_init, means_init,

@@ -38,11 +38,12 @@ from numbers import Real
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Distribution, MultivariateNormal, Normal
 from torch.nn.functional import softplus
 
 from elbo_lib._validation import as_float_array, check_positive, check_positive_int
 from elbo_lib.bounds import monte_carlo_elbo
+from elbo_lib.gaussians import diagonal_gaussian
 
 __all__ = [
     "BayesianLogisticRegression",
@@ -51,11 +52,8 @@ __all__ = [
     "HeteroscedasticNet",
     "VIResult",
     "crps_gaussian",
-    "diagonal_gaussian",
     "fit_gaussian_vi",
     "fit_heteroscedastic",
-    "gaussian_quadratic_expectation",
-    "gaussian_quadratic_gradient",
     "gradient_stats",
     "monte_carlo_crps",
     "pathwise_gradient",
@@ -312,50 +310,6 @@ def gradient_stats(f, make_q, params, num_samples: int, num_repeats: int, *,
     var = {k: m.var(axis=0, ddof=1) for k, m in means.items()}
     se = {k: np.sqrt(v / num_repeats) for k, v in var.items()}
     return GradientStats(mean, var, se, int(num_samples), num_repeats)
-
-
-def diagonal_gaussian(mu: torch.Tensor, sigma: torch.Tensor) -> Distribution:
-    """q = N(mu, diag(sigma^2)) as ``Independent(Normal(mu, sigma), 1)``.
-
-    A ``make_q`` for the estimators above: works with or without a leading batch axis.
-    """
-    return Independent(Normal(mu, sigma), 1)
-
-
-def _quadratic_inputs(a, b, mu, sigma):
-    a = as_float_array(a, "A", ndim=2)
-    mu = as_float_array(mu, "mu", ndim=1)
-    b = as_float_array(b, "b", ndim=1)
-    sigma = check_positive(sigma, "sigma", allow_array=True)
-    d = mu.size
-    if a.shape != (d, d) or b.shape != (d,) or sigma.shape != (d,):
-        raise ValueError(f"need A of shape ({d}, {d}) and b, sigma of shape ({d},) to match "
-                         f"mu; got A {a.shape}, b {b.shape}, sigma {sigma.shape}")
-    return a, b, mu, sigma
-
-
-def gaussian_quadratic_expectation(a, b, mu, sigma) -> float:
-    """E[z^T A z + b^T z] for z ~ N(mu, diag(sigma^2)), in closed form.
-
-    ``= mu^T A mu + sum_i A_ii sigma_i^2 + b^T mu``. The test function of chapter 5.
-    """
-    a, b, mu, sigma = _quadratic_inputs(a, b, mu, sigma)
-    return float(mu @ a @ mu + np.diag(a) @ sigma**2 + b @ mu)
-
-
-def gaussian_quadratic_gradient(a, b, mu, sigma) -> dict[str, np.ndarray]:
-    """Closed-form gradient of :func:`gaussian_quadratic_expectation`.
-
-    ``d/dmu = (A + A^T) mu + b`` and ``d/dsigma_i = 2 A_ii sigma_i``: the exact answer
-    against which chapter 5 checks both Monte Carlo estimators.
-
-    Returns
-    -------
-    dict
-        ``{"mu": ndarray (D,), "sigma": ndarray (D,)}``.
-    """
-    a, b, mu, sigma = _quadratic_inputs(a, b, mu, sigma)
-    return {"mu": (a + a.T) @ mu + b, "sigma": 2.0 * np.diag(a) * sigma}
 
 
 # --------------------------------------------------------------------------------------

@@ -25,15 +25,16 @@ import itertools
 
 import numpy as np
 
-from elbo_lib._validation import as_float_array, check_positive_int
-from elbo_lib.em import (
-    _as_generator,
-    _check_nonnegative,
-    _check_spd,
-    _log_density_unchecked,
-    _m_step,
-    precision_cholesky,
+from elbo_lib._validation import (
+    as_float_array,
+    as_generator,
+    check_nonnegative,
+    check_positive_int,
+    check_probability_rows,
+    check_symmetric,
 )
+from elbo_lib.em import weighted_gaussian_m_step
+from elbo_lib.gaussians import gaussian_log_density, precision_cholesky
 
 __all__ = [
     "GaussianHMM",
@@ -70,15 +71,6 @@ def _check_log_params(log_pi, log_A, log_B):
     if not np.allclose(np.logaddexp.reduce(log_A, axis=1), 0.0, atol=1e-8):
         raise ValueError("every row of exp(log_A) must sum to 1")
     return log_pi, log_A, log_B
-
-
-def _check_stochastic(p, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    p = as_float_array(p, name, ndim=len(shape))
-    if p.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {p.shape}")
-    if np.any(p < 0) or not np.allclose(p.sum(axis=-1), 1.0, atol=1e-8):
-        raise ValueError(f"{name} must be non-negative with (rows) summing to 1")
-    return p
 
 
 def _log(p):
@@ -332,9 +324,9 @@ def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, r
     """
     means = as_float_array(means, "means", ndim=2)
     K, d = means.shape
-    startprob = _check_stochastic(startprob, "startprob", (K,))
-    transmat = _check_stochastic(transmat, "transmat", (K, K))
-    cov = _check_spd(covariances, "covariances", K, d)
+    startprob = check_probability_rows(startprob, "startprob", (K,))
+    transmat = check_probability_rows(transmat, "transmat", (K, K))
+    cov = check_symmetric(covariances, "covariances", (K, d, d))
     T = check_positive_int(n_steps, "n_steps")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
@@ -409,8 +401,8 @@ class GaussianHMM:
                  max_iter: int = 200, startprob_init=None, transmat_init=None,
                  means_init=None, covariances_init=None, rng=None) -> None:
         self.n_states = check_positive_int(n_states, "n_states")
-        self.tol = _check_nonnegative(tol, "tol")
-        self.reg_covar = _check_nonnegative(reg_covar, "reg_covar")
+        self.tol = check_nonnegative(tol, "tol")
+        self.reg_covar = check_nonnegative(reg_covar, "reg_covar")
         self.max_iter = check_positive_int(max_iter, "max_iter")
         self.startprob_init, self.transmat_init = startprob_init, transmat_init
         self.means_init, self.covariances_init = means_init, covariances_init
@@ -420,15 +412,15 @@ class GaussianHMM:
         T, d = X.shape
         K = self.n_states
         pi = (np.full(K, 1.0 / K) if self.startprob_init is None
-              else _check_stochastic(self.startprob_init, "startprob_init", (K,)))
+              else check_probability_rows(self.startprob_init, "startprob_init", (K,)))
         if self.transmat_init is None:
             A = np.full((K, K), 0.5 / max(K - 1, 1)) if K > 1 else np.ones((1, 1))
             if K > 1:
                 np.fill_diagonal(A, 0.5)
         else:
-            A = _check_stochastic(self.transmat_init, "transmat_init", (K, K))
+            A = check_probability_rows(self.transmat_init, "transmat_init", (K, K))
         if self.means_init is None:
-            means = X[_as_generator(self.rng).choice(T, size=K, replace=False)].copy()
+            means = X[as_generator(self.rng).choice(T, size=K, replace=False)].copy()
         else:
             means = as_float_array(self.means_init, "means_init", ndim=2)
             if means.shape != (K, d):
@@ -437,7 +429,7 @@ class GaussianHMM:
             c = np.atleast_2d(np.cov(X, rowvar=False, bias=True)) + self.reg_covar * np.eye(d)
             cov = np.repeat(c[None], K, axis=0)
         else:
-            cov = _check_spd(self.covariances_init, "covariances_init", K, d)
+            cov = check_symmetric(self.covariances_init, "covariances_init", (K, d, d))
         return pi, A, means, cov
 
     def emission_log_prob(self, X, means=None, covariances=None) -> np.ndarray:
@@ -445,7 +437,7 @@ class GaussianHMM:
         X = _as_sequence(X)
         means = self.means_ if means is None else means
         cov = self.covariances_ if covariances is None else covariances
-        return _log_density_unchecked(X, np.asarray(means), precision_cholesky(cov))
+        return gaussian_log_density(X, np.asarray(means), precision_cholesky(cov))
 
     def fit(self, X) -> GaussianHMM:
         """Run Baum-Welch on one sequence X of shape (T, d) (or (T,)); return ``self``.
@@ -479,7 +471,7 @@ class GaussianHMM:
             # M-step
             pi = gamma[0] / gamma[0].sum()
             A = xi_sum / np.maximum(xi_sum.sum(axis=1, keepdims=True), np.finfo(float).tiny)
-            _, means, cov, _ = _m_step(X, gamma, self.reg_covar, "clip")
+            _, means, cov, _ = weighted_gaussian_m_step(X, gamma, self.reg_covar, "clip")
             log_B = self.emission_log_prob(X, means, cov)
             prev = (gamma, xi_sum, entropy)
             if len(log_lik) > 1 and abs(log_lik[-1] - log_lik[-2]) < self.tol:

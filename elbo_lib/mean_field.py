@@ -9,7 +9,8 @@ exact answer to check it against:
   Normal-Gamma prior (Bishop 2006, section 10.1.3); the exact posterior is Normal-Gamma
   (:func:`normal_gamma_posterior`) and the exact evidence is :func:`normal_gamma_log_evidence`.
 * :func:`mean_field_gaussian`, :func:`cavi_gaussian` -- a correlated Gaussian approximated
-  by a factorised one (Bishop 2006, section 10.1.2), with :func:`gaussian_kl_mvn`.
+  by a factorised one (Bishop 2006, section 10.1.2), with
+  :func:`elbo_lib.gaussians.gaussian_kl_full`.
 * :func:`cavi_gaussian_mixture` -- the Bayesian mixture of unit-variance Gaussians of
   Blei, Kucukelbir & McAuliffe (2017), section 3, with its ELBO
   :func:`gaussian_mixture_elbo`.
@@ -33,7 +34,14 @@ from numbers import Real
 import numpy as np
 from scipy.special import digamma, expit, gammaln, log_expit, logsumexp, xlogy
 
-from elbo_lib._validation import as_float_array, check_positive, check_positive_int
+from elbo_lib._validation import (
+    LOG_2PI,
+    as_float_array,
+    check_positive,
+    check_positive_int,
+    check_probability_rows,
+    check_spd,
+)
 
 __all__ = [
     "BSCLearningResult",
@@ -57,7 +65,6 @@ __all__ = [
     "cavi_gaussian",
     "cavi_gaussian_mixture",
     "cavi_normal_gamma",
-    "gaussian_kl_mvn",
     "dirichlet_mixture_elbo",
     "dirichlet_mixture_log_evidence",
     "gaussian_mixture_elbo",
@@ -69,7 +76,6 @@ __all__ = [
     "set_partitions",
 ]
 
-_LOG_2PI = float(np.log(2 * np.pi))
 
 
 def _check_real(value, name: str) -> float:
@@ -119,7 +125,7 @@ class NormalGamma:
             log_tau = np.where(tau > 0, np.log(np.where(tau > 0, tau, 1.0)), -np.inf)
             lp = (self.shape * np.log(self.rate) - gammaln(self.shape)
                   + (self.shape - 1) * log_tau - self.rate * tau
-                  + 0.5 * (np.log(self.lam) + log_tau - _LOG_2PI)
+                  + 0.5 * (np.log(self.lam) + log_tau - LOG_2PI)
                   - 0.5 * self.lam * tau * (mu - self.mean) ** 2)
         return np.where(tau > 0, lp, -np.inf)
 
@@ -157,7 +163,7 @@ class NormalGammaMeanField:
         """log q(mu) + log q(tau), elementwise and broadcasting; -inf where tau <= 0."""
         mu = np.asarray(mu, dtype=np.float64)
         tau = np.asarray(tau, dtype=np.float64)
-        log_q_mu = 0.5 * (np.log(self.precision) - _LOG_2PI) - 0.5 * self.precision * (
+        log_q_mu = 0.5 * (np.log(self.precision) - LOG_2PI) - 0.5 * self.precision * (
             mu - self.mean) ** 2
         with np.errstate(divide="ignore", invalid="ignore"):
             safe = np.where(tau > 0, tau, 1.0)
@@ -214,7 +220,7 @@ def normal_gamma_log_evidence(x, prior: NormalGamma) -> float:
     n = np.asarray(x).size
     return float(gammaln(post.shape) - gammaln(prior.shape)
                  + prior.shape * np.log(prior.rate) - post.shape * np.log(post.rate)
-                 + 0.5 * np.log(prior.lam / post.lam) - 0.5 * n * _LOG_2PI)
+                 + 0.5 * np.log(prior.lam / post.lam) - 0.5 * n * LOG_2PI)
 
 
 def normal_gamma_elbo(x, prior: NormalGamma, q: NormalGammaMeanField) -> float:
@@ -232,12 +238,12 @@ def normal_gamma_elbo(x, prior: NormalGamma, q: NormalGammaMeanField) -> float:
     e_log_tau = digamma(q.shape) - np.log(q.rate)
     e_sq_data = float(((x - q.mean) ** 2).sum()) + n / q.precision
     e_sq_prior = (q.mean - prior.mean) ** 2 + 1.0 / q.precision
-    e_log_lik = 0.5 * n * (e_log_tau - _LOG_2PI) - 0.5 * e_tau * e_sq_data
-    e_log_p_mu = (0.5 * (np.log(prior.lam) + e_log_tau - _LOG_2PI)
+    e_log_lik = 0.5 * n * (e_log_tau - LOG_2PI) - 0.5 * e_tau * e_sq_data
+    e_log_p_mu = (0.5 * (np.log(prior.lam) + e_log_tau - LOG_2PI)
                   - 0.5 * prior.lam * e_tau * e_sq_prior)
     e_log_p_tau = (prior.shape * np.log(prior.rate) - gammaln(prior.shape)
                    + (prior.shape - 1) * e_log_tau - prior.rate * e_tau)
-    h_mu = 0.5 * (1.0 + _LOG_2PI - np.log(q.precision))
+    h_mu = 0.5 * (1.0 + LOG_2PI - np.log(q.precision))
     h_tau = q.shape - np.log(q.rate) + gammaln(q.shape) + (1 - q.shape) * digamma(q.shape)
     return float(e_log_lik + e_log_p_mu + e_log_p_tau + h_mu + h_tau)
 
@@ -358,19 +364,10 @@ def kl_on_grid(log_q, log_p, grid_0, grid_1) -> float:
 # ---------------------------------------------------------------------------------------
 # 2. Factorised approximation of a correlated Gaussian (PRML 10.1.2)
 # ---------------------------------------------------------------------------------------
-def _check_gaussian(mean, matrix, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_gaussian(mean, precision) -> tuple[np.ndarray, np.ndarray]:
     mean = as_float_array(mean, "mean", ndim=1)
-    matrix = as_float_array(matrix, name, ndim=2)
-    d = mean.size
-    if matrix.shape != (d, d):
-        raise ValueError(f"{name} must have shape ({d}, {d}) to match mean, got {matrix.shape}")
-    if not np.allclose(matrix, matrix.T, rtol=1e-10, atol=1e-12):
-        raise ValueError(f"{name} must be symmetric")
-    try:
-        chol = np.linalg.cholesky(matrix)
-    except np.linalg.LinAlgError as exc:
-        raise ValueError(f"{name} must be positive definite") from exc
-    return mean, matrix, chol
+    precision, _ = check_spd(precision, "precision", (mean.size, mean.size))
+    return mean, precision
 
 
 def mean_field_gaussian(mean, precision) -> tuple[np.ndarray, np.ndarray]:
@@ -385,7 +382,7 @@ def mean_field_gaussian(mean, precision) -> tuple[np.ndarray, np.ndarray]:
     (numpy.ndarray, numpy.ndarray)
         The means and variances of the factors.
     """
-    mean, precision, _ = _check_gaussian(mean, precision, "precision")
+    mean, precision = _check_gaussian(mean, precision)
     return mean.copy(), 1.0 / np.diag(precision)
 
 
@@ -400,7 +397,7 @@ def cavi_gaussian(mean, precision, init_mean, num_sweeps: int = 10) -> np.ndarra
     numpy.ndarray, shape (num_sweeps * d + 1, d)
         The factor means after every single-coordinate update, starting with ``init_mean``.
     """
-    mean, precision, _ = _check_gaussian(mean, precision, "precision")
+    mean, precision = _check_gaussian(mean, precision)
     m = as_float_array(init_mean, "init_mean", ndim=1).copy()
     if m.shape != mean.shape:
         raise ValueError(f"init_mean must have shape {mean.shape}, got {m.shape}")
@@ -412,25 +409,6 @@ def cavi_gaussian(mean, precision, init_mean, num_sweeps: int = 10) -> np.ndarra
             m[j] = mean[j] - others / precision[j, j]
             path.append(m.copy())
     return np.asarray(path)
-
-
-def gaussian_kl_mvn(mean_q, cov_q, mean_p, cov_p) -> float:
-    """KL(N(mean_q, cov_q) || N(mean_p, cov_p)) for full covariances, via Cholesky.
-
-    KL = (1/2) [tr(S_p^{-1} S_q) + (m_p - m_q)^T S_p^{-1} (m_p - m_q) - d + log|S_p| - log|S_q|].
-    """
-    mean_q, cov_q, lq = _check_gaussian(mean_q, cov_q, "cov_q")
-    mean_p, cov_p, lp = _check_gaussian(mean_p, cov_p, "cov_p")
-    if mean_q.shape != mean_p.shape:
-        raise ValueError(f"mean_q and mean_p must have the same shape, got "
-                         f"{mean_q.shape} and {mean_p.shape}")
-    from scipy.linalg import solve_triangular
-
-    a = solve_triangular(lp, lq, lower=True)           # L_p^{-1} L_q
-    r = solve_triangular(lp, mean_p - mean_q, lower=True)
-    log_det_p = 2 * np.log(np.diag(lp)).sum()
-    log_det_q = 2 * np.log(np.diag(lq)).sum()
-    return float(0.5 * ((a**2).sum() + r @ r - mean_q.size + log_det_p - log_det_q))
 
 
 # ---------------------------------------------------------------------------------------
@@ -473,8 +451,7 @@ def gaussian_mixture_elbo(x, means, variances, resp, prior_var: float) -> float:
         raise ValueError(f"shapes do not match: x {x.shape}, means {means.shape}, "
                          f"variances {variances.shape}, resp {resp.shape}; expected "
                          f"means (K, d), variances (K,), resp (n, K)")
-    if np.any(resp < 0) or not np.allclose(resp.sum(axis=1), 1.0, atol=1e-8):
-        raise ValueError("resp rows must be probability vectors (>= 0, summing to 1)")
+    resp = check_probability_rows(resp, "resp")
     return _mixture_elbo(x, means, variances, resp, prior_var)
 
 
@@ -484,7 +461,7 @@ def _mixture_elbo(x, m, s2, phi, sigma2) -> float:
     e_mu_sq = (m**2).sum(axis=1) + d * s2                     # E[mu_k^T mu_k], (K,)
     e_log_prior_mu = -0.5 * d * np.log(2 * np.pi * sigma2) - 0.5 * e_mu_sq / sigma2
     sq = (x**2).sum(axis=1)[:, None] - 2 * x @ m.T + e_mu_sq[None, :]   # E||x_i - mu_k||^2
-    e_log_lik = (phi * (-0.5 * d * _LOG_2PI - 0.5 * sq)).sum()
+    e_log_lik = (phi * (-0.5 * d * LOG_2PI - 0.5 * sq)).sum()
     entropy_mu = 0.5 * d * (np.log(2 * np.pi * s2) + 1.0)
     return float(e_log_prior_mu.sum() - n * np.log(k) + e_log_lik
                  - xlogy(phi, phi).sum() + entropy_mu.sum())
@@ -669,7 +646,7 @@ def bsc_log_joint(h, v, weights, bias, noise_precision) -> np.ndarray:
         raise ValueError(f"h must be binary with {b.size} columns, got shape {h.shape}")
     log_prior = h2 @ log_expit(b) + (1 - h2) @ log_expit(-b)
     resid = v[None, :] - h2 @ w.T
-    log_lik = 0.5 * (np.log(beta).sum() - v.size * _LOG_2PI) - 0.5 * (resid**2) @ beta
+    log_lik = 0.5 * (np.log(beta).sum() - v.size * LOG_2PI) - 0.5 * (resid**2) @ beta
     out = log_prior + log_lik
     return out[0] if h.ndim == 1 else out
 
@@ -723,7 +700,7 @@ def _bsc_elbo(h, v, w, b, beta) -> float:
     resid = v - w @ h
     diag = (w**2).T @ beta                                  # (W^T B W)_ii
     quad = resid**2 @ beta + diag @ (h * (1 - h))
-    return float(log_prior + entropy + 0.5 * (np.log(beta).sum() - v.size * _LOG_2PI) - 0.5 * quad)
+    return float(log_prior + entropy + 0.5 * (np.log(beta).sum() - v.size * LOG_2PI) - 0.5 * quad)
 
 
 def bsc_elbo_enumeration(h_hat, v, weights, bias, noise_precision) -> float:
@@ -1037,7 +1014,7 @@ def dirichlet_mixture_log_evidence(x, n_components: int, prior_var: float,
     log_terms = (log_ml.sum(axis=1) + log_labels.sum(axis=1)
                  + gammaln(k + 1) - gammaln(k - n_blocks + 1))
     const = (gammaln(k * alpha0) - gammaln(n + k * alpha0)
-             - 0.5 * n * d * _LOG_2PI - 0.5 * (x**2).sum())
+             - 0.5 * n * d * LOG_2PI - 0.5 * (x**2).sum())
     return float(logsumexp(log_terms) + const)
 
 
@@ -1117,7 +1094,7 @@ def bsc_elbo_batch(h_hat, v, weights, bias, noise_precision: float) -> np.ndarra
     log_prior = h @ log_expit(b) + (1 - h) @ log_expit(-b)
     resid = v - h @ w.T
     quad = beta * ((resid**2).sum(axis=1) + (h * (1 - h)) @ (w**2).sum(axis=0))
-    return log_prior + entropy + 0.5 * v.shape[1] * (np.log(beta) - _LOG_2PI) - 0.5 * quad
+    return log_prior + entropy + 0.5 * v.shape[1] * (np.log(beta) - LOG_2PI) - 0.5 * quad
 
 
 def bsc_log_likelihood(v, weights, bias, noise_precision: float) -> np.ndarray:
@@ -1138,7 +1115,7 @@ def _bsc_log_joint_batch(codes, v, w, b, beta) -> np.ndarray:
     log_prior = codes @ log_expit(b) + (1 - codes) @ log_expit(-b)
     means = codes @ w.T                                          # (C, n_v)
     sq = ((v**2).sum(axis=1)[:, None] - 2 * v @ means.T + (means**2).sum(axis=1)[None, :])
-    return (log_prior[None, :] + 0.5 * v.shape[1] * (np.log(beta) - _LOG_2PI)
+    return (log_prior[None, :] + 0.5 * v.shape[1] * (np.log(beta) - LOG_2PI)
             - 0.5 * beta * np.maximum(sq, 0.0))
 
 

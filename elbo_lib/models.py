@@ -11,12 +11,11 @@ import numpy as np
 import torch
 from torch.distributions import Normal
 
-from elbo_lib._validation import as_float_array, check_positive
-from elbo_lib.bounds import gaussian_entropy, gaussian_kl
+from elbo_lib._validation import LOG_2PI, as_float_array, check_positive
+from elbo_lib.gaussians import gaussian_entropy, gaussian_kl
 
 __all__ = ["ConjugateGaussianMean", "SquaredMeanModel"]
 
-_LOG_2PI = float(np.log(2 * np.pi))
 
 
 class ConjugateGaussianMean:
@@ -74,7 +73,7 @@ class ConjugateGaussianMean:
         r = self.x - self.prior_mean
         log_det = (n - 1) * np.log(v) + np.log(v + n * s0)
         quad = (r @ r) / v - s0 * r.sum() ** 2 / (v * (v + n * s0))
-        return float(-0.5 * (n * _LOG_2PI + log_det + quad))
+        return float(-0.5 * (n * LOG_2PI + log_det + quad))
 
     def _check_q(self, q_mean, q_var):
         q_mean = as_float_array(q_mean, "q_mean")
@@ -85,7 +84,7 @@ class ConjugateGaussianMean:
         """E_q[log p(x | z)] for q = N(q_mean, q_var), elementwise over arrays of q."""
         m, v = self._check_q(q_mean, q_var)
         sq = self._sum_sq - 2 * m * self._sum + self.n * (m**2 + v)
-        return -0.5 * self.n * (_LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
+        return -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
 
     def kl_to_prior(self, q_mean, q_var):
         """KL(q || p(z)) for q = N(q_mean, q_var)."""
@@ -103,7 +102,7 @@ class ConjugateGaussianMean:
     def elbo_from_entropy(self, q_mean, q_var):
         """ELBO as expected log-joint plus entropy: E_q[log p(x|z)] + E_q[log p(z)] + H[q]."""
         m, v = self._check_q(q_mean, q_var)
-        e_log_prior = -0.5 * (_LOG_2PI + np.log(self.prior_var)) - 0.5 * (
+        e_log_prior = -0.5 * (LOG_2PI + np.log(self.prior_var)) - 0.5 * (
             (m - self.prior_mean) ** 2 + v) / self.prior_var
         return self.expected_log_likelihood(m, v) + e_log_prior + gaussian_entropy(v)
 
@@ -127,7 +126,7 @@ class ConjugateGaussianMean:
         """log p(x | z) for a tensor of z values (any shape), differentiable in z."""
         z = torch.as_tensor(z, dtype=torch.float64)
         sq = self._sum_sq - 2 * z * self._sum + self.n * z**2
-        return -0.5 * self.n * (_LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
+        return -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
 
     def log_joint(self, z: torch.Tensor) -> torch.Tensor:
         """log p(x, z) = log p(x | z) + log p(z), elementwise over a tensor of z values."""
@@ -179,7 +178,7 @@ class SquaredMeanModel:
             z = np.asarray(z, dtype=np.float64)
         u = z * z
         sq = self._sum_sq - 2.0 * u * self._sum + self.n * u * u
-        log_lik = -0.5 * self.n * (_LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
-        log_prior = (-0.5 * (_LOG_2PI + np.log(self.prior_var))
+        log_lik = -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
+        log_prior = (-0.5 * (LOG_2PI + np.log(self.prior_var))
                      - 0.5 * (z - self.prior_mean) ** 2 / self.prior_var)
         return log_lik + log_prior

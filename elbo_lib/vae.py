@@ -12,7 +12,7 @@ Encoder and decoder are trained together by stochastic gradient ascent on
     - \\mathrm{KL}(q_\\phi(z\\mid x) \\,\\|\\, p(z)),
 
 with reparameterised samples z = mu + sigma * eps and the closed-form Gaussian KL of
-:func:`elbo_lib.bounds.gaussian_kl`. The module also holds the tighter
+:func:`elbo_lib.gaussians.gaussian_kl`. The module also holds the tighter
 importance-weighted bound (Burda et al. 2016), per-datapoint refinement of q for the
 amortisation gap (Cremer et al. 2018), exact 2-D quadrature of log p(x) as the
 reference answer, the active-unit count for posterior collapse, and wake-sleep
@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from elbo_lib._validation import check_positive, check_positive_int
-from elbo_lib.bounds import gaussian_kl, importance_weighted_bound
+from elbo_lib._validation import LOG_2PI, check_positive, check_positive_int
+from elbo_lib.bounds import importance_weighted_bound
+from elbo_lib.gaussians import diagonal_gaussian_log_density, gaussian_kl
 
 __all__ = [
     "VAE",
@@ -54,7 +55,6 @@ __all__ = [
     "bernoulli_log_likelihood",
     "elbo_terms",
     "evaluate_elbo",
-    "gaussian_log_density",
     "grid_log_marginal",
     "importance_log_weights",
     "iwae_bound",
@@ -65,7 +65,6 @@ __all__ = [
     "train_wake_sleep",
 ]
 
-_LOG_2PI = math.log(2 * math.pi)
 
 
 class VAE(nn.Module):
@@ -203,19 +202,12 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
                                                reduction="none").sum(-1)
 
 
-def gaussian_log_density(z: torch.Tensor, mean, logvar) -> torch.Tensor:
-    """log N(z; mean, diag(exp(logvar))), summed over the last axis (broadcasting)."""
-    mean = torch.as_tensor(mean, dtype=z.dtype)
-    logvar = torch.as_tensor(logvar, dtype=z.dtype)
-    return -0.5 * (_LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
-
-
 def elbo_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One-sample reconstruction term and closed-form KL of each data point.
 
     reconstruction_i = log p_theta(x_i | z_i) with z_i = mean_i + sigma_i * eps_i
     (reparameterised), kl_i = KL(q_phi(z | x_i) || N(0, I)) from
-    :func:`elbo_lib.bounds.gaussian_kl` summed over latent dimensions. The ELBO of x_i is
+    :func:`elbo_lib.gaussians.gaussian_kl` summed over latent dimensions. The ELBO of x_i is
     ``reconstruction_i - kl_i``. Differentiable in encoder and decoder parameters.
 
     Returns
@@ -392,7 +384,7 @@ def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num
                 x_dream = torch.bernoulli(torch.sigmoid(model.decode(z_dream)))
             mean_d, logvar_d = model.encode(x_dream)
             opt_encoder.zero_grad(set_to_none=True)
-            (-gaussian_log_density(z_dream, mean_d, logvar_d).mean()).backward()
+            (-diagonal_gaussian_log_density(z_dream, mean_d, logvar_d).mean()).backward()
             opt_encoder.step()
             totals += torch.stack([reconstruction.detach().sum(), kl.sum()])
         rec, kl_mean = (totals / n).tolist()
@@ -427,8 +419,8 @@ def importance_log_weights(model: VAE, x: torch.Tensor, k: int, mean=None,
                          f"got {tuple(mean.shape)} and {tuple(logvar.shape)}")
     z = reparameterize(mean, logvar, k)                        # (k, n, latent_dim)
     log_px_given_z = bernoulli_log_likelihood(x, model.decode(z))
-    log_pz = -0.5 * (_LOG_2PI * model.latent_dim + (z**2).sum(-1))
-    return log_px_given_z + log_pz - gaussian_log_density(z, mean, logvar)
+    log_pz = -0.5 * (LOG_2PI * model.latent_dim + (z**2).sum(-1))
+    return log_px_given_z + log_pz - diagonal_gaussian_log_density(z, mean, logvar)
 
 
 @torch.no_grad()
@@ -549,7 +541,7 @@ def grid_log_marginal(model: VAE, x: torch.Tensor, limit: float = 5.0,
     for chunk in grid.split(max_batch):
         logits = model.decode(chunk.float()).to(torch.float64)  # (g, D)
         log_lik = x64 @ logits.T - F.softplus(logits).sum(-1)   # (n, g)
-        log_prior = -0.5 * (2 * _LOG_2PI + (chunk**2).sum(-1))
+        log_prior = -0.5 * (2 * LOG_2PI + (chunk**2).sum(-1))
         parts.append(torch.logsumexp(log_lik + log_prior, dim=1))
     return torch.logsumexp(torch.stack(parts, dim=1), dim=1) + log_cell
 
@@ -605,7 +597,7 @@ def elbo_per_point(model: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.T
     """Per-data-point ELBO with the closed-form KL: mean_s log p(x | z_s) - KL(q || p).
 
     The reconstruction term is averaged over ``num_samples`` reparameterised samples;
-    the KL is exact (:func:`elbo_lib.bounds.gaussian_kl`). :func:`iwae_bound` estimates
+    the KL is exact (:func:`elbo_lib.gaussians.gaussian_kl`). :func:`iwae_bound` estimates
     the same quantity from log importance weights (Monte Carlo in both terms), so the
     two agree within Monte Carlo error. Used by chapter 6.
 
@@ -698,8 +690,8 @@ def train_vae_variant(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor,
             if k > 1:
                 z = reparameterize(mean, logvar, k)
                 log_lik = bernoulli_log_likelihood(x, model.decode(z))       # (k, b)
-                log_w = (log_lik - 0.5 * (_LOG_2PI * model.latent_dim + (z**2).sum(-1))
-                         - gaussian_log_density(z, mean, logvar))
+                log_w = (log_lik - 0.5 * (LOG_2PI * model.latent_dim + (z**2).sum(-1))
+                         - diagonal_gaussian_log_density(z, mean, logvar))
                 loss = -importance_weighted_bound(log_w, dim=0).mean()
                 reconstruction = log_lik.mean(0)
             else:
@@ -801,7 +793,7 @@ def decoder_gradient_by_quadrature(model: VAE, x: torch.Tensor, limit: float = 5
     logits = model.decode(grid.float()).to(torch.float64)
     x64 = x.to(torch.float64)
     log_joint = (x64 @ logits.T - F.softplus(logits).sum(-1)
-                 - 0.5 * (2 * _LOG_2PI + (grid**2).sum(-1)))
+                 - 0.5 * (2 * LOG_2PI + (grid**2).sum(-1)))
     log_px = torch.logsumexp(log_joint, dim=1)                   # + const (cell area)
     params = list(model.decoder.parameters())
     grads = torch.autograd.grad(log_px.mean(), params)
@@ -865,9 +857,9 @@ def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
     log_n = math.log(len(x))
     log_q_parts, kl_prior, mutual = [], 0.0, 0.0
     for chunk in grid.split(max_batch):
-        log_q_cond = gaussian_log_density(chunk[:, None, :], mean, logvar)   # (g, N)
+        log_q_cond = diagonal_gaussian_log_density(chunk[:, None, :], mean, logvar)   # (g, N)
         log_q = torch.logsumexp(log_q_cond, dim=1) - log_n                    # (g,)
-        log_p = -0.5 * (2 * _LOG_2PI + (chunk**2).sum(-1))
+        log_p = -0.5 * (2 * LOG_2PI + (chunk**2).sum(-1))
         kl_prior += float((torch.exp(log_q + log_cell) * (log_q - log_p)).sum())
         weights = torch.exp(log_q_cond + log_cell - log_n)
         mutual += float((weights * (log_q_cond - log_q[:, None])).sum())

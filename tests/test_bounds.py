@@ -1,11 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+from torch.distributions import Bernoulli, Independent, Normal
 
-from elbo_lib.bounds import gaussian_entropy, gaussian_kl, monte_carlo_elbo
+from elbo_lib.bounds import monte_carlo_elbo
 from elbo_lib.models import ConjugateGaussianMean
 
 
@@ -83,36 +81,3 @@ def test_mc_elbo_rsample_required():
         monte_carlo_elbo(lambda z: z, Normal(0.0, 1.0), 1, return_std_error=True)
 
 
-@settings(max_examples=200, deadline=None)
-@given(mq=st.floats(-20, 20), vq=st.floats(1e-4, 1e3), mp=st.floats(-20, 20),
-       vp=st.floats(1e-4, 1e3))
-def test_gaussian_kl_matches_torch_and_is_nonnegative(mq, vq, mp, vp):
-    ours = gaussian_kl(mq, vq, mp, vp)
-    ref = kl_divergence(Normal(torch.tensor(mq, dtype=torch.float64),
-                               torch.tensor(vq, dtype=torch.float64).sqrt()),
-                        Normal(torch.tensor(mp, dtype=torch.float64),
-                               torch.tensor(vp, dtype=torch.float64).sqrt())).item()
-    assert ours >= -1e-12
-    assert ours == pytest.approx(ref, rel=1e-9, abs=1e-9)
-
-
-def test_gaussian_kl_zero_iff_equal_and_torch_input_differentiable():
-    assert gaussian_kl(1.0, 2.0, 1.0, 2.0) == pytest.approx(0.0, abs=1e-15)
-    m = torch.tensor([0.5, -1.0], requires_grad=True)
-    gaussian_kl(m, torch.ones(2), torch.zeros(2), torch.ones(2)).sum().backward()
-    np.testing.assert_allclose(m.grad.numpy(), [0.5, -1.0])
-
-
-def test_gaussian_entropy_matches_torch():
-    v = np.array([0.01, 1.0, 30.0])
-    ref = Normal(torch.zeros(3, dtype=torch.float64), torch.tensor(v).sqrt()).entropy().numpy()
-    np.testing.assert_allclose(gaussian_entropy(v), ref, rtol=1e-12)
-
-
-@pytest.mark.parametrize("fn, args", [(gaussian_kl, (0.0, 0.0, 0.0, 1.0)),
-                                      (gaussian_kl, (0.0, 1.0, 0.0, -1.0)),
-                                      (gaussian_entropy, (np.array([1.0, 0.0]),)),
-                                      (gaussian_kl, (0.0, torch.tensor(-1.0), 0.0, 1.0))])
-def test_gaussian_pieces_reject_nonpositive_variance(fn, args):
-    with pytest.raises(ValueError, match="var"):
-        fn(*args)

@@ -19,16 +19,18 @@ from torch.distributions import (
 )
 
 from elbo_lib import seed_everything
+from elbo_lib.gaussians import (
+    diagonal_gaussian,
+    gaussian_quadratic_expectation,
+    gaussian_quadratic_gradient,
+)
 from elbo_lib.gradients import (
     BayesianLogisticRegression,
     GaussianVariational,
     crps_gaussian,
-    diagonal_gaussian,
     fit_gaussian_vi,
     fit_gaussian_vi_parallel,
     gaussian_elbo_gradient_samples,
-    gaussian_quadratic_expectation,
-    gaussian_quadratic_gradient,
     gaussian_target_elbo_gradient,
     gradient_stats,
     importance_sampling_posterior,

@@ -1,0 +1,349 @@
+"""Closed forms of Gaussian densities, NumPy and torch: KL, entropy, log-densities.
+
+Every chapter meets the Gaussian; its closed forms live here once:
+
+* :func:`gaussian_kl`, :func:`gaussian_entropy` -- elementwise (diagonal) KL and entropy,
+  NumPy or torch (differentiable); chapters 1, 4, 6.
+* :func:`gaussian_kl_full` -- KL between full-covariance Gaussians via Cholesky; chapter 4.
+* :func:`precision_cholesky`, :func:`gaussian_log_density` -- log N(x_i | mu_k, Sigma_k)
+  for many points and components from precision-Cholesky factors; chapter 2 (mixtures and
+  hidden Markov models).
+* :func:`diagonal_gaussian_log_density` -- torch log N(z; mean, diag(exp(logvar))), the
+  encoder density of chapter 6.
+* :func:`diagonal_gaussian` -- the torch distribution N(mu, diag(sigma^2)); chapter 5.
+* :func:`gaussian_quadratic_expectation`, :func:`gaussian_quadratic_gradient` -- the
+  expectation of a quadratic under a diagonal Gaussian and its gradient; chapter 5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import linalg
+from scipy.linalg import solve_triangular
+from torch.distributions import Distribution, Independent, Normal
+
+from elbo_lib._validation import (
+    LOG_2PI,
+    as_float_array,
+    check_positive,
+    check_spd,
+)
+
+__all__ = [
+    "diagonal_gaussian",
+    "diagonal_gaussian_log_density",
+    "gaussian_entropy",
+    "gaussian_kl",
+    "gaussian_kl_full",
+    "gaussian_log_density",
+    "gaussian_quadratic_expectation",
+    "gaussian_quadratic_gradient",
+    "precision_cholesky",
+]
+
+#: Number of float64 entries of the (rows, K * d) block product held in memory at once.
+_BLOCK_ELEMENTS = 2**19
+
+
+def _xp(*arrays):
+    return torch if any(isinstance(a, torch.Tensor) for a in arrays) else np
+
+
+# ---------------------------------------------------------------------------------------
+# elementwise (diagonal) KL and entropy, NumPy or torch
+# ---------------------------------------------------------------------------------------
+def gaussian_kl(mean_q, var_q, mean_p, var_p):
+    """KL(N(mean_q, var_q) || N(mean_p, var_p)), elementwise, in closed form.
+
+    .. math::
+
+        \\mathrm{KL} = \\tfrac12\\Big(\\log\\frac{v_p}{v_q}
+        + \\frac{v_q + (m_q - m_p)^2}{v_p} - 1\\Big)
+
+    Works on NumPy arrays or torch tensors (differentiably), broadcasting; sum over the
+    last axis yourself for a diagonal multivariate Gaussian. Derived in chapter 6, used
+    in chapters 1 and 6.
+
+    Parameters
+    ----------
+    mean_q, var_q : array_like or torch.Tensor
+        Mean and variance of q.
+    mean_p, var_p : array_like or torch.Tensor
+        Mean and variance of p.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        The KL of every element (broadcast shape), in nats.
+
+    Raises
+    ------
+    ValueError
+        If a variance is not strictly positive.
+    """
+    xp = _xp(mean_q, var_q, mean_p, var_p)
+    for name, v in (("var_q", var_q), ("var_p", var_p)):
+        if bool(xp.any(xp.asarray(v) <= 0)) if xp is np else bool((torch.as_tensor(v) <= 0).any()):
+            raise ValueError(f"{name} must be > 0 everywhere")
+    if xp is np:
+        mean_q, var_q, mean_p, var_p = (np.asarray(a, dtype=np.float64)
+                                        for a in (mean_q, var_q, mean_p, var_p))
+    else:
+        mean_q, var_q, mean_p, var_p = (torch.as_tensor(a) for a in (mean_q, var_q, mean_p, var_p))
+    return 0.5 * (xp.log(var_p / var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1.0)
+
+
+def gaussian_entropy(var):
+    """Differential entropy of N(m, var): 0.5 * log(2 * pi * e * var), elementwise.
+
+    Parameters
+    ----------
+    var : array_like or torch.Tensor
+        Variances (> 0).
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        The entropy of every element, in nats.
+
+    Raises
+    ------
+    ValueError
+        If a variance is not strictly positive.
+    """
+    xp = _xp(var)
+    v = np.asarray(var, dtype=np.float64) if xp is np else torch.as_tensor(var)
+    if bool((v <= 0).any()):
+        raise ValueError("var must be > 0 everywhere")
+    return 0.5 * (xp.log(v) + np.log(2 * np.pi) + 1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# full covariances
+# ---------------------------------------------------------------------------------------
+def gaussian_kl_full(mean_q, cov_q, mean_p, cov_p) -> float:
+    """KL(N(mean_q, cov_q) || N(mean_p, cov_p)) for full covariances, via Cholesky.
+
+    KL = (1/2) [tr(S_p^{-1} S_q) + (m_p - m_q)^T S_p^{-1} (m_p - m_q) - d + log|S_p| - log|S_q|].
+    Chapter 4 (the two directions of the KL for a factorised approximation).
+
+    Parameters
+    ----------
+    mean_q : array_like, shape (d,)
+    cov_q : array_like, shape (d, d)
+        Symmetric positive definite.
+    mean_p : array_like, shape (d,)
+    cov_p : array_like, shape (d, d)
+        Symmetric positive definite.
+
+    Returns
+    -------
+    float
+        The KL in nats.
+
+    Raises
+    ------
+    ValueError
+        If a covariance is not symmetric positive definite or the shapes do not match.
+    """
+    mean_q, cov_q, lq = _check_mean_and_spd(mean_q, cov_q, "cov_q")
+    mean_p, cov_p, lp = _check_mean_and_spd(mean_p, cov_p, "cov_p")
+    if mean_q.shape != mean_p.shape:
+        raise ValueError(f"mean_q and mean_p must have the same shape, got "
+                         f"{mean_q.shape} and {mean_p.shape}")
+    a = solve_triangular(lp, lq, lower=True)           # L_p^{-1} L_q
+    r = solve_triangular(lp, mean_p - mean_q, lower=True)
+    log_det_p = 2 * np.log(np.diag(lp)).sum()
+    log_det_q = 2 * np.log(np.diag(lq)).sum()
+    return float(0.5 * ((a**2).sum() + r @ r - mean_q.size + log_det_p - log_det_q))
+
+
+def _check_mean_and_spd(mean, matrix, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = as_float_array(mean, "mean", ndim=1)
+    d = mean.size
+    matrix, chol = check_spd(matrix, name, shape=(d, d))
+    return mean, matrix, chol
+
+
+def precision_cholesky(covariances) -> np.ndarray:
+    """Upper-triangular factors U_k with U_k U_k^T = Sigma_k^{-1}, one per component.
+
+    If Sigma_k = L_k L_k^T (Cholesky), then U_k = L_k^{-T}; the Mahalanobis distance is
+    ||(x - mu_k)^T U_k||^2 and log det Sigma_k^{-1} = 2 sum log diag(U_k). This is the
+    representation scikit-learn stores as ``precisions_cholesky_``. Used in chapter 2.
+
+    Parameters
+    ----------
+    covariances : array_like, shape (K, d, d)
+        Symmetric positive-definite covariance matrices.
+
+    Returns
+    -------
+    numpy.ndarray, shape (K, d, d)
+
+    Raises
+    ------
+    ValueError
+        If a matrix is not symmetric positive definite (a collapsed component: raise
+        ``reg_covar`` or use fewer components).
+    """
+    cov = as_float_array(covariances, "covariances", ndim=3)
+    if cov.shape[1] != cov.shape[2]:
+        raise ValueError(f"covariances must have shape (K, d, d), got {cov.shape}")
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError as exc:
+        raise ValueError(
+            "a covariance matrix is not positive definite (a component collapsed onto "
+            "too few points): increase reg_covar, use fewer components or rescale X"
+        ) from exc
+    out = np.empty_like(chol)
+    for k, c in enumerate(chol):  # LAPACK triangular inverse (dtrtri), one per component
+        inv, info = linalg.lapack.dtrtri(c, lower=1)
+        if info != 0:
+            raise ValueError("a covariance matrix is singular: increase reg_covar")
+        out[k] = inv.T
+    return out
+
+
+def gaussian_log_density(X, means, prec_chol) -> np.ndarray:
+    """log N(x_i | mu_k, Sigma_k) for every point i and component k, shape (n, K).
+
+    All K Mahalanobis distances of a block of rows come from ONE matrix product
+    X_block @ [U_1 ... U_K] of shape (rows, K d); rows are processed in blocks so the
+    temporary stays small (cache-friendly, bounded memory). Used by chapter 2 for the
+    mixture and for the Gaussian emissions of the hidden Markov model.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    means : array_like, shape (K, d)
+    prec_chol : array_like, shape (K, d, d)
+        Factors from :func:`precision_cholesky`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, K)
+
+    Raises
+    ------
+    ValueError
+        If an input is not finite or the shapes do not match.
+    """
+    X = as_float_array(X, "X", ndim=2)
+    prec_chol = as_float_array(prec_chol, "prec_chol", ndim=3)
+    n_components = prec_chol.shape[0]
+    n, d = X.shape
+    means = as_float_array(means, "means", ndim=2)
+    if means.shape != (n_components, d):
+        raise ValueError(f"means must have shape ({n_components}, {d}), got {means.shape}")
+    if prec_chol.shape != (n_components, d, d):
+        raise ValueError(f"prec_chol must have shape ({n_components}, {d}, {d}), "
+                         f"got {prec_chol.shape}")
+    width = n_components * d
+    stacked = np.ascontiguousarray(prec_chol.transpose(1, 0, 2).reshape(d, width))
+    shift = np.einsum("kd,kde->ke", means, prec_chol).reshape(width)
+    log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+    out = np.empty((n, n_components))
+    rows = max(256, _BLOCK_ELEMENTS // width)
+    for start in range(0, n, rows):  # blocks of rows, not single points
+        y = X[start:start + rows] @ stacked
+        y -= shift
+        np.square(y, out=y)
+        out[start:start + rows] = y.reshape(-1, n_components, d).sum(axis=2)
+    out *= -0.5
+    out += log_det - 0.5 * d * LOG_2PI
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# torch: diagonal Gaussians
+# ---------------------------------------------------------------------------------------
+def diagonal_gaussian_log_density(z: torch.Tensor, mean, logvar) -> torch.Tensor:
+    """log N(z; mean, diag(exp(logvar))), summed over the last axis (broadcasting).
+
+    The encoder density of the VAE (chapter 6), differentiable in all arguments.
+
+    Parameters
+    ----------
+    z : torch.Tensor, shape (..., D)
+    mean, logvar : torch.Tensor or array_like, broadcastable to ``z``
+
+    Returns
+    -------
+    torch.Tensor, shape (...)
+    """
+    mean = torch.as_tensor(mean, dtype=z.dtype)
+    logvar = torch.as_tensor(logvar, dtype=z.dtype)
+    return -0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
+def diagonal_gaussian(mu: torch.Tensor, sigma: torch.Tensor) -> Distribution:
+    """q = N(mu, diag(sigma^2)) as ``Independent(Normal(mu, sigma), 1)``.
+
+    A ``make_q`` for the gradient estimators of chapter 5 (:mod:`elbo_lib.gradients`):
+    works with or without a leading batch axis.
+
+    Parameters
+    ----------
+    mu, sigma : torch.Tensor, shape (..., D)
+        Means and standard deviations.
+
+    Returns
+    -------
+    torch.distributions.Distribution
+        Batch shape ``(...)``, event shape ``(D,)``.
+    """
+    return Independent(Normal(mu, sigma), 1)
+
+
+def _quadratic_inputs(a, b, mu, sigma):
+    a = as_float_array(a, "A", ndim=2)
+    mu = as_float_array(mu, "mu", ndim=1)
+    b = as_float_array(b, "b", ndim=1)
+    sigma = check_positive(sigma, "sigma", allow_array=True)
+    d = mu.size
+    if a.shape != (d, d) or b.shape != (d,) or sigma.shape != (d,):
+        raise ValueError(f"need A of shape ({d}, {d}) and b, sigma of shape ({d},) to match "
+                         f"mu; got A {a.shape}, b {b.shape}, sigma {sigma.shape}")
+    return a, b, mu, sigma
+
+
+def gaussian_quadratic_expectation(a, b, mu, sigma) -> float:
+    """E[z^T A z + b^T z] for z ~ N(mu, diag(sigma^2)), in closed form.
+
+    ``= mu^T A mu + sum_i A_ii sigma_i^2 + b^T mu``. The test function of chapter 5.
+
+    Parameters
+    ----------
+    a : array_like, shape (D, D)
+    b, mu, sigma : array_like, shape (D,)
+        ``sigma`` > 0 (standard deviations).
+
+    Returns
+    -------
+    float
+    """
+    a, b, mu, sigma = _quadratic_inputs(a, b, mu, sigma)
+    return float(mu @ a @ mu + np.diag(a) @ sigma**2 + b @ mu)
+
+
+def gaussian_quadratic_gradient(a, b, mu, sigma) -> dict[str, np.ndarray]:
+    """Closed-form gradient of :func:`gaussian_quadratic_expectation`.
+
+    ``d/dmu = (A + A^T) mu + b`` and ``d/dsigma_i = 2 A_ii sigma_i``: the exact answer
+    against which chapter 5 checks both Monte Carlo estimators.
+
+    Parameters
+    ----------
+    a : array_like, shape (D, D)
+    b, mu, sigma : array_like, shape (D,)
+
+    Returns
+    -------
+    dict
+        ``{"mu": ndarray (D,), "sigma": ndarray (D,)}``.
+    """
+    a, b, mu, sigma = _quadratic_inputs(a, b, mu, sigma)
+    return {"mu": (a + a.T) @ mu + b, "sigma": 2.0 * np.diag(a) * sigma}

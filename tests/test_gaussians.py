@@ -1,0 +1,145 @@
+"""Tests of elbo_lib.gaussians: closed forms of Gaussians (chapters 1, 2, 4, 5, 6)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import multivariate_normal
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+
+from elbo_lib.gaussians import (
+    diagonal_gaussian_log_density,
+    gaussian_entropy,
+    gaussian_kl,
+    gaussian_kl_full,
+    gaussian_log_density,
+    precision_cholesky,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(mq=st.floats(-20, 20), vq=st.floats(1e-4, 1e3), mp=st.floats(-20, 20),
+       vp=st.floats(1e-4, 1e3))
+def test_gaussian_kl_matches_torch_and_is_nonnegative(mq, vq, mp, vp):
+    ours = gaussian_kl(mq, vq, mp, vp)
+    ref = kl_divergence(Normal(torch.tensor(mq, dtype=torch.float64),
+                               torch.tensor(vq, dtype=torch.float64).sqrt()),
+                        Normal(torch.tensor(mp, dtype=torch.float64),
+                               torch.tensor(vp, dtype=torch.float64).sqrt())).item()
+    assert ours >= -1e-12
+    assert ours == pytest.approx(ref, rel=1e-9, abs=1e-9)
+
+
+def test_gaussian_kl_zero_iff_equal_and_torch_input_differentiable():
+    assert gaussian_kl(1.0, 2.0, 1.0, 2.0) == pytest.approx(0.0, abs=1e-15)
+    m = torch.tensor([0.5, -1.0], requires_grad=True)
+    gaussian_kl(m, torch.ones(2), torch.zeros(2), torch.ones(2)).sum().backward()
+    np.testing.assert_allclose(m.grad.numpy(), [0.5, -1.0])
+
+
+def test_gaussian_entropy_matches_torch():
+    v = np.array([0.01, 1.0, 30.0])
+    ref = Normal(torch.zeros(3, dtype=torch.float64), torch.tensor(v).sqrt()).entropy().numpy()
+    np.testing.assert_allclose(gaussian_entropy(v), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn, args", [(gaussian_kl, (0.0, 0.0, 0.0, 1.0)),
+                                      (gaussian_kl, (0.0, 1.0, 0.0, -1.0)),
+                                      (gaussian_entropy, (np.array([1.0, 0.0]),)),
+                                      (gaussian_kl, (0.0, torch.tensor(-1.0), 0.0, 1.0))])
+def test_gaussian_pieces_reject_nonpositive_variance(fn, args):
+    with pytest.raises(ValueError, match="var"):
+        fn(*args)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3, 3), st.floats(0.05, 5), st.floats(-3, 3),
+                          st.floats(0.05, 5)), min_size=1, max_size=6))
+def test_gaussian_kl_matches_torch_kl_divergence(params):
+    mq, vq, mp, vp = (torch.tensor(c, dtype=torch.float64) for c in zip(*params, strict=True))
+    ours = gaussian_kl(mq, vq, mp, vp).sum()
+    ref = kl_divergence(Independent(Normal(mq, vq.sqrt()), 1),
+                        Independent(Normal(mp, vp.sqrt()), 1))
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-9, abs=1e-12)
+
+
+def test_gaussian_kl_matches_monte_carlo(rng):
+    mq, vq = torch.tensor(rng.normal(size=4)), torch.tensor(rng.uniform(0.3, 2.0, size=4))
+    q, p = Independent(Normal(mq, vq.sqrt()), 1), Independent(
+        Normal(torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)), 1)
+    z = q.sample((100_000,))
+    ratio = q.log_prob(z) - p.log_prob(z)
+    exact = gaussian_kl(mq, vq, 0.0, 1.0).sum()
+    assert abs(ratio.mean() - exact) < 4 * ratio.std() / math.sqrt(len(ratio))
+
+
+def test_vae_kl_formula_and_its_gradient():
+    """KL(N(mu, s^2) || N(0, 1)) = (mu^2 + s^2 - 1 - log s^2) / 2, gradient mu and (s^2 - 1) / 2."""
+    mu = torch.tensor([0.3, -1.2], requires_grad=True)
+    logvar = torch.tensor([0.5, -0.4], requires_grad=True)
+    kl = gaussian_kl(mu, logvar.exp(), 0.0, 1.0)
+    expected = 0.5 * (mu**2 + logvar.exp() - 1 - logvar)
+    torch.testing.assert_close(kl, expected)
+    kl.sum().backward()
+    torch.testing.assert_close(mu.grad, mu.detach())
+    torch.testing.assert_close(logvar.grad, 0.5 * (logvar.detach().exp() - 1))
+    assert gaussian_kl(torch.zeros(3), torch.ones(3), 0.0, 1.0).abs().max() == 0
+
+
+def test_diagonal_gaussian_log_density_matches_torch():
+    z, mean, logvar = torch.randn(4, 3), torch.randn(3), torch.randn(3)
+    ref = Independent(Normal(mean, torch.exp(0.5 * logvar)), 1).log_prob(z)
+    torch.testing.assert_close(diagonal_gaussian_log_density(z, mean, logvar), ref)
+
+
+def test_log_density_matches_scipy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5000, 4))  # more rows than one block
+    means = rng.normal(size=(3, 4))
+    a = rng.normal(size=(3, 4, 4))
+    cov = a @ a.transpose(0, 2, 1) + 0.5 * np.eye(4)
+    got = gaussian_log_density(X, means, precision_cholesky(cov))
+    want = np.stack([multivariate_normal(means[k], cov[k]).logpdf(X) for k in range(3)], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_gaussian_kl_full_matches_torch():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+    cq, cp = a @ a.T + np.eye(3), b @ b.T + np.eye(3)
+    mq, mp = rng.normal(size=3), rng.normal(size=3)
+    ref = kl_divergence(MultivariateNormal(torch.as_tensor(mq), torch.as_tensor(cq)),
+                        MultivariateNormal(torch.as_tensor(mp), torch.as_tensor(cp)))
+    assert gaussian_kl_full(mq, cq, mp, cp) == pytest.approx(float(ref), rel=1e-10)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    ((np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2)), "cov_q must be positive definite"),
+    ((np.zeros(2), np.eye(2), np.zeros(2), [[1.0, 0.5], [0.0, 1.0]]), "cov_p must be symmetric"),
+    ((np.zeros(2), np.eye(3), np.zeros(2), np.eye(2)), "cov_q must have shape"),
+    ((np.zeros(2), np.eye(2), np.zeros(3), np.eye(3)), "same shape"),
+])
+def test_gaussian_kl_full_rejects_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        gaussian_kl_full(*args)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    ((np.zeros((3, 2)), np.zeros((2, 3)), np.ones((2, 2, 2))), "means must have shape"),
+    ((np.zeros((3, 2)), np.zeros((2, 2)), np.ones((2, 3, 3))), "prec_chol must have shape"),
+    ((np.full((3, 2), np.nan), np.zeros((2, 2)), np.ones((2, 2, 2))), "finite"),
+])
+def test_gaussian_log_density_rejects_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        gaussian_log_density(*args)
+
+
+@pytest.mark.parametrize("cov", [-np.eye(2)[None], np.zeros((1, 2, 3))])
+def test_precision_cholesky_rejects_bad_input(cov):
+    with pytest.raises(ValueError, match="positive definite|shape"):
+        precision_cholesky(cov)
