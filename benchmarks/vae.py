@@ -143,8 +143,8 @@ def reference_iwae(model: VAE, x, k: int, max_batch: int = IWAE_MAX_BATCH):
     """IWAE_k per point with torch.distributions, chunked like ``iwae_bound``."""
     out = []
     for xs in x.split(max(1, max_batch // k)):
-        mean, logvar = model.encode(xs)
-        q = Normal(mean, torch.exp(0.5 * logvar))
+        posterior = model.encode(xs)
+        q = Normal(posterior.mean, torch.exp(0.5 * posterior.logvar))
         z = q.rsample((k,))
         log_px = Bernoulli(logits=model.decode(z)).log_prob(xs).sum(-1)
         log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)

@@ -2,19 +2,22 @@
 
 :class:`ConjugateGaussianMean` is the running example of chapter 1 and the check of
 every estimator in later chapters: whatever q we try, log p(x) = ELBO(q) + KL(q || p(z|x))
-can be verified exactly.
+can be verified exactly. :class:`BayesianLogisticRegression` (chapter 5) has no closed
+form, but an exact MAP (Newton) and its Laplace approximation.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from torch.distributions import Normal
 
-from elbo_lib._validation import LOG_2PI, as_float_array, check_positive
+from elbo_lib._validation import LOG_2PI, as_float_array, check_positive, check_positive_int
 from elbo_lib.gaussians import gaussian_entropy, gaussian_kl
 
-__all__ = ["ConjugateGaussianMean", "SquaredMeanModel"]
+__all__ = ["BayesianLogisticRegression", "ConjugateGaussianMean", "SquaredMeanModel"]
 
 
 
@@ -182,3 +185,96 @@ class SquaredMeanModel:
         log_prior = (-0.5 * (LOG_2PI + np.log(self.prior_var))
                      - 0.5 * (z - self.prior_mean) ** 2 / self.prior_var)
         return log_lik + log_prior
+
+
+# --------------------------------------------------------------------------------------
+# Bayesian logistic regression (chapter 5): exact MAP and Laplace approximation
+# --------------------------------------------------------------------------------------
+class BayesianLogisticRegression:
+    """Bayesian logistic regression: w ~ N(0, s^2 I), y_i ~ Bernoulli(sigmoid(x_i^T w)).
+
+    The non-conjugate model of chapter 5's black-box VI section. Include a column of
+    ones in X for an intercept (it then gets the same prior).
+
+    Parameters
+    ----------
+    x : array_like, shape (n, D)
+    y : array_like of 0/1, shape (n,)
+    prior_std : float
+        Prior standard deviation s of every weight.
+    """
+
+    def __init__(self, x, y, prior_std: float = 1.0) -> None:
+        self.x = as_float_array(x, "x", ndim=2)
+        y = as_float_array(y, "y", ndim=1)
+        if y.shape[0] != self.x.shape[0]:
+            raise ValueError(f"x and y must have the same number of rows, got "
+                             f"{self.x.shape[0]} and {y.shape[0]}")
+        if not np.all((y == 0) | (y == 1)):
+            raise ValueError("y must contain only 0 and 1")
+        self.y = y
+        self.prior_std = check_positive(prior_std, "prior_std")
+        self.dim = self.x.shape[1]
+        self._xt = torch.as_tensor(self.x, dtype=torch.float64)
+        self._yt = torch.as_tensor(self.y, dtype=torch.float64)
+
+    def log_joint(self, w: torch.Tensor) -> torch.Tensor:
+        """log p(y, w | X) for weights of shape (S, D), returning shape (S,).
+
+        Stable form: log sigmoid(a) y + log sigmoid(-a) (1 - y) = y a - softplus(a).
+        """
+        w = torch.as_tensor(w, dtype=torch.float64)
+        if w.ndim != 2 or w.shape[1] != self.dim:
+            raise ValueError(f"w must have shape (S, {self.dim}), got {tuple(w.shape)}")
+        logits = w @ self._xt.T
+        log_lik = (self._yt * logits - torch.nn.functional.softplus(logits)).sum(dim=1)
+        log_prior = (-0.5 * (w / self.prior_std) ** 2).sum(dim=1) - self.dim * (
+            math.log(self.prior_std) + 0.5 * LOG_2PI)
+        return log_lik + log_prior
+
+    def _grad_hess(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = 1.0 / (1.0 + np.exp(-(self.x @ w)))
+        grad = self.x.T @ (self.y - p) - w / self.prior_std**2
+        hess = -(self.x.T * (p * (1 - p))) @ self.x - np.eye(self.dim) / self.prior_std**2
+        return grad, hess
+
+    def map_estimate(self, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
+        """Maximum a posteriori w by Newton's method (the log posterior is concave).
+
+        Raises
+        ------
+        RuntimeError
+            If Newton's method has not converged after ``max_iter`` steps.
+        """
+        w = np.zeros(self.dim)
+        for _ in range(check_positive_int(max_iter, "max_iter")):
+            grad, hess = self._grad_hess(w)
+            step = np.linalg.solve(hess, grad)
+            w = w - step
+            if np.max(np.abs(step)) < tol:
+                return w
+        raise RuntimeError(f"Newton's method did not converge in {max_iter} iterations")
+
+    def laplace(self) -> tuple[np.ndarray, np.ndarray]:
+        """Laplace approximation N(w_MAP, (-Hessian of log posterior at w_MAP)^{-1})."""
+        w = self.map_estimate()
+        _, hess = self._grad_hess(w)
+        chol = np.linalg.cholesky(-hess)
+        inv_chol = np.linalg.solve(chol, np.eye(self.dim))
+        return w, inv_chol.T @ inv_chol
+
+    @staticmethod
+    def predictive_proba(x, weights) -> np.ndarray:
+        """Monte Carlo posterior predictive P(y = 1 | x) averaged over weight samples.
+
+        Parameters
+        ----------
+        x : array_like, shape (m, D)
+        weights : array_like, shape (S, D) (or (D,) for a point estimate)
+        """
+        x = as_float_array(x, "x", ndim=2)
+        weights = np.atleast_2d(as_float_array(weights, "weights", ndim=(1, 2)))
+        if weights.shape[1] != x.shape[1]:
+            raise ValueError(f"weights must have {x.shape[1]} columns, got {weights.shape}")
+        logits = x @ weights.T
+        return (0.5 * (1 + np.tanh(0.5 * logits))).mean(axis=1)

@@ -5,8 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate
 from scipy.stats import multivariate_normal, norm
+from sklearn.linear_model import LogisticRegression
 
-from elbo_lib.models import ConjugateGaussianMean
+from elbo_lib.models import BayesianLogisticRegression, ConjugateGaussianMean
 
 
 @pytest.fixture
@@ -140,3 +141,62 @@ def test_quadrature_oracles_validate_inputs():
         log_evidence_quadrature(lambda z: -0.5 * z**2, np.linspace(-1, 1, 101))
     with pytest.raises(ValueError, match="uniform"):
         log_evidence_quadrature(lambda z: -0.5 * z**2, np.array([-9.0, 0.0, 1.0, 9.0]))
+
+
+# --------------------------------------------------------------------------------------
+# Bayesian logistic regression (chapter 5)
+# --------------------------------------------------------------------------------------
+def _logistic_data(n: int = 200, seed: int = 0):
+    gen = np.random.default_rng(seed)
+    x = np.c_[np.ones(n), gen.normal(size=(n, 3))]
+    y = (gen.uniform(size=n) < 1 / (1 + np.exp(-x @ np.array([0.5, 1.0, -2.0, 0.0])))) * 1.0
+    return x, y
+
+
+def test_logistic_map_matches_scikit_learn_and_laplace_is_the_inverse_hessian():
+    x, y = _logistic_data()
+    model = BayesianLogisticRegression(x, y, prior_std=2.0)
+    w_map, cov = model.laplace()
+    # scikit-learn: minimises 0.5 ||w||^2 + C sum log-loss, i.e. prior N(0, C I)
+    sk = LogisticRegression(C=4.0, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(w_map, sk.coef_[0], atol=1e-5)
+    # the Laplace covariance is minus the inverse Hessian of log_joint, by autograd
+    hess = torch.autograd.functional.hessian(
+        lambda w: model.log_joint(w[None])[0], torch.tensor(w_map))
+    np.testing.assert_allclose(cov, np.linalg.inv(-hess.numpy()), rtol=1e-8)
+
+
+def test_logistic_log_joint_matches_torch_distributions():
+    x, y = _logistic_data()
+    model = BayesianLogisticRegression(x, y, prior_std=2.0)
+    w = torch.tensor(np.random.default_rng(1).normal(size=(5, 4)))
+    direct = (torch.distributions.Bernoulli(logits=w @ torch.tensor(x).T)
+              .log_prob(torch.tensor(y)).sum(1)
+              + torch.distributions.Normal(0.0, 2.0).log_prob(w).sum(1))
+    torch.testing.assert_close(model.log_joint(w), direct.to(torch.float64))
+
+
+def test_logistic_predictive_probability_of_a_point_estimate():
+    x = np.array([[1.0, 0.0], [1.0, 2.0]])
+    w = np.array([0.5, -1.0])
+    np.testing.assert_allclose(BayesianLogisticRegression.predictive_proba(x, w),
+                               1 / (1 + np.exp(-(x @ w))), rtol=1e-14)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 2]), ValueError,
+     "only 0 and 1"),
+    (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1]), ValueError,
+     "same number of rows"),
+    (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 1], prior_std=0.0),
+     ValueError, "prior_std"),
+    (lambda: BayesianLogisticRegression(np.ones((2, 2)), [0, 1]).log_joint(
+        torch.zeros(3)), ValueError, "w must have shape"),
+    (lambda: BayesianLogisticRegression.predictive_proba(np.ones((2, 3)), np.ones(2)),
+     ValueError, "weights must have 3 columns"),
+    (lambda: BayesianLogisticRegression(np.ones((2, 2)), [0, 1]).map_estimate(max_iter=0),
+     ValueError, "max_iter"),
+])
+def test_logistic_rejects_bad_input(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
