@@ -14,6 +14,7 @@ all: book
 help:
 	@echo "make book     build the HTML book into book/_build/html (warnings are errors)"
 	@echo "make test     library tests + nbval over every chapter + book build check"
+	@echo "              (tools/portability.py --config native --tests: 2 pytest runs at once)"
 	@echo "make test-portable  nbval over every chapter under 3 kernel configurations"
 	@echo "              imitating other x86-64 CPUs (tools/portability.py; 3 nbval passes)"
 	@echo "make execute  re-execute every notebook in place (refresh committed outputs)"
@@ -33,15 +34,11 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . --path-output book -W --keep-going
 	@echo "Open book/_build/html/index.html"
 
-# The same tests as a bare `pytest`, in two processes at once (2 cores): the library,
-# book and browser tests in tests/, and nbval over chapters/ (its log is printed after).
+# The same tests as a bare `pytest`, as a pool of pytest runs two at a time (2 cores),
+# longest first: the library, book and browser tests in tests/ as one run, and nbval on
+# each notebook in chapters/ as its own run (tools/portability.py, native kernels).
 test: $(STAMP)
-	@mkdir -p tests/_output
-	@$(BIN)/python -m pytest chapters > tests/_output/nbval.log 2>&1 & nbval=$$!; \
-	$(BIN)/python -m pytest tests; tests=$$?; \
-	wait $$nbval; chapters=$$?; \
-	echo "== nbval over chapters/ (ran alongside):"; cat tests/_output/nbval.log; \
-	test $$tests -eq 0 && test $$chapters -eq 0
+	$(BIN)/python tools/portability.py --config native --tests
 
 test-portable: $(STAMP)
 	$(BIN)/python tools/portability.py

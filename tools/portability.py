@@ -1,4 +1,9 @@
-"""`make test-portable`: nbval over every chapter under kernel configurations of other CPUs.
+"""Run nbval over every chapter under kernel configurations, as a pool of pytest runs.
+
+`make test` runs this with ``--config native --tests``: the library tests (tests/) and
+nbval over every chapter on this machine's own kernels, each notebook its own pytest run,
+two at a time on two cores, longest first. `make test-portable` runs it with its default
+configurations, which imitate other CPUs.
 
 NumPy/SciPy's OpenBLAS and torch (its own vectorised ATen kernels and MKL) pick their
 kernels by CPU features, so another CPU computes other last bits. On one x86-64 machine
@@ -10,9 +15,11 @@ every notebook in chapters/ (the committed outputs, the number-aware comparison 
 root conftest.py), one pytest run per (configuration, notebook), two at a time on two
 cores, and prints their times. It exits non-zero if anything fails.
 
-    python tools/portability.py              # every configuration
+    python tools/portability.py                          # every other-CPU configuration
+    python tools/portability.py --config native --tests  # what `make test` runs
     python tools/portability.py --list
-    python tools/portability.py --config avx2 --jobs 1 -- -x   # extra args go to pytest
+    python tools/portability.py --config avx2 chapters/06_vae.ipynb   # one notebook
+    python tools/portability.py --config avx2 -- -x      # arguments after -- go to pytest
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ class KernelConfig:
     env: dict[str, str]
     openblas: str  # the architecture threadpoolctl must then report for OpenBLAS
     torch: str     # torch.backends.cpu.get_cpu_capability() must then report this
+
+
+# This machine's own kernels (no switch): what `make test` verifies. Not probed.
+NATIVE = KernelConfig("native", "this machine's own kernels", {}, "", "")
 
 
 CONFIGS = [
@@ -78,6 +89,8 @@ def config_env(config: KernelConfig) -> dict[str, str]:
 
 def probe(config: KernelConfig) -> str | None:
     """Check in a fresh interpreter that ``config`` switches the kernels; a problem or None."""
+    if config is NATIVE:
+        return None
     proc = subprocess.run([sys.executable, "-c", _PROBE], env=config_env(config), cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
@@ -95,6 +108,9 @@ def probe(config: KernelConfig) -> str | None:
     return None
 
 
+TESTS = "tests"  # the job that runs the library tests (tests/) instead of a notebook
+
+
 def notebooks() -> list[str]:
     found = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "chapters").glob("*.ipynb"))
     if not found:
@@ -102,8 +118,14 @@ def notebooks() -> list[str]:
     return found
 
 
+def _summary_line(text: str) -> str:
+    """pytest's last line ('12 passed in 3.4s'), without its '=' padding."""
+    lines = [line.strip(" =") for line in text.strip().splitlines() if line.strip(" =")]
+    return lines[-1] if lines else "(no output)"
+
+
 def _run_job(config: KernelConfig, notebook: str, pytest_args: list[str]) -> dict:
-    """pytest --nbval on one notebook under one configuration, output captured."""
+    """pytest (--nbval) on one notebook, or on tests/, under one configuration."""
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rf",
            *pytest_args, notebook]
     start = time.perf_counter()
@@ -120,7 +142,8 @@ def _run_job(config: KernelConfig, notebook: str, pytest_args: list[str]) -> dic
             "cpu": usage.ru_utime + usage.ru_stime, "output": text}
 
 
-def run(configs: list[KernelConfig], pytest_args: list[str], jobs: int) -> list[tuple]:
+def run(configs: list[KernelConfig], pytest_args: list[str], jobs: int,
+        targets: list[str]) -> list[tuple]:
     """Probe every configuration, then run every (configuration, notebook) pair.
 
     ``jobs`` pairs run at once: each is one pytest process whose notebook kernel is
@@ -139,9 +162,12 @@ def run(configs: list[KernelConfig], pytest_args: list[str], jobs: int) -> list[
             rows[config.name] = (config, False, 0.0, 0.0, "FAILED (probe)")
         else:
             runnable.append(config)
-    # Later chapters train models and take longest: start them first (longest job
-    # first keeps both workers busy to the end instead of leaving one long job alone).
-    pairs = [(c, nb) for nb in reversed(notebooks()) for c in runnable]
+    # Longest job first keeps both workers busy to the end instead of leaving one long job
+    # alone: the library tests (with the book build) first, then the chapters from the last
+    # (later chapters train models and take longest) to the first.
+    order = ([TESTS] if TESTS in targets else []) + [t for t in reversed(targets)
+                                                    if t != TESTS]
+    pairs = [(c, nb) for nb in order for c in runnable]
     results = []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(_run_job, c, nb, pytest_args) for c, nb in pairs]
@@ -150,13 +176,14 @@ def run(configs: list[KernelConfig], pytest_args: list[str], jobs: int) -> list[
             results.append(r)
             ok = r["returncode"] == 0
             verdict = "passed" if ok else f"FAILED (pytest exit {r['returncode']})"
-            print(f"-- {r['config'].name:5} {r['notebook']:42} {verdict} "
-                  f"in {r['seconds']:.0f} s ({r['cpu']:.0f} s CPU)", flush=True)
+            print(f"-- {r['config'].name:6} {r['notebook']:38} {verdict} "
+                  f"in {r['seconds']:.0f} s ({r['cpu']:.0f} s CPU): "
+                  f"{_summary_line(r['output'])}", flush=True)
             if not ok:  # exit 1 failed, 2 interrupted, 5 nothing collected, ...
-                print(r["output"][-6000:], flush=True)
+                print(r["output"][-20000:], flush=True)
     for config in runnable:
         mine = [r for r in results if r["config"] is config]
-        passed = all(r["returncode"] == 0 for r in mine) and len(mine) == len(notebooks())
+        passed = all(r["returncode"] == 0 for r in mine) and len(mine) == len(targets)
         failed = [r["notebook"] for r in mine if r["returncode"] != 0]
         status = "passed" if passed else "FAILED: " + ", ".join(Path(f).stem for f in failed)
         rows[config.name] = (config, passed, sum(r["seconds"] for r in mine),
@@ -166,28 +193,41 @@ def run(configs: list[KernelConfig], pytest_args: list[str], jobs: int) -> list[
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action="append", choices=[c.name for c in CONFIGS],
-                        help="run only this configuration (repeatable)")
+    parser.add_argument("--config", action="append",
+                        choices=[NATIVE.name] + [c.name for c in CONFIGS],
+                        help="run only this configuration (repeatable; default: every "
+                             "configuration but native)")
+    parser.add_argument("--tests", action="store_true",
+                        help="also run the library tests (tests/) as one more job")
+    parser.add_argument("notebooks", nargs="*", metavar="notebook",
+                        help="run only these notebooks (default: every chapter)")
     parser.add_argument("--list", action="store_true", help="list the configurations")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="notebook runs at once (default: 2, or 1 on a 1-core machine)")
-    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pytest_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.list:
         for c in CONFIGS:
             print(f"{c.name:6} {' '.join(f'{k}={v}' for k, v in c.env.items())}\n"
                   f"       imitates {c.imitates}")
         return 0
+    chosen = ([c for c in [NATIVE, *CONFIGS] if c.name in args.config] if args.config
+              else CONFIGS)
     machine = platform.machine().lower()
-    if machine not in ("x86_64", "amd64"):
+    if machine not in ("x86_64", "amd64") and chosen != [NATIVE]:
         print(f"test-portable: these kernel switches are for x86-64; this machine is "
               f"{machine}: nothing run (make test verified this machine's own kernels)")
         return 0
-    chosen = [c for c in CONFIGS if not args.config or c.name in args.config]
+    unknown = [nb for nb in args.notebooks if nb not in notebooks()]
+    if unknown:
+        parser.error(f"not a chapter notebook: {', '.join(unknown)} (choose from "
+                     f"{', '.join(notebooks())})")
+    targets = ([TESTS] if args.tests else []) + (args.notebooks or notebooks())
     start = time.perf_counter()
-    results = run(chosen, args.pytest_args, args.jobs)
-    print(f"\n== test-portable summary ({args.jobs} job(s) at once; per configuration the "
-          "wall and CPU time of its notebooks, summed)")
+    results = run(chosen, pytest_args, args.jobs, targets)
+    print(f"\n== summary ({args.jobs} job(s) at once; per configuration the wall and CPU "
+          "time of its pytest runs, summed)")
     for config, _, seconds, cpu, status in results:
         print(f"   {config.name:6} {status:40} {seconds:6.0f} s  {cpu:6.0f} s CPU")
     ok = all(passed for _, passed, _, _, _ in results)
