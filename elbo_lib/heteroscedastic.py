@@ -106,6 +106,7 @@ def monte_carlo_crps(samples: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     torch.Tensor, shape (n,)
+        The estimated CRPS of each column (lower is better).
 
     Raises
     ------
