@@ -80,15 +80,6 @@ def test_reparameterized_gradient_is_unbiased():
     torch.testing.assert_close(sample.var(0), logvar.detach().exp(), atol=0.02, rtol=0)
 
 
-def test_reparameterize_rejects_bad_input():
-    with pytest.raises(ValueError, match="same shape"):
-        reparameterize(torch.zeros(2), torch.zeros(3))
-    with pytest.raises(TypeError, match="tensors"):
-        reparameterize([0.0], torch.zeros(1))
-    with pytest.raises(ValueError, match="num_samples"):
-        reparameterize(torch.zeros(2), torch.zeros(2), num_samples=0)
-
-
 # -- likelihood pieces ----------------------------------------------------------------------------
 
 
@@ -308,32 +299,40 @@ def test_latent_grid_layout():
 # -- bad input ---------------------------------------------------------------------------
 
 
-def test_bad_input_errors(toy_data):
-    with pytest.raises(ValueError, match="num_pixels"):
-        VAE(0, 2)
-    with pytest.raises(TypeError, match="latent_dim"):
-        VAE(6, 2.5)
+BAD_VAE_CALLS = [
+    (lambda m, x: VAE(0, 2), ValueError, "num_pixels"),
+    (lambda m, x: VAE(6, 2.5), TypeError, "latent_dim"),
+    (lambda m, x: m.encode(torch.zeros(3, 5)), ValueError, "6 pixels"),
+    (lambda m, x: m.encode(np.zeros((3, 6))), TypeError, "torch.Tensor"),
+    (lambda m, x: m.decode(torch.zeros(4, 2)), ValueError, r"shape \(\.\.\., 3\)"),
+    (lambda m, x: grid_log_marginal(m, x), ValueError, "2-D latent"),
+    (lambda m, x: iwae_bound(m, x, 0), ValueError, "k must be"),
+    (lambda m, x: evaluate_elbo("model", x), TypeError, "VAE"),
+    (lambda m, x: train_vae(m, x, x, 1, beta=0.0), ValueError, "beta"),
+    (lambda m, x: train_wake_sleep(m, x, x, 1, lr=-1.0), ValueError, "lr"),
+    (lambda m, x: train_vae_variant(m, x, x, 1, k=2, beta=2.0), ValueError,
+     "cannot be combined"),
+    (lambda m, x: train_vae_variant(m, x, x, 1, free_bits=-1.0), ValueError, "free_bits"),
+    (lambda m, x: train_vae_variant(m, x, x, 1, warmup_epochs=-1), ValueError,
+     "warmup_epochs"),
+    (lambda m, x: as_tensor(np.array([[0.5, 2.0]])), ValueError, r"\[0, 1\]"),
+    (lambda m, x: as_tensor(np.zeros(4)), ValueError, "shape"),
+    (lambda m, x: reparameterize(torch.zeros(2), torch.zeros(3)), ValueError, "same shape"),
+    (lambda m, x: reparameterize([0.0], torch.zeros(1)), TypeError, "tensors"),
+    (lambda m, x: reparameterize(torch.zeros(2), torch.zeros(2), num_samples=0),
+     ValueError, "num_samples"),
+    (lambda m, x: importance_log_weights(m, x, 3, mean=torch.zeros(40, 3)), ValueError,
+     "both"),
+    (lambda m, x: kl_to_prior(DiagonalGaussianPosterior(torch.zeros(2), torch.zeros(3))),
+     ValueError, "same shape"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD_VAE_CALLS)
+def test_bad_input_errors(call, error, match, toy_data):
     model = VAE(6, 3, hidden=4)
-    with pytest.raises(ValueError, match="6 pixels"):
-        model.encode(torch.zeros(3, 5))
-    with pytest.raises(TypeError, match="torch.Tensor"):
-        model.encode(np.zeros((3, 6)))
-    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\)"):
-        model.decode(torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="2-D latent"):
-        grid_log_marginal(model, toy_data)
-    with pytest.raises(ValueError, match="k must be"):
-        iwae_bound(model, toy_data, 0)
-    with pytest.raises(TypeError, match="VAE"):
-        evaluate_elbo("model", toy_data)
-    with pytest.raises(ValueError, match="beta"):
-        train_vae(model, toy_data, toy_data, 1, beta=0.0)
-    with pytest.raises(ValueError, match="lr"):
-        train_wake_sleep(model, toy_data, toy_data, 1, lr=-1.0)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        as_tensor(np.array([[0.5, 2.0]]))
-    with pytest.raises(ValueError, match="shape"):
-        as_tensor(np.zeros(4))
+    with pytest.raises(error, match=match):
+        call(model, toy_data)
 
 
 # -- chapter 6, second half: IWAE training, warm-up, free bits, SNR, aggregate posterior ---------
@@ -361,12 +360,6 @@ def test_train_vae_variant_iwae_warmup_free_bits(toy_data):
     train_vae_variant(model, toy_data, toy_data, 200, beta=8.0, free_bits=0.4,
                       batch_size=40, lr=0.02)
     np.testing.assert_allclose(kl_per_unit(model, toy_data), 0.4, atol=0.08)
-    with pytest.raises(ValueError, match="cannot be combined"):
-        train_vae_variant(VAE(6, 2, 8), toy_data, toy_data, 1, k=2, beta=2.0)
-    with pytest.raises(ValueError, match="free_bits"):
-        train_vae_variant(VAE(6, 2, 8), toy_data, toy_data, 1, free_bits=-1.0)
-    with pytest.raises(ValueError, match="warmup_epochs"):
-        train_vae_variant(VAE(6, 2, 8), toy_data, toy_data, 1, warmup_epochs=-1)
 
 
 def test_kl_per_unit_sums_to_the_rate(toy_data):
