@@ -48,6 +48,7 @@ __all__ = [
     "interpolate_parameters",
     "bound_along_path",
     "match_components",
+    "random_start",
     "EMTrace",
     "incremental_em",
     "gmm_log_prior",
@@ -659,6 +660,40 @@ def bound_along_path(X, theta_old, theta_new, ts):
         out["elbo_q_old"].append(_elbo_terms(q_old, wlp, h_old))
         out["elbo_q_new"].append(_elbo_terms(q_new, wlp, h_new))
     return {key: np.asarray(val) for key, val in out.items()}
+
+
+def random_start(X, n_components: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random start for EM: uniform weights, K data points as means, the data covariance.
+
+    The means are K distinct data points drawn with ``rng``; every component starts with
+    the covariance of the whole data set (chapter 2).
+
+    Pass the same start to :class:`GaussianMixtureEM` and to scikit-learn's
+    ``GaussianMixture`` (as ``weights_init``, ``means_init``, ``precisions_init`` = the
+    inverse covariances) to compare the two from identical initial parameters.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    n_components : int
+        K <= n.
+    rng : numpy.random.Generator or int
+
+    Returns
+    -------
+    weights : numpy.ndarray, shape (K,)
+    means : numpy.ndarray, shape (K, d)
+    covariances : numpy.ndarray, shape (K, d, d)
+    """
+    X = _check_data(X)
+    k = check_positive_int(n_components, "n_components")
+    if k > X.shape[0]:
+        raise ValueError(f"n_components={k} is larger than the number of points "
+                         f"n={X.shape[0]}")
+    rng = as_generator(rng)
+    means = X[rng.choice(len(X), k, replace=False)]
+    cov = np.repeat(np.atleast_2d(np.cov(X, rowvar=False, bias=True))[None], k, axis=0)
+    return np.full(k, 1.0 / k), means, cov
 
 
 def match_components(reference, estimate) -> np.ndarray:

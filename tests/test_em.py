@@ -20,14 +20,8 @@ from elbo_lib.em import (
     gmm_responsibilities,
     interpolate_parameters,
     match_components,
+    random_start,
 )
-
-
-def _random_init(X, k, seed):
-    rng = np.random.default_rng(seed)
-    means = X[rng.choice(len(X), k, replace=False)]
-    cov = np.repeat(np.cov(X, rowvar=False, bias=True)[None], k, axis=0)
-    return np.full(k, 1.0 / k), means, cov
 
 
 def _synthetic(n=600, seed=0):
@@ -59,7 +53,7 @@ def _rel(a, b):
 # -- agreement with scikit-learn -------------------------------------------------------
 @pytest.mark.parametrize("seed,tol", [(0, 1e-3), (1, 1e-3), (2, 1e-8)])
 def test_matches_sklearn_iris(iris, seed, tol):
-    w, m, c = _random_init(iris, 3, seed)
+    w, m, c = random_start(iris, 3, seed)
     ours = GaussianMixtureEM(3, weights_init=w, means_init=m, covariances_init=c, tol=tol,
                              max_iter=1000).fit(iris)
     sk = _sklearn_fit(iris, w, m, c, tol=tol, max_iter=1000)
@@ -78,7 +72,7 @@ def test_matches_sklearn_iris(iris, seed, tol):
 
 def test_matches_sklearn_precisions_init_and_max_iter():
     X, _ = _synthetic()
-    w, m, c = _random_init(X, 3, 5)
+    w, m, c = random_start(X, 3, 5)
     ours = GaussianMixtureEM(3, weights_init=w, means_init=m,
                              precisions_init=np.linalg.inv(c), max_iter=7, tol=0.0).fit(X)
     with warnings.catch_warnings():
@@ -95,7 +89,7 @@ def test_matches_sklearn_precisions_init_and_max_iter():
 # -- the ELBO story: monotone, tight after the E-step, ladder ----------------------------
 @pytest.mark.parametrize("seed", range(4))
 def test_monotone_and_tight(iris, seed):
-    w, m, c = _random_init(iris, 4, seed)
+    w, m, c = random_start(iris, 4, seed)
     fit = GaussianMixtureEM(4, weights_init=w, means_init=m, covariances_init=c, tol=1e-6,
                             max_iter=300).fit(iris)
     ll, e, mm = fit.log_likelihood_, fit.elbo_after_e_step_, fit.elbo_after_m_step_
@@ -108,13 +102,13 @@ def test_monotone_and_tight(iris, seed):
 
 
 def test_first_iterations_increase_strictly(iris):
-    w, m, c = _random_init(iris, 3, 0)
+    w, m, c = random_start(iris, 3, 0)
     fit = GaussianMixtureEM(3, weights_init=w, means_init=m, covariances_init=c).fit(iris)
     assert fit.log_likelihood_[1] > fit.log_likelihood_[0] + 1.0
 
 
 def test_traces_agree_with_public_functions(iris):
-    w, m, c = _random_init(iris, 3, 3)
+    w, m, c = random_start(iris, 3, 3)
     fit = GaussianMixtureEM(3, weights_init=w, means_init=m, covariances_init=c,
                             keep_history=True, max_iter=5, tol=0.0).fit(iris)
     assert len(fit.history_) == fit.n_iter_ + 1 == 6
@@ -129,7 +123,7 @@ def test_traces_agree_with_public_functions(iris):
 def test_elbo_below_loglik_for_any_q(seed):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(40, 2))
-    w, m, c = _random_init(X, 3, seed)
+    w, m, c = random_start(X, 3, seed)
     resp = rng.dirichlet(np.ones(3), size=40)
     ll = gmm_log_likelihood(X, w, m, c)
     assert gmm_elbo(X, resp, w, m, c) <= ll + 1e-10
@@ -167,7 +161,7 @@ def test_covariance_floor_prevents_collapse():
 
 
 def test_interpolation_endpoints_and_path(iris):
-    w, m, c = _random_init(iris[:, 2:], 3, 0)
+    w, m, c = random_start(iris[:, 2:], 3, 0)
     fit = GaussianMixtureEM(3, weights_init=w, means_init=m, covariances_init=c,
                             keep_history=True, max_iter=3, tol=0.0).fit(iris[:, 2:])
     th0, th1 = fit.history_[1], fit.history_[2]
@@ -233,7 +227,7 @@ def test_bad_inputs_after_fit(iris):
         GaussianMixtureEM(2).predict(iris)
     with pytest.raises(ValueError, match="features"):
         GaussianMixtureEM(2, rng=0).fit(iris).score(iris[:, :2])
-    w, m, c = _random_init(iris, 2, 0)
+    w, m, c = random_start(iris, 2, 0)
     with pytest.raises(ValueError, match="rows summing to 1"):
         gmm_elbo(iris, np.full((150, 2), 0.7), w, m, c)
 
