@@ -22,6 +22,7 @@ __all__ = [
     "check_nonnegative",
     "check_positive",
     "check_bsc_batch_inputs",
+    "check_fit_controls",
     "check_bsc_inputs",
     "check_positive_int",
     "check_probability_rows",
@@ -227,3 +228,12 @@ def check_bsc_batch_inputs(v, weights, bias, noise_precision):
         raise ValueError(f"bias must have length n_latent = {weights.shape[1]}, got {bias.size}")
     beta = check_positive(noise_precision, "noise_precision")
     return v, weights, bias, beta
+
+
+def check_fit_controls(tol, reg_covar, max_iter) -> tuple[float, float, int]:
+    """Check the stopping rule and covariance floor of an EM estimator (chapter 2).
+
+    Returns ``(tol, reg_covar, max_iter)`` as float >= 0, float >= 0 and int >= 1.
+    """
+    return (check_nonnegative(tol, "tol"), check_nonnegative(reg_covar, "reg_covar"),
+            check_positive_int(max_iter, "max_iter"))

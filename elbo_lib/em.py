@@ -33,6 +33,7 @@ from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
     as_generator,
+    check_fit_controls,
     check_nonnegative,
     check_positive_int,
     check_probability_rows,
@@ -377,9 +378,8 @@ class GaussianMixtureEM:
     def _check_hyperparameters(self) -> None:
         """Validate the constructor arguments (called by :meth:`fit`, as scikit-learn does)."""
         self.n_components = check_positive_int(self.n_components, "n_components")
-        self.tol = check_nonnegative(self.tol, "tol")
-        self.reg_covar = check_nonnegative(self.reg_covar, "reg_covar")
-        self.max_iter = check_positive_int(self.max_iter, "max_iter")
+        self.tol, self.reg_covar, self.max_iter = check_fit_controls(self.tol, self.reg_covar,
+                                                                     self.max_iter)
         self.covariance_floor = _check_floor(self.covariance_floor)
         if self.covariances_init is not None and self.precisions_init is not None:
             raise ValueError("give covariances_init or precisions_init, not both")

@@ -28,7 +28,7 @@ import numpy as np
 from elbo_lib._validation import (
     as_float_array,
     as_generator,
-    check_nonnegative,
+    check_fit_controls,
     check_positive_int,
     check_probability_rows,
     check_symmetric,
@@ -408,11 +408,10 @@ class GaussianHMM:
         self.rng = rng
 
     def _check_hyperparameters(self) -> None:
-        """Validate the constructor arguments (called by :meth:`fit`, as scikit-learn does)."""
+        """Check the constructor arguments; :meth:`fit` calls it (scikit-learn's rule)."""
         self.n_states = check_positive_int(self.n_states, "n_states")
-        self.tol = check_nonnegative(self.tol, "tol")
-        self.reg_covar = check_nonnegative(self.reg_covar, "reg_covar")
-        self.max_iter = check_positive_int(self.max_iter, "max_iter")
+        self.tol, self.reg_covar, self.max_iter = check_fit_controls(self.tol, self.reg_covar,
+                                                                     self.max_iter)
 
     def _init_params(self, X):
         T, d = X.shape

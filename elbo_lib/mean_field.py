@@ -402,6 +402,17 @@ class MixtureCAVIResult:
         self.labels = self.resp.argmax(axis=1)
 
 
+def _check_mixture_problem(x, n_components, prior_var, max_iter, tol, n_init):
+    x = _check_mixture_data(x)
+    k = check_positive_int(n_components, "n_components")
+    if k > x.shape[0]:
+        raise ValueError(f"n_components must be <= the number of points {x.shape[0]}, "
+                         f"got {k}")
+    return (x, k, check_positive(prior_var, "prior_var"),
+            check_positive_int(max_iter, "max_iter"), check_positive(tol, "tol"),
+            check_positive_int(n_init, "n_init"))
+
+
 def _initial_means(x, k: int, init_means, rng, n_init: int) -> list[np.ndarray]:
     """The starting means: ``init_means`` (one start), or ``n_init`` draws of k points."""
     n, d = x.shape
@@ -455,15 +466,8 @@ def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
     -------
     MixtureCAVIResult
     """
-    x = _check_mixture_data(x)
-    n, d = x.shape
-    k = check_positive_int(n_components, "n_components")
-    if k > n:
-        raise ValueError(f"n_components must be <= the number of points {n}, got {k}")
-    sigma2 = check_positive(prior_var, "prior_var")
-    max_iter = check_positive_int(max_iter, "max_iter")
-    tol = check_positive(tol, "tol")
-    n_init = check_positive_int(n_init, "n_init")
+    x, k, sigma2, max_iter, tol, n_init = _check_mixture_problem(
+        x, n_components, prior_var, max_iter, tol, n_init)
     starts = _initial_means(x, k, init_means, rng, n_init)
     if init_means is not None:
         result = _cavi_mixture_once(x, starts[0], sigma2, max_iter, tol)
@@ -720,16 +724,9 @@ def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
     DirichletMixtureCAVIResult
         The run with the highest final ELBO; ``restart_elbos`` holds every run's.
     """
-    x = _check_mixture_data(x)
-    n, d = x.shape
-    k = check_positive_int(n_components, "n_components")
-    if k > n:
-        raise ValueError(f"n_components must be <= the number of points {n}, got {k}")
-    sigma2 = check_positive(prior_var, "prior_var")
+    x, k, sigma2, max_iter, tol, n_init = _check_mixture_problem(
+        x, n_components, prior_var, max_iter, tol, n_init)
     alpha0 = check_positive(alpha0, "alpha0")
-    max_iter = check_positive_int(max_iter, "max_iter")
-    tol = check_positive(tol, "tol")
-    n_init = check_positive_int(n_init, "n_init")
     starts = _initial_means(x, k, init_means, rng, n_init)
     results = [_cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) for m in starts]
     finals = np.array([r.elbo[-1] for r in results])
