@@ -408,7 +408,7 @@ def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
     return ax
 
 
-def tile_images(images, image_shape: tuple[int, int] | None, n_cols: int, *, pad: int = 1,
+def tile_images(images, image_shape: tuple[int, int] | None, num_cols: int, *, pad: int = 1,
                 pad_value: float = 0.3, normalize: bool = False) -> np.ndarray:
     """Arrange flattened images (or patches, or dictionary atoms) in one mosaic array.
 
@@ -423,7 +423,7 @@ def tile_images(images, image_shape: tuple[int, int] | None, n_cols: int, *, pad
         ``W.T``.
     image_shape : (int, int) or None
         ``(height, width)``; None means square images.
-    n_cols : int
+    num_cols : int
         Images per row; the last row is padded with ``pad_value``.
     pad : int
         Pixels of separation between images (>= 0).
@@ -437,7 +437,7 @@ def tile_images(images, image_shape: tuple[int, int] | None, n_cols: int, *, pad
 
     Returns
     -------
-    numpy.ndarray, shape (rows * (height + pad) - pad, n_cols * (width + pad) - pad)
+    numpy.ndarray, shape (rows * (height + pad) - pad, num_cols * (width + pad) - pad)
 
     Raises
     ------
@@ -461,16 +461,16 @@ def tile_images(images, image_shape: tuple[int, int] | None, n_cols: int, *, pad
     if images.shape[1] != h * w:
         raise ValueError(f"images have {images.shape[1]} pixels, image_shape {image_shape} "
                          f"needs {h * w}")
-    n_cols = check_positive_int(n_cols, "n_cols")
+    num_cols = check_positive_int(num_cols, "num_cols")
     pad = check_positive_int(pad, "pad", minimum=0)
     if normalize:
         images = images / np.maximum(np.abs(images).max(axis=1, keepdims=True),
                                      np.finfo(float).tiny)
     n = len(images)
-    n_rows = -(-n // n_cols)
-    cells = np.full((n_rows * n_cols, h, w), pad_value)
+    n_rows = -(-n // num_cols)
+    cells = np.full((n_rows * num_cols, h, w), pad_value)
     cells[:n] = images.reshape(n, h, w)
-    canvas = np.full((n_rows, h + pad, n_cols, w + pad), pad_value)
-    canvas[:, :h, :, :w] = cells.reshape(n_rows, n_cols, h, w).transpose(0, 2, 1, 3)
-    canvas = canvas.reshape(n_rows * (h + pad), n_cols * (w + pad))
+    canvas = np.full((n_rows, h + pad, num_cols, w + pad), pad_value)
+    canvas[:, :h, :, :w] = cells.reshape(n_rows, num_cols, h, w).transpose(0, 2, 1, 3)
+    canvas = canvas.reshape(n_rows * (h + pad), num_cols * (w + pad))
     return canvas[: canvas.shape[0] - pad, : canvas.shape[1] - pad]

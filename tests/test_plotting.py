@@ -184,7 +184,7 @@ def test_tile_images_of_square_patches_with_nan_gaps():
 
 def test_tile_images_places_each_image():
     images = np.arange(5 * 6, dtype=float).reshape(5, 6) / 30   # five 2x3 images
-    canvas = tile_images(images, (2, 3), n_cols=3, pad_value=-1.0)
+    canvas = tile_images(images, (2, 3), num_cols=3, pad_value=-1.0)
     assert canvas.shape == (2 * 3 - 1, 3 * 4 - 1)
     np.testing.assert_array_equal(canvas[0:2, 0:3], images[0].reshape(2, 3))
     np.testing.assert_array_equal(canvas[3:5, 4:7], images[4].reshape(2, 3))
@@ -197,7 +197,7 @@ def test_tile_images_places_each_image():
     ((np.zeros((2, 6)), [2, 3], 2), {}, TypeError, "image_shape"),
     ((np.zeros(6), (2, 3), 2), {}, ValueError, "dimension"),
     ((np.zeros((2, 6)), None, 2), {}, ValueError, "p\\*p columns"),
-    ((np.zeros((2, 4)), None, 0), {}, ValueError, "n_cols"),
+    ((np.zeros((2, 4)), None, 0), {}, ValueError, "num_cols"),
     ((np.zeros((2, 4)), None, 2), {"pad": -1}, ValueError, "pad"),
 ])
 def test_tile_images_rejects_bad_input(args, kwargs, error, match):
