@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.decomposition import sparse_encode
 
 from benchmarks._common import Config, measure, row
-from elbo_lib.patches import ZCAWhitener, load_grey_sample_images, random_patches, remove_dc
+from elbo_lib.datasets import ZCAWhitener, load_grey_sample_images, random_patches, remove_dc
 from elbo_lib.sparse_coding import fista, lasso_duality_gap, lasso_objective, learn_dictionary
 
 TITLE = "FISTA batch sparse coding vs scikit-learn sparse_encode (lasso_cd, lasso_lars)"

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks._common import Config, measure, row
 from elbo_lib import seed_everything
-from elbo_lib.data import binarize, load_digits_split
+from elbo_lib.datasets import binarize, load_digits_split
 from elbo_lib.vae import VAE, as_tensor, iwae_bound, train_vae
 
 TITLE = "VAE: training epoch vs a PyTorch-example loop; IWAE evaluation throughput"

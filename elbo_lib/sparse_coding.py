@@ -36,13 +36,20 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from elbo_lib._validation import as_float_array, check_positive, check_positive_int
+from elbo_lib._validation import (
+    as_float_array,
+    as_generator,
+    check_positive,
+    check_positive_int,
+)
+from elbo_lib.datasets import remove_dc
 
 __all__ = [
     "DictionaryLearningResult",
     "ProximalGradientResult",
     "best_m_term_reconstruction",
     "debias_codes",
+    "denoise_image",
     "fista",
     "ista",
     "lasso_duality_gap",
@@ -51,6 +58,7 @@ __all__ = [
     "lipschitz_constant",
     "normalize_columns",
     "omp_codes",
+    "orientation_concentration",
     "sklearn_lasso_alpha",
     "soft_threshold",
     "sparse_coding_log_evidence_2d",
@@ -139,7 +147,7 @@ def soft_threshold(v, threshold) -> np.ndarray:
 
 
 def lipschitz_constant(W, method: str = "exact", *, max_iter: int = 1000, tol: float = 1e-10,
-                       rng: np.random.Generator | None = None) -> float:
+                       rng: np.random.Generator | int | None = None) -> float:
     """Largest eigenvalue of W^T W: the Lipschitz constant of the gradient of the lasso fit.
 
     The gradient of f(h) = 0.5 ||x - W h||^2 is W^T (W h - x), whose Lipschitz constant is
@@ -158,8 +166,9 @@ def lipschitz_constant(W, method: str = "exact", *, max_iter: int = 1000, tol: f
         Power-iteration cap.
     tol : float
         Relative tolerance of the power iteration (> 0).
-    rng : numpy.random.Generator, optional
-        Start vector of the power iteration (default: ``numpy.random.default_rng(0)``).
+    rng : numpy.random.Generator or int
+        Source of the power iteration's start vector; required with ``method="power"``
+        (unused by ``"exact"``).
 
     Returns
     -------
@@ -171,6 +180,8 @@ def lipschitz_constant(W, method: str = "exact", *, max_iter: int = 1000, tol: f
     ValueError
         If W is not a finite non-zero matrix, ``method`` is unknown, or the power
         iteration does not converge within ``max_iter``.
+    TypeError
+        If ``method="power"`` and ``rng`` is not a Generator or an int seed.
     """
     W = as_float_array(W, "W", ndim=2)
     if not np.any(W):
@@ -182,7 +193,7 @@ def lipschitz_constant(W, method: str = "exact", *, max_iter: int = 1000, tol: f
         raise ValueError(f"method must be 'exact' or 'power', got {method!r}")
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_positive(tol, "tol")
-    rng = np.random.default_rng(0) if rng is None else rng
+    rng = as_generator(rng)
     v = rng.standard_normal(W.shape[1])
     v /= np.linalg.norm(v)
     estimate = 0.0
@@ -388,7 +399,13 @@ def _iterate(X, W, lam, H, H_old, Y, V, t, step_matrix, offset, thr, L, objectiv
         objectives=None if objectives is None else np.asarray(objectives), lipschitz=L)
 
 
-_PG_DOC = """
+def ista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int = 10,
+         codes_init=None, lipschitz: float | None = None, track_objective: bool = False
+         ) -> ProximalGradientResult:
+    """ISTA: proximal gradient descent on the lasso, for a batch of signals (chapter 3).
+
+    h <- soft_threshold(h - W^T (W h - x) / L, lam / L)   (Daubechies et al. 2004);
+    the objective gap falls as O(1 / k) (Beck & Teboulle 2009, theorem 3.1).
 
     Parameters
     ----------
@@ -429,11 +446,6 @@ _PG_DOC = """
     The batch is processed with matrix products only: G = W^T W and W^T X are
     precomputed, and each iteration costs one (n, k) x (k, k) product.
     """
-
-
-def ista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int = 10,
-         codes_init=None, lipschitz: float | None = None, track_objective: bool = False
-         ) -> ProximalGradientResult:
     return _proximal_gradient(X, W, lam, accelerated=False, restart=False, max_iter=max_iter,
                               tol=tol, check_every=check_every, codes_init=codes_init,
                               lipschitz=lipschitz, track_objective=track_objective)
@@ -442,19 +454,7 @@ def ista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int
 def fista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int = 10,
           restart: bool = True, codes_init=None, lipschitz: float | None = None,
           track_objective: bool = False) -> ProximalGradientResult:
-    return _proximal_gradient(X, W, lam, accelerated=True, restart=bool(restart),
-                              max_iter=max_iter, tol=tol, check_every=check_every,
-                              codes_init=codes_init, lipschitz=lipschitz,
-                              track_objective=track_objective)
-
-
-ista.__doc__ = """ISTA: proximal gradient descent on the lasso, for a batch of signals (chapter 3).
-
-    h <- soft_threshold(h - W^T (W h - x) / L, lam / L)   (Daubechies et al. 2004);
-    the objective gap falls as O(1 / k) (Beck & Teboulle 2009, theorem 3.1).
-""" + _PG_DOC
-
-fista.__doc__ = """FISTA: accelerated proximal gradient on the lasso, batched (chapter 3).
+    """FISTA: accelerated proximal gradient on the lasso, batched (chapter 3).
 
     h_k = soft_threshold(y_k - W^T (W y_k - x) / L, lam / L),
     t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2,
@@ -466,12 +466,27 @@ fista.__doc__ = """FISTA: accelerated proximal gradient on the lasso, batched (c
     O'Donoghue & Candes 2015), which in practice converges much faster once the support
     has settled (chapter 3 measures it); ``restart=False`` is the textbook FISTA of
     Beck & Teboulle.
-""" + _PG_DOC.replace("\n\n    Returns\n", """
+
+    Parameters
+    ----------
+    X, W, lam, max_iter, tol, check_every, codes_init, lipschitz, track_objective
+        As for :func:`ista`.
     restart : bool
         Adaptive momentum restart, per signal (see above).
 
     Returns
-""", 1)
+    -------
+    ProximalGradientResult
+
+    Raises
+    ------
+    ValueError
+        As for :func:`ista`.
+    """
+    return _proximal_gradient(X, W, lam, accelerated=True, restart=bool(restart),
+                              max_iter=max_iter, tol=tol, check_every=check_every,
+                              codes_init=codes_init, lipschitz=lipschitz,
+                              track_objective=track_objective)
 
 
 # ---------------------------------------------------------------- dictionary learning
@@ -567,7 +582,7 @@ class DictionaryLearningResult:
 
 
 def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int = 50,
-                     rng: np.random.Generator, W_init=None) -> DictionaryLearningResult:
+                     rng: np.random.Generator | int, W_init=None) -> DictionaryLearningResult:
     """Sparse coding dictionary learning by alternating MAP steps (chapter 3).
 
     Alternates (1) MAP inference of all codes with :func:`fista`, warm-started from the
@@ -590,7 +605,7 @@ def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int =
         Outer iterations.
     code_iter : int
         FISTA iterations per code step.
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
         Source of the initial dictionary (random training signals) and replacements.
     W_init : array_like, shape (d, k), optional
         Initial dictionary (columns are normalised).
@@ -605,8 +620,7 @@ def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int =
     lam = check_positive(lam, "lam")
     n_iter = check_positive_int(n_iter, "n_iter")
     code_iter = check_positive_int(code_iter, "code_iter")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    rng = as_generator(rng)
     if k > n:
         raise ValueError(f"n_atoms must be <= the number of signals {n}, got {k}")
     if W_init is None:
@@ -878,3 +892,96 @@ def omp_codes(X, W, n_nonzero) -> np.ndarray:
                                  copy_Gram=True, copy_Xy=True)
         codes[rows] = np.asarray(out).reshape(W.shape[1], rows.size).T
     return codes
+
+
+# ------------------------------------------------------------ image patches (MAP)
+def denoise_image(noisy, atoms, lam, *, offset=None, max_iter: int = 500,
+                  tol: float = 1e-6) -> np.ndarray:
+    """Denoise a grey image by MAP sparse coding of all its overlapping patches (chapter 3).
+
+    Every p x p patch y (p from ``atoms``) loses its mean (DC), then ``offset``; its code is
+    the lasso solution h = argmin 0.5 ||y - A h||^2 + lam ||h||_1 (:func:`fista`), the
+    MAP estimate under Gaussian pixel noise of variance sigma^2 and a Laplace(b) prior
+    when lam = sigma^2 / b; the patch estimate A h + offset + DC is then averaged over
+    the overlapping patches that cover each pixel.
+
+    Parameters
+    ----------
+    noisy : array_like, shape (height, width)
+    atoms : array_like, shape (p * p, k)
+        Dictionary A in pixel space (for patches with their DC removed).
+    lam : float
+        Penalty (> 0).
+    offset : array_like, shape (p * p,), optional
+        Mean patch subtracted before coding (default zero).
+    max_iter, tol
+        Passed to :func:`fista`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (height, width)
+    """
+    from sklearn.feature_extraction.image import extract_patches_2d, reconstruct_from_patches_2d
+
+    noisy = as_float_array(noisy, "noisy", ndim=2)
+    A = as_float_array(atoms, "atoms", ndim=2)
+    p = int(round(np.sqrt(A.shape[0])))
+    if p * p != A.shape[0]:
+        raise ValueError(f"atoms must have p*p rows for square patches, got shape {A.shape}")
+    if min(noisy.shape) < p:
+        raise ValueError(f"image of shape {noisy.shape} is smaller than the patch size {p}")
+    offset = np.zeros(p * p) if offset is None else as_float_array(offset, "offset", ndim=1)
+    if offset.shape != (p * p,):
+        raise ValueError(f"offset must have shape {(p * p,)}, got {offset.shape}")
+    Y = extract_patches_2d(noisy, (p, p)).reshape(-1, p * p)
+    Y, dc = remove_dc(Y)
+    codes = fista(Y - offset, A, lam, max_iter=max_iter, tol=tol).codes
+    estimate = codes @ A.T + offset + dc[:, None]
+    return reconstruct_from_patches_2d(estimate.reshape(-1, p, p), noisy.shape)
+
+
+def orientation_concentration(patches, *, n_fft: int = 32,
+                              half_width_deg: float = 15.0) -> np.ndarray:
+    """How oriented each square patch (or atom) is: its spectral power in one wedge.
+
+    The power spectrum |FFT|^2 of each p x p patch (zero-padded to ``n_fft`` x ``n_fft``,
+    DC bin excluded) is split by orientation, angle(f_x, f_y) modulo 180 degrees. The
+    result is the largest fraction of the power that falls within +-``half_width_deg``
+    of any one orientation (searched in 1-degree steps). A grating or an edge gives a
+    value near 1; a patch whose power is spread evenly over orientations gives about
+    2 * half_width_deg / 180 (1/6 for the default). Chapter 3 uses it to check that the
+    learned atoms are oriented.
+
+    Parameters
+    ----------
+    patches : array_like, shape (m, p * p)
+        One flattened patch per row (for a dictionary W of shape (d, k), pass ``W.T``).
+    n_fft : int
+        FFT size (>= p).
+    half_width_deg : float
+        Half-width of the orientation wedge in degrees, in (0, 90).
+
+    Returns
+    -------
+    numpy.ndarray, shape (m,)
+        Values in [0, 1].
+    """
+    P = as_float_array(patches, "patches", ndim=2)
+    p = int(round(np.sqrt(P.shape[1])))
+    if p * p != P.shape[1]:
+        raise ValueError(f"patches must have p*p columns, got shape {P.shape}")
+    n_fft = check_positive_int(n_fft, "n_fft", minimum=p)
+    half_width = check_positive(half_width_deg, "half_width_deg")
+    if half_width >= 90:
+        raise ValueError(f"half_width_deg must be < 90, got {half_width}")
+    power = np.abs(np.fft.fft2(P.reshape(-1, p, p), s=(n_fft, n_fft))) ** 2
+    f = np.fft.fftfreq(n_fft)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    angle = np.degrees(np.arctan2(fy, fx)) % 180.0
+    keep = (fx != 0) | (fy != 0)
+    power, angle = power[:, keep], angle[keep]
+    total = np.maximum(power.sum(axis=1), np.finfo(float).tiny)
+    centres = np.arange(180.0)
+    dist = np.abs((angle[None, :] - centres[:, None] + 90.0) % 180.0 - 90.0)
+    wedges = (dist <= half_width).astype(float)        # (180, n_bins)
+    return (power @ wedges.T).max(axis=1) / total

@@ -57,3 +57,13 @@ def built_html(tmp_path_factory) -> Path:
                            "--keep-going"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return out / "_build" / "html"
+
+
+@pytest.fixture
+def bsc_problem():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(8, 6))
+    w[:, 1] = w[:, 0] + 0.3 * rng.normal(size=8)
+    b = np.full(6, -1.0)
+    v = w @ np.array([1, 0, 0, 1, 0, 0.0]) + rng.normal(size=8) / 2
+    return v, w, b, 4.0

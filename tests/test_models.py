@@ -7,7 +7,14 @@ from scipy import integrate
 from scipy.stats import multivariate_normal, norm
 from sklearn.linear_model import LogisticRegression
 
-from elbo_lib.models import BayesianLogisticRegression, ConjugateGaussianMean
+from elbo_lib.models import (
+    BayesianLogisticRegression,
+    ConjugateGaussianMean,
+    bsc_exact_posterior,
+    bsc_log_joint,
+    dirichlet_mixture_log_evidence,
+    set_partitions,
+)
 
 
 @pytest.fixture
@@ -141,6 +148,64 @@ def test_quadrature_oracles_validate_inputs():
         log_evidence_quadrature(lambda z: -0.5 * z**2, np.linspace(-1, 1, 101))
     with pytest.raises(ValueError, match="uniform"):
         log_evidence_quadrature(lambda z: -0.5 * z**2, np.array([-9.0, 0.0, 1.0, 9.0]))
+
+
+def test_bsc_log_joint_and_exact_posterior(bsc_problem):
+    v, w, b, beta = bsc_problem
+    h = np.array([1, 0, 1, 0, 0, 1.0])
+    prior = torch.distributions.Bernoulli(logits=torch.as_tensor(b)).log_prob(torch.as_tensor(h))
+    lik = torch.distributions.Normal(torch.as_tensor(w @ h), beta**-0.5).log_prob(
+        torch.as_tensor(v))
+    assert bsc_log_joint(h, v, w, b, beta) == pytest.approx(float(prior.sum() + lik.sum()))
+    ex = bsc_exact_posterior(v, w, b, beta)
+    assert ex["codes"].shape == (64, 6)
+    assert np.exp(ex["log_posterior"]).sum() == pytest.approx(1.0)
+
+
+def test_set_partitions_counts_bell_numbers():
+    bell = [1, 2, 5, 15, 52, 203, 877, 4140]
+    for n, b in enumerate(bell, start=1):
+        parts = set_partitions(n)
+        assert parts.shape == (b, n)
+        assert len({tuple(row) for row in parts}) == b        # all distinct
+    with pytest.raises(ValueError, match="n must be <= 12"):
+        set_partitions(13)
+
+
+def test_dirichlet_mixture_evidence_matches_prior_monte_carlo():
+    """Exact evidence (sum over partitions) vs a Monte Carlo average over the prior."""
+    rng = np.random.default_rng(0)
+    x = np.array([[-1.0, 0.3], [1.2, -0.4], [0.9, 0.1]])
+    k, sigma2, alpha0 = 2, 2.0, 0.7
+    exact = dirichlet_mixture_log_evidence(x, k, sigma2, alpha0)
+    s = 400_000
+    mu = rng.normal(scale=np.sqrt(sigma2), size=(s, k, 2))
+    pi = rng.dirichlet(np.full(k, alpha0), size=s)
+    log_n = -np.log(2 * np.pi) - 0.5 * ((x[None, :, None, :] - mu[:, None]) ** 2).sum(-1)
+    log_lik = np.log((pi[:, None, :] * np.exp(log_n)).sum(-1)).sum(-1)
+    mc = np.log(np.mean(np.exp(log_lik - log_lik.max()))) + log_lik.max()
+    assert abs(exact - mc) < 0.02
+
+
+def test_dirichlet_mixture_evidence_brute_force_labelled_sum():
+    """Sum over all K^n labelled assignments (independent of the partition bookkeeping)."""
+    from itertools import product as iproduct
+
+    from scipy.special import gammaln, logsumexp
+    from scipy.stats import multivariate_normal
+
+    x = np.array([0.5, -1.0, 2.0, 0.1])
+    k, sigma2, alpha0 = 3, 1.5, 0.5
+    terms = []
+    for labels in iproduct(range(k), repeat=x.size):
+        labels = np.array(labels)
+        counts = np.bincount(labels, minlength=k)
+        log_c = (gammaln(k * alpha0) - gammaln(x.size + k * alpha0)
+                 + np.sum(gammaln(counts + alpha0) - gammaln(alpha0)))
+        cov = np.eye(x.size) + sigma2 * (labels[:, None] == labels[None, :])
+        terms.append(log_c + multivariate_normal(np.zeros(x.size), cov).logpdf(x))
+    assert np.isclose(dirichlet_mixture_log_evidence(x, k, sigma2, alpha0), logsumexp(terms),
+                      rtol=0, atol=1e-10)
 
 
 # --------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ from elbo_lib.plotting import (
     describe_figure,
     gaussian_ellipse,
     legend_overlaps,
+    plot_mixture,
     set_theme,
     show,
+    tile_images,
 )
 
 
@@ -166,3 +168,50 @@ def test_describe_figure_has_no_decade_jump_at_a_saturated_maximum():
     ax2.plot(y - np.array([0, 0, 0, 1e-16]), label="p")
     assert describe_figure(fig) == describe_figure(fig2)
     assert "mean 0.6361" in describe_figure(fig)
+
+
+def test_tile_images_of_square_patches_with_nan_gaps():
+    P = np.arange(5 * 4, dtype=float).reshape(5, 4)  # five 2x2 patches
+    mosaic = tile_images(P, None, 3, pad=1, pad_value=np.nan)
+    assert mosaic.shape == (2 * 3 - 1, 3 * 3 - 1)
+    np.testing.assert_array_equal(mosaic[:2, 3:5], P[1].reshape(2, 2))
+    np.testing.assert_array_equal(mosaic[3:5, 3:5], P[4].reshape(2, 2))
+    assert np.isnan(mosaic[2]).all() and np.isnan(mosaic[3:5, 6:8]).all()
+    normalized = tile_images(P, None, 3, pad=0, pad_value=np.nan, normalize=True)
+    assert normalized.shape == (4, 6)
+    assert np.nanmax(np.abs(normalized)) == pytest.approx(1.0)
+
+
+def test_tile_images_places_each_image():
+    images = np.arange(5 * 6, dtype=float).reshape(5, 6) / 30   # five 2x3 images
+    canvas = tile_images(images, (2, 3), num_cols=3, pad_value=-1.0)
+    assert canvas.shape == (2 * 3 - 1, 3 * 4 - 1)
+    np.testing.assert_array_equal(canvas[0:2, 0:3], images[0].reshape(2, 3))
+    np.testing.assert_array_equal(canvas[3:5, 4:7], images[4].reshape(2, 3))
+    assert np.all(canvas[3:5, 8:11] == -1.0)          # empty sixth cell
+    assert np.all(canvas[2, :] == -1.0)                # gap row
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
+    ((np.zeros((2, 5)), (2, 3), 2), {}, ValueError, "pixels"),
+    ((np.zeros((2, 6)), [2, 3], 2), {}, TypeError, "image_shape"),
+    ((np.zeros(6), (2, 3), 2), {}, ValueError, "dimension"),
+    ((np.zeros((2, 6)), None, 2), {}, ValueError, "p\\*p columns"),
+    ((np.zeros((2, 4)), None, 0), {}, ValueError, "num_cols"),
+    ((np.zeros((2, 4)), None, 2), {"pad": -1}, ValueError, "pad"),
+])
+def test_tile_images_rejects_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tile_images(*args, **kwargs)
+
+
+def test_plot_mixture_colours_points_by_component_and_draws_ellipses():
+    X = np.array([[0.0, 0.0], [0.1, 0.2], [5.0, 5.0], [5.2, 4.9]])
+    means, cov = np.array([[0.0, 0.0], [5.0, 5.0]]), np.stack([np.eye(2)] * 2)
+    fig, ax = plt.subplots()
+    plot_mixture(ax, X, [0.5, 0.5], means, cov, title="t")
+    colours = ax.collections[0].get_facecolors()
+    assert np.allclose(colours[0], colours[1]) and not np.allclose(colours[0], colours[2])
+    assert len(ax.patches) == 2 and ax.get_title() == "t"
+    with pytest.raises(ValueError, match="2-D data"):
+        plot_mixture(ax, np.zeros((4, 3)), [1.0], np.zeros((1, 3)), np.eye(3)[None])

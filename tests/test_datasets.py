@@ -1,4 +1,4 @@
-"""Tests of elbo_lib.data: the digits split, binarisation, the MNIST IDX reader, mosaics."""
+"""Tests of elbo_lib.datasets: digits split, binarisation, MNIST IDX reader, image patches."""
 
 import gzip
 import struct
@@ -6,14 +6,17 @@ import struct
 import numpy as np
 import pytest
 
-from elbo_lib.data import (
+from elbo_lib.datasets import (
+    ZCAWhitener,
     binarize,
     load_digits_split,
+    load_grey_sample_images,
     load_image_split,
     load_mnist_split,
+    random_patches,
     read_idx,
+    remove_dc,
     split_indices,
-    tile_images,
 )
 
 # -- IDX fixtures, written byte by byte with struct (independent of the reader) -----------
@@ -172,9 +175,15 @@ def test_split_indices_rejects_bad_input(rng, kwargs, error):
         split_indices(rng=rng, **kwargs)
 
 
-def test_split_needs_a_generator():
+@pytest.mark.parametrize("rng", [None, "seed", 1.5, True])
+def test_split_needs_a_generator_or_a_seed(rng):
     with pytest.raises(TypeError, match="Generator"):
-        split_indices(10, 0)
+        split_indices(10, rng)
+
+
+def test_an_int_seed_is_the_generator_it_seeds():
+    np.testing.assert_array_equal(np.concatenate(split_indices(20, 7)),
+                                  np.concatenate(split_indices(20, np.random.default_rng(7))))
 
 
 def test_binarize_is_bernoulli(rng):
@@ -191,20 +200,34 @@ def test_binarize_is_bernoulli(rng):
 # -- mosaics ------------------------------------------------------------------------------------
 
 
-def test_tile_images_places_each_image():
-    images = np.arange(5 * 6, dtype=float).reshape(5, 6) / 30   # five 2x3 images
-    canvas = tile_images(images, (2, 3), n_cols=3, pad_value=-1.0)
-    assert canvas.shape == (2 * 3 - 1, 3 * 4 - 1)
-    np.testing.assert_array_equal(canvas[0:2, 0:3], images[0].reshape(2, 3))
-    np.testing.assert_array_equal(canvas[3:5, 4:7], images[4].reshape(2, 3))
-    assert np.all(canvas[3:5, 8:11] == -1.0)          # empty sixth cell
-    assert np.all(canvas[2, :] == -1.0)                # gap row
 
 
-def test_tile_images_rejects_bad_input():
-    with pytest.raises(ValueError, match="pixels"):
-        tile_images(np.zeros((2, 5)), (2, 3), 2)
-    with pytest.raises(TypeError, match="image_shape"):
-        tile_images(np.zeros((2, 6)), [2, 3], 2)
-    with pytest.raises(ValueError):
-        tile_images(np.zeros(6), (2, 3), 2)
+def test_sample_images_and_patches():
+    images = load_grey_sample_images()
+    assert set(images) == {"china", "flower"}
+    img = images["china"]
+    assert img.ndim == 2 and 0 <= img.min() and img.max() <= 1
+    rng = np.random.default_rng(0)
+    P = random_patches(img, 8, 50, rng, rows=(100, 200))
+    assert P.shape == (50, 64)
+    # every patch is a real 8x8 window of the image rows 100..199
+    windows = np.lib.stride_tricks.sliding_window_view(img[100:200], (8, 8)).reshape(-1, 64)
+    assert all(np.any(np.all(windows == p, axis=1)) for p in P[:5])
+    with pytest.raises(ValueError, match="does not fit"):
+        random_patches(img, 8, 5, rng, rows=(0, 4))
+
+
+def test_zca_whitener_whitens_and_inverts():
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((6, 6))
+    X = rng.standard_normal((5000, 6)) @ A
+    zca = ZCAWhitener(eps_fraction=1e-8).fit(X)
+    Z = zca.transform(X)
+    np.testing.assert_allclose(np.cov(Z.T), np.eye(6), atol=1e-4)
+    np.testing.assert_allclose(zca.inverse_transform(Z), X, atol=1e-8)
+    Zr = ZCAWhitener(eps_fraction=1.0).fit(X).transform(X)
+    assert np.mean(Zr ** 2) == pytest.approx(1.0, rel=1e-3)
+    centred, means = remove_dc(X)
+    np.testing.assert_allclose(centred.mean(axis=1), 0, atol=1e-12)
+    with pytest.raises(ValueError, match="not fitted"):
+        ZCAWhitener().transform(X)

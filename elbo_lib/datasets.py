@@ -1,10 +1,19 @@
-"""Image data for the variational autoencoder (chapter 6), with no network access.
+"""Data sets of the book, with no network access (chapters 3 and 6).
 
-The default data set is scikit-learn's bundled ``load_digits`` (1797 greyscale 8x8
-digits, pixel values 0..16), scaled to [0, 1] and split into train / validation / test
-sets with the book's seeded generator. A reader who has the standard MNIST files on disk
-can point the chapter at them instead: :func:`read_idx` parses the IDX format of
-LeCun et al. (1998), plain or gzip-compressed. Nothing is ever downloaded.
+Digit images for the variational autoencoder (chapter 6): the default data set is
+scikit-learn's bundled ``load_digits`` (1797 greyscale 8x8 digits, pixel values 0..16),
+scaled to [0, 1] and split into train / validation / test sets with the book's seeded
+generator. A reader who has the standard MNIST files on disk can point the chapter at
+them instead: :func:`read_idx` parses the IDX format of LeCun et al. (1998), plain or
+gzip-compressed. Nothing is ever downloaded.
+
+Natural image patches for sparse coding (chapter 3): scikit-learn's bundled
+``load_sample_images`` (china.jpg and flower.jpg) in grey scale
+(:func:`load_grey_sample_images`), random patches (:func:`random_patches`), their mean
+(the "DC" component) removed (:func:`remove_dc`) and whitened with a regularised ZCA
+transform (:class:`ZCAWhitener`; Olshausen & Field 1996 whitened their images too), so
+that dictionary learning is not dominated by the large low-frequency variance of natural
+images.
 """
 
 from __future__ import annotations
@@ -16,17 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from elbo_lib._validation import as_float_array, check_positive_int
+from elbo_lib._validation import as_float_array, as_generator, check_positive, check_positive_int
 
 __all__ = [
     "ImageSplit",
+    "ZCAWhitener",
     "binarize",
     "load_digits_split",
+    "load_grey_sample_images",
     "load_image_split",
     "load_mnist_split",
+    "random_patches",
     "read_idx",
+    "remove_dc",
     "split_indices",
-    "tile_images",
 ]
 
 #: IDX type codes (third byte of the magic number) and the big-endian dtypes they denote.
@@ -83,13 +95,6 @@ class ImageSplit:
         return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
 
 
-def _check_rng(rng) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator (from seed_everything), "
-                        f"got {type(rng).__name__}")
-    return rng
-
-
 def _check_fraction(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
         raise TypeError(f"{name} must be a number in (0, 1), got {type(value).__name__}")
@@ -99,7 +104,7 @@ def _check_fraction(value, name: str) -> float:
     return value
 
 
-def split_indices(n: int, rng: np.random.Generator, val_fraction: float = 0.15,
+def split_indices(n: int, rng: np.random.Generator | int, val_fraction: float = 0.15,
                   test_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shuffle ``range(n)`` with ``rng`` and cut it into train / validation / test indices.
 
@@ -110,7 +115,7 @@ def split_indices(n: int, rng: np.random.Generator, val_fraction: float = 0.15,
     ----------
     n : int
         Number of items (>= 3).
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
         The chapter's generator.
     val_fraction, test_fraction : float
         Fractions in (0, 1) whose sum is below 1.
@@ -121,7 +126,7 @@ def split_indices(n: int, rng: np.random.Generator, val_fraction: float = 0.15,
         Disjoint index arrays covering ``range(n)``, each sorted.
     """
     n = check_positive_int(n, "n", minimum=3)
-    rng = _check_rng(rng)
+    rng = as_generator(rng)
     val_fraction = _check_fraction(val_fraction, "val_fraction")
     test_fraction = _check_fraction(test_fraction, "test_fraction")
     if val_fraction + test_fraction >= 1.0:
@@ -137,7 +142,7 @@ def split_indices(n: int, rng: np.random.Generator, val_fraction: float = 0.15,
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def binarize(x, rng: np.random.Generator) -> np.ndarray:
+def binarize(x, rng: np.random.Generator | int) -> np.ndarray:
     """Stochastic binarisation: pixel j becomes 1 with probability x_j, once and for all.
 
     Bernoulli likelihoods are proper (normalised) probabilities only for binary pixels,
@@ -148,20 +153,20 @@ def binarize(x, rng: np.random.Generator) -> np.ndarray:
     ----------
     x : array_like
         Intensities in [0, 1].
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
 
     Returns
     -------
     numpy.ndarray of float32, same shape as ``x``, values in {0, 1}.
     """
     x = as_float_array(x, "x")
-    rng = _check_rng(rng)
+    rng = as_generator(rng)
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"x must lie in [0, 1], got range [{x.min()}, {x.max()}]")
     return (rng.random(x.shape) < x).astype(np.float32)
 
 
-def load_digits_split(rng: np.random.Generator, val_fraction: float = 0.15,
+def load_digits_split(rng: np.random.Generator | int, val_fraction: float = 0.15,
                       test_fraction: float = 0.15) -> ImageSplit:
     """scikit-learn's bundled 8x8 digits, scaled to [0, 1] and split with ``rng``.
 
@@ -170,7 +175,7 @@ def load_digits_split(rng: np.random.Generator, val_fraction: float = 0.15,
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
         The chapter's generator, which fixes the split.
     val_fraction, test_fraction : float
         See :func:`split_indices`.
@@ -255,7 +260,7 @@ def _find(folder: Path, stem: str) -> Path:
                             f"(the standard MNIST file names are expected)")
 
 
-def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator,
+def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator | int,
                      val_fraction: float = 1 / 6, max_train: int | None = None) -> ImageSplit:
     """The standard MNIST files in ``folder``, scaled to [0, 1], with a validation split.
 
@@ -268,7 +273,7 @@ def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator,
     ----------
     folder : str or os.PathLike
         Folder holding the files.
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
     val_fraction : float
         Fraction in (0, 1) of the training files held out for validation.
     max_train : int or None
@@ -283,7 +288,7 @@ def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator,
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"MNIST folder {folder} does not exist")
-    rng = _check_rng(rng)
+    rng = as_generator(rng)
     val_fraction = _check_fraction(val_fraction, "val_fraction")
     arrays = {key: read_idx(_find(folder, stem)) for key, stem in MNIST_FILES.items()}
     for part in ("train", "test"):
@@ -311,13 +316,13 @@ def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator,
                       f"MNIST IDX files in {folder.name}")
 
 
-def load_image_split(rng: np.random.Generator, mnist_dir: str | os.PathLike | None = None,
+def load_image_split(rng: np.random.Generator | int, mnist_dir: str | os.PathLike | None = None,
                      max_train: int | None = None) -> ImageSplit:
     """The chapter's data: bundled digits by default, local MNIST files if ``mnist_dir``.
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
     mnist_dir : str, os.PathLike or None
         ``None`` (default): :func:`load_digits_split`. Otherwise a folder with the
         standard MNIST files, read by :func:`load_mnist_split`.
@@ -333,41 +338,141 @@ def load_image_split(rng: np.random.Generator, mnist_dir: str | os.PathLike | No
     return load_mnist_split(mnist_dir, rng, max_train=max_train)
 
 
-def tile_images(images, image_shape: tuple[int, int], n_cols: int,
-                pad_value: float = 0.3) -> np.ndarray:
-    """Arrange flattened images in one 2-D array, ``n_cols`` per row, 1-pixel gaps.
-
-    One mosaic is one ``imshow`` (and one line of :func:`~elbo_lib.plotting.describe_figure`)
-    rather than dozens of tiny axes. Used by chapter 6 for reconstructions, samples,
-    the learned manifold and interpolations.
-
-    Parameters
-    ----------
-    images : array_like, shape (n, height * width)
-    image_shape : (int, int)
-    n_cols : int
-        Images per row; the last row is padded with ``pad_value``.
-    pad_value : float
-        Value of the gaps and of empty cells (0.3: light grey under the reversed grey
-        colour map the chapter uses, so gaps are visible next to both ink and paper).
+def load_grey_sample_images() -> dict[str, np.ndarray]:
+    """scikit-learn's two bundled sample photographs in grey scale, values in [0, 1].
 
     Returns
     -------
-    numpy.ndarray, shape (rows * (height + 1) - 1, n_cols * (width + 1) - 1)
+    dict
+        ``{"china": array (427, 640), "flower": array (427, 640)}`` (ITU-R 601 luma).
     """
-    images = as_float_array(images, "images", ndim=2)
-    if (not isinstance(image_shape, tuple) or len(image_shape) != 2):
-        raise TypeError(f"image_shape must be a tuple (height, width), got {image_shape!r}")
-    h = check_positive_int(image_shape[0], "image_shape[0]")
-    w = check_positive_int(image_shape[1], "image_shape[1]")
-    if images.shape[1] != h * w:
-        raise ValueError(f"images have {images.shape[1]} pixels, image_shape {image_shape} "
-                         f"needs {h * w}")
-    n_cols = check_positive_int(n_cols, "n_cols")
-    n = len(images)
-    n_rows = -(-n // n_cols)
-    cells = np.full((n_rows * n_cols, h, w), pad_value)
-    cells[:n] = images.reshape(n, h, w)
-    canvas = np.full((n_rows, h + 1, n_cols, w + 1), pad_value)
-    canvas[:, :h, :, :w] = cells.reshape(n_rows, n_cols, h, w).transpose(0, 2, 1, 3)
-    return canvas.reshape(n_rows * (h + 1), n_cols * (w + 1))[:-1, :-1]
+    from sklearn.datasets import load_sample_images
+
+    data = load_sample_images()
+    out = {}
+    for name, img in zip(data.filenames, data.images, strict=True):
+        key = name.replace("\\", "/").rsplit("/", 1)[-1].split(".")[0]
+        rgb = np.asarray(img, dtype=np.float64) / 255.0
+        out[key] = rgb @ np.array([0.299, 0.587, 0.114])
+    return out
+
+
+def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Generator | int,
+                   *, rows: tuple[int, int] | None = None,
+                   cols: tuple[int, int] | None = None) -> np.ndarray:
+    """Draw square patches at random positions of a 2-D image (vectorised).
+
+    Parameters
+    ----------
+    image : array_like, shape (height, width)
+    patch_size : int
+        Side p of each patch (>= 1, <= the image sides).
+    n_patches : int
+        Number of patches.
+    rng : numpy.random.Generator or int
+        Source of the positions.
+    rows : (int, int), optional
+        Restrict patches to image rows ``rows[0] <= r < rows[1]`` (whole patch inside),
+        for example to keep training and held-out regions apart.
+    cols : (int, int), optional
+        The same for image columns.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_patches, p * p)
+        One flattened patch (row-major) per row.
+    """
+    image = as_float_array(image, "image", ndim=2)
+    p = check_positive_int(patch_size, "patch_size")
+    n = check_positive_int(n_patches, "n_patches")
+    rng = as_generator(rng)
+    r0, r1 = (0, image.shape[0]) if rows is None else rows
+    c0, c1 = (0, image.shape[1]) if cols is None else cols
+    if not (0 <= r0 < r1 <= image.shape[0] and 0 <= c0 < c1 <= image.shape[1]
+            and r1 - r0 >= p and c1 - c0 >= p):
+        raise ValueError(f"patch_size {p} does not fit in rows {r0}..{r1}, columns "
+                         f"{c0}..{c1} of an image of shape {image.shape}")
+    top = rng.integers(r0, r1 - p + 1, size=n)
+    left = rng.integers(c0, c1 - p + 1, size=n)
+    offsets = np.arange(p)
+    rr = top[:, None, None] + offsets[None, :, None]
+    cc = left[:, None, None] + offsets[None, None, :]
+    return image[rr, cc].reshape(n, p * p)
+
+
+def remove_dc(X) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract each row's mean; return (centred rows, means of shape (n,))."""
+    X = as_float_array(X, "X", ndim=2)
+    means = X.mean(axis=1)
+    return X - means[:, None], means
+
+
+class ZCAWhitener:
+    """Regularised ZCA whitening of patches (chapter 3).
+
+    With the covariance C = U diag(s) U^T of the (DC-removed) training patches, the
+    transform is M = U diag(1 / sqrt(s + eps)) U^T and its inverse
+    M^{-1} = U diag(sqrt(s + eps)) U^T. The regulariser eps (a fraction
+    ``eps_fraction`` of the mean eigenvalue) stops the transform from amplifying the
+    noisiest, highest-frequency directions; ZCA (rather than PCA whitening) keeps
+    the whitened patch as close as possible to the original one, so whitened patches
+    still look like patches.
+
+    Parameters
+    ----------
+    eps_fraction : float
+        eps = eps_fraction * mean(s) (> 0).
+
+    After the ZCA transform every output is multiplied by one constant ``scale_`` chosen so
+    that the whitened training patches have mean squared entry 1 (unit variance per pixel
+    on average); the penalty of the chapter is stated on that scale.
+
+    Attributes
+    ----------
+    mean_ : numpy.ndarray, shape (d,)
+    eigenvalues_ : numpy.ndarray, shape (d,)
+        s in decreasing order.
+    eigenvectors_ : numpy.ndarray, shape (d, d)
+    transform_, inverse_ : numpy.ndarray, shape (d, d)
+        scale_ * M and its inverse M^{-1} / scale_ (symmetric): ``transform`` is
+        (x - mean_) @ transform_ and ``inverse_transform`` is z @ inverse_ + mean_.
+    scale_ : float
+    """
+
+    def __init__(self, eps_fraction: float = 0.01) -> None:
+        self.eps_fraction = check_positive(eps_fraction, "eps_fraction")
+
+    def fit(self, X) -> ZCAWhitener:
+        """Estimate the mean and the whitening transform from rows of ``X``."""
+        X = as_float_array(X, "X", ndim=2)
+        if X.shape[0] < 2:
+            raise ValueError(f"need at least 2 patches to estimate a covariance, got {X.shape}")
+        self.mean_ = X.mean(axis=0)
+        Xc = X - self.mean_
+        s, U = np.linalg.eigh(Xc.T @ Xc / (X.shape[0] - 1))
+        s, U = np.clip(s[::-1], 0.0, None), U[:, ::-1]
+        eps = self.eps_fraction * s.mean()
+        self.eigenvalues_, self.eigenvectors_ = s, U
+        if s[0] <= 0:
+            raise ValueError("X has zero variance: cannot whiten constant patches")
+        # mean squared entry of the ZCA output is mean(s / (s + eps)); rescale it to 1
+        self.scale_ = float(1.0 / np.sqrt(np.mean(s / (s + eps))))
+        self.transform_ = (U * (self.scale_ / np.sqrt(s + eps))) @ U.T
+        self.inverse_ = (U * (np.sqrt(s + eps) / self.scale_)) @ U.T
+        return self
+
+    def _check(self, X) -> np.ndarray:
+        if not hasattr(self, "transform_"):
+            raise ValueError("ZCAWhitener is not fitted: call fit(X) first")
+        X = as_float_array(X, "X", ndim=2)
+        if X.shape[1] != self.mean_.size:
+            raise ValueError(f"X must have {self.mean_.size} columns, got shape {X.shape}")
+        return X
+
+    def transform(self, X) -> np.ndarray:
+        """Whiten rows: (x - mean) M."""
+        return (self._check(X) - self.mean_) @ self.transform_
+
+    def inverse_transform(self, Z) -> np.ndarray:
+        """Undo :meth:`transform`: z M^{-1} + mean."""
+        return self._check(Z) @ self.inverse_ + self.mean_
