@@ -357,7 +357,7 @@ def load_grey_sample_images() -> dict[str, np.ndarray]:
     return out
 
 
-def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Generator | int,
+def random_patches(image, patch_size: int, num_patches: int, rng: np.random.Generator | int,
                    *, rows: tuple[int, int] | None = None,
                    cols: tuple[int, int] | None = None) -> np.ndarray:
     """Draw square patches at random positions of a 2-D image (vectorised).
@@ -367,7 +367,7 @@ def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Genera
     image : array_like, shape (height, width)
     patch_size : int
         Side p of each patch (>= 1, <= the image sides).
-    n_patches : int
+    num_patches : int
         Number of patches.
     rng : numpy.random.Generator or int
         Source of the positions.
@@ -379,12 +379,12 @@ def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Genera
 
     Returns
     -------
-    numpy.ndarray, shape (n_patches, p * p)
+    numpy.ndarray, shape (num_patches, p * p)
         One flattened patch (row-major) per row.
     """
     image = as_float_array(image, "image", ndim=2)
     p = check_positive_int(patch_size, "patch_size")
-    n = check_positive_int(n_patches, "n_patches")
+    n = check_positive_int(num_patches, "num_patches")
     rng = as_generator(rng)
     r0, r1 = (0, image.shape[0]) if rows is None else rows
     c0, c1 = (0, image.shape[1]) if cols is None else cols

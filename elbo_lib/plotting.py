@@ -328,8 +328,8 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> None:
     plt.close(fig)
 
 
-def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
-    """Draw the ``n_std``-standard-deviation ellipse of a 2-D Gaussian on ``ax``.
+def gaussian_ellipse(ax, mean, cov, num_std: float = 2.0, **kwargs) -> Ellipse:
+    """Draw the ``num_std``-standard-deviation ellipse of a 2-D Gaussian on ``ax``.
 
     Used for mixture components (chapters 2 and 4). Extra keyword arguments go to
     :class:`matplotlib.patches.Ellipse` (default: unfilled, line width 2).
@@ -340,7 +340,7 @@ def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
     mean : array_like, shape (2,)
     cov : array_like, shape (2, 2)
         Symmetric positive-definite covariance.
-    n_std : float
+    num_std : float
         Radius in standard deviations (Mahalanobis distance), > 0.
 
     Returns
@@ -351,12 +351,12 @@ def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
     cov = as_float_array(cov, "cov", ndim=2)
     if mean.shape != (2,) or cov.shape != (2, 2):
         raise ValueError(f"need mean of shape (2,) and cov (2, 2), got {mean.shape}, {cov.shape}")
-    n_std = check_positive(n_std, "n_std")
+    num_std = check_positive(num_std, "num_std")
     eigvals, eigvecs = np.linalg.eigh(0.5 * (cov + cov.T))
     if eigvals[0] <= 0:
         raise ValueError("cov must be positive definite")
     angle = float(np.degrees(np.arctan2(eigvecs[1, -1], eigvecs[0, -1])))
-    width, height = 2 * n_std * np.sqrt(eigvals[::-1])
+    width, height = 2 * num_std * np.sqrt(eigvals[::-1])
     kwargs = {"fill": False, "linewidth": 2, **kwargs}
     patch = Ellipse(xy=tuple(mean), width=width, height=height, angle=angle, **kwargs)
     ax.add_patch(patch)
@@ -364,7 +364,7 @@ def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
 
 
 def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
-                 labels=("x1", "x2"), n_std: float = 2.0):
+                 labels=("x1", "x2"), num_std: float = 2.0):
     """Scatter 2-D data coloured by their most probable component, with 2-sd ellipses.
 
     Used for the figures of chapter 2 (the clustering as EM runs). Points take the
@@ -380,7 +380,7 @@ def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
     title : str
     labels : tuple of str
         Axis labels.
-    n_std : float
+    num_std : float
         Ellipse radius in standard deviations.
 
     Returns
@@ -402,7 +402,7 @@ def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
     ax.scatter(X[:, 0], X[:, 1], c=[colors[k] for k in hard], s=14, alpha=0.6,
                edgecolors="none", label="data (colour = argmax r)")
     for k in range(len(means)):
-        gaussian_ellipse(ax, means[k], cov[k], n_std=n_std, color=colors[k])
+        gaussian_ellipse(ax, means[k], cov[k], num_std=num_std, color=colors[k])
     ax.scatter(means[:, 0], means[:, 1], marker="x", s=80, c="black", label="means")
     ax.set(title=title, xlabel=labels[0], ylabel=labels[1])
     return ax

@@ -101,7 +101,7 @@ def _check_codes(H, n: int, k: int, name: str = "codes") -> np.ndarray:
     if H.ndim == 1:
         H = H[None, :]
     if H.shape != (n, k):
-        raise ValueError(f"{name} must have shape (n_signals, n_atoms) = {(n, k)}, "
+        raise ValueError(f"{name} must have shape (num_signals, num_atoms) = {(n, k)}, "
                          f"got {H.shape}")
     return H
 
@@ -298,7 +298,7 @@ class ProximalGradientResult:
     ----------
     codes : numpy.ndarray, shape (n, k)
         The codes H, one row per signal.
-    n_iter : int
+    num_iter : int
         Iterations run (by the slowest signal).
     converged : bool
         Whether every signal met the stopping rule before ``max_iter``.
@@ -309,7 +309,7 @@ class ProximalGradientResult:
     """
 
     codes: np.ndarray
-    n_iter: int
+    num_iter: int
     converged: bool
     objectives: np.ndarray | None
     lipschitz: float
@@ -395,7 +395,7 @@ def _iterate(X, W, lam, H, H_old, Y, V, t, step_matrix, offset, thr, L, objectiv
     else:
         codes[rows] = H
     return ProximalGradientResult(
-        codes=codes, n_iter=it, converged=rows.size == 0,
+        codes=codes, num_iter=it, converged=rows.size == 0,
         objectives=None if objectives is None else np.asarray(objectives), lipschitz=L)
 
 
@@ -514,7 +514,7 @@ def normalize_columns(W, *, project: bool = False) -> np.ndarray:
     return W / norms
 
 
-def update_dictionary(X, H, W, *, n_sweeps: int = 1) -> np.ndarray:
+def update_dictionary(X, H, W, *, num_sweeps: int = 1) -> np.ndarray:
     """Dictionary update: block coordinate descent over atoms with ||w_j|| <= 1 (chapter 3).
 
     Minimises 0.5 ||X - H W^T||_F^2 over W subject to ||w_j||_2 <= 1, one column at a time,
@@ -532,7 +532,7 @@ def update_dictionary(X, H, W, *, n_sweeps: int = 1) -> np.ndarray:
     H : array_like, shape (n, k)
     W : array_like, shape (d, k)
         Current dictionary.
-    n_sweeps : int
+    num_sweeps : int
         Passes over all atoms.
 
     Returns
@@ -546,10 +546,10 @@ def update_dictionary(X, H, W, *, n_sweeps: int = 1) -> np.ndarray:
         raise ValueError(f"shape mismatch: X has shape {X.shape}, W has shape {W.shape}; "
                          "expected (n, d) and (d, k)")
     H = _check_codes(H, X.shape[0], W.shape[1], "H")
-    n_sweeps = check_positive_int(n_sweeps, "n_sweeps")
+    num_sweeps = check_positive_int(num_sweeps, "num_sweeps")
     A = H.T @ H
     B = X.T @ H
-    for _ in range(n_sweeps):
+    for _ in range(num_sweeps):
         for j in range(W.shape[1]):
             if A[j, j] <= 0:
                 continue
@@ -568,20 +568,20 @@ class DictionaryLearningResult:
         Learned atoms, one per column, each of norm <= 1.
     codes : numpy.ndarray, shape (n, k)
         MAP codes of the training signals under the final dictionary's last code step.
-    objectives : numpy.ndarray, shape (n_iter + 1,)
+    objectives : numpy.ndarray, shape (num_iter + 1,)
         Mean training objective (1/n) sum_i [0.5 ||x_i - W h_i||^2 + lam ||h_i||_1],
         at the start and after each outer iteration.
-    n_replaced : int
+    num_replaced : int
         Number of unused atoms re-initialised from data.
     """
 
     dictionary: np.ndarray
     codes: np.ndarray
     objectives: np.ndarray
-    n_replaced: int
+    num_replaced: int
 
 
-def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int = 50,
+def learn_dictionary(X, num_atoms: int, lam, *, num_iter: int = 30, code_iter: int = 50,
                      rng: np.random.Generator | int, W_init=None) -> DictionaryLearningResult:
     """Sparse coding dictionary learning by alternating MAP steps (chapter 3).
 
@@ -597,11 +597,11 @@ def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int =
     ----------
     X : array_like, shape (n, d)
         Training signals, one per row.
-    n_atoms : int
+    num_atoms : int
         k, number of atoms.
     lam : float
         L1 penalty (> 0).
-    n_iter : int
+    num_iter : int
         Outer iterations.
     code_iter : int
         FISTA iterations per code step.
@@ -616,13 +616,13 @@ def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int =
     """
     X = as_float_array(X, "X", ndim=2)
     n, d = X.shape
-    k = check_positive_int(n_atoms, "n_atoms")
+    k = check_positive_int(num_atoms, "num_atoms")
     lam = check_positive(lam, "lam")
-    n_iter = check_positive_int(n_iter, "n_iter")
+    num_iter = check_positive_int(num_iter, "num_iter")
     code_iter = check_positive_int(code_iter, "code_iter")
     rng = as_generator(rng)
     if k > n:
-        raise ValueError(f"n_atoms must be <= the number of signals {n}, got {k}")
+        raise ValueError(f"num_atoms must be <= the number of signals {n}, got {k}")
     if W_init is None:
         W = normalize_columns(X[rng.choice(n, size=k, replace=False)].T)
     else:
@@ -630,16 +630,16 @@ def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int =
         if W.shape != (d, k):
             raise ValueError(f"W_init must have shape {(d, k)}, got {W.shape}")
     with _blas_threads(n * k * max(k, d)):
-        return _alternate(X, W, lam, n_iter, code_iter, rng)
+        return _alternate(X, W, lam, num_iter, code_iter, rng)
 
 
-def _alternate(X, W, lam, n_iter, code_iter, rng) -> DictionaryLearningResult:
+def _alternate(X, W, lam, num_iter, code_iter, rng) -> DictionaryLearningResult:
     n, k = X.shape[0], W.shape[1]
     H = np.zeros((n, k))
     per_signal = _objective(X, W, H, lam)
     objectives = [float(per_signal.mean())]
-    n_replaced = 0
-    for _ in range(n_iter):
+    num_replaced = 0
+    for _ in range(num_iter):
         result = fista(X, W, lam, max_iter=code_iter, tol=0.0, codes_init=H)
         new = _objective(X, W, result.codes, lam)
         better = new < per_signal
@@ -651,14 +651,14 @@ def _alternate(X, W, lam, n_iter, code_iter, rng) -> DictionaryLearningResult:
             norms = np.linalg.norm(X[picks], axis=1)
             ok = norms > 0
             W[:, unused[ok]] = (X[picks[ok]] / norms[ok, None]).T
-            n_replaced += int(ok.sum())
+            num_replaced += int(ok.sum())
         per_signal = _objective(X, W, H, lam)
         objectives.append(float(per_signal.mean()))
     return DictionaryLearningResult(dictionary=W, codes=H, objectives=np.asarray(objectives),
-                                    n_replaced=n_replaced)
+                                    num_replaced=num_replaced)
 
 
-def best_m_term_reconstruction(X, basis, n_terms) -> np.ndarray:
+def best_m_term_reconstruction(X, basis, num_terms) -> np.ndarray:
     """Best m-term approximation of each signal in an orthonormal basis (chapter 3).
 
     For an orthonormal basis U (columns), the best approximation of x using m basis
@@ -670,7 +670,7 @@ def best_m_term_reconstruction(X, basis, n_terms) -> np.ndarray:
     X : array_like, shape (n, d)
     basis : array_like, shape (d, p)
         Orthonormal columns (U^T U = I).
-    n_terms : int or array_like of int, shape (n,)
+    num_terms : int or array_like of int, shape (n,)
         m for all signals, or one m_i per signal (0 <= m_i <= p).
 
     Returns
@@ -683,9 +683,9 @@ def best_m_term_reconstruction(X, basis, n_terms) -> np.ndarray:
         raise ValueError(f"shape mismatch: X has shape {X.shape}, basis has shape {U.shape}")
     if not np.allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-8):
         raise ValueError("basis must have orthonormal columns (U^T U = I)")
-    m = np.broadcast_to(np.asarray(n_terms), (X.shape[0],))
+    m = np.broadcast_to(np.asarray(num_terms), (X.shape[0],))
     if not np.issubdtype(m.dtype, np.integer) or np.any(m < 0) or np.any(m > U.shape[1]):
-        raise ValueError(f"n_terms must be integers in [0, {U.shape[1]}], got {n_terms!r}")
+        raise ValueError(f"num_terms must be integers in [0, {U.shape[1]}], got {num_terms!r}")
     C = X @ U
     ranks = np.argsort(np.argsort(-np.abs(C), axis=1, kind="stable"), axis=1, kind="stable")
     C = np.where(ranks < m[:, None], C, 0.0)
@@ -852,12 +852,12 @@ def sparse_coding_log_evidence_2d(x, W, sigma, b) -> tuple[float, np.ndarray]:
     return log_evidence, np.exp(logs - log_evidence)
 
 
-def omp_codes(X, W, n_nonzero) -> np.ndarray:
+def omp_codes(X, W, num_nonzero) -> np.ndarray:
     """l0 codes by orthogonal matching pursuit, with a count per signal (chapter 3).
 
     A wrapper of scikit-learn's ``orthogonal_mp_gram`` (Pati et al. 1993): greedily add
     the atom most correlated with the residual and refit all chosen coefficients by least
-    squares, until signal i has ``n_nonzero[i]`` atoms. Signals with the same count are
+    squares, until signal i has ``num_nonzero[i]`` atoms. Signals with the same count are
     coded in one call.
 
     Parameters
@@ -865,7 +865,7 @@ def omp_codes(X, W, n_nonzero) -> np.ndarray:
     X : array_like, shape (n, d)
     W : array_like, shape (d, k)
         Dictionary with unit-norm atoms (as OMP assumes).
-    n_nonzero : int or array_like of int, shape (n,)
+    num_nonzero : int or array_like of int, shape (n,)
         Atoms per signal, 0 <= m_i <= min(d, k).
 
     Returns
@@ -880,10 +880,10 @@ def omp_codes(X, W, n_nonzero) -> np.ndarray:
         raise ValueError(f"shape mismatch: X has shape {X.shape}, W has shape {W.shape}")
     if not np.allclose(np.linalg.norm(W, axis=0), 1.0, atol=1e-8):
         raise ValueError("W must have unit-norm columns for OMP")
-    m = np.broadcast_to(np.asarray(n_nonzero), (X.shape[0],))
+    m = np.broadcast_to(np.asarray(num_nonzero), (X.shape[0],))
     limit = min(W.shape)
     if not np.issubdtype(m.dtype, np.integer) or np.any(m < 0) or np.any(m > limit):
-        raise ValueError(f"n_nonzero must be integers in [0, {limit}], got {n_nonzero!r}")
+        raise ValueError(f"num_nonzero must be integers in [0, {limit}], got {num_nonzero!r}")
     gram, corr = W.T @ W, X @ W
     codes = np.zeros((X.shape[0], W.shape[1]))
     for count in np.unique(m[m > 0]):   # one call per distinct count, not per signal
@@ -940,11 +940,11 @@ def denoise_image(noisy, atoms, lam, *, offset=None, max_iter: int = 500,
     return reconstruct_from_patches_2d(estimate.reshape(-1, p, p), noisy.shape)
 
 
-def orientation_concentration(patches, *, n_fft: int = 32,
+def orientation_concentration(patches, *, fft_size: int = 32,
                               half_width_deg: float = 15.0) -> np.ndarray:
     """How oriented each square patch (or atom) is: its spectral power in one wedge.
 
-    The power spectrum |FFT|^2 of each p x p patch (zero-padded to ``n_fft`` x ``n_fft``,
+    The power spectrum |FFT|^2 of each p x p patch (zero-padded to ``fft_size`` x ``fft_size``,
     DC bin excluded) is split by orientation, angle(f_x, f_y) modulo 180 degrees. The
     result is the largest fraction of the power that falls within +-``half_width_deg``
     of any one orientation (searched in 1-degree steps). A grating or an edge gives a
@@ -956,7 +956,7 @@ def orientation_concentration(patches, *, n_fft: int = 32,
     ----------
     patches : array_like, shape (m, p * p)
         One flattened patch per row (for a dictionary W of shape (d, k), pass ``W.T``).
-    n_fft : int
+    fft_size : int
         FFT size (>= p).
     half_width_deg : float
         Half-width of the orientation wedge in degrees, in (0, 90).
@@ -970,12 +970,12 @@ def orientation_concentration(patches, *, n_fft: int = 32,
     p = int(round(np.sqrt(P.shape[1])))
     if p * p != P.shape[1]:
         raise ValueError(f"patches must have p*p columns, got shape {P.shape}")
-    n_fft = check_positive_int(n_fft, "n_fft", minimum=p)
+    fft_size = check_positive_int(fft_size, "fft_size", minimum=p)
     half_width = check_positive(half_width_deg, "half_width_deg")
     if half_width >= 90:
         raise ValueError(f"half_width_deg must be < 90, got {half_width}")
-    power = np.abs(np.fft.fft2(P.reshape(-1, p, p), s=(n_fft, n_fft))) ** 2
-    f = np.fft.fftfreq(n_fft)
+    power = np.abs(np.fft.fft2(P.reshape(-1, p, p), s=(fft_size, fft_size))) ** 2
+    f = np.fft.fftfreq(fft_size)
     fy, fx = np.meshgrid(f, f, indexing="ij")
     angle = np.degrees(np.arctan2(fy, fx)) % 180.0
     keep = (fx != 0) | (fy != 0)

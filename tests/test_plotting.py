@@ -141,11 +141,11 @@ def test_show_refuses_a_legend_over_data():
 def test_gaussian_ellipse_axes_match_eigenvectors():
     fig, ax = plt.subplots()
     cov = np.array([[4.0, 0.0], [0.0, 1.0]])
-    e = gaussian_ellipse(ax, [1.0, 2.0], cov, n_std=2.0)
+    e = gaussian_ellipse(ax, [1.0, 2.0], cov, num_std=2.0)
     assert e.center == (1.0, 2.0)
     assert np.isclose(e.width, 8.0) and np.isclose(e.height, 4.0)
     assert np.isclose(e.angle % 180, 0.0)
-    rot = gaussian_ellipse(ax, [0, 0], np.array([[1.0, 0.0], [0.0, 9.0]]), n_std=1.0)
+    rot = gaussian_ellipse(ax, [0, 0], np.array([[1.0, 0.0], [0.0, 9.0]]), num_std=1.0)
     assert np.isclose(rot.width, 6.0) and np.isclose(rot.angle % 180, 90.0)
 
 

@@ -179,7 +179,7 @@ def test_warm_start_and_single_signal_shapes():
     res = fista(X[0], W, 0.1, max_iter=2000, tol=1e-10)
     assert res.codes.shape == (1, W.shape[1])
     warm = fista(X[:1], W, 0.1, codes_init=res.codes, max_iter=2000, tol=1e-10)
-    assert warm.n_iter <= 20
+    assert warm.num_iter <= 20
 
 
 @pytest.mark.parametrize("method", [ista, fista])
@@ -225,7 +225,7 @@ def test_update_dictionary_is_exact_block_minimisation():
     H = fista(X, W, 0.1, max_iter=500).codes
     rng = np.random.default_rng(0)
     W0 = normalize_columns(rng.standard_normal(W.shape))
-    W1 = update_dictionary(X, H, W0, n_sweeps=50)
+    W1 = update_dictionary(X, H, W0, num_sweeps=50)
     assert np.all(np.linalg.norm(W1, axis=0) <= 1 + 1e-12)
     fit0 = np.sum((X - H @ W0.T) ** 2)
     fit1 = np.sum((X - H @ W1.T) ** 2)
@@ -245,7 +245,7 @@ def test_learn_dictionary_objective_decreases_and_recovers_atoms():
     W_true = normalize_columns(rng.standard_normal((d, k)))
     H = rng.laplace(size=(n, k)) * (rng.random((n, k)) < 0.15)
     X = H @ W_true.T + 0.01 * rng.standard_normal((n, d))
-    res = learn_dictionary(X, k, 0.05, n_iter=60, code_iter=30, rng=rng)
+    res = learn_dictionary(X, k, 0.05, num_iter=60, code_iter=30, rng=rng)
     assert np.all(np.diff(res.objectives) <= 1e-12 * res.objectives[:-1])
     assert res.objectives[-1] < 0.5 * res.objectives[1]
     assert np.all(np.linalg.norm(res.dictionary, axis=0) <= 1 + 1e-12)
@@ -257,7 +257,7 @@ def test_learn_dictionary_objective_decreases_and_recovers_atoms():
 def test_learn_dictionary_errors():
     X, _ = _problem(seed=13, n=10)
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="n_atoms must be <="):
+    with pytest.raises(ValueError, match="num_atoms must be <="):
         learn_dictionary(X, 11, 0.1, rng=rng)
     with pytest.raises(TypeError, match="rng must be"):
         learn_dictionary(X, 3, 0.1, rng=None)
@@ -290,7 +290,7 @@ def test_best_m_term_reconstruction():
         np.testing.assert_allclose(rec[i], U[:, keep] @ c[keep], atol=1e-12)
     with pytest.raises(ValueError, match="orthonormal"):
         best_m_term_reconstruction(X, 2 * U, 2)
-    with pytest.raises(ValueError, match="n_terms"):
+    with pytest.raises(ValueError, match="num_terms"):
         best_m_term_reconstruction(X, U, 9)
 
 
@@ -317,7 +317,7 @@ def test_easy_signals_leave_the_working_set_without_changing_the_answer():
     assert np.all(res.codes[::2] == 0)
     hard_only = fista(X[1::2], W, lam, max_iter=5000, tol=1e-12, check_every=1)
     np.testing.assert_allclose(res.codes[1::2], hard_only.codes, atol=1e-12)
-    assert res.n_iter == hard_only.n_iter
+    assert res.num_iter == hard_only.num_iter
     # tracking the objective sees the frozen rows too: it equals the final objective at the end
     tracked = fista(X, W, lam, max_iter=5000, tol=1e-12, track_objective=True)
     assert tracked.objectives[-1] == pytest.approx(lasso_objective(X, W, tracked.codes, lam).sum())
@@ -377,7 +377,7 @@ def test_omp_codes_counts_and_agree_with_sklearn_per_signal():
         np.testing.assert_allclose(codes[i], ref, atol=1e-10)
     with pytest.raises(ValueError, match="unit-norm"):
         omp_codes(X, 2 * W, 1)
-    with pytest.raises(ValueError, match="n_nonzero"):
+    with pytest.raises(ValueError, match="num_nonzero"):
         omp_codes(X, W, 1.5)
 
 
