@@ -377,7 +377,7 @@ def test_omp_codes_counts_and_agree_with_sklearn_per_signal():
         np.testing.assert_allclose(codes[i], ref, atol=1e-10)
     with pytest.raises(ValueError, match="unit-norm"):
         omp_codes(X, 2 * W, 1)
-    with pytest.raises(ValueError, match="num_nonzero"):
+    with pytest.raises(TypeError, match="num_nonzero"):
         omp_codes(X, W, 1.5)
 
 
@@ -479,7 +479,7 @@ BAD_INPUTS = {
         (lambda: ista(_X, np.zeros((6, 8)), 0.1), ValueError, r"W must not be all zeros"),
         # a step 1/lipschitz far above 2/L: the codes overflow; say when and why
         (lambda: ista(_X, _W, 0.1, lipschitz=1e-3, max_iter=5000), ValueError,
-         r"codes became non-finite at iteration \d+.*lipschitz"),
+         r"codes diverged at iteration \d+.*lipschitz"),
     ],
     "fista": [
         (lambda: fista(_X, _INF_W, 0.1), ValueError, r"W must contain only finite"),
@@ -489,7 +489,7 @@ BAD_INPUTS = {
         (lambda: fista(_X, _W, 0.1, codes_init=np.full((4, 8), np.inf)), ValueError,
          r"codes_init must contain only finite"),
         (lambda: fista(_X, _W, 0.1, lipschitz=1e-3, max_iter=5000), ValueError,
-         r"codes became non-finite at iteration \d+.*lipschitz"),
+         r"codes diverged at iteration \d+.*lipschitz"),
     ],
     "normalize_columns": [
         (lambda: normalize_columns(np.array([[1.0, 0.0], [2.0, 0.0]])), ValueError,
@@ -559,7 +559,7 @@ BAD_INPUTS = {
         (lambda: sparse_coding_log_evidence_2d([1.0, 2.0], _W2, -1.0, 1.0), ValueError,
          r"sigma must be"),
         (lambda: sparse_coding_log_evidence_2d([1e200, 0.0], _W2, 1.0, 1.0), ValueError,
-         r"x .*sigma.*float64"),
+         r"float64: x / sigma has norm 1e\+200"),
     ],
     "omp_codes": [
         (lambda: omp_codes(_X, 2 * _W, 1), ValueError, r"W must have unit-norm columns"),
