@@ -208,6 +208,10 @@ def test_sample_images_and_patches():
     assert set(images) == {"china", "flower"}
     img = images["china"]
     assert img.ndim == 2 and 0 <= img.min() and img.max() <= 1
+    from sklearn.datasets import load_sample_image
+    rgb = load_sample_image("china.jpg").astype(float) / 255   # ITU-R 601 luma, by hand
+    np.testing.assert_allclose(img[200, 300], 0.299 * rgb[200, 300, 0] + 0.587 * rgb[200, 300, 1]
+                               + 0.114 * rgb[200, 300, 2], rtol=1e-12)
     rng = np.random.default_rng(0)
     P = random_patches(img, 8, 50, rng, rows=(100, 200))
     assert P.shape == (50, 64)
@@ -228,6 +232,12 @@ def test_zca_whitener_whitens_and_inverts():
     np.testing.assert_allclose(zca.inverse_transform(Z), X, atol=1e-8)
     Zr = ZCAWhitener(eps_fraction=1.0).fit(X).transform(X)
     assert np.mean(Zr ** 2) == pytest.approx(1.0, rel=1e-3)
+    # regularised: the output covariance has eigenvalues c s / (s + eps), eps = mean(s),
+    # with c making their mean 1 (s from NumPy's covariance, independent of the class)
+    s = np.linalg.eigvalsh(np.cov(X.T))
+    shrunk = s / (s + s.mean())
+    np.testing.assert_allclose(np.linalg.eigvalsh(np.cov(Zr.T)), shrunk / shrunk.mean(),
+                               rtol=1e-8)
     centred, means = remove_dc(X)
     np.testing.assert_allclose(centred.mean(axis=1), 0, atol=1e-12)
     with pytest.raises(ValueError, match="not fitted"):

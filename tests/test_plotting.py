@@ -52,8 +52,9 @@ def test_describe_figure_images_and_contours():
     xx, yy = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5))
     b.contour(xx, yy, xx**2 + yy**2, levels=4)
     text = describe_figure(fig)
-    assert "image (2, 3): first 0, last 5" in text
-    assert "contours" in text and "levels" in text
+    assert "image (2, 3): first 0, last 5, min 0, max 5, mean 2.5" in text
+    # matplotlib's MaxNLocator picks 6 levels 0, 0.4, ..., 2 for levels=4 on data in [0, 2]
+    assert "contours (unlabelled): 6 levels 0..2" in text
 
 
 def test_describe_figure_bad_input():

@@ -386,8 +386,13 @@ def test_orientation_concentration_of_gratings_and_noise():
     gratings = np.array([np.cos(2 * np.pi * 0.25 * (np.cos(a) * xx + np.sin(a) * yy)).ravel()
                          for a in np.linspace(0, np.pi, 6, endpoint=False)])
     assert np.all(orientation_concentration(gratings) > 0.7)   # window leakage: < 1
+    # an axis-aligned grating on an FFT bin puts all its power at one orientation: exactly 1
+    vertical = np.cos(2 * np.pi * 0.25 * xx).ravel()[None]
+    assert orientation_concentration(vertical, fft_size=8)[0] == pytest.approx(1.0, abs=1e-12)
+    # white noise spreads its power: about 2 * 15 / 180 = 1/6 per wedge, the best of 180
+    # wedges a little more
     noise = np.random.default_rng(0).standard_normal((500, 64))
-    assert np.median(orientation_concentration(noise)) < 0.35
+    assert 1 / 6 < np.median(orientation_concentration(noise)) < 0.35
     with pytest.raises(ValueError, match="half_width_deg"):
         orientation_concentration(gratings, half_width_deg=90)
 
