@@ -237,3 +237,19 @@ def check_fit_controls(tol, reg_covar, max_iter) -> tuple[float, float, int]:
     """
     return (check_nonnegative(tol, "tol"), check_nonnegative(reg_covar, "reg_covar"),
             check_positive_int(max_iter, "max_iter"))
+
+
+def power_of_two_scale(x, axis=None, keepdims: bool = False):
+    """A power of two to divide ``x`` by when its magnitude is extreme, else 1.
+
+    Returns 2**(e - 1) with max|x| = f 2**e (f in [0.5, 1)) where max|x| (over ``axis``)
+    lies outside [2**-100, 2**100], and 1 elsewhere (and where x is all zero). Dividing by
+    a power of two is exact, so a homogeneous computation done on ``x / scale`` and scaled
+    back gives bit for bit the unscaled answer wherever that one neither overflows nor
+    underflows, and ordinary data are not touched at all (sparse coding and ZCA, chapter 3).
+    """
+    m = np.max(np.abs(np.asarray(x, dtype=np.float64)), axis=axis, keepdims=keepdims)
+    _, e = np.frexp(m)
+    extreme = (m > 2.0**100) | ((m < 2.0**-100) & (m > 0))
+    out = np.where(extreme, np.ldexp(1.0, np.asarray(e) - 1), 1.0)
+    return float(out) if np.ndim(out) == 0 else out

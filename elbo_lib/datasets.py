@@ -25,7 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from elbo_lib._validation import as_float_array, as_generator, check_positive, check_positive_int
+from elbo_lib._validation import (
+    as_float_array,
+    as_generator,
+    check_positive,
+    check_positive_int,
+    power_of_two_scale,
+)
 
 __all__ = [
     "ImageSplit",
@@ -84,6 +90,36 @@ class ImageSplit:
     y_test: np.ndarray
     image_shape: tuple[int, int]
     source: str
+
+    def __post_init__(self) -> None:
+        shape = self.image_shape
+        if not isinstance(shape, tuple) or len(shape) != 2:
+            raise TypeError(f"image_shape must be a tuple (height, width), got {shape!r}")
+        if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
+                   for v in shape):
+            raise ValueError(f"image_shape must be two ints >= 1, got {shape!r}")
+        if not isinstance(self.source, str):
+            raise TypeError(f"source must be a str, got {type(self.source).__name__}")
+        num_pixels = int(shape[0] * shape[1])
+        for part in ("train", "val", "test"):
+            x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
+            if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+                raise TypeError(f"x_{part} must be a float numpy array, got "
+                                f"{getattr(x, 'dtype', type(x).__name__)}")
+            if x.ndim != 2 or x.shape[1] != num_pixels:
+                raise ValueError(f"x_{part} must have shape (n, {num_pixels}) for images of "
+                                 f"shape {shape}, got {x.shape}")
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"x_{part} must contain only finite values (no NaN or inf)")
+            if x.size and (x.min() < 0 or x.max() > 1):
+                raise ValueError(f"x_{part} must lie in [0, 1], got range "
+                                 f"[{x.min()}, {x.max()}]")
+            if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu":
+                raise TypeError(f"y_{part} must hold integer labels, got "
+                                f"{getattr(y, 'dtype', type(y).__name__)}")
+            if y.shape != (len(x),):
+                raise ValueError(f"y_{part} must have shape ({len(x)},) to match x_{part}, "
+                                 f"got {y.shape}")
 
     @property
     def num_pixels(self) -> int:
@@ -290,6 +326,8 @@ def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator | int,
         raise FileNotFoundError(f"MNIST folder {folder} does not exist")
     rng = as_generator(rng)
     val_fraction = _check_fraction(val_fraction, "val_fraction")
+    if max_train is not None:
+        max_train = check_positive_int(max_train, "max_train")
     arrays = {key: read_idx(_find(folder, stem)) for key, stem in MNIST_FILES.items()}
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
@@ -309,7 +347,6 @@ def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator | int,
     n_val = max(1, round(val_fraction * len(x)))
     val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     if max_train is not None:
-        max_train = check_positive_int(max_train, "max_train")
         train = np.sort(rng.permutation(train)[:max_train])
     return ImageSplit(x[train], y[train], x[val], y[val], scale(arrays["test_images"]),
                       arrays["test_labels"].astype(np.int64), (int(shape[0]), int(shape[1])),
@@ -333,6 +370,11 @@ def load_image_split(rng: np.random.Generator | int, mnist_dir: str | os.PathLik
     -------
     ImageSplit
     """
+    if mnist_dir is not None and not isinstance(mnist_dir, str | os.PathLike):
+        raise TypeError(f"mnist_dir must be a str, os.PathLike or None, "
+                        f"got {type(mnist_dir).__name__}")
+    if max_train is not None:
+        check_positive_int(max_train, "max_train")
     if mnist_dir is None:
         return load_digits_split(rng)
     return load_mnist_split(mnist_dir, rng, max_train=max_train)
@@ -357,7 +399,21 @@ def load_grey_sample_images() -> dict[str, np.ndarray]:
     return out
 
 
-def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Generator | int,
+def _check_range(span, name: str, size: int) -> tuple[int, int]:
+    if span is None:
+        return 0, size
+    if (not isinstance(span, tuple | list) or len(span) != 2
+            or not all(isinstance(v, int | np.integer) and not isinstance(v, bool)
+                       for v in span)):
+        raise TypeError(f"{name} must be a pair of ints (start, stop), got {span!r}")
+    start, stop = int(span[0]), int(span[1])
+    if not 0 <= start < stop <= size:
+        raise ValueError(f"{name} must be a pair (start, stop) with 0 <= start < stop <= "
+                         f"{size}, got {tuple(span)!r}")
+    return start, stop
+
+
+def random_patches(image, patch_size: int, num_patches: int, rng: np.random.Generator | int,
                    *, rows: tuple[int, int] | None = None,
                    cols: tuple[int, int] | None = None) -> np.ndarray:
     """Draw square patches at random positions of a 2-D image (vectorised).
@@ -367,7 +423,7 @@ def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Genera
     image : array_like, shape (height, width)
     patch_size : int
         Side p of each patch (>= 1, <= the image sides).
-    n_patches : int
+    num_patches : int
         Number of patches.
     rng : numpy.random.Generator or int
         Source of the positions.
@@ -379,17 +435,16 @@ def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Genera
 
     Returns
     -------
-    numpy.ndarray, shape (n_patches, p * p)
+    numpy.ndarray, shape (num_patches, p * p)
         One flattened patch (row-major) per row.
     """
     image = as_float_array(image, "image", ndim=2)
     p = check_positive_int(patch_size, "patch_size")
-    n = check_positive_int(n_patches, "n_patches")
+    n = check_positive_int(num_patches, "num_patches")
     rng = as_generator(rng)
-    r0, r1 = (0, image.shape[0]) if rows is None else rows
-    c0, c1 = (0, image.shape[1]) if cols is None else cols
-    if not (0 <= r0 < r1 <= image.shape[0] and 0 <= c0 < c1 <= image.shape[1]
-            and r1 - r0 >= p and c1 - c0 >= p):
+    r0, r1 = _check_range(rows, "rows", image.shape[0])
+    c0, c1 = _check_range(cols, "cols", image.shape[1])
+    if r1 - r0 < p or c1 - c0 < p:
         raise ValueError(f"patch_size {p} does not fit in rows {r0}..{r1}, columns "
                          f"{c0}..{c1} of an image of shape {image.shape}")
     top = rng.integers(r0, r1 - p + 1, size=n)
@@ -403,7 +458,8 @@ def random_patches(image, patch_size: int, n_patches: int, rng: np.random.Genera
 def remove_dc(X) -> tuple[np.ndarray, np.ndarray]:
     """Subtract each row's mean; return (centred rows, means of shape (n,))."""
     X = as_float_array(X, "X", ndim=2)
-    means = X.mean(axis=1)
+    scale = power_of_two_scale(X, axis=1)   # exact; 1 unless a row is extreme (1e308)
+    means = (X / scale[:, None]).mean(axis=1) * scale
     return X - means[:, None], means
 
 
@@ -440,33 +496,45 @@ class ZCAWhitener:
     """
 
     def __init__(self, eps_fraction: float = 0.01) -> None:
-        self.eps_fraction = check_positive(eps_fraction, "eps_fraction")
+        self.eps_fraction = eps_fraction
 
     def fit(self, X) -> ZCAWhitener:
         """Estimate the mean and the whitening transform from rows of ``X``."""
+        eps_fraction = check_positive(self.eps_fraction, "eps_fraction")
         X = as_float_array(X, "X", ndim=2)
         if X.shape[0] < 2:
-            raise ValueError(f"need at least 2 patches to estimate a covariance, got {X.shape}")
-        self.mean_ = X.mean(axis=0)
-        Xc = X - self.mean_
+            raise ValueError(f"X must have at least 2 rows (patches) to estimate a covariance, "
+                             f"got shape {X.shape}")
+        # the covariance is computed on X / c (c a power of two, exact; 1 unless X's entries
+        # are extreme) and scaled back: s = c^2 s_c and M = M_c / c
+        c = power_of_two_scale(X)
+        Xs = X / c
+        mean = Xs.mean(axis=0)
+        Xc = Xs - mean
         s, U = np.linalg.eigh(Xc.T @ Xc / (X.shape[0] - 1))
         s, U = np.clip(s[::-1], 0.0, None), U[:, ::-1]
-        eps = self.eps_fraction * s.mean()
-        self.eigenvalues_, self.eigenvectors_ = s, U
+        eps = eps_fraction * s.mean()
         if s[0] <= 0:
             raise ValueError("X has zero variance: cannot whiten constant patches")
+        with np.errstate(over="ignore"):
+            eigenvalues = s * np.float64(c) ** 2
+        if not np.all(np.isfinite(eigenvalues)):
+            raise ValueError(f"the covariance of X overflows float64 (entries up to "
+                             f"{np.abs(X).max():.3g}); rescale X")
+        self.mean_ = mean * c
+        self.eigenvalues_, self.eigenvectors_ = eigenvalues, U
         # mean squared entry of the ZCA output is mean(s / (s + eps)); rescale it to 1
         self.scale_ = float(1.0 / np.sqrt(np.mean(s / (s + eps))))
-        self.transform_ = (U * (self.scale_ / np.sqrt(s + eps))) @ U.T
-        self.inverse_ = (U * (np.sqrt(s + eps) / self.scale_)) @ U.T
+        self.transform_ = (U * (self.scale_ / np.sqrt(s + eps))) @ U.T / c
+        self.inverse_ = (U * (np.sqrt(s + eps) / self.scale_)) @ U.T * c
         return self
 
-    def _check(self, X) -> np.ndarray:
+    def _check(self, X, name: str = "X") -> np.ndarray:
         if not hasattr(self, "transform_"):
             raise ValueError("ZCAWhitener is not fitted: call fit(X) first")
-        X = as_float_array(X, "X", ndim=2)
+        X = as_float_array(X, name, ndim=2)
         if X.shape[1] != self.mean_.size:
-            raise ValueError(f"X must have {self.mean_.size} columns, got shape {X.shape}")
+            raise ValueError(f"{name} must have {self.mean_.size} columns, got shape {X.shape}")
         return X
 
     def transform(self, X) -> np.ndarray:
@@ -475,4 +543,4 @@ class ZCAWhitener:
 
     def inverse_transform(self, Z) -> np.ndarray:
         """Undo :meth:`transform`: z M^{-1} + mean."""
-        return self._check(Z) @ self.inverse_ + self.mean_
+        return self._check(Z, "Z") @ self.inverse_ + self.mean_

@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import base64
 import io
+from numbers import Real
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.collections import Collection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse, Patch
 
-from elbo_lib._validation import as_float_array, check_positive, check_positive_int
+from elbo_lib._validation import (
+    as_float_array,
+    check_positive,
+    check_positive_int,
+    check_real,
+    check_spd,
+)
 from elbo_lib.em import gmm_responsibilities
 from elbo_lib.reporting import fmt
 
@@ -239,6 +247,7 @@ def legend_overlaps(fig: Figure, margin_px: float = 2.0) -> list[str]:
     """
     if not isinstance(fig, Figure):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    margin_px = check_real(margin_px, "margin_px")
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     problems = []
@@ -328,8 +337,13 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> None:
     plt.close(fig)
 
 
-def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
-    """Draw the ``n_std``-standard-deviation ellipse of a 2-D Gaussian on ``ax``.
+def _check_axes(ax) -> None:
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+
+
+def gaussian_ellipse(ax, mean, cov, num_std: float = 2.0, **kwargs) -> Ellipse:
+    """Draw the ``num_std``-standard-deviation ellipse of a 2-D Gaussian on ``ax``.
 
     Used for mixture components (chapters 2 and 4). Extra keyword arguments go to
     :class:`matplotlib.patches.Ellipse` (default: unfilled, line width 2).
@@ -340,23 +354,25 @@ def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
     mean : array_like, shape (2,)
     cov : array_like, shape (2, 2)
         Symmetric positive-definite covariance.
-    n_std : float
+    num_std : float
         Radius in standard deviations (Mahalanobis distance), > 0.
 
     Returns
     -------
     matplotlib.patches.Ellipse
     """
+    _check_axes(ax)
     mean = as_float_array(mean, "mean", ndim=1)
     cov = as_float_array(cov, "cov", ndim=2)
     if mean.shape != (2,) or cov.shape != (2, 2):
         raise ValueError(f"need mean of shape (2,) and cov (2, 2), got {mean.shape}, {cov.shape}")
-    n_std = check_positive(n_std, "n_std")
-    eigvals, eigvecs = np.linalg.eigh(0.5 * (cov + cov.T))
+    num_std = check_positive(num_std, "num_std")
+    cov, _ = check_spd(cov, "cov")
+    eigvals, eigvecs = np.linalg.eigh(cov)
     if eigvals[0] <= 0:
         raise ValueError("cov must be positive definite")
     angle = float(np.degrees(np.arctan2(eigvecs[1, -1], eigvecs[0, -1])))
-    width, height = 2 * n_std * np.sqrt(eigvals[::-1])
+    width, height = 2 * num_std * np.sqrt(eigvals[::-1])
     kwargs = {"fill": False, "linewidth": 2, **kwargs}
     patch = Ellipse(xy=tuple(mean), width=width, height=height, angle=angle, **kwargs)
     ax.add_patch(patch)
@@ -364,7 +380,7 @@ def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
 
 
 def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
-                 labels=("x1", "x2"), n_std: float = 2.0):
+                 labels=("x1", "x2"), num_std: float = 2.0):
     """Scatter 2-D data coloured by their most probable component, with 2-sd ellipses.
 
     Used for the figures of chapter 2 (the clustering as EM runs). Points take the
@@ -380,7 +396,7 @@ def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
     title : str
     labels : tuple of str
         Axis labels.
-    n_std : float
+    num_std : float
         Ellipse radius in standard deviations.
 
     Returns
@@ -392,17 +408,22 @@ def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
     ValueError
         If the data are not 2-D or the mixture is malformed.
     """
-    hard = gmm_responsibilities(X, weights, means, covariances).argmax(axis=1)
+    _check_axes(ax)
     X = as_float_array(X, "X", ndim=2)
+    if X.shape[1] != 2:
+        raise ValueError(f"X must have 2 columns (plot_mixture draws 2-D data), "
+                         f"got shape {X.shape}")
+    if (not isinstance(labels, tuple | list) or len(labels) != 2
+            or not all(isinstance(v, str) for v in labels)):
+        raise ValueError(f"labels must be two axis labels (str, str), got {labels!r}")
+    hard = gmm_responsibilities(X, weights, means, covariances).argmax(axis=1)
     means = as_float_array(means, "means", ndim=2)
     cov = as_float_array(covariances, "covariances", ndim=3)
-    if X.shape[1] != 2:
-        raise ValueError(f"plot_mixture needs 2-D data, got {X.shape[1]} features")
     colors = sns.color_palette(PALETTE, len(means))
     ax.scatter(X[:, 0], X[:, 1], c=[colors[k] for k in hard], s=14, alpha=0.6,
                edgecolors="none", label="data (colour = argmax r)")
     for k in range(len(means)):
-        gaussian_ellipse(ax, means[k], cov[k], n_std=n_std, color=colors[k])
+        gaussian_ellipse(ax, means[k], cov[k], num_std=num_std, color=colors[k])
     ax.scatter(means[:, 0], means[:, 1], marker="x", s=80, c="black", label="means")
     ax.set(title=title, xlabel=labels[0], ylabel=labels[1])
     return ax
@@ -463,6 +484,9 @@ def tile_images(images, image_shape: tuple[int, int] | None, num_cols: int, *, p
                          f"needs {h * w}")
     num_cols = check_positive_int(num_cols, "num_cols")
     pad = check_positive_int(pad, "pad", minimum=0)
+    if isinstance(pad_value, bool) or not isinstance(pad_value, Real | np.floating):
+        raise TypeError(f"pad_value must be a real number (NaN allowed), "
+                        f"got {type(pad_value).__name__}")
     if normalize:
         images = images / np.maximum(np.abs(images).max(axis=1, keepdims=True),
                                      np.finfo(float).tiny)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from elbo_lib.datasets import (
+    ImageSplit,
     ZCAWhitener,
     binarize,
     load_digits_split,
@@ -207,6 +208,10 @@ def test_sample_images_and_patches():
     assert set(images) == {"china", "flower"}
     img = images["china"]
     assert img.ndim == 2 and 0 <= img.min() and img.max() <= 1
+    from sklearn.datasets import load_sample_image
+    rgb = load_sample_image("china.jpg").astype(float) / 255   # ITU-R 601 luma, by hand
+    np.testing.assert_allclose(img[200, 300], 0.299 * rgb[200, 300, 0] + 0.587 * rgb[200, 300, 1]
+                               + 0.114 * rgb[200, 300, 2], rtol=1e-12)
     rng = np.random.default_rng(0)
     P = random_patches(img, 8, 50, rng, rows=(100, 200))
     assert P.shape == (50, 64)
@@ -227,7 +232,148 @@ def test_zca_whitener_whitens_and_inverts():
     np.testing.assert_allclose(zca.inverse_transform(Z), X, atol=1e-8)
     Zr = ZCAWhitener(eps_fraction=1.0).fit(X).transform(X)
     assert np.mean(Zr ** 2) == pytest.approx(1.0, rel=1e-3)
+    # regularised: the output covariance has eigenvalues c s / (s + eps), eps = mean(s),
+    # with c making their mean 1 (s from NumPy's covariance, independent of the class)
+    s = np.linalg.eigvalsh(np.cov(X.T))
+    shrunk = s / (s + s.mean())
+    np.testing.assert_allclose(np.linalg.eigvalsh(np.cov(Zr.T)), shrunk / shrunk.mean(),
+                               rtol=1e-8)
     centred, means = remove_dc(X)
     np.testing.assert_allclose(centred.mean(axis=1), 0, atol=1e-12)
     with pytest.raises(ValueError, match="not fitted"):
         ZCAWhitener().transform(X)
+
+
+# ------------------------------------------------------------------ contract (issue 16)
+
+_X4 = np.linspace(0.0, 1.0, 12, dtype=np.float32).reshape(2, 6)
+_Y2 = np.array([0, 1])
+
+
+def _split(**changes):
+    parts = dict(x_train=_X4, y_train=_Y2, x_val=_X4, y_val=_Y2, x_test=_X4, y_test=_Y2,
+                 image_shape=(2, 3), source="test")
+    return ImageSplit(**{**parts, **changes})
+
+
+_PATCHES = np.random.default_rng(3).standard_normal((50, 4))
+_ZCA = ZCAWhitener().fit(_PATCHES)
+
+# Contract cases (issue 16): every public name of elbo_lib.datasets has bad-input cases.
+BAD_INPUTS = {
+    "ImageSplit": [
+        (lambda: _split(image_shape=(-2, 3)), ValueError, r"image_shape must be .*got \(-2, 3\)"),
+        (lambda: _split(image_shape=[2, 3]), TypeError, r"image_shape must be a tuple"),
+        (lambda: _split(x_train=_X4[:, :5]), ValueError,
+         r"x_train must have shape \(n, 6\) .*got \(2, 5\)"),
+        (lambda: _split(y_val=_Y2[:1]), ValueError, r"y_val must have shape \(2,\)"),
+        (lambda: _split(x_test=np.full((2, 6), np.nan)), ValueError, r"x_test must contain only"),
+        (lambda: _split(x_train=_X4 * 3), ValueError, r"x_train must lie in \[0, 1\]"),
+        (lambda: _split(y_train=np.array([0.5, 1.0])), TypeError, r"y_train must hold integer"),
+        (lambda: _split(source=3), TypeError, r"source must be a str"),
+    ],
+    "ZCAWhitener": [
+        (lambda: ZCAWhitener(eps_fraction=-1.0).fit(_PATCHES), ValueError, r"eps_fraction must"),
+        (lambda: ZCAWhitener(eps_fraction="a").fit(_PATCHES), TypeError, r"eps_fraction must"),
+    ],
+    "ZCAWhitener.fit": [
+        (lambda: ZCAWhitener().fit(_PATCHES[:1]), ValueError,
+         r"X must have at least 2 rows .*got shape \(1, 4\)"),
+        (lambda: ZCAWhitener().fit(np.ones((5, 3))), ValueError, r"X has zero variance"),
+        (lambda: ZCAWhitener().fit(np.full((5, 3), np.nan)), ValueError, r"X must contain only"),
+        (lambda: ZCAWhitener().fit(np.ones(5)), ValueError, r"X must have 2 dimension"),
+        (lambda: ZCAWhitener().fit(_PATCHES * 1e200), ValueError, r"X .*overflows float64"),
+    ],
+    "ZCAWhitener.transform": [
+        (lambda: ZCAWhitener().transform(_PATCHES), ValueError, r"not fitted: call fit\(X\)"),
+        (lambda: _ZCA.transform(_PATCHES[:, :3]), ValueError, r"X must have 4 columns"),
+        (lambda: _ZCA.transform(np.full((2, 4), np.inf)), ValueError, r"X must contain only"),
+    ],
+    "ZCAWhitener.inverse_transform": [
+        (lambda: _ZCA.inverse_transform(_PATCHES[:, :3]), ValueError, r"Z must have 4 columns"),
+        (lambda: _ZCA.inverse_transform(np.full((2, 4), np.nan)), ValueError,
+         r"Z must contain only"),
+    ],
+    "binarize": [
+        (lambda: binarize(np.array([0.5, np.nan]), 0), ValueError, r"x must contain only"),
+        (lambda: binarize(np.array([1.5]), 0), ValueError, r"x must lie in \[0, 1\]"),
+        (lambda: binarize(np.array([0.5]), None), TypeError, r"rng must be"),
+        (lambda: binarize("abc", 0), TypeError, r"x must be numeric"),
+    ],
+    "split_indices": [
+        (lambda: split_indices(2, 0), ValueError, r"n must be >= 3"),
+        (lambda: split_indices(10.0, 0), TypeError, r"n must be an integer"),
+        (lambda: split_indices(10, 0, val_fraction=np.nan), ValueError, r"val_fraction must be"),
+        (lambda: split_indices(10, 0, test_fraction="a"), TypeError, r"test_fraction must be"),
+        (lambda: split_indices(10, 0, 0.6, 0.5), ValueError, r"val_fraction \+ test_fraction"),
+        (lambda: split_indices(4, 0, 0.4, 0.4), ValueError, r"n=4 is too small"),
+    ],
+    "load_digits_split": [
+        (lambda: load_digits_split(None), TypeError, r"rng must be"),
+        (lambda: load_digits_split(0, val_fraction=1.2), ValueError, r"val_fraction must be"),
+    ],
+    "load_image_split": [
+        (lambda: load_image_split(None), TypeError, r"rng must be"),
+        (lambda: load_image_split(0, mnist_dir=3), TypeError, r"mnist_dir must be a str"),
+        (lambda: load_image_split(0, max_train=0), ValueError, r"max_train must be >= 1"),
+        (lambda: load_image_split(0, max_train=2.5), TypeError, r"max_train must be an int"),
+    ],
+    "load_mnist_split": [
+        (lambda: load_mnist_split(None, 0), TypeError, r"folder must be a str"),
+        (lambda: load_mnist_split(".", 0, val_fraction="a"), TypeError, r"val_fraction must"),
+        (lambda: load_mnist_split(".", 0, val_fraction=0.0), ValueError, r"val_fraction must"),
+        (lambda: load_mnist_split(".", 0, max_train=-1), ValueError, r"max_train must be >= 1"),
+        (lambda: load_mnist_split(".", "seed"), TypeError, r"rng must be"),
+    ],
+    "read_idx": [
+        (lambda: read_idx(3), TypeError, r"path must be a str"),
+        (lambda: read_idx(None), TypeError, r"path must be a str"),
+    ],
+    "random_patches": [
+        (lambda: random_patches(np.ones((8, 8)), 0, 3, 0), ValueError, r"patch_size must be >= 1"),
+        (lambda: random_patches(np.ones((8, 8)), 2, 0, 0), ValueError, r"num_patches must be >= 1"),
+        (lambda: random_patches(np.ones((8, 8)), 9, 3, 0), ValueError, r"patch_size 9 does not"),
+        (lambda: random_patches(np.ones((8, 8)), 2, 3, 0, rows=(5, 2)), ValueError,
+         r"rows must be a pair \(start, stop\) with 0 <= start < stop <= 8, got \(5, 2\)"),
+        (lambda: random_patches(np.ones((8, 8)), 2, 3, 0, rows=5), TypeError,
+         r"rows must be a pair of ints"),
+        (lambda: random_patches(np.ones((8, 8)), 2, 3, 0, cols=("a", 3)), TypeError,
+         r"cols must be a pair of ints"),
+        (lambda: random_patches(np.full((8, 8), np.nan), 2, 3, 0), ValueError, r"image must"),
+        (lambda: random_patches(np.ones(8), 2, 3, 0), ValueError, r"image must have 2 dim"),
+        (lambda: random_patches(np.ones((8, 8)), 2, 3, None), TypeError, r"rng must be"),
+    ],
+    "remove_dc": [
+        (lambda: remove_dc(np.ones(3)), ValueError, r"X must have 2 dimension"),
+        (lambda: remove_dc([[1.0, np.nan]]), ValueError, r"X must contain only finite"),
+        (lambda: remove_dc("X"), TypeError, r"X must be numeric"),
+    ],
+}
+
+EXTREME_INPUTS = {
+    "remove_dc": [
+        (lambda: remove_dc(np.array([[1e308, 1.5e308], [-1e308, -1.5e308]])),
+         lambda out: (np.testing.assert_allclose(out[1], [1.25e308, -1.25e308]),
+                      np.testing.assert_allclose(out[0], [[-0.25e308, 0.25e308],
+                                                          [0.25e308, -0.25e308]]))),
+    ],
+    "ZCAWhitener.transform": [
+        # whitening does not depend on the data's scale: c X whitens to the same Z
+        (lambda: ZCAWhitener().fit(_PATCHES * 1e-200).transform(_PATCHES * 1e-200),
+         lambda out: np.testing.assert_allclose(out, _ZCA.transform(_PATCHES), rtol=1e-8,
+                                                atol=1e-10)),
+        (lambda: ZCAWhitener().fit(_PATCHES * 1e150).transform(_PATCHES * 1e150),
+         lambda out: np.testing.assert_allclose(out, _ZCA.transform(_PATCHES), rtol=1e-8,
+                                                atol=1e-10)),
+    ],
+    "split_indices": [
+        (lambda: split_indices(10**6, 0),
+         lambda out: np.testing.assert_array_equal(np.sort(np.concatenate(out)),
+                                                   np.arange(10**6))),
+    ],
+    "random_patches": [
+        (lambda: random_patches(np.arange(12.0).reshape(3, 4) * 1e300, 3, 2, 0, cols=(1, 4)),
+         lambda out: np.testing.assert_array_equal(
+             out, np.tile(np.arange(12.0).reshape(3, 4)[:, 1:].ravel() * 1e300, (2, 1)))),
+    ],
+}
