@@ -44,7 +44,7 @@ test-portable: $(STAMP)
 	$(BIN)/python tools/portability.py
 
 execute: $(STAMP)
-	$(BIN)/python -m elbo_lib.notebooks $(NOTEBOOKS)
+	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check elbo_lib tests benchmarks chapters tools conftest.py

@@ -119,7 +119,7 @@ def _measure(spec: dict) -> dict:
     import torch
 
     from elbo_lib import seed_everything
-    from elbo_lib.data import binarize, load_digits_split
+    from elbo_lib.datasets import binarize, load_digits_split
     from elbo_lib.vae import VAE, as_tensor, iwae_bound
 
     rng = seed_everything(spec["seed"])

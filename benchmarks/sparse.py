@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.decomposition import sparse_encode
 
 from benchmarks._common import Config, measure, row
-from elbo_lib.patches import ZCAWhitener, load_grey_sample_images, random_patches, remove_dc
+from elbo_lib.datasets import ZCAWhitener, load_grey_sample_images, random_patches, remove_dc
 from elbo_lib.sparse_coding import fista, lasso_duality_gap, lasso_objective, learn_dictionary
 
 TITLE = "FISTA batch sparse coding vs scikit-learn sparse_encode (lasso_cd, lasso_lars)"
@@ -67,7 +67,7 @@ def make_problem(n_test: int, rng: np.random.Generator, *, n_train: int, n_iter:
     whitener = ZCAWhitener().fit(train)
     train, test = whitener.transform(train), whitener.transform(test)
     k = min(N_ATOMS, len(train))
-    W = learn_dictionary(train, k, LAM, n_iter=n_iter, code_iter=30, rng=rng).dictionary
+    W = learn_dictionary(train, k, LAM, num_iter=n_iter, code_iter=30, rng=rng).dictionary
     return W, test
 
 
@@ -129,7 +129,7 @@ def run(config: Config) -> dict:
             rows.append(row(
                 "sparse", f"fista vs {ref}", {"batch": n, "d": W.shape[0], "k": W.shape[1]},
                 ours=t["fista"], reference_name=f"sklearn sparse_encode {ref}",
-                reference=t[ref], ours_iters=t["fista"].result.n_iter,
+                reference=t[ref], ours_iters=t["fista"].result.num_iter,
                 agreement="rel. objective excess (worse of the two)",
                 agreement_value=max(excess["fista"], excess[ref]),
                 target="ratio <= 1 (batch >= 1e3)" if large else "",

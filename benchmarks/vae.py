@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks._common import Config, measure, row
 from elbo_lib import seed_everything
-from elbo_lib.data import binarize, load_digits_split
+from elbo_lib.datasets import binarize, load_digits_split
 from elbo_lib.vae import VAE, as_tensor, iwae_bound, train_vae
 
 TITLE = "VAE: training epoch vs a PyTorch-example loop; IWAE evaluation throughput"
@@ -143,8 +143,8 @@ def reference_iwae(model: VAE, x, k: int, max_batch: int = IWAE_MAX_BATCH):
     """IWAE_k per point with torch.distributions, chunked like ``iwae_bound``."""
     out = []
     for xs in x.split(max(1, max_batch // k)):
-        mean, logvar = model.encode(xs)
-        q = Normal(mean, torch.exp(0.5 * logvar))
+        posterior = model.encode(xs)
+        q = Normal(posterior.mean, torch.exp(0.5 * posterior.logvar))
         z = q.rsample((k,))
         log_px = Bernoulli(logits=model.decode(z)).log_prob(xs).sum(-1)
         log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)

@@ -3,19 +3,34 @@
 One module per concept; every chapter imports what it needs from here, so that the
 book and the code it runs never drift apart.
 
-Modules
+Modules (the table with the chapters that use each is in CONTRIBUTING.md)
 -------
-reproducibility
-    :func:`seed_everything`, called at the top of every chapter.
-reporting
-    Rounded, machine-stable printing of numbers (:func:`fmt`, :func:`fmt_array`).
-plotting
-    The book's one seaborn theme and :func:`describe_figure`, which prints the data
-    behind a figure so that nbval notices when it changes.
+gaussians
+    Closed forms of Gaussians: KL, entropy, log-densities (NumPy and torch).
 bounds
-    Monte Carlo ELBO estimator and closed-form Gaussian KL / entropy.
+    Estimators of the ELBO and the evidence over a log-joint and a q.
 models
-    Models with closed-form evidence and posterior, used as oracles.
+    Models with exact evidence or posterior, used as oracles.
+variational
+    Variational families as objects and the one VI loop ``fit_vi``.
+gradients
+    Monte Carlo gradient estimators (score function, pathwise).
+heteroscedastic
+    Chapter 5's heteroscedastic regression example.
+em, hmm
+    EM for Gaussian mixtures; Gaussian hidden Markov models.
+mean_field
+    Coordinate-ascent mean-field VI (CAVI).
+sparse_coding
+    MAP inference: ISTA / FISTA, dictionary learning, patch denoising.
+vae
+    The variational autoencoder.
+flows
+    Normalising flows.
+datasets
+    Digits / MNIST splits and natural-image patches, without network access.
+plotting, reporting, reproducibility
+    The figure style and text summaries, rounded printing, ``seed_everything``.
 """
 
 from elbo_lib.reproducibility import seed_everything

@@ -21,8 +21,12 @@ __all__ = [
     "as_generator",
     "check_nonnegative",
     "check_positive",
+    "check_bsc_batch_inputs",
+    "check_fit_controls",
+    "check_bsc_inputs",
     "check_positive_int",
     "check_probability_rows",
+    "check_real",
     "check_spd",
     "check_symmetric",
 ]
@@ -176,3 +180,76 @@ def check_spd(mats, name: str, shape: tuple[int, ...] | None = None
     except np.linalg.LinAlgError as exc:
         raise ValueError(f"{name} must be positive definite") from exc
     return c, chol
+
+
+def check_real(value, name: str) -> float:
+    """Return ``value`` as float after checking it is a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, Real | np.floating | np.integer):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+def check_bsc_inputs(v, weights, bias, noise_precision):
+    """Check the parameters of binary sparse coding for one input ``v`` (chapter 4).
+
+    Returns ``(v, weights, bias, beta)`` as float arrays, ``beta`` of shape ``v.shape``.
+    """
+    v = as_float_array(v, "v", ndim=1)
+    weights = as_float_array(weights, "weights", ndim=2)
+    if weights.shape[0] != v.size:
+        raise ValueError(f"weights must have shape (len(v), n_latent) = ({v.size}, n), "
+                         f"got {weights.shape}")
+    bias = as_float_array(bias, "bias", ndim=1)
+    if bias.size != weights.shape[1]:
+        raise ValueError(f"bias must have length n_latent = {weights.shape[1]}, got {bias.size}")
+    beta = check_positive(noise_precision, "noise_precision", allow_array=True)
+    beta = np.broadcast_to(beta, v.shape).astype(np.float64) if beta.ndim == 0 else beta
+    if beta.shape != v.shape:
+        raise ValueError(f"noise_precision must be a scalar or have shape {v.shape}, "
+                         f"got {beta.shape}")
+    return v, weights, bias, beta
+
+
+def check_bsc_batch_inputs(v, weights, bias, noise_precision):
+    """Check the parameters of binary sparse coding for a batch ``v`` (N, n_visible).
+
+    Returns ``(v, weights, bias, beta)``, ``beta`` a float (chapter 4).
+    """
+    v = as_float_array(v, "v", ndim=2)
+    weights = as_float_array(weights, "weights", ndim=2)
+    if weights.shape[0] != v.shape[1]:
+        raise ValueError(f"weights must have shape (n_visible, n_latent) with n_visible = "
+                         f"{v.shape[1]}, got {weights.shape}")
+    bias = as_float_array(bias, "bias", ndim=1)
+    if bias.size != weights.shape[1]:
+        raise ValueError(f"bias must have length n_latent = {weights.shape[1]}, got {bias.size}")
+    beta = check_positive(noise_precision, "noise_precision")
+    return v, weights, bias, beta
+
+
+def check_fit_controls(tol, reg_covar, max_iter) -> tuple[float, float, int]:
+    """Check the stopping rule and covariance floor of an EM estimator (chapter 2).
+
+    Returns ``(tol, reg_covar, max_iter)`` as float >= 0, float >= 0 and int >= 1.
+    """
+    return (check_nonnegative(tol, "tol"), check_nonnegative(reg_covar, "reg_covar"),
+            check_positive_int(max_iter, "max_iter"))
+
+
+def power_of_two_scale(x, axis=None, keepdims: bool = False):
+    """A power of two to divide ``x`` by when its magnitude is extreme, else 1.
+
+    Returns 2**(e - 1) with max|x| = f 2**e (f in [0.5, 1)) where max|x| (over ``axis``)
+    lies outside [2**-100, 2**100], and 1 elsewhere (and where x is all zero). Dividing by
+    a power of two is exact, so a homogeneous computation done on ``x / scale`` and scaled
+    back gives bit for bit the unscaled answer wherever that one neither overflows nor
+    underflows, and ordinary data are not touched at all (sparse coding and ZCA, chapter 3).
+    """
+    m = np.max(np.abs(np.asarray(x, dtype=np.float64)), axis=axis, keepdims=keepdims)
+    _, e = np.frexp(m)
+    extreme = (m > 2.0**100) | ((m < 2.0**-100) & (m > 0))
+    out = np.where(extreme, np.ldexp(1.0, np.asarray(e) - 1), 1.0)
+    return float(out) if np.ndim(out) == 0 else out

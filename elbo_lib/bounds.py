@@ -1,4 +1,4 @@
-"""The evidence lower bound: Monte Carlo and quadrature estimators.
+"""Estimators of the evidence lower bound and of the evidence (chapters 1, 4, 5, 6, 7).
 
 For any density q(z),
 
@@ -7,22 +7,69 @@ For any density q(z),
     \\log p(x) = \\mathrm{ELBO}(q) + \\mathrm{KL}(q(z) \\,\\|\\, p(z \\mid x)),
     \\qquad \\mathrm{ELBO}(q) = \\mathbb{E}_q[\\log p(x, z)] - \\mathbb{E}_q[\\log q(z)].
 
-Used by chapter 1 (the ELBO) and every later chapter.
+Every estimator here takes a log-joint ``log_joint(z) = log p(x, z)`` and a q:
+
+* :func:`monte_carlo_elbo` -- the Monte Carlo ELBO, differentiable through ``rsample``
+  (the pathwise gradient); chapters 1, 5, 7;
+* :func:`score_function_elbo_surrogate` -- a scalar whose gradient is the
+  score-function ELBO gradient (black-box VI); chapter 5;
+* :func:`importance_weighted_bound` -- IWAE_k from k log importance weights; chapter 6;
+* :func:`importance_sampling_posterior` -- log p(x) and posterior moments by importance
+  sampling from a Student-t proposal (the gold standard of chapter 5);
+* :func:`gaussian_elbo_quadrature`, :func:`log_evidence_quadrature` -- a 1-D latent by
+  quadrature (chapter 1); :func:`kl_on_grid` -- KL(q || p) on a 2-D grid (chapter 4).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from elbo_lib._validation import check_positive_int
+from elbo_lib._validation import (
+    as_float_array,
+    as_generator,
+    check_positive,
+    check_positive_int,
+)
 from elbo_lib.gaussians import gaussian_entropy
+from elbo_lib.gradients import apply_baseline, check_baseline
 
-__all__ = ["gaussian_elbo_quadrature", "importance_weighted_bound", "log_evidence_quadrature",
-           "monte_carlo_elbo"]
+__all__ = [
+    "ImportanceSamplingResult",
+    "gaussian_elbo_quadrature",
+    "importance_sampling_posterior",
+    "importance_weighted_bound",
+    "kl_on_grid",
+    "log_evidence_quadrature",
+    "monte_carlo_elbo",
+    "score_function_elbo_surrogate",
+]
+
+DTYPE = torch.float64
+
+
+def _log_joint_values(log_joint, z: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """log_joint(z), checked to be a tensor of shape (num_samples,)."""
+    log_p = log_joint(z)
+    if not isinstance(log_p, torch.Tensor) or log_p.shape != (num_samples,):
+        shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
+        raise ValueError(f"log_joint must return a tensor of shape ({num_samples},), got {shape}")
+    return log_p
+
+
+def _check_single_q(q, log_joint) -> None:
+    if not isinstance(q, Distribution):
+        raise TypeError(f"q must be a torch.distributions.Distribution, got {type(q).__name__}")
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
+    if q.batch_shape != torch.Size([]):
+        raise ValueError(f"q must be a single distribution (empty batch_shape), "
+                         f"got batch_shape {tuple(q.batch_shape)}; wrap it in Independent")
 
 
 def monte_carlo_elbo(
@@ -76,23 +123,13 @@ def monte_carlo_elbo(
     >>> float(monte_carlo_elbo(log_joint, q, 10))
     0.0
     """
-    if not isinstance(q, Distribution):
-        raise TypeError(f"q must be a torch.distributions.Distribution, got {type(q).__name__}")
-    if not callable(log_joint):
-        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
+    _check_single_q(q, log_joint)
     num_samples = check_positive_int(num_samples, "num_samples", 2 if return_std_error else 1)
-    if q.batch_shape != torch.Size([]):
-        raise ValueError(f"q must be a single distribution (empty batch_shape), "
-                         f"got batch_shape {tuple(q.batch_shape)}; wrap it in Independent")
     if reparameterize and not q.has_rsample:
         raise ValueError(f"{type(q).__name__} has no rsample: use reparameterize=False "
                          "(score-function gradients, chapter 5)")
     z = q.rsample((num_samples,)) if reparameterize else q.sample((num_samples,))
-    log_p = log_joint(z)
-    if not isinstance(log_p, torch.Tensor) or log_p.shape != (num_samples,):
-        shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
-        raise ValueError(f"log_joint must return a tensor of shape ({num_samples},), got {shape}")
-    terms = log_p - q.log_prob(z)
+    terms = _log_joint_values(log_joint, z, num_samples) - q.log_prob(z)
     if not torch.all(torch.isfinite(terms)):
         raise ValueError("log p(x, z) - log q(z) is not finite for some samples")
     estimate = terms.mean()
@@ -202,8 +239,6 @@ def gaussian_elbo_quadrature(log_joint: Callable[[np.ndarray], np.ndarray], mean
     """
     from numpy.polynomial.hermite_e import hermegauss
 
-    from elbo_lib._validation import as_float_array, check_positive
-
     if not callable(log_joint):
         raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
     num_nodes = check_positive_int(num_nodes, "num_nodes")
@@ -250,8 +285,6 @@ def log_evidence_quadrature(log_joint: Callable[[np.ndarray], np.ndarray], grid)
         If the grid is not uniform and increasing, or the posterior has more than
         1e-12 of its peak density at an end of the grid.
     """
-    from elbo_lib._validation import as_float_array
-
     if not callable(log_joint):
         raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
     grid = as_float_array(grid, "grid", ndim=1)
@@ -272,3 +305,198 @@ def log_evidence_quadrature(log_joint: Callable[[np.ndarray], np.ndarray], grid)
     integral = steps.mean() * (dens.sum() - 0.5 * (dens[0] + dens[-1]))
     log_evidence = float(top + np.log(integral))
     return log_evidence, np.exp(values - log_evidence)
+
+
+def score_function_elbo_surrogate(
+    log_joint: Callable[[torch.Tensor], torch.Tensor],
+    q: Distribution,
+    num_samples: int,
+    *,
+    baseline: None | float | str = "leave-one-out",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A scalar whose gradient is the score-function (black-box VI) ELBO gradient.
+
+    With w_s = log p(x, z_s) - log q(z_s), z_s ~ q (not differentiated),
+
+    .. math::
+
+        \\widehat{\\nabla} = \\frac1S \\sum_s (w_s - b_s)\\, \\nabla_\\phi \\log q_\\phi(z_s),
+
+    the estimator of Ranganath et al. (2014); the term E_q[grad log q] = 0 coming from
+    the phi inside log q is dropped, as its expectation is zero. Chapters 5 and 7
+    (:func:`elbo_lib.variational.fit_vi` with ``estimator="score"``).
+
+    Parameters
+    ----------
+    log_joint : callable
+        Maps samples (S, D) to log p(x, z), shape (S,).
+    q : torch.distributions.Distribution
+        Empty batch shape; needs ``sample`` and a differentiable ``log_prob``.
+    num_samples : int
+        S (>= 2 for the leave-one-out baseline).
+    baseline : None, float or "leave-one-out"
+        See :func:`elbo_lib.gradients.check_baseline`.
+
+    Returns
+    -------
+    (surrogate, elbo_estimate) : (torch.Tensor, torch.Tensor)
+        Differentiate ``surrogate``; ``elbo_estimate`` is the detached mean of w_s.
+    """
+    _check_single_q(q, log_joint)
+    num_samples = check_positive_int(num_samples, "num_samples")
+    baseline = check_baseline(baseline, num_samples)
+    z = q.sample((num_samples,))
+    log_q = q.log_prob(z)
+    with torch.no_grad():
+        w = _log_joint_values(log_joint, z, num_samples) - log_q
+        if not torch.all(torch.isfinite(w)):
+            raise ValueError("log p(x, z) - log q(z) is not finite for some samples")
+        centred = apply_baseline(w.unsqueeze(0), baseline).squeeze(0)
+    return (centred * log_q).mean(), w.mean()
+
+
+@dataclass(frozen=True)
+class ImportanceSamplingResult:
+    """Output of :func:`importance_sampling_posterior`.
+
+    Attributes
+    ----------
+    log_evidence : float
+        log of the importance-sampling estimate of p(x) (unbiased for p(x)).
+    log_evidence_se : float
+        Its delta-method standard error, sqrt((mean w^2 / (mean w)^2 - 1) / N).
+    ess : float
+        Effective sample size (sum w)^2 / sum w^2.
+    mean, sd, skewness : ndarray (D,)
+        Self-normalised estimates of the posterior marginals' mean, standard deviation
+        and standardised third moment.
+    num_samples : int
+    """
+
+    log_evidence: float
+    log_evidence_se: float
+    ess: float
+    mean: np.ndarray
+    sd: np.ndarray
+    skewness: np.ndarray
+    num_samples: int
+
+
+def importance_sampling_posterior(
+    log_joint: Callable[[torch.Tensor], torch.Tensor],
+    mean,
+    cov,
+    num_samples: int,
+    *,
+    rng: int | np.random.Generator,
+    df: float = 10.0,
+    chunk_size: int = 20_000,
+) -> ImportanceSamplingResult:
+    """Posterior moments and log evidence by importance sampling from a Student-t.
+
+    The proposal is a multivariate Student-t with ``df`` degrees of freedom, location
+    ``mean`` and shape ``cov`` (for example the Laplace approximation): heavier tails
+    than the posterior keep the weights w = p(x, z) / r(z) bounded. The log weights are
+    combined with log-sum-exp. Chapter 5 uses it as the gold standard for Bayesian
+    logistic regression.
+
+    Parameters
+    ----------
+    log_joint : callable
+        Maps samples (N, D) to log p(x, z), shape (N,).
+    mean : array_like (D,)
+    cov : array_like (D, D), symmetric positive definite
+    num_samples : int
+    rng : int or numpy.random.Generator
+        Source of the proposal's samples (an int is a seed).
+    df : float
+        Degrees of freedom (> 0) of the proposal.
+    chunk_size : int
+        Samples per call of ``log_joint``.
+
+    Returns
+    -------
+    ImportanceSamplingResult
+    """
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_t
+
+    mean = as_float_array(mean, "mean", ndim=1)
+    cov = as_float_array(cov, "cov", ndim=2)
+    if cov.shape != (mean.size, mean.size):
+        raise ValueError(f"cov must have shape ({mean.size}, {mean.size}), got {cov.shape}")
+    num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    df = check_positive(df, "df")
+    rng = as_generator(rng)
+    proposal = multivariate_t(loc=mean, shape=cov, df=df)
+    z = np.atleast_2d(proposal.rvs(size=num_samples, random_state=rng))
+    log_w = np.empty(num_samples)
+    with torch.no_grad():
+        for start in range(0, num_samples, chunk_size):
+            block = torch.as_tensor(z[start:start + chunk_size], dtype=DTYPE)
+            log_w[start:start + chunk_size] = log_joint(block).numpy()
+    log_w -= proposal.logpdf(z)
+    if not np.all(np.isfinite(log_w)):
+        raise ValueError("log_joint or the proposal returned non-finite values")
+    log_sum = logsumexp(log_w)
+    w = np.exp(log_w - log_sum)  # normalised weights, sum 1
+    ess = 1.0 / float(np.sum(w**2))
+    post_mean = w @ z
+    centred = z - post_mean
+    var = w @ centred**2
+    skew = (w @ centred**3) / var**1.5
+    log_evidence = float(log_sum - math.log(num_samples))
+    rel_var = max(num_samples / ess - 1.0, 0.0) / num_samples
+    return ImportanceSamplingResult(log_evidence, math.sqrt(rel_var), ess, post_mean,
+                                    np.sqrt(var), skew, num_samples)
+
+
+def kl_on_grid(log_q, log_p, grid_0, grid_1) -> float:
+    """KL(q || p) = integral of q (log q - log p) by the trapezoid rule on a 2-D grid.
+
+    Chapter 4 uses it as a check of log p(x) - ELBO(q) that shares no formula with
+    the closed forms. ``log_q`` and ``log_p`` are the two log densities evaluated on
+    ``np.meshgrid(grid_0, grid_1, indexing="ij")``; where q underflows to 0 the
+    integrand is 0.
+
+    Parameters
+    ----------
+    log_q, log_p : array_like, shape (len(grid_0), len(grid_1))
+        Log densities on the grid (-inf allowed; NaN and +inf are not).
+    grid_0, grid_1 : array_like, 1-D, strictly increasing
+        The grid axes (>= 2 points each).
+
+    Returns
+    -------
+    float
+        The trapezoid-rule KL in nats.
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not match the grids, the grids are not increasing, or a log
+        density is NaN or +inf.
+    """
+    g0 = as_float_array(grid_0, "grid_0", ndim=1)
+    g1 = as_float_array(grid_1, "grid_1", ndim=1)
+    for name, g in (("grid_0", g0), ("grid_1", g1)):
+        if g.size < 2 or np.any(np.diff(g) <= 0):
+            raise ValueError(f"{name} must be strictly increasing with >= 2 points")
+    log_q = np.asarray(log_q, dtype=np.float64)
+    log_p = np.asarray(log_p, dtype=np.float64)
+    if log_q.shape != (g0.size, g1.size) or log_p.shape != log_q.shape:
+        raise ValueError(f"log_q and log_p must have shape {(g0.size, g1.size)}, "
+                         f"got {log_q.shape} and {log_p.shape}")
+    for name, values in (("log_q", log_q), ("log_p", log_p)):
+        if np.any(np.isnan(values) | np.isposinf(values)):
+            raise ValueError(f"{name} must not contain NaN or +inf (-inf, a zero density, "
+                             "is allowed)")
+    q = np.exp(log_q)
+    with np.errstate(invalid="ignore"):
+        integrand = np.where(q > 0, q * (log_q - log_p), 0.0)
+    return float(np.trapezoid(np.trapezoid(integrand, g1, axis=1), g0))
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Factorised approximation of a correlated Gaussian (PRML 10.1.2)

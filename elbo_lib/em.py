@@ -33,6 +33,7 @@ from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
     as_generator,
+    check_fit_controls,
     check_nonnegative,
     check_positive_int,
     check_probability_rows,
@@ -42,14 +43,13 @@ from elbo_lib.gaussians import gaussian_log_density, precision_cholesky
 
 __all__ = [
     "GaussianMixtureEM",
-    "fit_gmm",
     "gmm_elbo",
     "gmm_log_likelihood",
     "gmm_responsibilities",
     "interpolate_parameters",
     "bound_along_path",
     "match_components",
-    "plot_mixture",
+    "random_start",
     "EMTrace",
     "incremental_em",
     "gmm_log_prior",
@@ -362,21 +362,30 @@ class GaussianMixtureEM:
                  covariances_init=None, precisions_init=None, rng=None,
                  keep_history: bool = False, covariance_floor: str = "add",
                  chunk_size: int | None = None) -> None:
-        self.n_components = check_positive_int(n_components, "n_components")
-        self.tol = check_nonnegative(tol, "tol")
-        self.reg_covar = check_nonnegative(reg_covar, "reg_covar")
-        self.max_iter = check_positive_int(max_iter, "max_iter")
-        self.covariance_floor = _check_floor(covariance_floor)
-        if covariances_init is not None and precisions_init is not None:
-            raise ValueError("give covariances_init or precisions_init, not both")
+        self.n_components = n_components
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.covariance_floor = covariance_floor
         self.weights_init = weights_init
         self.means_init = means_init
         self.covariances_init = covariances_init
         self.precisions_init = precisions_init
         self.rng = rng
-        self.keep_history = bool(keep_history)
-        self.chunk_size = None if chunk_size is None else check_positive_int(chunk_size,
-                                                                             "chunk_size")
+        self.keep_history = keep_history
+        self.chunk_size = chunk_size
+
+    def _check_hyperparameters(self) -> None:
+        """Validate the constructor arguments (called by :meth:`fit`, as scikit-learn does)."""
+        self.n_components = check_positive_int(self.n_components, "n_components")
+        self.tol, self.reg_covar, self.max_iter = check_fit_controls(self.tol, self.reg_covar,
+                                                                     self.max_iter)
+        self.covariance_floor = _check_floor(self.covariance_floor)
+        if self.covariances_init is not None and self.precisions_init is not None:
+            raise ValueError("give covariances_init or precisions_init, not both")
+        self.keep_history = bool(self.keep_history)
+        if self.chunk_size is not None:
+            self.chunk_size = check_positive_int(self.chunk_size, "chunk_size")
         if self.chunk_size is not None and self.keep_history:
             raise ValueError("chunk_size and keep_history cannot be combined")
 
@@ -415,10 +424,11 @@ class GaussianMixtureEM:
         Raises
         ------
         ValueError
-            If X is not a finite 2-D array, has fewer points than components, or an
-            initial parameter has the wrong shape or is not a valid distribution /
-            positive-definite matrix.
+            If X is not a finite 2-D array, has fewer points than components, a
+            hyperparameter is out of range, or an initial parameter has the wrong shape
+            or is not a valid distribution / positive-definite matrix.
         """
+        self._check_hyperparameters()
         X = _check_data(X)
         n, _ = X.shape
         if n < self.n_components:
@@ -580,14 +590,6 @@ class GaussianMixtureEM:
         return self.predict_proba(X).argmax(axis=1)
 
 
-def fit_gmm(X, n_components: int, **kwargs) -> GaussianMixtureEM:
-    """Function form: ``GaussianMixtureEM(n_components, **kwargs).fit(X)`` (chapter 2)."""
-    return GaussianMixtureEM(n_components, **kwargs).fit(X)
-
-
-# ---------------------------------------------------------------------------------------
-# the picture of one EM step (Bishop 2006, figs. 9.11-9.14, drawn from the real model)
-# ---------------------------------------------------------------------------------------
 def _unconstrained(weights, means, cov):
     chol = np.linalg.cholesky(cov)
     d = cov.shape[1]
@@ -660,6 +662,40 @@ def bound_along_path(X, theta_old, theta_new, ts):
     return {key: np.asarray(val) for key, val in out.items()}
 
 
+def random_start(X, n_components: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random start for EM: uniform weights, K data points as means, the data covariance.
+
+    The means are K distinct data points drawn with ``rng``; every component starts with
+    the covariance of the whole data set (chapter 2).
+
+    Pass the same start to :class:`GaussianMixtureEM` and to scikit-learn's
+    ``GaussianMixture`` (as ``weights_init``, ``means_init``, ``precisions_init`` = the
+    inverse covariances) to compare the two from identical initial parameters.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    n_components : int
+        K <= n.
+    rng : numpy.random.Generator or int
+
+    Returns
+    -------
+    weights : numpy.ndarray, shape (K,)
+    means : numpy.ndarray, shape (K, d)
+    covariances : numpy.ndarray, shape (K, d, d)
+    """
+    X = _check_data(X)
+    k = check_positive_int(n_components, "n_components")
+    if k > X.shape[0]:
+        raise ValueError(f"n_components={k} is larger than the number of points "
+                         f"n={X.shape[0]}")
+    rng = as_generator(rng)
+    means = X[rng.choice(len(X), k, replace=False)]
+    cov = np.repeat(np.atleast_2d(np.cov(X, rowvar=False, bias=True))[None], k, axis=0)
+    return np.full(k, 1.0 / k), means, cov
+
+
 def match_components(reference, estimate) -> np.ndarray:
     """Permutation ``perm`` minimising sum_k ||reference[k] - estimate[perm[k]]||^2.
 
@@ -685,49 +721,6 @@ def match_components(reference, estimate) -> np.ndarray:
     cost = ((ref[:, None, :] - est[None, :, :]) ** 2).sum(axis=2)
     _, perm = linear_sum_assignment(cost)
     return perm
-
-
-def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
-                 labels=("x1", "x2"), n_std: float = 2.0):
-    """Scatter 2-D data coloured by their most probable component, with 2-sd ellipses.
-
-    Used for the figures of chapter 2 (the clustering as EM runs). Points take the
-    colour of argmax_k r_ik; each component is drawn as the ellipse of
-    :func:`elbo_lib.plotting.gaussian_ellipse` and a cross at its mean, labelled with
-    its weight.
-
-    Parameters
-    ----------
-    ax : matplotlib.axes.Axes
-    X : array_like, shape (n, 2)
-    weights, means, covariances
-        A 2-D mixture (K,), (K, 2), (K, 2, 2).
-    title : str
-    labels : tuple of str
-        Axis labels.
-    n_std : float
-        Ellipse radius in standard deviations.
-
-    Returns
-    -------
-    matplotlib.axes.Axes
-    """
-    import seaborn as sns
-
-    from elbo_lib.plotting import PALETTE, gaussian_ellipse
-
-    X, weights, means, cov = _check_params(X, weights, means, covariances)
-    if X.shape[1] != 2:
-        raise ValueError(f"plot_mixture needs 2-D data, got {X.shape[1]} features")
-    colors = sns.color_palette(PALETTE, len(weights))
-    hard = gmm_responsibilities(X, weights, means, cov).argmax(axis=1)
-    ax.scatter(X[:, 0], X[:, 1], c=[colors[k] for k in hard], s=14, alpha=0.6,
-               edgecolors="none", label="data (colour = argmax r)")
-    for k in range(len(weights)):
-        gaussian_ellipse(ax, means[k], cov[k], n_std=n_std, color=colors[k])
-    ax.scatter(means[:, 0], means[:, 1], marker="x", s=80, c="black", label="means")
-    ax.set(title=title, xlabel=labels[0], ylabel=labels[1])
-    return ax
 
 
 # ---------------------------------------------------------------------------------------

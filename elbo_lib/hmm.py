@@ -28,7 +28,7 @@ import numpy as np
 from elbo_lib._validation import (
     as_float_array,
     as_generator,
-    check_nonnegative,
+    check_fit_controls,
     check_positive_int,
     check_probability_rows,
     check_symmetric,
@@ -315,7 +315,7 @@ def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, r
     covariances : array_like, shape (K, d, d)
     n_steps : int
         T >= 1.
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
 
     Returns
     -------
@@ -328,8 +328,7 @@ def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, r
     transmat = check_probability_rows(transmat, "transmat", (K, K))
     cov = check_symmetric(covariances, "covariances", (K, d, d))
     T = check_positive_int(n_steps, "n_steps")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+    rng = as_generator(rng)
     u = rng.random(T)
     cum_start, cum_trans = np.cumsum(startprob), np.cumsum(transmat, axis=1)
     z = np.empty(T, dtype=np.intp)
@@ -400,13 +399,19 @@ class GaussianHMM:
     def __init__(self, n_states: int, *, tol: float = 1e-6, reg_covar: float = 1e-6,
                  max_iter: int = 200, startprob_init=None, transmat_init=None,
                  means_init=None, covariances_init=None, rng=None) -> None:
-        self.n_states = check_positive_int(n_states, "n_states")
-        self.tol = check_nonnegative(tol, "tol")
-        self.reg_covar = check_nonnegative(reg_covar, "reg_covar")
-        self.max_iter = check_positive_int(max_iter, "max_iter")
+        self.n_states = n_states
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
         self.startprob_init, self.transmat_init = startprob_init, transmat_init
         self.means_init, self.covariances_init = means_init, covariances_init
         self.rng = rng
+
+    def _check_hyperparameters(self) -> None:
+        """Check the constructor arguments; :meth:`fit` calls it (scikit-learn's rule)."""
+        self.n_states = check_positive_int(self.n_states, "n_states")
+        self.tol, self.reg_covar, self.max_iter = check_fit_controls(self.tol, self.reg_covar,
+                                                                     self.max_iter)
 
     def _init_params(self, X):
         T, d = X.shape
@@ -448,6 +453,7 @@ class GaussianHMM:
             If X is not finite, has fewer than 2 steps or fewer steps than states, or an
             initial parameter is malformed.
         """
+        self._check_hyperparameters()
         X = _as_sequence(X)
         T = X.shape[0]
         if T < max(2, self.n_states):
@@ -502,8 +508,14 @@ class GaussianHMM:
         return forward_backward(*self._fitted(X))[1]
 
     def score(self, X) -> float:
-        """log p(x_{1:T} | theta) in nats."""
-        return forward_backward(*self._fitted(X))[0]
+        """Mean log-likelihood per time step, log p(x_{1:T} | theta) / T, in nats.
+
+        The convention of scikit-learn's ``score`` (and of
+        :meth:`elbo_lib.em.GaussianMixtureEM.score`): the per-point mean, so sequences of
+        different lengths compare.
+        """
+        log_pi, log_A, log_B = self._fitted(X)
+        return forward_backward(log_pi, log_A, log_B)[0] / log_B.shape[0]
 
     def predict(self, X) -> np.ndarray:
         """The Viterbi path."""

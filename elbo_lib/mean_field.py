@@ -3,11 +3,12 @@
 Every routine here maximises the ELBO over a product family q(z) = prod_j q_j(z_j) by
 setting one factor at a time to its optimum, log q_j*(z_j) = E_{-j}[log p(x, z)] + const
 (Bishop 2006, section 10.1.1; Goodfellow et al. 2016, section 19.4), and each comes with an
-exact answer to check it against:
+exact answer to check it against (the oracles live in :mod:`elbo_lib.models`):
 
 * :func:`cavi_normal_gamma` -- univariate Gaussian with unknown mean and precision and a
   Normal-Gamma prior (Bishop 2006, section 10.1.3); the exact posterior is Normal-Gamma
-  (:func:`normal_gamma_posterior`) and the exact evidence is :func:`normal_gamma_log_evidence`.
+  (:func:`elbo_lib.models.normal_gamma_posterior`) and the exact evidence is
+  :func:`elbo_lib.models.normal_gamma_log_evidence`.
 * :func:`mean_field_gaussian`, :func:`cavi_gaussian` -- a correlated Gaussian approximated
   by a factorised one (Bishop 2006, section 10.1.2), with
   :func:`elbo_lib.gaussians.gaussian_kl_full`.
@@ -16,20 +17,19 @@ exact answer to check it against:
   :func:`gaussian_mixture_elbo`.
 * :func:`bsc_mean_field` -- binary sparse coding with the fixed-point updates of
   Goodfellow et al. (2016), section 19.4.1, checked against exact enumeration
-  (:func:`bsc_exact_posterior`).
+  (:func:`elbo_lib.models.bsc_exact_posterior`).
 * :func:`cavi_dirichlet_mixture` -- the same mixture with learned weights (q(pi) Dirichlet),
   checked against its exact evidence over all set partitions
-  (:func:`dirichlet_mixture_log_evidence`) on small data.
+  (:func:`elbo_lib.models.dirichlet_mixture_log_evidence`) on small data.
 * :func:`bsc_variational_em` -- learning W, b, beta of binary sparse coding with mean-field
   E-steps (Goodfellow et al. 2016, section 19.4.4), with the exact log-likelihood
-  (:func:`bsc_log_likelihood`) tracked by enumeration.
+  (:func:`elbo_lib.models.bsc_log_likelihood`) tracked by enumeration.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import product
-from numbers import Real
 
 import numpy as np
 from scipy.special import digamma, expit, gammaln, log_expit, logsumexp, xlogy
@@ -37,10 +37,20 @@ from scipy.special import digamma, expit, gammaln, log_expit, logsumexp, xlogy
 from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
+    as_generator,
+    check_bsc_batch_inputs,
+    check_bsc_inputs,
     check_positive,
     check_positive_int,
     check_probability_rows,
+    check_real,
     check_spd,
+)
+from elbo_lib.models import (
+    NormalGamma,
+    bsc_exact_posterior,
+    bsc_log_joint_table,
+    bsc_log_likelihood,
 )
 
 __all__ = [
@@ -48,16 +58,11 @@ __all__ = [
     "BSCTrace",
     "DirichletMixtureCAVIResult",
     "MixtureCAVIResult",
-    "NormalGamma",
     "NormalGammaCAVIResult",
     "NormalGammaMeanField",
     "bsc_elbo",
     "bsc_elbo_batch",
     "bsc_elbo_enumeration",
-    "bsc_exact_moments",
-    "bsc_exact_posterior",
-    "bsc_log_likelihood",
-    "bsc_log_joint",
     "bsc_mean_field",
     "bsc_mean_field_batch",
     "bsc_variational_em",
@@ -66,80 +71,17 @@ __all__ = [
     "cavi_gaussian_mixture",
     "cavi_normal_gamma",
     "dirichlet_mixture_elbo",
-    "dirichlet_mixture_log_evidence",
     "gaussian_mixture_elbo",
     "kl_on_grid",
     "mean_field_gaussian",
     "normal_gamma_elbo",
-    "normal_gamma_log_evidence",
-    "normal_gamma_posterior",
-    "set_partitions",
 ]
 
-
-
-def _check_real(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real | np.floating | np.integer):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------
 # 1. Univariate Gaussian, unknown mean and precision, Normal-Gamma prior (PRML 10.1.3)
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NormalGamma:
-    """Normal-Gamma density NG(mu, tau | m, lam, a, b) = N(mu | m, 1/(lam tau)) Gam(tau | a, b).
-
-    Used as the prior and as the exact posterior of the chapter 4 model (Bishop 2006,
-    sections 2.3.6 and 10.1.3). ``b`` is a rate: E[tau] = a / b.
-
-    Parameters
-    ----------
-    mean : float
-        m, the location of mu.
-    lam : float
-        lam > 0, the precision of mu in units of tau.
-    shape, rate : float
-        a > 0 and b > 0 of the Gamma density of tau.
-    """
-
-    mean: float
-    lam: float
-    shape: float
-    rate: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", _check_real(self.mean, "mean"))
-        for name in ("lam", "shape", "rate"):
-            object.__setattr__(self, name, check_positive(getattr(self, name), name))
-
-    def log_pdf(self, mu, tau) -> np.ndarray:
-        """log NG(mu, tau), elementwise and broadcasting; -inf where tau <= 0."""
-        mu = np.asarray(mu, dtype=np.float64)
-        tau = np.asarray(tau, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_tau = np.where(tau > 0, np.log(np.where(tau > 0, tau, 1.0)), -np.inf)
-            lp = (self.shape * np.log(self.rate) - gammaln(self.shape)
-                  + (self.shape - 1) * log_tau - self.rate * tau
-                  + 0.5 * (np.log(self.lam) + log_tau - LOG_2PI)
-                  - 0.5 * self.lam * tau * (mu - self.mean) ** 2)
-        return np.where(tau > 0, lp, -np.inf)
-
-    @property
-    def mean_tau(self) -> float:
-        """E[tau] = a / b."""
-        return self.shape / self.rate
-
-    @property
-    def var_mu(self) -> float:
-        """Marginal variance of mu (a Student t): b / (lam (a - 1)), inf when a <= 1."""
-        return self.rate / (self.lam * (self.shape - 1)) if self.shape > 1 else np.inf
-
-
 @dataclass(frozen=True)
 class NormalGammaMeanField:
     """q(mu, tau) = N(mu | mean, 1/precision) Gam(tau | shape, rate): the chapter 4 factors."""
@@ -150,7 +92,7 @@ class NormalGammaMeanField:
     rate: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", _check_real(self.mean, "mean"))
+        object.__setattr__(self, "mean", check_real(self.mean, "mean"))
         for name in ("precision", "shape", "rate"):
             object.__setattr__(self, name, check_positive(getattr(self, name), name))
 
@@ -172,55 +114,10 @@ class NormalGammaMeanField:
         return np.where(tau > 0, log_q_mu + log_q_tau, -np.inf)
 
 
-def _check_data_1d(x) -> np.ndarray:
-    return as_float_array(x, "x", ndim=1)
-
-
 def _check_prior(prior) -> NormalGamma:
     if not isinstance(prior, NormalGamma):
         raise TypeError(f"prior must be a NormalGamma, got {type(prior).__name__}")
     return prior
-
-
-def normal_gamma_posterior(x, prior: NormalGamma) -> NormalGamma:
-    """Exact posterior p(mu, tau | x) of the chapter 4 Normal-Gamma model.
-
-    With x_i ~ N(mu, 1/tau) and (mu, tau) ~ NG(m0, lam0, a0, b0) the posterior is
-    NG(m_n, lam_n, a_n, b_n) with lam_n = lam0 + n, m_n = (lam0 m0 + n xbar) / lam_n,
-    a_n = a0 + n/2 and b_n = b0 + S/2 + lam0 n (xbar - m0)^2 / (2 lam_n), where
-    S = sum_i (x_i - xbar)^2 (Murphy 2007; Bishop 2006, section 2.3.6).
-
-    Raises
-    ------
-    ValueError
-        If x is empty, not one-dimensional or not finite.
-    TypeError
-        If prior is not a :class:`NormalGamma`.
-    """
-    x = _check_data_1d(x)
-    prior = _check_prior(prior)
-    n, xbar = x.size, float(x.mean())
-    scatter = float(((x - xbar) ** 2).sum())
-    lam_n = prior.lam + n
-    return NormalGamma(
-        mean=(prior.lam * prior.mean + n * xbar) / lam_n,
-        lam=lam_n,
-        shape=prior.shape + 0.5 * n,
-        rate=prior.rate + 0.5 * scatter + 0.5 * prior.lam * n * (xbar - prior.mean) ** 2 / lam_n,
-    )
-
-
-def normal_gamma_log_evidence(x, prior: NormalGamma) -> float:
-    """Exact log p(x) of the Normal-Gamma model (Murphy 2007).
-
-    log p(x) = lgamma(a_n) - lgamma(a0) + a0 log b0 - a_n log b_n
-    + (1/2) log(lam0 / lam_n) - (n/2) log(2 pi).
-    """
-    post = normal_gamma_posterior(x, prior)
-    n = np.asarray(x).size
-    return float(gammaln(post.shape) - gammaln(prior.shape)
-                 + prior.shape * np.log(prior.rate) - post.shape * np.log(post.rate)
-                 + 0.5 * np.log(prior.lam / post.lam) - 0.5 * n * LOG_2PI)
 
 
 def normal_gamma_elbo(x, prior: NormalGamma, q: NormalGammaMeanField) -> float:
@@ -229,7 +126,7 @@ def normal_gamma_elbo(x, prior: NormalGamma, q: NormalGammaMeanField) -> float:
     ELBO = E[log p(x | mu, tau)] + E[log p(mu | tau)] + E[log p(tau)] + H[q(mu)] + H[q(tau)],
     with E[tau] = a/b, E[log tau] = psi(a) - log b, E[(x_i - mu)^2] = (x_i - m)^2 + 1/l.
     """
-    x = _check_data_1d(x)
+    x = as_float_array(x, "x", ndim=1)
     prior = _check_prior(prior)
     if not isinstance(q, NormalGammaMeanField):
         raise TypeError(f"q must be a NormalGammaMeanField, got {type(q).__name__}")
@@ -300,7 +197,7 @@ def cavi_normal_gamma(x, prior: NormalGamma, init: NormalGammaMeanField | None =
     -------
     NormalGammaCAVIResult
     """
-    x = _check_data_1d(x)
+    x = as_float_array(x, "x", ndim=1)
     prior = _check_prior(prior)
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_positive(tol, "tol")
@@ -505,8 +402,32 @@ class MixtureCAVIResult:
         self.labels = self.resp.argmax(axis=1)
 
 
+def _check_mixture_problem(x, n_components, prior_var, max_iter, tol, n_init):
+    x = _check_mixture_data(x)
+    k = check_positive_int(n_components, "n_components")
+    if k > x.shape[0]:
+        raise ValueError(f"n_components must be <= the number of points {x.shape[0]}, "
+                         f"got {k}")
+    return (x, k, check_positive(prior_var, "prior_var"),
+            check_positive_int(max_iter, "max_iter"), check_positive(tol, "tol"),
+            check_positive_int(n_init, "n_init"))
+
+
+def _initial_means(x, k: int, init_means, rng, n_init: int) -> list[np.ndarray]:
+    """The starting means: ``init_means`` (one start), or ``n_init`` draws of k points."""
+    n, d = x.shape
+    if init_means is not None:
+        m = as_float_array(init_means, "init_means", ndim=(1, 2))
+        m = (m[:, None] if m.ndim == 1 else m).copy()
+        if m.shape != (k, d):
+            raise ValueError(f"init_means must have shape {(k, d)}, got {m.shape}")
+        return [m]
+    rng = as_generator(rng)
+    return [x[rng.choice(n, size=k, replace=False)].copy() for _ in range(n_init)]
+
+
 def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
-                          rng: np.random.Generator | None = None, init_means=None,
+                          rng: np.random.Generator | int | None = None, init_means=None,
                           n_init: int = 1, max_iter: int = 200,
                           tol: float = 1e-8) -> MixtureCAVIResult:
     """CAVI for the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, section 3).
@@ -529,7 +450,7 @@ def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
         K >= 1.
     prior_var : float
         sigma^2 > 0, the prior variance of each component mean.
-    rng : numpy.random.Generator, optional
+    rng : numpy.random.Generator or int, optional
         Used to pick K distinct data points as the initial m_k (when ``init_means`` is None).
     init_means : array_like, shape (K, d), optional
         Initial m_k (then ``n_init`` is ignored); the initial s_k^2 are 1 and phi uniform.
@@ -545,34 +466,14 @@ def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
     -------
     MixtureCAVIResult
     """
-    x = _check_mixture_data(x)
-    n, d = x.shape
-    k = check_positive_int(n_components, "n_components")
-    if k > n:
-        raise ValueError(f"n_components must be <= the number of points {n}, got {k}")
-    sigma2 = check_positive(prior_var, "prior_var")
-    max_iter = check_positive_int(max_iter, "max_iter")
-    tol = check_positive(tol, "tol")
-    n_init = check_positive_int(n_init, "n_init")
-    if init_means is None:
-        if rng is None:
-            raise ValueError("give rng (numpy Generator) or init_means to initialise the means")
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        m = x[rng.choice(n, size=k, replace=False)].copy()
-    else:
-        m = as_float_array(init_means, "init_means", ndim=(1, 2))
-        m = (m[:, None] if m.ndim == 1 else m).copy()
-        if m.shape != (k, d):
-            raise ValueError(f"init_means must have shape {(k, d)}, got {m.shape}")
+    x, k, sigma2, max_iter, tol, n_init = _check_mixture_problem(
+        x, n_components, prior_var, max_iter, tol, n_init)
+    starts = _initial_means(x, k, init_means, rng, n_init)
     if init_means is not None:
-        result = _cavi_mixture_once(x, m, sigma2, max_iter, tol)
+        result = _cavi_mixture_once(x, starts[0], sigma2, max_iter, tol)
         result.restart_elbos = result.elbo[-1:].copy()
         return result
-    results = [_cavi_mixture_once(x, m, sigma2, max_iter, tol)]
-    for _ in range(n_init - 1):
-        results.append(_cavi_mixture_once(x, x[rng.choice(n, size=k, replace=False)],
-                                          sigma2, max_iter, tol))
+    results = [_cavi_mixture_once(x, m, sigma2, max_iter, tol) for m in starts]
     finals = np.array([r.elbo[-1] for r in results])
     best = results[int(np.argmax(finals))]
     best.restart_elbos = finals
@@ -606,72 +507,6 @@ def _cavi_mixture_once(x, m, sigma2, max_iter, tol) -> MixtureCAVIResult:
 # ---------------------------------------------------------------------------------------
 # 4. Binary sparse coding (Goodfellow et al. 2016, section 19.4.1)
 # ---------------------------------------------------------------------------------------
-def _check_bsc(v, weights, bias, noise_precision):
-    v = as_float_array(v, "v", ndim=1)
-    weights = as_float_array(weights, "weights", ndim=2)
-    if weights.shape[0] != v.size:
-        raise ValueError(f"weights must have shape (len(v), n_latent) = ({v.size}, n), "
-                         f"got {weights.shape}")
-    bias = as_float_array(bias, "bias", ndim=1)
-    if bias.size != weights.shape[1]:
-        raise ValueError(f"bias must have length n_latent = {weights.shape[1]}, got {bias.size}")
-    beta = check_positive(noise_precision, "noise_precision", allow_array=True)
-    beta = np.broadcast_to(beta, v.shape).astype(np.float64) if beta.ndim == 0 else beta
-    if beta.shape != v.shape:
-        raise ValueError(f"noise_precision must be a scalar or have shape {v.shape}, "
-                         f"got {beta.shape}")
-    return v, weights, bias, beta
-
-
-def bsc_log_joint(h, v, weights, bias, noise_precision) -> np.ndarray:
-    """log p(v, h) of binary sparse coding for one or many binary codes h (chapter 4).
-
-    p(h_i = 1) = sigmoid(b_i), p(v | h) = N(v | W h, diag(beta)^{-1})
-    (Goodfellow et al. 2016, section 19.4.1).
-
-    Parameters
-    ----------
-    h : array_like, shape (n_latent,) or (num_codes, n_latent)
-        Binary codes (0/1).
-    v : array_like, shape (n_visible,)
-    weights : array_like, shape (n_visible, n_latent)
-    bias : array_like, shape (n_latent,)
-    noise_precision : float or array_like, shape (n_visible,)
-        beta > 0.
-    """
-    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
-    h = as_float_array(h, "h", ndim=(1, 2))
-    h2 = h[None] if h.ndim == 1 else h
-    if h2.shape[1] != b.size or np.any((h2 != 0) & (h2 != 1)):
-        raise ValueError(f"h must be binary with {b.size} columns, got shape {h.shape}")
-    log_prior = h2 @ log_expit(b) + (1 - h2) @ log_expit(-b)
-    resid = v[None, :] - h2 @ w.T
-    log_lik = 0.5 * (np.log(beta).sum() - v.size * LOG_2PI) - 0.5 * (resid**2) @ beta
-    out = log_prior + log_lik
-    return out[0] if h.ndim == 1 else out
-
-
-def bsc_exact_posterior(v, weights, bias, noise_precision) -> dict:
-    """Exact posterior of binary sparse coding by enumerating all 2^n codes (n <= 20).
-
-    Returns
-    -------
-    dict
-        ``codes`` (2^n, n), ``log_posterior`` (2^n,), ``log_evidence`` (float) and
-        ``marginals`` (n,), the exact p(h_i = 1 | v).
-    """
-    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
-    n = b.size
-    if n > 20:
-        raise ValueError(f"enumeration over 2^n codes needs n_latent <= 20, got {n}")
-    codes = np.array(list(product((0.0, 1.0), repeat=n)))
-    log_joint = bsc_log_joint(codes, v, w, b, beta)
-    log_evidence = float(logsumexp(log_joint))
-    log_post = log_joint - log_evidence
-    return {"codes": codes, "log_posterior": log_post, "log_evidence": log_evidence,
-            "marginals": np.exp(log_post) @ codes}
-
-
 def _check_h_hat(h_hat, n: int) -> np.ndarray:
     h_hat = as_float_array(h_hat, "h_hat", ndim=1)
     if h_hat.size != n or np.any(h_hat < 0) or np.any(h_hat > 1):
@@ -689,7 +524,7 @@ def bsc_elbo(h_hat, v, weights, bias, noise_precision) -> float:
     + (1/2) sum_j log(beta_j / 2 pi)
     - (1/2) [(v - W h_hat)^T B (v - W h_hat) + sum_i (W^T B W)_ii h_hat_i (1 - h_hat_i)].
     """
-    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
+    v, w, b, beta = check_bsc_inputs(v, weights, bias, noise_precision)
     h = _check_h_hat(h_hat, b.size)
     return _bsc_elbo(h, v, w, b, beta)
 
@@ -708,7 +543,7 @@ def bsc_elbo_enumeration(h_hat, v, weights, bias, noise_precision) -> float:
 
     sum_h q(h) [log p(v, h) - log q(h)]: the independent check of :func:`bsc_elbo`.
     """
-    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
+    v, w, b, beta = check_bsc_inputs(v, weights, bias, noise_precision)
     h_hat = _check_h_hat(h_hat, b.size)
     exact = bsc_exact_posterior(v, w, b, beta)
     codes = exact["codes"]
@@ -764,7 +599,7 @@ def bsc_mean_field(v, weights, bias, noise_precision, *, schedule: str = "sequen
     -------
     BSCTrace
     """
-    v, w, b, beta = _check_bsc(v, weights, bias, noise_precision)
+    v, w, b, beta = check_bsc_inputs(v, weights, bias, noise_precision)
     if schedule not in ("sequential", "parallel"):
         raise ValueError(f"schedule must be 'sequential' or 'parallel', got {schedule!r}")
     damping = check_positive(damping, "damping")
@@ -856,7 +691,7 @@ def _weights_elbo_terms(phi, alpha, alpha0) -> float:
 
 
 def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
-                           alpha0: float = 1.0, *, rng: np.random.Generator | None = None,
+                           alpha0: float = 1.0, *, rng: np.random.Generator | int | None = None,
                            init_means=None, n_init: int = 1, max_iter: int = 500,
                            tol: float = 1e-10) -> DirichletMixtureCAVIResult:
     """CAVI for the Bayesian mixture of unit-variance Gaussians with learned weights (ch. 4).
@@ -889,27 +724,10 @@ def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
     DirichletMixtureCAVIResult
         The run with the highest final ELBO; ``restart_elbos`` holds every run's.
     """
-    x = _check_mixture_data(x)
-    n, d = x.shape
-    k = check_positive_int(n_components, "n_components")
-    if k > n:
-        raise ValueError(f"n_components must be <= the number of points {n}, got {k}")
-    sigma2 = check_positive(prior_var, "prior_var")
+    x, k, sigma2, max_iter, tol, n_init = _check_mixture_problem(
+        x, n_components, prior_var, max_iter, tol, n_init)
     alpha0 = check_positive(alpha0, "alpha0")
-    max_iter = check_positive_int(max_iter, "max_iter")
-    tol = check_positive(tol, "tol")
-    n_init = check_positive_int(n_init, "n_init")
-    if init_means is not None:
-        m = as_float_array(init_means, "init_means", ndim=(1, 2))
-        m = (m[:, None] if m.ndim == 1 else m).copy()
-        if m.shape != (k, d):
-            raise ValueError(f"init_means must have shape {(k, d)}, got {m.shape}")
-        starts = [m]
-    else:
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError("give rng (a numpy.random.Generator) or init_means, got "
-                            f"rng of type {type(rng).__name__}")
-        starts = [x[rng.choice(n, size=k, replace=False)].copy() for _ in range(n_init)]
+    starts = _initial_means(x, k, init_means, rng, n_init)
     results = [_cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) for m in starts]
     finals = np.array([r.elbo[-1] for r in results])
     best = results[int(np.argmax(finals))]
@@ -950,90 +768,9 @@ def _cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) -> DirichletMixtur
     return out
 
 
-def set_partitions(n: int) -> np.ndarray:
-    """Every partition of {0, ..., n-1} as a restricted growth string (chapter 4).
-
-    Row r gives the block of each element; element 0 is in block 0 and each element's
-    block is at most 1 + the largest block before it. There are Bell(n) rows
-    (Bell(10) = 115975); n <= 12.
-    """
-    n = check_positive_int(n, "n")
-    if n > 12:
-        raise ValueError(f"n must be <= 12 (Bell(13) = 27644437 partitions), got {n}")
-    rgs = np.zeros((1, 1), dtype=np.int8)
-    for _ in range(1, n):
-        top = rgs.max(axis=1)
-        reps = top.astype(np.int64) + 2                       # labels 0 .. top + 1
-        rows = np.repeat(rgs, reps, axis=0)
-        offsets = np.repeat(np.cumsum(reps) - reps, reps)
-        labels = (np.arange(reps.sum()) - offsets).astype(np.int8)
-        rgs = np.hstack([rows, labels[:, None]])
-    return rgs
-
-
-def dirichlet_mixture_log_evidence(x, n_components: int, prior_var: float,
-                                   alpha0: float) -> float:
-    """Exact log p(x) of the Dirichlet-weight mixture, by summing over set partitions (ch. 4).
-
-    Given the assignments, the means and the weights integrate out in closed form:
-    each block b of n_b points with sum S_b contributes the Gaussian marginal likelihood
-    -(n_b d / 2) log 2 pi - (d / 2) log(1 + n_b sigma^2) - ||x||^2 / 2
-    + sigma^2 ||S_b||^2 / (2 (1 + n_b sigma^2)), and the labels the Dirichlet-multinomial
-    log Gamma(K alpha0) - log Gamma(n + K alpha0) + sum_b [log Gamma(n_b + alpha0)
-    - log Gamma(alpha0)]. A partition into B <= K blocks stands for K! / (K - B)! labelled
-    assignments with the same probability. The sum runs over all Bell(n) partitions:
-    n <= 12.
-
-    Parameters
-    ----------
-    x : array_like, shape (n, d) or (n,)
-        n <= 12 points.
-    n_components : int
-        K >= 1.
-    prior_var, alpha0 : float
-        sigma^2 > 0 and the symmetric Dirichlet parameter.
-    """
-    x = _check_mixture_data(x)
-    n, d = x.shape
-    if n > 12:
-        raise ValueError(f"exact enumeration needs at most 12 points, got {n}")
-    k = check_positive_int(n_components, "n_components")
-    sigma2 = check_positive(prior_var, "prior_var")
-    alpha0 = check_positive(alpha0, "alpha0")
-    parts = set_partitions(n)
-    n_blocks = parts.max(axis=1).astype(np.int64) + 1
-    parts = parts[n_blocks <= k]
-    n_blocks = n_blocks[n_blocks <= k]
-    onehot = (parts[:, :, None] == np.arange(min(k, n))[None, None, :]).astype(np.float64)
-    sizes = onehot.sum(axis=1)                                # (P, B)
-    sums = np.einsum("pib,id->pbd", onehot, x)                # (P, B, d)
-    used = sizes > 0
-    log_ml = np.where(used, -0.5 * d * np.log1p(sizes * sigma2)
-                      + 0.5 * sigma2 * (sums**2).sum(axis=2) / (1 + sizes * sigma2), 0.0)
-    log_labels = np.where(used, gammaln(sizes + alpha0) - gammaln(alpha0), 0.0)
-    log_terms = (log_ml.sum(axis=1) + log_labels.sum(axis=1)
-                 + gammaln(k + 1) - gammaln(k - n_blocks + 1))
-    const = (gammaln(k * alpha0) - gammaln(n + k * alpha0)
-             - 0.5 * n * d * LOG_2PI - 0.5 * (x**2).sum())
-    return float(logsumexp(log_terms) + const)
-
-
 # ---------------------------------------------------------------------------------------
 # 6. Learning theta: variational EM for binary sparse coding (Goodfellow et al. 19.4.4)
 # ---------------------------------------------------------------------------------------
-def _check_bsc_batch(v, weights, bias, noise_precision):
-    v = as_float_array(v, "v", ndim=2)
-    weights = as_float_array(weights, "weights", ndim=2)
-    if weights.shape[0] != v.shape[1]:
-        raise ValueError(f"weights must have shape (n_visible, n_latent) with n_visible = "
-                         f"{v.shape[1]}, got {weights.shape}")
-    bias = as_float_array(bias, "bias", ndim=1)
-    if bias.size != weights.shape[1]:
-        raise ValueError(f"bias must have length n_latent = {weights.shape[1]}, got {bias.size}")
-    beta = check_positive(noise_precision, "noise_precision")
-    return v, weights, bias, beta
-
-
 def bsc_mean_field_batch(v, weights, bias, noise_precision: float, *, init=None,
                          max_iter: int = 200, tol: float = 1e-8) -> np.ndarray:
     """Sequential mean-field updates of binary sparse coding for many inputs at once (ch. 4).
@@ -1061,7 +798,7 @@ def bsc_mean_field_batch(v, weights, bias, noise_precision: float, *, init=None,
     numpy.ndarray, shape (N, n_latent)
         h_hat, the Bernoulli means of q(h) for every row.
     """
-    v, w, b, beta = _check_bsc_batch(v, weights, bias, noise_precision)
+    v, w, b, beta = check_bsc_batch_inputs(v, weights, bias, noise_precision)
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_positive(tol, "tol")
     n_h = b.size
@@ -1086,7 +823,7 @@ def bsc_mean_field_batch(v, weights, bias, noise_precision: float, *, init=None,
 
 def bsc_elbo_batch(h_hat, v, weights, bias, noise_precision: float) -> np.ndarray:
     """Closed-form ELBO of :func:`bsc_elbo` for every row of ``v`` (chapter 4), shape (N,)."""
-    v, w, b, beta = _check_bsc_batch(v, weights, bias, noise_precision)
+    v, w, b, beta = check_bsc_batch_inputs(v, weights, bias, noise_precision)
     h = as_float_array(h_hat, "h_hat", ndim=2)
     if h.shape != (v.shape[0], b.size):
         raise ValueError(f"h_hat must have shape {(v.shape[0], b.size)}, got {h.shape}")
@@ -1095,28 +832,6 @@ def bsc_elbo_batch(h_hat, v, weights, bias, noise_precision: float) -> np.ndarra
     resid = v - h @ w.T
     quad = beta * ((resid**2).sum(axis=1) + (h * (1 - h)) @ (w**2).sum(axis=0))
     return log_prior + entropy + 0.5 * v.shape[1] * (np.log(beta) - LOG_2PI) - 0.5 * quad
-
-
-def bsc_log_likelihood(v, weights, bias, noise_precision: float) -> np.ndarray:
-    """Exact log p(v_n) of binary sparse coding for every row, by enumerating 2^n codes.
-
-    Returns shape (N,). n_latent <= 16. Chapter 4's oracle for variational EM.
-    """
-    v, w, b, beta = _check_bsc_batch(v, weights, bias, noise_precision)
-    if b.size > 16:
-        raise ValueError(f"enumeration needs n_latent <= 16, got {b.size}")
-    codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
-    log_joint = _bsc_log_joint_batch(codes, v, w, b, beta)
-    return logsumexp(log_joint, axis=1)
-
-
-def _bsc_log_joint_batch(codes, v, w, b, beta) -> np.ndarray:
-    """log p(v_n, h) for every row n and code h, shape (N, num_codes)."""
-    log_prior = codes @ log_expit(b) + (1 - codes) @ log_expit(-b)
-    means = codes @ w.T                                          # (C, n_v)
-    sq = ((v**2).sum(axis=1)[:, None] - 2 * v @ means.T + (means**2).sum(axis=1)[None, :])
-    return (log_prior[None, :] + 0.5 * v.shape[1] * (np.log(beta) - LOG_2PI)
-            - 0.5 * beta * np.maximum(sq, 0.0))
 
 
 @dataclass
@@ -1179,7 +894,7 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
         ``elbo`` and ``log_likelihood`` have n_iter + 1 entries: before the first M-step
         and after every one (each evaluated after the following E-step).
     """
-    v, w, b, beta = _check_bsc_batch(v, init_weights, init_bias, init_noise_precision)
+    v, w, b, beta = check_bsc_batch_inputs(v, init_weights, init_bias, init_noise_precision)
     w, b = w.copy(), b.copy()
     n_iter = check_positive_int(n_iter, "n_iter")
     if exact and b.size > 16:
@@ -1191,7 +906,7 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
 
     def e_step(h_prev):
         if exact:
-            log_joint = _bsc_log_joint_batch(codes, v, w, b, beta)
+            _, log_joint = bsc_log_joint_table(v, w, b, beta)
             post = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
             e_h = post @ codes
             e_hh = np.einsum("nc,ci,cj->ij", post, codes, codes)
@@ -1214,22 +929,3 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
         beta = n * n_v / sq
     return BSCLearningResult(w, b, float(beta), np.asarray(elbos), np.asarray(logliks),
                              np.asarray(w_hist), h)
-
-
-def bsc_exact_moments(v, weights, bias, noise_precision: float) -> tuple[np.ndarray, np.ndarray]:
-    """Exact posterior moments of binary sparse coding for every row, by enumeration (ch. 4).
-
-    Returns
-    -------
-    mean : numpy.ndarray, shape (N, n_latent)
-        E[h_n | v_n].
-    second : numpy.ndarray, shape (N, n_latent, n_latent)
-        E[h_n h_n^T | v_n]; the exact posterior covariance is second - mean mean^T.
-    """
-    v, w, b, beta = _check_bsc_batch(v, weights, bias, noise_precision)
-    if b.size > 16:
-        raise ValueError(f"enumeration needs n_latent <= 16, got {b.size}")
-    codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
-    log_joint = _bsc_log_joint_batch(codes, v, w, b, beta)
-    post = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
-    return post @ codes, np.einsum("nc,ci,cj->nij", post, codes, codes)

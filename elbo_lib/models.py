@@ -1,20 +1,60 @@
-"""Models whose evidence and posterior are known in closed form: the book's oracles.
+"""Models whose evidence and posterior are known exactly: the book's oracles.
 
-:class:`ConjugateGaussianMean` is the running example of chapter 1 and the check of
-every estimator in later chapters: whatever q we try, log p(x) = ELBO(q) + KL(q || p(z|x))
-can be verified exactly.
+Whatever q an algorithm finds, log p(x) = ELBO(q) + KL(q || p(z | x)) can be checked
+against these exact answers:
+
+* :class:`ConjugateGaussianMean` -- the running example of chapter 1 and the check of
+  every estimator in later chapters; :class:`SquaredMeanModel` -- its non-conjugate
+  twin (chapter 1).
+* :class:`NormalGamma`, :func:`normal_gamma_posterior`, :func:`normal_gamma_log_evidence`
+  -- univariate Gaussian with unknown mean and precision (Bishop 2006, section 10.1.3;
+  chapter 4).
+* :func:`bsc_log_joint`, :func:`bsc_exact_posterior`, :func:`bsc_log_joint_table`,
+  :func:`bsc_log_likelihood`, :func:`bsc_exact_moments` -- binary sparse coding
+  (Goodfellow et al. 2016, section 19.4.1) by enumerating all binary codes (chapter 4).
+* :func:`set_partitions`, :func:`dirichlet_mixture_log_evidence` -- the Bayesian mixture
+  with Dirichlet weights, by summing over set partitions (chapter 4).
+* :class:`BayesianLogisticRegression` -- no closed form, but an exact MAP (Newton) and
+  its Laplace approximation (chapter 5).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from itertools import product
+
 import numpy as np
 import torch
+from scipy.special import gammaln, log_expit, logsumexp
 from torch.distributions import Normal
 
-from elbo_lib._validation import LOG_2PI, as_float_array, check_positive
+from elbo_lib._validation import (
+    LOG_2PI,
+    as_float_array,
+    check_bsc_batch_inputs,
+    check_bsc_inputs,
+    check_positive,
+    check_positive_int,
+    check_real,
+)
 from elbo_lib.gaussians import gaussian_entropy, gaussian_kl
 
-__all__ = ["ConjugateGaussianMean", "SquaredMeanModel"]
+__all__ = [
+    "BayesianLogisticRegression",
+    "ConjugateGaussianMean",
+    "NormalGamma",
+    "SquaredMeanModel",
+    "bsc_exact_moments",
+    "bsc_exact_posterior",
+    "bsc_log_joint",
+    "bsc_log_joint_table",
+    "bsc_log_likelihood",
+    "dirichlet_mixture_log_evidence",
+    "normal_gamma_log_evidence",
+    "normal_gamma_posterior",
+    "set_partitions",
+]
 
 
 
@@ -182,3 +222,384 @@ class SquaredMeanModel:
         log_prior = (-0.5 * (LOG_2PI + np.log(self.prior_var))
                      - 0.5 * (z - self.prior_mean) ** 2 / self.prior_var)
         return log_lik + log_prior
+
+
+# ---------------------------------------------------------------------------------------
+# Normal-Gamma: univariate Gaussian, unknown mean and precision (chapter 4)
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NormalGamma:
+    """Normal-Gamma density NG(mu, tau | m, lam, a, b) = N(mu | m, 1/(lam tau)) Gam(tau | a, b).
+
+    Used as the prior and as the exact posterior of the chapter 4 model (Bishop 2006,
+    sections 2.3.6 and 10.1.3). ``b`` is a rate: E[tau] = a / b.
+
+    Parameters
+    ----------
+    mean : float
+        m, the location of mu.
+    lam : float
+        lam > 0, the precision of mu in units of tau.
+    shape, rate : float
+        a > 0 and b > 0 of the Gamma density of tau.
+    """
+
+    mean: float
+    lam: float
+    shape: float
+    rate: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", check_real(self.mean, "mean"))
+        for name in ("lam", "shape", "rate"):
+            object.__setattr__(self, name, check_positive(getattr(self, name), name))
+
+    def log_pdf(self, mu, tau) -> np.ndarray:
+        """log NG(mu, tau), elementwise and broadcasting; -inf where tau <= 0."""
+        mu = np.asarray(mu, dtype=np.float64)
+        tau = np.asarray(tau, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_tau = np.where(tau > 0, np.log(np.where(tau > 0, tau, 1.0)), -np.inf)
+            lp = (self.shape * np.log(self.rate) - gammaln(self.shape)
+                  + (self.shape - 1) * log_tau - self.rate * tau
+                  + 0.5 * (np.log(self.lam) + log_tau - LOG_2PI)
+                  - 0.5 * self.lam * tau * (mu - self.mean) ** 2)
+        return np.where(tau > 0, lp, -np.inf)
+
+    @property
+    def mean_tau(self) -> float:
+        """E[tau] = a / b."""
+        return self.shape / self.rate
+
+    @property
+    def var_mu(self) -> float:
+        """Marginal variance of mu (a Student t): b / (lam (a - 1)), inf when a <= 1."""
+        return self.rate / (self.lam * (self.shape - 1)) if self.shape > 1 else np.inf
+
+
+def _check_data_1d(x) -> np.ndarray:
+    return as_float_array(x, "x", ndim=1)
+
+
+def _check_prior(prior) -> NormalGamma:
+    if not isinstance(prior, NormalGamma):
+        raise TypeError(f"prior must be a NormalGamma, got {type(prior).__name__}")
+    return prior
+
+
+def normal_gamma_posterior(x, prior: NormalGamma) -> NormalGamma:
+    """Exact posterior p(mu, tau | x) of the chapter 4 Normal-Gamma model.
+
+    With x_i ~ N(mu, 1/tau) and (mu, tau) ~ NG(m0, lam0, a0, b0) the posterior is
+    NG(m_n, lam_n, a_n, b_n) with lam_n = lam0 + n, m_n = (lam0 m0 + n xbar) / lam_n,
+    a_n = a0 + n/2 and b_n = b0 + S/2 + lam0 n (xbar - m0)^2 / (2 lam_n), where
+    S = sum_i (x_i - xbar)^2 (Murphy 2007; Bishop 2006, section 2.3.6).
+
+    Raises
+    ------
+    ValueError
+        If x is empty, not one-dimensional or not finite.
+    TypeError
+        If prior is not a :class:`NormalGamma`.
+    """
+    x = _check_data_1d(x)
+    prior = _check_prior(prior)
+    n, xbar = x.size, float(x.mean())
+    scatter = float(((x - xbar) ** 2).sum())
+    lam_n = prior.lam + n
+    return NormalGamma(
+        mean=(prior.lam * prior.mean + n * xbar) / lam_n,
+        lam=lam_n,
+        shape=prior.shape + 0.5 * n,
+        rate=prior.rate + 0.5 * scatter + 0.5 * prior.lam * n * (xbar - prior.mean) ** 2 / lam_n,
+    )
+
+
+def normal_gamma_log_evidence(x, prior: NormalGamma) -> float:
+    """Exact log p(x) of the Normal-Gamma model (Murphy 2007).
+
+    log p(x) = lgamma(a_n) - lgamma(a0) + a0 log b0 - a_n log b_n
+    + (1/2) log(lam0 / lam_n) - (n/2) log(2 pi).
+    """
+    post = normal_gamma_posterior(x, prior)
+    n = np.asarray(x).size
+    return float(gammaln(post.shape) - gammaln(prior.shape)
+                 + prior.shape * np.log(prior.rate) - post.shape * np.log(post.rate)
+                 + 0.5 * np.log(prior.lam / post.lam) - 0.5 * n * LOG_2PI)
+
+
+# ---------------------------------------------------------------------------------------
+# binary sparse coding by enumeration (chapter 4)
+# ---------------------------------------------------------------------------------------
+def bsc_log_joint(h, v, weights, bias, noise_precision) -> np.ndarray:
+    """log p(v, h) of binary sparse coding for one or many binary codes h (chapter 4).
+
+    p(h_i = 1) = sigmoid(b_i), p(v | h) = N(v | W h, diag(beta)^{-1})
+    (Goodfellow et al. 2016, section 19.4.1).
+
+    Parameters
+    ----------
+    h : array_like, shape (n_latent,) or (num_codes, n_latent)
+        Binary codes (0/1).
+    v : array_like, shape (n_visible,)
+    weights : array_like, shape (n_visible, n_latent)
+    bias : array_like, shape (n_latent,)
+    noise_precision : float or array_like, shape (n_visible,)
+        beta > 0.
+    """
+    v, w, b, beta = check_bsc_inputs(v, weights, bias, noise_precision)
+    h = as_float_array(h, "h", ndim=(1, 2))
+    h2 = h[None] if h.ndim == 1 else h
+    if h2.shape[1] != b.size or np.any((h2 != 0) & (h2 != 1)):
+        raise ValueError(f"h must be binary with {b.size} columns, got shape {h.shape}")
+    log_prior = h2 @ log_expit(b) + (1 - h2) @ log_expit(-b)
+    resid = v[None, :] - h2 @ w.T
+    log_lik = 0.5 * (np.log(beta).sum() - v.size * LOG_2PI) - 0.5 * (resid**2) @ beta
+    out = log_prior + log_lik
+    return out[0] if h.ndim == 1 else out
+
+
+def bsc_exact_posterior(v, weights, bias, noise_precision) -> dict:
+    """Exact posterior of binary sparse coding by enumerating all 2^n codes (n <= 20).
+
+    Returns
+    -------
+    dict
+        ``codes`` (2^n, n), ``log_posterior`` (2^n,), ``log_evidence`` (float) and
+        ``marginals`` (n,), the exact p(h_i = 1 | v).
+    """
+    v, w, b, beta = check_bsc_inputs(v, weights, bias, noise_precision)
+    n = b.size
+    if n > 20:
+        raise ValueError(f"enumeration over 2^n codes needs n_latent <= 20, got {n}")
+    codes = np.array(list(product((0.0, 1.0), repeat=n)))
+    log_joint = bsc_log_joint(codes, v, w, b, beta)
+    log_evidence = float(logsumexp(log_joint))
+    log_post = log_joint - log_evidence
+    return {"codes": codes, "log_posterior": log_post, "log_evidence": log_evidence,
+            "marginals": np.exp(log_post) @ codes}
+
+
+def bsc_log_joint_table(v, weights, bias, noise_precision: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """log p(v_n, h) of binary sparse coding for every row v_n and every code h (ch. 4).
+
+    The enumeration behind :func:`bsc_log_likelihood`, :func:`bsc_exact_moments` and the
+    exact E-step of :func:`elbo_lib.mean_field.bsc_variational_em`; n_latent <= 16.
+
+    Parameters
+    ----------
+    v : array_like, shape (N, n_visible)
+    weights : array_like, shape (n_visible, n_latent)
+    bias : array_like, shape (n_latent,)
+    noise_precision : float
+        beta > 0.
+
+    Returns
+    -------
+    codes : numpy.ndarray, shape (2^n_latent, n_latent)
+        All binary codes.
+    log_joint : numpy.ndarray, shape (N, 2^n_latent)
+    """
+    v, w, b, beta = check_bsc_batch_inputs(v, weights, bias, noise_precision)
+    if b.size > 16:
+        raise ValueError(f"enumeration needs n_latent <= 16, got {b.size}")
+    codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
+    log_prior = codes @ log_expit(b) + (1 - codes) @ log_expit(-b)
+    means = codes @ w.T                                          # (C, n_v)
+    sq = ((v**2).sum(axis=1)[:, None] - 2 * v @ means.T + (means**2).sum(axis=1)[None, :])
+    return codes, (log_prior[None, :] + 0.5 * v.shape[1] * (np.log(beta) - LOG_2PI)
+            - 0.5 * beta * np.maximum(sq, 0.0))
+
+
+def bsc_log_likelihood(v, weights, bias, noise_precision: float) -> np.ndarray:
+    """Exact log p(v_n) of binary sparse coding for every row, by enumerating 2^n codes.
+
+    Returns shape (N,). n_latent <= 16. Chapter 4's oracle for variational EM.
+    """
+    _, log_joint = bsc_log_joint_table(v, weights, bias, noise_precision)
+    return logsumexp(log_joint, axis=1)
+
+
+def bsc_exact_moments(v, weights, bias, noise_precision: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact posterior moments of binary sparse coding for every row, by enumeration (ch. 4).
+
+    Returns
+    -------
+    mean : numpy.ndarray, shape (N, n_latent)
+        E[h_n | v_n].
+    second : numpy.ndarray, shape (N, n_latent, n_latent)
+        E[h_n h_n^T | v_n]; the exact posterior covariance is second - mean mean^T.
+    """
+    codes, log_joint = bsc_log_joint_table(v, weights, bias, noise_precision)
+    post = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+    return post @ codes, np.einsum("nc,ci,cj->nij", post, codes, codes)
+
+
+# ---------------------------------------------------------------------------------------
+# Bayesian mixture with Dirichlet weights: exact evidence over set partitions (chapter 4)
+# ---------------------------------------------------------------------------------------
+def _check_mixture_data(x) -> np.ndarray:
+    x = as_float_array(x, "x", ndim=(1, 2))
+    return x[:, None] if x.ndim == 1 else x
+
+
+def set_partitions(n: int) -> np.ndarray:
+    """Every partition of {0, ..., n-1} as a restricted growth string (chapter 4).
+
+    Row r gives the block of each element; element 0 is in block 0 and each element's
+    block is at most 1 + the largest block before it. There are Bell(n) rows
+    (Bell(10) = 115975); n <= 12.
+    """
+    n = check_positive_int(n, "n")
+    if n > 12:
+        raise ValueError(f"n must be <= 12 (Bell(13) = 27644437 partitions), got {n}")
+    rgs = np.zeros((1, 1), dtype=np.int8)
+    for _ in range(1, n):
+        top = rgs.max(axis=1)
+        reps = top.astype(np.int64) + 2                       # labels 0 .. top + 1
+        rows = np.repeat(rgs, reps, axis=0)
+        offsets = np.repeat(np.cumsum(reps) - reps, reps)
+        labels = (np.arange(reps.sum()) - offsets).astype(np.int8)
+        rgs = np.hstack([rows, labels[:, None]])
+    return rgs
+
+
+def dirichlet_mixture_log_evidence(x, n_components: int, prior_var: float,
+                                   alpha0: float) -> float:
+    """Exact log p(x) of the Dirichlet-weight mixture, by summing over set partitions (ch. 4).
+
+    Given the assignments, the means and the weights integrate out in closed form:
+    each block b of n_b points with sum S_b contributes the Gaussian marginal likelihood
+    -(n_b d / 2) log 2 pi - (d / 2) log(1 + n_b sigma^2) - ||x||^2 / 2
+    + sigma^2 ||S_b||^2 / (2 (1 + n_b sigma^2)), and the labels the Dirichlet-multinomial
+    log Gamma(K alpha0) - log Gamma(n + K alpha0) + sum_b [log Gamma(n_b + alpha0)
+    - log Gamma(alpha0)]. A partition into B <= K blocks stands for K! / (K - B)! labelled
+    assignments with the same probability. The sum runs over all Bell(n) partitions:
+    n <= 12.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d) or (n,)
+        n <= 12 points.
+    n_components : int
+        K >= 1.
+    prior_var, alpha0 : float
+        sigma^2 > 0 and the symmetric Dirichlet parameter.
+    """
+    x = _check_mixture_data(x)
+    n, d = x.shape
+    if n > 12:
+        raise ValueError(f"exact enumeration needs at most 12 points, got {n}")
+    k = check_positive_int(n_components, "n_components")
+    sigma2 = check_positive(prior_var, "prior_var")
+    alpha0 = check_positive(alpha0, "alpha0")
+    parts = set_partitions(n)
+    n_blocks = parts.max(axis=1).astype(np.int64) + 1
+    parts = parts[n_blocks <= k]
+    n_blocks = n_blocks[n_blocks <= k]
+    onehot = (parts[:, :, None] == np.arange(min(k, n))[None, None, :]).astype(np.float64)
+    sizes = onehot.sum(axis=1)                                # (P, B)
+    sums = np.einsum("pib,id->pbd", onehot, x)                # (P, B, d)
+    used = sizes > 0
+    log_ml = np.where(used, -0.5 * d * np.log1p(sizes * sigma2)
+                      + 0.5 * sigma2 * (sums**2).sum(axis=2) / (1 + sizes * sigma2), 0.0)
+    log_labels = np.where(used, gammaln(sizes + alpha0) - gammaln(alpha0), 0.0)
+    log_terms = (log_ml.sum(axis=1) + log_labels.sum(axis=1)
+                 + gammaln(k + 1) - gammaln(k - n_blocks + 1))
+    const = (gammaln(k * alpha0) - gammaln(n + k * alpha0)
+             - 0.5 * n * d * LOG_2PI - 0.5 * (x**2).sum())
+    return float(logsumexp(log_terms) + const)
+
+
+# --------------------------------------------------------------------------------------
+# Bayesian logistic regression (chapter 5): exact MAP and Laplace approximation
+# --------------------------------------------------------------------------------------
+class BayesianLogisticRegression:
+    """Bayesian logistic regression: w ~ N(0, s^2 I), y_i ~ Bernoulli(sigmoid(x_i^T w)).
+
+    The non-conjugate model of chapter 5's black-box VI section. Include a column of
+    ones in X for an intercept (it then gets the same prior).
+
+    Parameters
+    ----------
+    x : array_like, shape (n, D)
+    y : array_like of 0/1, shape (n,)
+    prior_std : float
+        Prior standard deviation s of every weight.
+    """
+
+    def __init__(self, x, y, prior_std: float = 1.0) -> None:
+        self.x = as_float_array(x, "x", ndim=2)
+        y = as_float_array(y, "y", ndim=1)
+        if y.shape[0] != self.x.shape[0]:
+            raise ValueError(f"x and y must have the same number of rows, got "
+                             f"{self.x.shape[0]} and {y.shape[0]}")
+        if not np.all((y == 0) | (y == 1)):
+            raise ValueError("y must contain only 0 and 1")
+        self.y = y
+        self.prior_std = check_positive(prior_std, "prior_std")
+        self.dim = self.x.shape[1]
+        self._xt = torch.as_tensor(self.x, dtype=torch.float64)
+        self._yt = torch.as_tensor(self.y, dtype=torch.float64)
+
+    def log_joint(self, w: torch.Tensor) -> torch.Tensor:
+        """log p(y, w | X) for weights of shape (S, D), returning shape (S,).
+
+        Stable form: log sigmoid(a) y + log sigmoid(-a) (1 - y) = y a - softplus(a).
+        """
+        w = torch.as_tensor(w, dtype=torch.float64)
+        if w.ndim != 2 or w.shape[1] != self.dim:
+            raise ValueError(f"w must have shape (S, {self.dim}), got {tuple(w.shape)}")
+        logits = w @ self._xt.T
+        log_lik = (self._yt * logits - torch.nn.functional.softplus(logits)).sum(dim=1)
+        log_prior = (-0.5 * (w / self.prior_std) ** 2).sum(dim=1) - self.dim * (
+            math.log(self.prior_std) + 0.5 * LOG_2PI)
+        return log_lik + log_prior
+
+    def _grad_hess(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = 1.0 / (1.0 + np.exp(-(self.x @ w)))
+        grad = self.x.T @ (self.y - p) - w / self.prior_std**2
+        hess = -(self.x.T * (p * (1 - p))) @ self.x - np.eye(self.dim) / self.prior_std**2
+        return grad, hess
+
+    def map_estimate(self, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
+        """Maximum a posteriori w by Newton's method (the log posterior is concave).
+
+        Raises
+        ------
+        RuntimeError
+            If Newton's method has not converged after ``max_iter`` steps.
+        """
+        w = np.zeros(self.dim)
+        for _ in range(check_positive_int(max_iter, "max_iter")):
+            grad, hess = self._grad_hess(w)
+            step = np.linalg.solve(hess, grad)
+            w = w - step
+            if np.max(np.abs(step)) < tol:
+                return w
+        raise RuntimeError(f"Newton's method did not converge in {max_iter} iterations")
+
+    def laplace(self) -> tuple[np.ndarray, np.ndarray]:
+        """Laplace approximation N(w_MAP, (-Hessian of log posterior at w_MAP)^{-1})."""
+        w = self.map_estimate()
+        _, hess = self._grad_hess(w)
+        chol = np.linalg.cholesky(-hess)
+        inv_chol = np.linalg.solve(chol, np.eye(self.dim))
+        return w, inv_chol.T @ inv_chol
+
+    @staticmethod
+    def predictive_proba(x, weights) -> np.ndarray:
+        """Monte Carlo posterior predictive P(y = 1 | x) averaged over weight samples.
+
+        Parameters
+        ----------
+        x : array_like, shape (m, D)
+        weights : array_like, shape (S, D) (or (D,) for a point estimate)
+        """
+        x = as_float_array(x, "x", ndim=2)
+        weights = np.atleast_2d(as_float_array(weights, "weights", ndim=(1, 2)))
+        if weights.shape[1] != x.shape[1]:
+            raise ValueError(f"weights must have {x.shape[1]} columns, got {weights.shape}")
+        logits = x @ weights.T
+        return (0.5 * (1 + np.tanh(0.5 * logits))).mean(axis=1)

@@ -6,25 +6,50 @@ labels and rounded key values of what the figure plots) as the output's ``text/p
 The tests compare text but not pixels, so this summary is what makes a change in a
 figure's data fail them; readers see only the picture. :func:`show` also refuses a
 figure whose legend covers plotted data (:func:`legend_overlaps`).
+
+It is the only module that draws: :func:`gaussian_ellipse`, :func:`plot_mixture` (the
+mixture figures of chapter 2) and :func:`tile_images` (the image mosaics of chapters 3
+and 6) live here, and no other module imports matplotlib.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+from numbers import Real
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.collections import Collection
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse, Patch
 
-from elbo_lib._validation import as_float_array, check_positive, check_positive_int
+from elbo_lib._validation import (
+    as_float_array,
+    check_positive,
+    check_positive_int,
+    check_real,
+    check_spd,
+)
+from elbo_lib.em import gmm_responsibilities
 from elbo_lib.reporting import fmt
+
+__all__ = [
+    "COLORS",
+    "PALETTE",
+    "describe_figure",
+    "gaussian_ellipse",
+    "legend_overlaps",
+    "plot_mixture",
+    "set_theme",
+    "show",
+    "tile_images",
+]
 
 #: The book's palette (colour-blind safe) and a few named roles used across chapters.
 PALETTE = "colorblind"
@@ -222,6 +247,7 @@ def legend_overlaps(fig: Figure, margin_px: float = 2.0) -> list[str]:
     """
     if not isinstance(fig, Figure):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    margin_px = check_real(margin_px, "margin_px")
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     problems = []
@@ -311,8 +337,13 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> None:
     plt.close(fig)
 
 
-def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
-    """Draw the ``n_std``-standard-deviation ellipse of a 2-D Gaussian on ``ax``.
+def _check_axes(ax) -> None:
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+
+
+def gaussian_ellipse(ax, mean, cov, num_std: float = 2.0, **kwargs) -> Ellipse:
+    """Draw the ``num_std``-standard-deviation ellipse of a 2-D Gaussian on ``ax``.
 
     Used for mixture components (chapters 2 and 4). Extra keyword arguments go to
     :class:`matplotlib.patches.Ellipse` (default: unfilled, line width 2).
@@ -323,24 +354,147 @@ def gaussian_ellipse(ax, mean, cov, n_std: float = 2.0, **kwargs) -> Ellipse:
     mean : array_like, shape (2,)
     cov : array_like, shape (2, 2)
         Symmetric positive-definite covariance.
-    n_std : float
+    num_std : float
         Radius in standard deviations (Mahalanobis distance), > 0.
 
     Returns
     -------
     matplotlib.patches.Ellipse
     """
+    _check_axes(ax)
     mean = as_float_array(mean, "mean", ndim=1)
     cov = as_float_array(cov, "cov", ndim=2)
     if mean.shape != (2,) or cov.shape != (2, 2):
         raise ValueError(f"need mean of shape (2,) and cov (2, 2), got {mean.shape}, {cov.shape}")
-    n_std = check_positive(n_std, "n_std")
-    eigvals, eigvecs = np.linalg.eigh(0.5 * (cov + cov.T))
+    num_std = check_positive(num_std, "num_std")
+    cov, _ = check_spd(cov, "cov")
+    eigvals, eigvecs = np.linalg.eigh(cov)
     if eigvals[0] <= 0:
         raise ValueError("cov must be positive definite")
     angle = float(np.degrees(np.arctan2(eigvecs[1, -1], eigvecs[0, -1])))
-    width, height = 2 * n_std * np.sqrt(eigvals[::-1])
+    width, height = 2 * num_std * np.sqrt(eigvals[::-1])
     kwargs = {"fill": False, "linewidth": 2, **kwargs}
     patch = Ellipse(xy=tuple(mean), width=width, height=height, angle=angle, **kwargs)
     ax.add_patch(patch)
     return patch
+
+
+def plot_mixture(ax, X, weights, means, covariances, *, title: str = "",
+                 labels=("x1", "x2"), num_std: float = 2.0):
+    """Scatter 2-D data coloured by their most probable component, with 2-sd ellipses.
+
+    Used for the figures of chapter 2 (the clustering as EM runs). Points take the
+    colour of argmax_k r_ik (:func:`elbo_lib.em.gmm_responsibilities`); each component
+    is drawn as the ellipse of :func:`gaussian_ellipse` and a cross at its mean.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    X : array_like, shape (n, 2)
+    weights, means, covariances
+        A 2-D mixture (K,), (K, 2), (K, 2, 2).
+    title : str
+    labels : tuple of str
+        Axis labels.
+    num_std : float
+        Ellipse radius in standard deviations.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+
+    Raises
+    ------
+    ValueError
+        If the data are not 2-D or the mixture is malformed.
+    """
+    _check_axes(ax)
+    X = as_float_array(X, "X", ndim=2)
+    if X.shape[1] != 2:
+        raise ValueError(f"X must have 2 columns (plot_mixture draws 2-D data), "
+                         f"got shape {X.shape}")
+    if (not isinstance(labels, tuple | list) or len(labels) != 2
+            or not all(isinstance(v, str) for v in labels)):
+        raise ValueError(f"labels must be two axis labels (str, str), got {labels!r}")
+    hard = gmm_responsibilities(X, weights, means, covariances).argmax(axis=1)
+    means = as_float_array(means, "means", ndim=2)
+    cov = as_float_array(covariances, "covariances", ndim=3)
+    colors = sns.color_palette(PALETTE, len(means))
+    ax.scatter(X[:, 0], X[:, 1], c=[colors[k] for k in hard], s=14, alpha=0.6,
+               edgecolors="none", label="data (colour = argmax r)")
+    for k in range(len(means)):
+        gaussian_ellipse(ax, means[k], cov[k], num_std=num_std, color=colors[k])
+    ax.scatter(means[:, 0], means[:, 1], marker="x", s=80, c="black", label="means")
+    ax.set(title=title, xlabel=labels[0], ylabel=labels[1])
+    return ax
+
+
+def tile_images(images, image_shape: tuple[int, int] | None, num_cols: int, *, pad: int = 1,
+                pad_value: float = 0.3, normalize: bool = False) -> np.ndarray:
+    """Arrange flattened images (or patches, or dictionary atoms) in one mosaic array.
+
+    One mosaic is one ``imshow`` (and one line of :func:`describe_figure`) rather than
+    dozens of tiny axes. Used by chapter 3 for patches and atoms and by chapter 6 for
+    reconstructions, samples, the learned manifold and interpolations.
+
+    Parameters
+    ----------
+    images : array_like, shape (n, height * width)
+        One flattened image (row-major) per row; for a dictionary W of shape (d, k) pass
+        ``W.T``.
+    image_shape : (int, int) or None
+        ``(height, width)``; None means square images.
+    num_cols : int
+        Images per row; the last row is padded with ``pad_value``.
+    pad : int
+        Pixels of separation between images (>= 0).
+    pad_value : float
+        Value of the gaps and of empty cells. 0.3 is light grey under the reversed grey
+        colour map of chapter 6, so gaps are visible next to both ink and paper;
+        ``numpy.nan`` is drawn as background by ``imshow`` (chapter 3).
+    normalize : bool
+        Scale each image by its own maximum absolute value, so that every tile spans
+        [-1, 1] and zero is mid-grey (the usual way of showing atoms).
+
+    Returns
+    -------
+    numpy.ndarray, shape (rows * (height + pad) - pad, num_cols * (width + pad) - pad)
+
+    Raises
+    ------
+    TypeError
+        If ``image_shape`` is not a tuple of two ints (or None).
+    ValueError
+        If the images do not have ``height * width`` pixels (a square number when
+        ``image_shape`` is None).
+    """
+    images = as_float_array(images, "images", ndim=2)
+    if image_shape is None:
+        side = int(round(np.sqrt(images.shape[1])))
+        if side * side != images.shape[1]:
+            raise ValueError(f"images must have p*p columns when image_shape is None, "
+                             f"got shape {images.shape}")
+        image_shape = (side, side)
+    if not isinstance(image_shape, tuple) or len(image_shape) != 2:
+        raise TypeError(f"image_shape must be a tuple (height, width), got {image_shape!r}")
+    h = check_positive_int(image_shape[0], "image_shape[0]")
+    w = check_positive_int(image_shape[1], "image_shape[1]")
+    if images.shape[1] != h * w:
+        raise ValueError(f"images have {images.shape[1]} pixels, image_shape {image_shape} "
+                         f"needs {h * w}")
+    num_cols = check_positive_int(num_cols, "num_cols")
+    pad = check_positive_int(pad, "pad", minimum=0)
+    if isinstance(pad_value, bool) or not isinstance(pad_value, Real | np.floating):
+        raise TypeError(f"pad_value must be a real number (NaN allowed), "
+                        f"got {type(pad_value).__name__}")
+    if normalize:
+        images = images / np.maximum(np.abs(images).max(axis=1, keepdims=True),
+                                     np.finfo(float).tiny)
+    n = len(images)
+    n_rows = -(-n // num_cols)
+    cells = np.full((n_rows * num_cols, h, w), pad_value)
+    cells[:n] = images.reshape(n, h, w)
+    canvas = np.full((n_rows, h + pad, num_cols, w + pad), pad_value)
+    canvas[:, :h, :, :w] = cells.reshape(n_rows, num_cols, h, w).transpose(0, 2, 1, 3)
+    canvas = canvas.reshape(n_rows * (h + pad), num_cols * (w + pad))
+    return canvas[: canvas.shape[0] - pad, : canvas.shape[1] - pad]

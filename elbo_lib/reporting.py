@@ -13,6 +13,19 @@ import numpy as np
 
 from elbo_lib._validation import check_positive_int
 
+__all__ = ["fmt", "fmt_array", "fmt_below", "glue", "round_to"]
+
+
+def _real(x, name: str) -> float:
+    """``x`` as a float: a real scalar (Python, NumPy, 0-d array or tensor), not a str/bool."""
+    if (isinstance(x, str | bytes | bool | np.bool_ | list | tuple | dict | set)
+            or len(getattr(x, "shape", ())) != 0):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}") from None
+
 
 def fmt(x, digits: int = 4) -> str:
     """Format a number with ``digits`` significant digits.
@@ -36,7 +49,7 @@ def fmt(x, digits: int = 4) -> str:
     '-12.35'
     """
     digits = check_positive_int(digits, "digits")
-    x = float(x)
+    x = _real(x, "x")
     if not np.isfinite(x):
         return str(x)
     out = f"{x:.{digits}g}"
@@ -45,7 +58,12 @@ def fmt(x, digits: int = 4) -> str:
 
 def fmt_array(values, digits: int = 4) -> str:
     """Format an array of numbers as ``[a, b, ...]`` with :func:`fmt`."""
-    arr = np.asarray(values, dtype=np.float64)
+    digits = check_positive_int(digits, "digits")
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"values must be numeric array-like (not ragged), "
+                        f"got {type(values).__name__}") from exc
     if arr.ndim == 0:
         return fmt(arr, digits)
     return "[" + ", ".join(fmt_array(v, digits) for v in arr) + "]"
@@ -66,12 +84,14 @@ def round_to(x, *, digits: int | None = None, decimals: int | None = None) -> fl
     """
     if (digits is None) == (decimals is None):
         raise ValueError("give exactly one of digits= and decimals=")
-    x = float(x)
+    x = _real(x, "x")
     if not np.isfinite(x):
         raise ValueError(f"x must be finite, got {x}")
     if digits is not None:
         digits = check_positive_int(digits, "digits")
         out = float(f"{x:.{digits}g}")
+        if not np.isfinite(out):
+            raise ValueError(f"x = {x!r} rounded to {digits} digits overflows float64")
     else:
         if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)):
             raise TypeError(f"decimals must be an int, got {type(decimals).__name__}")
@@ -118,6 +138,8 @@ def glue(name: str, value, *, digits: int | None = None, decimals: int | None = 
         except (TypeError, ValueError):
             raise TypeError(f"value of {name!r} must be a number or a str, "
                             f"got {type(value).__name__}") from None
+        if not np.isfinite(x):
+            raise ValueError(f"value of {name!r} must be finite, got {x}")
         if digits is None and decimals is None:
             digits = 4
         stored = round_to(x, digits=digits, decimals=decimals)
@@ -133,8 +155,12 @@ def fmt_below(value, bound: float, name: str = "max |error|") -> str:
     ``fmt_below(3e-16, 1e-12)`` is ``'max |error| < 1e-12: True'``: the statement is the
     same on every machine, whereas the value itself is last-bit noise.
     """
-    bound = float(bound)
+    bound = _real(bound, "bound")
     if not np.isfinite(bound) or bound <= 0:
         raise ValueError(f"bound must be a positive finite number, got {bound}")
-    value = float(value)
+    value = _real(value, "value")
+    if np.isnan(value):
+        raise ValueError("value must not be NaN (a NaN error is not below any bound)")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
     return f"{name} < {bound:g}: {bool(value < bound)}"

@@ -9,6 +9,8 @@ import numpy as np
 
 from elbo_lib._validation import check_positive_int
 
+__all__ = ["TORCH_THREADS", "seed_everything"]
+
 #: Threads torch may use. Fixed so that results do not depend on the reader's core count.
 TORCH_THREADS = 1
 
@@ -22,7 +24,7 @@ def seed_everything(seed: int = 0) -> np.random.Generator:
     Parameters
     ----------
     seed : int
-        Non-negative seed.
+        Seed in [0, 2**32 - 1].
 
     Returns
     -------
@@ -36,6 +38,8 @@ def seed_everything(seed: int = 0) -> np.random.Generator:
     number of threads add up in a different order.
     """
     seed = check_positive_int(seed, "seed", minimum=0)
+    if seed > 2**32 - 1:   # numpy's legacy global seed is 32-bit
+        raise ValueError(f"seed must be <= 2**32 - 1, got {seed}")
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - legacy global state, for third-party code using it
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -36,13 +36,22 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from elbo_lib._validation import as_float_array, check_positive, check_positive_int
+from elbo_lib._validation import (
+    as_float_array,
+    as_generator,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    power_of_two_scale,
+)
+from elbo_lib.datasets import remove_dc
 
 __all__ = [
     "DictionaryLearningResult",
     "ProximalGradientResult",
     "best_m_term_reconstruction",
     "debias_codes",
+    "denoise_image",
     "fista",
     "ista",
     "lasso_duality_gap",
@@ -51,6 +60,7 @@ __all__ = [
     "lipschitz_constant",
     "normalize_columns",
     "omp_codes",
+    "orientation_concentration",
     "sklearn_lasso_alpha",
     "soft_threshold",
     "sparse_coding_log_evidence_2d",
@@ -93,9 +103,17 @@ def _check_codes(H, n: int, k: int, name: str = "codes") -> np.ndarray:
     if H.ndim == 1:
         H = H[None, :]
     if H.shape != (n, k):
-        raise ValueError(f"{name} must have shape (n_signals, n_atoms) = {(n, k)}, "
+        raise ValueError(f"{name} must have shape (num_signals, num_atoms) = {(n, k)}, "
                          f"got {H.shape}")
     return H
+
+
+def _finite_result(out: np.ndarray, what: str) -> np.ndarray:
+    """Return ``out``, or say that squares of the data left float64's range."""
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"the {what} overflows float64: it is quadratic in X, W and H, "
+                         "whose entries are too large; rescale X, H and lam together")
+    return out
 
 
 def soft_threshold(v, threshold) -> np.ndarray:
@@ -135,11 +153,18 @@ def soft_threshold(v, threshold) -> np.ndarray:
     tau = as_float_array(threshold, "threshold")
     if np.any(tau < 0):
         raise ValueError(f"threshold must be >= 0, got minimum {float(tau.min())!r}")
+    try:
+        shape = np.broadcast_shapes(v.shape, tau.shape)
+    except ValueError:
+        shape = None
+    if shape != v.shape:
+        raise ValueError(f"threshold must be broadcastable to the shape of v {v.shape}, "
+                         f"got shape {tau.shape}")
     return np.maximum(v - tau, 0.0) + np.minimum(v + tau, 0.0)
 
 
 def lipschitz_constant(W, method: str = "exact", *, max_iter: int = 1000, tol: float = 1e-10,
-                       rng: np.random.Generator | None = None) -> float:
+                       rng: np.random.Generator | int | None = None) -> float:
     """Largest eigenvalue of W^T W: the Lipschitz constant of the gradient of the lasso fit.
 
     The gradient of f(h) = 0.5 ||x - W h||^2 is W^T (W h - x), whose Lipschitz constant is
@@ -158,8 +183,9 @@ def lipschitz_constant(W, method: str = "exact", *, max_iter: int = 1000, tol: f
         Power-iteration cap.
     tol : float
         Relative tolerance of the power iteration (> 0).
-    rng : numpy.random.Generator, optional
-        Start vector of the power iteration (default: ``numpy.random.default_rng(0)``).
+    rng : numpy.random.Generator or int
+        Source of the power iteration's start vector; required with ``method="power"``
+        (unused by ``"exact"``).
 
     Returns
     -------
@@ -171,18 +197,32 @@ def lipschitz_constant(W, method: str = "exact", *, max_iter: int = 1000, tol: f
     ValueError
         If W is not a finite non-zero matrix, ``method`` is unknown, or the power
         iteration does not converge within ``max_iter``.
+    TypeError
+        If ``method="power"`` and ``rng`` is not a Generator or an int seed.
     """
     W = as_float_array(W, "W", ndim=2)
     if not np.any(W):
         raise ValueError("W must not be all zeros (the Lipschitz constant would be 0)")
+    if method not in ("exact", "power"):
+        raise ValueError(f"method must be 'exact' or 'power', got {method!r}")
+    scale = power_of_two_scale(W)       # exact; 1 unless W's entries are extreme
+    with np.errstate(over="ignore"):
+        value = np.float64(scale) ** 2 * _lipschitz_scaled(W / scale, method, max_iter, tol,
+                                                            rng)
+    if not np.isfinite(value) or value < np.finfo(float).tiny:
+        raise ValueError(f"the Lipschitz constant of W (largest |entry| {np.abs(W).max():.3g}) "
+                         f"is {value!r}: it overflows float64 or is below its normal range; "
+                         "rescale W")
+    return float(value)
+
+
+def _lipschitz_scaled(W, method, max_iter, tol, rng) -> float:
     if method == "exact":
         gram = W.T @ W if W.shape[1] <= W.shape[0] else W @ W.T
         return float(np.linalg.eigvalsh(gram)[-1])
-    if method != "power":
-        raise ValueError(f"method must be 'exact' or 'power', got {method!r}")
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_positive(tol, "tol")
-    rng = np.random.default_rng(0) if rng is None else rng
+    rng = as_generator(rng)
     v = rng.standard_normal(W.shape[1])
     v /= np.linalg.norm(v)
     estimate = 0.0
@@ -242,8 +282,8 @@ def lasso_objective(X, W, H, lam) -> np.ndarray:
         quadratic, so that differences near the optimum keep their precision).
     """
     X, W, lam = _check_problem(X, W, lam)
-    H = _check_codes(H, X.shape[0], W.shape[1])
-    return _objective(X, W, H, lam)
+    H = _check_codes(H, X.shape[0], W.shape[1], "H")
+    return _finite_result(_objective(X, W, H, lam), "lasso objective")
 
 
 def _objective(X: np.ndarray, W: np.ndarray, H: np.ndarray, lam: float) -> np.ndarray:
@@ -267,7 +307,7 @@ def lasso_duality_gap(X, W, H, lam) -> np.ndarray:
         Non-negative gaps (up to rounding).
     """
     X, W, lam = _check_problem(X, W, lam)
-    H = _check_codes(H, X.shape[0], W.shape[1])
+    H = _check_codes(H, X.shape[0], W.shape[1], "H")
     residual = X - H @ W.T
     primal = 0.5 * np.einsum("ij,ij->i", residual, residual) + lam * np.abs(H).sum(axis=1)
     corr = np.abs(residual @ W).max(axis=1)
@@ -275,7 +315,7 @@ def lasso_duality_gap(X, W, H, lam) -> np.ndarray:
     theta = residual * scale[:, None]
     diff = X - theta
     dual = 0.5 * (np.einsum("ij,ij->i", X, X) - np.einsum("ij,ij->i", diff, diff))
-    return primal - dual
+    return _finite_result(primal - dual, "duality gap")
 
 
 # ------------------------------------------------------------------ ISTA and FISTA
@@ -287,7 +327,7 @@ class ProximalGradientResult:
     ----------
     codes : numpy.ndarray, shape (n, k)
         The codes H, one row per signal.
-    n_iter : int
+    num_iter : int
         Iterations run (by the slowest signal).
     converged : bool
         Whether every signal met the stopping rule before ``max_iter``.
@@ -298,7 +338,7 @@ class ProximalGradientResult:
     """
 
     codes: np.ndarray
-    n_iter: int
+    num_iter: int
     converged: bool
     objectives: np.ndarray | None
     lipschitz: float
@@ -310,17 +350,32 @@ def _proximal_gradient(X, W, lam, *, accelerated: bool, restart: bool, max_iter:
     X, W, lam = _check_problem(X, W, lam)
     max_iter = check_positive_int(max_iter, "max_iter")
     check_every = check_positive_int(check_every, "check_every")
-    if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating) or tol < 0:
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    tol = check_nonnegative(tol, "tol")
     n, k = X.shape[0], W.shape[1]
     L = lipschitz_constant(W) if lipschitz is None else check_positive(lipschitz, "lipschitz")
+    H = (np.zeros((n, k)) if codes_init is None
+         else _check_codes(codes_init, n, k, "codes_init").copy())
+    # the lasso is homogeneous: (X, H, lam) / s has the codes H / s; s is a power of two
+    # (exact), and 1 unless the data are extreme, so ordinary problems are untouched
+    s = power_of_two_scale(X)
+    result = _proximal_gradient_scaled(X / s, W, lam / s, H / s, L, accelerated=accelerated,
+                                       restart=restart, max_iter=max_iter, tol=tol,
+                                       check_every=check_every, track_objective=track_objective)
+    if s != 1.0:
+        result.codes *= s
+        if result.objectives is not None:
+            result.objectives = _finite_result(result.objectives * s**2, "tracked objective")
+    return result
+
+
+def _proximal_gradient_scaled(X, W, lam, H, L, *, accelerated, restart, max_iter, tol,
+                              check_every, track_objective) -> ProximalGradientResult:
+    n, k = X.shape[0], W.shape[1]
     # gradient step on every row at once: Y - (Y G - X W) / L = Y (I - G / L) + X W / L,
     # with G = W^T W (k, k) and X W (n, k) computed once
     step_matrix = np.eye(k) - (W.T @ W) / L
     offset = (X @ W) / L
     thr = lam / L
-    H = (np.zeros((n, k)) if codes_init is None
-         else _check_codes(codes_init, n, k, "codes_init").copy())
     H_old = np.empty_like(H)
     Y = H.copy()
     V = np.empty_like(H)
@@ -367,6 +422,11 @@ def _iterate(X, W, lam, H, H_old, Y, V, t, step_matrix, offset, thr, L, objectiv
             objectives.append(float(_objective(X, W, codes, lam).sum()))
         if it % check_every == 0 or it == max_iter:
             change = np.linalg.norm(H - H_old, axis=1)
+            if not np.all(np.isfinite(change)):
+                raise ValueError(
+                    f"the codes diverged at iteration {it} (their norm left float64's range): "
+                    f"the step 1 / lipschitz = {1 / L:.3g} is too long; lipschitz must be >= "
+                    "lambda_max(W^T W) (omit it to compute it exactly)")
             done = change <= tol * np.maximum(np.linalg.norm(H, axis=1), tiny)
             if done.all():
                 codes[rows] = H
@@ -384,11 +444,17 @@ def _iterate(X, W, lam, H, H_old, Y, V, t, step_matrix, offset, thr, L, objectiv
     else:
         codes[rows] = H
     return ProximalGradientResult(
-        codes=codes, n_iter=it, converged=rows.size == 0,
+        codes=codes, num_iter=it, converged=rows.size == 0,
         objectives=None if objectives is None else np.asarray(objectives), lipschitz=L)
 
 
-_PG_DOC = """
+def ista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int = 10,
+         codes_init=None, lipschitz: float | None = None, track_objective: bool = False
+         ) -> ProximalGradientResult:
+    """ISTA: proximal gradient descent on the lasso, for a batch of signals (chapter 3).
+
+    h <- soft_threshold(h - W^T (W h - x) / L, lam / L)   (Daubechies et al. 2004);
+    the objective gap falls as O(1 / k) (Beck & Teboulle 2009, theorem 3.1).
 
     Parameters
     ----------
@@ -429,11 +495,6 @@ _PG_DOC = """
     The batch is processed with matrix products only: G = W^T W and W^T X are
     precomputed, and each iteration costs one (n, k) x (k, k) product.
     """
-
-
-def ista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int = 10,
-         codes_init=None, lipschitz: float | None = None, track_objective: bool = False
-         ) -> ProximalGradientResult:
     return _proximal_gradient(X, W, lam, accelerated=False, restart=False, max_iter=max_iter,
                               tol=tol, check_every=check_every, codes_init=codes_init,
                               lipschitz=lipschitz, track_objective=track_objective)
@@ -442,19 +503,7 @@ def ista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int
 def fista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int = 10,
           restart: bool = True, codes_init=None, lipschitz: float | None = None,
           track_objective: bool = False) -> ProximalGradientResult:
-    return _proximal_gradient(X, W, lam, accelerated=True, restart=bool(restart),
-                              max_iter=max_iter, tol=tol, check_every=check_every,
-                              codes_init=codes_init, lipschitz=lipschitz,
-                              track_objective=track_objective)
-
-
-ista.__doc__ = """ISTA: proximal gradient descent on the lasso, for a batch of signals (chapter 3).
-
-    h <- soft_threshold(h - W^T (W h - x) / L, lam / L)   (Daubechies et al. 2004);
-    the objective gap falls as O(1 / k) (Beck & Teboulle 2009, theorem 3.1).
-""" + _PG_DOC
-
-fista.__doc__ = """FISTA: accelerated proximal gradient on the lasso, batched (chapter 3).
+    """FISTA: accelerated proximal gradient on the lasso, batched (chapter 3).
 
     h_k = soft_threshold(y_k - W^T (W y_k - x) / L, lam / L),
     t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2,
@@ -466,12 +515,27 @@ fista.__doc__ = """FISTA: accelerated proximal gradient on the lasso, batched (c
     O'Donoghue & Candes 2015), which in practice converges much faster once the support
     has settled (chapter 3 measures it); ``restart=False`` is the textbook FISTA of
     Beck & Teboulle.
-""" + _PG_DOC.replace("\n\n    Returns\n", """
+
+    Parameters
+    ----------
+    X, W, lam, max_iter, tol, check_every, codes_init, lipschitz, track_objective
+        As for :func:`ista`.
     restart : bool
         Adaptive momentum restart, per signal (see above).
 
     Returns
-""", 1)
+    -------
+    ProximalGradientResult
+
+    Raises
+    ------
+    ValueError
+        As for :func:`ista`.
+    """
+    return _proximal_gradient(X, W, lam, accelerated=True, restart=bool(restart),
+                              max_iter=max_iter, tol=tol, check_every=check_every,
+                              codes_init=codes_init, lipschitz=lipschitz,
+                              track_objective=track_objective)
 
 
 # ---------------------------------------------------------------- dictionary learning
@@ -490,16 +554,22 @@ def normalize_columns(W, *, project: bool = False) -> np.ndarray:
     ValueError
         If W is not a finite 2-D array, or (``project=False``) a column is zero.
     """
-    W = as_float_array(W, "W", ndim=2)
-    norms = np.linalg.norm(W, axis=0)
+    return _normalize_columns(W, "W", project=project)
+
+
+def _normalize_columns(W, name: str, *, project: bool = False) -> np.ndarray:
+    W = as_float_array(W, name, ndim=2)
+    scale = power_of_two_scale(W, axis=0)   # per column; exact, so 1e200 and 1e-200 work
+    norms = np.linalg.norm(W / scale, axis=0) * scale
     if project:
         return W / np.maximum(norms, 1.0)
     if np.any(norms == 0):
-        raise ValueError(f"cannot normalise zero columns {np.flatnonzero(norms == 0).tolist()}")
+        raise ValueError(f"{name} has zero columns {np.flatnonzero(norms == 0).tolist()}: "
+                         "they cannot be normalised")
     return W / norms
 
 
-def update_dictionary(X, H, W, *, n_sweeps: int = 1) -> np.ndarray:
+def update_dictionary(X, H, W, *, num_sweeps: int = 1) -> np.ndarray:
     """Dictionary update: block coordinate descent over atoms with ||w_j|| <= 1 (chapter 3).
 
     Minimises 0.5 ||X - H W^T||_F^2 over W subject to ||w_j||_2 <= 1, one column at a time,
@@ -517,7 +587,7 @@ def update_dictionary(X, H, W, *, n_sweeps: int = 1) -> np.ndarray:
     H : array_like, shape (n, k)
     W : array_like, shape (d, k)
         Current dictionary.
-    n_sweeps : int
+    num_sweeps : int
         Passes over all atoms.
 
     Returns
@@ -531,10 +601,11 @@ def update_dictionary(X, H, W, *, n_sweeps: int = 1) -> np.ndarray:
         raise ValueError(f"shape mismatch: X has shape {X.shape}, W has shape {W.shape}; "
                          "expected (n, d) and (d, k)")
     H = _check_codes(H, X.shape[0], W.shape[1], "H")
-    n_sweeps = check_positive_int(n_sweeps, "n_sweeps")
-    A = H.T @ H
-    B = X.T @ H
-    for _ in range(n_sweeps):
+    num_sweeps = check_positive_int(num_sweeps, "num_sweeps")
+    s = power_of_two_scale(np.abs(X).max() + np.abs(H).max())  # (X, H) / s: same W, exact
+    A = (H / s).T @ (H / s)
+    B = (X / s).T @ (H / s)
+    for _ in range(num_sweeps):
         for j in range(W.shape[1]):
             if A[j, j] <= 0:
                 continue
@@ -553,21 +624,21 @@ class DictionaryLearningResult:
         Learned atoms, one per column, each of norm <= 1.
     codes : numpy.ndarray, shape (n, k)
         MAP codes of the training signals under the final dictionary's last code step.
-    objectives : numpy.ndarray, shape (n_iter + 1,)
+    objectives : numpy.ndarray, shape (num_iter + 1,)
         Mean training objective (1/n) sum_i [0.5 ||x_i - W h_i||^2 + lam ||h_i||_1],
         at the start and after each outer iteration.
-    n_replaced : int
+    num_replaced : int
         Number of unused atoms re-initialised from data.
     """
 
     dictionary: np.ndarray
     codes: np.ndarray
     objectives: np.ndarray
-    n_replaced: int
+    num_replaced: int
 
 
-def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int = 50,
-                     rng: np.random.Generator, W_init=None) -> DictionaryLearningResult:
+def learn_dictionary(X, num_atoms: int, lam, *, num_iter: int = 30, code_iter: int = 50,
+                     rng: np.random.Generator | int, W_init=None) -> DictionaryLearningResult:
     """Sparse coding dictionary learning by alternating MAP steps (chapter 3).
 
     Alternates (1) MAP inference of all codes with :func:`fista`, warm-started from the
@@ -582,15 +653,15 @@ def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int =
     ----------
     X : array_like, shape (n, d)
         Training signals, one per row.
-    n_atoms : int
+    num_atoms : int
         k, number of atoms.
     lam : float
         L1 penalty (> 0).
-    n_iter : int
+    num_iter : int
         Outer iterations.
     code_iter : int
         FISTA iterations per code step.
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
         Source of the initial dictionary (random training signals) and replacements.
     W_init : array_like, shape (d, k), optional
         Initial dictionary (columns are normalised).
@@ -601,31 +672,39 @@ def learn_dictionary(X, n_atoms: int, lam, *, n_iter: int = 30, code_iter: int =
     """
     X = as_float_array(X, "X", ndim=2)
     n, d = X.shape
-    k = check_positive_int(n_atoms, "n_atoms")
+    k = check_positive_int(num_atoms, "num_atoms")
     lam = check_positive(lam, "lam")
-    n_iter = check_positive_int(n_iter, "n_iter")
+    num_iter = check_positive_int(num_iter, "num_iter")
     code_iter = check_positive_int(code_iter, "code_iter")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    rng = as_generator(rng)
     if k > n:
-        raise ValueError(f"n_atoms must be <= the number of signals {n}, got {k}")
+        raise ValueError(f"num_atoms must be <= the number of signals {n}, got {k}")
     if W_init is None:
-        W = normalize_columns(X[rng.choice(n, size=k, replace=False)].T)
+        nonzero = np.flatnonzero(np.any(X != 0, axis=1))
+        if nonzero.size < k:
+            raise ValueError(f"X must have at least num_atoms = {k} non-zero rows, got "
+                             f"{nonzero.size} (the initial atoms are random non-zero rows)")
+        W = _normalize_columns(X[rng.choice(nonzero, size=k, replace=False)].T, "W_init")
     else:
-        W = normalize_columns(W_init)
+        W = _normalize_columns(W_init, "W_init")
         if W.shape != (d, k):
             raise ValueError(f"W_init must have shape {(d, k)}, got {W.shape}")
+    s = power_of_two_scale(X)    # exact; (X, lam) / s has the same dictionary, codes H / s
     with _blas_threads(n * k * max(k, d)):
-        return _alternate(X, W, lam, n_iter, code_iter, rng)
+        result = _alternate(X / s, W, lam / s, num_iter, code_iter, rng)
+    if s != 1.0:
+        result.codes *= s
+        result.objectives = _finite_result(result.objectives * s**2, "training objective")
+    return result
 
 
-def _alternate(X, W, lam, n_iter, code_iter, rng) -> DictionaryLearningResult:
+def _alternate(X, W, lam, num_iter, code_iter, rng) -> DictionaryLearningResult:
     n, k = X.shape[0], W.shape[1]
     H = np.zeros((n, k))
     per_signal = _objective(X, W, H, lam)
     objectives = [float(per_signal.mean())]
-    n_replaced = 0
-    for _ in range(n_iter):
+    num_replaced = 0
+    for _ in range(num_iter):
         result = fista(X, W, lam, max_iter=code_iter, tol=0.0, codes_init=H)
         new = _objective(X, W, result.codes, lam)
         better = new < per_signal
@@ -637,14 +716,14 @@ def _alternate(X, W, lam, n_iter, code_iter, rng) -> DictionaryLearningResult:
             norms = np.linalg.norm(X[picks], axis=1)
             ok = norms > 0
             W[:, unused[ok]] = (X[picks[ok]] / norms[ok, None]).T
-            n_replaced += int(ok.sum())
+            num_replaced += int(ok.sum())
         per_signal = _objective(X, W, H, lam)
         objectives.append(float(per_signal.mean()))
     return DictionaryLearningResult(dictionary=W, codes=H, objectives=np.asarray(objectives),
-                                    n_replaced=n_replaced)
+                                    num_replaced=num_replaced)
 
 
-def best_m_term_reconstruction(X, basis, n_terms) -> np.ndarray:
+def best_m_term_reconstruction(X, basis, num_terms) -> np.ndarray:
     """Best m-term approximation of each signal in an orthonormal basis (chapter 3).
 
     For an orthonormal basis U (columns), the best approximation of x using m basis
@@ -656,7 +735,7 @@ def best_m_term_reconstruction(X, basis, n_terms) -> np.ndarray:
     X : array_like, shape (n, d)
     basis : array_like, shape (d, p)
         Orthonormal columns (U^T U = I).
-    n_terms : int or array_like of int, shape (n,)
+    num_terms : int or array_like of int, shape (n,)
         m for all signals, or one m_i per signal (0 <= m_i <= p).
 
     Returns
@@ -669,13 +748,23 @@ def best_m_term_reconstruction(X, basis, n_terms) -> np.ndarray:
         raise ValueError(f"shape mismatch: X has shape {X.shape}, basis has shape {U.shape}")
     if not np.allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-8):
         raise ValueError("basis must have orthonormal columns (U^T U = I)")
-    m = np.broadcast_to(np.asarray(n_terms), (X.shape[0],))
-    if not np.issubdtype(m.dtype, np.integer) or np.any(m < 0) or np.any(m > U.shape[1]):
-        raise ValueError(f"n_terms must be integers in [0, {U.shape[1]}], got {n_terms!r}")
+    m = _check_counts(num_terms, "num_terms", X.shape[0], U.shape[1])
     C = X @ U
     ranks = np.argsort(np.argsort(-np.abs(C), axis=1, kind="stable"), axis=1, kind="stable")
     C = np.where(ranks < m[:, None], C, 0.0)
     return C @ U.T
+
+
+def _check_counts(counts, name: str, n: int, limit: int) -> np.ndarray:
+    """A count per signal: an int or n ints in [0, limit], as an array of shape (n,)."""
+    m = np.asarray(counts)
+    if not np.issubdtype(m.dtype, np.integer) or m.dtype == bool:
+        raise TypeError(f"{name} must be integers in [0, {limit}], got {counts!r}")
+    if m.ndim > 1 or (m.ndim == 1 and m.shape != (n,)):
+        raise ValueError(f"{name} must be an int or have shape ({n},), got shape {m.shape}")
+    if np.any(m < 0) or np.any(m > limit):
+        raise ValueError(f"{name} must be integers in [0, {limit}], got {counts!r}")
+    return np.broadcast_to(m, (n,))
 
 
 def debias_codes(X, W, H, *, chunk_size: int = 1024) -> np.ndarray:
@@ -721,7 +810,8 @@ def debias_codes(X, W, H, *, chunk_size: int = 1024) -> np.ndarray:
             out[start:start + chunk_size] = np.linalg.solve(
                 systems, (mask * corr[start:start + chunk_size])[..., None])[..., 0]
         except np.linalg.LinAlgError as exc:
-            raise ValueError("a support has linearly dependent atoms; cannot refit") from exc
+            raise ValueError("a support of H has linearly dependent atoms of W; cannot refit "
+                             "it by least squares") from exc
     return out
 
 
@@ -763,10 +853,10 @@ def sparse_coding_log_joint(X, W, H, sigma, b) -> np.ndarray:
                          "or one of them must be a single row")
     sigma = check_positive(sigma, "sigma")
     b = check_positive(b, "b")
-    residual = X - H @ W.T
-    return (-0.5 * np.einsum("ij,ij->i", residual, residual) / sigma**2
-            - 0.5 * d * np.log(2 * np.pi * sigma**2)
-            - np.abs(H).sum(axis=1) / b - k * np.log(2 * b))
+    residual = (X - H @ W.T) / sigma      # log sigma, not log sigma^2: no under/overflow
+    return (-0.5 * np.einsum("ij,ij->i", residual, residual)
+            - d * (0.5 * np.log(2 * np.pi) + np.log(sigma))
+            - np.abs(H).sum(axis=1) / b - k * (np.log(2.0) + np.log(b)))
 
 
 def _positive_quadrant_probability(mean: np.ndarray, cov: np.ndarray) -> float:
@@ -820,30 +910,37 @@ def sparse_coding_log_evidence_2d(x, W, sigma, b) -> tuple[float, np.ndarray]:
         raise ValueError(f"W must have shape (d, 2) = {(x.size, 2)}, got {W.shape}")
     sigma = check_positive(sigma, "sigma")
     b = check_positive(b, "b")
-    precision = W.T @ W / sigma**2
+    z, V = x / sigma, W / sigma           # in units of sigma: no sigma**2 to under/overflow
+    precision = V.T @ V
     if np.linalg.matrix_rank(precision) < 2:
         raise ValueError("the two atoms of W must be linearly independent")
     cov = np.linalg.inv(precision)
-    const = (-0.5 * x @ x / sigma**2 - 0.5 * x.size * np.log(2 * np.pi * sigma**2)
-             - 2 * np.log(2 * b) + np.log(2 * np.pi) + 0.5 * np.linalg.slogdet(cov)[1])
+    const = (-0.5 * z @ z - x.size * (0.5 * np.log(2 * np.pi) + np.log(sigma))
+             - 2 * (np.log(2.0) + np.log(b)) + np.log(2 * np.pi)
+             + 0.5 * np.linalg.slogdet(cov)[1])
     logs = np.empty((2, 2))
     for i, s1 in enumerate((-1.0, 1.0)):
         for j, s2 in enumerate((-1.0, 1.0)):
             flip = np.array([s1, s2])
-            mean = cov @ (W.T @ x / sigma**2 - flip / b)
+            mean = cov @ (V.T @ z - flip / b)
             mass = _positive_quadrant_probability(flip * mean, cov * np.outer(flip, flip))
             logs[i, j] = const + 0.5 * mean @ precision @ mean + np.log(max(mass, 1e-300))
+    if not np.all(np.isfinite(logs)):
+        raise ValueError(f"log p(x) is not representable in float64: x / sigma has norm "
+                         f"{np.linalg.norm(x / np.abs(x).max()) * np.abs(x).max() / sigma:.3g} "
+                         "(its square overflows) or W / sigma is too large; rescale x, W "
+                         "and sigma together (log p shifts by -d log c)")
     top = logs.max()
     log_evidence = float(top + np.log(np.exp(logs - top).sum()))
     return log_evidence, np.exp(logs - log_evidence)
 
 
-def omp_codes(X, W, n_nonzero) -> np.ndarray:
+def omp_codes(X, W, num_nonzero) -> np.ndarray:
     """l0 codes by orthogonal matching pursuit, with a count per signal (chapter 3).
 
     A wrapper of scikit-learn's ``orthogonal_mp_gram`` (Pati et al. 1993): greedily add
     the atom most correlated with the residual and refit all chosen coefficients by least
-    squares, until signal i has ``n_nonzero[i]`` atoms. Signals with the same count are
+    squares, until signal i has ``num_nonzero[i]`` atoms. Signals with the same count are
     coded in one call.
 
     Parameters
@@ -851,7 +948,7 @@ def omp_codes(X, W, n_nonzero) -> np.ndarray:
     X : array_like, shape (n, d)
     W : array_like, shape (d, k)
         Dictionary with unit-norm atoms (as OMP assumes).
-    n_nonzero : int or array_like of int, shape (n,)
+    num_nonzero : int or array_like of int, shape (n,)
         Atoms per signal, 0 <= m_i <= min(d, k).
 
     Returns
@@ -866,15 +963,107 @@ def omp_codes(X, W, n_nonzero) -> np.ndarray:
         raise ValueError(f"shape mismatch: X has shape {X.shape}, W has shape {W.shape}")
     if not np.allclose(np.linalg.norm(W, axis=0), 1.0, atol=1e-8):
         raise ValueError("W must have unit-norm columns for OMP")
-    m = np.broadcast_to(np.asarray(n_nonzero), (X.shape[0],))
-    limit = min(W.shape)
-    if not np.issubdtype(m.dtype, np.integer) or np.any(m < 0) or np.any(m > limit):
-        raise ValueError(f"n_nonzero must be integers in [0, {limit}], got {n_nonzero!r}")
-    gram, corr = W.T @ W, X @ W
+    m = _check_counts(num_nonzero, "num_nonzero", X.shape[0], min(W.shape))
+    s = power_of_two_scale(X)            # OMP is homogeneous in X; exact, 1 unless extreme
+    gram, corr = W.T @ W, (X / s) @ W
     codes = np.zeros((X.shape[0], W.shape[1]))
     for count in np.unique(m[m > 0]):   # one call per distinct count, not per signal
         rows = np.flatnonzero(m == count)
         out = orthogonal_mp_gram(gram, corr[rows].T, n_nonzero_coefs=int(count),
                                  copy_Gram=True, copy_Xy=True)
         codes[rows] = np.asarray(out).reshape(W.shape[1], rows.size).T
-    return codes
+    return codes * s
+
+
+# ------------------------------------------------------------ image patches (MAP)
+def denoise_image(noisy, atoms, lam, *, offset=None, max_iter: int = 500,
+                  tol: float = 1e-6) -> np.ndarray:
+    """Denoise a grey image by MAP sparse coding of all its overlapping patches (chapter 3).
+
+    Every p x p patch y (p from ``atoms``) loses its mean (DC), then ``offset``; its code is
+    the lasso solution h = argmin 0.5 ||y - A h||^2 + lam ||h||_1 (:func:`fista`), the
+    MAP estimate under Gaussian pixel noise of variance sigma^2 and a Laplace(b) prior
+    when lam = sigma^2 / b; the patch estimate A h + offset + DC is then averaged over
+    the overlapping patches that cover each pixel.
+
+    Parameters
+    ----------
+    noisy : array_like, shape (height, width)
+    atoms : array_like, shape (p * p, k)
+        Dictionary A in pixel space (for patches with their DC removed).
+    lam : float
+        Penalty (> 0).
+    offset : array_like, shape (p * p,), optional
+        Mean patch subtracted before coding (default zero).
+    max_iter, tol
+        Passed to :func:`fista`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (height, width)
+    """
+    from sklearn.feature_extraction.image import extract_patches_2d, reconstruct_from_patches_2d
+
+    noisy = as_float_array(noisy, "noisy", ndim=2)
+    A = as_float_array(atoms, "atoms", ndim=2)
+    p = int(round(np.sqrt(A.shape[0])))
+    if p * p != A.shape[0]:
+        raise ValueError(f"atoms must have p*p rows for square patches, got shape {A.shape}")
+    if min(noisy.shape) < p:
+        raise ValueError(f"noisy of shape {noisy.shape} is smaller than the patch size {p}")
+    offset = np.zeros(p * p) if offset is None else as_float_array(offset, "offset", ndim=1)
+    if offset.shape != (p * p,):
+        raise ValueError(f"offset must have shape {(p * p,)}, got {offset.shape}")
+    Y = extract_patches_2d(noisy, (p, p)).reshape(-1, p * p)
+    Y, dc = remove_dc(Y)
+    codes = fista(Y - offset, A, lam, max_iter=max_iter, tol=tol).codes
+    estimate = codes @ A.T + offset + dc[:, None]
+    return reconstruct_from_patches_2d(estimate.reshape(-1, p, p), noisy.shape)
+
+
+def orientation_concentration(patches, *, fft_size: int = 32,
+                              half_width_deg: float = 15.0) -> np.ndarray:
+    """How oriented each square patch (or atom) is: its spectral power in one wedge.
+
+    The power spectrum |FFT|^2 of each p x p patch (zero-padded to ``fft_size`` x ``fft_size``,
+    DC bin excluded) is split by orientation, angle(f_x, f_y) modulo 180 degrees. The
+    result is the largest fraction of the power that falls within +-``half_width_deg``
+    of any one orientation (searched in 1-degree steps). A grating or an edge gives a
+    value near 1; a patch whose power is spread evenly over orientations gives about
+    2 * half_width_deg / 180 (1/6 for the default). Chapter 3 uses it to check that the
+    learned atoms are oriented.
+
+    Parameters
+    ----------
+    patches : array_like, shape (m, p * p)
+        One flattened patch per row (for a dictionary W of shape (d, k), pass ``W.T``).
+    fft_size : int
+        FFT size (>= p).
+    half_width_deg : float
+        Half-width of the orientation wedge in degrees, in (0, 90).
+
+    Returns
+    -------
+    numpy.ndarray, shape (m,)
+        Values in [0, 1].
+    """
+    P = as_float_array(patches, "patches", ndim=2)
+    p = int(round(np.sqrt(P.shape[1])))
+    if p * p != P.shape[1]:
+        raise ValueError(f"patches must have p*p columns, got shape {P.shape}")
+    fft_size = check_positive_int(fft_size, "fft_size", minimum=p)
+    half_width = check_positive(half_width_deg, "half_width_deg")
+    if half_width >= 90:
+        raise ValueError(f"half_width_deg must be < 90, got {half_width}")
+    P = P / power_of_two_scale(P, axis=1, keepdims=True)  # a ratio: per-patch scale is free
+    power = np.abs(np.fft.fft2(P.reshape(-1, p, p), s=(fft_size, fft_size))) ** 2
+    f = np.fft.fftfreq(fft_size)
+    fy, fx = np.meshgrid(f, f, indexing="ij")
+    angle = np.degrees(np.arctan2(fy, fx)) % 180.0
+    keep = (fx != 0) | (fy != 0)
+    power, angle = power[:, keep], angle[keep]
+    total = np.maximum(power.sum(axis=1), np.finfo(float).tiny)
+    centres = np.arange(180.0)
+    dist = np.abs((angle[None, :] - centres[:, None] + 90.0) % 180.0 - 90.0)
+    wedges = (dist <= half_width).astype(float)        # (180, n_bins)
+    return (power @ wedges.T).max(axis=1) / total

@@ -2,8 +2,13 @@
 
 The model is p_theta(x, z) = p(z) p_theta(x | z) with a standard-normal prior
 p(z) = N(0, I) and a Bernoulli decoder whose logits are an MLP of z. The approximate
-posterior is amortised: one encoder network maps each x to the mean and log-variance
-of a diagonal Gaussian q_phi(z | x) (Kingma & Welling 2014; Rezende et al. 2014).
+posterior is amortised: an encoder network maps each x to a distribution q_phi(z | x)
+(Kingma & Welling 2014; Rezende et al. 2014). The encoder FAMILY is pluggable: any
+:class:`torch.nn.Module` mapping x of shape (B, num_pixels) to a
+:class:`torch.distributions.Distribution` over z with batch shape (B,) and event shape
+(latent_dim,), supporting ``rsample`` and ``log_prob`` (chapter 7's flows are one). The
+default, :class:`GaussianEncoder`, is the diagonal Gaussian of chapter 6: an MLP
+returning the mean and log-variance, as a :class:`DiagonalGaussianPosterior`.
 Encoder and decoder are trained together by stochastic gradient ascent on
 
 .. math::
@@ -11,8 +16,13 @@ Encoder and decoder are trained together by stochastic gradient ascent on
     \\mathcal L(\\theta, \\phi; x) = \\mathbb E_{q_\\phi(z\\mid x)}[\\log p_\\theta(x\\mid z)]
     - \\mathrm{KL}(q_\\phi(z\\mid x) \\,\\|\\, p(z)),
 
-with reparameterised samples z = mu + sigma * eps and the closed-form Gaussian KL of
-:func:`elbo_lib.gaussians.gaussian_kl`. The module also holds the tighter
+with reparameterised samples (z = mean + exp(logvar / 2) * eps for the default) and the
+KL in closed form where one is known (:func:`kl_to_prior`: the book's formula
+:func:`elbo_lib.gaussians.gaussian_kl` for the default, ``torch.distributions``'
+registered KL for other Gaussians) or else by Monte Carlo, log q(z | x) - log p(z) at
+the same samples. Functions that only make sense for the diagonal Gaussian
+(:func:`kl_per_unit`, :func:`aggregate_posterior`, :func:`refine_posterior`,
+:func:`inference_gaps`) raise a ``TypeError`` for other families. The module also holds the tighter
 importance-weighted bound (Burda et al. 2016), per-datapoint refinement of q for the
 amortisation gap (Cremer et al. 2018), exact 2-D quadrature of log p(x) as the
 reference answer, the active-unit count for posterior collapse, and wake-sleep
@@ -30,6 +40,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import (
+    Distribution,
+    Independent,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
 from tqdm import tqdm
 
 from elbo_lib._validation import LOG_2PI, check_positive, check_positive_int
@@ -39,6 +56,8 @@ from elbo_lib.gaussians import diagonal_gaussian_log_density, gaussian_kl
 __all__ = [
     "VAE",
     "AggregatePosterior",
+    "DiagonalGaussianPosterior",
+    "GaussianEncoder",
     "TrainingHistory",
     "active_units",
     "aggregate_posterior",
@@ -46,7 +65,6 @@ __all__ = [
     "elbo_per_point",
     "fano_error_bound",
     "fit_encoder",
-    "gradient_snr",
     "inference_gaps",
     "iwae_objective",
     "kl_per_unit",
@@ -58,6 +76,7 @@ __all__ = [
     "grid_log_marginal",
     "importance_log_weights",
     "iwae_bound",
+    "kl_to_prior",
     "latent_grid",
     "refine_posterior",
     "reparameterize",
@@ -67,10 +86,73 @@ __all__ = [
 
 
 
-class VAE(nn.Module):
-    """A VAE with a Gaussian encoder and a Bernoulli decoder, each a one-hidden-layer MLP.
+class DiagonalGaussianPosterior(Independent):
+    """q(z | x) = N(mean, diag(exp(logvar))) per data point: the default encoder family.
 
-    Used by chapter 6.
+    ``Independent(Normal(mean, exp(logvar / 2)), 1)`` that keeps ``logvar`` and computes
+    with the book's formulas (chapter 6): :meth:`rsample` is
+    ``mean + exp(logvar / 2) * eps`` (:func:`reparameterize`), :meth:`log_prob` is
+    :func:`elbo_lib.gaussians.diagonal_gaussian_log_density`, and :func:`kl_to_prior`
+    uses :func:`elbo_lib.gaussians.gaussian_kl` with var = exp(logvar).
+
+    Parameters
+    ----------
+    mean, logvar : torch.Tensor, same shape (..., latent_dim)
+
+    Attributes
+    ----------
+    logvar : torch.Tensor
+        The log-variances; ``mean`` is the inherited property.
+    """
+
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor) -> None:
+        _check_mean_logvar(mean, logvar)
+        if mean.ndim == 0:
+            raise ValueError("mean and logvar must have a latent axis, shape (..., latent_dim)")
+        super().__init__(Normal(mean, torch.exp(0.5 * logvar), validate_args=False), 1,
+                         validate_args=False)
+        self.logvar = logvar
+
+    def rsample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+        """Reparameterised samples mean + exp(logvar / 2) * eps, shape
+        ``sample_shape + batch_shape + (latent_dim,)``."""
+        return _reparameterize(self.base_dist.loc, self.logvar,
+                               self._extended_shape(torch.Size(sample_shape)))
+
+    def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
+        """:meth:`rsample` without gradients (the same random numbers)."""
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log N(value; mean, diag(exp(logvar))), summed over the latent axis."""
+        return diagonal_gaussian_log_density(value, self.base_dist.loc, self.logvar)
+
+
+class GaussianEncoder(nn.Sequential):
+    """The default encoder: x -> tanh hidden layer -> (mean, logvar) of q_phi(z | x).
+
+    A one-hidden-layer MLP with 2 * latent_dim outputs, split into the mean and the
+    log-variance of a :class:`DiagonalGaussianPosterior` (chapter 6).
+
+    Parameters
+    ----------
+    num_pixels, latent_dim, hidden : int
+        Input size, latent dimension and hidden width.
+    """
+
+    def __init__(self, num_pixels: int, latent_dim: int, hidden: int = 128) -> None:
+        super().__init__(nn.Linear(num_pixels, hidden), nn.Tanh(),
+                         nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, x: torch.Tensor) -> DiagonalGaussianPosterior:
+        """q_phi(z | x) for x of shape (B, num_pixels): batch (B,), event (latent_dim,)."""
+        mean, logvar = super().forward(x).chunk(2, dim=-1)
+        return DiagonalGaussianPosterior(mean, logvar)
+
+
+class VAE(nn.Module):
+    """A VAE with a pluggable encoder family and a Bernoulli decoder (chapters 6, 7).
 
     Parameters
     ----------
@@ -79,31 +161,56 @@ class VAE(nn.Module):
     latent_dim : int
         Dimension of z (2 for the manifold figures).
     hidden : int
-        Width of the hidden layer of encoder and decoder.
+        Width of the hidden layer of the decoder (and of the default encoder).
+    encoder : torch.nn.Module or None
+        Maps x of shape (B, num_pixels) to a torch Distribution over z with batch shape
+        (B,) and event shape (latent_dim,) that supports ``rsample`` and ``log_prob``.
+        ``None``: a :class:`GaussianEncoder` of width ``hidden``, created before the
+        decoder (so a seeded VAE draws the same initial weights as before).
 
     Attributes
     ----------
-    encoder : torch.nn.Sequential
-        x -> (mean, log-variance) of q_phi(z | x), concatenated (2 * latent_dim outputs).
+    encoder : torch.nn.Module
+        x -> q_phi(z | x).
     decoder : torch.nn.Sequential
         z -> logits of the D independent Bernoulli pixels of p_theta(x | z).
     """
 
-    def __init__(self, num_pixels: int, latent_dim: int, hidden: int = 128) -> None:
+    def __init__(self, num_pixels: int, latent_dim: int, hidden: int = 128,
+                 encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.num_pixels = check_positive_int(num_pixels, "num_pixels")
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.hidden = check_positive_int(hidden, "hidden")
-        self.encoder = nn.Sequential(nn.Linear(num_pixels, hidden), nn.Tanh(),
-                                     nn.Linear(hidden, 2 * latent_dim))
+        if encoder is None:
+            encoder = GaussianEncoder(num_pixels, latent_dim, hidden)
+        elif not isinstance(encoder, nn.Module):
+            raise TypeError(f"encoder must be a torch.nn.Module returning a "
+                            f"Distribution, got {type(encoder).__name__}")
+        self.encoder = encoder
         self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(),
                                      nn.Linear(hidden, num_pixels))
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of q_phi(z | x), each of shape ``(..., latent_dim)``."""
+    def encode(self, x: torch.Tensor) -> Distribution:
+        """q_phi(z | x): batch shape ``x.shape[:-1]``, event shape ``(latent_dim,)``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If x is not a tensor of ``num_pixels`` columns, or the encoder does not
+            return a Distribution of the promised shapes.
+        """
         _check_data(x, self.num_pixels)
-        mean, logvar = self.encoder(x).chunk(2, dim=-1)
-        return mean, logvar
+        q = self.encoder(x)
+        if not isinstance(q, Distribution):
+            raise TypeError(f"the encoder must return a torch.distributions.Distribution "
+                            f"over z, got {type(q).__name__}")
+        if (tuple(q.batch_shape) != tuple(x.shape[:-1])
+                or tuple(q.event_shape) != (self.latent_dim,)):
+            raise ValueError(f"the encoder's q must have batch_shape {tuple(x.shape[:-1])} "
+                             f"and event_shape ({self.latent_dim},), got "
+                             f"{tuple(q.batch_shape)} and {tuple(q.event_shape)}")
+        return q
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits of p_theta(x | z), shape ``(..., num_pixels)``."""
@@ -112,10 +219,106 @@ class VAE(nn.Module):
             raise ValueError(f"z must be a tensor of shape (..., {self.latent_dim}), got {got}")
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One reparameterised pass: returns ``(logits, mean, logvar)``."""
-        mean, logvar = self.encode(x)
-        return self.decode(reparameterize(mean, logvar)), mean, logvar
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Distribution]:
+        """One reparameterised pass: returns ``(logits, q)``."""
+        q = self.encode(x)
+        return self.decode(q.rsample()), q
+
+
+def _check_mean_logvar(mean, logvar) -> None:
+    if not isinstance(mean, torch.Tensor) or not isinstance(logvar, torch.Tensor):
+        raise TypeError(f"mean and logvar must be tensors, got {type(mean).__name__} "
+                        f"and {type(logvar).__name__}")
+    if mean.shape != logvar.shape:
+        raise ValueError(f"mean and logvar must have the same shape, got {tuple(mean.shape)} "
+                         f"and {tuple(logvar.shape)}")
+
+
+def _require_diagonal_gaussian(q: Distribution, what: str) -> DiagonalGaussianPosterior:
+    if not isinstance(q, DiagonalGaussianPosterior):
+        raise TypeError(f"{what} needs the diagonal Gaussian encoder family (an encoder "
+                        f"returning elbo_lib.vae.DiagonalGaussianPosterior, with a mean "
+                        f"and a logvar per unit), got {type(q).__name__}")
+    return q
+
+
+def _log_prior(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), summed over the last axis."""
+    return -0.5 * (LOG_2PI * z.shape[-1] + (z**2).sum(-1))
+
+
+def _stopped(where: str, epoch: int, num_epochs: int, step: int, lr: float,
+             reason: str) -> str:
+    return (f"{where} stopped at epoch {epoch + 1} of {num_epochs}, step {step + 1}: "
+            f"{reason} (a smaller lr than {lr} may help)")
+
+
+def _check_loss(loss: torch.Tensor, where: str, epoch: int, num_epochs: int, step: int,
+                lr: float) -> None:
+    if not bool(torch.isfinite(loss)):
+        raise ValueError(_stopped(where, epoch, num_epochs, step, lr,
+                                  "the loss is not finite"))
+
+
+def kl_to_prior(q: Distribution, z: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q(z | x) || N(0, I)) of every data point: closed form if known, else Monte Carlo.
+
+    For a :class:`DiagonalGaussianPosterior`, the book's formula
+    (:func:`elbo_lib.gaussians.gaussian_kl` with var = exp(logvar), summed over units).
+    Otherwise torch's registered closed form against N(0, I) written as an
+    ``Independent(Normal)`` or a ``MultivariateNormal`` (a full-covariance Gaussian
+    encoder, for example); failing both, the Monte Carlo estimate
+    mean over samples of log q(z | x) - log p(z) at the given reparameterised samples.
+    Chapters 6 and 7.
+
+    Parameters
+    ----------
+    q : torch.distributions.Distribution
+        Batch shape (n,), event shape (latent_dim,).
+    z : torch.Tensor or None
+        Samples of q, shape (n, latent_dim) or (S, n, latent_dim); needed only when
+        there is no closed form.
+
+    Returns
+    -------
+    torch.Tensor, shape (n,)
+
+    Raises
+    ------
+    ValueError
+        If there is no closed form and no samples were given.
+    """
+    if isinstance(q, DiagonalGaussianPosterior):
+        return _kl_units(q).sum(-1)
+    closed = _closed_form_kl(q)
+    if closed is not None:
+        return closed
+    if z is None:
+        raise ValueError(f"torch has no closed-form KL for {type(q).__name__} against "
+                         "N(0, I): pass reparameterised samples z for a Monte Carlo KL")
+    kl = q.log_prob(z) - _log_prior(z)
+    return kl.reshape(-1, *q.batch_shape).mean(0)
+
+
+def _kl_units(q: DiagonalGaussianPosterior) -> torch.Tensor:
+    """Per-unit closed-form KL to N(0, 1), shape (n, latent_dim)."""
+    return gaussian_kl(q.base_dist.loc, torch.exp(q.logvar), 0.0, 1.0)
+
+
+def _closed_form_kl(q: Distribution) -> torch.Tensor | None:
+    try:
+        dtype = q.mean.dtype
+    except NotImplementedError:
+        return None
+    zeros = torch.zeros(q.event_shape, dtype=dtype)
+    priors = (Independent(Normal(zeros, torch.ones_like(zeros)), 1),
+              MultivariateNormal(zeros, scale_tril=torch.diag(torch.ones_like(zeros))))
+    for prior in priors:
+        try:
+            return kl_divergence(q, prior)
+        except NotImplementedError:
+            continue
+    return None
 
 
 def _check_data(x, num_pixels: int | None = None) -> torch.Tensor:
@@ -170,14 +373,13 @@ def reparameterize(mean: torch.Tensor, logvar: torch.Tensor,
     -------
     torch.Tensor
     """
-    if not isinstance(mean, torch.Tensor) or not isinstance(logvar, torch.Tensor):
-        raise TypeError(f"mean and logvar must be tensors, got {type(mean).__name__} "
-                        f"and {type(logvar).__name__}")
-    if mean.shape != logvar.shape:
-        raise ValueError(f"mean and logvar must have the same shape, got {tuple(mean.shape)} "
-                         f"and {tuple(logvar.shape)}")
+    _check_mean_logvar(mean, logvar)
     shape = mean.shape if num_samples is None else (
         check_positive_int(num_samples, "num_samples"), *mean.shape)
+    return _reparameterize(mean, logvar, shape)
+
+
+def _reparameterize(mean: torch.Tensor, logvar: torch.Tensor, shape) -> torch.Tensor:
     eps = torch.randn(shape, dtype=mean.dtype)
     return mean + torch.exp(0.5 * logvar) * eps
 
@@ -203,22 +405,23 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
 
 
 def elbo_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-sample reconstruction term and closed-form KL of each data point.
+    """One-sample reconstruction term and KL to the prior of each data point.
 
-    reconstruction_i = log p_theta(x_i | z_i) with z_i = mean_i + sigma_i * eps_i
-    (reparameterised), kl_i = KL(q_phi(z | x_i) || N(0, I)) from
-    :func:`elbo_lib.gaussians.gaussian_kl` summed over latent dimensions. The ELBO of x_i is
-    ``reconstruction_i - kl_i``. Differentiable in encoder and decoder parameters.
+    reconstruction_i = log p_theta(x_i | z_i) with z_i ~ q_phi(z | x_i) reparameterised
+    (``rsample``), kl_i = KL(q_phi(z | x_i) || N(0, I)) by :func:`kl_to_prior` (closed
+    form when known, else log q(z_i | x_i) - log p(z_i) at the same sample). The ELBO
+    of x_i is ``reconstruction_i - kl_i``. Differentiable in encoder and decoder
+    parameters; any encoder family.
 
     Returns
     -------
     (reconstruction, kl) : tuple of torch.Tensor, each of shape (n,)
     """
     model = _check_model(model)
-    mean, logvar = model.encode(x)
-    reconstruction = bernoulli_log_likelihood(x, model.decode(reparameterize(mean, logvar)))
-    kl = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1)
-    return reconstruction, kl
+    q = model.encode(x)
+    z = q.rsample()
+    reconstruction = bernoulli_log_likelihood(x, model.decode(z))
+    return reconstruction, kl_to_prior(q, z)
 
 
 @torch.no_grad()
@@ -226,7 +429,8 @@ def evaluate_elbo(model: VAE, x: torch.Tensor, num_samples: int = 1) -> dict[str
     """Average ELBO of ``x`` and its two terms (reconstruction and KL), in nats per image.
 
     The reconstruction term is averaged over ``num_samples`` reparameterised samples per
-    data point; the KL is exact.
+    data point; the KL is exact where :func:`kl_to_prior` has a closed form, else
+    averaged over the same samples.
 
     Returns
     -------
@@ -235,10 +439,10 @@ def evaluate_elbo(model: VAE, x: torch.Tensor, num_samples: int = 1) -> dict[str
     """
     model = _check_model(model)
     num_samples = check_positive_int(num_samples, "num_samples")
-    mean, logvar = model.encode(x)
-    z = reparameterize(mean, logvar, num_samples)
+    q = model.encode(x)
+    z = q.rsample((num_samples,))
     reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0).mean()
-    kl = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1).mean()
+    kl = kl_to_prior(q, z).mean()
     return {"elbo": float(reconstruction - kl), "reconstruction": float(reconstruction),
             "kl": float(kl)}
 
@@ -296,7 +500,7 @@ def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs
     Parameters
     ----------
     model : VAE
-        Trained in place.
+        Trained in place; any encoder family (:func:`elbo_terms`).
     x_train, x_val : torch.Tensor, shape (n, D)
     num_epochs : int
     batch_size : int
@@ -311,6 +515,11 @@ def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs
     -------
     TrainingHistory
         The history always reports the true ELBO (beta = 1) next to its two terms.
+
+    Raises
+    ------
+    ValueError
+        For bad sizes, or the first time the loss is not finite (naming epoch and step).
     """
     model, num_epochs, batch_size, lr = _check_training(model, x_train, x_val, num_epochs,
                                                         batch_size, lr)
@@ -321,12 +530,13 @@ def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs
     start = time.perf_counter()
     bar = tqdm(range(num_epochs), desc=f"VAE beta={beta:g}", disable=not progress,
                mininterval=0.5)
-    for _ in bar:
+    for epoch in bar:
         model.train()
         totals = torch.zeros(2)
-        for idx in torch.randperm(n).split(batch_size):
+        for step, idx in enumerate(torch.randperm(n).split(batch_size)):
             reconstruction, kl = elbo_terms(model, x_train[idx])
             loss = -(reconstruction - beta * kl).mean()
+            _check_loss(loss, "train_vae", epoch, num_epochs, step, lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -349,9 +559,9 @@ def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num
     gradient step on the decoder only, maximising log p_theta(x | z) (the prior has no
     parameters). Sleep phase: dream (z, x) ~ p(z) p_theta(x | z) and a gradient step on the
     encoder only, maximising log q_phi(z | x) on the dream, i.e. minimising
-    KL(p_theta(z | x) || q_phi(z | x)) averaged over the model's own x. The recorded
-    curves are the ELBO and its terms, so that they compare with :func:`train_vae`.
-    Used by chapter 6.
+    KL(p_theta(z | x) || q_phi(z | x)) averaged over the model's own x (any encoder
+    family whose ``log_prob`` takes arbitrary z). The recorded curves are the ELBO and
+    its terms, so that they compare with :func:`train_vae`. Used by chapter 6.
 
     Returns
     -------
@@ -365,26 +575,31 @@ def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num
     n = len(x_train)
     start = time.perf_counter()
     bar = tqdm(range(num_epochs), desc="wake-sleep", disable=not progress, mininterval=0.5)
-    for _ in bar:
+    for epoch in bar:
         totals = torch.zeros(2)
-        for idx in torch.randperm(n).split(batch_size):
+        for step, idx in enumerate(torch.randperm(n).split(batch_size)):
             x = x_train[idx]
             # wake: fit the decoder to the encoder's explanations of real data
             with torch.no_grad():
-                mean, logvar = model.encode(x)
-                z = reparameterize(mean, logvar)
-                kl = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1)
+                q = model.encode(x)
+                z = q.rsample()
+                kl = kl_to_prior(q, z)
             reconstruction = bernoulli_log_likelihood(x, model.decode(z))
+            wake_loss = -reconstruction.mean()
+            _check_loss(wake_loss, "train_wake_sleep (wake phase)", epoch, num_epochs, step,
+                        lr)
             opt_decoder.zero_grad(set_to_none=True)
-            (-reconstruction.mean()).backward()
+            wake_loss.backward()
             opt_decoder.step()
             # sleep: fit the encoder to the decoder's dreams
             with torch.no_grad():
                 z_dream = torch.randn(len(idx), model.latent_dim)
                 x_dream = torch.bernoulli(torch.sigmoid(model.decode(z_dream)))
-            mean_d, logvar_d = model.encode(x_dream)
+            sleep_loss = -model.encode(x_dream).log_prob(z_dream).mean()
+            _check_loss(sleep_loss, "train_wake_sleep (sleep phase)", epoch, num_epochs,
+                        step, lr)
             opt_encoder.zero_grad(set_to_none=True)
-            (-diagonal_gaussian_log_density(z_dream, mean_d, logvar_d).mean()).backward()
+            sleep_loss.backward()
             opt_encoder.step()
             totals += torch.stack([reconstruction.detach().sum(), kl.sum()])
         rec, kl_mean = (totals / n).tolist()
@@ -399,10 +614,11 @@ def importance_log_weights(model: VAE, x: torch.Tensor, k: int, mean=None,
                            logvar=None) -> torch.Tensor:
     """Log importance weights log p(x, z_i) - log q(z_i | x) for k samples per point.
 
-    The proposal is the encoder's q_phi(z | x) unless ``mean`` and ``logvar`` (shape
-    (n, latent_dim)) give another diagonal Gaussian per data point, such as the refined
-    q of :func:`refine_posterior`. All k * n samples go through the decoder in one
-    batched call. Not wrapped in ``no_grad``: the weights are differentiable.
+    The proposal is the encoder's q_phi(z | x) (any family) unless ``mean`` and
+    ``logvar`` (shape (n, latent_dim)) give another diagonal Gaussian per data point,
+    such as the refined q of :func:`refine_posterior`. All k * n samples go through the
+    decoder in one batched call. Not wrapped in ``no_grad``: the weights are
+    differentiable (through ``rsample``).
 
     Returns
     -------
@@ -413,14 +629,20 @@ def importance_log_weights(model: VAE, x: torch.Tensor, k: int, mean=None,
     if (mean is None) != (logvar is None):
         raise ValueError("give both mean and logvar, or neither (to use the encoder)")
     if mean is None:
-        mean, logvar = model.encode(x)
+        q = model.encode(x)
     elif mean.shape != (len(x), model.latent_dim) or logvar.shape != mean.shape:
         raise ValueError(f"mean and logvar must have shape ({len(x)}, {model.latent_dim}), "
                          f"got {tuple(mean.shape)} and {tuple(logvar.shape)}")
-    z = reparameterize(mean, logvar, k)                        # (k, n, latent_dim)
+    else:
+        q = DiagonalGaussianPosterior(mean, logvar)
+    return _log_weights(model, x, q, q.rsample((k,)))[0]     # z: (k, n, latent_dim)
+
+
+def _log_weights(model: VAE, x: torch.Tensor, q: Distribution, z: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(x | z) + log p(z) - log q(z | x) and log p(x | z) at samples z of q."""
     log_px_given_z = bernoulli_log_likelihood(x, model.decode(z))
-    log_pz = -0.5 * (LOG_2PI * model.latent_dim + (z**2).sum(-1))
-    return log_px_given_z + log_pz - diagonal_gaussian_log_density(z, mean, logvar)
+    return log_px_given_z + _log_prior(z) - q.log_prob(z), log_px_given_z
 
 
 @torch.no_grad()
@@ -480,6 +702,13 @@ def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.
     (mean, logvar, trace) : torch.Tensor, torch.Tensor, numpy.ndarray
         Refined parameters (detached, shape (n, latent_dim)) and the average stochastic
         ELBO estimate at every step (shape (num_steps,)).
+
+    Raises
+    ------
+    TypeError
+        If the encoder is not of the diagonal Gaussian family (the refined q is one).
+    ValueError
+        For bad sizes, or the first step at which an ELBO is not finite.
     """
     model = _check_model(model)
     _check_data(x, model.num_pixels)
@@ -487,9 +716,9 @@ def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.
     num_samples = check_positive_int(num_samples, "num_samples")
     lr = check_positive(lr, "lr")
     with torch.no_grad():
-        mean0, logvar0 = model.encode(x)
-    mean = mean0.clone().requires_grad_(True)
-    logvar = logvar0.clone().requires_grad_(True)
+        q = _require_diagonal_gaussian(model.encode(x), "refine_posterior")
+    mean = q.mean.clone().requires_grad_(True)
+    logvar = q.logvar.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([mean, logvar], lr=lr)
     trace = torch.empty(num_steps)
     flags = [p.requires_grad for p in model.parameters()]
@@ -500,6 +729,10 @@ def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.
             z = reparameterize(mean, logvar, num_samples)
             reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0)
             elbo = reconstruction - gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1)
+            if not bool(torch.isfinite(elbo).all()):
+                raise ValueError(f"refine_posterior stopped at step {step + 1} of "
+                                 f"{num_steps}: the ELBO is not finite (a smaller lr than "
+                                 f"{lr} may help)")
             optimizer.zero_grad(set_to_none=True)
             (-elbo.sum()).backward()
             optimizer.step()
@@ -541,8 +774,7 @@ def grid_log_marginal(model: VAE, x: torch.Tensor, limit: float = 5.0,
     for chunk in grid.split(max_batch):
         logits = model.decode(chunk.float()).to(torch.float64)  # (g, D)
         log_lik = x64 @ logits.T - F.softplus(logits).sum(-1)   # (n, g)
-        log_prior = -0.5 * (2 * LOG_2PI + (chunk**2).sum(-1))
-        parts.append(torch.logsumexp(log_lik + log_prior, dim=1))
+        parts.append(torch.logsumexp(log_lik + _log_prior(chunk), dim=1))
     return torch.logsumexp(torch.stack(parts, dim=1), dim=1) + log_cell
 
 
@@ -572,34 +804,47 @@ def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01
     """Number of active latent units: Cov_x(E_q[z_u | x]) > threshold (Burda et al. 2016).
 
     A unit whose posterior mean does not vary with x carries no information about x:
-    its q(z_u | x) has collapsed to the prior (posterior collapse). Used by chapter 6.
+    its q(z_u | x) has collapsed to the prior (posterior collapse). Any encoder family
+    whose q has a ``mean``. Used by chapter 6.
 
     Returns
     -------
     (count, variances) : int and numpy.ndarray of shape (latent_dim,)
+
+    Raises
+    ------
+    TypeError
+        If the encoder's q has no ``mean`` (e.g. a normalising flow).
     """
     model = _check_model(model)
     _check_data(x, model.num_pixels)
     threshold = check_positive(threshold, "threshold")
     if len(x) < 2:
         raise ValueError(f"need at least 2 data points to measure a variance, got {len(x)}")
-    mean, _ = model.encode(x)
+    q = model.encode(x)
+    try:
+        mean = q.mean
+    except NotImplementedError as err:
+        raise TypeError(f"active_units needs an encoder family whose q has a mean "
+                        f"(E_q[z | x]), got {type(q).__name__}") from err
     variances = mean.var(dim=0, unbiased=True).numpy().astype(np.float64)
     return int((variances > threshold).sum()), variances
 
 
 # -- additions for chapter 6's second half: per-image ELBOs, IWAE training, KL warm-up and
-#    free bits, gradient signal-to-noise, the aggregate posterior, encoder refits ----------
+#    free bits, the aggregate posterior, encoder refits ----------------------------------
 
 
 @torch.no_grad()
 def elbo_per_point(model: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
-    """Per-data-point ELBO with the closed-form KL: mean_s log p(x | z_s) - KL(q || p).
+    """Per-data-point ELBO, mean_s log p(x | z_s) - KL(q || p), the KL in closed form.
 
     The reconstruction term is averaged over ``num_samples`` reparameterised samples;
-    the KL is exact (:func:`elbo_lib.gaussians.gaussian_kl`). :func:`iwae_bound` estimates
-    the same quantity from log importance weights (Monte Carlo in both terms), so the
-    two agree within Monte Carlo error. Used by chapter 6.
+    the KL is exact where :func:`kl_to_prior` knows a closed form (the book's
+    :func:`elbo_lib.gaussians.gaussian_kl` for the default encoder), else averaged over
+    the same samples. :func:`iwae_bound` estimates the same quantity from log
+    importance weights (Monte Carlo in both terms), so the two agree within Monte Carlo
+    error. Used by chapter 6.
 
     Returns
     -------
@@ -608,10 +853,10 @@ def elbo_per_point(model: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.T
     model = _check_model(model)
     _check_data(x, model.num_pixels)
     num_samples = check_positive_int(num_samples, "num_samples")
-    mean, logvar = model.encode(x)
-    z = reparameterize(mean, logvar, num_samples)
+    q = model.encode(x)
+    z = q.rsample((num_samples,))
     reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0)
-    return reconstruction - gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1)
+    return reconstruction - kl_to_prior(q, z)
 
 
 def iwae_objective(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -619,7 +864,8 @@ def iwae_objective(model: VAE, x: torch.Tensor, k: int) -> torch.Tensor:
 
     log (1/k) sum_i w_i with k reparameterised samples z_i ~ q_phi(z | x); k = 1 is the
     one-sample ELBO estimate with a Monte Carlo (not closed-form) KL. Gradients flow to
-    encoder and decoder. Used by :func:`train_vae_variant` and :func:`gradient_snr`.
+    encoder and decoder; any encoder family. Used by chapter 6 with
+    :func:`elbo_lib.gradients.gradient_snr`.
 
     Returns
     -------
@@ -656,11 +902,18 @@ def train_vae_variant(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor,
     term averaged over the k samples); ``val_*`` are the true ELBO and its terms, as in
     :func:`train_vae`. Used by chapter 6.
 
+    Any encoder family, except that free bits need the diagonal Gaussian's per-unit
+    KL; for families without a closed-form KL the recorded KL is the Monte Carlo
+    estimate at the training samples.
+
     Raises
     ------
+    TypeError
+        If ``free_bits > 0`` and the encoder is not of the diagonal Gaussian family.
     ValueError
         If ``k > 1`` is combined with ``beta != 1``, warm-up or free bits (the IWAE
-        objective has no separate KL term to weight), or on invalid sizes.
+        objective has no separate KL term to weight), on invalid sizes, or the first
+        time the loss is not finite (naming epoch and step).
     """
     model, num_epochs, batch_size, lr = _check_training(model, x_train, x_val, num_epochs,
                                                         batch_size, lr)
@@ -680,33 +933,41 @@ def train_vae_variant(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor,
     steps_per_epoch = math.ceil(n / batch_size)
     step = 0
     start = time.perf_counter()
-    for _ in range(num_epochs):
+    for epoch in range(num_epochs):
         model.train()
         totals = torch.zeros(2)
-        for idx in torch.randperm(n).split(batch_size):
+        for step_in_epoch, idx in enumerate(torch.randperm(n).split(batch_size)):
             x = x_train[idx]
-            mean, logvar = model.encode(x)
-            kl_units = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0)
+            q = model.encode(x)
+            if free_bits:
+                _require_diagonal_gaussian(q, "train_vae_variant with free_bits")
+            # per-unit closed-form KL for the diagonal Gaussian (free bits need units)
+            kl = _kl_units(q) if isinstance(q, DiagonalGaussianPosterior) else None
             if k > 1:
-                z = reparameterize(mean, logvar, k)
-                log_lik = bernoulli_log_likelihood(x, model.decode(z))       # (k, b)
-                log_w = (log_lik - 0.5 * (LOG_2PI * model.latent_dim + (z**2).sum(-1))
-                         - diagonal_gaussian_log_density(z, mean, logvar))
-                loss = -importance_weighted_bound(log_w, dim=0).mean()
+                z = q.rsample((k,))
+                log_w, log_lik = _log_weights(model, x, q, z)             # (k, b) each
+                try:
+                    loss = -importance_weighted_bound(log_w, dim=0).mean()
+                except ValueError as err:
+                    raise ValueError(_stopped("train_vae_variant", epoch, num_epochs,
+                                              step_in_epoch, lr, str(err))) from err
                 reconstruction = log_lik.mean(0)
+                kl = kl_to_prior(q, z) if kl is None else kl
             else:
-                reconstruction = bernoulli_log_likelihood(
-                    x, model.decode(reparameterize(mean, logvar)))
+                z = q.rsample()
+                reconstruction = bernoulli_log_likelihood(x, model.decode(z))
+                kl = kl_to_prior(q, z) if kl is None else kl
                 weight = beta
                 if warmup_epochs:
                     weight = beta * min(1.0, (step + 1) / (warmup_epochs * steps_per_epoch))
-                loss = -(reconstruction - weight * _free_bits_kl(kl_units, free_bits)).mean()
+                kl_term = kl if kl.ndim == 1 else _free_bits_kl(kl, free_bits)
+                loss = -(reconstruction - weight * kl_term).mean()
+            _check_loss(loss, "train_vae_variant", epoch, num_epochs, step_in_epoch, lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            totals += torch.stack([reconstruction.detach().sum(),
-                                   kl_units.detach().sum()])
+            totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
         rec, kl_mean = (totals / n).tolist()
         model.eval()
         history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean},
@@ -725,48 +986,16 @@ def kl_per_unit(model: VAE, x: torch.Tensor) -> np.ndarray:
     Returns
     -------
     numpy.ndarray, shape (latent_dim,)
+
+    Raises
+    ------
+    TypeError
+        If the encoder is not of the diagonal Gaussian family (no per-unit KL).
     """
     model = _check_model(model)
     _check_data(x, model.num_pixels)
-    mean, logvar = model.encode(x)
-    kl = gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).mean(0)
-    return kl.numpy().astype(np.float64)
-
-
-def gradient_snr(model: VAE, x: torch.Tensor, k: int, num_repeats: int = 100
-                 ) -> dict[str, np.ndarray]:
-    """Signal-to-noise ratio of the IWAE_k gradient, per parameter (Rainforth et al. 2018).
-
-    The gradient of mean_n IWAE_k(x_n) with respect to every parameter is estimated
-    ``num_repeats`` times on the same data ``x`` with fresh samples; the SNR of a
-    parameter is |mean| / standard deviation over the repeats. Rainforth et al. show that
-    as k grows the decoder's (generative network's) SNR grows like sqrt(k) while the
-    encoder's (inference network's) shrinks like 1 / sqrt(k). Used by chapter 6.
-
-    Returns
-    -------
-    dict
-        ``"encoder"`` and ``"decoder"``: per-parameter SNR (numpy arrays), and
-        ``"decoder_mean"``: the decoder gradient averaged over the repeats (for the
-        comparison with :func:`decoder_gradient_by_quadrature`).
-    """
-    model = _check_model(model)
-    _check_data(x, model.num_pixels)
-    k = check_positive_int(k, "k")
-    num_repeats = check_positive_int(num_repeats, "num_repeats", minimum=2)
-    groups = {"encoder": list(model.encoder.parameters()),
-              "decoder": list(model.decoder.parameters())}
-    params = groups["encoder"] + groups["decoder"]
-    samples = []
-    for _ in range(num_repeats):
-        grads = torch.autograd.grad(iwae_objective(model, x, k).mean(), params)
-        samples.append(torch.cat([g.reshape(-1) for g in grads]).double())
-    g = torch.stack(samples)                                  # (repeats, P)
-    mean, std = g.mean(0), g.std(0)
-    snr = (mean.abs() / std.clamp_min(1e-30)).numpy()
-    n_enc = sum(p.numel() for p in groups["encoder"])
-    return {"encoder": snr[:n_enc], "decoder": snr[n_enc:],
-            "decoder_mean": mean[n_enc:].numpy()}
+    q = _require_diagonal_gaussian(model.encode(x), "kl_per_unit")
+    return _kl_units(q).mean(0).numpy().astype(np.float64)
 
 
 def decoder_gradient_by_quadrature(model: VAE, x: torch.Tensor, limit: float = 5.0,
@@ -793,7 +1022,7 @@ def decoder_gradient_by_quadrature(model: VAE, x: torch.Tensor, limit: float = 5
     logits = model.decode(grid.float()).to(torch.float64)
     x64 = x.to(torch.float64)
     log_joint = (x64 @ logits.T - F.softplus(logits).sum(-1)
-                 - 0.5 * (2 * LOG_2PI + (grid**2).sum(-1)))
+                 + _log_prior(grid))
     log_px = torch.logsumexp(log_joint, dim=1)                   # + const (cell area)
     params = list(model.decoder.parameters())
     grads = torch.autograd.grad(log_px.mean(), params)
@@ -842,6 +1071,13 @@ def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
     Returns
     -------
     AggregatePosterior
+
+    Raises
+    ------
+    TypeError
+        If the encoder is not of the diagonal Gaussian family.
+    ValueError
+        If the latent space is not 2-D, or for bad grid sizes.
     """
     model = _check_model(model)
     _check_data(x, model.num_pixels)
@@ -850,7 +1086,8 @@ def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
                          f"{model.latent_dim}")
     limit = check_positive(limit, "limit")
     num_points = check_positive_int(num_points, "num_points", minimum=3)
-    mean, logvar = (t.to(torch.float64) for t in model.encode(x))
+    q = _require_diagonal_gaussian(model.encode(x), "aggregate_posterior")
+    mean, logvar = q.mean.to(torch.float64), q.logvar.to(torch.float64)
     axis = torch.linspace(-limit, limit, num_points, dtype=torch.float64)
     grid = torch.cartesian_prod(axis, axis)                       # (G, 2), row-major
     log_cell = 2 * math.log(float(axis[1] - axis[0]))
@@ -859,7 +1096,7 @@ def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
     for chunk in grid.split(max_batch):
         log_q_cond = diagonal_gaussian_log_density(chunk[:, None, :], mean, logvar)   # (g, N)
         log_q = torch.logsumexp(log_q_cond, dim=1) - log_n                    # (g,)
-        log_p = -0.5 * (2 * LOG_2PI + (chunk**2).sum(-1))
+        log_p = _log_prior(chunk)
         kl_prior += float((torch.exp(log_q + log_cell) * (log_q - log_p)).sum())
         weights = torch.exp(log_q_cond + log_cell - log_n)
         mutual += float((weights * (log_q_cond - log_q[:, None])).sum())
@@ -875,8 +1112,9 @@ def fit_encoder(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epoc
     """A new encoder of width ``hidden`` trained on the ELBO of ``model``'s frozen decoder.
 
     Returns a new VAE whose decoder is a copy of ``model.decoder`` (never updated) and
-    whose encoder (one hidden layer of ``hidden`` tanh units; ``new.hidden`` is the
-    encoder's width) is trained by Adam on the reparameterised ELBO. With the decoder
+    whose encoder (a :class:`GaussianEncoder`, one hidden layer of ``hidden`` tanh units;
+    ``new.hidden`` is the encoder's width) is trained by Adam on the reparameterised
+    ELBO; ``model`` itself may have any encoder family. With the decoder
     fixed, the amortisation gaps of encoders of different widths are gaps for the same
     model p_theta, so they can be compared (Cremer et al. 2018). Used by chapter 6.
 
@@ -896,12 +1134,14 @@ def fit_encoder(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epoc
     history = TrainingHistory()
     n = len(x_train)
     start = time.perf_counter()
-    for _ in range(num_epochs):
+    for epoch in range(num_epochs):
         totals = torch.zeros(2)
-        for idx in torch.randperm(n).split(batch_size):
+        for step, idx in enumerate(torch.randperm(n).split(batch_size)):
             reconstruction, kl = elbo_terms(new, x_train[idx])
+            loss = -(reconstruction - kl).mean()
+            _check_loss(loss, "fit_encoder", epoch, num_epochs, step, lr)
             optimizer.zero_grad(set_to_none=True)
-            (-(reconstruction - kl).mean()).backward()
+            loss.backward()
             optimizer.step()
             totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
         rec, kl_mean = (totals / n).tolist()

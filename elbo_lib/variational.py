@@ -17,8 +17,10 @@ input (``cache_size=1``), so ``log_prob`` of its own samples needs no inverse.
 
 with Adam (Kingma and Ba 2015) following either the pathwise (reparameterisation)
 gradient of :func:`elbo_lib.bounds.monte_carlo_elbo` or the score-function gradient of
-:func:`elbo_lib.gradients.score_function_elbo_surrogate` (Ranganath, Gerrish and Blei
+:func:`elbo_lib.bounds.score_function_elbo_surrogate` (Ranganath, Gerrish and Blei
 2014): the same number of model evaluations per step for both.
+:func:`fit_gaussian_vi_parallel` runs many Gaussian fits (a step-size sweep over seeds)
+in one batched computation (chapter 5).
 """
 
 from __future__ import annotations
@@ -33,15 +35,17 @@ from torch import nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 from torch.nn.functional import softplus
 
-from elbo_lib._validation import check_positive, check_positive_int
-from elbo_lib.bounds import monte_carlo_elbo
-from elbo_lib.gradients import score_function_elbo_surrogate
+from elbo_lib._validation import as_float_array, check_positive, check_positive_int
+from elbo_lib.bounds import monte_carlo_elbo, score_function_elbo_surrogate
+from elbo_lib.gradients import apply_baseline, check_baseline
 
 __all__ = [
     "DiagonalGaussian",
     "FullRankGaussian",
+    "ParallelVIResult",
     "VIResult",
     "VariationalFamily",
+    "fit_gaussian_vi_parallel",
     "fit_vi",
 ]
 
@@ -202,7 +206,7 @@ def fit_vi(
     Each step draws ``num_samples`` samples of q (that many evaluations of the model)
     and follows the pathwise gradient of :func:`~elbo_lib.bounds.monte_carlo_elbo` or
     the score-function gradient of
-    :func:`~elbo_lib.gradients.score_function_elbo_surrogate`. Chapters 5 and 7.
+    :func:`~elbo_lib.bounds.score_function_elbo_surrogate`. Chapters 5 and 7.
 
     Parameters
     ----------
@@ -284,3 +288,191 @@ def fit_vi(
     return VIResult(family, np.asarray(steps), np.asarray(trace), num_steps * num_samples,
                     {"family": type(family).__name__, "estimator": estimator,
                      "num_samples": num_samples})
+
+
+# --------------------------------------------------------------------------------------
+# many Gaussian black-box VI runs at once: step-size sweeps over several seeds
+# --------------------------------------------------------------------------------------
+PARALLEL_ESTIMATORS = ("pathwise", "path-derivative", "score")
+FAMILIES = ("diagonal", "full")
+
+
+@dataclass
+class ParallelVIResult:
+    """Output of :func:`fit_gaussian_vi_parallel`: R independent runs.
+
+    Attributes
+    ----------
+    lrs : ndarray (R,)
+        Adam step size of each run.
+    mean, scale_tril : ndarray (R, D) and (R, D, D)
+        Final q = N(mean, L L^T) of each run (NaN where a run's parameters overflowed).
+    steps : ndarray (T,)
+        Steps at which the ELBO trace was recorded.
+    elbo : ndarray (R, T)
+        ELBO estimates (``eval_samples`` fresh samples, closed-form entropy).
+    final_elbo : ndarray (R,)
+        ELBO of the final q from ``final_samples`` samples.
+    diverged : ndarray of bool (R,)
+        The run's final ELBO is non-finite or below the ELBO of its starting point.
+    model_evaluations : int
+        log-joint evaluations spent on gradients by each run (steps x S).
+    """
+
+    lrs: np.ndarray
+    mean: np.ndarray
+    scale_tril: np.ndarray
+    steps: np.ndarray
+    elbo: np.ndarray
+    final_elbo: np.ndarray
+    diverged: np.ndarray
+    model_evaluations: int
+
+
+def _batched_log_q(z: torch.Tensor, mu: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu_r, L_r L_r^T) for z (R, S, D), mu (R, D), low (R, D, D) -> (R, S)."""
+    diff = (z - mu[:, None, :]).transpose(1, 2)
+    white = torch.linalg.solve_triangular(low, diff, upper=False)
+    log_det = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1, keepdim=True)
+    return -0.5 * (white**2).sum(1) - log_det - 0.5 * mu.shape[-1] * math.log(2 * math.pi)
+
+
+def fit_gaussian_vi_parallel(
+    log_joint: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    lrs,
+    *,
+    family: str = "diagonal",
+    estimator: str = "pathwise",
+    num_samples: int = 8,
+    num_steps: int = 1000,
+    baseline: None | float | str = "leave-one-out",
+    eval_every: int = 100,
+    eval_samples: int = 256,
+    final_samples: int = 4096,
+    init_scale: float = 0.1,
+    seed: int = 0,
+) -> ParallelVIResult:
+    """Run ``len(lrs)`` independent Gaussian black-box VI runs in parallel.
+
+    The same algorithm as :func:`fit_vi` with :class:`DiagonalGaussian` or
+    :class:`FullRankGaussian` (q = N(mean, L L^T), softplus diagonal, mean = 0 and
+    L = init_scale I at the start, Adam), but
+    every run has its own step size and its own noise, and all runs advance in one
+    batched computation. Repeating a step size in ``lrs`` gives independent replicates
+    (seeds) of that setting. Chapter 5 uses it for a step-size sweep of the estimators.
+
+    Parameters
+    ----------
+    log_joint : callable
+        Maps samples (N, D) to log p(x, z) of shape (N,).
+    dim : int
+    lrs : array_like of float > 0, shape (R,)
+    family : {"diagonal", "full"}
+    estimator : {"pathwise", "path-derivative", "score"}
+        Pathwise with closed-form entropy (the gradient of ``monte_carlo_elbo`` through
+        ``rsample``), the path-derivative estimator of Roeder et al. (2017), or the
+        score-function estimator of Ranganath et al. (2014) with ``baseline``.
+    num_samples, num_steps : int
+        S samples of q per step (S model evaluations per run and step) and steps.
+    baseline : None, float or "leave-one-out"
+        Score function only.
+    eval_every, eval_samples, final_samples : int
+        ELBO trace every ``eval_every`` steps; final ELBO from ``final_samples``.
+    init_scale : float
+    seed : int
+        Seed of the private torch generator that draws every run's noise (so that a
+        sweep's runs do not depend on what ran before it).
+
+    Returns
+    -------
+    ParallelVIResult
+
+    Raises
+    ------
+    ValueError
+        For a bad size, step size, family, estimator or baseline.
+    """
+    dim = check_positive_int(dim, "dim")
+    lrs_np = np.atleast_1d(as_float_array(lrs, "lrs", ndim=1))
+    if np.any(lrs_np <= 0):
+        raise ValueError("every step size in lrs must be > 0")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if estimator not in PARALLEL_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {PARALLEL_ESTIMATORS}, "
+                         f"got {estimator!r}")
+    if estimator != "score":
+        baseline = None
+    num_samples = check_positive_int(num_samples, "num_samples")
+    baseline = check_baseline(baseline, num_samples)
+    num_steps = check_positive_int(num_steps, "num_steps")
+    eval_every = check_positive_int(eval_every, "eval_every")
+    eval_samples = check_positive_int(eval_samples, "eval_samples")
+    final_samples = check_positive_int(final_samples, "final_samples")
+    init_scale = check_positive(init_scale, "init_scale")
+    gen = torch.Generator().manual_seed(check_positive_int(seed, "seed", minimum=0))
+    r, d, s = lrs_np.size, dim, num_samples
+    raw0 = _inverse_softplus(init_scale)
+    mu = torch.zeros(r, d, dtype=DTYPE, requires_grad=True)
+    if family == "diagonal":
+        raw = torch.full((r, d), raw0, dtype=DTYPE, requires_grad=True)
+    else:
+        raw = torch.diag_embed(torch.full((r, d), raw0, dtype=DTYPE)).requires_grad_(True)
+    entropy_const = 0.5 * d * (1.0 + math.log(2 * math.pi))
+
+    def tril_of(raw_t: torch.Tensor) -> torch.Tensor:
+        if family == "diagonal":
+            return torch.diag_embed(softplus(raw_t))
+        return (torch.tril(raw_t, -1)
+                + torch.diag_embed(softplus(torch.diagonal(raw_t, dim1=1, dim2=2))))
+
+    def log_p(z: torch.Tensor) -> torch.Tensor:
+        return log_joint(z.reshape(-1, d)).reshape(z.shape[0], z.shape[1])
+
+    def elbo_of(mu_t, low, num) -> np.ndarray:
+        with torch.no_grad():
+            eps = torch.randn(r, num, d, dtype=DTYPE, generator=gen)
+            z = mu_t[:, None, :] + eps @ low.transpose(1, 2)
+            ent = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1) + entropy_const
+            return (log_p(z).mean(1) + ent).numpy()
+
+    lr_t = torch.as_tensor(lrs_np, dtype=DTYPE)
+    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
+    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (mu, raw)]
+    steps, trace = [0], [elbo_of(mu.detach(), tril_of(raw.detach()), eval_samples)]
+    for step in range(1, num_steps + 1):
+        low = tril_of(raw)
+        eps = torch.randn(r, s, d, dtype=DTYPE, generator=gen)
+        if estimator == "score":
+            with torch.no_grad():
+                z = mu[:, None, :] + eps @ low.transpose(1, 2)
+            log_q = _batched_log_q(z, mu, low)
+            with torch.no_grad():
+                w = apply_baseline(log_p(z) - log_q, baseline)
+            objective = (w * log_q).mean(1)
+        else:
+            z = mu[:, None, :] + eps @ low.transpose(1, 2)
+            if estimator == "pathwise":
+                ent = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1)
+                objective = log_p(z).mean(1) + ent
+            else:
+                objective = (log_p(z) - _batched_log_q(z, mu.detach(),
+                                                       low.detach())).mean(1)
+        grads = torch.autograd.grad(-objective.sum(), (mu, raw))
+        with torch.no_grad():
+            for p, g, (m1, m2) in zip((mu, raw), grads, state, strict=True):
+                m1.mul_(beta1).add_(g, alpha=1 - beta1)
+                m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (m2 / (1 - beta2**step)).sqrt_().add_(adam_eps)
+                lr_b = lr_t.reshape(-1, *([1] * (p.ndim - 1)))
+                p.sub_(lr_b * (m1 / (1 - beta1**step)) / denom)
+        if step % eval_every == 0 or step == num_steps:
+            steps.append(step)
+            trace.append(elbo_of(mu.detach(), tril_of(raw.detach()), eval_samples))
+    low = tril_of(raw.detach())
+    final = elbo_of(mu.detach(), low, final_samples)
+    elbo = np.stack(trace, axis=1)
+    diverged = ~np.isfinite(final) | (final < elbo[:, 0])
+    return ParallelVIResult(lrs_np, mu.detach().numpy(), low.numpy(), np.asarray(steps),
+                            elbo, final, diverged, num_steps * num_samples)

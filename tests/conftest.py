@@ -24,6 +24,27 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def gaussian_target():
+    """A Gaussian 'posterior' N(m, C) in 3-D with log p(x, z) = log N(z; m, C) + log_z.
+
+    Returns ``(m, C, log_joint, log_z)``: the oracle of the gradient, VI and
+    importance-sampling tests (every ELBO is at most log_z, with equality at q = p).
+    """
+    gen = np.random.default_rng(3)
+    a = gen.normal(size=(3, 3))
+    cov = a @ a.T / 3 + 0.5 * np.eye(3)
+    m = gen.normal(size=3)
+    target = torch.distributions.MultivariateNormal(torch.tensor(m),
+                                                    covariance_matrix=torch.tensor(cov))
+    log_z = 1.7
+
+    def log_joint(z):
+        return target.log_prob(z) + log_z
+
+    return m, cov, log_joint, log_z
+
+
 @pytest.fixture(scope="session")
 def built_html(tmp_path_factory) -> Path:
     """Build the book exactly as `make book` does (-W --keep-going) into a temporary folder.
@@ -36,3 +57,13 @@ def built_html(tmp_path_factory) -> Path:
                            "--keep-going"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"book build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return out / "_build" / "html"
+
+
+@pytest.fixture
+def bsc_problem():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(8, 6))
+    w[:, 1] = w[:, 0] + 0.3 * rng.normal(size=8)
+    b = np.full(6, -1.0)
+    v = w @ np.array([1, 0, 0, 1, 0, 0.0]) + rng.normal(size=8) / 2
+    return v, w, b, 4.0

@@ -1,9 +1,18 @@
+"""Tests of elbo_lib.bounds: ELBO and evidence estimators against closed forms."""
+
 import numpy as np
 import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal
 
-from elbo_lib.bounds import monte_carlo_elbo
+from elbo_lib import seed_everything
+from elbo_lib.bounds import (
+    importance_sampling_posterior,
+    kl_on_grid,
+    monte_carlo_elbo,
+    score_function_elbo_surrogate,
+)
+from elbo_lib.gaussians import diagonal_gaussian, gaussian_kl_full
 from elbo_lib.models import ConjugateGaussianMean
 
 
@@ -21,7 +30,21 @@ def test_mc_elbo_is_unbiased_within_standard_error(model):
     est, se = monte_carlo_elbo(model.log_joint, _q(0.5, 0.3), 20_000, return_std_error=True)
     exact = model.elbo(0.5, 0.3)
     assert abs(est.item() - exact) < 4 * se.item()
-    assert 0 < se.item() < 0.1
+
+
+def test_mc_elbo_standard_error_matches_its_closed_form(model):
+    """With z = m + sqrt(v) e, log p(x, z) - log q(z) = const + a e + b e^2 where
+    a = -(m - m_n) sqrt(v) / s_n^2 and b = (1 - v / s_n^2) / 2 (the posterior is
+    N(m_n, s_n^2)), so Var = a^2 + 2 b^2 and the standard error is sqrt(Var / S)."""
+    m, v, num = 0.5, 0.3, 20_000
+    torch.manual_seed(0)
+    _, se = monte_carlo_elbo(model.log_joint, _q(m, v), num, return_std_error=True)
+    s2 = model.posterior_var
+    a = -(m - model.posterior_mean) * np.sqrt(v) / s2
+    b = 0.5 * (1 - v / s2)
+    exact = np.sqrt((a**2 + 2 * b**2) / num)
+    # the sample sd of S = 20000 draws is within a few percent of the true sd
+    assert se.item() == pytest.approx(exact, rel=0.05)
 
 
 def test_mc_elbo_is_exact_at_the_posterior(model):
@@ -43,12 +66,22 @@ def test_mc_elbo_pathwise_gradient_matches_closed_form(model):
     assert mean.grad.item() == pytest.approx(fd, abs=0.05)
 
 
-def test_mc_elbo_without_rsample_has_no_gradient(model):
+def test_mc_elbo_without_rsample_has_no_pathwise_gradient(model):
+    """With ``sample`` the z are constants: the only gradient left is that of -log q(z)
+    at fixed z, d/dm = -mean_s (z_s - m) / s^2; through ``rsample`` the gradient would
+    also carry d log p(x, z(m)) / dm."""
     mean = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
     q = Normal(mean, torch.tensor(0.5, dtype=torch.float64))
-    est = monte_carlo_elbo(model.log_joint, q, 10, reparameterize=False)
-    est.backward()  # only through log q(z): the score term
-    assert mean.grad is not None
+    torch.manual_seed(3)
+    monte_carlo_elbo(model.log_joint, q, 10, reparameterize=False).backward()
+    torch.manual_seed(3)
+    z = q.sample((10,))
+    expected = -((z - 0.2) / 0.25).mean()
+    assert mean.grad.item() == pytest.approx(expected.item(), rel=1e-12, abs=1e-12)
+    mean.grad = None
+    torch.manual_seed(3)
+    monte_carlo_elbo(model.log_joint, q, 10, reparameterize=True).backward()
+    assert abs(mean.grad.item() - expected.item()) > 1e-3
 
 
 def test_mc_elbo_multivariate_q():
@@ -81,3 +114,124 @@ def test_mc_elbo_rsample_required():
         monte_carlo_elbo(lambda z: z, Normal(0.0, 1.0), 1, return_std_error=True)
 
 
+# --------------------------------------------------------------------------------------
+# the score-function surrogate (chapter 5)
+# --------------------------------------------------------------------------------------
+F64 = torch.float64
+
+
+def test_score_function_elbo_surrogate_is_unbiased_for_conjugate_model():
+    # log p(x, z) = N(z; 1, 0.5^2) (unnormalised evidence irrelevant): exact ELBO gradient
+    # for q = N(m, s^2): d/dm = -(m - 1)/0.25, d/ds = -s/0.25 + 1/s
+    target = torch.distributions.Normal(torch.tensor(1.0, dtype=F64),
+                                        torch.tensor(0.5, dtype=F64))
+    m, s = 0.3, 0.8
+    ests = []
+    seed_everything(0)
+    for _ in range(300):
+        mu = torch.tensor([m], dtype=F64, requires_grad=True)
+        sd = torch.tensor([s], dtype=F64, requires_grad=True)
+        surrogate, _ = score_function_elbo_surrogate(lambda z: target.log_prob(z[:, 0]),
+                                                     diagonal_gaussian(mu, sd), 32)
+        surrogate.backward()
+        ests.append([mu.grad.item(), sd.grad.item()])
+    ests = np.array(ests)
+    exact = np.array([-(m - 1) / 0.25, -s / 0.25 + 1 / s])
+    se = ests.std(axis=0, ddof=1) / np.sqrt(len(ests))
+    assert np.all(np.abs(ests.mean(axis=0) - exact) < 4 * se)
+
+
+def test_score_function_surrogate_value_is_the_elbo_estimate(model):
+    torch.manual_seed(1)
+    _, elbo = score_function_elbo_surrogate(model.log_joint, _q(0.5, 0.3), 20_000,
+                                            baseline=None)
+    torch.manual_seed(1)
+    _, se = monte_carlo_elbo(model.log_joint, _q(0.5, 0.3), 20_000, return_std_error=True)
+    assert abs(elbo.item() - model.elbo(0.5, 0.3)) < 4 * se.item()
+
+
+@pytest.mark.parametrize("args, kwargs, error, match", [
+    ((lambda z: z, "q", 4), {}, TypeError, "q must be a torch.distributions"),
+    (("f", Normal(0.0, 1.0), 4), {}, TypeError, "callable"),
+    ((lambda z: z, Normal(torch.zeros(2), torch.ones(2)), 4), {}, ValueError,
+     "batch_shape"),
+    ((lambda z: z, Normal(0.0, 1.0), 1), {}, ValueError, "num_samples >= 2"),
+    ((lambda z: z, Normal(0.0, 1.0), 4), {"baseline": "median"}, ValueError,
+     "baseline must be None"),
+    ((lambda z: z.sum(), Normal(0.0, 1.0), 4), {}, ValueError, "shape"),
+    ((lambda z: z * np.nan, Normal(0.0, 1.0), 4), {}, ValueError, "finite"),
+])
+def test_score_function_surrogate_rejects_bad_input(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        score_function_elbo_surrogate(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# importance sampling: the gold standard of chapter 5
+# --------------------------------------------------------------------------------------
+def test_importance_sampling_is_exact_on_a_gaussian_posterior(gaussian_target):
+    m, cov, log_joint, log_z = gaussian_target
+    res = importance_sampling_posterior(log_joint, m + 0.1, 1.3 * cov, 40_000,
+                                        rng=np.random.default_rng(0), df=8.0)
+    assert abs(res.log_evidence - log_z) < 4 * res.log_evidence_se
+    assert 1000 < res.ess <= 40_000
+    se_mean = np.sqrt(np.diag(cov) / res.ess)
+    assert np.all(np.abs(res.mean - m) < 4 * se_mean)
+    np.testing.assert_allclose(res.sd, np.sqrt(np.diag(cov)), rtol=0.05)
+    assert np.all(np.abs(res.skewness) < 4 * np.sqrt(6 / res.ess))
+    # an int seed is the same stream as default_rng(seed)
+    again = importance_sampling_posterior(log_joint, m + 0.1, 1.3 * cov, 1000, rng=5)
+    other = importance_sampling_posterior(log_joint, m + 0.1, 1.3 * cov, 1000,
+                                          rng=np.random.default_rng(5))
+    assert again.log_evidence == other.log_evidence
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"rng": "seed"}, TypeError, "rng"),
+    ({"rng": None}, TypeError, "rng"),
+    ({"cov": np.eye(2)}, ValueError, "cov"),
+    ({"num_samples": 1}, ValueError, "num_samples"),
+    ({"df": 0.0}, ValueError, "df"),
+])
+def test_importance_sampling_rejects_bad_input(kwargs, error, match, gaussian_target):
+    _, cov, log_joint, _ = gaussian_target
+    args = {"mean": np.zeros(3), "cov": cov, "num_samples": 10, "rng": 0, **kwargs}
+    with pytest.raises(error, match=match):
+        importance_sampling_posterior(log_joint, **args)
+
+
+# --------------------------------------------------------------------------------------
+# KL on a 2-D grid (chapter 4)
+# --------------------------------------------------------------------------------------
+def _log_mvn(points, mean, cov):
+    diff = points - mean
+    quad = np.einsum("...i,ij,...j->...", diff, np.linalg.inv(cov), diff)
+    return -0.5 * (quad + np.linalg.slogdet(2 * np.pi * cov)[1])
+
+
+def test_kl_on_grid_matches_the_closed_form_gaussian_kl():
+    mean_q, cov_q = np.array([0.3, -0.2]), np.array([[0.5, 0.1], [0.1, 0.3]])
+    mean_p, cov_p = np.array([0.0, 0.1]), np.array([[1.0, -0.3], [-0.3, 0.8]])
+    g0, g1 = np.linspace(-6, 6, 401), np.linspace(-6, 6, 361)
+    points = np.stack(np.meshgrid(g0, g1, indexing="ij"), axis=-1)
+    kl = kl_on_grid(_log_mvn(points, mean_q, cov_q), _log_mvn(points, mean_p, cov_p), g0, g1)
+    assert kl == pytest.approx(gaussian_kl_full(mean_q, cov_q, mean_p, cov_p), rel=1e-6)
+
+
+def test_kl_on_grid_treats_a_zero_density_as_zero_mass():
+    g = np.linspace(0, 1, 5)
+    log_q = np.full((5, 5), -np.inf)
+    log_q[2, 2] = 0.0
+    assert kl_on_grid(log_q, np.zeros((5, 5)), g, g) == 0.0
+
+
+@pytest.mark.parametrize("log_q, log_p, g0, g1, match", [
+    (np.zeros((2, 2)), np.zeros((2, 2)), [1.0, 0.0], [0.0, 1.0], "grid_0 must be"),
+    (np.zeros((2, 2)), np.zeros((2, 2)), [0.0, 1.0], [0.0], "grid_1 must be"),
+    (np.zeros((2, 3)), np.zeros((2, 2)), [0.0, 1.0], [0.0, 1.0], "must have shape"),
+    (np.full((2, 2), np.nan), np.zeros((2, 2)), [0.0, 1.0], [0.0, 1.0], "log_q must not"),
+    (np.zeros((2, 2)), np.full((2, 2), np.inf), [0.0, 1.0], [0.0, 1.0], "log_p must not"),
+])
+def test_kl_on_grid_rejects_bad_input(log_q, log_p, g0, g1, match):
+    with pytest.raises(ValueError, match=match):
+        kl_on_grid(log_q, log_p, g0, g1)

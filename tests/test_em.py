@@ -15,20 +15,13 @@ from sklearn.mixture import GaussianMixture
 from elbo_lib.em import (
     GaussianMixtureEM,
     bound_along_path,
-    fit_gmm,
     gmm_elbo,
     gmm_log_likelihood,
     gmm_responsibilities,
     interpolate_parameters,
     match_components,
+    random_start,
 )
-
-
-def _random_init(X, k, seed):
-    rng = np.random.default_rng(seed)
-    means = X[rng.choice(len(X), k, replace=False)]
-    cov = np.repeat(np.cov(X, rowvar=False, bias=True)[None], k, axis=0)
-    return np.full(k, 1.0 / k), means, cov
 
 
 def _synthetic(n=600, seed=0):
@@ -60,7 +53,7 @@ def _rel(a, b):
 # -- agreement with scikit-learn -------------------------------------------------------
 @pytest.mark.parametrize("seed,tol", [(0, 1e-3), (1, 1e-3), (2, 1e-8)])
 def test_matches_sklearn_iris(iris, seed, tol):
-    w, m, c = _random_init(iris, 3, seed)
+    w, m, c = random_start(iris, 3, seed)
     ours = GaussianMixtureEM(3, weights_init=w, means_init=m, covariances_init=c, tol=tol,
                              max_iter=1000).fit(iris)
     sk = _sklearn_fit(iris, w, m, c, tol=tol, max_iter=1000)
@@ -79,7 +72,7 @@ def test_matches_sklearn_iris(iris, seed, tol):
 
 def test_matches_sklearn_precisions_init_and_max_iter():
     X, _ = _synthetic()
-    w, m, c = _random_init(X, 3, 5)
+    w, m, c = random_start(X, 3, 5)
     ours = GaussianMixtureEM(3, weights_init=w, means_init=m,
                              precisions_init=np.linalg.inv(c), max_iter=7, tol=0.0).fit(X)
     with warnings.catch_warnings():
@@ -96,9 +89,9 @@ def test_matches_sklearn_precisions_init_and_max_iter():
 # -- the ELBO story: monotone, tight after the E-step, ladder ----------------------------
 @pytest.mark.parametrize("seed", range(4))
 def test_monotone_and_tight(iris, seed):
-    w, m, c = _random_init(iris, 4, seed)
-    fit = fit_gmm(iris, 4, weights_init=w, means_init=m, covariances_init=c, tol=1e-6,
-                  max_iter=300)
+    w, m, c = random_start(iris, 4, seed)
+    fit = GaussianMixtureEM(4, weights_init=w, means_init=m, covariances_init=c, tol=1e-6,
+                            max_iter=300).fit(iris)
     ll, e, mm = fit.log_likelihood_, fit.elbo_after_e_step_, fit.elbo_after_m_step_
     assert ll.shape == (fit.n_iter_ + 1,) and e.shape == mm.shape == (fit.n_iter_,)
     assert np.all(np.diff(ll) >= -1e-9)
@@ -109,15 +102,15 @@ def test_monotone_and_tight(iris, seed):
 
 
 def test_first_iterations_increase_strictly(iris):
-    w, m, c = _random_init(iris, 3, 0)
-    fit = fit_gmm(iris, 3, weights_init=w, means_init=m, covariances_init=c)
+    w, m, c = random_start(iris, 3, 0)
+    fit = GaussianMixtureEM(3, weights_init=w, means_init=m, covariances_init=c).fit(iris)
     assert fit.log_likelihood_[1] > fit.log_likelihood_[0] + 1.0
 
 
 def test_traces_agree_with_public_functions(iris):
-    w, m, c = _random_init(iris, 3, 3)
-    fit = fit_gmm(iris, 3, weights_init=w, means_init=m, covariances_init=c,
-                  keep_history=True, max_iter=5, tol=0.0)
+    w, m, c = random_start(iris, 3, 3)
+    fit = GaussianMixtureEM(3, weights_init=w, means_init=m, covariances_init=c,
+                            keep_history=True, max_iter=5, tol=0.0).fit(iris)
     assert len(fit.history_) == fit.n_iter_ + 1 == 6
     for t, theta in enumerate(fit.history_):
         assert abs(gmm_log_likelihood(iris, *theta) - fit.log_likelihood_[t]) < 1e-9
@@ -130,7 +123,7 @@ def test_traces_agree_with_public_functions(iris):
 def test_elbo_below_loglik_for_any_q(seed):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(40, 2))
-    w, m, c = _random_init(X, 3, seed)
+    w, m, c = random_start(X, 3, seed)
     resp = rng.dirichlet(np.ones(3), size=40)
     ll = gmm_log_likelihood(X, w, m, c)
     assert gmm_elbo(X, resp, w, m, c) <= ll + 1e-10
@@ -140,7 +133,7 @@ def test_elbo_below_loglik_for_any_q(seed):
 
 def test_recovers_synthetic_truth():
     X, z = _synthetic(n=3000, seed=1)
-    fit = fit_gmm(X, 3, rng=0, tol=1e-8, max_iter=500)
+    fit = GaussianMixtureEM(3, rng=0, tol=1e-8, max_iter=500).fit(X)
     true_means = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -2.0], [-3.0, 3.0, 2.0]])
     perm = match_components(true_means, fit.means_)
     assert np.max(np.abs(fit.means_[perm] - true_means)) < 0.2
@@ -157,18 +150,20 @@ def test_covariance_floor_prevents_collapse():
     m = np.array([[0.0, 0.0], [5.0, 5.0]])
     c = np.stack([np.eye(2), 0.01 * np.eye(2)])
     w = np.array([0.9, 0.1])
-    fit = fit_gmm(X, 2, weights_init=w, means_init=m, covariances_init=c, reg_covar=1e-4)
+    fit = GaussianMixtureEM(2, weights_init=w, means_init=m, covariances_init=c,
+                            reg_covar=1e-4).fit(X)
     eig = np.linalg.eigvalsh(fit.covariances_)
     assert eig.min() >= 1e-4 * (1 - 1e-9)
     assert np.isfinite(fit.log_likelihood_).all()
     with pytest.raises(ValueError, match="reg_covar"):
-        fit_gmm(X, 2, weights_init=w, means_init=m, covariances_init=c, reg_covar=0.0)
+        GaussianMixtureEM(2, weights_init=w, means_init=m, covariances_init=c,
+                          reg_covar=0.0).fit(X)
 
 
 def test_interpolation_endpoints_and_path(iris):
-    w, m, c = _random_init(iris[:, 2:], 3, 0)
-    fit = fit_gmm(iris[:, 2:], 3, weights_init=w, means_init=m, covariances_init=c,
-                  keep_history=True, max_iter=3, tol=0.0)
+    w, m, c = random_start(iris[:, 2:], 3, 0)
+    fit = GaussianMixtureEM(3, weights_init=w, means_init=m, covariances_init=c,
+                            keep_history=True, max_iter=3, tol=0.0).fit(iris[:, 2:])
     th0, th1 = fit.history_[1], fit.history_[2]
     for t, th in ((0.0, th0), (1.0, th1)):
         got = interpolate_parameters(th0, th1, t)
@@ -184,7 +179,7 @@ def test_interpolation_endpoints_and_path(iris):
 
 
 def test_predict_and_score(iris):
-    fit = fit_gmm(iris, 3, rng=0)
+    fit = GaussianMixtureEM(3, rng=0).fit(iris)
     proba = fit.predict_proba(iris)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     assert set(np.unique(fit.predict(iris))) <= {0, 1, 2}
@@ -197,50 +192,52 @@ def test_match_components():
 
 
 # -- bad input ------------------------------------------------------------------------
-def test_bad_inputs(iris):
-    with pytest.raises(ValueError, match="larger than the number of points"):
-        fit_gmm(iris[:2], 3, rng=0)
-    bad = iris.copy()
-    bad[3, 1] = np.nan
-    with pytest.raises(ValueError, match="finite"):
-        fit_gmm(bad, 2, rng=0)
-    with pytest.raises(ValueError, match="dimension"):
-        fit_gmm(iris[:, 0], 2, rng=0)
-    with pytest.raises(ValueError, match="dimension"):
-        fit_gmm(iris[None], 2, rng=0)
-    with pytest.raises(TypeError, match="integer"):
-        fit_gmm(iris, 2.5, rng=0)
-    with pytest.raises(ValueError, match=">= 1"):
-        fit_gmm(iris, 0, rng=0)
-    with pytest.raises(ValueError, match="means must have shape"):
-        fit_gmm(iris, 2, means_init=np.zeros((3, 4)), rng=0)
-    with pytest.raises(ValueError, match="summing to 1"):
-        fit_gmm(iris, 2, weights_init=[0.5, 0.6], rng=0)
-    with pytest.raises(ValueError, match="not both"):
-        GaussianMixtureEM(2, covariances_init=np.stack([np.eye(4)] * 2),
-                          precisions_init=np.stack([np.eye(4)] * 2))
-    with pytest.raises(ValueError, match="symmetric"):
-        fit_gmm(iris, 2, covariances_init=np.stack([np.triu(np.ones((4, 4)))] * 2), rng=0)
-    with pytest.raises(ValueError, match="positive definite"):
-        fit_gmm(iris, 2, covariances_init=np.stack([-np.eye(4)] * 2), rng=0)
-    with pytest.raises(ValueError, match=">= 0"):
-        GaussianMixtureEM(2, tol=-1.0)
-    with pytest.raises(TypeError, match="rng"):
-        fit_gmm(iris, 2, rng="seed")
+_EYE2 = np.stack([np.eye(4)] * 2)
+
+
+@pytest.mark.parametrize(("kwargs", "data", "error", "match"), [
+    ({"n_components": 3}, lambda X: X[:2], ValueError, "larger than the number of points"),
+    ({}, lambda X: np.where(np.arange(X.size).reshape(X.shape) == 7, np.nan, X), ValueError,
+     "finite"),
+    ({}, lambda X: X[:, 0], ValueError, "dimension"),
+    ({}, lambda X: X[None], ValueError, "dimension"),
+    ({"n_components": 2.5}, None, TypeError, "integer"),
+    ({"n_components": 0}, None, ValueError, ">= 1"),
+    ({"means_init": np.zeros((3, 4))}, None, ValueError, "means must have shape"),
+    ({"weights_init": [0.5, 0.6]}, None, ValueError, "summing to 1"),
+    ({"covariances_init": _EYE2, "precisions_init": _EYE2}, None, ValueError, "not both"),
+    ({"covariances_init": np.stack([np.triu(np.ones((4, 4)))] * 2)}, None, ValueError,
+     "symmetric"),
+    ({"covariances_init": -_EYE2}, None, ValueError, "positive definite"),
+    ({"tol": -1.0}, None, ValueError, ">= 0"),
+    ({"reg_covar": -1.0}, None, ValueError, ">= 0"),
+    ({"covariance_floor": "median"}, None, ValueError, "covariance_floor"),
+    ({"rng": "seed"}, None, TypeError, "rng"),
+    ({"rng": None}, None, TypeError, "rng"),
+])
+def test_fit_rejects_bad_input(iris, kwargs, data, error, match):
+    params = {"n_components": 2, "rng": 0, **kwargs}
+    model = GaussianMixtureEM(**params)      # validation happens in fit, not __init__
+    with pytest.raises(error, match=match):
+        model.fit(iris if data is None else data(iris))
+
+
+def test_bad_inputs_after_fit(iris):
     with pytest.raises(ValueError, match="not fitted"):
         GaussianMixtureEM(2).predict(iris)
     with pytest.raises(ValueError, match="features"):
-        fit_gmm(iris, 2, rng=0).score(iris[:, :2])
+        GaussianMixtureEM(2, rng=0).fit(iris).score(iris[:, :2])
+    w, m, c = random_start(iris, 2, 0)
     with pytest.raises(ValueError, match="rows summing to 1"):
-        w, m, c = _random_init(iris, 2, 0)
         gmm_elbo(iris, np.full((150, 2), 0.7), w, m, c)
 
 
 # -- the two covariance floors ----------------------------------------------------------
 def test_additive_floor_dips_within_shortfall_and_clip_is_monotone(iris):
     # seed 27: a component squeezes onto nearly collinear points (iris is rounded to 1 mm)
-    add = fit_gmm(iris, 3, rng=27, tol=1e-6, max_iter=1000)
-    clip = fit_gmm(iris, 3, rng=27, tol=1e-6, max_iter=1000, covariance_floor="clip")
+    add = GaussianMixtureEM(3, rng=27, tol=1e-6, max_iter=1000).fit(iris)
+    clip = GaussianMixtureEM(3, rng=27, tol=1e-6, max_iter=1000,
+                             covariance_floor="clip").fit(iris)
     d_add, d_clip = np.diff(add.log_likelihood_), np.diff(clip.log_likelihood_)
     assert d_add.min() < 0  # scikit-learn's rule is not exactly monotone here ...
     assert np.all(d_add >= -add.floor_shortfall_ - 1e-9)  # ... but within the bound
@@ -254,14 +251,13 @@ def test_clip_floor_is_exact_constrained_maximiser():
     X[:, 1] += 1e-4 * rng.normal(size=60)
     w, m, c = np.array([1.0]), X.mean(axis=0, keepdims=True), np.cov(X.T, bias=True)[None]
     eps = 1e-3
-    fit = fit_gmm(X, 1, weights_init=w, means_init=m, covariances_init=c + eps * np.eye(2),
-                  reg_covar=eps, covariance_floor="clip", max_iter=2, tol=0.0)
+    fit = GaussianMixtureEM(1, weights_init=w, means_init=m,
+                            covariances_init=c + eps * np.eye(2), reg_covar=eps,
+                            covariance_floor="clip", max_iter=2, tol=0.0).fit(X)
     eig_s, vec_s = np.linalg.eigh(np.cov(X.T, bias=True))
     want = vec_s @ np.diag(np.maximum(eig_s, eps)) @ vec_s.T
     np.testing.assert_allclose(fit.covariances_[0], want, rtol=1e-10, atol=1e-14)
     assert np.linalg.eigvalsh(fit.covariances_[0]).min() >= eps * (1 - 1e-12)
-    with pytest.raises(ValueError, match="covariance_floor"):
-        GaussianMixtureEM(2, covariance_floor="max")
 
 
 # -- incremental EM and MAP-EM (chapter 2) ----------------------------------------------
@@ -272,24 +268,26 @@ def _blobs(seed=0, n=300):
 
 
 def test_incremental_em_elbo_is_monotone_and_reaches_the_em_fixed_point():
-    from elbo_lib.em import fit_gmm, incremental_em
+    from elbo_lib.em import incremental_em
 
     X = _blobs()
     m0 = X[[0, 1, 2]]
     inc = incremental_em(X, 3, n_blocks=6, n_sweeps=40, means_init=m0)
     assert np.all(np.diff(inc.elbo_) >= -1e-9)
     assert np.all(inc.elbo_ <= inc.log_likelihood_ + 1e-9)
-    ref = fit_gmm(X, 3, means_init=m0, tol=1e-12, max_iter=2000, covariance_floor="clip")
+    ref = GaussianMixtureEM(3, means_init=m0, tol=1e-12, max_iter=2000,
+                            covariance_floor="clip").fit(X)
     assert inc.log_likelihood_[-1] == pytest.approx(ref.log_likelihood_[-1], rel=1e-8)
 
 
 def test_incremental_em_with_one_block_is_em():
-    from elbo_lib.em import fit_gmm, incremental_em
+    from elbo_lib.em import incremental_em
 
     X = _blobs(1)
     m0 = X[[3, 4, 5]]
     inc = incremental_em(X, 3, n_blocks=1, n_sweeps=5, means_init=m0)
-    ref = fit_gmm(X, 3, means_init=m0, tol=0.0, max_iter=6, covariance_floor="clip")
+    ref = GaussianMixtureEM(3, means_init=m0, tol=0.0, max_iter=6,
+                            covariance_floor="clip").fit(X)
     np.testing.assert_allclose(inc.log_likelihood_, ref.log_likelihood_[1:], rtol=1e-10)
 
 
@@ -396,8 +394,10 @@ def test_chunked_e_step_memory_does_not_grow_with_n():
     assert peaks[80_000, 1024] < 0.1 * peaks[80_000, None]
 
 
-def test_chunk_size_is_validated():
-    with pytest.raises(ValueError, match="chunk_size"):
-        GaussianMixtureEM(2, chunk_size=0)
-    with pytest.raises(ValueError, match="keep_history"):
-        GaussianMixtureEM(2, chunk_size=100, keep_history=True)
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"chunk_size": 0}, "chunk_size"),
+    ({"chunk_size": 100, "keep_history": True}, "keep_history"),
+])
+def test_chunk_size_is_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixtureEM(2, rng=0, **kwargs).fit(np.eye(3))

@@ -1,4 +1,4 @@
-"""Tests of elbo_lib.gradients: Monte Carlo gradient estimators (chapter 5).
+"""Tests of elbo_lib.gradients: Monte Carlo gradient estimators (chapters 5, 6).
 
 Statistical tests use a fixed seed and a tolerance of a few *measured* standard errors
 (the standard deviation of the estimator over R repeats divided by sqrt(R)), never a
@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
 from torch.distributions import (
     Bernoulli,
     Independent,
@@ -25,19 +24,14 @@ from elbo_lib.gaussians import (
     gaussian_quadratic_gradient,
 )
 from elbo_lib.gradients import (
-    BayesianLogisticRegression,
-    GaussianVariational,
-    crps_gaussian,
-    fit_gaussian_vi,
-    fit_gaussian_vi_parallel,
+    apply_baseline,
+    check_baseline,
     gaussian_elbo_gradient_samples,
     gaussian_target_elbo_gradient,
+    gradient_snr,
     gradient_stats,
-    importance_sampling_posterior,
-    monte_carlo_crps,
     pathwise_gradient,
     per_sample_gradients,
-    score_function_elbo_surrogate,
     score_function_gradient,
 )
 
@@ -226,149 +220,12 @@ def test_score_function_works_for_discrete_latents_and_pathwise_refuses():
         pathwise_gradient(f, make_q, {"logits": logits}, 4)
 
 
-def test_score_function_elbo_surrogate_is_unbiased_for_conjugate_model():
-    # log p(x, z) = N(z; 1, 0.5^2) (unnormalised evidence irrelevant): exact ELBO gradient
-    # for q = N(m, s^2): d/dm = -(m - 1)/0.25, d/ds = -s/0.25 + 1/s
-    target = torch.distributions.Normal(torch.tensor(1.0, dtype=F64),
-                                        torch.tensor(0.5, dtype=F64))
-    m, s = 0.3, 0.8
-    ests = []
-    seed_everything(0)
-    for _ in range(300):
-        mu = torch.tensor([m], dtype=F64, requires_grad=True)
-        sd = torch.tensor([s], dtype=F64, requires_grad=True)
-        surrogate, _ = score_function_elbo_surrogate(lambda z: target.log_prob(z[:, 0]),
-                                                     diagonal_gaussian(mu, sd), 32)
-        surrogate.backward()
-        ests.append([mu.grad.item(), sd.grad.item()])
-    ests = np.array(ests)
-    exact = np.array([-(m - 1) / 0.25, -s / 0.25 + 1 / s])
-    se = ests.std(axis=0, ddof=1) / np.sqrt(len(ests))
-    assert np.all(np.abs(ests.mean(axis=0) - exact) < NUM_SE * se)
-
-
-def test_bad_inputs_raise_clear_errors():
-    _, _, _, _, f, params = quadratic_problem()
-    with pytest.raises(ValueError, match="estimator must be one of"):
-        per_sample_gradients(f, diagonal_gaussian, params, 4, estimator="magic")
-    with pytest.raises(ValueError, match="baseline applies to the score-function"):
-        per_sample_gradients(f, diagonal_gaussian, params, 4, estimator="pathwise",
-                             baseline=1.0)
-    with pytest.raises(ValueError, match="leave-one-out baseline needs num_samples >= 2"):
-        score_function_gradient(f, diagonal_gaussian, params, 1, baseline="leave-one-out")
-    with pytest.raises(ValueError, match="baseline must be None"):
-        score_function_gradient(f, diagonal_gaussian, params, 4, baseline="median")
-    with pytest.raises(TypeError, match="baseline must be None"):
-        score_function_gradient(f, diagonal_gaussian, params, 4, baseline=[1.0])
-    with pytest.raises(ValueError, match="num_samples must be >= 1"):
-        pathwise_gradient(f, diagonal_gaussian, params, 0)
-    with pytest.raises(TypeError, match="num_samples must be an integer"):
-        pathwise_gradient(f, diagonal_gaussian, params, 2.5)
-    with pytest.raises(TypeError, match="params must be a non-empty mapping"):
-        pathwise_gradient(f, diagonal_gaussian, {}, 4)
-    with pytest.raises(ValueError, match="must be finite"):
-        pathwise_gradient(f, diagonal_gaussian, {**params, "mu": torch.tensor([np.nan] * 3)}, 4)
-    with pytest.raises(ValueError, match="batch_shape"):
-        # forgetting Independent gives batch_shape (N, D), not (N,)
-        pathwise_gradient(f, lambda mu, sigma: torch.distributions.Normal(mu, sigma), params, 4)
-    with pytest.raises(TypeError, match="must return a torch Distribution"):
-        pathwise_gradient(f, lambda mu, sigma: mu, params, 4)
-    with pytest.raises(ValueError, match="f must map samples"):
-        pathwise_gradient(lambda z: z, diagonal_gaussian, params, 4)
-    with pytest.raises(ValueError, match="num_repeats must be >= 2"):
-        gradient_stats(f, diagonal_gaussian, params, 4, 1, estimator="score")
-    with pytest.raises(ValueError, match="sigma must be > 0"):
-        gaussian_quadratic_gradient(np.eye(2), np.zeros(2), np.zeros(2), [1.0, -1.0])
-    with pytest.raises(ValueError, match="need A of shape"):
-        gaussian_quadratic_gradient(np.eye(3), np.zeros(2), np.zeros(2), [1.0, 1.0])
-    with pytest.raises(ValueError, match="family must be one of"):
-        GaussianVariational(3, family="banded")
-    with pytest.raises(ValueError, match="only 0 and 1"):
-        BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 2])
-    with pytest.raises(ValueError, match="same number of rows"):
-        BayesianLogisticRegression(np.ones((3, 2)), [0, 1])
-    with pytest.raises(ValueError, match="even number of samples"):
-        monte_carlo_crps(torch.zeros(3, 2, dtype=F64), torch.zeros(2, dtype=F64))
-    with pytest.raises(TypeError, match="q must be a torch.distributions"):
-        score_function_elbo_surrogate(f, "q", 4)
-    with pytest.raises(ValueError, match="has no rsample"):
-        pathwise_gradient(lambda z: z.sum(-1),
-                          lambda logits: Independent(Bernoulli(logits=logits), 1),
-                          {"logits": torch.zeros(2)}, 2)
-    with pytest.raises(ValueError, match="estimator must be one of"):
-        fit_gaussian_vi(lambda z: -(z**2).sum(-1), 2, estimator="exact", num_steps=1)
-
-
-def test_gaussian_variational_families():
-    q = GaussianVariational(4, "full", init_scale=0.5)
-    np.testing.assert_allclose(q.covariance(), 0.25 * np.eye(4), rtol=1e-12)
-    assert q.num_parameters() == 4 + 10
-    assert GaussianVariational(4, "diagonal").num_parameters() == 8
-    assert q.distribution().event_shape == (4,)
-
-
-def test_logistic_map_matches_scikit_learn_and_laplace_is_a_covariance():
-    rng = np.random.default_rng(0)
-    x = np.c_[np.ones(200), rng.normal(size=(200, 3))]
-    y = (rng.uniform(size=200) < 1 / (1 + np.exp(-x @ np.array([0.5, 1.0, -2.0, 0.0])))) * 1.0
-    model = BayesianLogisticRegression(x, y, prior_std=2.0)
-    w_map, cov = model.laplace()
-    # scikit-learn: minimises 0.5 ||w||^2 + C sum log-loss, i.e. prior N(0, C I)
-    sk = LogisticRegression(C=4.0, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(x, y)
-    np.testing.assert_allclose(w_map, sk.coef_[0], atol=1e-5)
-    assert np.all(np.linalg.eigvalsh(cov) > 0)
-    # log_joint agrees with a direct evaluation through torch.distributions
-    w = torch.tensor(rng.normal(size=(5, 4)))
-    direct = (torch.distributions.Bernoulli(logits=w @ torch.tensor(x).T)
-              .log_prob(torch.tensor(y)).sum(1)
-              + torch.distributions.Normal(0.0, 2.0).log_prob(w).sum(1))
-    torch.testing.assert_close(model.log_joint(w), direct.to(F64))
-
-
-def test_pathwise_vi_recovers_a_gaussian_target():
-    # target N(m, C) is in the full-rank family: VI must find it (KL -> 0)
-    m = torch.tensor([1.0, -1.0], dtype=F64)
-    cov = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=F64)
-    target = torch.distributions.MultivariateNormal(m, cov)
-    seed_everything(0)
-    res = fit_gaussian_vi(target.log_prob, 2, family="full", num_samples=16, num_steps=1000,
-                          lr=0.02, eval_every=100)
-    np.testing.assert_allclose(res.q.mu.detach().numpy(), m.numpy(), atol=0.1)
-    np.testing.assert_allclose(res.q.covariance(), cov.numpy(), atol=0.1)
-    assert abs(res.elbo[-1]) < 0.05  # log p(x) = 0 for a normalised target
-    assert res.model_evaluations == 1000 * 16
-
-
-def test_crps_monte_carlo_matches_closed_form():
-    seed_everything(0)
-    mu = torch.tensor([0.0, 1.0, -2.0], dtype=F64)
-    sigma = torch.tensor([1.0, 0.3, 2.0], dtype=F64)
-    y = torch.tensor([0.5, 1.0, 1.0], dtype=F64)
-    samples = mu + sigma * torch.randn(200_000, 3, dtype=F64)
-    torch.testing.assert_close(monte_carlo_crps(samples, y), crps_gaussian(mu, sigma, y),
-                               atol=0.02, rtol=0)
-
-
 # --------------------------------------------------------------------------------------
-# the Gaussian ELBO gradient, parallel VI runs and importance sampling (chapter 5)
+# the Gaussian ELBO gradient written out (chapter 5)
 # --------------------------------------------------------------------------------------
-def _gaussian_target(d: int = 3, seed: int = 3, log_z: float = 1.7):
-    """A Gaussian 'posterior' N(m, C) with log p(x, z) = log N(z; m, C) + log_z."""
-    gen = np.random.default_rng(seed)
-    a = gen.normal(size=(d, d))
-    cov = a @ a.T / d + 0.5 * np.eye(d)
-    m = gen.normal(size=d)
-    target = MultivariateNormal(torch.tensor(m), covariance_matrix=torch.tensor(cov))
-
-    def log_joint(z):
-        return target.log_prob(z) + log_z
-
-    return m, cov, log_joint, log_z
-
-
 @pytest.mark.parametrize("estimator", ["total", "path-derivative"])
-def test_gaussian_elbo_gradient_matches_autodiff_sample_by_sample(estimator):
-    m, cov, log_joint, _ = _gaussian_target()
+def test_gaussian_elbo_gradient_matches_autodiff_sample_by_sample(estimator, gaussian_target):
+    m, cov, log_joint, _ = gaussian_target
     mu = m + 0.4
     low = 1.2 * np.linalg.cholesky(cov)
     got = gaussian_elbo_gradient_samples(log_joint, mu, low, 3, estimator=estimator,
@@ -387,8 +244,8 @@ def test_gaussian_elbo_gradient_matches_autodiff_sample_by_sample(estimator):
         assert torch.allclose(got["scale_tril"][0, s], torch.tril(g_low), atol=1e-10)
 
 
-def test_gaussian_target_elbo_gradient_matches_autodiff_of_the_closed_form():
-    m, cov, _, _ = _gaussian_target()
+def test_gaussian_target_elbo_gradient_matches_autodiff_of_the_closed_form(gaussian_target):
+    m, cov, _, _ = gaussian_target
     prec = np.linalg.inv(cov)
     mu = torch.tensor(m - 0.3, requires_grad=True)
     low = torch.tensor(0.8 * np.linalg.cholesky(cov), requires_grad=True)
@@ -401,8 +258,8 @@ def test_gaussian_target_elbo_gradient_matches_autodiff_of_the_closed_form():
     np.testing.assert_allclose(exact["scale_tril"], torch.tril(g_low).numpy(), atol=1e-12)
 
 
-def test_both_elbo_gradients_unbiased_and_path_derivative_exact_at_optimum():
-    m, cov, log_joint, _ = _gaussian_target()
+def test_both_elbo_gradients_unbiased_and_path_derivative_exact_at_optimum(gaussian_target):
+    m, cov, log_joint, _ = gaussian_target
     prec, l_star = np.linalg.inv(cov), np.linalg.cholesky(cov)
     gen = torch.Generator().manual_seed(0)
     mu, low = m + 0.5, 1.5 * l_star
@@ -424,68 +281,142 @@ def test_both_elbo_gradients_unbiased_and_path_derivative_exact_at_optimum():
     assert abs(var_mu / np.trace(prec) - 1) < 0.1  # Var(-P L eps) = P, trace tr P
 
 
-@pytest.mark.parametrize("family", ["diagonal", "full"])
-def test_parallel_vi_reaches_a_gaussian_posterior(family):
-    m, cov, log_joint, log_z = _gaussian_target()
-    res = fit_gaussian_vi_parallel(log_joint, 3, [0.05, 0.05], family=family,
-                                   estimator="path-derivative", num_steps=600,
-                                   eval_every=200, final_samples=4000, seed=2)
-    assert res.elbo.shape == (2, 4) and res.steps.tolist() == [0, 200, 400, 600]
-    assert not res.diverged.any() and res.model_evaluations == 600 * 8
-    # the final ELBO is a 4000-sample estimate (sd about 0.02 near the optimum)
-    assert np.all(res.final_elbo <= log_z + 0.08)
-    if family == "full":  # the family contains the posterior: KL -> 0
-        assert np.all(np.abs(log_z - res.final_elbo) < 0.08)
-        np.testing.assert_allclose(res.mu, np.tile(m, (2, 1)), atol=0.05)
-        for low in res.scale_tril:
-            np.testing.assert_allclose(low @ low.T, cov, atol=0.1)
-    else:  # the best diagonal q: precision diagonal P_ii^{-1}, KL in closed form
-        prec = np.linalg.inv(cov)
-        kl = 0.5 * (np.sum(np.log(np.diag(prec))) + np.linalg.slogdet(cov)[1])
-        np.testing.assert_allclose(log_z - res.final_elbo, kl, atol=0.08)
 
 
-def test_parallel_vi_estimators_agree_and_divergence_is_flagged():
-    _, _, log_joint, log_z = _gaussian_target()
-    for est in ("pathwise", "score"):
-        res = fit_gaussian_vi_parallel(log_joint, 3, [0.02], family="full", estimator=est,
-                                       num_steps=1500, eval_every=500, seed=4)
-        assert not res.diverged[0] and log_z - res.final_elbo[0] < 0.2
-    # an absurd step size for the score function leaves the ELBO below where it started
-    bad = fit_gaussian_vi_parallel(log_joint, 3, [50.0], family="full", estimator="score",
-                                   num_steps=50, eval_every=50, seed=0)
-    assert bad.diverged[0]
-
-
-def test_importance_sampling_is_exact_on_a_gaussian_posterior():
-    m, cov, log_joint, log_z = _gaussian_target()
-    res = importance_sampling_posterior(log_joint, m + 0.1, 1.3 * cov, 40_000,
-                                       rng=np.random.default_rng(0), df=8.0)
-    assert abs(res.log_evidence - log_z) < NUM_SE * res.log_evidence_se
-    assert 1000 < res.ess <= 40_000
-    se_mean = np.sqrt(np.diag(cov) / res.ess)
-    assert np.all(np.abs(res.mean - m) < NUM_SE * se_mean)
-    np.testing.assert_allclose(res.sd, np.sqrt(np.diag(cov)), rtol=0.05)
-    assert np.all(np.abs(res.skewness) < NUM_SE * np.sqrt(6 / res.ess))
-
-
-def test_new_chapter5_functions_validate_inputs():
-    _, cov, log_joint, _ = _gaussian_target()
+def test_gaussian_elbo_gradient_functions_validate_inputs():
     with pytest.raises(ValueError, match="estimator"):
-        gaussian_elbo_gradient_samples(log_joint, np.zeros(3), np.eye(3), 2,
+        gaussian_elbo_gradient_samples(sum_of_squares, np.zeros(3), np.eye(3), 2,
                                        estimator="stl")
     with pytest.raises(ValueError, match="lower triangular"):
-        gaussian_elbo_gradient_samples(log_joint, np.zeros(3), np.ones((3, 3)), 2)
+        gaussian_elbo_gradient_samples(sum_of_squares, np.zeros(3), np.ones((3, 3)), 2)
     with pytest.raises(ValueError, match="shape"):
-        gaussian_elbo_gradient_samples(log_joint, np.zeros(3), np.eye(2), 2)
-    with pytest.raises(ValueError, match="step size"):
-        fit_gaussian_vi_parallel(log_joint, 3, [0.1, -0.1])
-    with pytest.raises(ValueError, match="estimator"):
-        fit_gaussian_vi_parallel(log_joint, 3, [0.1], estimator="reinforce")
-    with pytest.raises(ValueError, match="family"):
-        fit_gaussian_vi_parallel(log_joint, 3, [0.1], family="lowrank")
-    with pytest.raises(TypeError, match="rng"):
-        importance_sampling_posterior(log_joint, np.zeros(3), cov, 10, rng=0)
-    with pytest.raises(ValueError, match="cov"):
-        importance_sampling_posterior(log_joint, np.zeros(3), np.eye(2), 10,
-                                      rng=np.random.default_rng(0))
+        gaussian_elbo_gradient_samples(sum_of_squares, np.zeros(3), np.eye(2), 2)
+    with pytest.raises(ValueError, match="shapes"):
+        gaussian_target_elbo_gradient(np.zeros(3), np.eye(3), np.zeros(2), np.eye(3))
+
+
+# --------------------------------------------------------------------------------------
+# baselines
+# --------------------------------------------------------------------------------------
+def test_leave_one_out_baseline_subtracts_the_mean_of_the_others():
+    values = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]], dtype=F64)
+    expected = torch.tensor([[1 - 4.0, 2 - 3.5, 6 - 1.5], [-1.5, -1.5, 3.0]], dtype=F64)
+    torch.testing.assert_close(apply_baseline(values, "leave-one-out"), expected,
+                               rtol=0, atol=1e-15)
+    torch.testing.assert_close(apply_baseline(values, 2.0), values - 2.0)
+    assert apply_baseline(values, None) is values
+    assert check_baseline(3, 2) == 3.0 and isinstance(check_baseline(3, 2), float)
+
+
+@pytest.mark.parametrize("baseline, num_samples, error, match", [
+    ("median", 4, ValueError, "baseline must be None"),
+    ([1.0], 4, TypeError, "baseline must be None"),
+    (True, 4, TypeError, "baseline must be None"),
+    (float("nan"), 4, ValueError, "must be finite"),
+    ("leave-one-out", 1, ValueError, "needs num_samples >= 2"),
+])
+def test_check_baseline_rejects(baseline, num_samples, error, match):
+    with pytest.raises(error, match=match):
+        check_baseline(baseline, num_samples)
+
+
+# --------------------------------------------------------------------------------------
+# bad input of the estimators, one case per row
+# --------------------------------------------------------------------------------------
+def _normal_without_independent(mu, sigma):
+    return torch.distributions.Normal(mu, sigma)   # batch_shape (N, D), not (N,)
+
+
+def _bernoulli(logits):
+    return Independent(Bernoulli(logits=logits), 1)
+
+
+BAD_ESTIMATOR_CALLS = [
+    (lambda f, p: per_sample_gradients(f, diagonal_gaussian, p, 4, estimator="magic"),
+     ValueError, "estimator must be one of"),
+    (lambda f, p: per_sample_gradients(f, diagonal_gaussian, p, 4, estimator="pathwise",
+                                       baseline=1.0),
+     ValueError, "baseline applies to the score-function"),
+    (lambda f, p: score_function_gradient(f, diagonal_gaussian, p, 1,
+                                          baseline="leave-one-out"),
+     ValueError, "leave-one-out baseline needs num_samples >= 2"),
+    (lambda f, p: score_function_gradient(f, diagonal_gaussian, p, 4, baseline="median"),
+     ValueError, "baseline must be None"),
+    (lambda f, p: pathwise_gradient(f, diagonal_gaussian, p, 0),
+     ValueError, "num_samples must be >= 1"),
+    (lambda f, p: pathwise_gradient(f, diagonal_gaussian, p, 2.5),
+     TypeError, "num_samples must be an integer"),
+    (lambda f, p: pathwise_gradient(f, diagonal_gaussian, {}, 4),
+     TypeError, "params must be a non-empty mapping"),
+    (lambda f, p: pathwise_gradient(f, diagonal_gaussian,
+                                    {**p, "mu": torch.tensor([np.nan] * 3)}, 4),
+     ValueError, "must be finite"),
+    (lambda f, p: pathwise_gradient(f, _normal_without_independent, p, 4),
+     ValueError, "batch_shape"),
+    (lambda f, p: pathwise_gradient(f, lambda mu, sigma: mu, p, 4),
+     TypeError, "must return a torch Distribution"),
+    (lambda f, p: pathwise_gradient(lambda z: z, diagonal_gaussian, p, 4),
+     ValueError, "f must map samples"),
+    (lambda f, p: pathwise_gradient(lambda z: z.sum(-1) * np.nan, diagonal_gaussian, p, 4),
+     ValueError, "non-finite"),
+    (lambda f, p: gradient_stats(f, diagonal_gaussian, p, 4, 1, estimator="score"),
+     ValueError, "num_repeats must be >= 2"),
+    (lambda f, p: pathwise_gradient(lambda z: z.sum(-1), _bernoulli,
+                                    {"logits": torch.zeros(2)}, 2),
+     ValueError, "has no rsample"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD_ESTIMATOR_CALLS)
+def test_estimators_reject_bad_input(call, error, match):
+    f, params = quadratic_problem()[4:]
+    with pytest.raises(error, match=match):
+        call(f, params)
+
+
+# --------------------------------------------------------------------------------------
+# gradient signal-to-noise ratio
+# --------------------------------------------------------------------------------------
+def test_gradient_snr_matches_its_closed_form():
+    """objective = theta . mean_s z_s + phi^2 . mean_s z_s^2 with z_s ~ N(1, 1), S = 16.
+
+    d/dtheta_j = mean_s z_s: mean 1, sd 1/4, SNR 4. d/dphi_j = 2 phi_j mean_s z_s^2 at
+    phi = 1: mean 2 E z^2 = 4, sd 2 sqrt(Var z^2 / 16) with Var z^2 = 4 mu^2 + 2 = 6,
+    SNR 4 / sqrt(6 / 4)."""
+    seed_everything(0)
+    theta = torch.zeros(3, dtype=F64, requires_grad=True)
+    phi = torch.ones(2, dtype=F64, requires_grad=True)
+
+    def objective():
+        z = 1.0 + torch.randn(16, 5, dtype=F64)
+        return (theta * z[:, :3].mean(0)).sum() + (phi**2 * (z[:, 3:] ** 2).mean(0)).sum()
+
+    r = 4000
+    res = gradient_snr(objective, {"theta": [theta], "phi": [phi]}, num_repeats=r)
+    assert res.snr["theta"].shape == (3,) and res.snr["phi"].shape == (2,)
+    assert res.num_repeats == r
+    # the SNR estimate's standard error: sqrt((1 + snr^2 / 2) / R) for Gaussian gradients,
+    # larger for the skewed d/dphi: allow 6 of those
+    for name, exact in (("theta", 4.0), ("phi", 4 / np.sqrt(6 / 4))):
+        np.testing.assert_allclose(res.snr[name], exact,
+                                   atol=6 * np.sqrt((1 + exact**2 / 2) / r))
+    np.testing.assert_allclose(res.mean["theta"], 1.0, atol=NUM_SE * 0.25 / np.sqrt(r))
+    np.testing.assert_allclose(res.mean["phi"], 4.0,
+                               atol=NUM_SE * 2 * np.sqrt(6 / 16 / r))
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (("not callable", {"a": [torch.zeros(1)]}), TypeError, "objective must be callable"),
+    ((lambda: torch.zeros(()), {}), TypeError, "non-empty mapping"),
+    ((lambda: torch.zeros(()), {"a": []}), TypeError, "group 'a'"),
+    ((lambda: torch.zeros(()), {"a": [torch.zeros(1)]}, 1), ValueError, "num_repeats"),
+])
+def test_gradient_snr_rejects_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        gradient_snr(*args)
+
+
+def test_gradient_snr_names_a_non_finite_gradient():
+    w = torch.ones(1, dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match="repeat 0 is not finite"):
+        gradient_snr(lambda: (w * np.inf).sum(), {"w": [w]}, 3)

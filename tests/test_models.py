@@ -5,8 +5,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate
 from scipy.stats import multivariate_normal, norm
+from sklearn.linear_model import LogisticRegression
 
-from elbo_lib.models import ConjugateGaussianMean
+from elbo_lib.models import (
+    BayesianLogisticRegression,
+    ConjugateGaussianMean,
+    bsc_exact_posterior,
+    bsc_log_joint,
+    dirichlet_mixture_log_evidence,
+    set_partitions,
+)
 
 
 @pytest.fixture
@@ -140,3 +148,120 @@ def test_quadrature_oracles_validate_inputs():
         log_evidence_quadrature(lambda z: -0.5 * z**2, np.linspace(-1, 1, 101))
     with pytest.raises(ValueError, match="uniform"):
         log_evidence_quadrature(lambda z: -0.5 * z**2, np.array([-9.0, 0.0, 1.0, 9.0]))
+
+
+def test_bsc_log_joint_and_exact_posterior(bsc_problem):
+    v, w, b, beta = bsc_problem
+    h = np.array([1, 0, 1, 0, 0, 1.0])
+    prior = torch.distributions.Bernoulli(logits=torch.as_tensor(b)).log_prob(torch.as_tensor(h))
+    lik = torch.distributions.Normal(torch.as_tensor(w @ h), beta**-0.5).log_prob(
+        torch.as_tensor(v))
+    assert bsc_log_joint(h, v, w, b, beta) == pytest.approx(float(prior.sum() + lik.sum()))
+    ex = bsc_exact_posterior(v, w, b, beta)
+    assert ex["codes"].shape == (64, 6)
+    assert np.exp(ex["log_posterior"]).sum() == pytest.approx(1.0)
+
+
+def test_set_partitions_counts_bell_numbers():
+    bell = [1, 2, 5, 15, 52, 203, 877, 4140]
+    for n, b in enumerate(bell, start=1):
+        parts = set_partitions(n)
+        assert parts.shape == (b, n)
+        assert len({tuple(row) for row in parts}) == b        # all distinct
+    with pytest.raises(ValueError, match="n must be <= 12"):
+        set_partitions(13)
+
+
+def test_dirichlet_mixture_evidence_matches_prior_monte_carlo():
+    """Exact evidence (sum over partitions) vs a Monte Carlo average over the prior."""
+    rng = np.random.default_rng(0)
+    x = np.array([[-1.0, 0.3], [1.2, -0.4], [0.9, 0.1]])
+    k, sigma2, alpha0 = 2, 2.0, 0.7
+    exact = dirichlet_mixture_log_evidence(x, k, sigma2, alpha0)
+    s = 400_000
+    mu = rng.normal(scale=np.sqrt(sigma2), size=(s, k, 2))
+    pi = rng.dirichlet(np.full(k, alpha0), size=s)
+    log_n = -np.log(2 * np.pi) - 0.5 * ((x[None, :, None, :] - mu[:, None]) ** 2).sum(-1)
+    log_lik = np.log((pi[:, None, :] * np.exp(log_n)).sum(-1)).sum(-1)
+    mc = np.log(np.mean(np.exp(log_lik - log_lik.max()))) + log_lik.max()
+    assert abs(exact - mc) < 0.02
+
+
+def test_dirichlet_mixture_evidence_brute_force_labelled_sum():
+    """Sum over all K^n labelled assignments (independent of the partition bookkeeping)."""
+    from itertools import product as iproduct
+
+    from scipy.special import gammaln, logsumexp
+    from scipy.stats import multivariate_normal
+
+    x = np.array([0.5, -1.0, 2.0, 0.1])
+    k, sigma2, alpha0 = 3, 1.5, 0.5
+    terms = []
+    for labels in iproduct(range(k), repeat=x.size):
+        labels = np.array(labels)
+        counts = np.bincount(labels, minlength=k)
+        log_c = (gammaln(k * alpha0) - gammaln(x.size + k * alpha0)
+                 + np.sum(gammaln(counts + alpha0) - gammaln(alpha0)))
+        cov = np.eye(x.size) + sigma2 * (labels[:, None] == labels[None, :])
+        terms.append(log_c + multivariate_normal(np.zeros(x.size), cov).logpdf(x))
+    assert np.isclose(dirichlet_mixture_log_evidence(x, k, sigma2, alpha0), logsumexp(terms),
+                      rtol=0, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------
+# Bayesian logistic regression (chapter 5)
+# --------------------------------------------------------------------------------------
+def _logistic_data(n: int = 200, seed: int = 0):
+    gen = np.random.default_rng(seed)
+    x = np.c_[np.ones(n), gen.normal(size=(n, 3))]
+    y = (gen.uniform(size=n) < 1 / (1 + np.exp(-x @ np.array([0.5, 1.0, -2.0, 0.0])))) * 1.0
+    return x, y
+
+
+def test_logistic_map_matches_scikit_learn_and_laplace_is_the_inverse_hessian():
+    x, y = _logistic_data()
+    model = BayesianLogisticRegression(x, y, prior_std=2.0)
+    w_map, cov = model.laplace()
+    # scikit-learn: minimises 0.5 ||w||^2 + C sum log-loss, i.e. prior N(0, C I)
+    sk = LogisticRegression(C=4.0, fit_intercept=False, tol=1e-12, max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(w_map, sk.coef_[0], atol=1e-5)
+    # the Laplace covariance is minus the inverse Hessian of log_joint, by autograd
+    hess = torch.autograd.functional.hessian(
+        lambda w: model.log_joint(w[None])[0], torch.tensor(w_map))
+    np.testing.assert_allclose(cov, np.linalg.inv(-hess.numpy()), rtol=1e-8)
+
+
+def test_logistic_log_joint_matches_torch_distributions():
+    x, y = _logistic_data()
+    model = BayesianLogisticRegression(x, y, prior_std=2.0)
+    w = torch.tensor(np.random.default_rng(1).normal(size=(5, 4)))
+    direct = (torch.distributions.Bernoulli(logits=w @ torch.tensor(x).T)
+              .log_prob(torch.tensor(y)).sum(1)
+              + torch.distributions.Normal(0.0, 2.0).log_prob(w).sum(1))
+    torch.testing.assert_close(model.log_joint(w), direct.to(torch.float64))
+
+
+def test_logistic_predictive_probability_of_a_point_estimate():
+    x = np.array([[1.0, 0.0], [1.0, 2.0]])
+    w = np.array([0.5, -1.0])
+    np.testing.assert_allclose(BayesianLogisticRegression.predictive_proba(x, w),
+                               1 / (1 + np.exp(-(x @ w))), rtol=1e-14)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 2]), ValueError,
+     "only 0 and 1"),
+    (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1]), ValueError,
+     "same number of rows"),
+    (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 1], prior_std=0.0),
+     ValueError, "prior_std"),
+    (lambda: BayesianLogisticRegression(np.ones((2, 2)), [0, 1]).log_joint(
+        torch.zeros(3)), ValueError, "w must have shape"),
+    (lambda: BayesianLogisticRegression.predictive_proba(np.ones((2, 3)), np.ones(2)),
+     ValueError, "weights must have 3 columns"),
+    (lambda: BayesianLogisticRegression(np.ones((2, 2)), [0, 1]).map_estimate(max_iter=0),
+     ValueError, "max_iter"),
+])
+def test_logistic_rejects_bad_input(make, error, match):
+    with pytest.raises(error, match=match):
+        make()

@@ -76,3 +76,66 @@ def test_fmt_below():
     assert fmt_below(2e-3, 1e-6, "gap") == "gap < 1e-06: False"
     with pytest.raises(ValueError, match="bound"):
         fmt_below(1.0, 0.0)
+
+
+# ------------------------------------------------------------------ contract (issue 16)
+# Contract cases (issue 16): every public name of elbo_lib.reporting has bad-input cases.
+BAD_INPUTS = {
+    "fmt": [
+        (lambda: fmt("3.5"), TypeError, r"x must be a real number, got str"),
+        (lambda: fmt([1.0, 2.0]), TypeError, r"x must be a real number, got list"),
+        (lambda: fmt(True), TypeError, r"x must be a real number, got bool"),
+        (lambda: fmt(1.0, 0), ValueError, r"digits must be >= 1"),
+        (lambda: fmt(1.0, 2.5), TypeError, r"digits must be an integer"),
+    ],
+    "fmt_array": [
+        (lambda: fmt_array("abc"), TypeError, r"values must be numeric array-like"),
+        (lambda: fmt_array([[1.0], [1.0, 2.0]]), TypeError, r"values must be numeric array"),
+        (lambda: fmt_array([], 0), ValueError, r"digits must be >= 1"),
+    ],
+    "round_to": [
+        (lambda: round_to(float("nan"), digits=3), ValueError, r"x must be finite"),
+        (lambda: round_to("1.5", digits=3), TypeError, r"x must be a real number, got str"),
+        (lambda: round_to(1.0), ValueError, r"exactly one of digits= and decimals="),
+        (lambda: round_to(1.0, decimals=1.5), TypeError, r"decimals must be an int"),
+        # rounding the largest float up to 3 digits leaves float64's range: say so
+        (lambda: round_to(1.7976931348623157e308, digits=3), ValueError,
+         r"x = 1.797.*e\+308 rounded to 3 digits overflows"),
+    ],
+    "glue": [
+        (lambda: glue("", 1.0), TypeError, r"name must be a non-empty str"),
+        (lambda: glue("x", True), TypeError, r"value of 'x' is a bool"),
+        (lambda: glue("x", float("inf")), ValueError, r"value of 'x' must be finite, got inf"),
+        (lambda: glue("x", float("nan"), digits=3), ValueError, r"value of 'x' must be finite"),
+        (lambda: glue("x", 3, digits=2), ValueError, r"'x' is an integer: do not give digits"),
+        (lambda: glue("x", [1.0]), TypeError, r"value of 'x' must be a number or a str"),
+    ],
+    "fmt_below": [
+        (lambda: fmt_below(1.0, 0.0), ValueError, r"bound must be a positive finite number"),
+        (lambda: fmt_below(1.0, "1e-12"), TypeError, r"bound must be a real number, got str"),
+        (lambda: fmt_below(float("nan"), 1e-12), ValueError, r"value must not be NaN"),
+        (lambda: fmt_below("1e-16", 1e-12), TypeError, r"value must be a real number, got str"),
+        (lambda: fmt_below(1e-16, 1e-12, name=3), TypeError, r"name must be a str"),
+    ],
+}
+
+EXTREME_INPUTS = {
+    "fmt": [
+        (lambda: (fmt(1.7e308), fmt(5e-324), fmt(np.float32(0.1), 3)),
+         lambda out: _equal(out, ("1.7e+308", "4.941e-324", "0.1"))),
+    ],
+    "round_to": [
+        (lambda: (round_to(1.7e308, digits=2), round_to(5e-324, decimals=2),
+                  round_to(-5e-324, digits=1)),
+         lambda out: _equal(out, (1.7e308, 0.0, -5e-324))),
+    ],
+    "fmt_below": [
+        (lambda: (fmt_below(float("inf"), 1e-12), fmt_below(0.0, 5e-324)),
+         lambda out: _equal(out, ("max |error| < 1e-12: False",
+                                  "max |error| < 4.94066e-324: True"))),
+    ],
+}
+
+
+def _equal(out, want):
+    assert out == want, f"{out!r} != {want!r}"

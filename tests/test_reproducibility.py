@@ -37,3 +37,24 @@ def test_torch_is_deterministic_and_single_threaded():
 def test_bad_seed(bad, err):
     with pytest.raises(err, match="seed"):
         seed_everything(bad)
+
+
+# ------------------------------------------------------------------ contract (issue 16)
+# Contract cases (issue 16): every public name of elbo_lib.reproducibility has bad-input cases.
+BAD_INPUTS = {
+    "seed_everything": [
+        (lambda: seed_everything(-1), ValueError, r"seed must be >= 0"),
+        (lambda: seed_everything(1.5), TypeError, r"seed must be an integer"),
+        (lambda: seed_everything("0"), TypeError, r"seed must be an integer"),
+        (lambda: seed_everything(None), TypeError, r"seed must be an integer"),
+        (lambda: seed_everything(2**32), ValueError, r"seed must be <= 2\*\*32 - 1"),
+    ],
+}
+
+EXTREME_INPUTS = {
+    "seed_everything": [
+        (lambda: seed_everything(2**32 - 1).integers(0, 2**31, size=3),
+         lambda out: np.testing.assert_array_equal(
+             out, np.random.default_rng(2**32 - 1).integers(0, 2**31, size=3))),
+    ],
+}

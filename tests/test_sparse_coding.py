@@ -1,4 +1,4 @@
-"""Tests of elbo_lib.sparse_coding and elbo_lib.patches (chapter 3)."""
+"""Tests of elbo_lib.sparse_coding (chapter 3)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,10 @@ from hypothesis import strategies as st
 from sklearn.decomposition import sparse_encode
 from sklearn.linear_model import Lasso
 
-from elbo_lib.patches import (
-    ZCAWhitener,
-    denoise_image,
-    load_grey_sample_images,
-    orientation_concentration,
-    random_patches,
-    remove_dc,
-    tile_patches,
-)
 from elbo_lib.sparse_coding import (
     best_m_term_reconstruction,
     debias_codes,
+    denoise_image,
     fista,
     ista,
     lasso_duality_gap,
@@ -29,6 +21,7 @@ from elbo_lib.sparse_coding import (
     lipschitz_constant,
     normalize_columns,
     omp_codes,
+    orientation_concentration,
     sklearn_lasso_alpha,
     soft_threshold,
     sparse_coding_log_evidence_2d,
@@ -73,7 +66,7 @@ def test_lipschitz_exact_and_power_agree_with_svd():
         W = rng.standard_normal(shape)
         expected = np.linalg.norm(W, 2) ** 2
         assert lipschitz_constant(W) == pytest.approx(expected, rel=1e-12)
-        assert lipschitz_constant(W, "power", tol=1e-13, max_iter=100000) == pytest.approx(
+        assert lipschitz_constant(W, "power", tol=1e-13, max_iter=100000, rng=0) == pytest.approx(
             expected, rel=1e-6)
 
 
@@ -83,7 +76,9 @@ def test_lipschitz_errors():
     with pytest.raises(ValueError, match="method must be"):
         lipschitz_constant(np.eye(2), "svd")
     with pytest.raises(ValueError, match="did not converge"):
-        lipschitz_constant(np.diag([1.0, 0.999999]), "power", max_iter=2, tol=1e-15)
+        lipschitz_constant(np.diag([1.0, 0.999999]), "power", max_iter=2, tol=1e-15, rng=0)
+    with pytest.raises(TypeError, match="rng"):          # no hidden seed
+        lipschitz_constant(np.eye(2), "power")
 
 
 def test_step_above_two_over_l_diverges_and_one_over_l_does_not():
@@ -184,7 +179,7 @@ def test_warm_start_and_single_signal_shapes():
     res = fista(X[0], W, 0.1, max_iter=2000, tol=1e-10)
     assert res.codes.shape == (1, W.shape[1])
     warm = fista(X[:1], W, 0.1, codes_init=res.codes, max_iter=2000, tol=1e-10)
-    assert warm.n_iter <= 20
+    assert warm.num_iter <= 20
 
 
 @pytest.mark.parametrize("method", [ista, fista])
@@ -230,7 +225,7 @@ def test_update_dictionary_is_exact_block_minimisation():
     H = fista(X, W, 0.1, max_iter=500).codes
     rng = np.random.default_rng(0)
     W0 = normalize_columns(rng.standard_normal(W.shape))
-    W1 = update_dictionary(X, H, W0, n_sweeps=50)
+    W1 = update_dictionary(X, H, W0, num_sweeps=50)
     assert np.all(np.linalg.norm(W1, axis=0) <= 1 + 1e-12)
     fit0 = np.sum((X - H @ W0.T) ** 2)
     fit1 = np.sum((X - H @ W1.T) ** 2)
@@ -250,7 +245,7 @@ def test_learn_dictionary_objective_decreases_and_recovers_atoms():
     W_true = normalize_columns(rng.standard_normal((d, k)))
     H = rng.laplace(size=(n, k)) * (rng.random((n, k)) < 0.15)
     X = H @ W_true.T + 0.01 * rng.standard_normal((n, d))
-    res = learn_dictionary(X, k, 0.05, n_iter=60, code_iter=30, rng=rng)
+    res = learn_dictionary(X, k, 0.05, num_iter=60, code_iter=30, rng=rng)
     assert np.all(np.diff(res.objectives) <= 1e-12 * res.objectives[:-1])
     assert res.objectives[-1] < 0.5 * res.objectives[1]
     assert np.all(np.linalg.norm(res.dictionary, axis=0) <= 1 + 1e-12)
@@ -262,10 +257,10 @@ def test_learn_dictionary_objective_decreases_and_recovers_atoms():
 def test_learn_dictionary_errors():
     X, _ = _problem(seed=13, n=10)
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="n_atoms must be <="):
+    with pytest.raises(ValueError, match="num_atoms must be <="):
         learn_dictionary(X, 11, 0.1, rng=rng)
     with pytest.raises(TypeError, match="rng must be"):
-        learn_dictionary(X, 3, 0.1, rng=0)
+        learn_dictionary(X, 3, 0.1, rng=None)
     with pytest.raises(ValueError, match="W_init must have shape"):
         learn_dictionary(X, 3, 0.1, rng=rng, W_init=np.ones((5, 3)))
 
@@ -295,40 +290,11 @@ def test_best_m_term_reconstruction():
         np.testing.assert_allclose(rec[i], U[:, keep] @ c[keep], atol=1e-12)
     with pytest.raises(ValueError, match="orthonormal"):
         best_m_term_reconstruction(X, 2 * U, 2)
-    with pytest.raises(ValueError, match="n_terms"):
+    with pytest.raises(ValueError, match="num_terms"):
         best_m_term_reconstruction(X, U, 9)
 
 
 # -------------------------------------------------------------------------- patches
-def test_sample_images_and_patches():
-    images = load_grey_sample_images()
-    assert set(images) == {"china", "flower"}
-    img = images["china"]
-    assert img.ndim == 2 and 0 <= img.min() and img.max() <= 1
-    rng = np.random.default_rng(0)
-    P = random_patches(img, 8, 50, rng, rows=(100, 200))
-    assert P.shape == (50, 64)
-    # every patch is a real 8x8 window of the image rows 100..199
-    windows = np.lib.stride_tricks.sliding_window_view(img[100:200], (8, 8)).reshape(-1, 64)
-    assert all(np.any(np.all(windows == p, axis=1)) for p in P[:5])
-    with pytest.raises(ValueError, match="does not fit"):
-        random_patches(img, 8, 5, rng, rows=(0, 4))
-
-
-def test_zca_whitener_whitens_and_inverts():
-    rng = np.random.default_rng(1)
-    A = rng.standard_normal((6, 6))
-    X = rng.standard_normal((5000, 6)) @ A
-    zca = ZCAWhitener(eps_fraction=1e-8).fit(X)
-    Z = zca.transform(X)
-    np.testing.assert_allclose(np.cov(Z.T), np.eye(6), atol=1e-4)
-    np.testing.assert_allclose(zca.inverse_transform(Z), X, atol=1e-8)
-    Zr = ZCAWhitener(eps_fraction=1.0).fit(X).transform(X)
-    assert np.mean(Zr ** 2) == pytest.approx(1.0, rel=1e-3)
-    centred, means = remove_dc(X)
-    np.testing.assert_allclose(centred.mean(axis=1), 0, atol=1e-12)
-    with pytest.raises(ValueError, match="not fitted"):
-        ZCAWhitener().transform(X)
 
 
 def test_denoise_image_with_identity_dictionary_and_small_penalty_is_identity():
@@ -340,14 +306,6 @@ def test_denoise_image_with_identity_dictionary_and_small_penalty_is_identity():
         denoise_image(img, np.eye(15), 0.1)
 
 
-def test_tile_patches_places_each_patch():
-    P = np.arange(5 * 4, dtype=float).reshape(5, 4)  # five 2x2 patches
-    mosaic = tile_patches(P, 3, pad=1, normalize=False)
-    assert mosaic.shape == (2 * 3 - 1, 3 * 3 - 1)
-    np.testing.assert_array_equal(mosaic[:2, 3:5], P[1].reshape(2, 2))
-    np.testing.assert_array_equal(mosaic[3:5, 3:5], P[4].reshape(2, 2))
-    assert np.isnan(mosaic[2]).all() and np.isnan(mosaic[3:5, 6:8]).all()
-    assert np.nanmax(np.abs(tile_patches(P, 3))) == pytest.approx(1.0)
 
 
 def test_easy_signals_leave_the_working_set_without_changing_the_answer():
@@ -359,7 +317,7 @@ def test_easy_signals_leave_the_working_set_without_changing_the_answer():
     assert np.all(res.codes[::2] == 0)
     hard_only = fista(X[1::2], W, lam, max_iter=5000, tol=1e-12, check_every=1)
     np.testing.assert_allclose(res.codes[1::2], hard_only.codes, atol=1e-12)
-    assert res.n_iter == hard_only.n_iter
+    assert res.num_iter == hard_only.num_iter
     # tracking the objective sees the frozen rows too: it equals the final objective at the end
     tracked = fista(X, W, lam, max_iter=5000, tol=1e-12, track_objective=True)
     assert tracked.objectives[-1] == pytest.approx(lasso_objective(X, W, tracked.codes, lam).sum())
@@ -419,7 +377,7 @@ def test_omp_codes_counts_and_agree_with_sklearn_per_signal():
         np.testing.assert_allclose(codes[i], ref, atol=1e-10)
     with pytest.raises(ValueError, match="unit-norm"):
         omp_codes(X, 2 * W, 1)
-    with pytest.raises(ValueError, match="n_nonzero"):
+    with pytest.raises(TypeError, match="num_nonzero"):
         omp_codes(X, W, 1.5)
 
 
@@ -428,7 +386,302 @@ def test_orientation_concentration_of_gratings_and_noise():
     gratings = np.array([np.cos(2 * np.pi * 0.25 * (np.cos(a) * xx + np.sin(a) * yy)).ravel()
                          for a in np.linspace(0, np.pi, 6, endpoint=False)])
     assert np.all(orientation_concentration(gratings) > 0.7)   # window leakage: < 1
+    # an axis-aligned grating on an FFT bin puts all its power at one orientation: exactly 1
+    vertical = np.cos(2 * np.pi * 0.25 * xx).ravel()[None]
+    assert orientation_concentration(vertical, fft_size=8)[0] == pytest.approx(1.0, abs=1e-12)
+    # white noise spreads its power: about 2 * 15 / 180 = 1/6 per wedge, the best of 180
+    # wedges a little more
     noise = np.random.default_rng(0).standard_normal((500, 64))
-    assert np.median(orientation_concentration(noise)) < 0.35
+    assert 1 / 6 < np.median(orientation_concentration(noise)) < 0.35
     with pytest.raises(ValueError, match="half_width_deg"):
         orientation_concentration(gratings, half_width_deg=90)
+
+
+# ------------------------------------------------------------------ contract (issue 16)
+_RNG = np.random.default_rng(2026)
+_W = normalize_columns(_RNG.standard_normal((6, 8)))
+_H = _RNG.standard_normal((4, 8)) * (_RNG.random((4, 8)) < 0.4)
+_X = _H @ _W.T + 0.05 * _RNG.standard_normal((4, 6))
+_NAN_X = np.where(np.eye(4, 6) > 0, np.nan, _X)
+_INF_W = np.where(np.eye(6, 8) > 0, np.inf, _W)
+_U = np.linalg.qr(_RNG.standard_normal((6, 6)))[0]
+_W2 = np.array([[1.0, 0.8], [0.0, 0.6]])
+_IMG = _RNG.random((10, 11))
+_PATCHES = _RNG.standard_normal((5, 16))
+
+
+def _codes(X=_X, W=_W, lam=0.1, method=None):
+    return (method or fista)(X, W, lam, max_iter=20000, tol=1e-13).codes
+
+
+def _close(expected, rtol=1e-9, atol=0.0):
+    return lambda out: np.testing.assert_allclose(out, expected, rtol=rtol, atol=atol)
+
+
+def _finite_equal(expected, rtol=1e-9):
+    def check(out):
+        assert np.all(np.isfinite(out)), "result is not finite"
+        np.testing.assert_allclose(out, expected, rtol=rtol)
+    return check
+
+
+# Contract cases (issue 16): every public name of elbo_lib.sparse_coding has bad-input cases.
+BAD_INPUTS = {
+    "soft_threshold": [
+        (lambda: soft_threshold([1.0, np.nan], 0.5), ValueError, r"v must contain only finite"),
+        (lambda: soft_threshold([1.0, 2.0], np.inf), ValueError, r"threshold must contain only"),
+        (lambda: soft_threshold([1.0, 2.0], -0.5), ValueError, r"threshold must be >= 0"),
+        (lambda: soft_threshold("abc", 0.5), TypeError, r"v must be numeric"),
+        (lambda: soft_threshold([1.0, 2.0, 3.0], [0.1, 0.2]), ValueError,
+         r"threshold must be broadcastable to the shape of v \(3,\), got shape \(2,\)"),
+    ],
+    "lipschitz_constant": [
+        (lambda: lipschitz_constant(_INF_W), ValueError, r"W must contain only finite"),
+        (lambda: lipschitz_constant(np.ones(3)), ValueError, r"W must have 2 dimension"),
+        (lambda: lipschitz_constant(np.zeros((3, 2))), ValueError, r"W must not be all zeros"),
+        (lambda: lipschitz_constant(_W, "svd"), ValueError, r"method must be 'exact' or"),
+        (lambda: lipschitz_constant(_W, "power", rng=None), TypeError, r"rng must be"),
+        (lambda: lipschitz_constant(_W, "power", tol=np.nan, rng=0), ValueError, r"tol must be"),
+        (lambda: lipschitz_constant(_W, "power", max_iter=0, rng=0), ValueError,
+         r"max_iter must be >= 1"),
+        (lambda: lipschitz_constant(np.full((2, 2), 1e200)), ValueError,
+         r"W .*overflows float64"),
+    ],
+    "sklearn_lasso_alpha": [
+        (lambda: sklearn_lasso_alpha(np.nan, 4), ValueError, r"lam must be a finite number"),
+        (lambda: sklearn_lasso_alpha(0.1, 0), ValueError, r"signal_dim must be >= 1"),
+        (lambda: sklearn_lasso_alpha(0.1, 2.5), TypeError, r"signal_dim must be an integer"),
+        (lambda: sklearn_lasso_alpha("0.1", 4), TypeError, r"lam must be a positive number"),
+    ],
+    "lasso_objective": [
+        (lambda: lasso_objective(_NAN_X, _W, _H, 0.1), ValueError, r"X must contain only finite"),
+        (lambda: lasso_objective(_X, _W, _H[:, :-1], 0.1), ValueError,
+         r"H must have shape \(num_signals, num_atoms\) = \(4, 8\), got \(4, 7\)"),
+        (lambda: lasso_objective(_X, _W, np.full_like(_H, np.nan), 0.1), ValueError,
+         r"H must contain only finite"),
+        (lambda: lasso_objective(_X[:, :-1], _W, _H, 0.1), ValueError, r"X has signals of length"),
+        (lambda: lasso_objective(_X, _W, _H, -1.0), ValueError, r"lam must be a finite number > 0"),
+        (lambda: lasso_objective(_X[:0], _W, _H[:0], 0.1), ValueError, r"X must not be empty"),
+        (lambda: lasso_objective(_X * 1e160, _W, _H * 1e160, 0.1), ValueError,
+         r"overflows float64.*X"),
+    ],
+    "lasso_duality_gap": [
+        (lambda: lasso_duality_gap(_X, _INF_W, _H, 0.1), ValueError, r"W must contain only finite"),
+        (lambda: lasso_duality_gap(_X, _W, _H.T, 0.1), ValueError, r"H must have shape"),
+        (lambda: lasso_duality_gap(_X, _W, _H, np.nan), ValueError, r"lam must be a finite"),
+        (lambda: lasso_duality_gap(_X * 1e160, _W, _H * 1e160, 0.1), ValueError,
+         r"overflows float64.*X"),
+    ],
+    "ista": [
+        (lambda: ista(_NAN_X, _W, 0.1), ValueError, r"X must contain only finite"),
+        (lambda: ista(_X, _W, 0.1, tol=np.nan), ValueError, r"tol must be a finite number >= 0"),
+        (lambda: ista(_X, _W, 0.1, tol="1e-8"), TypeError, r"tol must be a real number"),
+        (lambda: ista(_X, _W, 0.1, max_iter=0), ValueError, r"max_iter must be >= 1"),
+        (lambda: ista(_X, _W, 0.1, check_every=0), ValueError, r"check_every must be >= 1"),
+        (lambda: ista(_X, _W, 0.1, codes_init=np.zeros((4, 3))), ValueError,
+         r"codes_init must have shape"),
+        (lambda: ista(_X, _W, 0.1, lipschitz=np.nan), ValueError, r"lipschitz must be a finite"),
+        (lambda: ista(_X, np.zeros((6, 8)), 0.1), ValueError, r"W must not be all zeros"),
+        # a step 1/lipschitz far above 2/L: the codes overflow; say when and why
+        (lambda: ista(_X, _W, 0.1, lipschitz=1e-3, max_iter=5000), ValueError,
+         r"codes diverged at iteration \d+.*lipschitz"),
+    ],
+    "fista": [
+        (lambda: fista(_X, _INF_W, 0.1), ValueError, r"W must contain only finite"),
+        (lambda: fista(_X, _W, 0.0), ValueError, r"lam must be a finite number > 0"),
+        (lambda: fista(_X, _W, 0.1, tol=np.nan), ValueError, r"tol must be a finite number >= 0"),
+        (lambda: fista(np.ones((2, 2, 6)), _W, 0.1), ValueError, r"X must have 1 or 2 dim"),
+        (lambda: fista(_X, _W, 0.1, codes_init=np.full((4, 8), np.inf)), ValueError,
+         r"codes_init must contain only finite"),
+        (lambda: fista(_X, _W, 0.1, lipschitz=1e-3, max_iter=5000), ValueError,
+         r"codes diverged at iteration \d+.*lipschitz"),
+    ],
+    "normalize_columns": [
+        (lambda: normalize_columns(np.array([[1.0, 0.0], [2.0, 0.0]])), ValueError,
+         r"W has zero columns \[1\]"),
+        (lambda: normalize_columns(np.ones(3)), ValueError, r"W must have 2 dimension"),
+        (lambda: normalize_columns([[1.0, np.nan]]), ValueError, r"W must contain only finite"),
+        (lambda: normalize_columns("W"), TypeError, r"W must be numeric"),
+    ],
+    "update_dictionary": [
+        (lambda: update_dictionary(_NAN_X, _H, _W), ValueError, r"X must contain only finite"),
+        (lambda: update_dictionary(_X, _H[:3], _W), ValueError, r"H must have shape"),
+        (lambda: update_dictionary(_X, _H, _W[:5]), ValueError, r"X has shape .* W has shape"),
+        (lambda: update_dictionary(_X, _H, _W, num_sweeps=0), ValueError,
+         r"num_sweeps must be >= 1"),
+    ],
+    "learn_dictionary": [
+        (lambda: learn_dictionary(_X, 5, 0.1, rng=0), ValueError,
+         r"num_atoms must be <= the number of signals 4, got 5"),
+        (lambda: learn_dictionary(_X, 0, 0.1, rng=0), ValueError, r"num_atoms must be >= 1"),
+        (lambda: learn_dictionary(_X, 2, 0.1, num_iter=0, rng=0), ValueError,
+         r"num_iter must be >= 1"),
+        (lambda: learn_dictionary(_X, 2, 0.1, code_iter=1.5, rng=0), TypeError,
+         r"code_iter must be an integer"),
+        (lambda: learn_dictionary(_X, 2, 0.1, rng=None), TypeError, r"rng must be"),
+        (lambda: learn_dictionary(_NAN_X, 2, 0.1, rng=0), ValueError, r"X must contain only"),
+        (lambda: learn_dictionary(_X, 2, 0.1, rng=0, W_init=np.zeros((6, 2))), ValueError,
+         r"W_init has zero columns"),
+        (lambda: learn_dictionary(_X, 2, 0.1, rng=0, W_init=np.full((6, 2), np.nan)), ValueError,
+         r"W_init must contain only finite"),
+        (lambda: learn_dictionary(np.vstack([_X[:1], np.zeros((3, 6))]), 2, 0.1, rng=0),
+         ValueError, r"X must have at least num_atoms = 2 non-zero rows, got 1"),
+    ],
+    "best_m_term_reconstruction": [
+        (lambda: best_m_term_reconstruction(_X, 2 * _U, 2), ValueError,
+         r"basis must have orthonormal columns"),
+        (lambda: best_m_term_reconstruction(_X, _U, 7), ValueError,
+         r"num_terms must be integers in \[0, 6\]"),
+        (lambda: best_m_term_reconstruction(_X, _U, [1, 2]), ValueError,
+         r"num_terms must be an int or have shape \(4,\), got shape \(2,\)"),
+        (lambda: best_m_term_reconstruction(_X, _U, 1.5), TypeError,
+         r"num_terms must be integers"),
+        (lambda: best_m_term_reconstruction(_NAN_X, _U, 2), ValueError, r"X must contain only"),
+    ],
+    "debias_codes": [
+        (lambda: debias_codes(_X, _W, _H[:, :3]), ValueError, r"H must have shape"),
+        (lambda: debias_codes(_X, _W, _H, chunk_size=0), ValueError, r"chunk_size must be >= 1"),
+        (lambda: debias_codes(_X, np.ones((6, 8)), np.ones((4, 8))), ValueError,
+         r"H .*linearly dependent atoms"),
+        (lambda: debias_codes(_X, _INF_W, _H), ValueError, r"W must contain only finite"),
+    ],
+    "sparse_coding_log_joint": [
+        (lambda: sparse_coding_log_joint(_X, _W, _H, 0.0, 1.0), ValueError, r"sigma must be"),
+        (lambda: sparse_coding_log_joint(_X, _W, _H, 1.0, np.nan), ValueError, r"b must be"),
+        (lambda: sparse_coding_log_joint(_X[:, :5], _W, _H, 1.0, 1.0), ValueError,
+         r"X .*W .*H .*expected"),
+        (lambda: sparse_coding_log_joint(_X[:3], _W, _H, 1.0, 1.0), ValueError,
+         r"X has 3 rows and H 4"),
+        (lambda: sparse_coding_log_joint(_NAN_X, _W, _H, 1.0, 1.0), ValueError, r"X must contain"),
+    ],
+    "sparse_coding_log_evidence_2d": [
+        (lambda: sparse_coding_log_evidence_2d([1.0, 2.0], np.eye(3), 1.0, 1.0), ValueError,
+         r"W must have shape \(d, 2\)"),
+        (lambda: sparse_coding_log_evidence_2d([1.0, 2.0], np.ones((2, 2)), 1.0, 1.0),
+         ValueError, r"atoms of W must be linearly independent"),
+        (lambda: sparse_coding_log_evidence_2d([1.0, np.nan], _W2, 1.0, 1.0), ValueError,
+         r"x must contain only finite"),
+        (lambda: sparse_coding_log_evidence_2d([1.0, 2.0], _W2, -1.0, 1.0), ValueError,
+         r"sigma must be"),
+        (lambda: sparse_coding_log_evidence_2d([1e200, 0.0], _W2, 1.0, 1.0), ValueError,
+         r"float64: x / sigma has norm 1e\+200"),
+    ],
+    "omp_codes": [
+        (lambda: omp_codes(_X, 2 * _W, 1), ValueError, r"W must have unit-norm columns"),
+        (lambda: omp_codes(_X, _W, 7), ValueError, r"num_nonzero must be integers in \[0, 6\]"),
+        (lambda: omp_codes(_X, _W, [1, 2, 3]), ValueError,
+         r"num_nonzero must be an int or have shape \(4,\), got shape \(3,\)"),
+        (lambda: omp_codes(_X, _W, "2"), TypeError, r"num_nonzero must be integers"),
+        (lambda: omp_codes(_X[:, :5], _W, 1), ValueError, r"X has shape .* W has shape"),
+    ],
+    "denoise_image": [
+        (lambda: denoise_image(_IMG, np.eye(15), 0.1), ValueError, r"atoms must have p\*p rows"),
+        (lambda: denoise_image(_IMG[:3], np.eye(16), 0.1), ValueError,
+         r"noisy of shape \(3, 11\) is smaller than the patch size 4"),
+        (lambda: denoise_image(np.full((6, 6), np.nan), np.eye(16), 0.1), ValueError,
+         r"noisy must contain only finite"),
+        (lambda: denoise_image(_IMG, np.eye(16), 0.1, offset=np.zeros(9)), ValueError,
+         r"offset must have shape \(16,\)"),
+        (lambda: denoise_image(_IMG, np.eye(16), 0.0), ValueError, r"lam must be"),
+        (lambda: denoise_image(_IMG, np.eye(16), 0.1, max_iter=0), ValueError, r"max_iter must"),
+    ],
+    "orientation_concentration": [
+        (lambda: orientation_concentration(np.ones((3, 15))), ValueError,
+         r"patches must have p\*p columns"),
+        (lambda: orientation_concentration(_PATCHES, fft_size=3), ValueError,
+         r"fft_size must be >= 4"),
+        (lambda: orientation_concentration(_PATCHES, half_width_deg=90), ValueError,
+         r"half_width_deg must be < 90"),
+        (lambda: orientation_concentration(_PATCHES, half_width_deg=np.nan), ValueError,
+         r"half_width_deg must be a finite"),
+        (lambda: orientation_concentration(np.full((2, 16), np.inf)), ValueError,
+         r"patches must contain only finite"),
+    ],
+}
+
+NO_INPUTS = {
+    "ProximalGradientResult": "a result object returned by ista and fista",
+    "DictionaryLearningResult": "a result object returned by learn_dictionary",
+}
+
+_LAM = 0.1
+EXTREME_INPUTS = {
+    # the lasso is homogeneous: (c X, W, c lam) has the codes c H and the objective c^2 f
+    "soft_threshold": [
+        (lambda: soft_threshold([1.5e308, -1.5e308, 1e-310], 1e308),
+         _close([0.5e308, -0.5e308, 0.0])),
+    ],
+    "lipschitz_constant": [
+        (lambda: lipschitz_constant(_W * 1e-150), _finite_equal(lipschitz_constant(_W) * 1e-300)),
+        (lambda: lipschitz_constant(_W * 1e150), _finite_equal(lipschitz_constant(_W) * 1e300)),
+        (lambda: lipschitz_constant(_W * 1e-150, "power", tol=1e-14, max_iter=100_000, rng=0),
+         _finite_equal(lipschitz_constant(_W) * 1e-300, rtol=1e-6)),
+    ],
+    "lasso_objective": [
+        (lambda: lasso_objective(_X * 1e150, _W, _H * 1e150, _LAM * 1e150),
+         _finite_equal(lasso_objective(_X, _W, _H, _LAM) * 1e300)),
+        (lambda: lasso_objective(_X * 1e-150, _W, _H * 1e-150, _LAM * 1e-150),
+         _finite_equal(lasso_objective(_X, _W, _H, _LAM) * 1e-300)),
+    ],
+    "lasso_duality_gap": [
+        (lambda: lasso_duality_gap(_X * 1e-150, _W, _H * 1e-150, _LAM * 1e-150),
+         _finite_equal(lasso_duality_gap(_X, _W, _H, _LAM) * 1e-300, rtol=1e-7)),
+    ],
+    "fista": [
+        (lambda: _codes(_X * 1e200, _W, _LAM * 1e200), _close(_codes() * 1e200, 1e-7)),
+        (lambda: _codes(_X * 1e-200, _W, _LAM * 1e-200), _close(_codes() * 1e-200, 1e-7)),
+        (lambda: _codes(_X[:1], _W[:, :1], _LAM), _close(_codes(_X[:1], _W[:, :1], _LAM)[:1])),
+        (lambda: _codes(_X.astype(np.float32), _W, _LAM), _close(_codes(), 1e-5, 1e-6)),
+    ],
+    "ista": [
+        (lambda: _codes(_X * 1e200, _W, _LAM * 1e200, ista),
+         _close(_codes(method=ista) * 1e200, 1e-7)),
+        (lambda: _codes(_X * 1e-200, _W, _LAM * 1e-200, ista),
+         _close(_codes(method=ista) * 1e-200, 1e-7)),
+    ],
+    "normalize_columns": [
+        (lambda: normalize_columns(np.array([[3e200, 1e-200], [4e200, 0.0]])),
+         _close([[0.6, 1.0], [0.8, 0.0]])),
+        (lambda: normalize_columns(np.array([[3e200, 1e-200], [4e200, 0.0]]), project=True),
+         _close([[0.6, 1e-200], [0.8, 0.0]])),
+    ],
+    "update_dictionary": [
+        (lambda: update_dictionary(_X * 1e200, _H * 1e200, _W),
+         _close(update_dictionary(_X, _H, _W), 1e-9, 1e-12)),
+        (lambda: update_dictionary(_X * 1e-200, _H * 1e-200, _W),
+         _close(update_dictionary(_X, _H, _W), 1e-9, 1e-12)),
+    ],
+    "learn_dictionary": [
+        (lambda: learn_dictionary(_X * 1e-200, 3, _LAM * 1e-200, num_iter=5, rng=0).dictionary,
+         _close(learn_dictionary(_X, 3, _LAM, num_iter=5, rng=0).dictionary, 1e-7, 1e-9)),
+        (lambda: learn_dictionary(_X * 1e100, 3, _LAM * 1e100, num_iter=5, rng=0).objectives,
+         _finite_equal(learn_dictionary(_X, 3, _LAM, num_iter=5, rng=0).objectives * 1e200,
+                       1e-7)),
+    ],
+    "sparse_coding_log_joint": [
+        # sigma = 1e-200: log(2 pi sigma^2) must not become log(0); exact fit, zero codes
+        (lambda: sparse_coding_log_joint(np.zeros(6), _W, np.zeros(8), 1e-200, 1e300),
+         _finite_equal([-6 * (0.5 * np.log(2 * np.pi) + np.log(1e-200))
+                        - 8 * (np.log(2.0) + np.log(1e300))])),
+    ],
+    "sparse_coding_log_evidence_2d": [
+        # scaling x, W's rows and sigma together by c shifts log p(x) by -d log c
+        (lambda: sparse_coding_log_evidence_2d([1e-150, 5e-151], _W2 * 1e-150, 1e-150, 1.0)[0],
+         _finite_equal(sparse_coding_log_evidence_2d([1.0, 0.5], _W2, 1.0, 1.0)[0]
+                       - 2 * np.log(1e-150), 1e-7)),
+    ],
+    "omp_codes": [
+        (lambda: omp_codes(_X * 1e200, _W, 2), _close(omp_codes(_X, _W, 2) * 1e200, 1e-9)),
+        (lambda: omp_codes(_X * 1e-200, _W, 2), _close(omp_codes(_X, _W, 2) * 1e-200, 1e-9)),
+    ],
+    "denoise_image": [
+        (lambda: denoise_image(_IMG * 1e200, np.eye(16)[:, :8], _LAM * 1e200),
+         _close(denoise_image(_IMG, np.eye(16)[:, :8], _LAM) * 1e200, 1e-7)),
+    ],
+    "orientation_concentration": [
+        (lambda: orientation_concentration(_PATCHES * 1e200),
+         _close(orientation_concentration(_PATCHES), 1e-9)),
+        (lambda: orientation_concentration(_PATCHES * 1e-200),
+         _close(orientation_concentration(_PATCHES), 1e-9)),
+    ],
+}

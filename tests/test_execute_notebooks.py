@@ -1,7 +1,7 @@
 import nbformat
 import pytest
 
-from elbo_lib.notebooks import KERNELSPEC, coalesce_streams, execute_notebook, main
+from tools.execute_notebooks import KERNELSPEC, coalesce_streams, execute_notebook, main
 
 
 def test_execute_notebook_is_reproducible(tmp_path):

@@ -1,10 +1,19 @@
-"""Image data for the variational autoencoder (chapter 6), with no network access.
+"""Data sets of the book, with no network access (chapters 3 and 6).
 
-The default data set is scikit-learn's bundled ``load_digits`` (1797 greyscale 8x8
-digits, pixel values 0..16), scaled to [0, 1] and split into train / validation / test
-sets with the book's seeded generator. A reader who has the standard MNIST files on disk
-can point the chapter at them instead: :func:`read_idx` parses the IDX format of
-LeCun et al. (1998), plain or gzip-compressed. Nothing is ever downloaded.
+Digit images for the variational autoencoder (chapter 6): the default data set is
+scikit-learn's bundled ``load_digits`` (1797 greyscale 8x8 digits, pixel values 0..16),
+scaled to [0, 1] and split into train / validation / test sets with the book's seeded
+generator. A reader who has the standard MNIST files on disk can point the chapter at
+them instead: :func:`read_idx` parses the IDX format of LeCun et al. (1998), plain or
+gzip-compressed. Nothing is ever downloaded.
+
+Natural image patches for sparse coding (chapter 3): scikit-learn's bundled
+``load_sample_images`` (china.jpg and flower.jpg) in grey scale
+(:func:`load_grey_sample_images`), random patches (:func:`random_patches`), their mean
+(the "DC" component) removed (:func:`remove_dc`) and whitened with a regularised ZCA
+transform (:class:`ZCAWhitener`; Olshausen & Field 1996 whitened their images too), so
+that dictionary learning is not dominated by the large low-frequency variance of natural
+images.
 """
 
 from __future__ import annotations
@@ -16,17 +25,26 @@ from pathlib import Path
 
 import numpy as np
 
-from elbo_lib._validation import as_float_array, check_positive_int
+from elbo_lib._validation import (
+    as_float_array,
+    as_generator,
+    check_positive,
+    check_positive_int,
+    power_of_two_scale,
+)
 
 __all__ = [
     "ImageSplit",
+    "ZCAWhitener",
     "binarize",
     "load_digits_split",
+    "load_grey_sample_images",
     "load_image_split",
     "load_mnist_split",
+    "random_patches",
     "read_idx",
+    "remove_dc",
     "split_indices",
-    "tile_images",
 ]
 
 #: IDX type codes (third byte of the magic number) and the big-endian dtypes they denote.
@@ -73,6 +91,36 @@ class ImageSplit:
     image_shape: tuple[int, int]
     source: str
 
+    def __post_init__(self) -> None:
+        shape = self.image_shape
+        if not isinstance(shape, tuple) or len(shape) != 2:
+            raise TypeError(f"image_shape must be a tuple (height, width), got {shape!r}")
+        if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1
+                   for v in shape):
+            raise ValueError(f"image_shape must be two ints >= 1, got {shape!r}")
+        if not isinstance(self.source, str):
+            raise TypeError(f"source must be a str, got {type(self.source).__name__}")
+        num_pixels = int(shape[0] * shape[1])
+        for part in ("train", "val", "test"):
+            x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
+            if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+                raise TypeError(f"x_{part} must be a float numpy array, got "
+                                f"{getattr(x, 'dtype', type(x).__name__)}")
+            if x.ndim != 2 or x.shape[1] != num_pixels:
+                raise ValueError(f"x_{part} must have shape (n, {num_pixels}) for images of "
+                                 f"shape {shape}, got {x.shape}")
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"x_{part} must contain only finite values (no NaN or inf)")
+            if x.size and (x.min() < 0 or x.max() > 1):
+                raise ValueError(f"x_{part} must lie in [0, 1], got range "
+                                 f"[{x.min()}, {x.max()}]")
+            if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu":
+                raise TypeError(f"y_{part} must hold integer labels, got "
+                                f"{getattr(y, 'dtype', type(y).__name__)}")
+            if y.shape != (len(x),):
+                raise ValueError(f"y_{part} must have shape ({len(x)},) to match x_{part}, "
+                                 f"got {y.shape}")
+
     @property
     def num_pixels(self) -> int:
         """Number of pixels of one image (the data dimension D)."""
@@ -81,13 +129,6 @@ class ImageSplit:
     def sizes(self) -> dict[str, int]:
         """Number of images in each part, e.g. ``{"train": 1257, "val": 270, "test": 270}``."""
         return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
-
-
-def _check_rng(rng) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator (from seed_everything), "
-                        f"got {type(rng).__name__}")
-    return rng
 
 
 def _check_fraction(value, name: str) -> float:
@@ -99,7 +140,7 @@ def _check_fraction(value, name: str) -> float:
     return value
 
 
-def split_indices(n: int, rng: np.random.Generator, val_fraction: float = 0.15,
+def split_indices(n: int, rng: np.random.Generator | int, val_fraction: float = 0.15,
                   test_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shuffle ``range(n)`` with ``rng`` and cut it into train / validation / test indices.
 
@@ -110,7 +151,7 @@ def split_indices(n: int, rng: np.random.Generator, val_fraction: float = 0.15,
     ----------
     n : int
         Number of items (>= 3).
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
         The chapter's generator.
     val_fraction, test_fraction : float
         Fractions in (0, 1) whose sum is below 1.
@@ -121,7 +162,7 @@ def split_indices(n: int, rng: np.random.Generator, val_fraction: float = 0.15,
         Disjoint index arrays covering ``range(n)``, each sorted.
     """
     n = check_positive_int(n, "n", minimum=3)
-    rng = _check_rng(rng)
+    rng = as_generator(rng)
     val_fraction = _check_fraction(val_fraction, "val_fraction")
     test_fraction = _check_fraction(test_fraction, "test_fraction")
     if val_fraction + test_fraction >= 1.0:
@@ -137,7 +178,7 @@ def split_indices(n: int, rng: np.random.Generator, val_fraction: float = 0.15,
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def binarize(x, rng: np.random.Generator) -> np.ndarray:
+def binarize(x, rng: np.random.Generator | int) -> np.ndarray:
     """Stochastic binarisation: pixel j becomes 1 with probability x_j, once and for all.
 
     Bernoulli likelihoods are proper (normalised) probabilities only for binary pixels,
@@ -148,20 +189,20 @@ def binarize(x, rng: np.random.Generator) -> np.ndarray:
     ----------
     x : array_like
         Intensities in [0, 1].
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
 
     Returns
     -------
     numpy.ndarray of float32, same shape as ``x``, values in {0, 1}.
     """
     x = as_float_array(x, "x")
-    rng = _check_rng(rng)
+    rng = as_generator(rng)
     if x.min() < 0 or x.max() > 1:
         raise ValueError(f"x must lie in [0, 1], got range [{x.min()}, {x.max()}]")
     return (rng.random(x.shape) < x).astype(np.float32)
 
 
-def load_digits_split(rng: np.random.Generator, val_fraction: float = 0.15,
+def load_digits_split(rng: np.random.Generator | int, val_fraction: float = 0.15,
                       test_fraction: float = 0.15) -> ImageSplit:
     """scikit-learn's bundled 8x8 digits, scaled to [0, 1] and split with ``rng``.
 
@@ -170,7 +211,7 @@ def load_digits_split(rng: np.random.Generator, val_fraction: float = 0.15,
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
         The chapter's generator, which fixes the split.
     val_fraction, test_fraction : float
         See :func:`split_indices`.
@@ -255,7 +296,7 @@ def _find(folder: Path, stem: str) -> Path:
                             f"(the standard MNIST file names are expected)")
 
 
-def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator,
+def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator | int,
                      val_fraction: float = 1 / 6, max_train: int | None = None) -> ImageSplit:
     """The standard MNIST files in ``folder``, scaled to [0, 1], with a validation split.
 
@@ -268,7 +309,7 @@ def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator,
     ----------
     folder : str or os.PathLike
         Folder holding the files.
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
     val_fraction : float
         Fraction in (0, 1) of the training files held out for validation.
     max_train : int or None
@@ -283,8 +324,10 @@ def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator,
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"MNIST folder {folder} does not exist")
-    rng = _check_rng(rng)
+    rng = as_generator(rng)
     val_fraction = _check_fraction(val_fraction, "val_fraction")
+    if max_train is not None:
+        max_train = check_positive_int(max_train, "max_train")
     arrays = {key: read_idx(_find(folder, stem)) for key, stem in MNIST_FILES.items()}
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
@@ -304,20 +347,19 @@ def load_mnist_split(folder: str | os.PathLike, rng: np.random.Generator,
     n_val = max(1, round(val_fraction * len(x)))
     val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     if max_train is not None:
-        max_train = check_positive_int(max_train, "max_train")
         train = np.sort(rng.permutation(train)[:max_train])
     return ImageSplit(x[train], y[train], x[val], y[val], scale(arrays["test_images"]),
                       arrays["test_labels"].astype(np.int64), (int(shape[0]), int(shape[1])),
                       f"MNIST IDX files in {folder.name}")
 
 
-def load_image_split(rng: np.random.Generator, mnist_dir: str | os.PathLike | None = None,
+def load_image_split(rng: np.random.Generator | int, mnist_dir: str | os.PathLike | None = None,
                      max_train: int | None = None) -> ImageSplit:
     """The chapter's data: bundled digits by default, local MNIST files if ``mnist_dir``.
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or int
     mnist_dir : str, os.PathLike or None
         ``None`` (default): :func:`load_digits_split`. Otherwise a folder with the
         standard MNIST files, read by :func:`load_mnist_split`.
@@ -328,46 +370,177 @@ def load_image_split(rng: np.random.Generator, mnist_dir: str | os.PathLike | No
     -------
     ImageSplit
     """
+    if mnist_dir is not None and not isinstance(mnist_dir, str | os.PathLike):
+        raise TypeError(f"mnist_dir must be a str, os.PathLike or None, "
+                        f"got {type(mnist_dir).__name__}")
+    if max_train is not None:
+        check_positive_int(max_train, "max_train")
     if mnist_dir is None:
         return load_digits_split(rng)
     return load_mnist_split(mnist_dir, rng, max_train=max_train)
 
 
-def tile_images(images, image_shape: tuple[int, int], n_cols: int,
-                pad_value: float = 0.3) -> np.ndarray:
-    """Arrange flattened images in one 2-D array, ``n_cols`` per row, 1-pixel gaps.
-
-    One mosaic is one ``imshow`` (and one line of :func:`~elbo_lib.plotting.describe_figure`)
-    rather than dozens of tiny axes. Used by chapter 6 for reconstructions, samples,
-    the learned manifold and interpolations.
-
-    Parameters
-    ----------
-    images : array_like, shape (n, height * width)
-    image_shape : (int, int)
-    n_cols : int
-        Images per row; the last row is padded with ``pad_value``.
-    pad_value : float
-        Value of the gaps and of empty cells (0.3: light grey under the reversed grey
-        colour map the chapter uses, so gaps are visible next to both ink and paper).
+def load_grey_sample_images() -> dict[str, np.ndarray]:
+    """scikit-learn's two bundled sample photographs in grey scale, values in [0, 1].
 
     Returns
     -------
-    numpy.ndarray, shape (rows * (height + 1) - 1, n_cols * (width + 1) - 1)
+    dict
+        ``{"china": array (427, 640), "flower": array (427, 640)}`` (ITU-R 601 luma).
     """
-    images = as_float_array(images, "images", ndim=2)
-    if (not isinstance(image_shape, tuple) or len(image_shape) != 2):
-        raise TypeError(f"image_shape must be a tuple (height, width), got {image_shape!r}")
-    h = check_positive_int(image_shape[0], "image_shape[0]")
-    w = check_positive_int(image_shape[1], "image_shape[1]")
-    if images.shape[1] != h * w:
-        raise ValueError(f"images have {images.shape[1]} pixels, image_shape {image_shape} "
-                         f"needs {h * w}")
-    n_cols = check_positive_int(n_cols, "n_cols")
-    n = len(images)
-    n_rows = -(-n // n_cols)
-    cells = np.full((n_rows * n_cols, h, w), pad_value)
-    cells[:n] = images.reshape(n, h, w)
-    canvas = np.full((n_rows, h + 1, n_cols, w + 1), pad_value)
-    canvas[:, :h, :, :w] = cells.reshape(n_rows, n_cols, h, w).transpose(0, 2, 1, 3)
-    return canvas.reshape(n_rows * (h + 1), n_cols * (w + 1))[:-1, :-1]
+    from sklearn.datasets import load_sample_images
+
+    data = load_sample_images()
+    out = {}
+    for name, img in zip(data.filenames, data.images, strict=True):
+        key = name.replace("\\", "/").rsplit("/", 1)[-1].split(".")[0]
+        rgb = np.asarray(img, dtype=np.float64) / 255.0
+        out[key] = rgb @ np.array([0.299, 0.587, 0.114])
+    return out
+
+
+def _check_range(span, name: str, size: int) -> tuple[int, int]:
+    if span is None:
+        return 0, size
+    if (not isinstance(span, tuple | list) or len(span) != 2
+            or not all(isinstance(v, int | np.integer) and not isinstance(v, bool)
+                       for v in span)):
+        raise TypeError(f"{name} must be a pair of ints (start, stop), got {span!r}")
+    start, stop = int(span[0]), int(span[1])
+    if not 0 <= start < stop <= size:
+        raise ValueError(f"{name} must be a pair (start, stop) with 0 <= start < stop <= "
+                         f"{size}, got {tuple(span)!r}")
+    return start, stop
+
+
+def random_patches(image, patch_size: int, num_patches: int, rng: np.random.Generator | int,
+                   *, rows: tuple[int, int] | None = None,
+                   cols: tuple[int, int] | None = None) -> np.ndarray:
+    """Draw square patches at random positions of a 2-D image (vectorised).
+
+    Parameters
+    ----------
+    image : array_like, shape (height, width)
+    patch_size : int
+        Side p of each patch (>= 1, <= the image sides).
+    num_patches : int
+        Number of patches.
+    rng : numpy.random.Generator or int
+        Source of the positions.
+    rows : (int, int), optional
+        Restrict patches to image rows ``rows[0] <= r < rows[1]`` (whole patch inside),
+        for example to keep training and held-out regions apart.
+    cols : (int, int), optional
+        The same for image columns.
+
+    Returns
+    -------
+    numpy.ndarray, shape (num_patches, p * p)
+        One flattened patch (row-major) per row.
+    """
+    image = as_float_array(image, "image", ndim=2)
+    p = check_positive_int(patch_size, "patch_size")
+    n = check_positive_int(num_patches, "num_patches")
+    rng = as_generator(rng)
+    r0, r1 = _check_range(rows, "rows", image.shape[0])
+    c0, c1 = _check_range(cols, "cols", image.shape[1])
+    if r1 - r0 < p or c1 - c0 < p:
+        raise ValueError(f"patch_size {p} does not fit in rows {r0}..{r1}, columns "
+                         f"{c0}..{c1} of an image of shape {image.shape}")
+    top = rng.integers(r0, r1 - p + 1, size=n)
+    left = rng.integers(c0, c1 - p + 1, size=n)
+    offsets = np.arange(p)
+    rr = top[:, None, None] + offsets[None, :, None]
+    cc = left[:, None, None] + offsets[None, None, :]
+    return image[rr, cc].reshape(n, p * p)
+
+
+def remove_dc(X) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract each row's mean; return (centred rows, means of shape (n,))."""
+    X = as_float_array(X, "X", ndim=2)
+    scale = power_of_two_scale(X, axis=1)   # exact; 1 unless a row is extreme (1e308)
+    means = (X / scale[:, None]).mean(axis=1) * scale
+    return X - means[:, None], means
+
+
+class ZCAWhitener:
+    """Regularised ZCA whitening of patches (chapter 3).
+
+    With the covariance C = U diag(s) U^T of the (DC-removed) training patches, the
+    transform is M = U diag(1 / sqrt(s + eps)) U^T and its inverse
+    M^{-1} = U diag(sqrt(s + eps)) U^T. The regulariser eps (a fraction
+    ``eps_fraction`` of the mean eigenvalue) stops the transform from amplifying the
+    noisiest, highest-frequency directions; ZCA (rather than PCA whitening) keeps
+    the whitened patch as close as possible to the original one, so whitened patches
+    still look like patches.
+
+    Parameters
+    ----------
+    eps_fraction : float
+        eps = eps_fraction * mean(s) (> 0).
+
+    After the ZCA transform every output is multiplied by one constant ``scale_`` chosen so
+    that the whitened training patches have mean squared entry 1 (unit variance per pixel
+    on average); the penalty of the chapter is stated on that scale.
+
+    Attributes
+    ----------
+    mean_ : numpy.ndarray, shape (d,)
+    eigenvalues_ : numpy.ndarray, shape (d,)
+        s in decreasing order.
+    eigenvectors_ : numpy.ndarray, shape (d, d)
+    transform_, inverse_ : numpy.ndarray, shape (d, d)
+        scale_ * M and its inverse M^{-1} / scale_ (symmetric): ``transform`` is
+        (x - mean_) @ transform_ and ``inverse_transform`` is z @ inverse_ + mean_.
+    scale_ : float
+    """
+
+    def __init__(self, eps_fraction: float = 0.01) -> None:
+        self.eps_fraction = eps_fraction
+
+    def fit(self, X) -> ZCAWhitener:
+        """Estimate the mean and the whitening transform from rows of ``X``."""
+        eps_fraction = check_positive(self.eps_fraction, "eps_fraction")
+        X = as_float_array(X, "X", ndim=2)
+        if X.shape[0] < 2:
+            raise ValueError(f"X must have at least 2 rows (patches) to estimate a covariance, "
+                             f"got shape {X.shape}")
+        # the covariance is computed on X / c (c a power of two, exact; 1 unless X's entries
+        # are extreme) and scaled back: s = c^2 s_c and M = M_c / c
+        c = power_of_two_scale(X)
+        Xs = X / c
+        mean = Xs.mean(axis=0)
+        Xc = Xs - mean
+        s, U = np.linalg.eigh(Xc.T @ Xc / (X.shape[0] - 1))
+        s, U = np.clip(s[::-1], 0.0, None), U[:, ::-1]
+        eps = eps_fraction * s.mean()
+        if s[0] <= 0:
+            raise ValueError("X has zero variance: cannot whiten constant patches")
+        with np.errstate(over="ignore"):
+            eigenvalues = s * np.float64(c) ** 2
+        if not np.all(np.isfinite(eigenvalues)):
+            raise ValueError(f"the covariance of X overflows float64 (entries up to "
+                             f"{np.abs(X).max():.3g}); rescale X")
+        self.mean_ = mean * c
+        self.eigenvalues_, self.eigenvectors_ = eigenvalues, U
+        # mean squared entry of the ZCA output is mean(s / (s + eps)); rescale it to 1
+        self.scale_ = float(1.0 / np.sqrt(np.mean(s / (s + eps))))
+        self.transform_ = (U * (self.scale_ / np.sqrt(s + eps))) @ U.T / c
+        self.inverse_ = (U * (np.sqrt(s + eps) / self.scale_)) @ U.T * c
+        return self
+
+    def _check(self, X, name: str = "X") -> np.ndarray:
+        if not hasattr(self, "transform_"):
+            raise ValueError("ZCAWhitener is not fitted: call fit(X) first")
+        X = as_float_array(X, name, ndim=2)
+        if X.shape[1] != self.mean_.size:
+            raise ValueError(f"{name} must have {self.mean_.size} columns, got shape {X.shape}")
+        return X
+
+    def transform(self, X) -> np.ndarray:
+        """Whiten rows: (x - mean) M."""
+        return (self._check(X) - self.mean_) @ self.transform_
+
+    def inverse_transform(self, Z) -> np.ndarray:
+        """Undo :meth:`transform`: z M^{-1} + mean."""
+        return self._check(Z, "Z") @ self.inverse_ + self.mean_

@@ -1,11 +1,13 @@
 """Execute the book's chapter notebooks in place, reproducibly (``make execute``).
 
-``python -m elbo_lib.notebooks chapters/01_elbo.ipynb ...`` runs each notebook top to
+``python tools/execute_notebooks.py chapters/01_elbo.ipynb ...`` runs each notebook top to
 bottom in a fresh ``python3`` kernel started in the notebook's folder (as nbval and
 jupyter-book do), stores the outputs, and writes nothing that changes from run to run:
 no per-cell timing metadata, a fixed kernelspec, no authoring-tool metadata, and
 printed text merged into one output per stream. Re-running
 it on an unchanged book therefore leaves ``git diff chapters/`` empty of text changes.
+
+Tooling, not part of the library: it lives outside ``elbo_lib``.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: execute every notebook given, stop at the first failure."""
     paths = sys.argv[1:] if argv is None else argv
     if not paths:
-        print("usage: python -m elbo_lib.notebooks NOTEBOOK.ipynb [...]", file=sys.stderr)
+        print("usage: python tools/execute_notebooks.py NOTEBOOK.ipynb [...]", file=sys.stderr)
         return 2
     for p in paths:
         print(f"executing {p} ...", end=" ", flush=True)

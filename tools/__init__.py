@@ -1,0 +1,1 @@
+"""Tooling of the ELBO book (not part of the library elbo_lib)."""
