@@ -947,6 +947,15 @@ class Grid2D:
                              f"got {values.numel()}")
         return float(values.sum()) * self.cell_area
 
+    def matrix(self, values: torch.Tensor) -> np.ndarray:
+        """``values`` as an (m, m) array indexed [i, j] = (axis[i], axis[j]).
+
+        The layout of ``np.meshgrid(axis, axis, indexing="ij")``, which
+        :func:`elbo_lib.bounds.kl_on_grid` takes.
+        """
+        m = self.axis.numel()
+        return torch.as_tensor(values).detach().reshape(m, m).cpu().numpy()
+
     def image(self, values: torch.Tensor) -> np.ndarray:
         """``values`` as an (m, m) array indexed [row = second coordinate, column = first].
 

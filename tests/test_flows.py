@@ -16,6 +16,8 @@ from elbo_lib.flows import (
     AffineCouplingTransform,
     AutoregressiveTransform,
     FlowFamily,
+    PlanarFlowEncoder,
+    PlanarStackTransform,
     PlanarTransform,
     RadialTransform,
     fit_maximum_likelihood,
@@ -23,6 +25,7 @@ from elbo_lib.flows import (
     log_density_u2,
     log_density_u3,
     log_density_u4,
+    refine_flow_posterior,
     square_grid,
 )
 
@@ -168,7 +171,7 @@ def test_zero_layers_is_the_diagonal_gaussian():
 @pytest.mark.parametrize("kind", FLOW_KINDS)
 def test_density_integrates_to_one(kind):
     family = _perturbed_family(kind, 2, num_layers=4, seed=6, scale=0.2)
-    grid = square_grid(16.0, 641)
+    grid = square_grid(12.0, 481)
     with torch.no_grad():
         log_q = family.distribution().log_prob(grid.points)
     # 1e-4: the radial layers' density has a kink at their centres (|z - z0|)
@@ -283,3 +286,82 @@ def test_bad_input_shape_at_call():
     grid = square_grid(1.0, 5)
     with pytest.raises(ValueError, match="log_values must have 25 entries"):
         grid.log_integral(torch.zeros(24))
+
+
+# ----------------------------------------------------------------- fused planar stack
+@pytest.mark.parametrize(("z_shape", "param_shape"), [
+    ((5, 2), (4, 2)),          # one flow, a batch of samples
+    ((3, 5, 2), (4, 5, 2)),    # one flow per data point (amortised), 3 samples each
+    ((3, 1, 2), (4, 5, 2)),    # samples broadcast against the data points
+])
+def test_planar_stack_transform_matches_compose_and_gradcheck(z_shape, param_shape):
+    torch.manual_seed(10)
+    u = torch.randn(param_shape, dtype=F64, requires_grad=True)
+    w = torch.randn(param_shape, dtype=F64, requires_grad=True)
+    b = torch.randn(param_shape[:-1], dtype=F64, requires_grad=True)
+    z = torch.randn(z_shape, dtype=F64, requires_grad=True)
+
+    def fused(z, u, w, b):
+        t = PlanarStackTransform(u, w, b, cache_size=0)
+        y = t(z)
+        return y, t.log_abs_det_jacobian(z, y)
+
+    compose = ComposeTransform(PlanarTransform.stack(u, w, b, cache_size=0))
+    y_ref = compose(z)
+    y, log_det = fused(z, u, w, b)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-13)
+    torch.testing.assert_close(log_det, compose.log_abs_det_jacobian(z, y_ref),
+                               rtol=0, atol=1e-13)
+    torch.testing.assert_close(PlanarStackTransform(u, w, b).inv(y.detach()),
+                               z.detach().expand_as(y), rtol=0, atol=1e-9)
+    assert torch.autograd.gradcheck(fused, (z, u, w, b))
+
+
+def test_planar_stack_keeps_float32():
+    u, w = torch.randn(3, 2), torch.randn(3, 2)
+    t = PlanarStackTransform(u, w, torch.zeros(3))
+    z = torch.randn(4, 2)
+    y = t(z)
+    assert y.dtype == torch.float32 and t.log_abs_det_jacobian(z, y).dtype == torch.float32
+
+
+@pytest.mark.parametrize("num_layers", [0, 3])
+def test_planar_flow_encoder_shapes_and_density(num_layers):
+    torch.manual_seed(11)
+    encoder = PlanarFlowEncoder(6, 2, num_layers, hidden=5).double()
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.rand(4, 6, dtype=F64)
+    q = encoder(x)
+    assert tuple(q.batch_shape) == (4,) and tuple(q.event_shape) == (2,)
+    z = q.rsample((7,))
+    assert z.shape == (7, 4, 2) and q.log_prob(z).shape == (7, 4)
+    grid = square_grid(10.0, 301)
+    with torch.no_grad():                       # each image's q integrates to 1
+        log_q = encoder(x).log_prob(grid.points[:, None, :])        # (G, 4)
+    for i in range(4):
+        assert abs(grid.log_integral(log_q[:, i])) < 1e-6
+
+
+def test_planar_flow_encoder_starts_volume_preserving():
+    encoder = PlanarFlowEncoder(6, 2, 4, hidden=5).double()
+    params = encoder.raw_outputs(torch.rand(3, 6, dtype=F64))
+    t = PlanarStackTransform(params["u"], params["w"], params["b"])
+    z = torch.randn(5, 3, 2, dtype=F64)
+    assert float(t.log_abs_det_jacobian(z, t(z)).abs().max()) < 1e-12
+
+
+def test_refine_flow_posterior_needs_flow_encoder():
+    model = torch.nn.Module()
+    model.encoder = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="PlanarFlowEncoder"):
+        refine_flow_posterior(model, torch.zeros(2, 2), 5)
+
+
+def test_grid_matrix_is_meshgrid_ij():
+    grid = square_grid(1.0, 5)
+    values = grid.points[:, 0] + 10 * grid.points[:, 1]
+    z0, z1 = torch.meshgrid(grid.axis, grid.axis, indexing="ij")
+    torch.testing.assert_close(torch.from_numpy(grid.matrix(values)), z0 + 10 * z1)
+    torch.testing.assert_close(torch.from_numpy(grid.image(values)), (z0 + 10 * z1).T)
