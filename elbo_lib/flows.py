@@ -116,7 +116,18 @@ def _check_input(x: torch.Tensor, dim: int, name: str = "x") -> None:
 # --------------------------------------------------------------------------------------
 # planar and radial flows (Rezende & Mohamed 2015)
 # --------------------------------------------------------------------------------------
-class PlanarTransform(Transform):
+class _VectorBijection(Transform):
+    """Base of the layers: an invertible map of R^D onto R^D (event dimension 1)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, cache_size: int = 1) -> None:
+        super().__init__(cache_size=_check_cache_size(cache_size))
+
+
+class PlanarTransform(_VectorBijection):
     """Planar flow f(z) = z + u_hat tanh(w^T z + b) (Rezende & Mohamed 2015, eq. 10).
 
     ``u`` is unconstrained; the layer uses
@@ -145,13 +156,9 @@ class PlanarTransform(Transform):
         no inverse.
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
     def __init__(self, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
                  cache_size: int = 1) -> None:
-        super().__init__(cache_size=_check_cache_size(cache_size))
+        super().__init__(cache_size)
         u = _check_tensor(u, "u", min_dim=1)
         w = _check_tensor(w, "w", min_dim=1)
         b = _check_tensor(b, "b")
@@ -301,7 +308,7 @@ class _PlanarStackFunction(torch.autograd.Function):
         return tuple(torch.from_numpy(t) for t in (g, *grads))
 
 
-class PlanarStackTransform(Transform):
+class PlanarStackTransform(_VectorBijection):
     """K planar layers as one transform, with one autograd node for all of them.
 
     The same map and log-determinant as ``ComposeTransform(PlanarTransform.stack(u, w,
@@ -321,13 +328,9 @@ class PlanarStackTransform(Transform):
     cache_size : {0, 1}
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
     def __init__(self, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
                  cache_size: int = 1) -> None:
-        super().__init__(cache_size=_check_cache_size(cache_size))
+        super().__init__(cache_size)
         u = _check_tensor(u, "u", min_dim=2)
         w = _check_tensor(w, "w", min_dim=2)
         b = _check_tensor(b, "b", min_dim=1)
@@ -374,7 +377,7 @@ class PlanarStackTransform(Transform):
         return self._forward(x)[1]
 
 
-class RadialTransform(Transform):
+class RadialTransform(_VectorBijection):
     """Radial flow f(z) = z + beta h(r) (z - z0), h(r) = 1 / (alpha + r), r = |z - z0|.
 
     Rezende & Mohamed (2015, eq. 14): a contraction or expansion around ``z0``. With
@@ -397,13 +400,9 @@ class RadialTransform(Transform):
     cache_size : {0, 1}
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
     def __init__(self, z0: torch.Tensor, alpha_raw: torch.Tensor, beta_raw: torch.Tensor,
                  cache_size: int = 1) -> None:
-        super().__init__(cache_size=_check_cache_size(cache_size))
+        super().__init__(cache_size)
         self.z0 = _check_tensor(z0, "z0", min_dim=1)
         self.alpha_raw = _check_tensor(alpha_raw, "alpha_raw")
         self.beta_raw = _check_tensor(beta_raw, "beta_raw")
@@ -452,7 +451,7 @@ class RadialTransform(Transform):
 # --------------------------------------------------------------------------------------
 # coupling and autoregressive layers
 # --------------------------------------------------------------------------------------
-class AffineCouplingTransform(Transform):
+class AffineCouplingTransform(_VectorBijection):
     """Affine coupling layer of RealNVP (Dinh et al. 2017).
 
     With a binary ``mask`` splitting z into a part a (mask 1) that passes unchanged and
@@ -477,13 +476,9 @@ class AffineCouplingTransform(Transform):
     cache_size : {0, 1}
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
     def __init__(self, conditioner: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                  mask: torch.Tensor, cache_size: int = 1) -> None:
-        super().__init__(cache_size=_check_cache_size(cache_size))
+        super().__init__(cache_size)
         if not callable(conditioner):
             raise TypeError(f"conditioner must be callable, got {type(conditioner).__name__}")
         mask = _check_tensor(mask, "mask", min_dim=1, check_finite=True)
@@ -569,7 +564,7 @@ class MADE(nn.Module):
         return m, self.max_log_scale * torch.tanh(s / self.max_log_scale)
 
 
-class AutoregressiveTransform(Transform):
+class AutoregressiveTransform(_VectorBijection):
     """Affine autoregressive layer y_i = z_i exp(s_i(z_<i)) + m_i(z_<i) (IAF direction).
 
     The inverse autoregressive flow of Kingma et al. (2016) computes (m, s) from the
@@ -587,12 +582,8 @@ class AutoregressiveTransform(Transform):
     cache_size : {0, 1}
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-
     def __init__(self, made: MADE, cache_size: int = 1) -> None:
-        super().__init__(cache_size=_check_cache_size(cache_size))
+        super().__init__(cache_size)
         if not isinstance(made, MADE):
             raise TypeError(f"made must be a MADE, got {type(made).__name__}")
         self.made = made
@@ -840,6 +831,15 @@ def _w1(z: torch.Tensor) -> torch.Tensor:
     return torch.sin(2 * math.pi * z[..., 0] / 4)
 
 
+def _split_wave(z: torch.Tensor, shift: torch.Tensor, width: float,
+                confine: float | None) -> torch.Tensor:
+    """log(exp(-1/2 ((z2 - w1) / width)^2) + exp(-1/2 ((z2 - w1 + shift) / 0.35)^2))."""
+    w1 = _w1(z)
+    out = torch.logaddexp(-0.5 * ((z[..., 1] - w1) / width) ** 2,
+                          -0.5 * ((z[..., 1] - w1 + shift) / 0.35) ** 2)
+    return out + _confine(z, confine)
+
+
 def log_density_u1(z: torch.Tensor) -> torch.Tensor:
     """-U1(z): the ring with two lobes of Rezende & Mohamed (2015, table 1), unnormalised.
 
@@ -886,11 +886,8 @@ def log_density_u3(z: torch.Tensor, confine: float | None = None) -> torch.Tenso
     Chapter 7.
     """
     z = _check_points(z)
-    w1 = _w1(z)
-    w2 = 3 * torch.exp(-0.5 * ((z[..., 0] - 1) / 0.6) ** 2)
-    out = torch.logaddexp(-0.5 * ((z[..., 1] - w1) / 0.35) ** 2,
-                          -0.5 * ((z[..., 1] - w1 + w2) / 0.35) ** 2)
-    return out + _confine(z, confine)
+    shift = 3 * torch.exp(-0.5 * ((z[..., 0] - 1) / 0.6) ** 2)
+    return _split_wave(z, shift, 0.35, confine)
 
 
 def log_density_u4(z: torch.Tensor, confine: float | None = None) -> torch.Tensor:
@@ -901,11 +898,7 @@ def log_density_u4(z: torch.Tensor, confine: float | None = None) -> torch.Tenso
     Chapter 7.
     """
     z = _check_points(z)
-    w1 = _w1(z)
-    w3 = 3 * torch.sigmoid((z[..., 0] - 1) / 0.3)
-    out = torch.logaddexp(-0.5 * ((z[..., 1] - w1) / 0.4) ** 2,
-                          -0.5 * ((z[..., 1] - w1 + w3) / 0.35) ** 2)
-    return out + _confine(z, confine)
+    return _split_wave(z, 3 * torch.sigmoid((z[..., 0] - 1) / 0.3), 0.4, confine)
 
 
 @dataclass(frozen=True)

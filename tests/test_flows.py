@@ -366,3 +366,23 @@ def test_grid_matrix_is_meshgrid_ij():
     z0, z1 = torch.meshgrid(grid.axis, grid.axis, indexing="ij")
     torch.testing.assert_close(torch.from_numpy(grid.matrix(values)), z0 + 10 * z1)
     torch.testing.assert_close(torch.from_numpy(grid.image(values)), (z0 + 10 * z1).T)
+
+
+def test_wave_energies_match_the_paper_formulas():
+    # Rezende & Mohamed (2015), table 1, written out directly
+    torch.manual_seed(12)
+    z = 3 * torch.randn(50, 2, dtype=F64)
+    z1, z2 = z[:, 0], z[:, 1]
+    w1 = torch.sin(2 * math.pi * z1 / 4)
+    w2 = 3 * torch.exp(-0.5 * ((z1 - 1) / 0.6) ** 2)
+    w3 = 3 / (1 + torch.exp(-(z1 - 1) / 0.3))
+    u2 = 0.5 * ((z2 - w1) / 0.4) ** 2
+    u3 = -torch.log(torch.exp(-0.5 * ((z2 - w1) / 0.35) ** 2)
+                    + torch.exp(-0.5 * ((z2 - w1 + w2) / 0.35) ** 2))
+    u4 = -torch.log(torch.exp(-0.5 * ((z2 - w1) / 0.4) ** 2)
+                    + torch.exp(-0.5 * ((z2 - w1 + w3) / 0.35) ** 2))
+    for log_density, energy in ((log_density_u2, u2), (log_density_u3, u3),
+                                (log_density_u4, u4)):
+        torch.testing.assert_close(log_density(z), -energy, rtol=0, atol=1e-10)
+        torch.testing.assert_close(log_density(z, confine=2.0),
+                                   -energy - 0.5 * (z1 / 2.0) ** 2, rtol=0, atol=1e-10)
