@@ -221,3 +221,119 @@ def test_parallel_vi_rejects_bad_arguments(kwargs, match, gaussian_target):
     log_joint = gaussian_target[2]
     with pytest.raises(ValueError, match=match):
         fit_gaussian_vi_parallel(log_joint, 3, **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# Contract cases (issue 16): every public name of elbo_lib.variational has bad-input cases.
+# --------------------------------------------------------------------------------------
+def _nan_log_joint(z: torch.Tensor) -> torch.Tensor:
+    return z.sum(-1) * np.nan
+
+
+def _std_log_joint(z: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (z**2).sum(-1)
+
+
+BAD_INPUTS = {
+    "VariationalFamily": [
+        (lambda: VariationalFamily(0), ValueError, r"dim must be >= 1"),
+        (lambda: VariationalFamily(2.0), TypeError, r"dim must be an integer"),
+        (lambda: VariationalFamily("2"), TypeError, r"dim must be an integer"),
+    ],
+    "DiagonalGaussian": [
+        (lambda: DiagonalGaussian(0), ValueError, r"dim must be >= 1"),
+        (lambda: DiagonalGaussian(2, init_scale=0.0), ValueError,
+         r"init_scale must be a finite number > 0"),
+        (lambda: DiagonalGaussian(2, init_scale=np.nan), ValueError,
+         r"init_scale must be a finite number > 0"),
+        (lambda: DiagonalGaussian(2, init_scale=np.inf), ValueError,
+         r"init_scale must be a finite number > 0"),
+        (lambda: DiagonalGaussian(2, init_scale="1"), TypeError,
+         r"init_scale must be a positive number"),
+    ],
+    "FullRankGaussian": [
+        (lambda: FullRankGaussian(-1), ValueError, r"dim must be >= 1"),
+        (lambda: FullRankGaussian(2, init_scale=-1.0), ValueError,
+         r"init_scale must be a finite number > 0"),
+        (lambda: FullRankGaussian(2, init_scale=np.nan), ValueError,
+         r"init_scale must be a finite number > 0"),
+    ],
+    "fit_vi": [
+        (lambda: fit_vi(_std_log_joint, "diagonal"), TypeError, r"family must be"),
+        (lambda: fit_vi("f", DiagonalGaussian(2)), TypeError, r"log_joint must be callable"),
+        (lambda: fit_vi(_std_log_joint, DiagonalGaussian(2), estimator="reinforce"),
+         ValueError, r"estimator must be one of"),
+        (lambda: fit_vi(_std_log_joint, DiagonalGaussian(2), num_samples=0), ValueError,
+         r"num_samples must be >= 1"),
+        (lambda: fit_vi(_std_log_joint, DiagonalGaussian(2), num_steps=0), ValueError,
+         r"num_steps must be >= 1"),
+        (lambda: fit_vi(_std_log_joint, DiagonalGaussian(2), lr=np.nan), ValueError,
+         r"lr must be a finite number > 0"),
+        (lambda: fit_vi(_std_log_joint, DiagonalGaussian(2), eval_every=0), ValueError,
+         r"eval_every must be >= 1"),
+        (lambda: fit_vi(_std_log_joint, DiagonalGaussian(2), eval_samples=2.5), TypeError,
+         r"eval_samples must be an integer"),
+        (lambda: fit_vi(_std_log_joint, DiagonalGaussian(2), baseline="median",
+                        estimator="score"), ValueError, r"baseline must be None"),
+        # a log_joint that is NaN from the start: named, with the step (0: the first ELBO)
+        (lambda: fit_vi(_nan_log_joint, DiagonalGaussian(2), num_steps=5), ValueError,
+         r"fit_vi stopped at step 0 of 5: log_joint\(z\) - q.log_prob\(z\) must be finite"),
+        (lambda: fit_vi(lambda z: z, DiagonalGaussian(2), num_steps=5), ValueError,
+         r"fit_vi stopped at step 0 of 5: log_joint must return a tensor of shape"),
+    ],
+    "fit_gaussian_vi_parallel": [
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, 2, [0.1, -0.1]), ValueError,
+         r"lrs must be > 0"),
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, 2, [0.1, np.nan]), ValueError,
+         r"lrs must contain only finite"),
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, 2, [[0.1]]), ValueError,
+         r"lrs must have 1 dimension"),
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, 0, [0.1]), ValueError,
+         r"dim must be >= 1"),
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, 2, [0.1], family="lowrank"),
+         ValueError, r"family must be one of"),
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, 2, [0.1], estimator="magic"),
+         ValueError, r"estimator must be one of"),
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, 2, [0.1], seed=-1), ValueError,
+         r"seed must be >= 0"),
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, 2, [0.1], init_scale=0.0),
+         ValueError, r"init_scale must be"),
+        (lambda: fit_gaussian_vi_parallel("f", 2, [0.1]), TypeError,
+         r"log_joint must be callable"),
+        (lambda: fit_gaussian_vi_parallel(lambda z: z, 2, [0.1], num_steps=2), ValueError,
+         r"log_joint must map samples of shape \(N, 2\) to shape \(N,\)"),
+        (lambda: fit_gaussian_vi_parallel(_nan_log_joint, 2, [0.1], num_steps=2), ValueError,
+         r"log_joint .*not finite at the starting point"),
+    ],
+}
+
+NO_INPUTS = {
+    "VIResult": "a result object returned by fit_vi",
+    "ParallelVIResult": "a result object returned by fit_gaussian_vi_parallel",
+}
+
+EXTREME_INPUTS = {
+    "DiagonalGaussian": [
+        (lambda: DiagonalGaussian(2, init_scale=1e4).std().detach().numpy(),
+         lambda out: np.testing.assert_allclose(out, 1e4, rtol=1e-12)),
+        (lambda: DiagonalGaussian(2, init_scale=1e300).std().detach().numpy(),
+         lambda out: np.testing.assert_allclose(out, 1e300, rtol=1e-12)),
+        (lambda: DiagonalGaussian(2, init_scale=1e-300).std().detach().numpy(),
+         lambda out: np.testing.assert_allclose(out, 1e-300, rtol=1e-12)),
+    ],
+    "FullRankGaussian": [
+        (lambda: FullRankGaussian(3, init_scale=1e4).covariance(),
+         lambda out: np.testing.assert_allclose(out, 1e8 * np.eye(3), rtol=1e-12)),
+        (lambda: FullRankGaussian(1, init_scale=1e-100).covariance(),
+         lambda out: np.testing.assert_allclose(out, [[1e-200]], rtol=1e-12)),
+    ],
+    "fit_gaussian_vi_parallel": [
+        # one dimension, one run, the exact target N(0, 1) with the path derivative:
+        # zero-variance gradient at q = p, so q converges to N(0, 1) itself
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, 1, [0.05], family="full",
+                                          estimator="path-derivative", num_steps=600,
+                                          init_scale=1.0, seed=0),
+         lambda res: (np.testing.assert_allclose(res.mean, [[0.0]], atol=1e-12),
+                      np.testing.assert_allclose(res.scale_tril, [[[1.0]]], rtol=1e-12))),
+    ],
+}
