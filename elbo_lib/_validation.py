@@ -237,3 +237,21 @@ def check_fit_controls(tol, reg_covar, max_iter) -> tuple[float, float, int]:
     """
     return (check_nonnegative(tol, "tol"), check_nonnegative(reg_covar, "reg_covar"),
             check_positive_int(max_iter, "max_iter"))
+
+
+def check_finite_tensor(t, name: str):
+    """Return the torch tensor ``t`` after checking that it holds only finite values.
+
+    Raises
+    ------
+    ValueError
+        If ``t`` holds NaN or inf (the message counts them).
+    """
+    finite = t.isfinite()
+    if not bool(finite.all()):
+        raise ValueError(f"{name} must contain only finite values (no NaN or inf), got "
+                         f"{int((~finite).sum())} non-finite of {t.numel()}")
+    return t
+
+
+__all__ += ["check_finite_tensor"]

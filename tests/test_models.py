@@ -333,10 +333,10 @@ _LOGISTIC_EXTREME_INPUTS = {
          lambda w: np.testing.assert_allclose(w, [_one_point_map()], rtol=1e-12)),
     ],
     "BayesianLogisticRegression.log_joint": [
-        # weights of 1e150 on a point of the right class: log sigmoid(a) = 0 for a huge,
-        # so log p = log prior alone, -(1e150)^2 / 2 overflows: -inf is the right answer
-        # in float64 only when the prior term is; use 1e100 (prior -5e199)
-        (lambda: BayesianLogisticRegression([[1.0]], [1]).log_joint(torch.tensor([[1e100]])),
+        # a weight of 1e100 on a point of the right class: log sigmoid(1e100) = 0, so
+        # log p is the log prior alone, -(1e100)^2 / 2 - log(2 pi) / 2
+        (lambda: BayesianLogisticRegression([[1.0]], [1]).log_joint(
+            torch.tensor([[1e100]], dtype=torch.float64)),
          lambda out: np.testing.assert_allclose(
              out.numpy(), [-0.5e200 - 0.5 * np.log(2 * np.pi)], rtol=1e-15)),
     ],
