@@ -52,8 +52,9 @@ def test_fit_heteroscedastic_learns_a_noise_level_that_grows_with_x():
     assert losses.shape == (600,) and losses[-50:].mean() < losses[0]
     with torch.no_grad():
         mean, std = net(torch.tensor([-1.5, 1.5]))
-    np.testing.assert_allclose(mean.numpy(), [-0.75, 0.75], atol=0.15)
-    np.testing.assert_allclose(std.numpy(), [0.2, 0.8], atol=0.15)
+    # 400 noisy points: over seeds 0-3 the errors were at most 0.06 (mean) and 20 % (std)
+    np.testing.assert_allclose(mean.numpy(), [-0.75, 0.75], atol=0.1)
+    np.testing.assert_allclose(std.numpy(), [0.2, 0.8], rtol=0.25)
 
 
 def test_heteroscedastic_net_samples_are_reparameterised():

@@ -66,11 +66,22 @@ def fit(family: VariationalFamily, seed: int, **kwargs):
                   eval_every=150, eval_samples=4096, **kwargs)
 
 
+# KL(q || p) of the fitted q, in closed form, above its minimum over the family: one
+# number that any error of mean or covariance raises (a mean off by 0.1 along the
+# posterior's narrow axis adds 0.025). Measured over seeds 0-8: at most 0.004.
+KL_EXCESS_TOL = 0.01
+PRECISION = np.linalg.inv(COV.numpy())
+KL_MEAN_FIELD = 0.5 * (np.log(np.diag(PRECISION)).sum() - np.linalg.slogdet(PRECISION)[1])
+
+
+def _kl_to_target(mean, cov) -> float:
+    return gaussian_kl_full(np.asarray(mean), np.asarray(cov), MEAN.numpy(), COV.numpy())
+
+
 def test_full_rank_family_recovers_the_gaussian_posterior():
     result = fit(FullRankGaussian(2, init_scale=0.5), 0)
     q = result.q
-    np.testing.assert_allclose(q.mean.detach().numpy(), MEAN.numpy(), atol=0.1)
-    np.testing.assert_allclose(q.covariance(), COV.numpy(), atol=0.15)
+    assert 0 <= _kl_to_target(q.mean.detach().numpy(), q.covariance()) < KL_EXCESS_TOL
     # at q = p the ELBO is log Z; the estimate's error is of order 1/sqrt(4096)*sd(terms)
     assert abs(result.elbo[-1] - LOG_Z) < 0.03
     assert result.steps.tolist() == [0, 150, 300]
@@ -86,6 +97,8 @@ def test_diagonal_family_finds_the_mean_field_optimum():
     # for the mean-field optimum KL = 0.5 * (sum log Lambda_ii - log det Lambda)
     kl = 0.5 * (np.log(np.diag(precision)).sum() - np.linalg.slogdet(precision)[1])
     assert abs((LOG_Z - result.elbo[-1]) - kl) < 0.06
+    excess = _kl_to_target(result.q.mean.detach().numpy(), result.q.covariance()) - kl
+    assert 0 <= excess < KL_EXCESS_TOL
 
 
 def test_a_new_family_plugs_into_fit_vi_without_edits():
@@ -96,14 +109,16 @@ def test_a_new_family_plugs_into_fit_vi_without_edits():
     precision = np.linalg.inv(COV.numpy())
     np.testing.assert_allclose(q.log_scale.detach().exp().numpy() ** 2,
                                1 / np.diag(precision), rtol=0.15)
+    var = q.log_scale.detach().exp().numpy() ** 2
+    excess = _kl_to_target(q.shift.detach().numpy(), np.diag(var)) - KL_MEAN_FIELD
+    assert 0 <= excess < KL_EXCESS_TOL
 
 
 def test_score_function_estimator_runs_the_same_loop():
     result = fit(DiagonalGaussian(2, init_scale=0.5), 3, estimator="score")
-    np.testing.assert_allclose(result.q.mean.detach().numpy(), MEAN.numpy(), atol=0.25)
-    precision = np.linalg.inv(COV.numpy())
-    np.testing.assert_allclose(result.q.std().detach().numpy() ** 2,
-                               1 / np.diag(precision), rtol=0.3)
+    excess = (_kl_to_target(result.q.mean.detach().numpy(), result.q.covariance())
+              - KL_MEAN_FIELD)
+    assert 0 <= excess < KL_EXCESS_TOL
 
 
 def test_families_agree_with_torch_distributions():
@@ -198,11 +213,15 @@ def test_parallel_diagonal_reaches_the_mean_field_optimum(estimator, tol, gaussi
 
 
 def test_parallel_estimators_agree_and_divergence_is_flagged(gaussian_target):
-    _, _, log_joint, log_z = gaussian_target
+    m, cov, log_joint, log_z = gaussian_target
     for est in ("pathwise", "score"):
         res = fit_gaussian_vi_parallel(log_joint, 3, [0.02], family="full", estimator=est,
                                        num_steps=1500, eval_every=500, seed=4)
         assert not res.diverged[0] and log_z - res.final_elbo[0] < 0.2
+        # the exact gap KL(q || p) of the final q: measured at most 0.026 over four
+        # replicates of each estimator
+        low = res.scale_tril[0]
+        assert 0 <= gaussian_kl_full(res.mean[0], low @ low.T, m, cov) < 0.06
     # an absurd step size for the score function leaves the ELBO below where it started
     bad = fit_gaussian_vi_parallel(log_joint, 3, [50.0], family="full", estimator="score",
                                    num_steps=50, eval_every=50, seed=0)
