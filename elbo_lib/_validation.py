@@ -253,3 +253,21 @@ def power_of_two_scale(x, axis=None, keepdims: bool = False):
     extreme = (m > 2.0**100) | ((m < 2.0**-100) & (m > 0))
     out = np.where(extreme, np.ldexp(1.0, np.asarray(e) - 1), 1.0)
     return float(out) if np.ndim(out) == 0 else out
+
+
+def check_finite_tensor(t, name: str):
+    """Return the torch tensor ``t`` after checking that it holds only finite values.
+
+    Raises
+    ------
+    ValueError
+        If ``t`` holds NaN or inf (the message counts them).
+    """
+    finite = t.isfinite()
+    if not bool(finite.all()):
+        raise ValueError(f"{name} must contain only finite values (no NaN or inf), got "
+                         f"{int((~finite).sum())} non-finite of {t.numel()}")
+    return t
+
+
+__all__ += ["check_finite_tensor"]

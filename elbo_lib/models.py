@@ -515,6 +515,9 @@ def dirichlet_mixture_log_evidence(x, n_components: int, prior_var: float,
 # --------------------------------------------------------------------------------------
 # Bayesian logistic regression (chapter 5): exact MAP and Laplace approximation
 # --------------------------------------------------------------------------------------
+from elbo_lib._validation import check_finite_tensor, check_nonnegative  # noqa: E402
+
+
 class BayesianLogisticRegression:
     """Bayesian logistic regression: w ~ N(0, s^2 I), y_i ~ Bernoulli(sigmoid(x_i^T w)).
 
@@ -548,9 +551,14 @@ class BayesianLogisticRegression:
 
         Stable form: log sigmoid(a) y + log sigmoid(-a) (1 - y) = y a - softplus(a).
         """
-        w = torch.as_tensor(w, dtype=torch.float64)
+        try:
+            w = torch.as_tensor(w, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"w must be a torch.Tensor or numeric array-like, "
+                            f"got {type(w).__name__}") from exc
         if w.ndim != 2 or w.shape[1] != self.dim:
             raise ValueError(f"w must have shape (S, {self.dim}), got {tuple(w.shape)}")
+        check_finite_tensor(w, "w")
         logits = w @ self._xt.T
         log_lik = (self._yt * logits - torch.nn.functional.softplus(logits)).sum(dim=1)
         log_prior = (-0.5 * (w / self.prior_std) ** 2).sum(dim=1) - self.dim * (
@@ -571,6 +579,7 @@ class BayesianLogisticRegression:
         RuntimeError
             If Newton's method has not converged after ``max_iter`` steps.
         """
+        tol = check_nonnegative(tol, "tol")
         w = np.zeros(self.dim)
         for _ in range(check_positive_int(max_iter, "max_iter")):
             grad, hess = self._grad_hess(w)

@@ -265,3 +265,81 @@ def test_logistic_predictive_probability_of_a_point_estimate():
 def test_logistic_rejects_bad_input(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+# --------------------------------------------------------------------------------------
+# Contract cases (issue 16, H6's block): BayesianLogisticRegression. Merged into the
+# module's BAD_INPUTS / EXTREME_INPUTS, whether or not the other models' block (H4's)
+# comes first.
+# --------------------------------------------------------------------------------------
+def _blr():
+    return BayesianLogisticRegression(np.array([[1.0, 0.5], [1.0, -1.0], [1.0, 2.0]]),
+                                      [0, 1, 1])
+
+
+def _one_point_map():
+    """One point x = 2, y = 1, prior N(0, 1): the MAP solves 2 (1 - sigmoid(2 w)) = w."""
+    from scipy.optimize import brentq
+
+    return brentq(lambda w: 2 * (1 - 1 / (1 + np.exp(-2 * w))) - w, -10, 10, xtol=1e-15)
+
+
+_LOGISTIC_BAD_INPUTS = {
+    "BayesianLogisticRegression": [
+        (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 2]), ValueError,
+         r"y must contain only 0 and 1"),
+        (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1]), ValueError,
+         r"x and y must have the same number of rows"),
+        (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 1], prior_std=0.0),
+         ValueError, r"prior_std must be a finite number > 0"),
+        (lambda: BayesianLogisticRegression([[1.0, np.nan]], [1]), ValueError,
+         r"x must contain only finite"),
+        (lambda: BayesianLogisticRegression(np.ones((2, 2)), [0, np.nan]), ValueError,
+         r"y must contain only finite"),
+        (lambda: BayesianLogisticRegression(np.ones(3), [0, 1, 1]), ValueError,
+         r"x must have 2 dimension"),
+        (lambda: BayesianLogisticRegression([["a", "b"]], [1]), TypeError,
+         r"x must be numeric"),
+    ],
+    "BayesianLogisticRegression.log_joint": [
+        (lambda: _blr().log_joint(torch.zeros(3)), ValueError,
+         r"w must have shape \(S, 2\)"),
+        (lambda: _blr().log_joint(torch.tensor([[0.0, np.nan]])), ValueError,
+         r"w must contain only finite"),
+        (lambda: _blr().log_joint(torch.tensor([[0.0, np.inf]])), ValueError,
+         r"w must contain only finite"),
+        (lambda: _blr().log_joint("w"), TypeError, r"w must be a torch.Tensor or numeric"),
+    ],
+    "BayesianLogisticRegression.map_estimate": [
+        (lambda: _blr().map_estimate(max_iter=0), ValueError, r"max_iter must be >= 1"),
+        (lambda: _blr().map_estimate(tol=np.nan), ValueError,
+         r"tol must be a finite number >= 0"),
+        (lambda: _blr().map_estimate(tol=-1.0), ValueError,
+         r"tol must be a finite number >= 0"),
+    ],
+    "BayesianLogisticRegression.predictive_proba": [
+        (lambda: BayesianLogisticRegression.predictive_proba(np.ones((2, 3)), np.ones(2)),
+         ValueError, r"weights must have 3 columns"),
+        (lambda: BayesianLogisticRegression.predictive_proba(np.ones((2, 2)),
+                                                             [0.0, np.nan]),
+         ValueError, r"weights must contain only finite"),
+        (lambda: BayesianLogisticRegression.predictive_proba(np.ones(2), np.ones(2)),
+         ValueError, r"x must have 2 dimension"),
+    ],
+}
+_LOGISTIC_EXTREME_INPUTS = {
+    "BayesianLogisticRegression.map_estimate": [
+        (lambda: BayesianLogisticRegression([[2.0]], [1]).map_estimate(),
+         lambda w: np.testing.assert_allclose(w, [_one_point_map()], rtol=1e-12)),
+    ],
+    "BayesianLogisticRegression.log_joint": [
+        # a weight of 1e100 on a point of the right class: log sigmoid(1e100) = 0, so
+        # log p is the log prior alone, -(1e100)^2 / 2 - log(2 pi) / 2
+        (lambda: BayesianLogisticRegression([[1.0]], [1]).log_joint(
+            torch.tensor([[1e100]], dtype=torch.float64)),
+         lambda out: np.testing.assert_allclose(
+             out.numpy(), [-0.5e200 - 0.5 * np.log(2 * np.pi)], rtol=1e-15)),
+    ],
+}
+BAD_INPUTS = {**globals().get("BAD_INPUTS", {}), **_LOGISTIC_BAD_INPUTS}
+EXTREME_INPUTS = {**globals().get("EXTREME_INPUTS", {}), **_LOGISTIC_EXTREME_INPUTS}
