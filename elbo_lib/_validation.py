@@ -22,13 +22,15 @@ __all__ = [
     "check_nonnegative",
     "check_positive",
     "check_bsc_batch_inputs",
-    "check_fit_controls",
     "check_bsc_inputs",
+    "check_finite_tensor",
+    "check_fit_controls",
     "check_positive_int",
     "check_probability_rows",
     "check_real",
     "check_spd",
     "check_symmetric",
+    "power_of_two_scale",
 ]
 
 #: log(2 pi), the constant of every Gaussian log-density.
@@ -269,5 +271,3 @@ def check_finite_tensor(t, name: str):
                          f"{int((~finite).sum())} non-finite of {t.numel()}")
     return t
 
-
-__all__ += ["check_finite_tensor"]
