@@ -773,12 +773,12 @@ def _start(X, n_components, weights_init, means_init, covariances_init, rng, reg
     return weights, means, cov
 
 
-def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 20,
+def incremental_em(X, n_components: int, *, num_blocks: int = 10, num_sweeps: int = 20,
                    weights_init=None, means_init=None, covariances_init=None, rng=None,
                    reg_covar: float = 1e-6) -> EMTrace:
     """Incremental EM for a Gaussian mixture: one block's E-step, then an M-step (chapter 2).
 
-    Neal and Hinton's (1998) variant of EM. The data are split into ``n_blocks``
+    Neal and Hinton's (1998) variant of EM. The data are split into ``num_blocks``
     contiguous blocks. A first full E-step stores every block's responsibilities and
     sufficient statistics; then, block after block, the E-step is redone for that block
     only (the exact posterior of its points at the current theta), its statistics are
@@ -786,16 +786,16 @@ def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 
     the stored q. Both moves maximise L(q, theta) over one coordinate, so L never
     decreases (the covariance floor is applied by clipping, the exact constrained
     maximiser); log p(x | theta) itself may dip. The first sweep costs about as much
-    as one full EM iteration but moves theta ``n_blocks`` times.
+    as one full EM iteration but moves theta ``num_blocks`` times.
 
     Parameters
     ----------
     X : array_like, shape (n, d)
     n_components : int
         K (at most the number of points).
-    n_blocks : int
-        Number of blocks (1 <= n_blocks <= n; 1 is ordinary EM).
-    n_sweeps : int
+    num_blocks : int
+        Number of blocks (1 <= num_blocks <= n; 1 is ordinary EM).
+    num_sweeps : int
         Passes over the data after the first full E-step and M-step.
     weights_init, means_init, covariances_init, rng, reg_covar
         As for :class:`GaussianMixtureEM`.
@@ -803,23 +803,23 @@ def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 
     Returns
     -------
     EMTrace
-        ``log_likelihood_`` and ``elbo_`` of length ``1 + n_sweeps * n_blocks``: the value
+        ``log_likelihood_`` and ``elbo_`` of length ``1 + num_sweeps * num_blocks``: the value
         after the first full EM iteration, then after every block step.
     """
     X = _check_data(X)
     n, _ = X.shape
     n_components = check_positive_int(n_components, "n_components")
-    n_blocks = check_positive_int(n_blocks, "n_blocks")
-    n_sweeps = check_positive_int(n_sweeps, "n_sweeps")
+    num_blocks = check_positive_int(num_blocks, "num_blocks")
+    num_sweeps = check_positive_int(num_sweeps, "num_sweeps")
     if n < n_components:
         raise ValueError(f"n_components={n_components} is larger than the number of "
                          f"points n={n}: need n >= n_components")
-    if n_blocks > n:
-        raise ValueError(f"n_blocks={n_blocks} is larger than the number of points n={n}")
+    if num_blocks > n:
+        raise ValueError(f"num_blocks={num_blocks} is larger than the number of points n={n}")
     reg_covar = check_nonnegative(reg_covar, "reg_covar")
     theta = _start(X, n_components, weights_init, means_init, covariances_init, rng,
                    reg_covar)
-    bounds = np.linspace(0, n, n_blocks + 1).astype(int)
+    bounds = np.linspace(0, n, num_blocks + 1).astype(int)
     blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     wlp = _weighted_log_prob(X, *theta[:2], precision_cholesky(theta[2]))
     _, resp, log_resp = _normalise(wlp)
@@ -834,7 +834,7 @@ def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 
 
     theta = _theta_from_stats(*totals, reg_covar, "clip")
     record()
-    for _ in range(n_sweeps):
+    for _ in range(num_sweeps):
         for j, b in enumerate(blocks):
             # partial E-step: exact posterior of block b at the current theta
             wlp_b = _weighted_log_prob(X[b], *theta[:2], precision_cholesky(theta[2]))
@@ -848,9 +848,9 @@ def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 
             record()
     out = EMTrace()
     out.weights_, out.means_, out.covariances_ = theta
-    out.n_iter_ = n_sweeps
+    out.n_iter_ = num_sweeps
     out.log_likelihood_, out.elbo_ = np.asarray(log_lik), np.asarray(elbo)
-    out.steps_per_sweep = n_blocks
+    out.steps_per_sweep = num_blocks
     return out
 
 

@@ -304,7 +304,7 @@ def viterbi(log_pi, log_A, log_B):
 # ---------------------------------------------------------------------------------------
 # sampling
 # ---------------------------------------------------------------------------------------
-def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, rng):
+def sample_gaussian_hmm(startprob, transmat, means, covariances, num_steps: int, rng):
     """Draw (x_{1:T}, z_{1:T}) from an HMM with Gaussian emissions (chapter 2).
 
     Parameters
@@ -313,7 +313,7 @@ def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, r
     transmat : array_like, shape (K, K)
     means : array_like, shape (K, d)
     covariances : array_like, shape (K, d, d)
-    n_steps : int
+    num_steps : int
         T >= 1.
     rng : numpy.random.Generator or int
 
@@ -327,7 +327,7 @@ def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, r
     startprob = check_probability_rows(startprob, "startprob", (K,))
     transmat = check_probability_rows(transmat, "transmat", (K, K))
     cov = check_symmetric(covariances, "covariances", (K, d, d))
-    T = check_positive_int(n_steps, "n_steps")
+    T = check_positive_int(num_steps, "num_steps")
     rng = as_generator(rng)
     u = rng.random(T)
     cum_start, cum_trans = np.cumsum(startprob), np.cumsum(transmat, axis=1)
@@ -368,7 +368,7 @@ class GaussianHMM:
 
     Parameters
     ----------
-    n_states : int
+    num_states : int
         K >= 1.
     tol : float
         Stop when log p(x | theta) (total, nats) improves by less than ``tol``.
@@ -396,10 +396,10 @@ class GaussianHMM:
     converged_ : bool
     """
 
-    def __init__(self, n_states: int, *, tol: float = 1e-6, reg_covar: float = 1e-6,
+    def __init__(self, num_states: int, *, tol: float = 1e-6, reg_covar: float = 1e-6,
                  max_iter: int = 200, startprob_init=None, transmat_init=None,
                  means_init=None, covariances_init=None, rng=None) -> None:
-        self.n_states = n_states
+        self.num_states = num_states
         self.tol = tol
         self.reg_covar = reg_covar
         self.max_iter = max_iter
@@ -409,13 +409,13 @@ class GaussianHMM:
 
     def _check_hyperparameters(self) -> None:
         """Check the constructor arguments; :meth:`fit` calls it (scikit-learn's rule)."""
-        self.n_states = check_positive_int(self.n_states, "n_states")
+        self.num_states = check_positive_int(self.num_states, "num_states")
         self.tol, self.reg_covar, self.max_iter = check_fit_controls(self.tol, self.reg_covar,
                                                                      self.max_iter)
 
     def _init_params(self, X):
         T, d = X.shape
-        K = self.n_states
+        K = self.num_states
         pi = (np.full(K, 1.0 / K) if self.startprob_init is None
               else check_probability_rows(self.startprob_init, "startprob_init", (K,)))
         if self.transmat_init is None:
@@ -456,9 +456,9 @@ class GaussianHMM:
         self._check_hyperparameters()
         X = _as_sequence(X)
         T = X.shape[0]
-        if T < max(2, self.n_states):
-            raise ValueError(f"need a sequence of at least max(2, n_states) = "
-                             f"{max(2, self.n_states)} steps, got T={T}")
+        if T < max(2, self.num_states):
+            raise ValueError(f"need a sequence of at least max(2, num_states) = "
+                             f"{max(2, self.num_states)} steps, got T={T}")
         pi, A, means, cov = self._init_params(X)
         log_lik, elbo_e, elbo_m = [], [], []
         log_B = self.emission_log_prob(X, means, cov)

@@ -378,9 +378,9 @@ class MixtureCAVIResult:
         phi_ik = q(c_i = k).
     elbo : numpy.ndarray
         ELBO after initialisation and after every iteration.
-    mean_history : numpy.ndarray, shape (n_iter + 1, K, d)
+    mean_history : numpy.ndarray, shape (num_iter + 1, K, d)
         m_k after initialisation and after every iteration.
-    n_iter : int
+    num_iter : int
     converged : bool
     restart_elbos : numpy.ndarray
         Final ELBO of every initialisation tried (the result is the best one).
@@ -393,7 +393,7 @@ class MixtureCAVIResult:
     resp: np.ndarray
     elbo: np.ndarray
     mean_history: np.ndarray
-    n_iter: int
+    num_iter: int
     converged: bool
     restart_elbos: np.ndarray = field(default_factory=lambda: np.empty(0))
     labels: np.ndarray = field(init=False)
@@ -402,7 +402,7 @@ class MixtureCAVIResult:
         self.labels = self.resp.argmax(axis=1)
 
 
-def _check_mixture_problem(x, n_components, prior_var, max_iter, tol, n_init):
+def _check_mixture_problem(x, n_components, prior_var, max_iter, tol, num_init):
     x = _check_mixture_data(x)
     k = check_positive_int(n_components, "n_components")
     if k > x.shape[0]:
@@ -410,11 +410,11 @@ def _check_mixture_problem(x, n_components, prior_var, max_iter, tol, n_init):
                          f"got {k}")
     return (x, k, check_positive(prior_var, "prior_var"),
             check_positive_int(max_iter, "max_iter"), check_positive(tol, "tol"),
-            check_positive_int(n_init, "n_init"))
+            check_positive_int(num_init, "num_init"))
 
 
-def _initial_means(x, k: int, init_means, rng, n_init: int) -> list[np.ndarray]:
-    """The starting means: ``init_means`` (one start), or ``n_init`` draws of k points."""
+def _initial_means(x, k: int, init_means, rng, num_init: int) -> list[np.ndarray]:
+    """The starting means: ``init_means`` (one start), or ``num_init`` draws of k points."""
     n, d = x.shape
     if init_means is not None:
         m = as_float_array(init_means, "init_means", ndim=(1, 2))
@@ -423,12 +423,12 @@ def _initial_means(x, k: int, init_means, rng, n_init: int) -> list[np.ndarray]:
             raise ValueError(f"init_means must have shape {(k, d)}, got {m.shape}")
         return [m]
     rng = as_generator(rng)
-    return [x[rng.choice(n, size=k, replace=False)].copy() for _ in range(n_init)]
+    return [x[rng.choice(n, size=k, replace=False)].copy() for _ in range(num_init)]
 
 
 def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
                           rng: np.random.Generator | int | None = None, init_means=None,
-                          n_init: int = 1, max_iter: int = 200,
+                          num_init: int = 1, max_iter: int = 200,
                           tol: float = 1e-8) -> MixtureCAVIResult:
     """CAVI for the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, section 3).
 
@@ -453,8 +453,8 @@ def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
     rng : numpy.random.Generator or int, optional
         Used to pick K distinct data points as the initial m_k (when ``init_means`` is None).
     init_means : array_like, shape (K, d), optional
-        Initial m_k (then ``n_init`` is ignored); the initial s_k^2 are 1 and phi uniform.
-    n_init : int
+        Initial m_k (then ``num_init`` is ignored); the initial s_k^2 are 1 and phi uniform.
+    num_init : int
         Number of random initialisations; the run with the highest final ELBO is
         returned (the ELBO of this model has several local optima).
     max_iter : int
@@ -466,9 +466,9 @@ def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
     -------
     MixtureCAVIResult
     """
-    x, k, sigma2, max_iter, tol, n_init = _check_mixture_problem(
-        x, n_components, prior_var, max_iter, tol, n_init)
-    starts = _initial_means(x, k, init_means, rng, n_init)
+    x, k, sigma2, max_iter, tol, num_init = _check_mixture_problem(
+        x, n_components, prior_var, max_iter, tol, num_init)
+    starts = _initial_means(x, k, init_means, rng, num_init)
     if init_means is not None:
         result = _cavi_mixture_once(x, starts[0], sigma2, max_iter, tol)
         result.restart_elbos = result.elbo[-1:].copy()
@@ -692,7 +692,7 @@ def _weights_elbo_terms(phi, alpha, alpha0) -> float:
 
 def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
                            alpha0: float = 1.0, *, rng: np.random.Generator | int | None = None,
-                           init_means=None, n_init: int = 1, max_iter: int = 500,
+                           init_means=None, num_init: int = 1, max_iter: int = 500,
                            tol: float = 1e-10) -> DirichletMixtureCAVIResult:
     """CAVI for the Bayesian mixture of unit-variance Gaussians with learned weights (ch. 4).
 
@@ -716,7 +716,7 @@ def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
         sigma^2 > 0.
     alpha0 : float
         alpha0 > 0; below 1 the prior favours few occupied components.
-    rng, init_means, n_init, max_iter, tol
+    rng, init_means, num_init, max_iter, tol
         As in :func:`cavi_gaussian_mixture` (initial q(pi) is Dirichlet(alpha0 + n/K)).
 
     Returns
@@ -724,10 +724,10 @@ def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
     DirichletMixtureCAVIResult
         The run with the highest final ELBO; ``restart_elbos`` holds every run's.
     """
-    x, k, sigma2, max_iter, tol, n_init = _check_mixture_problem(
-        x, n_components, prior_var, max_iter, tol, n_init)
+    x, k, sigma2, max_iter, tol, num_init = _check_mixture_problem(
+        x, n_components, prior_var, max_iter, tol, num_init)
     alpha0 = check_positive(alpha0, "alpha0")
-    starts = _initial_means(x, k, init_means, rng, n_init)
+    starts = _initial_means(x, k, init_means, rng, num_init)
     results = [_cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) for m in starts]
     finals = np.array([r.elbo[-1] for r in results])
     best = results[int(np.argmax(finals))]
@@ -846,7 +846,7 @@ class BSCLearningResult:
         Sum over the data of the ELBO after every E-step (the bound the run maximises).
     log_likelihood : numpy.ndarray
         Exact sum_n log p(v_n | theta) by enumeration, at the same theta.
-    weights_history : numpy.ndarray, shape (n_iter, n_visible, n_latent)
+    weights_history : numpy.ndarray, shape (num_iter, n_visible, n_latent)
         W at which each entry of ``elbo`` was evaluated.
     h_hat : numpy.ndarray, shape (N, n_latent)
         The last E-step's q (or exact marginals when ``exact=True``).
@@ -862,7 +862,7 @@ class BSCLearningResult:
 
 
 def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, *,
-                       n_iter: int = 50, exact: bool = False) -> BSCLearningResult:
+                       num_iter: int = 50, exact: bool = False) -> BSCLearningResult:
     """Learn theta = (W, b, beta) of binary sparse coding by (variational) EM (chapter 4).
 
     E-step: q(h_n) = prod_i Bernoulli(h_hat_ni) by sequential mean-field updates
@@ -883,7 +883,7 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
     init_weights : array_like, shape (n_visible, n_latent)
     init_bias : array_like, shape (n_latent,)
     init_noise_precision : float
-    n_iter : int
+    num_iter : int
         Number of E-step / M-step pairs.
     exact : bool
         Exact posterior in the E-step (n_latent <= 16).
@@ -891,12 +891,12 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
     Returns
     -------
     BSCLearningResult
-        ``elbo`` and ``log_likelihood`` have n_iter + 1 entries: before the first M-step
+        ``elbo`` and ``log_likelihood`` have num_iter + 1 entries: before the first M-step
         and after every one (each evaluated after the following E-step).
     """
     v, w, b, beta = check_bsc_batch_inputs(v, init_weights, init_bias, init_noise_precision)
     w, b = w.copy(), b.copy()
-    n_iter = check_positive_int(n_iter, "n_iter")
+    num_iter = check_positive_int(num_iter, "num_iter")
     if exact and b.size > 16:
         raise ValueError(f"exact=True enumerates 2^n_latent codes: n_latent <= 16, got {b.size}")
     n, n_v = v.shape
@@ -915,12 +915,12 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
         e_hh = h_new.T @ h_new + np.diag((h_new * (1 - h_new)).sum(axis=0))
         return h_new, e_hh, float(bsc_elbo_batch(h_new, v, w, b, beta).sum())
 
-    for it in range(n_iter + 1):
+    for it in range(num_iter + 1):
         h, e_hh, bound = e_step(h)
         elbos.append(bound)
         logliks.append(float(bsc_log_likelihood(v, w, b, beta).sum()))
         w_hist.append(w.copy())
-        if it == n_iter:
+        if it == num_iter:
             break
         w = np.linalg.solve(e_hh, h.T @ v).T                   # e_hh is symmetric
         mean_h = np.clip(h.mean(axis=0), 1e-12, 1 - 1e-12)

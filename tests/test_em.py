@@ -272,7 +272,7 @@ def test_incremental_em_elbo_is_monotone_and_reaches_the_em_fixed_point():
 
     X = _blobs()
     m0 = X[[0, 1, 2]]
-    inc = incremental_em(X, 3, n_blocks=6, n_sweeps=40, means_init=m0)
+    inc = incremental_em(X, 3, num_blocks=6, num_sweeps=40, means_init=m0)
     assert np.all(np.diff(inc.elbo_) >= -1e-9)
     assert np.all(inc.elbo_ <= inc.log_likelihood_ + 1e-9)
     ref = GaussianMixtureEM(3, means_init=m0, tol=1e-12, max_iter=2000,
@@ -285,7 +285,7 @@ def test_incremental_em_with_one_block_is_em():
 
     X = _blobs(1)
     m0 = X[[3, 4, 5]]
-    inc = incremental_em(X, 3, n_blocks=1, n_sweeps=5, means_init=m0)
+    inc = incremental_em(X, 3, num_blocks=1, num_sweeps=5, means_init=m0)
     ref = GaussianMixtureEM(3, means_init=m0, tol=0.0, max_iter=6,
                             covariance_floor="clip").fit(X)
     np.testing.assert_allclose(inc.log_likelihood_, ref.log_likelihood_[1:], rtol=1e-10)
@@ -295,10 +295,10 @@ def test_incremental_em_validates():
     from elbo_lib.em import incremental_em
 
     X = _blobs(n=20)
-    with pytest.raises(ValueError, match="n_blocks"):
-        incremental_em(X, 2, n_blocks=21)
+    with pytest.raises(ValueError, match="num_blocks"):
+        incremental_em(X, 2, num_blocks=21)
     with pytest.raises(TypeError):
-        incremental_em(X, 2, n_blocks=2.5)
+        incremental_em(X, 2, num_blocks=2.5)
 
 
 def test_gmm_log_prior_matches_scipy():

@@ -166,7 +166,7 @@ def mixture_data():
 
 def test_cavi_mixture_monotone_and_recovers_means(mixture_data):
     x, labels, true, rng = mixture_data
-    res = cavi_gaussian_mixture(x, 3, prior_var=25.0, rng=rng, n_init=4)
+    res = cavi_gaussian_mixture(x, 3, prior_var=25.0, rng=rng, num_init=4)
     assert res.converged
     assert np.all(np.diff(res.elbo) >= -1e-9 * np.abs(res.elbo[1:]))
     assert res.restart_elbos.shape == (4,) and res.elbo[-1] == res.restart_elbos.max()
@@ -287,7 +287,7 @@ def test_cavi_dirichlet_mixture_elbo_is_monte_carlo_expectation_and_below_eviden
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(-2, 1, 5), rng.normal(2, 1, 4)])
     k, sigma2, alpha0 = 3, 4.0, 0.5
-    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, n_init=3, tol=1e-12)
+    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, num_init=3, tol=1e-12)
     assert np.all(np.diff(res.elbo) >= -1e-9)
     elbo = dirichlet_mixture_elbo(x, res.means, res.variances, res.resp, res.concentration,
                                   sigma2, alpha0)
@@ -317,7 +317,7 @@ def test_cavi_dirichlet_mixture_updates_are_factor_optima():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(30, 2)) + np.repeat([[-2, 0], [2, 0]], 15, axis=0)
     k, sigma2, alpha0 = 3, 10.0, 0.1
-    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, n_init=2, tol=1e-13,
+    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, num_init=2, tol=1e-13,
                                  max_iter=5000)
     base = dirichlet_mixture_elbo(x, res.means, res.variances, res.resp, res.concentration,
                                   sigma2, alpha0)
@@ -376,10 +376,10 @@ def test_bsc_variational_em_monotone_and_bounded(bsc_batch):
     v, w, b, beta = bsc_batch
     rng = np.random.default_rng(5)
     w0 = 0.3 * rng.normal(size=w.shape)
-    vem = bsc_variational_em(v, w0, np.zeros(4), 1.0, n_iter=15)
+    vem = bsc_variational_em(v, w0, np.zeros(4), 1.0, num_iter=15)
     assert np.all(np.diff(vem.elbo) >= -1e-8)
     assert np.all(vem.elbo <= vem.log_likelihood + 1e-10)
-    em = bsc_variational_em(v, w0, np.zeros(4), 1.0, n_iter=15, exact=True)
+    em = bsc_variational_em(v, w0, np.zeros(4), 1.0, num_iter=15, exact=True)
     assert np.all(np.diff(em.log_likelihood) >= -1e-8)
     assert np.allclose(em.elbo, em.log_likelihood)           # exact E-step: bound is tight
     assert em.weights_history.shape == (16, 5, 4)
@@ -389,7 +389,7 @@ def test_bsc_variational_em_m_step_is_the_maximiser(bsc_batch):
     """One M-step: perturbing W, b or beta never raises the expected complete log-lik."""
     v, w, b, beta = bsc_batch
     h = bsc_mean_field_batch(v, w, b, beta, tol=1e-10, max_iter=500)  # as in the E-step
-    fit = bsc_variational_em(v, w, b, beta, n_iter=1)
+    fit = bsc_variational_em(v, w, b, beta, num_iter=1)
     w1, b1, beta1 = fit.weights, fit.bias, fit.noise_precision
     # the ELBO with q fixed at h is E_q[log p(v, h)] + entropy: compare at fixed h
     base = bsc_elbo_batch(h, v, w1, b1, beta1).sum()
