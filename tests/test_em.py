@@ -203,7 +203,7 @@ _EYE2 = np.stack([np.eye(4)] * 2)
     ({}, lambda X: X[None], ValueError, "dimension"),
     ({"n_components": 2.5}, None, TypeError, "integer"),
     ({"n_components": 0}, None, ValueError, ">= 1"),
-    ({"means_init": np.zeros((3, 4))}, None, ValueError, "means must have shape"),
+    ({"means_init": np.zeros((3, 4))}, None, ValueError, "means_init must have shape"),
     ({"weights_init": [0.5, 0.6]}, None, ValueError, "summing to 1"),
     ({"covariances_init": _EYE2, "precisions_init": _EYE2}, None, ValueError, "not both"),
     ({"covariances_init": np.stack([np.triu(np.ones((4, 4)))] * 2)}, None, ValueError,

@@ -279,7 +279,7 @@ def test_bad_inputs_raise_clear_errors():
         gradient_stats(f, diagonal_gaussian, params, 4, 1, estimator="score")
     with pytest.raises(ValueError, match="sigma must be > 0"):
         gaussian_quadratic_gradient(np.eye(2), np.zeros(2), np.zeros(2), [1.0, -1.0])
-    with pytest.raises(ValueError, match="need A of shape"):
+    with pytest.raises(ValueError, match="a must have shape"):
         gaussian_quadratic_gradient(np.eye(3), np.zeros(2), np.zeros(2), [1.0, 1.0])
     with pytest.raises(ValueError, match="family must be one of"):
         GaussianVariational(3, family="banded")
