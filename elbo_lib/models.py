@@ -76,7 +76,8 @@ def _gaussian_data(model, x, noise_std, prior_mean, prior_std) -> None:
     model.noise_std = float(np.sqrt(model.noise_var))
     model.prior_mean = check_real(prior_mean, "prior_mean")
     z = model.x / model.noise_std
-    model._z_sum, model._z_sum_sq = float(z.sum()), float(z @ z)
+    with np.errstate(over="ignore"):  # an overflow is reported just below
+        model._z_sum, model._z_sum_sq = float(z.sum()), float(z @ z)
     if not np.isfinite(model._z_sum_sq):
         raise ValueError(f"x is too large relative to noise_std: sum((x / noise_std)^2) "
                          f"overflows float64 (max |x| / noise_std = "

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from elbo_lib._validation import (
     as_float_array,
     as_generator,
+    as_tensor,
+    check_broadcast,
     check_bsc_batch_inputs,
     check_bsc_inputs,
+    check_enumerable,
     check_fit_controls,
     check_nonnegative,
     check_positive,
@@ -26,6 +30,13 @@ _B = np.zeros(2)
 def test_as_float_array_converts_float32_and_lists():
     out = as_float_array(np.array([1.5, 2.5], dtype=np.float32), "x", ndim=1)
     assert out.dtype == np.float64 and out.tolist() == [1.5, 2.5]
+
+
+def test_as_tensor_keeps_float32_tensors_and_their_graph():
+    x = torch.ones(2, dtype=torch.float32, requires_grad=True)
+    out = as_tensor(x, "x")
+    assert out is x
+    assert as_tensor([1, 2], "x").dtype == torch.float64
 
 
 def test_check_spd_returns_the_cholesky_factor():
@@ -105,6 +116,21 @@ BAD_INPUTS = {
          r"weights must have shape \(n_visible, n_latent\) with n_visible = 2"),
         (lambda: check_bsc_batch_inputs(np.zeros((4, 3)), _W, _B, [1.0]), TypeError,
          r"noise_precision must be a positive number"),
+    ],
+    "as_tensor": [
+        (lambda: as_tensor("a", "x"), TypeError, r"x must be a torch.Tensor or numeric"),
+        (lambda: as_tensor(torch.tensor([0.0, float("inf")]), "x"), ValueError,
+         r"x must contain only finite"),
+        (lambda: as_tensor([np.nan], "x"), ValueError, r"x must contain only finite"),
+    ],
+    "check_broadcast": [
+        (lambda: check_broadcast(mean=np.zeros(3), var=np.ones(2)), ValueError,
+         r"mean \(3,\) and var \(2,\) must broadcast to one shape"),
+    ],
+    "check_enumerable": [
+        (lambda: check_enumerable(np.zeros(17), 16, "bias"), ValueError,
+         r"bias has n_latent = 17 entries: enumeration over 2\^n_latent codes needs "
+         r"n_latent <= 16"),
     ],
     "check_fit_controls": [
         (lambda: check_fit_controls(-1.0, 0.0, 10), ValueError, r"tol must be a finite number"),
