@@ -74,7 +74,6 @@ __all__ = [
     "cavi_normal_gamma",
     "dirichlet_mixture_elbo",
     "gaussian_mixture_elbo",
-    "kl_on_grid",
     "mean_field_gaussian",
     "normal_gamma_elbo",
 ]
@@ -229,48 +228,6 @@ def cavi_normal_gamma(x, prior: NormalGamma, init: NormalGammaMeanField | None =
             converged = True
             break
     return NormalGammaCAVIResult(q, history, np.asarray(elbos), updated, converged)
-
-
-def _log_density_grid(values, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be numeric array-like, got {type(values).__name__}"
-                        ) from exc
-    if np.any(np.isnan(arr)):
-        raise ValueError(f"{name} must not contain NaN ({int(np.isnan(arr).sum())} entries)")
-    if np.any(arr == np.inf):
-        raise ValueError(f"{name} must be < +inf everywhere (a log density)")
-    return arr
-
-
-def kl_on_grid(log_q, log_p, grid_0, grid_1) -> float:
-    """KL(q || p) = integral of q (log q - log p) by the trapezoid rule on a 2-D grid.
-
-    Chapter 4 uses it as a check of log p(x) - ELBO(q) that shares no formula with
-    the closed forms. ``log_q`` and ``log_p`` are the two log densities evaluated on
-    ``np.meshgrid(grid_0, grid_1, indexing="ij")``; where q underflows to 0 the
-    integrand is 0.
-
-    Raises
-    ------
-    ValueError
-        If the shapes do not match the grids, the grids are not increasing, or a log
-        density holds NaN or +inf (-inf, a zero density, is allowed).
-    """
-    g0 = as_float_array(grid_0, "grid_0", ndim=1)
-    g1 = as_float_array(grid_1, "grid_1", ndim=1)
-    for name, g in (("grid_0", g0), ("grid_1", g1)):
-        if g.size < 2 or np.any(np.diff(g) <= 0):
-            raise ValueError(f"{name} must be strictly increasing with >= 2 points")
-    log_q, log_p = _log_density_grid(log_q, "log_q"), _log_density_grid(log_p, "log_p")
-    if log_q.shape != (g0.size, g1.size) or log_p.shape != log_q.shape:
-        raise ValueError(f"log_q and log_p must have shape {(g0.size, g1.size)}, "
-                         f"got {log_q.shape} and {log_p.shape}")
-    q = np.exp(log_q)
-    with np.errstate(invalid="ignore"):
-        integrand = np.where(q > 0, q * (log_q - log_p), 0.0)
-    return float(np.trapezoid(np.trapezoid(integrand, g1, axis=1), g0))
 
 
 # ---------------------------------------------------------------------------------------

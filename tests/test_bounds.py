@@ -387,7 +387,25 @@ NO_INPUTS = {
 }
 
 # ELBO of q = N(m, s^2) for log p(x, z) = log N(z; 0, 1): -(m^2 + s^2)/2 + log s + 1/2
+def _norm_logpdf(x, mean=0.0, var=1.0):
+    return -0.5 * ((x - mean) ** 2 / var + np.log(2 * np.pi * var))
+
+
+def _kl_on_grid_of_gaussians():
+    """KL(N(0, 1) N(0, 1) || N(0.5, 2) N(0, 1)) on a fine grid, and in closed form."""
+    g = np.linspace(-12, 12, 1201)
+    mu, tau = np.meshgrid(g, g, indexing="ij")
+    log_q = _norm_logpdf(mu) + _norm_logpdf(tau)
+    log_p = _norm_logpdf(mu, 0.5, 2.0) + _norm_logpdf(tau)
+    want = 0.5 * (np.log(2.0) + (1 + 0.25) / 2 - 1)
+    return kl_on_grid(log_q, log_p, g, g), want
+
+
 EXTREME_INPUTS = {
+    "kl_on_grid": [
+        (_kl_on_grid_of_gaussians,
+         lambda out: np.testing.assert_allclose(out[0], out[1], rtol=1e-6)),
+    ],
     "gaussian_elbo_quadrature": [
         (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, 0.0, 1e-200),
          lambda out: np.testing.assert_allclose(out, np.log(1e-200) + 0.5, rtol=1e-13)),

@@ -10,6 +10,7 @@ from scipy.stats import gamma, norm
 from sklearn.metrics import adjusted_rand_score
 from torch.distributions import Gamma, Normal
 
+from elbo_lib.bounds import kl_on_grid
 from elbo_lib.gaussians import gaussian_kl_full
 from elbo_lib.mean_field import (
     NormalGammaMeanField,
@@ -20,7 +21,6 @@ from elbo_lib.mean_field import (
     cavi_gaussian_mixture,
     cavi_normal_gamma,
     gaussian_mixture_elbo,
-    kl_on_grid,
     mean_field_gaussian,
     normal_gamma_elbo,
 )
@@ -418,8 +418,6 @@ def test_bsc_batch_validates(bsc_batch):
 _NG_X = np.random.default_rng(3).normal(1.0, 0.7, size=12)
 _NG_PRIOR = NormalGamma(0.5, 2.0, 1.5, 0.8)
 _NG_Q = NormalGammaMeanField(1.0, 10.0, 7.5, 4.0)
-_G0, _G1 = np.linspace(-1, 1, 5), np.linspace(-2, 2, 7)
-_LOG_Q = np.full((5, 7), -1.0)
 _MIX_X = np.concatenate([np.linspace(-4, -3, 5), np.linspace(3, 4, 5)])
 _MIX_M, _MIX_S2, _MIX_R = np.array([-3.5, 3.5]), np.array([0.2, 0.2]), np.full((10, 2), 0.5)
 _BV = np.array([1.0, -0.5, 0.3])
@@ -427,16 +425,6 @@ _BW = np.array([[1.0, 0.0], [0.5, 1.0], [0.0, -1.0]])
 _BB = np.array([-1.0, 0.0])
 _BV_BATCH = np.stack([_BV, -_BV, 2 * _BV])
 _PREC = np.array([[2.0, 0.5], [0.5, 1.0]])
-
-
-def _kl_on_grid_of_gaussians():
-    """KL(N(0, 1) N(0, 1) || N(0.5, 2) N(0, 1)) on a fine grid, and in closed form."""
-    g = np.linspace(-12, 12, 1201)
-    mu, tau = np.meshgrid(g, g, indexing="ij")
-    log_q = norm.logpdf(mu) + norm.logpdf(tau)
-    log_p = norm.logpdf(mu, 0.5, np.sqrt(2.0)) + norm.logpdf(tau)
-    want = 0.5 * (np.log(2.0) + (1 + 0.25) / 2 - 1)
-    return kl_on_grid(log_q, log_p, g, g), want
 
 
 BAD_INPUTS = {
@@ -472,18 +460,6 @@ BAD_INPUTS = {
          r"init must be a NormalGammaMeanField"),
         (lambda: cavi_normal_gamma(_NG_X[:, None], _NG_PRIOR), ValueError,
          r"x must have 1 dimension"),
-    ],
-    "kl_on_grid": [
-        (lambda: kl_on_grid(np.full((5, 7), np.nan), _LOG_Q, _G0, _G1), ValueError,
-         r"log_q must not contain NaN"),
-        (lambda: kl_on_grid(_LOG_Q, np.where(_LOG_Q < 0, np.nan, 0), _G0, _G1), ValueError,
-         r"log_p must not contain NaN"),
-        (lambda: kl_on_grid(np.full((5, 7), np.inf), _LOG_Q, _G0, _G1), ValueError,
-         r"log_q must be < \+inf"),
-        (lambda: kl_on_grid(_LOG_Q, _LOG_Q, _G0[::-1], _G1), ValueError,
-         r"grid_0 must be strictly increasing"),
-        (lambda: kl_on_grid(_LOG_Q[:4], _LOG_Q, _G0, _G1), ValueError,
-         r"log_q and log_p must have shape \(5, 7\)"),
     ],
     "mean_field_gaussian": [
         (lambda: mean_field_gaussian(np.zeros(2), -_PREC), ValueError,
@@ -604,10 +580,6 @@ NO_INPUTS = {
 }
 
 EXTREME_INPUTS = {
-    "kl_on_grid": [
-        (_kl_on_grid_of_gaussians,
-         lambda out: np.testing.assert_allclose(out[0], out[1], rtol=1e-6)),
-    ],
     "mean_field_gaussian": [
         # one dimension: the factor is the distribution itself
         (lambda: mean_field_gaussian([1e150], [[1e-300]]),
