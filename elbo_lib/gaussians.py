@@ -67,8 +67,9 @@ def _elementwise_inputs(positive: tuple[str, ...], **named):
                for name, a in named.items()}
     for name in positive:
         if bool((out[name] <= 0).any()):
-            raise ValueError(f"{name} must be > 0 everywhere, got minimum "
-                             f"{float(out[name].min())!r}")
+            low = out[name].min()
+            low = float(low.detach() if isinstance(low, torch.Tensor) else low)
+            raise ValueError(f"{name} must be > 0 everywhere, got minimum {low!r}")
     if len(out) > 1:
         check_broadcast(**out)
     return xp, out
@@ -345,7 +346,8 @@ def diagonal_gaussian(mu: torch.Tensor, sigma: torch.Tensor) -> Distribution:
     mu = as_tensor(mu, "mu")
     sigma = as_tensor(sigma, "sigma", dtype=mu.dtype)
     if bool((sigma <= 0).any()):
-        raise ValueError(f"sigma must be > 0 everywhere, got minimum {float(sigma.min())!r}")
+        low = float(sigma.detach().min())
+        raise ValueError(f"sigma must be > 0 everywhere, got minimum {low!r}")
     check_broadcast(mu=mu, sigma=sigma)
     return Independent(Normal(mu, sigma), 1)
 
