@@ -99,7 +99,7 @@ def run(config: Config) -> dict:
         rows.append(row(
             "cavi", "time to convergence", {"n": n, "d": d, "K": k},
             ours=t["ours"], reference_name="sklearn BayesianGaussianMixture (spherical)",
-            reference=t["sklearn"], ours_iters=a.n_iter, ref_iters=b.n_iter_,
+            reference=t["sklearn"], ours_iters=a.num_iter, ref_iters=b.n_iter_,
             agreement="adjusted Rand index", agreement_value=float(ari),
             notes=f"converged {a.converged}/{b.converged_}; different models"))
     return {"name": "cavi", "title": TITLE, "equality": EQUALITY, "rows": rows}

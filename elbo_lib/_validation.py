@@ -14,21 +14,27 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 
 __all__ = [
     "LOG_2PI",
     "as_float_array",
     "as_generator",
+    "as_tensor",
+    "check_broadcast",
     "check_nonnegative",
     "check_positive",
     "check_bsc_batch_inputs",
-    "check_fit_controls",
     "check_bsc_inputs",
+    "check_enumerable",
+    "check_finite_tensor",
+    "check_fit_controls",
     "check_positive_int",
     "check_probability_rows",
     "check_real",
     "check_spd",
     "check_symmetric",
+    "power_of_two_scale",
 ]
 
 #: log(2 pi), the constant of every Gaussian log-density.
@@ -178,8 +184,58 @@ def check_spd(mats, name: str, shape: tuple[int, ...] | None = None
     try:
         chol = np.linalg.cholesky(c)
     except np.linalg.LinAlgError as exc:
-        raise ValueError(f"{name} must be positive definite") from exc
+        if c.ndim == 2:
+            raise ValueError(f"{name} must be positive definite, got smallest eigenvalue "
+                             f"{np.linalg.eigvalsh(c).min():.3g}") from exc
+        flat = c.reshape(-1, *c.shape[-2:])
+        low = np.linalg.eigvalsh(flat).min(axis=1)
+        bad = int(np.argmax(low <= 0)) if np.any(low <= 0) else int(np.argmin(low))
+        index = np.unravel_index(bad, c.shape[:-2])
+        where = ", ".join(str(int(i)) for i in index)
+        raise ValueError(f"{name}[{where}] must be positive definite, got smallest "
+                         f"eigenvalue {low[bad]:.3g}") from exc
     return c, chol
+
+
+def check_broadcast(**arrays) -> tuple[int, ...]:
+    """The broadcast shape of named arrays, or a ValueError naming them and their shapes."""
+    shapes = {name: tuple(np.shape(a)) for name, a in arrays.items()}
+    try:
+        return tuple(np.broadcast_shapes(*shapes.values()))
+    except ValueError as exc:
+        listed = [f"{name} {shape}" for name, shape in shapes.items()]
+        raise ValueError(f"{', '.join(listed[:-1])} and {listed[-1]} must broadcast to one "
+                         f"shape") from exc
+
+
+def as_tensor(x, name: str, dtype=None):
+    """``x`` as a finite floating torch tensor (a tensor keeps its dtype and its graph).
+
+    Array-likes become float64 tensors (or ``dtype``); float32 and float64 tensors are
+    accepted as they are, integer tensors become float64.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is neither a tensor nor numeric array-like.
+    ValueError
+        If ``x`` holds NaN or inf.
+    """
+
+    if isinstance(x, torch.Tensor):
+        t = x if x.is_floating_point() else x.to(torch.float64)
+        if dtype is not None:
+            t = t.to(dtype)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64),
+                                dtype=torch.float64 if dtype is None else dtype)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be a torch.Tensor or numeric array-like, got "
+                            f"{type(x).__name__}") from exc
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name} must contain only finite values (no NaN or inf)")
+    return t
 
 
 def check_real(value, name: str) -> float:
@@ -213,21 +269,31 @@ def check_bsc_inputs(v, weights, bias, noise_precision):
     return v, weights, bias, beta
 
 
-def check_bsc_batch_inputs(v, weights, bias, noise_precision):
+def check_bsc_batch_inputs(v, weights, bias, noise_precision, prefix: str = ""):
     """Check the parameters of binary sparse coding for a batch ``v`` (N, n_visible).
 
-    Returns ``(v, weights, bias, beta)``, ``beta`` a float (chapter 4).
+    Returns ``(v, weights, bias, beta)``, ``beta`` a float (chapter 4). ``prefix`` is put
+    before the parameter names in messages (``"init_"`` for initial values).
     """
     v = as_float_array(v, "v", ndim=2)
-    weights = as_float_array(weights, "weights", ndim=2)
+    weights = as_float_array(weights, f"{prefix}weights", ndim=2)
     if weights.shape[0] != v.shape[1]:
-        raise ValueError(f"weights must have shape (n_visible, n_latent) with n_visible = "
-                         f"{v.shape[1]}, got {weights.shape}")
-    bias = as_float_array(bias, "bias", ndim=1)
+        raise ValueError(f"{prefix}weights must have shape (n_visible, n_latent) with "
+                         f"n_visible = {v.shape[1]}, got {weights.shape}")
+    bias = as_float_array(bias, f"{prefix}bias", ndim=1)
     if bias.size != weights.shape[1]:
-        raise ValueError(f"bias must have length n_latent = {weights.shape[1]}, got {bias.size}")
-    beta = check_positive(noise_precision, "noise_precision")
+        raise ValueError(f"{prefix}bias must have length n_latent = {weights.shape[1]}, "
+                         f"got {bias.size}")
+    beta = check_positive(noise_precision, f"{prefix}noise_precision")
     return v, weights, bias, beta
+
+
+def check_enumerable(bias, limit: int, name: str = "bias") -> None:
+    """Refuse an enumeration over 2^n_latent binary codes when n_latent > ``limit``."""
+    n = np.shape(bias)[0]
+    if n > limit:
+        raise ValueError(f"{name} has n_latent = {n} entries: enumeration over 2^n_latent "
+                         f"codes needs n_latent <= {limit}")
 
 
 def check_fit_controls(tol, reg_covar, max_iter) -> tuple[float, float, int]:
@@ -248,8 +314,26 @@ def power_of_two_scale(x, axis=None, keepdims: bool = False):
     back gives bit for bit the unscaled answer wherever that one neither overflows nor
     underflows, and ordinary data are not touched at all (sparse coding and ZCA, chapter 3).
     """
-    m = np.max(np.abs(np.asarray(x, dtype=np.float64)), axis=axis, keepdims=keepdims)
+    m = np.max(np.abs(as_float_array(x, "x")), axis=axis, keepdims=keepdims)
     _, e = np.frexp(m)
     extreme = (m > 2.0**100) | ((m < 2.0**-100) & (m > 0))
     out = np.where(extreme, np.ldexp(1.0, np.asarray(e) - 1), 1.0)
     return float(out) if np.ndim(out) == 0 else out
+
+
+def check_finite_tensor(t, name: str):
+    """Return the torch tensor ``t`` after checking that it holds only finite values.
+
+    Raises
+    ------
+    ValueError
+        If ``t`` holds NaN or inf (the message counts them).
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    finite = t.isfinite()
+    if not bool(finite.all()):
+        raise ValueError(f"{name} must contain only finite values (no NaN or inf), got "
+                         f"{int((~finite).sum())} non-finite of {t.numel()}")
+    return t
+

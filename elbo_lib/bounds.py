@@ -31,10 +31,12 @@ import torch
 from torch.distributions import Distribution
 
 from elbo_lib._validation import (
+    LOG_2PI,
     as_float_array,
     as_generator,
     check_positive,
     check_positive_int,
+    check_spd,
 )
 from elbo_lib.gaussians import gaussian_entropy
 from elbo_lib.gradients import apply_baseline, check_baseline
@@ -60,6 +62,15 @@ def _log_joint_values(log_joint, z: torch.Tensor, num_samples: int) -> torch.Ten
         shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
         raise ValueError(f"log_joint must return a tensor of shape ({num_samples},), got {shape}")
     return log_p
+
+
+def _check_terms(terms: torch.Tensor) -> None:
+    """log_joint(z) - log q(z) must be finite at every sample."""
+    bad = ~torch.isfinite(terms)
+    if bool(bad.any()):
+        raise ValueError(f"log_joint(z) - q.log_prob(z) must be finite for every sample, got "
+                         f"{int(bad.sum())} non-finite of {terms.numel()} (log_joint "
+                         f"returned NaN or inf, or q puts mass where log_joint is -inf)")
 
 
 def _check_single_q(q, log_joint) -> None:
@@ -130,8 +141,7 @@ def monte_carlo_elbo(
                          "(score-function gradients, chapter 5)")
     z = q.rsample((num_samples,)) if reparameterize else q.sample((num_samples,))
     terms = _log_joint_values(log_joint, z, num_samples) - q.log_prob(z)
-    if not torch.all(torch.isfinite(terms)):
-        raise ValueError("log p(x, z) - log q(z) is not finite for some samples")
+    _check_terms(terms)
     estimate = terms.mean()
     if return_std_error:
         return estimate, terms.detach().std(unbiased=True) / num_samples**0.5
@@ -244,7 +254,11 @@ def gaussian_elbo_quadrature(log_joint: Callable[[np.ndarray], np.ndarray], mean
     num_nodes = check_positive_int(num_nodes, "num_nodes")
     mean = as_float_array(mean, "mean")
     std = check_positive(std, "std", allow_array=True)
-    mean, std = np.broadcast_arrays(mean, std)
+    try:
+        mean, std = np.broadcast_arrays(mean, std)
+    except ValueError as exc:
+        raise ValueError(f"mean and std must broadcast together, got shapes {mean.shape} "
+                         f"and {std.shape}") from exc
     nodes, weights = hermegauss(num_nodes)
     weights = weights / weights.sum()
     z = mean[..., None] + std[..., None] * nodes
@@ -254,7 +268,14 @@ def gaussian_elbo_quadrature(log_joint: Callable[[np.ndarray], np.ndarray], mean
                          f"{z.shape}, got {values.shape}")
     if np.any(np.isnan(values)):
         raise ValueError("log_joint returned NaN")
-    out = values @ weights + gaussian_entropy(std**2)
+    if np.any(np.isposinf(values)):
+        raise ValueError("log_joint returned +inf (a log-density must be finite or -inf)")
+    var = std**2
+    if np.all((var > 0) & np.isfinite(var)):
+        entropy = gaussian_entropy(var)
+    else:  # std**2 under- or overflows (std beyond 1e+-154): the entropy in log(std)
+        entropy = np.log(std) + 0.5 * (LOG_2PI + 1.0)
+    out = values @ weights + entropy
     return float(out) if out.ndim == 0 else out
 
 
@@ -296,6 +317,9 @@ def log_evidence_quadrature(log_joint: Callable[[np.ndarray], np.ndarray], grid)
     values = np.asarray(log_joint(grid), dtype=np.float64)
     if values.shape != grid.shape:
         raise ValueError(f"log_joint must return shape {grid.shape}, got {values.shape}")
+    if np.any(np.isnan(values) | np.isposinf(values)):
+        raise ValueError(f"log_joint returned NaN or +inf at "
+                         f"{int(np.sum(np.isnan(values) | np.isposinf(values)))} grid points")
     top = values.max()
     if not np.isfinite(top):
         raise ValueError("log_joint must be finite somewhere on the grid")
@@ -349,8 +373,7 @@ def score_function_elbo_surrogate(
     log_q = q.log_prob(z)
     with torch.no_grad():
         w = _log_joint_values(log_joint, z, num_samples) - log_q
-        if not torch.all(torch.isfinite(w)):
-            raise ValueError("log p(x, z) - log q(z) is not finite for some samples")
+        _check_terms(w)
         centred = apply_baseline(w.unsqueeze(0), baseline).squeeze(0)
     return (centred * log_q).mean(), w.mean()
 
@@ -421,10 +444,13 @@ def importance_sampling_posterior(
     from scipy.special import logsumexp
     from scipy.stats import multivariate_t
 
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
     mean = as_float_array(mean, "mean", ndim=1)
     cov = as_float_array(cov, "cov", ndim=2)
     if cov.shape != (mean.size, mean.size):
         raise ValueError(f"cov must have shape ({mean.size}, {mean.size}), got {cov.shape}")
+    check_spd(cov, "cov")
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     df = check_positive(df, "df")
@@ -435,7 +461,8 @@ def importance_sampling_posterior(
     with torch.no_grad():
         for start in range(0, num_samples, chunk_size):
             block = torch.as_tensor(z[start:start + chunk_size], dtype=DTYPE)
-            log_w[start:start + chunk_size] = log_joint(block).numpy()
+            log_w[start:start + chunk_size] = _log_joint_values(log_joint, block,
+                                                                len(block)).numpy()
     log_w -= proposal.logpdf(z)
     if not np.all(np.isfinite(log_w)):
         raise ValueError("log_joint or the proposal returned non-finite values")
@@ -483,8 +510,14 @@ def kl_on_grid(log_q, log_p, grid_0, grid_1) -> float:
     for name, g in (("grid_0", g0), ("grid_1", g1)):
         if g.size < 2 or np.any(np.diff(g) <= 0):
             raise ValueError(f"{name} must be strictly increasing with >= 2 points")
-    log_q = np.asarray(log_q, dtype=np.float64)
-    log_p = np.asarray(log_p, dtype=np.float64)
+    arrays = []
+    for name, values in (("log_q", log_q), ("log_p", log_p)):
+        try:
+            arrays.append(np.asarray(values, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be numeric array-like, "
+                            f"got {type(values).__name__}") from exc
+    log_q, log_p = arrays
     if log_q.shape != (g0.size, g1.size) or log_p.shape != log_q.shape:
         raise ValueError(f"log_q and log_p must have shape {(g0.size, g1.size)}, "
                          f"got {log_q.shape} and {log_p.shape}")

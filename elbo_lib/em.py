@@ -25,8 +25,6 @@ every E-step and M-step for free.
 
 from __future__ import annotations
 
-from numbers import Real
-
 import numpy as np
 
 from elbo_lib._validation import (
@@ -37,6 +35,8 @@ from elbo_lib._validation import (
     check_nonnegative,
     check_positive_int,
     check_probability_rows,
+    check_real,
+    check_spd,
     check_symmetric,
 )
 from elbo_lib.gaussians import gaussian_log_density, precision_cholesky
@@ -72,22 +72,39 @@ def _check_data(X) -> np.ndarray:
     return X
 
 
-def _check_weights(weights, n_components: int) -> np.ndarray:
-    return check_probability_rows(weights, "weights", (n_components,))
+def _check_weights(weights, n_components: int, name: str = "weights") -> np.ndarray:
+    return check_probability_rows(weights, name, (n_components,))
 
 
-def _check_means(means, n_components: int, n_features: int) -> np.ndarray:
-    m = as_float_array(means, "means", ndim=2)
+def _check_means(means, n_components: int, n_features: int, name: str = "means"
+                 ) -> np.ndarray:
+    m = as_float_array(means, name, ndim=2)
     if m.shape != (n_components, n_features):
-        raise ValueError(f"means must have shape ({n_components}, {n_features}), "
+        raise ValueError(f"{name} must have shape ({n_components}, {n_features}), "
                          f"got {m.shape}")
     return m
 
 
-def _check_floor(floor) -> str:
-    if floor not in _FLOORS:
-        raise ValueError(f"covariance_floor must be one of {_FLOORS}, got {floor!r}")
+def _check_floor(floor, name: str = "covariance_floor") -> str:
+    if not isinstance(floor, str) or floor not in _FLOORS:
+        raise ValueError(f"{name} must be one of {_FLOORS}, got {floor!r}")
     return floor
+
+
+def _check_theta(theta, name: str, like=None, n_features: int | None = None):
+    """A mixture's (weights, means, covariances), checked; shapes as ``like``'s if given."""
+    if not isinstance(theta, tuple | list) or len(theta) != 3:
+        raise ValueError(f"{name} must be a tuple (weights, means, covariances), "
+                         f"got {type(theta).__name__}")
+    if like is None:
+        k, d = as_float_array(theta[1], f"{name} means", ndim=2).shape
+    else:
+        k, d = like[1].shape
+    d = d if n_features is None else n_features
+    means = _check_means(theta[1], k, d, f"{name} means")
+    weights = _check_weights(theta[0], k, f"{name} weights")
+    cov, _ = check_spd(theta[2], f"{name} covariances", (k, d, d))
+    return weights, means, cov
 
 
 def _normalise(weighted_log_prob: np.ndarray):
@@ -164,11 +181,13 @@ def weighted_gaussian_m_step(X, resp, reg_covar: float, floor: str = "add"
     """
     X = _check_data(X)
     resp = as_float_array(resp, "resp", ndim=2)
-    if resp.shape[0] != X.shape[0] or np.any(resp < 0):
-        raise ValueError(f"resp must be >= 0 with {X.shape[0]} rows (one per point), "
+    if resp.shape[0] != X.shape[0]:
+        raise ValueError(f"resp must have {X.shape[0]} rows (one per point of X), "
                          f"got shape {resp.shape}")
+    if np.any(resp < 0):
+        raise ValueError(f"resp must be >= 0, got minimum {resp.min()!r}")
     reg_covar = check_nonnegative(reg_covar, "reg_covar")
-    floor = _check_floor(floor)
+    floor = _check_floor(floor, "floor")
     n, d = X.shape
     n_components = resp.shape[1]
     counts = resp.sum(axis=0) + _COUNT_EPS
@@ -397,9 +416,9 @@ class GaussianMixtureEM:
             idx = as_generator(self.rng).choice(n, size=k, replace=False)
             means = X[idx].copy()
         else:
-            means = _check_means(self.means_init, k, d)
+            means = _check_means(self.means_init, k, d, "means_init")
         weights = (np.full(k, 1.0 / k) if self.weights_init is None
-                   else _check_weights(self.weights_init, k))
+                   else _check_weights(self.weights_init, k, "weights_init"))
         if self.precisions_init is not None:
             prec = check_symmetric(self.precisions_init, "precisions_init", (k, d, d))
             try:
@@ -413,7 +432,7 @@ class GaussianMixtureEM:
                 data_cov = np.atleast_2d(np.cov(X, rowvar=False, bias=True))
                 cov = np.repeat((data_cov + self.reg_covar * np.eye(d))[None], k, axis=0)
             else:
-                cov = check_symmetric(self.covariances_init, "covariances_init", (k, d, d))
+                cov, _ = check_spd(self.covariances_init, "covariances_init", (k, d, d))
             prec_chol = precision_cholesky(cov)
         return weights, means, cov, prec_chol
 
@@ -605,20 +624,42 @@ def interpolate_parameters(theta_0, theta_1, t: float):
     with log-diagonals), so every t gives valid parameters: weights on the simplex and
     positive-definite covariances. Used for the one-step EM picture of chapter 2.
 
+    A component with weight 0 at either end has weight 0 everywhere except at the end
+    where it is positive: t = 0 and t = 1 return theta_0 and theta_1 exactly.
+
     Parameters
     ----------
     theta_0, theta_1 : tuple (weights, means, covariances)
+        Valid mixtures of the same shapes.
     t : float
 
     Returns
     -------
     tuple (weights, means, covariances)
+
+    Raises
+    ------
+    TypeError
+        If ``t`` is not a real number.
+    ValueError
+        If ``t`` is not finite, a theta is malformed (weights off the simplex,
+        covariances not positive definite, shapes that differ), or the two weight
+        vectors share no component.
     """
-    if not isinstance(t, Real) or isinstance(t, bool) or not np.isfinite(t):
-        raise TypeError(f"t must be a finite real number, got {t!r}")
-    a = _unconstrained(*(np.asarray(p, dtype=np.float64) for p in theta_0))
-    b = _unconstrained(*(np.asarray(p, dtype=np.float64) for p in theta_1))
-    log_w = (1 - t) * a[0] + t * b[0]
+    t = check_real(t, "t")
+    theta_0 = _check_theta(theta_0, "theta_0")
+    theta_1 = _check_theta(theta_1, "theta_1", like=theta_0)
+    if t in (0.0, 1.0):
+        return tuple(p.copy() for p in (theta_0 if t == 0.0 else theta_1))
+    with np.errstate(divide="ignore"):
+        a = _unconstrained(*theta_0)
+        b = _unconstrained(*theta_1)
+    both = np.isfinite(a[0]) & np.isfinite(b[0])
+    if not both.any():
+        raise ValueError("theta_0 weights and theta_1 weights share no component with "
+                         "weight > 0: there is no mixture between them")
+    log_w = np.where(both, (1 - t) * np.where(both, a[0], 0) + t * np.where(both, b[0], 0),
+                     -np.inf)
     weights = np.exp(log_w - log_w.max())
     weights /= weights.sum()
     means = (1 - t) * a[1] + t * b[1]
@@ -649,6 +690,8 @@ def bound_along_path(X, theta_old, theta_new, ts):
     """
     X = _check_data(X)
     ts = as_float_array(ts, "ts", ndim=1)
+    theta_old = _check_theta(theta_old, "theta_old", n_features=X.shape[1])
+    theta_new = _check_theta(theta_new, "theta_new", like=theta_old)
     q_old = gmm_responsibilities(X, *theta_old)
     q_new = gmm_responsibilities(X, *theta_new)
     h_old, h_new = _entropy(q_old), _entropy(q_new)
@@ -773,12 +816,12 @@ def _start(X, n_components, weights_init, means_init, covariances_init, rng, reg
     return weights, means, cov
 
 
-def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 20,
+def incremental_em(X, n_components: int, *, num_blocks: int = 10, num_sweeps: int = 20,
                    weights_init=None, means_init=None, covariances_init=None, rng=None,
                    reg_covar: float = 1e-6) -> EMTrace:
     """Incremental EM for a Gaussian mixture: one block's E-step, then an M-step (chapter 2).
 
-    Neal and Hinton's (1998) variant of EM. The data are split into ``n_blocks``
+    Neal and Hinton's (1998) variant of EM. The data are split into ``num_blocks``
     contiguous blocks. A first full E-step stores every block's responsibilities and
     sufficient statistics; then, block after block, the E-step is redone for that block
     only (the exact posterior of its points at the current theta), its statistics are
@@ -786,16 +829,16 @@ def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 
     the stored q. Both moves maximise L(q, theta) over one coordinate, so L never
     decreases (the covariance floor is applied by clipping, the exact constrained
     maximiser); log p(x | theta) itself may dip. The first sweep costs about as much
-    as one full EM iteration but moves theta ``n_blocks`` times.
+    as one full EM iteration but moves theta ``num_blocks`` times.
 
     Parameters
     ----------
     X : array_like, shape (n, d)
     n_components : int
         K (at most the number of points).
-    n_blocks : int
-        Number of blocks (1 <= n_blocks <= n; 1 is ordinary EM).
-    n_sweeps : int
+    num_blocks : int
+        Number of blocks (1 <= num_blocks <= n; 1 is ordinary EM).
+    num_sweeps : int
         Passes over the data after the first full E-step and M-step.
     weights_init, means_init, covariances_init, rng, reg_covar
         As for :class:`GaussianMixtureEM`.
@@ -803,23 +846,23 @@ def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 
     Returns
     -------
     EMTrace
-        ``log_likelihood_`` and ``elbo_`` of length ``1 + n_sweeps * n_blocks``: the value
+        ``log_likelihood_`` and ``elbo_`` of length ``1 + num_sweeps * num_blocks``: the value
         after the first full EM iteration, then after every block step.
     """
     X = _check_data(X)
     n, _ = X.shape
     n_components = check_positive_int(n_components, "n_components")
-    n_blocks = check_positive_int(n_blocks, "n_blocks")
-    n_sweeps = check_positive_int(n_sweeps, "n_sweeps")
+    num_blocks = check_positive_int(num_blocks, "num_blocks")
+    num_sweeps = check_positive_int(num_sweeps, "num_sweeps")
     if n < n_components:
         raise ValueError(f"n_components={n_components} is larger than the number of "
                          f"points n={n}: need n >= n_components")
-    if n_blocks > n:
-        raise ValueError(f"n_blocks={n_blocks} is larger than the number of points n={n}")
+    if num_blocks > n:
+        raise ValueError(f"num_blocks={num_blocks} is larger than the number of points n={n}")
     reg_covar = check_nonnegative(reg_covar, "reg_covar")
     theta = _start(X, n_components, weights_init, means_init, covariances_init, rng,
                    reg_covar)
-    bounds = np.linspace(0, n, n_blocks + 1).astype(int)
+    bounds = np.linspace(0, n, num_blocks + 1).astype(int)
     blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     wlp = _weighted_log_prob(X, *theta[:2], precision_cholesky(theta[2]))
     _, resp, log_resp = _normalise(wlp)
@@ -834,7 +877,7 @@ def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 
 
     theta = _theta_from_stats(*totals, reg_covar, "clip")
     record()
-    for _ in range(n_sweeps):
+    for _ in range(num_sweeps):
         for j, b in enumerate(blocks):
             # partial E-step: exact posterior of block b at the current theta
             wlp_b = _weighted_log_prob(X[b], *theta[:2], precision_cholesky(theta[2]))
@@ -848,9 +891,9 @@ def incremental_em(X, n_components: int, *, n_blocks: int = 10, n_sweeps: int = 
             record()
     out = EMTrace()
     out.weights_, out.means_, out.covariances_ = theta
-    out.n_iter_ = n_sweeps
+    out.n_iter_ = num_sweeps
     out.log_likelihood_, out.elbo_ = np.asarray(log_lik), np.asarray(elbo)
-    out.steps_per_sweep = n_blocks
+    out.steps_per_sweep = num_blocks
     return out
 
 
@@ -874,17 +917,18 @@ def gmm_log_prior(weights, covariances, *, weight_concentration: float,
     """
     from scipy.special import gammaln, multigammaln
 
-    weights = _check_weights(weights, np.asarray(weights).shape[0])
+    weights = as_float_array(weights, "weights", ndim=1)
     k = weights.shape[0]
+    weights = _check_weights(weights, k)
     cov = as_float_array(covariances, "covariances", ndim=3)
     d = cov.shape[1]
-    cov = check_symmetric(cov, "covariances", (k, d, d))
+    cov, _ = check_spd(cov, "covariances", (k, d, d))
     alpha = check_nonnegative(weight_concentration, "weight_concentration")
     nu = check_nonnegative(cov_prior_dof, "cov_prior_dof")
     if alpha < 1 or nu <= d - 1:
         raise ValueError(f"need weight_concentration >= 1 and cov_prior_dof > d - 1 = "
                          f"{d - 1}, got {alpha} and {nu}")
-    psi = check_symmetric(cov_prior_scale, "cov_prior_scale", (d, d))
+    psi, _ = check_spd(cov_prior_scale, "cov_prior_scale", (d, d))
     with np.errstate(divide="ignore"):
         log_dir = (gammaln(k * alpha) - k * gammaln(alpha)
                    + (alpha - 1) * float(np.sum(np.log(weights))))
@@ -947,8 +991,8 @@ def map_em(X, n_components: int, *, weight_concentration: float = 1.0,
                          f"points n={n}: need n >= n_components")
     nu = float(d + 2) if cov_prior_dof is None else check_nonnegative(cov_prior_dof,
                                                                          "cov_prior_dof")
-    psi = 1e-3 * np.eye(d) if cov_prior_scale is None else check_symmetric(
-        cov_prior_scale, "cov_prior_scale", (d, d))
+    psi = 1e-3 * np.eye(d) if cov_prior_scale is None else check_spd(
+        cov_prior_scale, "cov_prior_scale", (d, d))[0]
     alpha = check_nonnegative(weight_concentration, "weight_concentration")
     if alpha < 1 or nu <= d - 1:
         raise ValueError(f"need weight_concentration >= 1 and cov_prior_dof > d - 1 = "

@@ -26,8 +26,11 @@ from torch.distributions import Distribution, Independent, Normal
 from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
+    as_tensor,
+    check_broadcast,
     check_positive,
     check_spd,
+    check_symmetric,
 )
 
 __all__ = [
@@ -48,6 +51,28 @@ _BLOCK_ELEMENTS = 2**19
 
 def _xp(*arrays):
     return torch if any(isinstance(a, torch.Tensor) for a in arrays) else np
+
+
+def _elementwise_inputs(positive: tuple[str, ...], **named):
+    """Named NumPy arrays (float64) or torch tensors, finite, broadcastable, with the
+    ``positive`` ones > 0 everywhere. Torch is used when any input is a tensor; then
+    the other inputs take the dtype of the first floating tensor."""
+    xp = _xp(*named.values())
+    if xp is np:
+        out = {name: as_float_array(a, name) for name, a in named.items()}
+    else:
+        dtype = next((a.dtype for a in named.values()
+                      if isinstance(a, torch.Tensor) and a.is_floating_point()), torch.float64)
+        out = {name: as_tensor(a, name, dtype=None if isinstance(a, torch.Tensor) else dtype)
+               for name, a in named.items()}
+    for name in positive:
+        if bool((out[name] <= 0).any()):
+            low = out[name].min()
+            low = float(low.detach() if isinstance(low, torch.Tensor) else low)
+            raise ValueError(f"{name} must be > 0 everywhere, got minimum {low!r}")
+    if len(out) > 1:
+        check_broadcast(**out)
+    return xp, out
 
 
 # ---------------------------------------------------------------------------------------
@@ -82,16 +107,12 @@ def gaussian_kl(mean_q, var_q, mean_p, var_p):
     ValueError
         If a variance is not strictly positive.
     """
-    xp = _xp(mean_q, var_q, mean_p, var_p)
-    for name, v in (("var_q", var_q), ("var_p", var_p)):
-        if bool(xp.any(xp.asarray(v) <= 0)) if xp is np else bool((torch.as_tensor(v) <= 0).any()):
-            raise ValueError(f"{name} must be > 0 everywhere")
-    if xp is np:
-        mean_q, var_q, mean_p, var_p = (np.asarray(a, dtype=np.float64)
-                                        for a in (mean_q, var_q, mean_p, var_p))
-    else:
-        mean_q, var_q, mean_p, var_p = (torch.as_tensor(a) for a in (mean_q, var_q, mean_p, var_p))
-    return 0.5 * (xp.log(var_p / var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1.0)
+    xp, a = _elementwise_inputs(("var_q", "var_p"), mean_q=mean_q, var_q=var_q,
+                                mean_p=mean_p, var_p=var_p)
+    mean_q, var_q, mean_p, var_p = a["mean_q"], a["var_q"], a["mean_p"], a["var_p"]
+    # log(v_p) - log(v_q), not log(v_p / v_q): the ratio of 1e300 and 1e-300 overflows
+    return 0.5 * (xp.log(var_p) - xp.log(var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p
+                  - 1.0)
 
 
 def gaussian_entropy(var):
@@ -109,14 +130,13 @@ def gaussian_entropy(var):
 
     Raises
     ------
+    TypeError
+        If ``var`` is not numeric.
     ValueError
-        If a variance is not strictly positive.
+        If a variance is not finite or not strictly positive.
     """
-    xp = _xp(var)
-    v = np.asarray(var, dtype=np.float64) if xp is np else torch.as_tensor(var)
-    if bool((v <= 0).any()):
-        raise ValueError("var must be > 0 everywhere")
-    return 0.5 * (xp.log(v) + np.log(2 * np.pi) + 1.0)
+    xp, a = _elementwise_inputs(("var",), var=var)
+    return 0.5 * (xp.log(a["var"]) + LOG_2PI + 1.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,8 +167,8 @@ def gaussian_kl_full(mean_q, cov_q, mean_p, cov_p) -> float:
     ValueError
         If a covariance is not symmetric positive definite or the shapes do not match.
     """
-    mean_q, cov_q, lq = _check_mean_and_spd(mean_q, cov_q, "cov_q")
-    mean_p, cov_p, lp = _check_mean_and_spd(mean_p, cov_p, "cov_p")
+    mean_q, cov_q, lq = _check_mean_and_spd(mean_q, cov_q, "mean_q", "cov_q")
+    mean_p, cov_p, lp = _check_mean_and_spd(mean_p, cov_p, "mean_p", "cov_p")
     if mean_q.shape != mean_p.shape:
         raise ValueError(f"mean_q and mean_p must have the same shape, got "
                          f"{mean_q.shape} and {mean_p.shape}")
@@ -159,8 +179,9 @@ def gaussian_kl_full(mean_q, cov_q, mean_p, cov_p) -> float:
     return float(0.5 * ((a**2).sum() + r @ r - mean_q.size + log_det_p - log_det_q))
 
 
-def _check_mean_and_spd(mean, matrix, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    mean = as_float_array(mean, "mean", ndim=1)
+def _check_mean_and_spd(mean, matrix, mean_name: str, name: str
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean = as_float_array(mean, mean_name, ndim=1)
     d = mean.size
     matrix, chol = check_spd(matrix, name, shape=(d, d))
     return mean, matrix, chol
@@ -185,24 +206,30 @@ def precision_cholesky(covariances) -> np.ndarray:
     Raises
     ------
     ValueError
-        If a matrix is not symmetric positive definite (a collapsed component: raise
-        ``reg_covar`` or use fewer components).
+        If a matrix is not symmetric positive definite (the message names the first such
+        component; in EM a collapsed component: raise ``reg_covar`` or use fewer
+        components).
     """
-    cov = as_float_array(covariances, "covariances", ndim=3)
-    if cov.shape[1] != cov.shape[2]:
-        raise ValueError(f"covariances must have shape (K, d, d), got {cov.shape}")
+    return _precision_cholesky(covariances, "covariances")
+
+
+def _precision_cholesky(covariances, name: str) -> np.ndarray:
+    cov = check_symmetric(as_float_array(covariances, name, ndim=3), name)
     try:
         chol = np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError as exc:
-        raise ValueError(
-            "a covariance matrix is not positive definite (a component collapsed onto "
-            "too few points): increase reg_covar, use fewer components or rescale X"
-        ) from exc
+    except np.linalg.LinAlgError:
+        try:
+            check_spd(cov, name)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in EM: a component collapsed onto too few points; "
+                             f"increase reg_covar, use fewer components or rescale X)"
+                             ) from None
+        raise
     out = np.empty_like(chol)
     for k, c in enumerate(chol):  # LAPACK triangular inverse (dtrtri), one per component
         inv, info = linalg.lapack.dtrtri(c, lower=1)
         if info != 0:
-            raise ValueError("a covariance matrix is singular: increase reg_covar")
+            raise ValueError(f"{name}[{k}] is singular: increase reg_covar")
         out[k] = inv.T
     return out
 
@@ -241,6 +268,10 @@ def gaussian_log_density(X, means, prec_chol) -> np.ndarray:
     if prec_chol.shape != (n_components, d, d):
         raise ValueError(f"prec_chol must have shape ({n_components}, {d}, {d}), "
                          f"got {prec_chol.shape}")
+    diag = np.diagonal(prec_chol, axis1=1, axis2=2)
+    if np.any(np.tril(prec_chol, -1) != 0) or np.any(diag <= 0):
+        raise ValueError("prec_chol must be upper triangular with a positive diagonal "
+                         "(the factors of precision_cholesky)")
     width = n_components * d
     stacked = np.ascontiguousarray(prec_chol.transpose(1, 0, 2).reshape(d, width))
     shift = np.einsum("kd,kde->ke", means, prec_chol).reshape(width)
@@ -273,9 +304,19 @@ def diagonal_gaussian_log_density(z: torch.Tensor, mean, logvar) -> torch.Tensor
     Returns
     -------
     torch.Tensor, shape (...)
+        In the dtype of ``z`` (float32 or float64; array-like ``z`` becomes float64).
+
+    Raises
+    ------
+    TypeError
+        If an input is not a tensor or numeric array-like.
+    ValueError
+        If an input holds NaN or inf, or the shapes do not broadcast.
     """
-    mean = torch.as_tensor(mean, dtype=z.dtype)
-    logvar = torch.as_tensor(logvar, dtype=z.dtype)
+    z = as_tensor(z, "z")
+    mean = as_tensor(mean, "mean", dtype=z.dtype)
+    logvar = as_tensor(logvar, "logvar", dtype=z.dtype)
+    check_broadcast(z=z, mean=mean, logvar=logvar)
     return -0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
 
 
@@ -293,20 +334,33 @@ def diagonal_gaussian(mu: torch.Tensor, sigma: torch.Tensor) -> Distribution:
     Returns
     -------
     torch.distributions.Distribution
-        Batch shape ``(...)``, event shape ``(D,)``.
+        Batch shape ``(...)``, event shape ``(D,)``; in the dtype of ``mu``.
+
+    Raises
+    ------
+    TypeError
+        If ``mu`` or ``sigma`` is not a tensor or numeric array-like.
+    ValueError
+        If they hold NaN or inf, ``sigma`` is not > 0, or the shapes do not broadcast.
     """
+    mu = as_tensor(mu, "mu")
+    sigma = as_tensor(sigma, "sigma", dtype=mu.dtype)
+    if bool((sigma <= 0).any()):
+        low = float(sigma.detach().min())
+        raise ValueError(f"sigma must be > 0 everywhere, got minimum {low!r}")
+    check_broadcast(mu=mu, sigma=sigma)
     return Independent(Normal(mu, sigma), 1)
 
 
 def _quadratic_inputs(a, b, mu, sigma):
-    a = as_float_array(a, "A", ndim=2)
+    a = as_float_array(a, "a", ndim=2)
     mu = as_float_array(mu, "mu", ndim=1)
     b = as_float_array(b, "b", ndim=1)
     sigma = check_positive(sigma, "sigma", allow_array=True)
     d = mu.size
-    if a.shape != (d, d) or b.shape != (d,) or sigma.shape != (d,):
-        raise ValueError(f"need A of shape ({d}, {d}) and b, sigma of shape ({d},) to match "
-                         f"mu; got A {a.shape}, b {b.shape}, sigma {sigma.shape}")
+    for name, arr, want in (("a", a, (d, d)), ("b", b, (d,)), ("sigma", sigma, (d,))):
+        if arr.shape != want:
+            raise ValueError(f"{name} must have shape {want} to match mu, got {arr.shape}")
     return a, b, mu, sigma
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from elbo_lib._validation import as_float_array, check_positive_int
+from elbo_lib._validation import as_float_array, check_positive_int, check_spd
 
 __all__ = [
     "GradientSNR",
@@ -75,14 +75,15 @@ def _check_params(params) -> dict[str, torch.Tensor]:
     out = {}
     for name, value in params.items():
         if not isinstance(name, str):
-            raise TypeError(f"parameter names must be str, got {type(name).__name__}")
+            raise TypeError(f"params keys must be str (parameter names), got "
+                            f"{type(name).__name__}")
         try:
             t = torch.as_tensor(value, dtype=DTYPE)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"parameter {name!r} must be numeric, got "
+            raise TypeError(f"params[{name!r}] must be numeric, got "
                             f"{type(value).__name__}") from exc
         if not torch.all(torch.isfinite(t)):
-            raise ValueError(f"parameter {name!r} must be finite")
+            raise ValueError(f"params[{name!r}] must be finite (no NaN or inf)")
         out[name] = t.detach()
     return out
 
@@ -96,7 +97,11 @@ def _check_estimator(estimator: str) -> str:
 def _build_q(make_q, reps: dict[str, torch.Tensor], n: int) -> Distribution:
     if not callable(make_q):
         raise TypeError(f"make_q must be callable, got {type(make_q).__name__}")
-    q = make_q(**reps)
+    try:
+        q = make_q(**reps)
+    except ValueError as exc:   # torch.distributions' argument validation
+        raise ValueError(f"params {sorted(reps)} are not valid parameters of make_q's "
+                         f"distribution: {exc}") from exc
     if not isinstance(q, Distribution):
         raise TypeError(f"make_q must return a torch Distribution, got {type(q).__name__}")
     if tuple(q.batch_shape) != (n,):
@@ -106,16 +111,16 @@ def _build_q(make_q, reps: dict[str, torch.Tensor], n: int) -> Distribution:
     return q
 
 
-def _evaluate(f, z: torch.Tensor, n: int) -> torch.Tensor:
+def _evaluate(f, z: torch.Tensor, n: int, name: str = "f") -> torch.Tensor:
     if not callable(f):
-        raise TypeError(f"f must be callable, got {type(f).__name__}")
+        raise TypeError(f"{name} must be callable, got {type(f).__name__}")
     fz = f(z)
     if not isinstance(fz, torch.Tensor) or tuple(fz.shape) != (n,):
         shape = tuple(fz.shape) if isinstance(fz, torch.Tensor) else type(fz).__name__
-        raise ValueError(f"f must map samples of shape {tuple(z.shape)} to a tensor of "
+        raise ValueError(f"{name} must map samples of shape {tuple(z.shape)} to a tensor of "
                          f"shape ({n},), got {shape}")
     if not torch.all(torch.isfinite(fz)):
-        raise ValueError("f returned non-finite values")
+        raise ValueError(f"{name} returned non-finite values")
     return fz
 
 
@@ -143,6 +148,7 @@ def check_baseline(baseline, num_samples: int) -> None | float | str:
     TypeError, ValueError
         For another type or string, a non-finite constant, or leave-one-out with S < 2.
     """
+    num_samples = check_positive_int(num_samples, "num_samples")
     if baseline is None:
         return None
     if isinstance(baseline, str):
@@ -161,7 +167,8 @@ def check_baseline(baseline, num_samples: int) -> None | float | str:
     return float(baseline)
 
 
-def apply_baseline(values: torch.Tensor, baseline: None | float | str) -> torch.Tensor:
+def apply_baseline(values: torch.Tensor, baseline: None | float | str, *,
+                   allow_nonfinite: bool = False) -> torch.Tensor:
     """Subtract a (checked) baseline from ``values`` of shape (R, S).
 
     ``values - b`` for a constant b; for ``"leave-one-out"`` each sample gets the mean
@@ -174,12 +181,30 @@ def apply_baseline(values: torch.Tensor, baseline: None | float | str) -> torch.
     ----------
     values : torch.Tensor, shape (R, S)
     baseline : None, float or "leave-one-out"
-        As returned by :func:`check_baseline`.
+        Checked by :func:`check_baseline` with S samples per group.
+    allow_nonfinite : bool
+        Let NaN and inf through (the diverged runs of
+        :func:`elbo_lib.variational.fit_gaussian_vi_parallel`); otherwise they are an
+        error.
 
     Returns
     -------
     torch.Tensor, shape (R, S)
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``values`` is not a 2-D tensor, holds NaN or inf (unless allowed), or the
+        baseline is not valid for S samples.
     """
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"values must be a torch.Tensor of shape (R, S), "
+                        f"got {type(values).__name__}")
+    if values.ndim != 2:
+        raise ValueError(f"values must have shape (R, S), got {tuple(values.shape)}")
+    if not allow_nonfinite and not bool(torch.isfinite(values).all()):
+        raise ValueError("values must be finite (no NaN or inf)")
+    baseline = check_baseline(baseline, values.shape[1])
     if baseline is None:
         return values
     if baseline == "leave-one-out":
@@ -418,10 +443,15 @@ def gaussian_elbo_gradient_samples(
     mu, low = _check_mu_tril(mu, scale_tril)
     num_samples = check_positive_int(num_samples, "num_samples")
     num_repeats = check_positive_int(num_repeats, "num_repeats")
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, "
+                        f"got {type(generator).__name__}")
     n, d = num_samples * num_repeats, mu.shape[0]
     eps = torch.randn(n, d, dtype=DTYPE, generator=generator)
     z = (mu + eps @ low.T).requires_grad_(True)
-    (g,) = torch.autograd.grad(_evaluate(log_joint, z, n).sum(), z)
+    (g,) = torch.autograd.grad(_evaluate(log_joint, z, n, "log_joint").sum(), z)
     if estimator == "path-derivative":
         g = g + torch.linalg.solve_triangular(low.T, eps.T, upper=True).T
     g_low = torch.tril(g[:, :, None] * eps[:, None, :])
@@ -447,6 +477,7 @@ def gaussian_target_elbo_gradient(mu, scale_tril, mean, precision) -> dict[str, 
     if mean.shape != (d,) or precision.shape != (d, d):
         raise ValueError(f"mean and precision must have shapes ({d},) and ({d}, {d}), got "
                          f"{mean.shape} and {precision.shape}")
+    check_spd(precision, "precision")
     return {"mu": -precision @ (mu - mean),
             "scale_tril": np.tril(-precision @ low) + np.diag(1.0 / np.diag(low))}
 
@@ -518,7 +549,7 @@ def gradient_snr(objective: Callable[[], torch.Tensor],
     groups = {name: list(group) for name, group in params.items()}
     for name, group in groups.items():
         if not group or not all(isinstance(p, torch.Tensor) for p in group):
-            raise TypeError(f"parameter group {name!r} must hold at least one tensor")
+            raise TypeError(f"params group {name!r} must hold at least one tensor")
     flat = [p for group in groups.values() for p in group]
     samples = []
     for repeat in range(num_repeats):

@@ -19,11 +19,25 @@ from torch import nn
 from torch.distributions import Normal
 from torch.nn.functional import softplus
 
-from elbo_lib._validation import as_float_array, check_positive, check_positive_int
+from elbo_lib._validation import (
+    as_float_array,
+    check_finite_tensor,
+    check_positive,
+    check_positive_int,
+)
 
 __all__ = ["HeteroscedasticNet", "crps_gaussian", "fit_heteroscedastic", "monte_carlo_crps"]
 
 DTYPE = torch.float64
+
+
+def _as_float64(value, name: str) -> torch.Tensor:
+    """``value`` (a tensor or array-like) as a float64 tensor, or a TypeError naming it."""
+    try:
+        return torch.as_tensor(value, dtype=DTYPE)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be numeric (a tensor or array-like), "
+                        f"got {type(value).__name__}") from exc
 
 
 class HeteroscedasticNet(nn.Module):
@@ -46,8 +60,15 @@ class HeteroscedasticNet(nn.Module):
                                   nn.Linear(hidden, 2)).to(DTYPE)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return mean(x) and std(x), each of shape (n,), for x of shape (n,)."""
-        out = self.body(torch.as_tensor(x, dtype=DTYPE).reshape(-1, 1))
+        """Return mean(x) and std(x), each of shape (n,), for x of shape (n,).
+
+        ``x``: finite, float32 or float64 (computed in float64), a scalar or 1-D.
+        """
+        x = _as_float64(x, "x")
+        if x.ndim > 1:
+            raise ValueError(f"x must have 0 or 1 dimension(s), got shape {tuple(x.shape)}")
+        check_finite_tensor(x, "x")
+        out = self.body(x.reshape(-1, 1))
         return out[:, 0], softplus(out[:, 1]) + 1e-4
 
     def sample(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -80,7 +101,14 @@ def crps_gaussian(mean, std, y) -> torch.Tensor:
     ValueError
         If an input is not finite or a standard deviation is not positive.
     """
-    mean, std, y = (torch.as_tensor(a, dtype=DTYPE) for a in (mean, std, y))
+    mean, std, y = (_as_float64(a, name) for a, name in ((mean, "mean"), (std, "std"),
+                                                          (y, "y")))
+    try:
+        torch.broadcast_shapes(mean.shape, std.shape, y.shape)
+    except RuntimeError as exc:
+        raise ValueError(f"mean, std and y must broadcast together, got shapes "
+                         f"{tuple(mean.shape)}, {tuple(std.shape)} and "
+                         f"{tuple(y.shape)}") from exc
     for name, value in (("mean", mean), ("std", std), ("y", y)):
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} must be finite everywhere")
@@ -113,16 +141,23 @@ def monte_carlo_crps(samples: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     ValueError
         If the shapes are wrong, S is odd or below 2, or an input is not finite.
     """
-    if not isinstance(samples, torch.Tensor) or samples.ndim != 2:
-        raise ValueError("samples must be a 2-D tensor (S, n)")
+    if not isinstance(samples, torch.Tensor):
+        raise TypeError(f"samples must be a torch.Tensor of shape (S, n), "
+                        f"got {type(samples).__name__}")
+    if samples.ndim != 2:
+        raise ValueError(f"samples must be a 2-D tensor (S, n), got shape "
+                         f"{tuple(samples.shape)}")
     s = samples.shape[0]
     if s < 2 or s % 2:
-        raise ValueError(f"need an even number of samples >= 2, got {s}")
+        raise ValueError(f"samples must hold an even number of samples >= 2 (pairs), "
+                         f"got {s}")
     y = torch.as_tensor(y, dtype=samples.dtype)
     if y.shape != samples.shape[1:]:
         raise ValueError(f"y must have shape {tuple(samples.shape[1:])}, got {tuple(y.shape)}")
-    if not (bool(torch.isfinite(samples).all()) and bool(torch.isfinite(y).all())):
-        raise ValueError("samples and y must be finite")
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError("samples must be finite (no NaN or inf)")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y must be finite (no NaN or inf)")
     half = s // 2
     spread = (samples[:half] - samples[half:]).abs().mean(dim=0)
     return (samples - y).abs().mean(dim=0) - 0.5 * spread

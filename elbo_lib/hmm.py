@@ -31,7 +31,7 @@ from elbo_lib._validation import (
     check_fit_controls,
     check_positive_int,
     check_probability_rows,
-    check_symmetric,
+    check_spd,
 )
 from elbo_lib.em import weighted_gaussian_m_step
 from elbo_lib.gaussians import gaussian_log_density, precision_cholesky
@@ -54,8 +54,7 @@ MAX_ENUMERATED_SEQUENCES = 2**20
 # ---------------------------------------------------------------------------------------
 def _check_log_params(log_pi, log_A, log_B):
     """Validate log start probabilities (K,), log transitions (K, K), log emissions (T, K)."""
-    log_pi = np.asarray(log_pi, dtype=np.float64)
-    log_A = np.asarray(log_A, dtype=np.float64)
+    log_pi, log_A = _as_log_probabilities(log_pi, "log_pi"), _as_log_probabilities(log_A, "log_A")
     log_B = as_float_array(log_B, "log_B", ndim=2)
     k = log_B.shape[1]
     if log_pi.shape != (k,):
@@ -71,6 +70,14 @@ def _check_log_params(log_pi, log_A, log_B):
     if not np.allclose(np.logaddexp.reduce(log_A, axis=1), 0.0, atol=1e-8):
         raise ValueError("every row of exp(log_A) must sum to 1")
     return log_pi, log_A, log_B
+
+
+def _as_log_probabilities(x, name: str) -> np.ndarray:
+    """A float array that may hold -inf (log 0), unlike :func:`as_float_array`."""
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be numeric array-like, got {type(x).__name__}") from exc
 
 
 def _log(p):
@@ -222,8 +229,9 @@ def enumerate_posterior(log_pi, log_A, log_B):
     log_pi, log_A, log_B = _check_log_params(log_pi, log_A, log_B)
     T, K = log_B.shape
     if K**T > MAX_ENUMERATED_SEQUENCES:
-        raise ValueError(f"enumeration over K^T = {K}^{T} sequences is too large "
-                         f"(limit {MAX_ENUMERATED_SEQUENCES}); use a shorter sequence")
+        raise ValueError(f"log_B has T={T} steps: enumeration over K^T = {K}^{T} sequences "
+                         f"is too large (limit {MAX_ENUMERATED_SEQUENCES}); use a shorter "
+                         f"sequence")
     seqs = np.array(list(itertools.product(range(K), repeat=T)), dtype=np.intp)
     log_joint = log_pi[seqs[:, 0]] + log_B[np.arange(T), seqs].sum(axis=1)
     if T > 1:
@@ -258,12 +266,29 @@ def chain_entropy(gamma, xi) -> float:
     Returns
     -------
     float
+
+    Raises
+    ------
+    ValueError
+        If ``gamma`` does not hold distributions, ``xi`` does not hold joint
+        distributions of consecutive steps, or their marginals disagree with ``gamma``.
     """
-    gamma = as_float_array(gamma, "gamma", ndim=2)
-    xi = np.asarray(xi, dtype=np.float64)
+    gamma = check_probability_rows(as_float_array(gamma, "gamma", ndim=2), "gamma")
     T, K = gamma.shape
+    xi = _as_log_probabilities(xi, "xi")
     if xi.shape != (T - 1, K, K):
         raise ValueError(f"xi must have shape ({T - 1}, {K}, {K}), got {xi.shape}")
+    if not np.all(np.isfinite(xi)):
+        raise ValueError("xi must contain only finite values (no NaN or inf)")
+    sums = xi.sum(axis=(1, 2))
+    if np.any(xi < 0) or not np.allclose(sums, 1.0, rtol=0.0, atol=1e-8):
+        raise ValueError(f"xi must be >= 0 with every xi_t summing to 1, got minimum "
+                         f"{xi.min() if xi.size else 0.0!r} and sums in "
+                         f"[{sums.min() if T > 1 else 1.0!r}, {sums.max() if T > 1 else 1.0!r}]")
+    if not (np.allclose(xi.sum(axis=2), gamma[:-1], rtol=0.0, atol=1e-6)
+            and np.allclose(xi.sum(axis=1), gamma[1:], rtol=0.0, atol=1e-6)):
+        raise ValueError("xi must be consistent with gamma: sum_j xi_t(i, j) = gamma_t(i) "
+                         "and sum_i xi_t(i, j) = gamma_{t+1}(j)")
     g0 = gamma[0][gamma[0] > 0]
     h = -float((g0 * np.log(g0)).sum())
     cond = np.divide(xi, gamma[:-1, :, None], out=np.zeros_like(xi),
@@ -304,7 +329,7 @@ def viterbi(log_pi, log_A, log_B):
 # ---------------------------------------------------------------------------------------
 # sampling
 # ---------------------------------------------------------------------------------------
-def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, rng):
+def sample_gaussian_hmm(startprob, transmat, means, covariances, num_steps: int, rng):
     """Draw (x_{1:T}, z_{1:T}) from an HMM with Gaussian emissions (chapter 2).
 
     Parameters
@@ -313,7 +338,7 @@ def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, r
     transmat : array_like, shape (K, K)
     means : array_like, shape (K, d)
     covariances : array_like, shape (K, d, d)
-    n_steps : int
+    num_steps : int
         T >= 1.
     rng : numpy.random.Generator or int
 
@@ -326,8 +351,8 @@ def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, r
     K, d = means.shape
     startprob = check_probability_rows(startprob, "startprob", (K,))
     transmat = check_probability_rows(transmat, "transmat", (K, K))
-    cov = check_symmetric(covariances, "covariances", (K, d, d))
-    T = check_positive_int(n_steps, "n_steps")
+    _, chol = check_spd(covariances, "covariances", (K, d, d))
+    T = check_positive_int(num_steps, "num_steps")
     rng = as_generator(rng)
     u = rng.random(T)
     cum_start, cum_trans = np.cumsum(startprob), np.cumsum(transmat, axis=1)
@@ -335,7 +360,6 @@ def sample_gaussian_hmm(startprob, transmat, means, covariances, n_steps: int, r
     z[0] = min(np.searchsorted(cum_start, u[0], side="right"), K - 1)
     for t in range(1, T):  # a Markov chain is sequential
         z[t] = min(np.searchsorted(cum_trans[z[t - 1]], u[t], side="right"), K - 1)
-    chol = np.linalg.cholesky(cov)
     eps = rng.standard_normal((T, d))
     X = means[z] + np.einsum("tij,tj->ti", chol[z], eps)
     return X, z
@@ -368,7 +392,7 @@ class GaussianHMM:
 
     Parameters
     ----------
-    n_states : int
+    num_states : int
         K >= 1.
     tol : float
         Stop when log p(x | theta) (total, nats) improves by less than ``tol``.
@@ -396,10 +420,10 @@ class GaussianHMM:
     converged_ : bool
     """
 
-    def __init__(self, n_states: int, *, tol: float = 1e-6, reg_covar: float = 1e-6,
+    def __init__(self, num_states: int, *, tol: float = 1e-6, reg_covar: float = 1e-6,
                  max_iter: int = 200, startprob_init=None, transmat_init=None,
                  means_init=None, covariances_init=None, rng=None) -> None:
-        self.n_states = n_states
+        self.num_states = num_states
         self.tol = tol
         self.reg_covar = reg_covar
         self.max_iter = max_iter
@@ -409,13 +433,13 @@ class GaussianHMM:
 
     def _check_hyperparameters(self) -> None:
         """Check the constructor arguments; :meth:`fit` calls it (scikit-learn's rule)."""
-        self.n_states = check_positive_int(self.n_states, "n_states")
+        self.num_states = check_positive_int(self.num_states, "num_states")
         self.tol, self.reg_covar, self.max_iter = check_fit_controls(self.tol, self.reg_covar,
                                                                      self.max_iter)
 
     def _init_params(self, X):
         T, d = X.shape
-        K = self.n_states
+        K = self.num_states
         pi = (np.full(K, 1.0 / K) if self.startprob_init is None
               else check_probability_rows(self.startprob_init, "startprob_init", (K,)))
         if self.transmat_init is None:
@@ -434,12 +458,14 @@ class GaussianHMM:
             c = np.atleast_2d(np.cov(X, rowvar=False, bias=True)) + self.reg_covar * np.eye(d)
             cov = np.repeat(c[None], K, axis=0)
         else:
-            cov = check_symmetric(self.covariances_init, "covariances_init", (K, d, d))
+            cov, _ = check_spd(self.covariances_init, "covariances_init", (K, d, d))
         return pi, A, means, cov
 
     def emission_log_prob(self, X, means=None, covariances=None) -> np.ndarray:
         """log N(x_t | mu_k, Sigma_k), shape (T, K) (fitted parameters by default)."""
         X = _as_sequence(X)
+        if means is None or covariances is None:
+            X = self._check_fitted(X)
         means = self.means_ if means is None else means
         cov = self.covariances_ if covariances is None else covariances
         return gaussian_log_density(X, np.asarray(means), precision_cholesky(cov))
@@ -456,9 +482,9 @@ class GaussianHMM:
         self._check_hyperparameters()
         X = _as_sequence(X)
         T = X.shape[0]
-        if T < max(2, self.n_states):
-            raise ValueError(f"need a sequence of at least max(2, n_states) = "
-                             f"{max(2, self.n_states)} steps, got T={T}")
+        if T < max(2, self.num_states):
+            raise ValueError(f"X must have at least max(2, num_states) = "
+                             f"{max(2, self.num_states)} steps, got T={T}")
         pi, A, means, cov = self._init_params(X)
         log_lik, elbo_e, elbo_m = [], [], []
         log_B = self.emission_log_prob(X, means, cov)
@@ -476,7 +502,11 @@ class GaussianHMM:
                           + entropy)
             # M-step
             pi = gamma[0] / gamma[0].sum()
-            A = xi_sum / np.maximum(xi_sum.sum(axis=1, keepdims=True), np.finfo(float).tiny)
+            # a state with no expected transitions out of it (it is occupied only at the
+            # last step, e.g. T = 2) leaves its row of A free: keep the old row, which
+            # maximises Q as well as any other
+            out_mass = xi_sum.sum(axis=1, keepdims=True)
+            A = np.where(out_mass > 0, xi_sum / np.where(out_mass > 0, out_mass, 1.0), A)
             _, means, cov, _ = weighted_gaussian_m_step(X, gamma, self.reg_covar, "clip")
             log_B = self.emission_log_prob(X, means, cov)
             prev = (gamma, xi_sum, entropy)
@@ -494,14 +524,19 @@ class GaussianHMM:
         self.n_iter_, self.converged_ = n_iter, converged
         return self
 
-    def _fitted(self, X):
+    def _check_fitted(self, X) -> np.ndarray:
         if not hasattr(self, "means_"):
             raise ValueError("this GaussianHMM is not fitted yet: call fit(X) first")
         X = _as_sequence(X)
         if X.shape[1] != self.means_.shape[1]:
             raise ValueError(f"X has {X.shape[1]} features, the model has "
                              f"{self.means_.shape[1]}")
-        return _log(self.startprob_), _log(self.transmat_), self.emission_log_prob(X)
+        return X
+
+    def _fitted(self, X):
+        X = self._check_fitted(X)
+        return (_log(self.startprob_), _log(self.transmat_),
+                self.emission_log_prob(X, self.means_, self.covariances_))
 
     def posterior(self, X) -> np.ndarray:
         """p(z_t = k | x_{1:T}), shape (T, K)."""

@@ -38,8 +38,10 @@ from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
     as_generator,
+    check_broadcast,
     check_bsc_batch_inputs,
     check_bsc_inputs,
+    check_enumerable,
     check_positive,
     check_positive_int,
     check_probability_rows,
@@ -72,7 +74,6 @@ __all__ = [
     "cavi_normal_gamma",
     "dirichlet_mixture_elbo",
     "gaussian_mixture_elbo",
-    "kl_on_grid",
     "mean_field_gaussian",
     "normal_gamma_elbo",
 ]
@@ -103,8 +104,8 @@ class NormalGammaMeanField:
 
     def log_pdf(self, mu, tau) -> np.ndarray:
         """log q(mu) + log q(tau), elementwise and broadcasting; -inf where tau <= 0."""
-        mu = np.asarray(mu, dtype=np.float64)
-        tau = np.asarray(tau, dtype=np.float64)
+        mu, tau = as_float_array(mu, "mu"), as_float_array(tau, "tau")
+        check_broadcast(mu=mu, tau=tau)
         log_q_mu = 0.5 * (np.log(self.precision) - LOG_2PI) - 0.5 * self.precision * (
             mu - self.mean) ** 2
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -229,35 +230,6 @@ def cavi_normal_gamma(x, prior: NormalGamma, init: NormalGammaMeanField | None =
     return NormalGammaCAVIResult(q, history, np.asarray(elbos), updated, converged)
 
 
-def kl_on_grid(log_q, log_p, grid_0, grid_1) -> float:
-    """KL(q || p) = integral of q (log q - log p) by the trapezoid rule on a 2-D grid.
-
-    Chapter 4 uses it as a check of log p(x) - ELBO(q) that shares no formula with
-    the closed forms. ``log_q`` and ``log_p`` are the two log densities evaluated on
-    ``np.meshgrid(grid_0, grid_1, indexing="ij")``; where q underflows to 0 the
-    integrand is 0.
-
-    Raises
-    ------
-    ValueError
-        If the shapes do not match the grids or the grids are not increasing.
-    """
-    g0 = as_float_array(grid_0, "grid_0", ndim=1)
-    g1 = as_float_array(grid_1, "grid_1", ndim=1)
-    for name, g in (("grid_0", g0), ("grid_1", g1)):
-        if g.size < 2 or np.any(np.diff(g) <= 0):
-            raise ValueError(f"{name} must be strictly increasing with >= 2 points")
-    log_q = np.asarray(log_q, dtype=np.float64)
-    log_p = np.asarray(log_p, dtype=np.float64)
-    if log_q.shape != (g0.size, g1.size) or log_p.shape != log_q.shape:
-        raise ValueError(f"log_q and log_p must have shape {(g0.size, g1.size)}, "
-                         f"got {log_q.shape} and {log_p.shape}")
-    q = np.exp(log_q)
-    with np.errstate(invalid="ignore"):
-        integrand = np.where(q > 0, q * (log_q - log_p), 0.0)
-    return float(np.trapezoid(np.trapezoid(integrand, g1, axis=1), g0))
-
-
 # ---------------------------------------------------------------------------------------
 # 2. Factorised approximation of a correlated Gaussian (PRML 10.1.2)
 # ---------------------------------------------------------------------------------------
@@ -344,10 +316,12 @@ def gaussian_mixture_elbo(x, means, variances, resp, prior_var: float) -> float:
     k, d = means.shape
     variances = check_positive(variances, "variances", allow_array=True)
     resp = as_float_array(resp, "resp", ndim=2)
-    if d != x.shape[1] or variances.shape != (k,) or resp.shape != (x.shape[0], k):
-        raise ValueError(f"shapes do not match: x {x.shape}, means {means.shape}, "
-                         f"variances {variances.shape}, resp {resp.shape}; expected "
-                         f"means (K, d), variances (K,), resp (n, K)")
+    for name, got, want in (("means", means.shape, (k, x.shape[1])),
+                            ("variances", variances.shape, (k,)),
+                            ("resp", resp.shape, (x.shape[0], k))):
+        if got != want:
+            raise ValueError(f"{name} must have shape {want} to match x {x.shape} and "
+                             f"means (K = {k}), got {got}")
     resp = check_probability_rows(resp, "resp")
     return _mixture_elbo(x, means, variances, resp, prior_var)
 
@@ -378,9 +352,9 @@ class MixtureCAVIResult:
         phi_ik = q(c_i = k).
     elbo : numpy.ndarray
         ELBO after initialisation and after every iteration.
-    mean_history : numpy.ndarray, shape (n_iter + 1, K, d)
+    mean_history : numpy.ndarray, shape (num_iter + 1, K, d)
         m_k after initialisation and after every iteration.
-    n_iter : int
+    num_iter : int
     converged : bool
     restart_elbos : numpy.ndarray
         Final ELBO of every initialisation tried (the result is the best one).
@@ -393,7 +367,7 @@ class MixtureCAVIResult:
     resp: np.ndarray
     elbo: np.ndarray
     mean_history: np.ndarray
-    n_iter: int
+    num_iter: int
     converged: bool
     restart_elbos: np.ndarray = field(default_factory=lambda: np.empty(0))
     labels: np.ndarray = field(init=False)
@@ -402,19 +376,19 @@ class MixtureCAVIResult:
         self.labels = self.resp.argmax(axis=1)
 
 
-def _check_mixture_problem(x, n_components, prior_var, max_iter, tol, n_init):
+def _check_mixture_problem(x, n_components, prior_var, max_iter, tol, num_init):
     x = _check_mixture_data(x)
     k = check_positive_int(n_components, "n_components")
     if k > x.shape[0]:
-        raise ValueError(f"n_components must be <= the number of points {x.shape[0]}, "
-                         f"got {k}")
+        raise ValueError(f"n_components={k} is larger than the number of points "
+                         f"n={x.shape[0]}")
     return (x, k, check_positive(prior_var, "prior_var"),
             check_positive_int(max_iter, "max_iter"), check_positive(tol, "tol"),
-            check_positive_int(n_init, "n_init"))
+            check_positive_int(num_init, "num_init"))
 
 
-def _initial_means(x, k: int, init_means, rng, n_init: int) -> list[np.ndarray]:
-    """The starting means: ``init_means`` (one start), or ``n_init`` draws of k points."""
+def _initial_means(x, k: int, init_means, rng, num_init: int) -> list[np.ndarray]:
+    """The starting means: ``init_means`` (one start), or ``num_init`` draws of k points."""
     n, d = x.shape
     if init_means is not None:
         m = as_float_array(init_means, "init_means", ndim=(1, 2))
@@ -423,12 +397,12 @@ def _initial_means(x, k: int, init_means, rng, n_init: int) -> list[np.ndarray]:
             raise ValueError(f"init_means must have shape {(k, d)}, got {m.shape}")
         return [m]
     rng = as_generator(rng)
-    return [x[rng.choice(n, size=k, replace=False)].copy() for _ in range(n_init)]
+    return [x[rng.choice(n, size=k, replace=False)].copy() for _ in range(num_init)]
 
 
 def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
                           rng: np.random.Generator | int | None = None, init_means=None,
-                          n_init: int = 1, max_iter: int = 200,
+                          num_init: int = 1, max_iter: int = 200,
                           tol: float = 1e-8) -> MixtureCAVIResult:
     """CAVI for the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, section 3).
 
@@ -453,8 +427,8 @@ def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
     rng : numpy.random.Generator or int, optional
         Used to pick K distinct data points as the initial m_k (when ``init_means`` is None).
     init_means : array_like, shape (K, d), optional
-        Initial m_k (then ``n_init`` is ignored); the initial s_k^2 are 1 and phi uniform.
-    n_init : int
+        Initial m_k (then ``num_init`` is ignored); the initial s_k^2 are 1 and phi uniform.
+    num_init : int
         Number of random initialisations; the run with the highest final ELBO is
         returned (the ELBO of this model has several local optima).
     max_iter : int
@@ -466,9 +440,9 @@ def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
     -------
     MixtureCAVIResult
     """
-    x, k, sigma2, max_iter, tol, n_init = _check_mixture_problem(
-        x, n_components, prior_var, max_iter, tol, n_init)
-    starts = _initial_means(x, k, init_means, rng, n_init)
+    x, k, sigma2, max_iter, tol, num_init = _check_mixture_problem(
+        x, n_components, prior_var, max_iter, tol, num_init)
+    starts = _initial_means(x, k, init_means, rng, num_init)
     if init_means is not None:
         result = _cavi_mixture_once(x, starts[0], sigma2, max_iter, tol)
         result.restart_elbos = result.elbo[-1:].copy()
@@ -507,10 +481,11 @@ def _cavi_mixture_once(x, m, sigma2, max_iter, tol) -> MixtureCAVIResult:
 # ---------------------------------------------------------------------------------------
 # 4. Binary sparse coding (Goodfellow et al. 2016, section 19.4.1)
 # ---------------------------------------------------------------------------------------
-def _check_h_hat(h_hat, n: int) -> np.ndarray:
-    h_hat = as_float_array(h_hat, "h_hat", ndim=1)
+def _check_h_hat(h_hat, n: int, name: str = "h_hat") -> np.ndarray:
+    h_hat = as_float_array(h_hat, name, ndim=1)
     if h_hat.size != n or np.any(h_hat < 0) or np.any(h_hat > 1):
-        raise ValueError(f"h_hat must hold {n} probabilities in [0, 1], got shape {h_hat.shape}")
+        raise ValueError(f"{name} must hold {n} probabilities in [0, 1], got shape "
+                         f"{h_hat.shape}")
     return h_hat
 
 
@@ -607,7 +582,7 @@ def bsc_mean_field(v, weights, bias, noise_precision, *, schedule: str = "sequen
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_positive(tol, "tol")
-    h = expit(b) if init is None else _check_h_hat(init, b.size).copy()
+    h = expit(b) if init is None else _check_h_hat(init, b.size, "init").copy()
     gram = w.T @ (beta[:, None] * w)                         # W^T B W
     drive = b + w.T @ (beta * v) - 0.5 * np.diag(gram)       # terms not involving h_hat
     off = gram - np.diag(np.diag(gram))
@@ -692,7 +667,7 @@ def _weights_elbo_terms(phi, alpha, alpha0) -> float:
 
 def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
                            alpha0: float = 1.0, *, rng: np.random.Generator | int | None = None,
-                           init_means=None, n_init: int = 1, max_iter: int = 500,
+                           init_means=None, num_init: int = 1, max_iter: int = 500,
                            tol: float = 1e-10) -> DirichletMixtureCAVIResult:
     """CAVI for the Bayesian mixture of unit-variance Gaussians with learned weights (ch. 4).
 
@@ -716,7 +691,7 @@ def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
         sigma^2 > 0.
     alpha0 : float
         alpha0 > 0; below 1 the prior favours few occupied components.
-    rng, init_means, n_init, max_iter, tol
+    rng, init_means, num_init, max_iter, tol
         As in :func:`cavi_gaussian_mixture` (initial q(pi) is Dirichlet(alpha0 + n/K)).
 
     Returns
@@ -724,10 +699,10 @@ def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
     DirichletMixtureCAVIResult
         The run with the highest final ELBO; ``restart_elbos`` holds every run's.
     """
-    x, k, sigma2, max_iter, tol, n_init = _check_mixture_problem(
-        x, n_components, prior_var, max_iter, tol, n_init)
+    x, k, sigma2, max_iter, tol, num_init = _check_mixture_problem(
+        x, n_components, prior_var, max_iter, tol, num_init)
     alpha0 = check_positive(alpha0, "alpha0")
-    starts = _initial_means(x, k, init_means, rng, n_init)
+    starts = _initial_means(x, k, init_means, rng, num_init)
     results = [_cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) for m in starts]
     finals = np.array([r.elbo[-1] for r in results])
     best = results[int(np.argmax(finals))]
@@ -827,6 +802,9 @@ def bsc_elbo_batch(h_hat, v, weights, bias, noise_precision: float) -> np.ndarra
     h = as_float_array(h_hat, "h_hat", ndim=2)
     if h.shape != (v.shape[0], b.size):
         raise ValueError(f"h_hat must have shape {(v.shape[0], b.size)}, got {h.shape}")
+    if np.any(h < 0) or np.any(h > 1):
+        raise ValueError(f"h_hat must hold probabilities in [0, 1], got range "
+                         f"[{h.min()!r}, {h.max()!r}]")
     entropy = -(xlogy(h, h) + xlogy(1 - h, 1 - h)).sum(axis=1)
     log_prior = h @ log_expit(b) + (1 - h) @ log_expit(-b)
     resid = v - h @ w.T
@@ -846,7 +824,7 @@ class BSCLearningResult:
         Sum over the data of the ELBO after every E-step (the bound the run maximises).
     log_likelihood : numpy.ndarray
         Exact sum_n log p(v_n | theta) by enumeration, at the same theta.
-    weights_history : numpy.ndarray, shape (n_iter, n_visible, n_latent)
+    weights_history : numpy.ndarray, shape (num_iter, n_visible, n_latent)
         W at which each entry of ``elbo`` was evaluated.
     h_hat : numpy.ndarray, shape (N, n_latent)
         The last E-step's q (or exact marginals when ``exact=True``).
@@ -862,7 +840,7 @@ class BSCLearningResult:
 
 
 def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, *,
-                       n_iter: int = 50, exact: bool = False) -> BSCLearningResult:
+                       num_iter: int = 50, exact: bool = False) -> BSCLearningResult:
     """Learn theta = (W, b, beta) of binary sparse coding by (variational) EM (chapter 4).
 
     E-step: q(h_n) = prod_i Bernoulli(h_hat_ni) by sequential mean-field updates
@@ -883,7 +861,7 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
     init_weights : array_like, shape (n_visible, n_latent)
     init_bias : array_like, shape (n_latent,)
     init_noise_precision : float
-    n_iter : int
+    num_iter : int
         Number of E-step / M-step pairs.
     exact : bool
         Exact posterior in the E-step (n_latent <= 16).
@@ -891,14 +869,15 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
     Returns
     -------
     BSCLearningResult
-        ``elbo`` and ``log_likelihood`` have n_iter + 1 entries: before the first M-step
+        ``elbo`` and ``log_likelihood`` have num_iter + 1 entries: before the first M-step
         and after every one (each evaluated after the following E-step).
     """
-    v, w, b, beta = check_bsc_batch_inputs(v, init_weights, init_bias, init_noise_precision)
+    v, w, b, beta = check_bsc_batch_inputs(v, init_weights, init_bias, init_noise_precision,
+                                           prefix="init_")
     w, b = w.copy(), b.copy()
-    n_iter = check_positive_int(n_iter, "n_iter")
-    if exact and b.size > 16:
-        raise ValueError(f"exact=True enumerates 2^n_latent codes: n_latent <= 16, got {b.size}")
+    num_iter = check_positive_int(num_iter, "num_iter")
+    if exact:
+        check_enumerable(b, 16, "init_bias")
     n, n_v = v.shape
     codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
     h = None
@@ -915,12 +894,12 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
         e_hh = h_new.T @ h_new + np.diag((h_new * (1 - h_new)).sum(axis=0))
         return h_new, e_hh, float(bsc_elbo_batch(h_new, v, w, b, beta).sum())
 
-    for it in range(n_iter + 1):
+    for it in range(num_iter + 1):
         h, e_hh, bound = e_step(h)
         elbos.append(bound)
         logliks.append(float(bsc_log_likelihood(v, w, b, beta).sum()))
         w_hist.append(w.copy())
-        if it == n_iter:
+        if it == num_iter:
             break
         w = np.linalg.solve(e_hh, h.T @ v).T                   # e_hh is symmetric
         mean_h = np.clip(h.mean(axis=0), 1e-12, 1 - 1e-12)

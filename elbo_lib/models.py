@@ -32,8 +32,11 @@ from torch.distributions import Normal
 from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
+    as_tensor,
+    check_broadcast,
     check_bsc_batch_inputs,
     check_bsc_inputs,
+    check_enumerable,
     check_positive,
     check_positive_int,
     check_real,
@@ -56,6 +59,41 @@ __all__ = [
     "set_partitions",
 ]
 
+
+
+def _gaussian_data(model, x, noise_std, prior_mean, prior_std) -> None:
+    """Set the data and hyperparameters shared by the two chapter 1 models, checked.
+
+    The sums the likelihood needs are kept in units of the noise standard deviation
+    (``_z_sum`` = sum_i x_i / sigma, ``_z_sum_sq`` = sum_i (x_i / sigma)^2), so data and
+    scales of 1e150 (or 1e-150) give finite, exact answers.
+    """
+    model.x = as_float_array(x, "x", ndim=1)
+    model.n = model.x.size
+    for name, std in (("noise_std", noise_std), ("prior_std", prior_std)):
+        std = check_positive(std, name)
+        var = std * std
+        if not 0 < var < np.inf:
+            raise ValueError(f"{name}**2 must be a positive finite float64 number, got "
+                             f"{name} = {std!r}: rescale the data and the scales together")
+        setattr(model, name.replace("_std", "_var"), var)
+    model.noise_std = float(np.sqrt(model.noise_var))
+    model.prior_mean = check_real(prior_mean, "prior_mean")
+    z = model.x / model.noise_std
+    with np.errstate(over="ignore"):  # an overflow is reported just below
+        model._z_sum, model._z_sum_sq = float(z.sum()), float(z @ z)
+    if not np.isfinite(model._z_sum_sq):
+        raise ValueError(f"x is too large relative to noise_std: sum((x / noise_std)^2) "
+                         f"overflows float64 (max |x| / noise_std = "
+                         f"{np.abs(z).max():.3g}); rescale x, noise_std, prior_mean and "
+                         f"prior_std together")
+
+
+def _scaled_squares(model, mean_over_std, var_over_var):
+    """sum_i E[(x_i - z)^2] / sigma^2 for z with mean m and variance v, given m / sigma
+    and v / sigma^2 (works on NumPy arrays and torch tensors)."""
+    return (model._z_sum_sq - 2 * mean_over_std * model._z_sum
+            + model.n * (mean_over_std**2 + var_over_var))
 
 
 class ConjugateGaussianMean:
@@ -90,41 +128,37 @@ class ConjugateGaussianMean:
 
     def __init__(self, x, noise_std: float = 1.0, prior_mean: float = 0.0,
                  prior_std: float = 1.0) -> None:
-        self.x = as_float_array(x, "x", ndim=1)
-        self.n = self.x.size
-        self.noise_var = check_positive(noise_std, "noise_std") ** 2
-        self.prior_mean = float(as_float_array(prior_mean, "prior_mean", ndim=0))
-        self.prior_var = check_positive(prior_std, "prior_std") ** 2
-        self._sum = float(self.x.sum())
-        self._sum_sq = float((self.x**2).sum())
+        _gaussian_data(self, x, noise_std, prior_mean, prior_std)
         precision = 1.0 / self.prior_var + self.n / self.noise_var
         self.posterior_var = 1.0 / precision
         self.posterior_mean = self.posterior_var * (
-            self.prior_mean / self.prior_var + self._sum / self.noise_var)
+            self.prior_mean / self.prior_var + self._z_sum / self.noise_std)
 
     # -- closed forms ------------------------------------------------------------------
     def log_evidence(self) -> float:
         """Exact log p(x), from the Gaussian marginal of x (not via the posterior).
 
         Uses the matrix determinant lemma and Sherman-Morrison for
-        Sigma = sigma^2 I + s_0^2 1 1^T, so it costs O(n).
+        Sigma = sigma^2 I + s_0^2 1 1^T, so it costs O(n); residuals are measured in
+        units of sigma (rho = s_0^2 / sigma^2), so no intermediate overflows.
         """
-        n, v, s0 = self.n, self.noise_var, self.prior_var
-        r = self.x - self.prior_mean
-        log_det = (n - 1) * np.log(v) + np.log(v + n * s0)
-        quad = (r @ r) / v - s0 * r.sum() ** 2 / (v * (v + n * s0))
+        n, rho = self.n, self.prior_var / self.noise_var
+        r = (self.x - self.prior_mean) / self.noise_std
+        log_det = n * np.log(self.noise_var) + np.log1p(n * rho)
+        quad = r @ r - rho * r.sum() ** 2 / (1 + n * rho)
         return float(-0.5 * (n * LOG_2PI + log_det + quad))
 
     def _check_q(self, q_mean, q_var):
         q_mean = as_float_array(q_mean, "q_mean")
         q_var = check_positive(q_var, "q_var", allow_array=True)
+        check_broadcast(q_mean=q_mean, q_var=q_var)
         return np.broadcast_arrays(q_mean, q_var)
 
     def expected_log_likelihood(self, q_mean, q_var):
         """E_q[log p(x | z)] for q = N(q_mean, q_var), elementwise over arrays of q."""
         m, v = self._check_q(q_mean, q_var)
-        sq = self._sum_sq - 2 * m * self._sum + self.n * (m**2 + v)
-        return -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
+        sq = _scaled_squares(self, m / self.noise_std, v / self.noise_var)
+        return -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq
 
     def kl_to_prior(self, q_mean, q_var):
         """KL(q || p(z)) for q = N(q_mean, q_var)."""
@@ -163,14 +197,14 @@ class ConjugateGaussianMean:
                       torch.tensor(self.posterior_var**0.5, dtype=torch.float64))
 
     def log_likelihood(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) for a tensor of z values (any shape), differentiable in z."""
-        z = torch.as_tensor(z, dtype=torch.float64)
-        sq = self._sum_sq - 2 * z * self._sum + self.n * z**2
-        return -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
+        """log p(x | z) for a tensor of z values (any shape), differentiable in z (float64)."""
+        z = as_tensor(z, "z", dtype=torch.float64)
+        sq = _scaled_squares(self, z / self.noise_std, 0.0)
+        return -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq
 
     def log_joint(self, z: torch.Tensor) -> torch.Tensor:
         """log p(x, z) = log p(x | z) + log p(z), elementwise over a tensor of z values."""
-        z = torch.as_tensor(z, dtype=torch.float64)
+        z = as_tensor(z, "z", dtype=torch.float64)
         return self.log_likelihood(z) + self.prior().log_prob(z)
 
 
@@ -203,22 +237,13 @@ class SquaredMeanModel:
 
     def __init__(self, x, noise_std: float = 0.5, prior_mean: float = 0.0,
                  prior_std: float = 1.0) -> None:
-        self.x = as_float_array(x, "x", ndim=1)
-        self.n = self.x.size
-        self.noise_var = check_positive(noise_std, "noise_std") ** 2
-        self.prior_mean = float(as_float_array(prior_mean, "prior_mean", ndim=0))
-        self.prior_var = check_positive(prior_std, "prior_std") ** 2
-        self._sum = float(self.x.sum())
-        self._sum_sq = float((self.x**2).sum())
+        _gaussian_data(self, x, noise_std, prior_mean, prior_std)
 
     def log_joint(self, z):
         """log p(x, z) elementwise for a NumPy array or a (differentiable) torch tensor."""
-        lib = torch if isinstance(z, torch.Tensor) else np
-        if lib is np:
-            z = np.asarray(z, dtype=np.float64)
-        u = z * z
-        sq = self._sum_sq - 2.0 * u * self._sum + self.n * u * u
-        log_lik = -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq / self.noise_var
+        z = as_tensor(z, "z") if isinstance(z, torch.Tensor) else as_float_array(z, "z")
+        sq = _scaled_squares(self, z * z / self.noise_std, 0.0)
+        log_lik = -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq
         log_prior = (-0.5 * (LOG_2PI + np.log(self.prior_var))
                      - 0.5 * (z - self.prior_mean) ** 2 / self.prior_var)
         return log_lik + log_prior
@@ -256,8 +281,8 @@ class NormalGamma:
 
     def log_pdf(self, mu, tau) -> np.ndarray:
         """log NG(mu, tau), elementwise and broadcasting; -inf where tau <= 0."""
-        mu = np.asarray(mu, dtype=np.float64)
-        tau = np.asarray(tau, dtype=np.float64)
+        mu, tau = as_float_array(mu, "mu"), as_float_array(tau, "tau")
+        check_broadcast(mu=mu, tau=tau)
         with np.errstate(divide="ignore", invalid="ignore"):
             log_tau = np.where(tau > 0, np.log(np.where(tau > 0, tau, 1.0)), -np.inf)
             lp = (self.shape * np.log(self.rate) - gammaln(self.shape)
@@ -369,9 +394,8 @@ def bsc_exact_posterior(v, weights, bias, noise_precision) -> dict:
         ``marginals`` (n,), the exact p(h_i = 1 | v).
     """
     v, w, b, beta = check_bsc_inputs(v, weights, bias, noise_precision)
+    check_enumerable(b, 20)
     n = b.size
-    if n > 20:
-        raise ValueError(f"enumeration over 2^n codes needs n_latent <= 20, got {n}")
     codes = np.array(list(product((0.0, 1.0), repeat=n)))
     log_joint = bsc_log_joint(codes, v, w, b, beta)
     log_evidence = float(logsumexp(log_joint))
@@ -402,8 +426,7 @@ def bsc_log_joint_table(v, weights, bias, noise_precision: float
     log_joint : numpy.ndarray, shape (N, 2^n_latent)
     """
     v, w, b, beta = check_bsc_batch_inputs(v, weights, bias, noise_precision)
-    if b.size > 16:
-        raise ValueError(f"enumeration needs n_latent <= 16, got {b.size}")
+    check_enumerable(b, 16)
     codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
     log_prior = codes @ log_expit(b) + (1 - codes) @ log_expit(-b)
     means = codes @ w.T                                          # (C, n_v)
@@ -490,7 +513,8 @@ def dirichlet_mixture_log_evidence(x, n_components: int, prior_var: float,
     x = _check_mixture_data(x)
     n, d = x.shape
     if n > 12:
-        raise ValueError(f"exact enumeration needs at most 12 points, got {n}")
+        raise ValueError(f"x must have at most 12 points for exact enumeration over set "
+                         f"partitions, got {n}")
     k = check_positive_int(n_components, "n_components")
     sigma2 = check_positive(prior_var, "prior_var")
     alpha0 = check_positive(alpha0, "alpha0")
@@ -515,6 +539,9 @@ def dirichlet_mixture_log_evidence(x, n_components: int, prior_var: float,
 # --------------------------------------------------------------------------------------
 # Bayesian logistic regression (chapter 5): exact MAP and Laplace approximation
 # --------------------------------------------------------------------------------------
+from elbo_lib._validation import check_finite_tensor, check_nonnegative  # noqa: E402
+
+
 class BayesianLogisticRegression:
     """Bayesian logistic regression: w ~ N(0, s^2 I), y_i ~ Bernoulli(sigmoid(x_i^T w)).
 
@@ -548,9 +575,14 @@ class BayesianLogisticRegression:
 
         Stable form: log sigmoid(a) y + log sigmoid(-a) (1 - y) = y a - softplus(a).
         """
-        w = torch.as_tensor(w, dtype=torch.float64)
+        try:
+            w = torch.as_tensor(w, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"w must be a torch.Tensor or numeric array-like, "
+                            f"got {type(w).__name__}") from exc
         if w.ndim != 2 or w.shape[1] != self.dim:
             raise ValueError(f"w must have shape (S, {self.dim}), got {tuple(w.shape)}")
+        check_finite_tensor(w, "w")
         logits = w @ self._xt.T
         log_lik = (self._yt * logits - torch.nn.functional.softplus(logits)).sum(dim=1)
         log_prior = (-0.5 * (w / self.prior_std) ** 2).sum(dim=1) - self.dim * (
@@ -571,6 +603,7 @@ class BayesianLogisticRegression:
         RuntimeError
             If Newton's method has not converged after ``max_iter`` steps.
         """
+        tol = check_nonnegative(tol, "tol")
         w = np.zeros(self.dim)
         for _ in range(check_positive_int(max_iter, "max_iter")):
             grad, hess = self._grad_hess(w)

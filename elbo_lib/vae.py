@@ -34,6 +34,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +51,14 @@ from torch.distributions import (
 )
 from tqdm import tqdm
 
-from elbo_lib._validation import LOG_2PI, check_positive, check_positive_int
+from elbo_lib._validation import (
+    LOG_2PI,
+    check_finite_tensor,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_real,
+)
 from elbo_lib.bounds import importance_weighted_bound
 from elbo_lib.gaussians import diagonal_gaussian_log_density, gaussian_kl
 
@@ -117,7 +126,7 @@ class DiagonalGaussianPosterior(Independent):
         """Reparameterised samples mean + exp(logvar / 2) * eps, shape
         ``sample_shape + batch_shape + (latent_dim,)``."""
         return _reparameterize(self.base_dist.loc, self.logvar,
-                               self._extended_shape(torch.Size(sample_shape)))
+                               self._extended_shape(_check_sample_shape(sample_shape)))
 
     def sample(self, sample_shape: torch.Size | tuple = ()) -> torch.Tensor:
         """:meth:`rsample` without gradients (the same random numbers)."""
@@ -126,6 +135,12 @@ class DiagonalGaussianPosterior(Independent):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """log N(value; mean, diag(exp(logvar))), summed over the latent axis."""
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
+        if value.shape[-1:] != self.event_shape:
+            raise ValueError(f"value must have shape (..., {self.event_shape[0]}), got "
+                             f"{tuple(value.shape)}")
+        check_finite_tensor(value, "value")
         return diagonal_gaussian_log_density(value, self.base_dist.loc, self.logvar)
 
 
@@ -142,11 +157,19 @@ class GaussianEncoder(nn.Sequential):
     """
 
     def __init__(self, num_pixels: int, latent_dim: int, hidden: int = 128) -> None:
+        num_pixels = check_positive_int(num_pixels, "num_pixels")
+        latent_dim = check_positive_int(latent_dim, "latent_dim")
+        hidden = check_positive_int(hidden, "hidden")
         super().__init__(nn.Linear(num_pixels, hidden), nn.Tanh(),
                          nn.Linear(hidden, 2 * latent_dim))
 
     def forward(self, x: torch.Tensor) -> DiagonalGaussianPosterior:
-        """q_phi(z | x) for x of shape (B, num_pixels): batch (B,), event (latent_dim,)."""
+        """q_phi(z | x) for x of shape (B, num_pixels): batch (B,), event (latent_dim,).
+
+        ``x`` of another floating dtype (float64) is converted to the weights' dtype.
+        """
+        first = self[0]
+        x = _check_data(x, first.in_features, dtype=first.weight.dtype)
         mean, logvar = super().forward(x).chunk(2, dim=-1)
         return DiagonalGaussianPosterior(mean, logvar)
 
@@ -194,13 +217,16 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> Distribution:
         """q_phi(z | x): batch shape ``x.shape[:-1]``, event shape ``(latent_dim,)``.
 
+        ``x`` may be float32 or float64 (converted to the dtype of the encoder's weights,
+        float32 by default).
+
         Raises
         ------
         TypeError, ValueError
-            If x is not a tensor of ``num_pixels`` columns, or the encoder does not
+            If x is not a finite tensor of ``num_pixels`` columns, or the encoder does not
             return a Distribution of the promised shapes.
         """
-        _check_data(x, self.num_pixels)
+        x = _check_data(x, self.num_pixels, dtype=_dtype_of(self.encoder, self.decoder))
         q = self.encoder(x)
         if not isinstance(q, Distribution):
             raise TypeError(f"the encoder must return a torch.distributions.Distribution "
@@ -213,11 +239,17 @@ class VAE(nn.Module):
         return q
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli logits of p_theta(x | z), shape ``(..., num_pixels)``."""
+        """Bernoulli logits of p_theta(x | z), shape ``(..., num_pixels)``.
+
+        ``z`` may be float32 or float64 (converted to the decoder's dtype, float32 by
+        default); it must be finite.
+        """
         if not isinstance(z, torch.Tensor) or z.shape[-1:] != (self.latent_dim,):
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must be a tensor of shape (..., {self.latent_dim}), got {got}")
-        return self.decoder(z)
+        check_finite_tensor(z, "z")
+        dtype = _dtype_of(self.decoder)
+        return self.decoder(z if z.dtype == dtype else z.to(dtype))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Distribution]:
         """One reparameterised pass: returns ``(logits, q)``."""
@@ -232,6 +264,28 @@ def _check_mean_logvar(mean, logvar) -> None:
     if mean.shape != logvar.shape:
         raise ValueError(f"mean and logvar must have the same shape, got {tuple(mean.shape)} "
                          f"and {tuple(logvar.shape)}")
+    check_finite_tensor(mean, "mean")
+    check_finite_tensor(logvar, "logvar")
+
+
+def _check_sample_shape(sample_shape) -> torch.Size:
+    if isinstance(sample_shape, int) or not isinstance(sample_shape, tuple | list):
+        raise TypeError(f"sample_shape must be a tuple (or torch.Size) of ints, got "
+                        f"{type(sample_shape).__name__}")
+    for n in sample_shape:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"sample_shape must be a tuple of ints, got {sample_shape!r}")
+        if n < 0:
+            raise ValueError(f"sample_shape must hold sizes >= 0, got {tuple(sample_shape)}")
+    return torch.Size(sample_shape)
+
+
+def _dtype_of(*modules: nn.Module) -> torch.dtype:
+    """The dtype of the first parameter of the first module that has one (float32)."""
+    for module in modules:
+        for p in module.parameters():
+            return p.dtype
+    return torch.get_default_dtype()
 
 
 def _require_diagonal_gaussian(q: Distribution, what: str) -> DiagonalGaussianPosterior:
@@ -247,17 +301,26 @@ def _log_prior(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (LOG_2PI * z.shape[-1] + (z**2).sum(-1))
 
 
-def _stopped(where: str, epoch: int, num_epochs: int, step: int, lr: float,
+def _stopped(where: str, epoch: int, num_epochs: int, step: int | None, lr: float,
              reason: str) -> str:
-    return (f"{where} stopped at epoch {epoch + 1} of {num_epochs}, step {step + 1}: "
+    at = "the end-of-epoch evaluation" if step is None else f"step {step + 1}"
+    return (f"{where} stopped at epoch {epoch + 1} of {num_epochs}, {at}: "
             f"{reason} (a smaller lr than {lr} may help)")
 
 
-def _check_loss(loss: torch.Tensor, where: str, epoch: int, num_epochs: int, step: int,
-                lr: float) -> None:
+@contextmanager
+def _stop_on_error(where: str, epoch: int, num_epochs: int, step: int | None, lr: float):
+    """Re-raise a ValueError of a training step (a non-finite loss, logits, q) naming
+    the epoch and step at which it happened."""
+    try:
+        yield
+    except ValueError as err:
+        raise ValueError(_stopped(where, epoch, num_epochs, step, lr, str(err))) from err
+
+
+def _check_loss(loss: torch.Tensor) -> None:
     if not bool(torch.isfinite(loss)):
-        raise ValueError(_stopped(where, epoch, num_epochs, step, lr,
-                                  "the loss is not finite"))
+        raise ValueError("the loss is not finite")
 
 
 def kl_to_prior(q: Distribution, z: torch.Tensor | None = None) -> torch.Tensor:
@@ -286,8 +349,15 @@ def kl_to_prior(q: Distribution, z: torch.Tensor | None = None) -> torch.Tensor:
     Raises
     ------
     ValueError
-        If there is no closed form and no samples were given.
+        If there is no closed form and no samples were given, or z is not finite.
     """
+    if not isinstance(q, Distribution):
+        raise TypeError(f"q must be a torch.distributions.Distribution, "
+                        f"got {type(q).__name__}")
+    if z is not None:
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+        check_finite_tensor(z, "z")
     if isinstance(q, DiagonalGaussianPosterior):
         return _kl_units(q).sum(-1)
     closed = _closed_form_kl(q)
@@ -321,15 +391,31 @@ def _closed_form_kl(q: Distribution) -> torch.Tensor | None:
     return None
 
 
-def _check_data(x, num_pixels: int | None = None) -> torch.Tensor:
+def _check_data(x, num_pixels: int | None = None, name: str = "x", *, binary: bool = False,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` checked (a finite tensor of ``num_pixels`` columns; with ``binary``, 0/1
+    pixels for the Bernoulli decoder) and converted to ``dtype`` if given."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor (use elbo_lib.vae.as_tensor), "
+        raise TypeError(f"{name} must be a torch.Tensor (use elbo_lib.vae.as_tensor), "
                         f"got {type(x).__name__}")
     if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must hold at least one data point, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must hold at least one data point, got shape "
+                         f"{tuple(x.shape)}")
     if num_pixels is not None and x.shape[-1] != num_pixels:
-        raise ValueError(f"x must have {num_pixels} pixels in its last axis, "
+        raise ValueError(f"{name} must have {num_pixels} pixels in its last axis, "
                          f"got shape {tuple(x.shape)}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got dtype {x.dtype}")
+    check_finite_tensor(x, name)
+    if binary:
+        other = (x != 0) & (x != 1)
+        if bool(other.any()):
+            raise ValueError(f"{name} must be binary (0 or 1) for the Bernoulli decoder, "
+                             f"got {int(other.sum())} other values, e.g. "
+                             f"{float(x[other][0])!r}; binarise grey images first "
+                             f"(elbo_lib.datasets.binarize)")
+    if dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
     return x
 
 
@@ -347,7 +433,10 @@ def as_tensor(x) -> torch.Tensor:
     ValueError
         If ``x`` is not 2-D (n, D), is empty, not finite, or outside [0, 1].
     """
-    arr = np.asarray(x, dtype=np.float32)
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"x must be numeric array-like, got {type(x).__name__}") from exc
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise ValueError(f"x must have shape (n, num_pixels) with n >= 1, got {arr.shape}")
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
@@ -372,6 +461,11 @@ def reparameterize(mean: torch.Tensor, logvar: torch.Tensor,
     Returns
     -------
     torch.Tensor
+
+    Raises
+    ------
+    TypeError, ValueError
+        If mean or logvar is not a tensor, their shapes differ, or a value is not finite.
     """
     _check_mean_logvar(mean, logvar)
     shape = mean.shape if num_samples is None else (
@@ -391,15 +485,26 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
     binary cross-entropy. ``logits`` may carry extra leading (sample) axes; ``x`` is
     broadcast against them.
 
+    ``x`` must be binary (0 or 1: a Bernoulli log-likelihood of grey levels is not a
+    log-likelihood) and finite, as must the logits; x is converted to the logits' dtype.
+
     Returns
     -------
     torch.Tensor
         Shape ``logits.shape[:-1]``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If x is not a binary tensor, or the logits are not finite or of the wrong shape.
     """
-    _check_data(x)
+    x = _check_data(x, binary=True)
     if not isinstance(logits, torch.Tensor) or logits.shape[-x.ndim:] != x.shape:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"logits must end in the shape of x {tuple(x.shape)}, got {got}")
+    check_finite_tensor(logits, "logits")
+    if x.dtype != logits.dtype:
+        x = x.to(logits.dtype)
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits),
                                                reduction="none").sum(-1)
 
@@ -418,6 +523,7 @@ def elbo_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     (reconstruction, kl) : tuple of torch.Tensor, each of shape (n,)
     """
     model = _check_model(model)
+    x = _check_data(x, model.num_pixels, binary=True)
     q = model.encode(x)
     z = q.rsample()
     reconstruction = bernoulli_log_likelihood(x, model.decode(z))
@@ -438,6 +544,7 @@ def evaluate_elbo(model: VAE, x: torch.Tensor, num_samples: int = 1) -> dict[str
         ``{"elbo": ..., "reconstruction": ..., "kl": ...}`` as Python floats.
     """
     model = _check_model(model)
+    x = _check_data(x, model.num_pixels, binary=True)
     num_samples = check_positive_int(num_samples, "num_samples")
     q = model.encode(x)
     z = q.rsample((num_samples,))
@@ -465,7 +572,23 @@ class TrainingHistory:
     seconds: float = 0.0
 
     def record(self, train: dict[str, float], val: dict[str, float]) -> None:
-        """Append one epoch's train and validation averages."""
+        """Append one epoch's train and validation averages.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``train`` or ``val`` is not a mapping with finite ``"elbo"``,
+            ``"reconstruction"`` and ``"kl"`` (a history never fills with NaN).
+        """
+        keys = ("elbo", "reconstruction", "kl")
+        for part, values in (("train", train), ("val", val)):
+            if not isinstance(values, Mapping):
+                raise TypeError(f"{part} must be a mapping with the keys {keys}, "
+                                f"got {type(values).__name__}")
+            if any(key not in values for key in keys):
+                raise ValueError(f"{part} must hold the keys {keys}, got {tuple(values)}")
+            for key in keys:
+                check_real(values[key], f"{part}[{key!r}]")
         for part, values in (("train", train), ("val", val)):
             for key in ("elbo", "reconstruction", "kl"):
                 getattr(self, f"{part}_{key}").append(values[key])
@@ -477,12 +600,23 @@ class TrainingHistory:
 
 def _check_training(model, x_train, x_val, num_epochs, batch_size, lr):
     model = _check_model(model)
-    _check_data(x_train, model.num_pixels)
-    _check_data(x_val, model.num_pixels)
+    x_train = _check_data(x_train, model.num_pixels, "x_train", binary=True)
+    x_val = _check_data(x_val, model.num_pixels, "x_val", binary=True)
     num_epochs = check_positive_int(num_epochs, "num_epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
-    return model, num_epochs, batch_size, lr
+    return model, x_train, x_val, num_epochs, batch_size, lr
+
+
+def _end_of_epoch(history: TrainingHistory, totals: torch.Tensor, n: int, model: VAE,
+                  x_val: torch.Tensor, where: str, epoch: int, num_epochs: int,
+                  lr: float) -> None:
+    """Record the epoch's training averages and the validation ELBO (finite, or a stop
+    naming the epoch)."""
+    rec, kl_mean = (totals / n).tolist()
+    with _stop_on_error(where, epoch, num_epochs, None, lr):
+        history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean},
+                       evaluate_elbo(model, x_val))
 
 
 def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs: int,
@@ -521,8 +655,8 @@ def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs
     ValueError
         For bad sizes, or the first time the loss is not finite (naming epoch and step).
     """
-    model, num_epochs, batch_size, lr = _check_training(model, x_train, x_val, num_epochs,
-                                                        batch_size, lr)
+    model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
+        model, x_train, x_val, num_epochs, batch_size, lr)
     beta = check_positive(beta, "beta")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = TrainingHistory()
@@ -534,17 +668,16 @@ def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs
         model.train()
         totals = torch.zeros(2)
         for step, idx in enumerate(torch.randperm(n).split(batch_size)):
-            reconstruction, kl = elbo_terms(model, x_train[idx])
-            loss = -(reconstruction - beta * kl).mean()
-            _check_loss(loss, "train_vae", epoch, num_epochs, step, lr)
+            with _stop_on_error("train_vae", epoch, num_epochs, step, lr):
+                reconstruction, kl = elbo_terms(model, x_train[idx])
+                loss = -(reconstruction - beta * kl).mean()
+                _check_loss(loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
-        rec, kl_mean = (totals / n).tolist()
-        train = {"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean}
         model.eval()
-        history.record(train, evaluate_elbo(model, x_val))
+        _end_of_epoch(history, totals, n, model, x_val, "train_vae", epoch, num_epochs, lr)
         bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
     history.seconds = time.perf_counter() - start
     return history
@@ -567,8 +700,8 @@ def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num
     -------
     TrainingHistory
     """
-    model, num_epochs, batch_size, lr = _check_training(model, x_train, x_val, num_epochs,
-                                                        batch_size, lr)
+    model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
+        model, x_train, x_val, num_epochs, batch_size, lr)
     opt_decoder = torch.optim.Adam(model.decoder.parameters(), lr=lr)
     opt_encoder = torch.optim.Adam(model.encoder.parameters(), lr=lr)
     history = TrainingHistory()
@@ -580,31 +713,31 @@ def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num
         for step, idx in enumerate(torch.randperm(n).split(batch_size)):
             x = x_train[idx]
             # wake: fit the decoder to the encoder's explanations of real data
-            with torch.no_grad():
-                q = model.encode(x)
-                z = q.rsample()
-                kl = kl_to_prior(q, z)
-            reconstruction = bernoulli_log_likelihood(x, model.decode(z))
-            wake_loss = -reconstruction.mean()
-            _check_loss(wake_loss, "train_wake_sleep (wake phase)", epoch, num_epochs, step,
-                        lr)
+            with _stop_on_error("train_wake_sleep (wake phase)", epoch, num_epochs, step, lr):
+                with torch.no_grad():
+                    q = model.encode(x)
+                    z = q.rsample()
+                    kl = kl_to_prior(q, z)
+                reconstruction = bernoulli_log_likelihood(x, model.decode(z))
+                wake_loss = -reconstruction.mean()
+                _check_loss(wake_loss)
             opt_decoder.zero_grad(set_to_none=True)
             wake_loss.backward()
             opt_decoder.step()
             # sleep: fit the encoder to the decoder's dreams
-            with torch.no_grad():
-                z_dream = torch.randn(len(idx), model.latent_dim)
-                x_dream = torch.bernoulli(torch.sigmoid(model.decode(z_dream)))
-            sleep_loss = -model.encode(x_dream).log_prob(z_dream).mean()
-            _check_loss(sleep_loss, "train_wake_sleep (sleep phase)", epoch, num_epochs,
-                        step, lr)
+            with _stop_on_error("train_wake_sleep (sleep phase)", epoch, num_epochs, step,
+                                lr):
+                with torch.no_grad():
+                    z_dream = torch.randn(len(idx), model.latent_dim)
+                    x_dream = torch.bernoulli(torch.sigmoid(model.decode(z_dream)))
+                sleep_loss = -model.encode(x_dream).log_prob(z_dream).mean()
+                _check_loss(sleep_loss)
             opt_encoder.zero_grad(set_to_none=True)
             sleep_loss.backward()
             opt_encoder.step()
             totals += torch.stack([reconstruction.detach().sum(), kl.sum()])
-        rec, kl_mean = (totals / n).tolist()
-        history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean},
-                       evaluate_elbo(model, x_val))
+        _end_of_epoch(history, totals, n, model, x_val, "train_wake_sleep", epoch,
+                      num_epochs, lr)
         bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
     history.seconds = time.perf_counter() - start
     return history
@@ -625,15 +758,18 @@ def importance_log_weights(model: VAE, x: torch.Tensor, k: int, mean=None,
     torch.Tensor, shape (k, n)
     """
     model = _check_model(model)
+    x = _check_data(x, model.num_pixels, binary=True)
     k = check_positive_int(k, "k")
     if (mean is None) != (logvar is None):
         raise ValueError("give both mean and logvar, or neither (to use the encoder)")
     if mean is None:
         q = model.encode(x)
-    elif mean.shape != (len(x), model.latent_dim) or logvar.shape != mean.shape:
-        raise ValueError(f"mean and logvar must have shape ({len(x)}, {model.latent_dim}), "
-                         f"got {tuple(mean.shape)} and {tuple(logvar.shape)}")
     else:
+        _check_mean_logvar(mean, logvar)
+        if mean.shape != (len(x), model.latent_dim):
+            raise ValueError(f"mean and logvar must have shape ({len(x)}, "
+                             f"{model.latent_dim}), got {tuple(mean.shape)} and "
+                             f"{tuple(logvar.shape)}")
         q = DiagonalGaussianPosterior(mean, logvar)
     return _log_weights(model, x, q, q.rsample((k,)))[0]     # z: (k, n, latent_dim)
 
@@ -671,7 +807,7 @@ def iwae_bound(model: VAE, x: torch.Tensor, k: int, mean=None, logvar=None,
     (iwae, elbo) : tuple of torch.Tensor, each of shape (n,)
     """
     model = _check_model(model)
-    _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels, binary=True)
     k = check_positive_int(k, "k")
     chunk = max(1, check_positive_int(max_batch, "max_batch") // k)
     iwae, elbo = [], []
@@ -711,7 +847,7 @@ def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.
         For bad sizes, or the first step at which an ELBO is not finite.
     """
     model = _check_model(model)
-    _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels, binary=True)
     num_steps = check_positive_int(num_steps, "num_steps")
     num_samples = check_positive_int(num_samples, "num_samples")
     lr = check_positive(lr, "lr")
@@ -726,13 +862,17 @@ def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.
         p.requires_grad_(False)
     try:
         for step in range(num_steps):
-            z = reparameterize(mean, logvar, num_samples)
-            reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0)
-            elbo = reconstruction - gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1)
-            if not bool(torch.isfinite(elbo).all()):
+            try:
+                z = reparameterize(mean, logvar, num_samples)
+                reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0)
+                elbo = (reconstruction
+                        - gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1))
+                if not bool(torch.isfinite(elbo).all()):
+                    raise ValueError("the ELBO is not finite")
+            except ValueError as err:
                 raise ValueError(f"refine_posterior stopped at step {step + 1} of "
-                                 f"{num_steps}: the ELBO is not finite (a smaller lr than "
-                                 f"{lr} may help)")
+                                 f"{num_steps}: {err} (a smaller lr than {lr} may help)"
+                                 ) from err
             optimizer.zero_grad(set_to_none=True)
             (-elbo.sum()).backward()
             optimizer.step()
@@ -760,10 +900,10 @@ def grid_log_marginal(model: VAE, x: torch.Tensor, limit: float = 5.0,
     torch.Tensor, shape (n,), float64
     """
     model = _check_model(model)
-    _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels, binary=True)
     if model.latent_dim != 2:
-        raise ValueError(f"grid quadrature needs a 2-D latent space, got latent_dim="
-                         f"{model.latent_dim}")
+        raise ValueError(f"model must have a 2-D latent space for grid quadrature, got "
+                         f"latent_dim={model.latent_dim}")
     limit = check_positive(limit, "limit")
     num_points = check_positive_int(num_points, "num_points", minimum=3)
     axis = torch.linspace(-limit, limit, num_points, dtype=torch.float64)
@@ -771,7 +911,7 @@ def grid_log_marginal(model: VAE, x: torch.Tensor, limit: float = 5.0,
     log_cell = 2 * math.log(float(axis[1] - axis[0]))
     x64 = x.to(torch.float64)
     parts = []
-    for chunk in grid.split(max_batch):
+    for chunk in grid.split(check_positive_int(max_batch, "max_batch")):
         logits = model.decode(chunk.float()).to(torch.float64)  # (g, D)
         log_lik = x64 @ logits.T - F.softplus(logits).sum(-1)   # (n, g)
         parts.append(torch.logsumexp(log_lik + _log_prior(chunk), dim=1))
@@ -786,14 +926,22 @@ def latent_grid(num_points: int, low: float = 0.05, high: float = 0.95) -> torch
     covers the prior's mass evenly. Row r has z_2 decreasing from top to bottom and
     z_1 increasing from left to right, matching an image of the decoded grid.
 
+    The quantiles are computed in float32, or in float64 when ``low < 0.01`` or
+    ``high > 0.99`` (where float32 loses the tail probabilities: 2p - 1 rounds to -1
+    for p = 1e-10, whose quantile would be -inf), and returned as float32.
+
     Returns
     -------
     torch.Tensor, shape (num_points**2, 2)
     """
     num_points = check_positive_int(num_points, "num_points", minimum=2)
+    low, high = check_real(low, "low"), check_real(high, "high")
     if not 0.0 < low < high < 1.0:
         raise ValueError(f"need 0 < low < high < 1, got low={low!r}, high={high!r}")
-    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(low, high, num_points))
+    dtype = torch.float64 if low < 0.01 or high > 0.99 else torch.float32
+    unit = torch.distributions.Normal(torch.tensor(0.0, dtype=dtype),
+                                      torch.tensor(1.0, dtype=dtype))
+    q = unit.icdf(torch.linspace(low, high, num_points, dtype=dtype)).float()
     z1, z2 = torch.meshgrid(q, q.flip(0), indexing="xy")
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1)
 
@@ -817,10 +965,11 @@ def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01
         If the encoder's q has no ``mean`` (e.g. a normalising flow).
     """
     model = _check_model(model)
-    _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels)
     threshold = check_positive(threshold, "threshold")
     if len(x) < 2:
-        raise ValueError(f"need at least 2 data points to measure a variance, got {len(x)}")
+        raise ValueError(f"x must hold at least 2 data points to measure a variance, "
+                         f"got {len(x)}")
     q = model.encode(x)
     try:
         mean = q.mean
@@ -851,7 +1000,7 @@ def elbo_per_point(model: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.T
     torch.Tensor, shape (n,)
     """
     model = _check_model(model)
-    _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels, binary=True)
     num_samples = check_positive_int(num_samples, "num_samples")
     q = model.encode(x)
     z = q.rsample((num_samples,))
@@ -915,15 +1064,12 @@ def train_vae_variant(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor,
         objective has no separate KL term to weight), on invalid sizes, or the first
         time the loss is not finite (naming epoch and step).
     """
-    model, num_epochs, batch_size, lr = _check_training(model, x_train, x_val, num_epochs,
-                                                        batch_size, lr)
+    model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
+        model, x_train, x_val, num_epochs, batch_size, lr)
     k = check_positive_int(k, "k")
     beta = check_positive(beta, "beta")
-    if not isinstance(warmup_epochs, int | np.integer) or warmup_epochs < 0:
-        raise ValueError(f"warmup_epochs must be a non-negative int, got {warmup_epochs!r}")
-    free_bits = float(free_bits)
-    if not np.isfinite(free_bits) or free_bits < 0:
-        raise ValueError(f"free_bits must be a finite number >= 0, got {free_bits!r}")
+    warmup_epochs = check_positive_int(warmup_epochs, "warmup_epochs", minimum=0)
+    free_bits = check_nonnegative(free_bits, "free_bits")
     if k > 1 and (beta != 1.0 or warmup_epochs or free_bits):
         raise ValueError("k > 1 (IWAE) cannot be combined with beta, warmup_epochs or "
                          "free_bits")
@@ -938,40 +1084,37 @@ def train_vae_variant(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor,
         totals = torch.zeros(2)
         for step_in_epoch, idx in enumerate(torch.randperm(n).split(batch_size)):
             x = x_train[idx]
-            q = model.encode(x)
-            if free_bits:
-                _require_diagonal_gaussian(q, "train_vae_variant with free_bits")
-            # per-unit closed-form KL for the diagonal Gaussian (free bits need units)
-            kl = _kl_units(q) if isinstance(q, DiagonalGaussianPosterior) else None
-            if k > 1:
-                z = q.rsample((k,))
-                log_w, log_lik = _log_weights(model, x, q, z)             # (k, b) each
-                try:
+            with _stop_on_error("train_vae_variant", epoch, num_epochs, step_in_epoch, lr):
+                q = model.encode(x)
+                if free_bits:
+                    _require_diagonal_gaussian(q, "train_vae_variant with free_bits")
+                # per-unit closed-form KL for the diagonal Gaussian (free bits need units)
+                kl = _kl_units(q) if isinstance(q, DiagonalGaussianPosterior) else None
+                if k > 1:
+                    z = q.rsample((k,))
+                    log_w, log_lik = _log_weights(model, x, q, z)         # (k, b) each
                     loss = -importance_weighted_bound(log_w, dim=0).mean()
-                except ValueError as err:
-                    raise ValueError(_stopped("train_vae_variant", epoch, num_epochs,
-                                              step_in_epoch, lr, str(err))) from err
-                reconstruction = log_lik.mean(0)
-                kl = kl_to_prior(q, z) if kl is None else kl
-            else:
-                z = q.rsample()
-                reconstruction = bernoulli_log_likelihood(x, model.decode(z))
-                kl = kl_to_prior(q, z) if kl is None else kl
-                weight = beta
-                if warmup_epochs:
-                    weight = beta * min(1.0, (step + 1) / (warmup_epochs * steps_per_epoch))
-                kl_term = kl if kl.ndim == 1 else _free_bits_kl(kl, free_bits)
-                loss = -(reconstruction - weight * kl_term).mean()
-            _check_loss(loss, "train_vae_variant", epoch, num_epochs, step_in_epoch, lr)
+                    reconstruction = log_lik.mean(0)
+                    kl = kl_to_prior(q, z) if kl is None else kl
+                else:
+                    z = q.rsample()
+                    reconstruction = bernoulli_log_likelihood(x, model.decode(z))
+                    kl = kl_to_prior(q, z) if kl is None else kl
+                    weight = beta
+                    if warmup_epochs:
+                        weight = beta * min(1.0, (step + 1)
+                                            / (warmup_epochs * steps_per_epoch))
+                    kl_term = kl if kl.ndim == 1 else _free_bits_kl(kl, free_bits)
+                    loss = -(reconstruction - weight * kl_term).mean()
+                _check_loss(loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
-        rec, kl_mean = (totals / n).tolist()
         model.eval()
-        history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean},
-                       evaluate_elbo(model, x_val))
+        _end_of_epoch(history, totals, n, model, x_val, "train_vae_variant", epoch,
+                      num_epochs, lr)
     history.seconds = time.perf_counter() - start
     return history
 
@@ -993,7 +1136,7 @@ def kl_per_unit(model: VAE, x: torch.Tensor) -> np.ndarray:
         If the encoder is not of the diagonal Gaussian family (no per-unit KL).
     """
     model = _check_model(model)
-    _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels)
     q = _require_diagonal_gaussian(model.encode(x), "kl_per_unit")
     return _kl_units(q).mean(0).numpy().astype(np.float64)
 
@@ -1011,10 +1154,10 @@ def decoder_gradient_by_quadrature(model: VAE, x: torch.Tensor, limit: float = 5
         The decoder gradient, flattened in the order of ``model.decoder.parameters()``.
     """
     model = _check_model(model)
-    _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels, binary=True)
     if model.latent_dim != 2:
-        raise ValueError(f"grid quadrature needs a 2-D latent space, got latent_dim="
-                         f"{model.latent_dim}")
+        raise ValueError(f"model must have a 2-D latent space for grid quadrature, got "
+                         f"latent_dim={model.latent_dim}")
     limit = check_positive(limit, "limit")
     num_points = check_positive_int(num_points, "num_points", minimum=3)
     axis = torch.linspace(-limit, limit, num_points, dtype=torch.float64)
@@ -1080,10 +1223,10 @@ def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
         If the latent space is not 2-D, or for bad grid sizes.
     """
     model = _check_model(model)
-    _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels)
     if model.latent_dim != 2:
-        raise ValueError(f"the grid needs a 2-D latent space, got latent_dim="
-                         f"{model.latent_dim}")
+        raise ValueError(f"model must have a 2-D latent space for the grid, got "
+                         f"latent_dim={model.latent_dim}")
     limit = check_positive(limit, "limit")
     num_points = check_positive_int(num_points, "num_points", minimum=3)
     q = _require_diagonal_gaussian(model.encode(x), "aggregate_posterior")
@@ -1093,7 +1236,7 @@ def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
     log_cell = 2 * math.log(float(axis[1] - axis[0]))
     log_n = math.log(len(x))
     log_q_parts, kl_prior, mutual = [], 0.0, 0.0
-    for chunk in grid.split(max_batch):
+    for chunk in grid.split(check_positive_int(max_batch, "max_batch")):
         log_q_cond = diagonal_gaussian_log_density(chunk[:, None, :], mean, logvar)   # (g, N)
         log_q = torch.logsumexp(log_q_cond, dim=1) - log_n                    # (g,)
         log_p = _log_prior(chunk)
@@ -1122,14 +1265,13 @@ def fit_encoder(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epoc
     -------
     (new_model, history)
     """
-    model = _check_model(model)
+    model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
+        model, x_train, x_val, num_epochs, batch_size, lr)
     hidden = check_positive_int(hidden, "hidden")
     new = VAE(model.num_pixels, model.latent_dim, hidden)
     new.decoder = copy.deepcopy(model.decoder)       # same shape and weights, frozen below
     for p in new.decoder.parameters():
         p.requires_grad_(False)
-    _, num_epochs, batch_size, lr = _check_training(new, x_train, x_val, num_epochs,
-                                                    batch_size, lr)
     optimizer = torch.optim.Adam(new.encoder.parameters(), lr=lr)
     history = TrainingHistory()
     n = len(x_train)
@@ -1137,16 +1279,15 @@ def fit_encoder(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epoc
     for epoch in range(num_epochs):
         totals = torch.zeros(2)
         for step, idx in enumerate(torch.randperm(n).split(batch_size)):
-            reconstruction, kl = elbo_terms(new, x_train[idx])
-            loss = -(reconstruction - kl).mean()
-            _check_loss(loss, "fit_encoder", epoch, num_epochs, step, lr)
+            with _stop_on_error("fit_encoder", epoch, num_epochs, step, lr):
+                reconstruction, kl = elbo_terms(new, x_train[idx])
+                loss = -(reconstruction - kl).mean()
+                _check_loss(loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
-        rec, kl_mean = (totals / n).tolist()
-        history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean},
-                       evaluate_elbo(new, x_val))
+        _end_of_epoch(history, totals, n, new, x_val, "fit_encoder", epoch, num_epochs, lr)
     history.seconds = time.perf_counter() - start
     return new, history
 
@@ -1160,9 +1301,7 @@ def fano_error_bound(conditional_entropy: float, num_classes: int) -> float:
     Thomas 2006, theorem 2.10.1). Used by chapter 6 with H(Y | Z) >= H(Y) - I(x; z).
     """
     num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
-    h = float(conditional_entropy)
-    if not np.isfinite(h) or h < 0:
-        raise ValueError(f"conditional_entropy must be finite and >= 0, got {h!r}")
+    h = check_nonnegative(conditional_entropy, "conditional_entropy")
     if h > math.log(num_classes) + 1e-12:
         raise ValueError(f"conditional_entropy cannot exceed log(num_classes) = "
                          f"{math.log(num_classes):.4g}, got {h!r}")
@@ -1174,8 +1313,12 @@ def fano_error_bound(conditional_entropy: float, num_classes: int) -> float:
     lo, hi = 0.0, 1.0 - 1.0 / num_classes            # rhs increases on this interval
     if h >= rhs(hi):
         return hi
-    for _ in range(100):
+    # bisect until lo and hi are adjacent floats (about 1100 halvings for the smallest
+    # answers, a few dozen for answers of order 1: the same result as before)
+    for _ in range(2000):
         mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
         lo, hi = (mid, hi) if rhs(mid) < h else (lo, mid)
     return hi
 
@@ -1200,9 +1343,10 @@ def inference_gaps(model: VAE, x: torch.Tensor, log_px: torch.Tensor,
         mean stochastic ELBO per step).
     """
     model = _check_model(model)
-    _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels, binary=True)
     if not isinstance(log_px, torch.Tensor) or log_px.shape != (len(x),):
         raise ValueError(f"log_px must be a tensor of shape ({len(x)},)")
+    check_finite_tensor(log_px, "log_px")
     mean, logvar, trace = refine_posterior(model, x, num_steps, lr)
     elbo_encoder = iwae_bound(model, x, k)[1]
     elbo_refined = iwae_bound(model, x, k, mean, logvar)[1]

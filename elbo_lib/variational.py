@@ -258,9 +258,17 @@ def fit_vi(
     opt = torch.optim.Adam(params, lr=lr)
     steps, trace = [], []
 
+    def stopped(step: int, err: ValueError) -> ValueError:
+        hint = f" (a smaller lr than {lr} may help)" if "finite" in str(err) else ""
+        return ValueError(f"fit_vi stopped at step {step} of {num_steps}: {err}{hint}")
+
     def record(step: int) -> None:
-        with torch.no_grad():
-            value = float(monte_carlo_elbo(log_joint, family.distribution(), eval_samples))
+        try:
+            with torch.no_grad():
+                value = float(monte_carlo_elbo(log_joint, family.distribution(),
+                                               eval_samples))
+        except ValueError as err:
+            raise stopped(step, err) from err
         steps.append(step)
         trace.append(value)
 
@@ -278,9 +286,7 @@ def fit_vi(
             if not torch.isfinite(loss):
                 raise ValueError("the loss is not finite")
         except ValueError as err:
-            hint = f" (a smaller lr than {lr} may help)" if "finite" in str(err) else ""
-            raise ValueError(f"fit_vi stopped at step {step} of {num_steps}: {err}{hint}"
-                             ) from err
+            raise stopped(step, err) from err
         loss.backward()
         opt.step()
         if step % eval_every == 0 or step == num_steps:
@@ -393,10 +399,12 @@ def fit_gaussian_vi_parallel(
     ValueError
         For a bad size, step size, family, estimator or baseline.
     """
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
     dim = check_positive_int(dim, "dim")
     lrs_np = np.atleast_1d(as_float_array(lrs, "lrs", ndim=1))
     if np.any(lrs_np <= 0):
-        raise ValueError("every step size in lrs must be > 0")
+        raise ValueError(f"lrs must be > 0 (every step size), got minimum {lrs_np.min()!r}")
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if estimator not in PARALLEL_ESTIMATORS:
@@ -428,7 +436,22 @@ def fit_gaussian_vi_parallel(
                 + torch.diag_embed(softplus(torch.diagonal(raw_t, dim1=1, dim2=2))))
 
     def log_p(z: torch.Tensor) -> torch.Tensor:
-        return log_joint(z.reshape(-1, d)).reshape(z.shape[0], z.shape[1])
+        flat = given = z.reshape(-1, d)
+        # a diverged run's samples are NaN or inf: log_joint sees zeros in their place
+        # (it may reject non-finite input); the run's values and gradients are NaN, as
+        # they would be from NaN samples
+        bad = ~torch.isfinite(flat).all(-1)
+        if bool(bad.any()):
+            flat = torch.where(bad[:, None], torch.zeros_like(flat), flat)
+        out = log_joint(flat)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (flat.shape[0],):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"log_joint must map samples of shape (N, {d}) to shape (N,), "
+                             f"got {got} for N = {flat.shape[0]}")
+        if bool(bad.any()):
+            out = out.clone()
+            out[bad] = given[bad].sum(-1) * float("nan")
+        return out.reshape(z.shape[0], z.shape[1])
 
     def elbo_of(mu_t, low, num) -> np.ndarray:
         with torch.no_grad():
@@ -441,6 +464,9 @@ def fit_gaussian_vi_parallel(
     beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
     state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (mu, raw)]
     steps, trace = [0], [elbo_of(mu.detach(), tril_of(raw.detach()), eval_samples)]
+    if not np.all(np.isfinite(trace[0])):
+        raise ValueError(f"log_joint is not finite at the starting point q = N(0, "
+                         f"{init_scale:g}^2 I) (step 0): every run would start diverged")
     for step in range(1, num_steps + 1):
         low = tril_of(raw)
         eps = torch.randn(r, s, d, dtype=DTYPE, generator=gen)
@@ -449,7 +475,7 @@ def fit_gaussian_vi_parallel(
                 z = mu[:, None, :] + eps @ low.transpose(1, 2)
             log_q = _batched_log_q(z, mu, low)
             with torch.no_grad():
-                w = apply_baseline(log_p(z) - log_q, baseline)
+                w = apply_baseline(log_p(z) - log_q, baseline, allow_nonfinite=True)
             objective = (w * log_q).mean(1)
         else:
             z = mu[:, None, :] + eps @ low.transpose(1, 2)

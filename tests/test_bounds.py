@@ -235,3 +235,196 @@ def test_kl_on_grid_treats_a_zero_density_as_zero_mass():
 def test_kl_on_grid_rejects_bad_input(log_q, log_p, g0, g1, match):
     with pytest.raises(ValueError, match=match):
         kl_on_grid(log_q, log_p, g0, g1)
+
+
+# --------------------------------------------------------------------------------------
+# Contract cases (issue 16): every public name of elbo_lib.bounds has bad-input cases.
+# --------------------------------------------------------------------------------------
+from elbo_lib.bounds import (  # noqa: E402
+    gaussian_elbo_quadrature,
+    importance_weighted_bound,
+    log_evidence_quadrature,
+)
+
+_N01 = Normal(torch.tensor(0.0, dtype=F64), torch.tensor(1.0, dtype=F64))
+
+
+def _std_normal_log_joint(z):
+    return -0.5 * z**2 - 0.5 * np.log(2 * np.pi)
+
+
+def _torch_log_joint(z):
+    return -0.5 * (z**2).reshape(len(z), -1).sum(-1)
+
+
+_GRID = np.linspace(-10.0, 10.0, 201)
+_EYE2 = np.eye(2)
+
+BAD_INPUTS = {
+    "monte_carlo_elbo": [
+        (lambda: monte_carlo_elbo(_torch_log_joint, "q", 10), TypeError,
+         r"q must be a torch.distributions.Distribution"),
+        (lambda: monte_carlo_elbo("f", _N01, 10), TypeError, r"log_joint must be callable"),
+        (lambda: monte_carlo_elbo(_torch_log_joint, _N01, 0), ValueError,
+         r"num_samples must be >= 1"),
+        (lambda: monte_carlo_elbo(_torch_log_joint, _N01, True), TypeError,
+         r"num_samples must be an integer"),
+        (lambda: monte_carlo_elbo(lambda z: z.sum(), _N01, 10), ValueError,
+         r"log_joint must return a tensor of shape \(10,\)"),
+        (lambda: monte_carlo_elbo(lambda z: z * np.nan, _N01, 10), ValueError,
+         r"log_joint\(z\) - q.log_prob\(z\) must be finite"),
+        (lambda: monte_carlo_elbo(lambda z: z * 0 + np.inf, _N01, 10), ValueError,
+         r"log_joint\(z\) - q.log_prob\(z\) must be finite"),
+        (lambda: monte_carlo_elbo(_torch_log_joint, _N01, 1, return_std_error=True),
+         ValueError, r"num_samples must be >= 2"),
+    ],
+    "score_function_elbo_surrogate": [
+        (lambda: score_function_elbo_surrogate(_torch_log_joint, "q", 4), TypeError,
+         r"q must be a torch.distributions"),
+        (lambda: score_function_elbo_surrogate(_torch_log_joint, _N01, 4, baseline="mean"),
+         ValueError, r"baseline must be None"),
+        (lambda: score_function_elbo_surrogate(lambda z: z * np.nan, _N01, 4), ValueError,
+         r"log_joint\(z\) - q.log_prob\(z\) must be finite"),
+        (lambda: score_function_elbo_surrogate(_torch_log_joint, _N01, 0), ValueError,
+         r"num_samples must be >= 1"),
+    ],
+    "importance_weighted_bound": [
+        (lambda: importance_weighted_bound(np.array([0.0, np.nan])), ValueError,
+         r"log_weights must not contain NaN"),
+        (lambda: importance_weighted_bound(torch.tensor([0.0, np.nan])), ValueError,
+         r"log_weights must not contain NaN"),
+        (lambda: importance_weighted_bound(np.array([0.0, np.inf])), ValueError,
+         r"log_weights must not contain NaN or \+inf"),
+        (lambda: importance_weighted_bound(np.zeros((0, 2))), ValueError,
+         r"log_weights holds no samples"),
+        (lambda: importance_weighted_bound(["a", "b"]), TypeError,
+         r"log_weights must be a numeric array"),
+        (lambda: importance_weighted_bound(np.zeros((3, 2)), dim=2), ValueError,
+         r"dim=2 is out of range"),
+        (lambda: importance_weighted_bound(np.zeros(3), dim=0.0), TypeError,
+         r"dim must be an integer"),
+    ],
+    "gaussian_elbo_quadrature": [
+        (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, 0.0, 0.0), ValueError,
+         r"std must be .*> 0"),
+        (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, 0.0, np.nan), ValueError,
+         r"std must contain only finite"),
+        (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, np.nan, 1.0), ValueError,
+         r"mean must contain only finite"),
+        (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, "a", 1.0), TypeError,
+         r"mean must be numeric"),
+        (lambda: gaussian_elbo_quadrature("f", 0.0, 1.0), TypeError,
+         r"log_joint must be callable"),
+        (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, 0.0, 1.0, num_nodes=0),
+         ValueError, r"num_nodes must be >= 1"),
+        (lambda: gaussian_elbo_quadrature(lambda z: z * np.nan, 0.0, 1.0), ValueError,
+         r"log_joint returned NaN"),
+        (lambda: gaussian_elbo_quadrature(lambda z: z * 0 + np.inf, 0.0, 1.0), ValueError,
+         r"log_joint returned .*\+inf"),
+        (lambda: gaussian_elbo_quadrature(lambda z: z[..., 0], 0.0, 1.0), ValueError,
+         r"log_joint must return an array of the shape"),
+        (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, [0.0, 1.0], [1.0, 2.0, 3.0]),
+         ValueError, r"mean and std must broadcast"),
+    ],
+    "log_evidence_quadrature": [
+        (lambda: log_evidence_quadrature(_std_normal_log_joint, [0.0, 1.0]), ValueError,
+         r"grid needs at least 3 points"),
+        (lambda: log_evidence_quadrature(_std_normal_log_joint, [0.0, 1.0, 3.0]), ValueError,
+         r"grid must be uniformly spaced"),
+        (lambda: log_evidence_quadrature(_std_normal_log_joint, [0.0, np.nan, 1.0]),
+         ValueError, r"grid must contain only finite"),
+        (lambda: log_evidence_quadrature("f", _GRID), TypeError,
+         r"log_joint must be callable"),
+        (lambda: log_evidence_quadrature(lambda z: z[:3], _GRID), ValueError,
+         r"log_joint must return shape"),
+        (lambda: log_evidence_quadrature(
+            lambda z: np.where(z == z[100], np.nan, -0.5 * z**2), _GRID), ValueError,
+         r"log_joint returned NaN"),
+        (lambda: log_evidence_quadrature(lambda z: -0.5 * (z / 20) ** 2, _GRID), ValueError,
+         r"grid does not cover"),
+    ],
+    "kl_on_grid": [
+        (lambda: kl_on_grid(np.full((3, 3), np.nan), np.zeros((3, 3)), [0, 1, 2], [0, 1, 2]),
+         ValueError, r"log_q must not contain NaN"),
+        (lambda: kl_on_grid(np.zeros((3, 3)), np.full((3, 3), np.inf), [0, 1, 2], [0, 1, 2]),
+         ValueError, r"log_p must not contain NaN or \+inf"),
+        (lambda: kl_on_grid([["a"] * 3] * 3, np.zeros((3, 3)), [0, 1, 2], [0, 1, 2]),
+         TypeError, r"log_q must be numeric"),
+        (lambda: kl_on_grid(np.zeros((3, 2)), np.zeros((3, 3)), [0, 1, 2], [0, 1, 2]),
+         ValueError, r"log_q and log_p must have shape \(3, 3\)"),
+        (lambda: kl_on_grid(np.zeros((3, 3)), np.zeros((3, 3)), [0, 2, 1], [0, 1, 2]),
+         ValueError, r"grid_0 must be strictly increasing"),
+        (lambda: kl_on_grid(np.zeros((3, 3)), np.zeros((3, 3)), [0, 1, 2], [0, 1, np.nan]),
+         ValueError, r"grid_1 must contain only finite"),
+    ],
+    "importance_sampling_posterior": [
+        (lambda: importance_sampling_posterior(_torch_log_joint, [0.0, 0.0], _EYE2, 10,
+                                               rng=None), TypeError, r"rng must be"),
+        (lambda: importance_sampling_posterior(_torch_log_joint, [0.0, 0.0], np.eye(3), 10,
+                                               rng=0), ValueError, r"cov must have shape"),
+        (lambda: importance_sampling_posterior(_torch_log_joint, [0.0, 0.0],
+                                               [[1.0, 2.0], [2.0, 1.0]], 10, rng=0),
+         ValueError, r"cov must be positive definite"),
+        (lambda: importance_sampling_posterior(_torch_log_joint, [0.0, 0.0],
+                                               [[1.0, 0.5], [0.0, 1.0]], 10, rng=0),
+         ValueError, r"cov must be symmetric"),
+        (lambda: importance_sampling_posterior(_torch_log_joint, [0.0, 0.0], _EYE2, 1, rng=0),
+         ValueError, r"num_samples must be >= 2"),
+        (lambda: importance_sampling_posterior(_torch_log_joint, [0.0, 0.0], _EYE2, 10,
+                                               rng=0, df=0.0), ValueError, r"df must be"),
+        (lambda: importance_sampling_posterior("f", [0.0, 0.0], _EYE2, 10, rng=0), TypeError,
+         r"log_joint must be callable"),
+        (lambda: importance_sampling_posterior(lambda z: z, [0.0, 0.0], _EYE2, 10, rng=0),
+         ValueError, r"log_joint must return a tensor of shape \(10,\)"),
+        (lambda: importance_sampling_posterior(lambda z: z[:, 0] * np.nan, [0.0, 0.0],
+                                               _EYE2, 10, rng=0), ValueError,
+         r"log_joint .*non-finite"),
+    ],
+}
+
+NO_INPUTS = {
+    "ImportanceSamplingResult": "a result object returned by importance_sampling_posterior",
+}
+
+# ELBO of q = N(m, s^2) for log p(x, z) = log N(z; 0, 1): -(m^2 + s^2)/2 + log s + 1/2
+def _norm_logpdf(x, mean=0.0, var=1.0):
+    return -0.5 * ((x - mean) ** 2 / var + np.log(2 * np.pi * var))
+
+
+def _kl_on_grid_of_gaussians():
+    """KL(N(0, 1) N(0, 1) || N(0.5, 2) N(0, 1)) on a fine grid, and in closed form."""
+    g = np.linspace(-12, 12, 1201)
+    mu, tau = np.meshgrid(g, g, indexing="ij")
+    log_q = _norm_logpdf(mu) + _norm_logpdf(tau)
+    log_p = _norm_logpdf(mu, 0.5, 2.0) + _norm_logpdf(tau)
+    want = 0.5 * (np.log(2.0) + (1 + 0.25) / 2 - 1)
+    return kl_on_grid(log_q, log_p, g, g), want
+
+
+EXTREME_INPUTS = {
+    "kl_on_grid": [
+        (_kl_on_grid_of_gaussians,
+         lambda out: np.testing.assert_allclose(out[0], out[1], rtol=1e-6)),
+    ],
+    "gaussian_elbo_quadrature": [
+        (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, 0.0, 1e-200),
+         lambda out: np.testing.assert_allclose(out, np.log(1e-200) + 0.5, rtol=1e-13)),
+        (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, 1e-150, 1e-150),
+         lambda out: np.testing.assert_allclose(out, np.log(1e-150) + 0.5, rtol=1e-13)),
+        (lambda: gaussian_elbo_quadrature(_std_normal_log_joint, 0.0, 1e150),
+         lambda out: np.testing.assert_allclose(out, -0.5e300, rtol=1e-13)),
+    ],
+    "importance_weighted_bound": [
+        (lambda: importance_weighted_bound(np.array([-1e300, -1e300 + 1e284])),
+         lambda out: np.testing.assert_allclose(out, -1e300 + 1e284, rtol=1e-15)),
+        (lambda: importance_weighted_bound(np.array([[3.0]])),       # k = 1: the weight
+         lambda out: np.testing.assert_array_equal(out, [3.0])),
+    ],
+    "log_evidence_quadrature": [
+        # one tiny-scale posterior: N(0, 1e-150^2) has log p(x) = 0 (normalised joint)
+        (lambda: log_evidence_quadrature(
+            lambda z: -0.5 * (z / 1e-150) ** 2 - np.log(1e-150) - 0.5 * np.log(2 * np.pi),
+            np.linspace(-1e-149, 1e-149, 2001))[0],
+         lambda out: np.testing.assert_allclose(out, 0.0, atol=1e-12)),
+    ],
+}

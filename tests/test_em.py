@@ -126,8 +126,11 @@ def test_elbo_below_loglik_for_any_q(seed):
     w, m, c = random_start(X, 3, seed)
     resp = rng.dirichlet(np.ones(3), size=40)
     ll = gmm_log_likelihood(X, w, m, c)
-    assert gmm_elbo(X, resp, w, m, c) <= ll + 1e-10
     exact = gmm_responsibilities(X, w, m, c)
+    # the gap is KL(q || p(z | x)), summed over points: a value, not only a sign
+    kl = float((resp * (np.log(resp) - np.log(exact))).sum())
+    assert kl > 0
+    assert gmm_elbo(X, resp, w, m, c) == pytest.approx(ll - kl, rel=1e-10, abs=1e-10)
     assert abs(gmm_elbo(X, exact, w, m, c) - ll) < 1e-10
 
 
@@ -203,7 +206,7 @@ _EYE2 = np.stack([np.eye(4)] * 2)
     ({}, lambda X: X[None], ValueError, "dimension"),
     ({"n_components": 2.5}, None, TypeError, "integer"),
     ({"n_components": 0}, None, ValueError, ">= 1"),
-    ({"means_init": np.zeros((3, 4))}, None, ValueError, "means must have shape"),
+    ({"means_init": np.zeros((3, 4))}, None, ValueError, "means_init must have shape"),
     ({"weights_init": [0.5, 0.6]}, None, ValueError, "summing to 1"),
     ({"covariances_init": _EYE2, "precisions_init": _EYE2}, None, ValueError, "not both"),
     ({"covariances_init": np.stack([np.triu(np.ones((4, 4)))] * 2)}, None, ValueError,
@@ -245,6 +248,21 @@ def test_additive_floor_dips_within_shortfall_and_clip_is_monotone(iris):
     assert np.all(clip.elbo_after_m_step_ >= clip.elbo_after_e_step_ - 1e-9)
 
 
+def test_floor_shortfall_is_the_additive_floors_loss_in_q(iris):
+    """floor_shortfall_[t] against Q(S_k) - Q(S_k + eps I) from determinants.
+
+    The trace above uses the shortfall only as one-sided slack, so a wrong sign in its
+    eigenvalue formula (40,000 times too large on iris) passed; this pins its value.
+    """
+    eps = 1e-2
+    fit = GaussianMixtureEM(3, rng=27, reg_covar=eps, max_iter=6, tol=0.0,
+                            keep_history=True).fit(iris)
+    want = [_shortfall_by_determinants(iris, gmm_responsibilities(iris, *fit.history_[t]),
+                                       eps) for t in range(fit.n_iter_)]
+    assert min(want) > 1e-3
+    np.testing.assert_allclose(fit.floor_shortfall_, want, rtol=1e-8)
+
+
 def test_clip_floor_is_exact_constrained_maximiser():
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.normal(size=60), np.zeros(60)])  # degenerate 2nd direction
@@ -272,7 +290,7 @@ def test_incremental_em_elbo_is_monotone_and_reaches_the_em_fixed_point():
 
     X = _blobs()
     m0 = X[[0, 1, 2]]
-    inc = incremental_em(X, 3, n_blocks=6, n_sweeps=40, means_init=m0)
+    inc = incremental_em(X, 3, num_blocks=6, num_sweeps=40, means_init=m0)
     assert np.all(np.diff(inc.elbo_) >= -1e-9)
     assert np.all(inc.elbo_ <= inc.log_likelihood_ + 1e-9)
     ref = GaussianMixtureEM(3, means_init=m0, tol=1e-12, max_iter=2000,
@@ -285,7 +303,7 @@ def test_incremental_em_with_one_block_is_em():
 
     X = _blobs(1)
     m0 = X[[3, 4, 5]]
-    inc = incremental_em(X, 3, n_blocks=1, n_sweeps=5, means_init=m0)
+    inc = incremental_em(X, 3, num_blocks=1, num_sweeps=5, means_init=m0)
     ref = GaussianMixtureEM(3, means_init=m0, tol=0.0, max_iter=6,
                             covariance_floor="clip").fit(X)
     np.testing.assert_allclose(inc.log_likelihood_, ref.log_likelihood_[1:], rtol=1e-10)
@@ -295,10 +313,10 @@ def test_incremental_em_validates():
     from elbo_lib.em import incremental_em
 
     X = _blobs(n=20)
-    with pytest.raises(ValueError, match="n_blocks"):
-        incremental_em(X, 2, n_blocks=21)
+    with pytest.raises(ValueError, match="num_blocks"):
+        incremental_em(X, 2, num_blocks=21)
     with pytest.raises(TypeError):
-        incremental_em(X, 2, n_blocks=2.5)
+        incremental_em(X, 2, num_blocks=2.5)
 
 
 def test_gmm_log_prior_matches_scipy():
@@ -401,3 +419,262 @@ def test_chunked_e_step_memory_does_not_grow_with_n():
 def test_chunk_size_is_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixtureEM(2, rng=0, **kwargs).fit(np.eye(3))
+
+
+# ---------------------------------------------------------------------------------------
+# Contract cases (issue 16): every public name of elbo_lib.em has bad-input cases.
+# ---------------------------------------------------------------------------------------
+from elbo_lib.em import (  # noqa: E402
+    gmm_log_prior,
+    incremental_em,
+    map_em,
+    weighted_gaussian_m_step,
+)
+
+_X = _synthetic(60, seed=3)[0]
+_W, _M, _C = np.full(3, 1 / 3), _X[:3].copy(), np.stack([np.eye(3)] * 3)
+_THETA = (_W, _M, _C)
+_THETA_ZERO_W = (np.array([0.0, 0.5, 0.5]), _M, _C)   # a component with weight 0
+_X_NAN = np.where(np.arange(_X.size).reshape(_X.shape) == 5, np.nan, _X)
+_RESP = np.full((60, 3), 1 / 3)
+
+
+def _fit(**kwargs):
+    params = {"n_components": 2, "rng": 0, **kwargs}
+    return GaussianMixtureEM(**params).fit(_X)
+
+
+def _fitted():
+    return GaussianMixtureEM(2, rng=0, max_iter=5).fit(_X)
+
+
+def _shortfall_by_determinants(X, resp, eps):
+    """delta = sum_k Q_k(S_k) - Q_k(S_k + eps I), Q_k(Sigma) = -N_k/2 (log|Sigma| +
+    tr(Sigma^-1 S_k)): the additive floor's shortfall from determinants, not eigenvalues."""
+    counts = resp.sum(axis=0)
+    out = 0.0
+    for k in range(resp.shape[1]):
+        mean = resp[:, k] @ X / counts[k]
+        s = (resp[:, k, None] * (X - mean)).T @ (X - mean) / counts[k]
+        floored = s + eps * np.eye(X.shape[1])
+        q_exact = -0.5 * counts[k] * (np.linalg.slogdet(s)[1] + X.shape[1])
+        q_floor = -0.5 * counts[k] * (np.linalg.slogdet(floored)[1]
+                                      + np.trace(np.linalg.solve(floored, s)))
+        out += q_exact - q_floor
+    return out
+
+
+def _m_step_shortfall():
+    resp = gmm_responsibilities(_X, *_THETA)
+    return (weighted_gaussian_m_step(_X, resp, 0.5, "add")[3],
+            _shortfall_by_determinants(_X, resp, 0.5))
+
+
+def _assert_shortfall(out):
+    got, want = out
+    assert want > 1e-3, "the test needs a visible shortfall"
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def _scaled_fit(scale):
+    """EM is equivariant: fitting X s from a start scaled by s gives the means times s."""
+    w, m, c = random_start(_X, 3, 1)
+    fits = [GaussianMixtureEM(3, weights_init=w, means_init=m * s, covariances_init=c * s**2,
+                              reg_covar=0.0, max_iter=20, tol=0.0).fit(_X * s)
+            for s in (1.0, scale)]
+    return fits[0].means_ * scale, fits[1].means_
+
+
+def _assert_path_finite_and_tight(path):
+    assert np.all(np.isfinite(path["log_likelihood"])), path
+    ref = [gmm_log_likelihood(_X, *th) for th in (_THETA_ZERO_W, _THETA)]
+    np.testing.assert_allclose(path["log_likelihood"][[0, -1]], ref, rtol=1e-12)
+
+
+BAD_INPUTS = {
+    "GaussianMixtureEM": [
+        (lambda: _fit(n_components=0), ValueError, r"n_components must be >= 1"),
+        (lambda: _fit(n_components=2.5), TypeError, r"n_components must be an integer"),
+        (lambda: _fit(tol=np.nan), ValueError, r"tol must be a finite number >= 0"),
+        (lambda: _fit(reg_covar=-1.0), ValueError, r"reg_covar must be a finite number >= 0"),
+        (lambda: _fit(max_iter=0), ValueError, r"max_iter must be >= 1"),
+        (lambda: _fit(covariance_floor="median"), ValueError, r"covariance_floor must be"),
+        (lambda: _fit(chunk_size=0), ValueError, r"chunk_size must be >= 1"),
+        (lambda: _fit(rng=None), TypeError, r"rng must be a numpy.random.Generator"),
+        (lambda: _fit(means_init=np.zeros((3, 3))), ValueError,
+         r"means_init must have shape \(2, 3\)"),
+        (lambda: _fit(weights_init=[0.5, 0.6]), ValueError, r"weights_init must be >= 0"),
+        (lambda: _fit(covariances_init=-np.stack([np.eye(3)] * 2)), ValueError,
+         r"covariances_init\[0\] must be positive definite"),
+        (lambda: _fit(precisions_init=-np.stack([np.eye(3)] * 2)), ValueError,
+         r"precisions_init must be positive definite"),
+    ],
+    "GaussianMixtureEM.fit": [
+        (lambda: GaussianMixtureEM(2, rng=0).fit(_X_NAN), ValueError,
+         r"X must contain only finite"),
+        (lambda: GaussianMixtureEM(2, rng=0).fit(_X[:, 0]), ValueError,
+         r"X must have 2 dimension"),
+        (lambda: GaussianMixtureEM(5, rng=0).fit(_X[:3]), ValueError,
+         r"n_components=5 is larger than the number of points n=3"),
+        (lambda: GaussianMixtureEM(2, rng=0).fit("X"), TypeError, r"X must be numeric"),
+    ],
+    "GaussianMixtureEM.score_samples": [
+        (lambda: GaussianMixtureEM(2).score_samples(_X), ValueError, r"call fit\(X\) first"),
+        (lambda: _fitted().score_samples(_X[:, :2]), ValueError,
+         r"X has 2 features, the model was fitted with 3"),
+        (lambda: _fitted().score_samples(_X_NAN), ValueError, r"X must contain only finite"),
+    ],
+    "GaussianMixtureEM.score": [
+        (lambda: GaussianMixtureEM(2).score(_X), ValueError, r"call fit\(X\) first"),
+        (lambda: _fitted().score(_X[:0]), ValueError, r"X must not be empty"),
+    ],
+    "GaussianMixtureEM.predict_proba": [
+        (lambda: _fitted().predict_proba(_X[:, :2]), ValueError, r"X has 2 features"),
+    ],
+    "GaussianMixtureEM.predict": [
+        (lambda: GaussianMixtureEM(2).predict(_X), ValueError, r"call fit\(X\) first"),
+        (lambda: _fitted().predict(_X_NAN), ValueError, r"X must contain only finite"),
+    ],
+    "gmm_log_likelihood": [
+        (lambda: gmm_log_likelihood(_X_NAN, *_THETA), ValueError, r"X must contain only"),
+        (lambda: gmm_log_likelihood(_X, [0.5, 0.6, 0.1], _M, _C), ValueError,
+         r"weights must be >= 0 with rows summing to 1"),
+        (lambda: gmm_log_likelihood(_X, _W, _M[:, :2], _C), ValueError,
+         r"means must have shape \(3, 3\)"),
+        (lambda: gmm_log_likelihood(_X, _W, _M, -_C), ValueError,
+         r"covariances\[0\] must be positive definite"),
+        (lambda: gmm_log_likelihood(_X, _W, _M, _C + np.triu(np.ones(3), 1)), ValueError,
+         r"covariances must be symmetric"),
+    ],
+    "gmm_responsibilities": [
+        (lambda: gmm_responsibilities(_X, _W, _M, _C[:2]), ValueError,
+         r"covariances must have shape \(3, 3, 3\)"),
+        (lambda: gmm_responsibilities(_X, [1.0, 0.0, -0.0001], _M, _C), ValueError,
+         r"weights must be >= 0"),
+    ],
+    "gmm_elbo": [
+        (lambda: gmm_elbo(_X, np.full((60, 3), 0.5), *_THETA), ValueError,
+         r"resp must be >= 0 with rows summing to 1"),
+        (lambda: gmm_elbo(_X, _RESP[:5], *_THETA), ValueError, r"resp must have shape"),
+        (lambda: gmm_elbo(_X, np.where(_RESP > 0, np.nan, 0), *_THETA), ValueError,
+         r"resp must contain only finite"),
+    ],
+    "interpolate_parameters": [
+        (lambda: interpolate_parameters(_THETA, _THETA, np.nan), ValueError,
+         r"t must be finite"),
+        (lambda: interpolate_parameters(_THETA, _THETA, "0.5"), TypeError,
+         r"t must be a real number"),
+        (lambda: interpolate_parameters((_W, _M, -_C), _THETA, 0.5), ValueError,
+         r"theta_0 covariances\[0\] must be positive definite"),
+        (lambda: interpolate_parameters(_THETA, (_W[:2], _M[:2], _C[:2]), 0.5), ValueError,
+         r"theta_1 .*must have shape"),
+        (lambda: interpolate_parameters(_THETA, (_W, _M), 0.5), ValueError,
+         r"theta_1 must be a tuple \(weights, means, covariances\)"),
+        (lambda: interpolate_parameters(([0.5, 0.6, 0.1], _M, _C), _THETA, 0.5),
+         ValueError, r"theta_0 weights must be >= 0"),
+    ],
+    "bound_along_path": [
+        (lambda: bound_along_path(_X, _THETA, _THETA, [0.0, np.nan]), ValueError,
+         r"ts must contain only finite"),
+        (lambda: bound_along_path(_X[:, :2], _THETA, _THETA, [0.0]), ValueError,
+         r"theta_old means must have shape \(3, 2\)"),
+        (lambda: bound_along_path(_X_NAN, _THETA, _THETA, [0.0]), ValueError,
+         r"X must contain only finite"),
+    ],
+    "match_components": [
+        (lambda: match_components(np.zeros((3, 2)), np.zeros((2, 2))), ValueError,
+         r"reference and estimate must have the same shape"),
+        (lambda: match_components(np.zeros(3), np.array([0.0, np.nan, 1.0])), ValueError,
+         r"estimate must contain only finite"),
+        (lambda: match_components(np.zeros((2, 2, 2)), np.zeros((2, 2, 2))), ValueError,
+         r"reference must have 1 or 2 dimension"),
+    ],
+    "random_start": [
+        (lambda: random_start(_X[:2], 3, 0), ValueError,
+         r"n_components=3 is larger than the number of points n=2"),
+        (lambda: random_start(_X, 2, None), TypeError, r"rng must be"),
+        (lambda: random_start(_X_NAN, 2, 0), ValueError, r"X must contain only finite"),
+        (lambda: random_start(_X, 0, 0), ValueError, r"n_components must be >= 1"),
+    ],
+    "incremental_em": [
+        (lambda: incremental_em(_X, 2, num_blocks=61, rng=0), ValueError,
+         r"num_blocks=61 is larger than the number of points n=60"),
+        (lambda: incremental_em(_X, 2, num_sweeps=0, rng=0), ValueError,
+         r"num_sweeps must be >= 1"),
+        (lambda: incremental_em(_X, 2, num_blocks=2.5, rng=0), TypeError,
+         r"num_blocks must be an integer"),
+        (lambda: incremental_em(_X_NAN, 2, rng=0), ValueError, r"X must contain only"),
+        (lambda: incremental_em(_X, 2, reg_covar=-1.0, rng=0), ValueError,
+         r"reg_covar must be a finite number >= 0"),
+        (lambda: incremental_em(_X[:2], 3, rng=0), ValueError,
+         r"n_components=3 is larger than the number of points n=2"),
+    ],
+    "gmm_log_prior": [
+        (lambda: gmm_log_prior(_W, _C, weight_concentration=0.5, cov_prior_dof=5.0,
+                               cov_prior_scale=np.eye(3)), ValueError,
+         r"weight_concentration >= 1"),
+        (lambda: gmm_log_prior(_W, _C, weight_concentration=1.0, cov_prior_dof=5.0,
+                               cov_prior_scale=-np.eye(3)), ValueError,
+         r"cov_prior_scale must be positive definite"),
+        (lambda: gmm_log_prior(_W, -_C, weight_concentration=1.0, cov_prior_dof=5.0,
+                               cov_prior_scale=np.eye(3)), ValueError,
+         r"covariances\[0\] must be positive definite"),
+        (lambda: gmm_log_prior([0.5, 0.6], _C[:2], weight_concentration=1.0,
+                               cov_prior_dof=5.0, cov_prior_scale=np.eye(3)), ValueError,
+         r"weights must be >= 0 with rows summing to 1"),
+        (lambda: gmm_log_prior(_W, _C, weight_concentration=1.0, cov_prior_dof=np.nan,
+                               cov_prior_scale=np.eye(3)), ValueError, r"cov_prior_dof"),
+    ],
+    "map_em": [
+        (lambda: map_em(_X, 2, cov_prior_scale=-np.eye(3), rng=0), ValueError,
+         r"cov_prior_scale must be positive definite"),
+        (lambda: map_em(_X, 2, weight_concentration=0.5, rng=0), ValueError,
+         r"weight_concentration >= 1"),
+        (lambda: map_em(_X, 2, max_iter=0, rng=0), ValueError, r"max_iter must be >= 1"),
+        (lambda: map_em(_X_NAN, 2, rng=0), ValueError, r"X must contain only finite"),
+        (lambda: map_em(_X, 2, cov_prior_dof=1.0, rng=0), ValueError,
+         r"cov_prior_dof > d - 1 = 2"),
+        (lambda: map_em(_X, 2), TypeError, r"rng must be"),
+    ],
+    "weighted_gaussian_m_step": [
+        (lambda: weighted_gaussian_m_step(_X, -_RESP, 1e-6), ValueError,
+         r"resp must be >= 0"),
+        (lambda: weighted_gaussian_m_step(_X, _RESP[:5], 1e-6), ValueError,
+         r"resp must have 60 rows"),
+        (lambda: weighted_gaussian_m_step(_X, _RESP, 1e-6, "median"), ValueError,
+         r"floor must be one of"),
+        (lambda: weighted_gaussian_m_step(_X, _RESP, -1.0), ValueError,
+         r"reg_covar must be a finite number >= 0"),
+        (lambda: weighted_gaussian_m_step(_X, np.where(_RESP > 0, np.nan, 0), 1e-6),
+         ValueError, r"resp must contain only finite"),
+    ],
+}
+
+NO_INPUTS = {"EMTrace": "result object of incremental_em and map_em; readers never build one"}
+
+EXTREME_INPUTS = {
+    "weighted_gaussian_m_step": [(_m_step_shortfall, _assert_shortfall)],
+    "interpolate_parameters": [
+        # a zero weight: t = 1 gives theta_1 and t = 0 theta_0 exactly, no NaN in between
+        (lambda: interpolate_parameters(_THETA_ZERO_W, _THETA, 1.0),
+         lambda out: np.testing.assert_allclose(out[0], _W, rtol=1e-14)),
+        (lambda: interpolate_parameters(_THETA, _THETA_ZERO_W, 1.0),
+         lambda out: np.testing.assert_allclose(out[0], _THETA_ZERO_W[0], atol=0)),
+        (lambda: interpolate_parameters(_THETA_ZERO_W, _THETA, 0.5),
+         lambda out: np.testing.assert_allclose(out[0], [0.0, 0.5, 0.5], atol=0)),
+    ],
+    "bound_along_path": [
+        (lambda: bound_along_path(_X, _THETA_ZERO_W, _THETA, [0.0, 0.5, 1.0]),
+         _assert_path_finite_and_tight),
+    ],
+    "GaussianMixtureEM.fit": [
+        (lambda s=scale: _scaled_fit(s),
+         lambda out: np.testing.assert_allclose(out[1], out[0], rtol=1e-9))
+        for scale in (1e100, 1e-100)
+    ],
+    "gmm_log_likelihood": [
+        # one point, one dimension: log N(0 | 0, 1)
+        (lambda: gmm_log_likelihood([[0.0]], [1.0], [[0.0]], [[[1.0]]]),
+         lambda out: np.testing.assert_allclose(out, -0.5 * np.log(2 * np.pi), rtol=1e-15)),
+    ],
+}

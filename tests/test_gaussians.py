@@ -143,3 +143,152 @@ def test_gaussian_log_density_rejects_bad_input(args, match):
 def test_precision_cholesky_rejects_bad_input(cov):
     with pytest.raises(ValueError, match="positive definite|shape"):
         precision_cholesky(cov)
+
+
+# ---------------------------------------------------------------------------------------
+# Contract cases (issue 16): every public name of elbo_lib.gaussians has bad-input cases.
+# ---------------------------------------------------------------------------------------
+from elbo_lib.gaussians import (  # noqa: E402
+    diagonal_gaussian,
+    gaussian_quadratic_expectation,
+    gaussian_quadratic_gradient,
+)
+
+_NAN2 = np.array([0.0, np.nan])
+_ASYM = np.array([[[2.0, 0.5], [0.0, 2.0]]])
+_EYE2 = np.eye(2)
+_ONES2 = np.ones(2)
+
+
+def _scaled_log_density(scale):
+    """log N(x s | mu s, Sigma s^2) = log N(x | mu, Sigma) - d log s, against scipy."""
+    x = np.array([[0.3, -1.0], [2.0, 0.5]])
+    mu = np.array([[0.0, 0.0], [1.0, -1.0]])
+    cov = np.array([[[1.0, 0.3], [0.3, 2.0]], [[0.5, 0.0], [0.0, 0.25]]])
+    out = gaussian_log_density(x * scale, mu * scale, precision_cholesky(cov * scale**2))
+    ref = np.stack([multivariate_normal(mu[k], cov[k]).logpdf(x) for k in range(2)], axis=1)
+    return out, ref - 2 * np.log(scale)
+
+
+BAD_INPUTS = {
+    "gaussian_kl": [
+        (lambda: gaussian_kl(0.0, 0.0, 0.0, 1.0), ValueError, r"var_q must be > 0"),
+        (lambda: gaussian_kl(_NAN2, _ONES2, 0.0, 1.0), ValueError, r"mean_q must .*finite"),
+        (lambda: gaussian_kl(0.0, 1.0, 0.0, np.nan), ValueError, r"var_p must .*finite"),
+        (lambda: gaussian_kl("a", 1.0, 0.0, 1.0), TypeError, r"mean_q must be numeric"),
+        (lambda: gaussian_kl(np.zeros(3), np.ones(2), 0.0, 1.0), ValueError,
+         r"mean_q .*var_q .*broadcast"),
+        (lambda: gaussian_kl(torch.tensor([0.0, float("nan")]), torch.ones(2), 0.0, 1.0),
+         ValueError, r"mean_q must .*finite"),
+    ],
+    "gaussian_entropy": [
+        (lambda: gaussian_entropy(np.array([1.0, 0.0])), ValueError, r"var must be > 0"),
+        (lambda: gaussian_entropy(np.array([1.0, np.nan])), ValueError, r"var must .*finite"),
+        (lambda: gaussian_entropy(torch.tensor([float("nan")])), ValueError,
+         r"var must .*finite"),
+        (lambda: gaussian_entropy("a"), TypeError, r"var must be numeric"),
+    ],
+    "gaussian_kl_full": [
+        (lambda: gaussian_kl_full(np.zeros(2), _ASYM[0], np.zeros(2), _EYE2), ValueError,
+         r"cov_q must be symmetric"),
+        (lambda: gaussian_kl_full(np.zeros(2), _EYE2, np.zeros(2), -_EYE2), ValueError,
+         r"cov_p must be positive definite"),
+        (lambda: gaussian_kl_full(np.zeros(2), _EYE2, np.zeros(3), np.eye(3)), ValueError,
+         r"mean_q and mean_p must have the same shape"),
+        (lambda: gaussian_kl_full(_NAN2, _EYE2, np.zeros(2), _EYE2), ValueError,
+         r"mean_q must contain only finite"),
+        (lambda: gaussian_kl_full(np.zeros(2), np.eye(3), np.zeros(2), _EYE2), ValueError,
+         r"cov_q must have shape \(2, 2\)"),
+    ],
+    "precision_cholesky": [
+        (lambda: precision_cholesky(_ASYM), ValueError, r"covariances must be symmetric"),
+        (lambda: precision_cholesky(-_EYE2[None]), ValueError,
+         r"covariances\[0\] must be positive definite"),
+        (lambda: precision_cholesky(_EYE2), ValueError, r"covariances must have 3 dim"),
+        (lambda: precision_cholesky(np.zeros((1, 2, 3))), ValueError,
+         r"covariances must be square"),
+        (lambda: precision_cholesky(np.full((1, 1, 1), np.nan)), ValueError,
+         r"covariances must contain only finite"),
+    ],
+    "gaussian_log_density": [
+        (lambda: gaussian_log_density(np.zeros((5, 2)), np.zeros((1, 3)),
+                                      precision_cholesky(_EYE2[None])), ValueError,
+         r"means must have shape \(1, 2\)"),
+        (lambda: gaussian_log_density(np.full((2, 2), np.nan), np.zeros((1, 2)),
+                                      precision_cholesky(_EYE2[None])), ValueError,
+         r"X must contain only finite"),
+        (lambda: gaussian_log_density(np.zeros((2, 2)), np.zeros((1, 2)), -_EYE2[None]),
+         ValueError, r"prec_chol must be upper triangular with a positive diagonal"),
+        (lambda: gaussian_log_density(np.zeros((2, 2)), np.zeros((1, 2)),
+                                      np.ones((1, 2, 2))), ValueError,
+         r"prec_chol must be upper triangular"),
+        (lambda: gaussian_log_density("x", np.zeros((1, 2)), _EYE2[None]), TypeError,
+         r"X must be numeric"),
+    ],
+    "diagonal_gaussian_log_density": [
+        (lambda: diagonal_gaussian_log_density(torch.tensor([[float("nan"), 0.0]]),
+                                               torch.zeros(2), torch.zeros(2)),
+         ValueError, r"z must contain only finite"),
+        (lambda: diagonal_gaussian_log_density(torch.zeros(1, 2), torch.zeros(2),
+                                               torch.tensor([0.0, float("nan")])),
+         ValueError, r"logvar must contain only finite"),
+        (lambda: diagonal_gaussian_log_density(torch.zeros(1, 2), torch.zeros(3),
+                                               torch.zeros(2)),
+         ValueError, r"z \(1, 2\), mean \(3,\) and logvar \(2,\) must broadcast"),
+        (lambda: diagonal_gaussian_log_density("z", torch.zeros(2), torch.zeros(2)),
+         TypeError, r"z must be a torch.Tensor or numeric array"),
+    ],
+    "diagonal_gaussian": [
+        (lambda: diagonal_gaussian(torch.zeros(2), torch.tensor([1.0, 0.0])), ValueError,
+         r"sigma must be > 0"),
+        (lambda: diagonal_gaussian(torch.zeros(2), torch.tensor([1.0, float("nan")])),
+         ValueError, r"sigma must .*finite"),
+        (lambda: diagonal_gaussian(torch.tensor([float("nan"), 0.0]), torch.ones(2)),
+         ValueError, r"mu must contain only finite"),
+        (lambda: diagonal_gaussian(torch.zeros(3), torch.ones(2)), ValueError,
+         r"mu .*sigma .*broadcast"),
+        (lambda: diagonal_gaussian("mu", torch.ones(2)), TypeError,
+         r"mu must be a torch.Tensor or numeric array"),
+    ],
+    "gaussian_quadratic_expectation": [
+        (lambda: gaussian_quadratic_expectation(np.eye(3), _ONES2, _ONES2, _ONES2),
+         ValueError, r"a must have shape \(2, 2\)"),
+        (lambda: gaussian_quadratic_expectation(_EYE2, np.ones(3), _ONES2, _ONES2),
+         ValueError, r"b must have shape \(2,\)"),
+        (lambda: gaussian_quadratic_expectation(_EYE2, _ONES2, _ONES2, [1.0, -1.0]),
+         ValueError, r"sigma must be > 0"),
+        (lambda: gaussian_quadratic_expectation(_EYE2, _ONES2, _NAN2, _ONES2),
+         ValueError, r"mu must contain only finite"),
+    ],
+    "gaussian_quadratic_gradient": [
+        (lambda: gaussian_quadratic_gradient(_EYE2, _ONES2, _ONES2, np.ones(3)),
+         ValueError, r"sigma must have shape \(2,\)"),
+        (lambda: gaussian_quadratic_gradient(_EYE2, "b", _ONES2, _ONES2), TypeError,
+         r"b must be numeric"),
+    ],
+}
+
+EXTREME_INPUTS = {
+    "gaussian_log_density": [
+        (lambda s=scale: _scaled_log_density(s),
+         lambda out: np.testing.assert_allclose(out[0], out[1], rtol=1e-12))
+        for scale in (1e150, 1e-150)
+    ],
+    "precision_cholesky": [
+        (lambda: precision_cholesky(np.array([[[1e-200, 0.0], [0.0, 4e200]]])),
+         lambda out: np.testing.assert_allclose(out[0], np.diag([1e100, 0.5e-100]),
+                                                rtol=1e-14)),
+    ],
+    "gaussian_kl": [
+        # KL(N(0, 1e-150) || N(0, 1e150)) = (log 1e300 + 1e-300 - 1) / 2
+        (lambda: gaussian_kl(0.0, 1e-150, 0.0, 1e150),
+         lambda out: np.testing.assert_allclose(out, 0.5 * (300 * np.log(10) - 1),
+                                                rtol=1e-14)),
+    ],
+    "gaussian_entropy": [
+        (lambda: gaussian_entropy(np.array([1e-300, 1e300])),
+         lambda out: np.testing.assert_allclose(
+             out, 0.5 * (np.log(2 * np.pi) + 1 + np.array([-300, 300]) * np.log(10)),
+             rtol=1e-12)),
+    ],
+}

@@ -420,3 +420,172 @@ def test_gradient_snr_names_a_non_finite_gradient():
     w = torch.ones(1, dtype=F64, requires_grad=True)
     with pytest.raises(ValueError, match="repeat 0 is not finite"):
         gradient_snr(lambda: (w * np.inf).sum(), {"w": [w]}, 3)
+
+
+# --------------------------------------------------------------------------------------
+# Contract cases (issue 16): every public name of elbo_lib.gradients has bad-input cases.
+# --------------------------------------------------------------------------------------
+_P = {"mu": torch.zeros(2, dtype=F64), "sigma": torch.ones(2, dtype=F64)}
+
+
+def _with(**kw):
+    return {**_P, **{k: torch.tensor(v, dtype=F64) for k, v in kw.items()}}
+
+
+def _std_log_joint(z):
+    return -0.5 * (z**2).sum(-1)
+
+
+BAD_INPUTS = {
+    "check_baseline": [
+        ("median", 4, ValueError, "baseline must be None"),
+        ([1.0], 4, TypeError, "baseline must be None"),
+        (float("nan"), 4, ValueError, "baseline must be finite"),
+        ("leave-one-out", 1, ValueError, "needs num_samples >= 2"),
+        ("leave-one-out", "4", TypeError, "num_samples must be an integer"),
+    ],
+    "apply_baseline": [
+        (lambda: apply_baseline([[1.0, 2.0]], None), TypeError,
+         r"values must be a torch.Tensor"),
+        (lambda: apply_baseline(torch.zeros(3, dtype=F64), "leave-one-out"), ValueError,
+         r"values must have shape \(R, S\)"),
+        (lambda: apply_baseline(torch.zeros(2, 3, dtype=F64), "median"), ValueError,
+         r"baseline must be None"),
+        (lambda: apply_baseline(torch.zeros(2, 1, dtype=F64), "leave-one-out"), ValueError,
+         r"leave-one-out baseline needs num_samples >= 2"),
+        (lambda: apply_baseline(torch.full((2, 3), np.nan, dtype=F64), 1.0), ValueError,
+         r"values must be finite"),
+    ],
+    "per_sample_gradients": [
+        (lambda: per_sample_gradients(sum_of_squares, diagonal_gaussian, _P, 4,
+                                      estimator="magic"), ValueError,
+         r"estimator must be one of"),
+        (lambda: per_sample_gradients(sum_of_squares, diagonal_gaussian, _with(sigma=[1, 0]),
+                                      4, estimator="pathwise"), ValueError,
+         r"params .*make_q.*(scale|sigma)"),
+        (lambda: per_sample_gradients(sum_of_squares, diagonal_gaussian, _P, 4,
+                                      estimator="score", num_repeats=0), ValueError,
+         r"num_repeats must be >= 1"),
+        (lambda: per_sample_gradients("f", diagonal_gaussian, _P, 4, estimator="score"),
+         TypeError, r"f must be callable"),
+        (lambda: per_sample_gradients(sum_of_squares, "q", _P, 4, estimator="score"),
+         TypeError, r"make_q must be callable"),
+    ],
+    "score_function_gradient": [
+        (lambda: score_function_gradient(sum_of_squares, diagonal_gaussian,
+                                         _with(sigma=[1.0, -1.0]), 4), ValueError,
+         r"params .*make_q.*(scale|sigma)"),
+        (lambda: score_function_gradient(sum_of_squares, diagonal_gaussian,
+                                         _with(sigma=[1.0, np.nan]), 4), ValueError,
+         r"params\['sigma'\] must be finite"),
+        (lambda: score_function_gradient(sum_of_squares, diagonal_gaussian, _P, 1,
+                                         baseline="leave-one-out"), ValueError,
+         r"needs num_samples >= 2"),
+    ],
+    "pathwise_gradient": [
+        (lambda: pathwise_gradient(sum_of_squares, diagonal_gaussian, _with(sigma=[0, 1]), 4),
+         ValueError, r"params .*make_q.*(scale|sigma)"),
+        (lambda: pathwise_gradient(sum_of_squares, diagonal_gaussian,
+                                   _with(mu=[np.nan, 0.0]), 4), ValueError,
+         r"params\['mu'\] must be finite"),
+        (lambda: pathwise_gradient(sum_of_squares, diagonal_gaussian,
+                                   {"mu": "a", "sigma": _P["sigma"]}, 4), TypeError,
+         r"params\['mu'\] must be numeric"),
+        (lambda: pathwise_gradient(sum_of_squares, diagonal_gaussian, {}, 4), TypeError,
+         r"params must be a non-empty mapping"),
+        (lambda: pathwise_gradient(sum_of_squares, diagonal_gaussian, _P, 0), ValueError,
+         r"num_samples must be >= 1"),
+        (lambda: pathwise_gradient(lambda z: z.sum(-1) * np.nan, diagonal_gaussian, _P, 4),
+         ValueError, r"f returned non-finite values"),
+        (lambda: pathwise_gradient(lambda z: z, diagonal_gaussian, _P, 4), ValueError,
+         r"f must map samples"),
+    ],
+    "gradient_stats": [
+        (lambda: gradient_stats(sum_of_squares, diagonal_gaussian, _P, 4, 1,
+                                estimator="score"), ValueError, r"num_repeats must be >= 2"),
+        (lambda: gradient_stats(sum_of_squares, diagonal_gaussian, _with(sigma=[np.nan, 1]),
+                                4, 10, estimator="score"), ValueError,
+         r"params\['sigma'\] must be finite"),
+        (lambda: gradient_stats(sum_of_squares, diagonal_gaussian, _with(sigma=[-1, 1]), 4,
+                                10, estimator="pathwise"), ValueError,
+         r"params .*make_q.*(scale|sigma)"),
+    ],
+    "gaussian_elbo_gradient_samples": [
+        (lambda: gaussian_elbo_gradient_samples(_std_log_joint, np.zeros(2), np.eye(2), 2,
+                                                estimator="stl"), ValueError,
+         r"estimator must be one of"),
+        (lambda: gaussian_elbo_gradient_samples(_std_log_joint, np.zeros(2), np.ones((2, 2)),
+                                                2), ValueError,
+         r"scale_tril must be lower triangular"),
+        (lambda: gaussian_elbo_gradient_samples(_std_log_joint, np.zeros(2),
+                                                np.diag([1.0, 0.0]), 2), ValueError,
+         r"scale_tril must be lower triangular with a positive diagonal"),
+        (lambda: gaussian_elbo_gradient_samples(_std_log_joint, [0.0, np.nan], np.eye(2), 2),
+         ValueError, r"mu must contain only finite"),
+        (lambda: gaussian_elbo_gradient_samples(_std_log_joint, np.zeros(3), np.eye(2), 2),
+         ValueError, r"scale_tril must have shape \(3, 3\)"),
+        (lambda: gaussian_elbo_gradient_samples("f", np.zeros(2), np.eye(2), 2), TypeError,
+         r"log_joint must be callable"),
+        (lambda: gaussian_elbo_gradient_samples(lambda z: z.sum(-1) * np.nan, np.zeros(2),
+                                                np.eye(2), 2), ValueError,
+         r"log_joint returned non-finite values"),
+        (lambda: gaussian_elbo_gradient_samples(_std_log_joint, np.zeros(2), np.eye(2), 2,
+                                                generator=0), TypeError,
+         r"generator must be a torch.Generator or None"),
+    ],
+    "gaussian_target_elbo_gradient": [
+        (lambda: gaussian_target_elbo_gradient(np.zeros(3), np.eye(3), np.zeros(2),
+                                               np.eye(3)), ValueError,
+         r"mean and precision must have shapes"),
+        (lambda: gaussian_target_elbo_gradient(np.zeros(2), np.eye(2), np.zeros(2),
+                                               [[1.0, np.nan], [0.0, 1.0]]), ValueError,
+         r"precision must contain only finite"),
+        (lambda: gaussian_target_elbo_gradient(np.zeros(2), np.eye(2), np.zeros(2),
+                                               [[1.0, 0.5], [0.0, 1.0]]), ValueError,
+         r"precision must be symmetric"),
+        (lambda: gaussian_target_elbo_gradient(np.zeros(2), np.eye(2), np.zeros(2),
+                                               [[1.0, 2.0], [2.0, 1.0]]), ValueError,
+         r"precision must be positive definite"),
+        (lambda: gaussian_target_elbo_gradient(np.zeros(2), -np.eye(2), np.zeros(2),
+                                               np.eye(2)), ValueError,
+         r"scale_tril must be lower triangular with a positive diagonal"),
+    ],
+    "gradient_snr": [
+        (lambda: gradient_snr("f", {"a": [torch.zeros(1)]}), TypeError,
+         r"objective must be callable"),
+        (lambda: gradient_snr(lambda: torch.zeros(()), {}), TypeError,
+         r"params must be a non-empty mapping"),
+        (lambda: gradient_snr(lambda: torch.zeros(()), {"a": []}), TypeError,
+         r"params group 'a' must hold at least one tensor"),
+        (lambda: gradient_snr(lambda: torch.zeros(()), {"a": [torch.zeros(1)]}, 1),
+         ValueError, r"num_repeats must be >= 2"),
+        (lambda: gradient_snr(lambda: torch.zeros(2), {"a": [torch.zeros(1)]}, 2),
+         TypeError, r"objective must return a scalar tensor"),
+    ],
+}
+# check_baseline's rows are (baseline, num_samples, error, match): make them calls
+BAD_INPUTS["check_baseline"] = [
+    (lambda b=b, n=n: check_baseline(b, n), e, m)
+    for b, n, e, m in BAD_INPUTS["check_baseline"]]
+
+NO_INPUTS = {
+    "GradientSNR": "a result object returned by gradient_snr",
+    "GradientStats": "a result object returned by gradient_stats",
+}
+
+EXTREME_INPUTS = {
+    # f(z) = ||z||^2 under N(mu, diag(sigma^2)): grad_mu = 2 mu, grad_sigma = 2 sigma,
+    # exactly (pathwise, per sample: 2 z and 2 z eps, mean over S -> not exact); use
+    # the zero-variance case sigma -> tiny: the pathwise gradient of mu is 2 mu exactly
+    "pathwise_gradient": [
+        (lambda: pathwise_gradient(sum_of_squares, diagonal_gaussian,
+                                   _with(mu=[1e150, -1e150], sigma=[1e-150, 1e-150]), 3),
+         lambda g: np.testing.assert_allclose(g["mu"].numpy(), [2e150, -2e150],
+                                              rtol=1e-12)),
+    ],
+    "gaussian_target_elbo_gradient": [
+        (lambda: gaussian_target_elbo_gradient([1e-150], [[1e-150]], [0.0], [[1.0]]),
+         lambda g: np.testing.assert_allclose(
+             [g["mu"][0], g["scale_tril"][0, 0]], [-1e-150, 1e150], rtol=1e-12)),
+    ],
+}

@@ -171,3 +171,144 @@ def test_scaled_and_log_space_paths_agree():
     ref = enumerate_posterior(log_pi, log_A, log_b)
     assert abs(ll - ref["log_likelihood"]) < 1e-10 * abs(ll)
     assert np.max(np.abs(gamma - ref["gamma"])) < 1e-10
+
+
+# ---------------------------------------------------------------------------------------
+# Contract cases (issue 16): every public name of elbo_lib.hmm has bad-input cases.
+# ---------------------------------------------------------------------------------------
+_LP, _LA = np.log(PI), np.log(A)
+_LB = np.zeros((4, 3))
+_X_SEQ = sample_gaussian_hmm(PI, A, MEANS, COVS, 30, 0)[0]
+_GAMMA = np.full((3, 2), 0.5)
+_XI = np.full((2, 2, 2), 0.25)
+
+
+def _hmm_fitted():
+    return GaussianHMM(3, rng=0, max_iter=3).fit(_X_SEQ)
+
+
+def _fit_two_steps():
+    X = np.array([[0.0], [1.0]])
+    return GaussianHMM(2, rng=0).fit(X), X
+
+
+def _assert_two_step_fit(out):
+    model, X = out
+    ll = model.log_likelihood_
+    assert np.all(np.isfinite(ll)) and np.all(np.diff(ll) >= -1e-9), ll
+    np.testing.assert_allclose(model.transmat_.sum(axis=1), 1.0, rtol=1e-12)
+    # the final log-likelihood is the enumerated one at the fitted parameters
+    with np.errstate(divide="ignore"):
+        ref = enumerate_posterior(np.log(model.startprob_), np.log(model.transmat_),
+                                  model.emission_log_prob(X))["log_likelihood"]
+    np.testing.assert_allclose(ll[-1], ref, rtol=1e-10)
+
+
+BAD_INPUTS = {
+    "forward_backward": [
+        (lambda: forward_backward(_LP, np.log(A * 1.1), _LB), ValueError,
+         r"every row of exp\(log_A\) must sum to 1"),
+        (lambda: forward_backward(np.log([0.5, 0.5]), _LA, _LB), ValueError,
+         r"log_pi must have shape \(3,\)"),
+        (lambda: forward_backward(_LP, _LA, np.full((4, 3), np.nan)), ValueError,
+         r"log_B must contain only finite"),
+        (lambda: forward_backward(_LP, _LA[:2], _LB), ValueError,
+         r"log_A must have shape \(3, 3\)"),
+        (lambda: forward_backward("pi", _LA, _LB), TypeError, r"log_pi must be numeric"),
+        (lambda: forward_backward(np.array([0.0, np.nan, 0.0]), _LA, _LB), ValueError,
+         r"log_pi must be log-probabilities"),
+        (lambda: forward_backward(_LP, _LA, np.zeros((0, 3))), ValueError,
+         r"log_B must not be empty"),
+    ],
+    "enumerate_posterior": [
+        (lambda: enumerate_posterior(_LP, _LA, np.zeros((30, 3))), ValueError,
+         r"log_B has T=30 steps: enumeration over K\^T = 3\^30 sequences is too large"),
+        (lambda: enumerate_posterior(_LP + 1.0, _LA, _LB), ValueError,
+         r"exp\(log_pi\) must sum to 1"),
+    ],
+    "chain_entropy": [
+        (lambda: chain_entropy(np.full((3, 2), 2.0), _XI), ValueError,
+         r"gamma must be >= 0 with rows summing to 1"),
+        (lambda: chain_entropy(_GAMMA, np.full((2, 2, 2), 0.5)), ValueError,
+         r"xi must be >= 0 with every xi_t summing to 1"),
+        (lambda: chain_entropy(_GAMMA, np.array([[[0.5, 0.5], [0.0, 0.0]]] * 2)),
+         ValueError, r"xi must be consistent with gamma"),
+        (lambda: chain_entropy(_GAMMA, np.full((2, 2, 2), np.nan)), ValueError,
+         r"xi must contain only finite"),
+        (lambda: chain_entropy(_GAMMA, _XI[:1]), ValueError,
+         r"xi must have shape \(2, 2, 2\)"),
+    ],
+    "viterbi": [
+        (lambda: viterbi(_LP, _LA, np.zeros((4, 2))), ValueError,
+         r"log_pi must have shape \(2,\)"),
+        (lambda: viterbi(_LP, np.full((3, 3), np.inf), _LB), ValueError,
+         r"log_A must be log-probabilities"),
+    ],
+    "sample_gaussian_hmm": [
+        (lambda: sample_gaussian_hmm(PI, A, MEANS, -COVS, 5, 0), ValueError,
+         r"covariances\[0\] must be positive definite"),
+        (lambda: sample_gaussian_hmm(PI, A, MEANS, COVS, 0, 0), ValueError,
+         r"num_steps must be >= 1"),
+        (lambda: sample_gaussian_hmm(PI, A, MEANS, COVS, 5, "seed"), TypeError,
+         r"rng must be a numpy.random.Generator"),
+        (lambda: sample_gaussian_hmm(PI, A * 1.1, MEANS, COVS, 5, 0), ValueError,
+         r"transmat must be >= 0 with rows summing to 1"),
+        (lambda: sample_gaussian_hmm(PI[:2], A, MEANS, COVS, 5, 0), ValueError,
+         r"startprob must have shape \(3,\)"),
+    ],
+    "GaussianHMM": [
+        (lambda: GaussianHMM(2.0, rng=0).fit(_X_SEQ), TypeError,
+         r"num_states must be an integer"),
+        (lambda: GaussianHMM(0, rng=0).fit(_X_SEQ), ValueError, r"num_states must be >= 1"),
+        (lambda: GaussianHMM(2, tol=-1.0, rng=0).fit(_X_SEQ), ValueError,
+         r"tol must be a finite number >= 0"),
+        (lambda: GaussianHMM(2).fit(_X_SEQ), TypeError, r"rng must be"),
+        (lambda: GaussianHMM(2, transmat_init=[[1.0, 0.0]], rng=0).fit(_X_SEQ), ValueError,
+         r"transmat_init must have shape \(2, 2\)"),
+        (lambda: GaussianHMM(2, covariances_init=-np.stack([np.eye(2)] * 2), rng=0
+                             ).fit(_X_SEQ), ValueError,
+         r"covariances_init\[0\] must be positive definite"),
+        (lambda: GaussianHMM(2, means_init=np.zeros((2, 3)), rng=0).fit(_X_SEQ), ValueError,
+         r"means_init must have shape \(2, 2\)"),
+    ],
+    "GaussianHMM.fit": [
+        (lambda: GaussianHMM(3, rng=0).fit(np.zeros((2, 1))), ValueError,
+         r"X must have at least max\(2, num_states\) = 3 steps, got T=2"),
+        (lambda: GaussianHMM(2, rng=0).fit(np.array([0.0, np.inf, 1.0])), ValueError,
+         r"X must contain only finite"),
+        (lambda: GaussianHMM(2, rng=0).fit(np.zeros((3, 2, 2))), ValueError,
+         r"X must have 1 or 2 dimension"),
+    ],
+    "GaussianHMM.emission_log_prob": [
+        (lambda: GaussianHMM(2).emission_log_prob(_X_SEQ), ValueError,
+         r"call fit\(X\) first"),
+        (lambda: _hmm_fitted().emission_log_prob(_X_SEQ[:, :1]), ValueError,
+         r"X has 1 features, the model has 2"),
+        (lambda: _hmm_fitted().emission_log_prob(_X_SEQ, covariances=-COVS), ValueError,
+         r"covariances\[0\] must be positive definite"),
+    ],
+    "GaussianHMM.posterior": [
+        (lambda: GaussianHMM(2).posterior(np.arange(5.0)), ValueError,
+         r"call fit\(X\) first"),
+        (lambda: _hmm_fitted().posterior(np.full((4, 2), np.nan)), ValueError,
+         r"X must contain only finite"),
+    ],
+    "GaussianHMM.score": [
+        (lambda: _hmm_fitted().score(_X_SEQ[:, :1]), ValueError, r"X has 1 features"),
+    ],
+    "GaussianHMM.predict": [
+        (lambda: GaussianHMM(2).predict(np.arange(5.0)), ValueError, r"call fit\(X\) first"),
+        (lambda: _hmm_fitted().predict("X"), TypeError, r"X must be numeric"),
+    ],
+}
+
+EXTREME_INPUTS = {
+    "GaussianHMM.fit": [(_fit_two_steps, _assert_two_step_fit)],
+    "forward_backward": [
+        # emissions of scale 1e300 between states: finite, and equal to enumeration
+        (lambda: (forward_backward(_LP, _LA, np.array([[0.0, -1e300, -1e300]] * 4)),
+                  enumerate_posterior(_LP, _LA, np.array([[0.0, -1e300, -1e300]] * 4))),
+         lambda out: np.testing.assert_allclose(out[0][0], out[1]["log_likelihood"],
+                                                rtol=1e-12)),
+    ],
+}

@@ -10,6 +10,7 @@ from scipy.stats import gamma, norm
 from sklearn.metrics import adjusted_rand_score
 from torch.distributions import Gamma, Normal
 
+from elbo_lib.bounds import kl_on_grid
 from elbo_lib.gaussians import gaussian_kl_full
 from elbo_lib.mean_field import (
     NormalGammaMeanField,
@@ -20,7 +21,6 @@ from elbo_lib.mean_field import (
     cavi_gaussian_mixture,
     cavi_normal_gamma,
     gaussian_mixture_elbo,
-    kl_on_grid,
     mean_field_gaussian,
     normal_gamma_elbo,
 )
@@ -166,7 +166,7 @@ def mixture_data():
 
 def test_cavi_mixture_monotone_and_recovers_means(mixture_data):
     x, labels, true, rng = mixture_data
-    res = cavi_gaussian_mixture(x, 3, prior_var=25.0, rng=rng, n_init=4)
+    res = cavi_gaussian_mixture(x, 3, prior_var=25.0, rng=rng, num_init=4)
     assert res.converged
     assert np.all(np.diff(res.elbo) >= -1e-9 * np.abs(res.elbo[1:]))
     assert res.restart_elbos.shape == (4,) and res.elbo[-1] == res.restart_elbos.max()
@@ -287,7 +287,7 @@ def test_cavi_dirichlet_mixture_elbo_is_monte_carlo_expectation_and_below_eviden
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(-2, 1, 5), rng.normal(2, 1, 4)])
     k, sigma2, alpha0 = 3, 4.0, 0.5
-    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, n_init=3, tol=1e-12)
+    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, num_init=3, tol=1e-12)
     assert np.all(np.diff(res.elbo) >= -1e-9)
     elbo = dirichlet_mixture_elbo(x, res.means, res.variances, res.resp, res.concentration,
                                   sigma2, alpha0)
@@ -317,7 +317,7 @@ def test_cavi_dirichlet_mixture_updates_are_factor_optima():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(30, 2)) + np.repeat([[-2, 0], [2, 0]], 15, axis=0)
     k, sigma2, alpha0 = 3, 10.0, 0.1
-    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, n_init=2, tol=1e-13,
+    res = cavi_dirichlet_mixture(x, k, sigma2, alpha0, rng=rng, num_init=2, tol=1e-13,
                                  max_iter=5000)
     base = dirichlet_mixture_elbo(x, res.means, res.variances, res.resp, res.concentration,
                                   sigma2, alpha0)
@@ -376,10 +376,10 @@ def test_bsc_variational_em_monotone_and_bounded(bsc_batch):
     v, w, b, beta = bsc_batch
     rng = np.random.default_rng(5)
     w0 = 0.3 * rng.normal(size=w.shape)
-    vem = bsc_variational_em(v, w0, np.zeros(4), 1.0, n_iter=15)
+    vem = bsc_variational_em(v, w0, np.zeros(4), 1.0, num_iter=15)
     assert np.all(np.diff(vem.elbo) >= -1e-8)
     assert np.all(vem.elbo <= vem.log_likelihood + 1e-10)
-    em = bsc_variational_em(v, w0, np.zeros(4), 1.0, n_iter=15, exact=True)
+    em = bsc_variational_em(v, w0, np.zeros(4), 1.0, num_iter=15, exact=True)
     assert np.all(np.diff(em.log_likelihood) >= -1e-8)
     assert np.allclose(em.elbo, em.log_likelihood)           # exact E-step: bound is tight
     assert em.weights_history.shape == (16, 5, 4)
@@ -389,7 +389,7 @@ def test_bsc_variational_em_m_step_is_the_maximiser(bsc_batch):
     """One M-step: perturbing W, b or beta never raises the expected complete log-lik."""
     v, w, b, beta = bsc_batch
     h = bsc_mean_field_batch(v, w, b, beta, tol=1e-10, max_iter=500)  # as in the E-step
-    fit = bsc_variational_em(v, w, b, beta, n_iter=1)
+    fit = bsc_variational_em(v, w, b, beta, num_iter=1)
     w1, b1, beta1 = fit.weights, fit.bias, fit.noise_precision
     # the ELBO with q fixed at h is E_q[log p(v, h)] + entropy: compare at fixed h
     base = bsc_elbo_batch(h, v, w1, b1, beta1).sum()
@@ -410,3 +410,180 @@ def test_bsc_batch_validates(bsc_batch):
         bsc_log_likelihood(v, w, b, -1.0)
     with pytest.raises(ValueError, match="n_latent <= 16"):
         bsc_log_likelihood(np.zeros((1, 2)), np.zeros((2, 17)), np.zeros(17), 1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Contract cases (issue 16): every public name of elbo_lib.mean_field has bad-input cases.
+# ---------------------------------------------------------------------------------------
+_NG_X = np.random.default_rng(3).normal(1.0, 0.7, size=12)
+_NG_PRIOR = NormalGamma(0.5, 2.0, 1.5, 0.8)
+_NG_Q = NormalGammaMeanField(1.0, 10.0, 7.5, 4.0)
+_MIX_X = np.concatenate([np.linspace(-4, -3, 5), np.linspace(3, 4, 5)])
+_MIX_M, _MIX_S2, _MIX_R = np.array([-3.5, 3.5]), np.array([0.2, 0.2]), np.full((10, 2), 0.5)
+_BV = np.array([1.0, -0.5, 0.3])
+_BW = np.array([[1.0, 0.0], [0.5, 1.0], [0.0, -1.0]])
+_BB = np.array([-1.0, 0.0])
+_BV_BATCH = np.stack([_BV, -_BV, 2 * _BV])
+_PREC = np.array([[2.0, 0.5], [0.5, 1.0]])
+
+
+BAD_INPUTS = {
+    "NormalGammaMeanField": [
+        (lambda: NormalGammaMeanField(0.0, 0.0, 1.0, 1.0), ValueError,
+         r"precision must be a finite number > 0"),
+        (lambda: NormalGammaMeanField(np.nan, 1.0, 1.0, 1.0), ValueError, r"mean must be finite"),
+        (lambda: NormalGammaMeanField(0.0, 1.0, "1", 1.0), TypeError,
+         r"shape must be a positive number"),
+    ],
+    "NormalGammaMeanField.log_pdf": [
+        (lambda: _NG_Q.log_pdf(np.nan, 1.0), ValueError, r"mu must .*(finite|NaN)"),
+        (lambda: _NG_Q.log_pdf(0.0, np.array([1.0, np.nan])), ValueError,
+         r"tau must .*(finite|NaN)"),
+        (lambda: _NG_Q.log_pdf("mu", 1.0), TypeError, r"mu must be numeric"),
+        (lambda: _NG_Q.log_pdf(np.zeros(3), np.ones(2)), ValueError,
+         r"mu .*tau .*broadcast"),
+    ],
+    "normal_gamma_elbo": [
+        (lambda: normal_gamma_elbo(_NG_X, "prior", _NG_Q), TypeError,
+         r"prior must be a NormalGamma"),
+        (lambda: normal_gamma_elbo(_NG_X, _NG_PRIOR, _NG_PRIOR), TypeError,
+         r"q must be a NormalGammaMeanField"),
+        (lambda: normal_gamma_elbo(np.append(_NG_X, np.nan), _NG_PRIOR, _NG_Q), ValueError,
+         r"x must contain only finite"),
+    ],
+    "cavi_normal_gamma": [
+        (lambda: cavi_normal_gamma(_NG_X, _NG_PRIOR, tol=0.0), ValueError,
+         r"tol must be a finite number > 0"),
+        (lambda: cavi_normal_gamma(_NG_X, _NG_PRIOR, max_iter=0), ValueError,
+         r"max_iter must be >= 1"),
+        (lambda: cavi_normal_gamma(_NG_X, _NG_PRIOR, init=(1, 1, 1, 1)), TypeError,
+         r"init must be a NormalGammaMeanField"),
+        (lambda: cavi_normal_gamma(_NG_X[:, None], _NG_PRIOR), ValueError,
+         r"x must have 1 dimension"),
+    ],
+    "mean_field_gaussian": [
+        (lambda: mean_field_gaussian(np.zeros(2), -_PREC), ValueError,
+         r"precision must be positive definite"),
+        (lambda: mean_field_gaussian(np.zeros(3), _PREC), ValueError,
+         r"precision must have shape \(3, 3\)"),
+        (lambda: mean_field_gaussian([np.nan, 0.0], _PREC), ValueError,
+         r"mean must contain only finite"),
+    ],
+    "cavi_gaussian": [
+        (lambda: cavi_gaussian(np.zeros(2), _PREC, np.zeros(2), num_sweeps=0), ValueError,
+         r"num_sweeps must be >= 1"),
+        (lambda: cavi_gaussian(np.zeros(2), _PREC, np.zeros(3)), ValueError,
+         r"init_mean must have shape \(2,\)"),
+        (lambda: cavi_gaussian(np.zeros(2), _PREC + [[0, 1], [0, 0]], np.zeros(2)), ValueError,
+         r"precision must be symmetric"),
+    ],
+    "gaussian_mixture_elbo": [
+        (lambda: gaussian_mixture_elbo(_MIX_X, _MIX_M, _MIX_S2, np.full((10, 2), 0.7), 10.0),
+         ValueError, r"resp must be >= 0 with rows summing to 1"),
+        (lambda: gaussian_mixture_elbo(_MIX_X, _MIX_M, [0.2, 0.0], _MIX_R, 10.0), ValueError,
+         r"variances must be > 0"),
+        (lambda: gaussian_mixture_elbo(_MIX_X, _MIX_M, _MIX_S2, _MIX_R, 0.0), ValueError,
+         r"prior_var must be a finite number > 0"),
+        (lambda: gaussian_mixture_elbo(_MIX_X, _MIX_M, _MIX_S2, _MIX_R[:, :1], 10.0),
+         ValueError, r"resp must have shape \(10, 2\)"),
+    ],
+    "cavi_gaussian_mixture": [
+        (lambda: cavi_gaussian_mixture(_MIX_X[:2], 3, rng=0), ValueError,
+         r"n_components=3 is larger than the number of points n=2"),
+        (lambda: cavi_gaussian_mixture(_MIX_X, 2, prior_var=-1.0, rng=0), ValueError,
+         r"prior_var must be a finite number > 0"),
+        (lambda: cavi_gaussian_mixture(_MIX_X, 2, num_init=0, rng=0), ValueError,
+         r"num_init must be >= 1"),
+        (lambda: cavi_gaussian_mixture(_MIX_X, 2), TypeError, r"rng must be"),
+        (lambda: cavi_gaussian_mixture(_MIX_X, 2, init_means=np.zeros(3)), ValueError,
+         r"init_means must have shape \(2, 1\)"),
+        (lambda: cavi_gaussian_mixture(np.append(_MIX_X, np.nan), 2, rng=0), ValueError,
+         r"x must contain only finite"),
+    ],
+    "bsc_elbo": [
+        (lambda: bsc_elbo([0.5, 1.5], _BV, _BW, _BB, 4.0), ValueError,
+         r"h_hat must hold 2 probabilities in \[0, 1\]"),
+        (lambda: bsc_elbo([0.5, 0.5], _BV, _BW[:2], _BB, 4.0), ValueError,
+         r"weights must have shape \(len\(v\), n_latent\)"),
+        (lambda: bsc_elbo([0.5, 0.5], _BV, _BW, _BB, 0.0), ValueError,
+         r"noise_precision must be > 0"),
+        (lambda: bsc_elbo([0.5, 0.5], [np.nan, 0, 0], _BW, _BB, 4.0), ValueError,
+         r"v must contain only finite"),
+    ],
+    "bsc_elbo_enumeration": [
+        (lambda: bsc_elbo_enumeration([0.5, -0.1], _BV, _BW, _BB, 4.0), ValueError,
+         r"h_hat must hold 2 probabilities"),
+        (lambda: bsc_elbo_enumeration(np.full(21, 0.5), _BV, np.zeros((3, 21)), np.zeros(21),
+                                      4.0), ValueError, r"bias has n_latent = 21 .*n_latent <= 20"),
+    ],
+    "bsc_mean_field": [
+        (lambda: bsc_mean_field(_BV, _BW, _BB, 4.0, schedule="random"), ValueError,
+         r"schedule must be 'sequential' or 'parallel'"),
+        (lambda: bsc_mean_field(_BV, _BW, _BB, 4.0, damping=1.5), ValueError,
+         r"damping must be in \(0, 1\]"),
+        (lambda: bsc_mean_field(_BV, _BW, _BB, 4.0, init=[0.5]), ValueError,
+         r"init must hold 2 probabilities"),
+        (lambda: bsc_mean_field(_BV, _BW, _BB, 4.0, max_iter=0), ValueError,
+         r"max_iter must be >= 1"),
+        (lambda: bsc_mean_field(_BV, _BW, _BB, [4.0, 1.0]), ValueError,
+         r"noise_precision must be a scalar or have shape \(3,\)"),
+    ],
+    "dirichlet_mixture_elbo": [
+        (lambda: dirichlet_mixture_elbo(_MIX_X, _MIX_M, _MIX_S2, _MIX_R, [1.0, 0.0], 10.0, 1.0),
+         ValueError, r"concentration must be > 0"),
+        (lambda: dirichlet_mixture_elbo(_MIX_X, _MIX_M, _MIX_S2, _MIX_R, [1.0, 1.0], 10.0,
+                                        -1.0), ValueError, r"alpha0 must be a finite number > 0"),
+        (lambda: dirichlet_mixture_elbo(_MIX_X, _MIX_M, _MIX_S2, _MIX_R, [1.0], 10.0, 1.0),
+         ValueError, r"concentration must have shape \(2,\)"),
+    ],
+    "cavi_dirichlet_mixture": [
+        (lambda: cavi_dirichlet_mixture(_MIX_X, 2, alpha0=0.0, rng=0), ValueError,
+         r"alpha0 must be a finite number > 0"),
+        (lambda: cavi_dirichlet_mixture(_MIX_X[:1], 2, rng=0), ValueError,
+         r"n_components=2 is larger than the number of points n=1"),
+        (lambda: cavi_dirichlet_mixture(_MIX_X, 2, tol=-1.0, rng=0), ValueError,
+         r"tol must be a finite number > 0"),
+    ],
+    "bsc_mean_field_batch": [
+        (lambda: bsc_mean_field_batch(_BV, _BW, _BB, 4.0), ValueError,
+         r"v must have 2 dimension"),
+        (lambda: bsc_mean_field_batch(_BV_BATCH, _BW, _BB, 4.0, init=np.full((3, 2), 2.0)),
+         ValueError, r"init must hold probabilities"),
+        (lambda: bsc_mean_field_batch(_BV_BATCH, _BW, _BB, np.nan), ValueError,
+         r"noise_precision must be a finite number > 0"),
+    ],
+    "bsc_elbo_batch": [
+        (lambda: bsc_elbo_batch(np.full((2, 2), 0.5), _BV_BATCH, _BW, _BB, 4.0), ValueError,
+         r"h_hat must have shape \(3, 2\)"),
+        (lambda: bsc_elbo_batch(np.full((3, 2), 1.5), _BV_BATCH, _BW, _BB, 4.0), ValueError,
+         r"h_hat must hold probabilities in \[0, 1\]"),
+    ],
+    "bsc_variational_em": [
+        (lambda: bsc_variational_em(_BV_BATCH, _BW, _BB, 4.0, num_iter=0), ValueError,
+         r"num_iter must be >= 1"),
+        (lambda: bsc_variational_em(_BV_BATCH, np.zeros((3, 17)), np.zeros(17), 4.0,
+                                    exact=True), ValueError,
+         r"init_bias has n_latent = 17 .*n_latent <= 16"),
+        (lambda: bsc_variational_em(_BV_BATCH, _BW, _BB, -4.0), ValueError,
+         r"init_noise_precision must be a finite number > 0"),
+        (lambda: bsc_variational_em(_BV_BATCH, _BW.T, _BB, 4.0), ValueError,
+         r"init_weights must have shape"),
+    ],
+}
+
+NO_INPUTS = {
+    "NormalGammaCAVIResult": "result object of cavi_normal_gamma",
+    "MixtureCAVIResult": "result object of cavi_gaussian_mixture",
+    "DirichletMixtureCAVIResult": "result object of cavi_dirichlet_mixture",
+    "BSCTrace": "result object of bsc_mean_field",
+    "BSCLearningResult": "result object of bsc_variational_em",
+}
+
+EXTREME_INPUTS = {
+    "mean_field_gaussian": [
+        # one dimension: the factor is the distribution itself
+        (lambda: mean_field_gaussian([1e150], [[1e-300]]),
+         lambda out: np.testing.assert_allclose(np.concatenate(out), [1e150, 1e300],
+                                                rtol=1e-15)),
+    ],
+}

@@ -208,6 +208,182 @@ def test_dirichlet_mixture_evidence_brute_force_labelled_sum():
                       rtol=0, atol=1e-10)
 
 
+# ---------------------------------------------------------------------------------------
+# Contract cases (issue 16): every public name of elbo_lib.models has bad-input cases.
+# ---------------------------------------------------------------------------------------
+from elbo_lib.models import (  # noqa: E402
+    NormalGamma,
+    SquaredMeanModel,
+    bsc_exact_moments,
+    bsc_log_joint_table,
+    bsc_log_likelihood,
+    normal_gamma_log_evidence,
+    normal_gamma_posterior,
+)
+
+_CGM = ConjugateGaussianMean([0.5, 1.0, 2.0], noise_std=1.0)
+_SMM = SquaredMeanModel([0.5, 1.0, 2.0])
+_NG = NormalGamma(0.5, 2.0, 1.5, 0.8)
+_X1 = np.array([0.3, 1.1, 0.7])
+_BV = np.array([1.0, -0.5, 0.3])
+_BW = np.array([[1.0, 0.0], [0.5, 1.0], [0.0, -1.0]])
+_BB = np.array([-1.0, 0.0])
+_BV_BATCH = np.stack([_BV, -_BV])
+_NAN_Z = torch.tensor([0.0, float("nan")], dtype=torch.float64)
+
+
+def _q_method_cases(method):
+    return [
+        (lambda: getattr(_CGM, method)(0.0, 0.0), ValueError, r"q_var must be > 0"),
+        (lambda: getattr(_CGM, method)(np.nan, 1.0), ValueError, r"q_mean must contain only"),
+        (lambda: getattr(_CGM, method)(np.zeros(3), np.ones(2)), ValueError,
+         r"q_mean .*q_var .*broadcast"),
+    ]
+
+
+def _scaled_log_evidence(scale):
+    """log p(x s) with every standard deviation times s = log p(x) - n log s."""
+    x = np.array([0.3, -1.2, 2.0, 0.7])
+    base = ConjugateGaussianMean(x, noise_std=0.8, prior_mean=0.5, prior_std=1.5)
+    big = ConjugateGaussianMean(x * scale, noise_std=0.8 * scale, prior_mean=0.5 * scale,
+                                prior_std=1.5 * scale)
+    return big, base, scale
+
+
+def _assert_scaled(out):
+    big, base, scale = out
+    shift = base.n * np.log(scale)
+    np.testing.assert_allclose(big.log_evidence(), base.log_evidence() - shift, rtol=1e-12)
+    np.testing.assert_allclose(big.elbo(big.posterior_mean, big.posterior_var),
+                               base.log_evidence() - shift, rtol=1e-12)
+    z = torch.tensor([0.1, -0.4], dtype=torch.float64)
+    np.testing.assert_allclose(big.log_joint(z * scale).numpy(),
+                               base.log_joint(z).numpy() - shift - np.log(scale),
+                               rtol=1e-12)
+
+
+BAD_INPUTS = {
+    "ConjugateGaussianMean": [
+        (lambda: ConjugateGaussianMean([[1.0, 2.0]]), ValueError, r"x must have 1 dimension"),
+        (lambda: ConjugateGaussianMean([]), ValueError, r"x must not be empty"),
+        (lambda: ConjugateGaussianMean([1.0, np.nan]), ValueError, r"x must contain only"),
+        (lambda: ConjugateGaussianMean(["a"]), TypeError, r"x must be numeric"),
+        (lambda: ConjugateGaussianMean([1.0], noise_std=0.0), ValueError,
+         r"noise_std must be a finite number > 0"),
+        (lambda: ConjugateGaussianMean([1.0], prior_std="1"), TypeError,
+         r"prior_std must be a positive number"),
+        (lambda: ConjugateGaussianMean([1.0], prior_mean=np.inf), ValueError,
+         r"prior_mean must be finite"),
+        # valid numbers, but (x / noise_std)^2 overflows float64: rejected, saying why
+        (lambda: ConjugateGaussianMean([1e160, 2e160]), ValueError,
+         r"x is too large relative to noise_std"),
+        (lambda: ConjugateGaussianMean([1.0], noise_std=1e200), ValueError,
+         r"noise_std\*\*2 .*float64"),
+    ],
+    "ConjugateGaussianMean.expected_log_likelihood":
+        _q_method_cases("expected_log_likelihood"),
+    "ConjugateGaussianMean.kl_to_prior": _q_method_cases("kl_to_prior"),
+    "ConjugateGaussianMean.elbo": _q_method_cases("elbo"),
+    "ConjugateGaussianMean.elbo_from_entropy": _q_method_cases("elbo_from_entropy"),
+    "ConjugateGaussianMean.kl_to_posterior": _q_method_cases("kl_to_posterior"),
+    "ConjugateGaussianMean.log_likelihood": [
+        (lambda: _CGM.log_likelihood(_NAN_Z), ValueError, r"z must contain only finite"),
+        (lambda: _CGM.log_likelihood("z"), TypeError, r"z must be a torch.Tensor or numeric"),
+    ],
+    "ConjugateGaussianMean.log_joint": [
+        (lambda: _CGM.log_joint(_NAN_Z), ValueError, r"z must contain only finite"),
+        (lambda: _CGM.log_joint(["z"]), TypeError, r"z must be a torch.Tensor or numeric"),
+    ],
+    "SquaredMeanModel": [
+        (lambda: SquaredMeanModel([1.0, np.nan]), ValueError, r"x must contain only"),
+        (lambda: SquaredMeanModel([1.0], noise_std=-1.0), ValueError,
+         r"noise_std must be a finite number > 0"),
+        (lambda: SquaredMeanModel([1.0], prior_mean="0"), TypeError,
+         r"prior_mean must be a real number"),
+    ],
+    "SquaredMeanModel.log_joint": [
+        (lambda: _SMM.log_joint(np.array([0.0, np.nan])), ValueError,
+         r"z must contain only finite"),
+        (lambda: _SMM.log_joint(_NAN_Z), ValueError, r"z must contain only finite"),
+        (lambda: _SMM.log_joint("z"), TypeError, r"z must be (a torch.Tensor or )?numeric"),
+    ],
+    "NormalGamma": [
+        (lambda: NormalGamma(0.0, 0.0, 1.0, 1.0), ValueError, r"lam must be a finite number > 0"),
+        (lambda: NormalGamma(np.nan, 1.0, 1.0, 1.0), ValueError, r"mean must be finite"),
+        (lambda: NormalGamma(0.0, 1.0, 1.0, "1"), TypeError, r"rate must be a positive number"),
+    ],
+    "NormalGamma.log_pdf": [
+        (lambda: _NG.log_pdf(np.nan, 1.0), ValueError, r"mu must .*(finite|NaN)"),
+        (lambda: _NG.log_pdf(0.0, [np.nan]), ValueError, r"tau must .*(finite|NaN)"),
+        (lambda: _NG.log_pdf(np.zeros(3), np.ones(2)), ValueError, r"mu .*tau .*broadcast"),
+    ],
+    "normal_gamma_posterior": [
+        (lambda: normal_gamma_posterior(_X1, (0.5, 2.0, 1.5, 0.8)), TypeError,
+         r"prior must be a NormalGamma"),
+        (lambda: normal_gamma_posterior([], _NG), ValueError, r"x must not be empty"),
+    ],
+    "normal_gamma_log_evidence": [
+        (lambda: normal_gamma_log_evidence([1.0, np.inf], _NG), ValueError,
+         r"x must contain only finite"),
+        (lambda: normal_gamma_log_evidence(_X1[:, None], _NG), ValueError,
+         r"x must have 1 dimension"),
+    ],
+    "bsc_log_joint": [
+        (lambda: bsc_log_joint([0.5, 1.0], _BV, _BW, _BB, 4.0), ValueError,
+         r"h must be binary with 2 columns"),
+        (lambda: bsc_log_joint([0.0, 1.0], _BV, _BW, _BB[:1], 4.0), ValueError,
+         r"bias must have length n_latent = 2"),
+        (lambda: bsc_log_joint([0.0, 1.0], _BV, _BW, _BB, -1.0), ValueError,
+         r"noise_precision must be > 0"),
+    ],
+    "bsc_exact_posterior": [
+        (lambda: bsc_exact_posterior(np.zeros(2), np.zeros((2, 21)), np.zeros(21), 1.0),
+         ValueError, r"bias has n_latent = 21 .*n_latent <= 20"),
+        (lambda: bsc_exact_posterior(_BV, _BW.T, _BB, 1.0), ValueError,
+         r"weights must have shape \(len\(v\), n_latent\)"),
+    ],
+    "bsc_log_joint_table": [
+        (lambda: bsc_log_joint_table(_BV, _BW, _BB, 4.0), ValueError, r"v must have 2 dim"),
+        (lambda: bsc_log_joint_table(np.zeros((2, 2)), np.zeros((2, 17)), np.zeros(17), 1.0),
+         ValueError, r"bias has n_latent = 17 .*n_latent <= 16"),
+    ],
+    "bsc_log_likelihood": [
+        (lambda: bsc_log_likelihood(_BV_BATCH, _BW, _BB, np.array([1.0, 2.0, 3.0])), TypeError,
+         r"noise_precision must be a positive number"),
+    ],
+    "bsc_exact_moments": [
+        (lambda: bsc_exact_moments(np.full((2, 3), np.nan), _BW, _BB, 4.0), ValueError,
+         r"v must contain only finite"),
+    ],
+    "set_partitions": [
+        (lambda: set_partitions(0), ValueError, r"n must be >= 1"),
+        (lambda: set_partitions(13), ValueError, r"n must be <= 12"),
+        (lambda: set_partitions(2.5), TypeError, r"n must be an integer"),
+    ],
+    "dirichlet_mixture_log_evidence": [
+        (lambda: dirichlet_mixture_log_evidence(np.zeros(13), 2, 1.0, 1.0), ValueError,
+         r"x must have at most 12 points"),
+        (lambda: dirichlet_mixture_log_evidence(_X1, 2, 1.0, 0.0), ValueError,
+         r"alpha0 must be a finite number > 0"),
+        (lambda: dirichlet_mixture_log_evidence(_X1, 0, 1.0, 1.0), ValueError,
+         r"n_components must be >= 1"),
+    ],
+}
+
+EXTREME_INPUTS = {
+    "ConjugateGaussianMean": [
+        (lambda: _scaled_log_evidence(1e150), _assert_scaled),
+        (lambda: _scaled_log_evidence(1e-150), _assert_scaled),
+    ],
+    "dirichlet_mixture_log_evidence": [
+        # one point: the Gaussian N(0, 1 + sigma^2), whatever K and alpha0
+        (lambda: dirichlet_mixture_log_evidence([1.5], 3, 2.0, 0.7),
+         lambda out: np.testing.assert_allclose(out, norm.logpdf(1.5, 0, np.sqrt(3.0)),
+                                                rtol=1e-13)),
+    ],
+}
+
+
 # --------------------------------------------------------------------------------------
 # Bayesian logistic regression (chapter 5)
 # --------------------------------------------------------------------------------------
@@ -265,3 +441,81 @@ def test_logistic_predictive_probability_of_a_point_estimate():
 def test_logistic_rejects_bad_input(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+# --------------------------------------------------------------------------------------
+# Contract cases (issue 16, H6's block): BayesianLogisticRegression. Merged into the
+# module's BAD_INPUTS / EXTREME_INPUTS, whether or not the other models' block (H4's)
+# comes first.
+# --------------------------------------------------------------------------------------
+def _blr():
+    return BayesianLogisticRegression(np.array([[1.0, 0.5], [1.0, -1.0], [1.0, 2.0]]),
+                                      [0, 1, 1])
+
+
+def _one_point_map():
+    """One point x = 2, y = 1, prior N(0, 1): the MAP solves 2 (1 - sigmoid(2 w)) = w."""
+    from scipy.optimize import brentq
+
+    return brentq(lambda w: 2 * (1 - 1 / (1 + np.exp(-2 * w))) - w, -10, 10, xtol=1e-15)
+
+
+_LOGISTIC_BAD_INPUTS = {
+    "BayesianLogisticRegression": [
+        (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 2]), ValueError,
+         r"y must contain only 0 and 1"),
+        (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1]), ValueError,
+         r"x and y must have the same number of rows"),
+        (lambda: BayesianLogisticRegression(np.ones((3, 2)), [0, 1, 1], prior_std=0.0),
+         ValueError, r"prior_std must be a finite number > 0"),
+        (lambda: BayesianLogisticRegression([[1.0, np.nan]], [1]), ValueError,
+         r"x must contain only finite"),
+        (lambda: BayesianLogisticRegression(np.ones((2, 2)), [0, np.nan]), ValueError,
+         r"y must contain only finite"),
+        (lambda: BayesianLogisticRegression(np.ones(3), [0, 1, 1]), ValueError,
+         r"x must have 2 dimension"),
+        (lambda: BayesianLogisticRegression([["a", "b"]], [1]), TypeError,
+         r"x must be numeric"),
+    ],
+    "BayesianLogisticRegression.log_joint": [
+        (lambda: _blr().log_joint(torch.zeros(3)), ValueError,
+         r"w must have shape \(S, 2\)"),
+        (lambda: _blr().log_joint(torch.tensor([[0.0, np.nan]])), ValueError,
+         r"w must contain only finite"),
+        (lambda: _blr().log_joint(torch.tensor([[0.0, np.inf]])), ValueError,
+         r"w must contain only finite"),
+        (lambda: _blr().log_joint("w"), TypeError, r"w must be a torch.Tensor or numeric"),
+    ],
+    "BayesianLogisticRegression.map_estimate": [
+        (lambda: _blr().map_estimate(max_iter=0), ValueError, r"max_iter must be >= 1"),
+        (lambda: _blr().map_estimate(tol=np.nan), ValueError,
+         r"tol must be a finite number >= 0"),
+        (lambda: _blr().map_estimate(tol=-1.0), ValueError,
+         r"tol must be a finite number >= 0"),
+    ],
+    "BayesianLogisticRegression.predictive_proba": [
+        (lambda: BayesianLogisticRegression.predictive_proba(np.ones((2, 3)), np.ones(2)),
+         ValueError, r"weights must have 3 columns"),
+        (lambda: BayesianLogisticRegression.predictive_proba(np.ones((2, 2)),
+                                                             [0.0, np.nan]),
+         ValueError, r"weights must contain only finite"),
+        (lambda: BayesianLogisticRegression.predictive_proba(np.ones(2), np.ones(2)),
+         ValueError, r"x must have 2 dimension"),
+    ],
+}
+_LOGISTIC_EXTREME_INPUTS = {
+    "BayesianLogisticRegression.map_estimate": [
+        (lambda: BayesianLogisticRegression([[2.0]], [1]).map_estimate(),
+         lambda w: np.testing.assert_allclose(w, [_one_point_map()], rtol=1e-12)),
+    ],
+    "BayesianLogisticRegression.log_joint": [
+        # a weight of 1e100 on a point of the right class: log sigmoid(1e100) = 0, so
+        # log p is the log prior alone, -(1e100)^2 / 2 - log(2 pi) / 2
+        (lambda: BayesianLogisticRegression([[1.0]], [1]).log_joint(
+            torch.tensor([[1e100]], dtype=torch.float64)),
+         lambda out: np.testing.assert_allclose(
+             out.numpy(), [-0.5e200 - 0.5 * np.log(2 * np.pi)], rtol=1e-15)),
+    ],
+}
+BAD_INPUTS = {**globals().get("BAD_INPUTS", {}), **_LOGISTIC_BAD_INPUTS}
+EXTREME_INPUTS = {**globals().get("EXTREME_INPUTS", {}), **_LOGISTIC_EXTREME_INPUTS}

@@ -652,3 +652,414 @@ def test_training_stops_at_the_first_non_finite_loss(train, toy_data):
         model.decoder[2].bias.fill_(float("nan"))
     with pytest.raises(ValueError, match=r"stopped at epoch 1 of 2, step 1: .*(finite|NaN)"):
         train(model, toy_data)
+
+
+# --------------------------------------------------------------------------------------
+# Contract cases (issue 16): every public name of elbo_lib.vae has bad-input cases.
+# --------------------------------------------------------------------------------------
+from elbo_lib.vae import (  # noqa: E402
+    GaussianEncoder,
+    TrainingHistory,
+    decoder_gradient_by_quadrature,
+    elbo_per_point,
+    fano_error_bound,
+    fit_encoder,
+    inference_gaps,
+)
+
+_X = torch.tensor((np.random.default_rng(0).random((8, 6)) < 0.5).astype(np.float32))
+
+
+def _model(latent_dim: int = 2) -> VAE:
+    torch.manual_seed(0)
+    return VAE(6, latent_dim, hidden=4)
+
+
+def _with(value, row: int = 0, col: int = 0, x=_X):
+    """``x`` with one entry replaced (NaN, a grey level, a 2, ...)."""
+    x = x.clone()
+    x[row, col] = value
+    return x
+
+
+_NAN_X, _TWO_X, _GREY_X = _with(float("nan")), _with(2.0), _with(0.5)
+_TERMS = {"elbo": -1.0, "reconstruction": -0.5, "kl": 0.5}
+
+
+def _nan_decoder(model: VAE) -> VAE:
+    """A model whose decoder outputs NaN: the loss is not finite at the first step."""
+    with torch.no_grad():
+        model.decoder[2].bias.fill_(float("nan"))
+    return model
+
+
+def _q(mean=None, logvar=None):
+    return DiagonalGaussianPosterior(torch.zeros(3, 2) if mean is None else mean,
+                                     torch.zeros(3, 2) if logvar is None else logvar)
+
+
+BAD_INPUTS = {
+    "VAE": [
+        (lambda: VAE(0, 2), ValueError, r"num_pixels must be >= 1"),
+        (lambda: VAE(6, 2.5), TypeError, r"latent_dim must be an integer"),
+        (lambda: VAE(6, 2, hidden=0), ValueError, r"hidden must be >= 1"),
+        (lambda: VAE(6, 2, encoder=lambda x: x), TypeError, r"encoder must be a torch.nn"),
+    ],
+    "VAE.encode": [
+        (lambda: _model().encode(torch.zeros(3, 5)), ValueError,
+         r"x must have 6 pixels in its last axis, got shape \(3, 5\)"),
+        (lambda: _model().encode(np.zeros((3, 6))), TypeError, r"x must be a torch.Tensor"),
+        (lambda: _model().encode(_NAN_X), ValueError, r"x must contain only finite"),
+        (lambda: _model().encode(torch.zeros(0, 6)), ValueError,
+         r"x must hold at least one data point"),
+    ],
+    "VAE.decode": [
+        (lambda: _model().decode(torch.zeros(4, 3)), ValueError,
+         r"z must be a tensor of shape \(\.\.\., 2\)"),
+        (lambda: _model().decode(torch.tensor([[0.0, float("nan")]])), ValueError,
+         r"z must contain only finite"),
+        (lambda: _model().decode([[0.0, 0.0]]), ValueError, r"z must be a tensor"),
+    ],
+    "VAE.forward": [
+        (lambda: _model()(_NAN_X), ValueError, r"x must contain only finite"),
+        (lambda: _model()(torch.zeros(3, 7)), ValueError, r"x must have 6 pixels"),
+    ],
+    "DiagonalGaussianPosterior": [
+        (lambda: DiagonalGaussianPosterior(torch.zeros(2), torch.zeros(3)), ValueError,
+         r"mean and logvar must have the same shape"),
+        (lambda: DiagonalGaussianPosterior([0.0], torch.zeros(1)), TypeError,
+         r"mean and logvar must be tensors"),
+        (lambda: DiagonalGaussianPosterior(torch.tensor(0.0), torch.tensor(0.0)), ValueError,
+         r"mean and logvar must have a latent axis"),
+        (lambda: DiagonalGaussianPosterior(torch.tensor([float("nan")]), torch.zeros(1)),
+         ValueError, r"mean must contain only finite"),
+        (lambda: DiagonalGaussianPosterior(torch.zeros(1), torch.tensor([float("inf")])),
+         ValueError, r"logvar must contain only finite"),
+    ],
+    "DiagonalGaussianPosterior.rsample": [
+        (lambda: _q().rsample((-1,)), ValueError, r"sample_shape must hold sizes >= 0"),
+        (lambda: _q().rsample("a"), TypeError, r"sample_shape must be"),
+    ],
+    "DiagonalGaussianPosterior.sample": [
+        (lambda: _q().sample((2.5,)), TypeError, r"sample_shape must be"),
+    ],
+    "DiagonalGaussianPosterior.log_prob": [
+        (lambda: _q().log_prob(torch.zeros(3, 3)), ValueError,
+         r"value must have shape \(\.\.\., 2\)"),
+        (lambda: _q().log_prob(torch.tensor([[float("nan"), 0.0]])), ValueError,
+         r"value must contain only finite"),
+        (lambda: _q().log_prob([[0.0, 0.0]]), TypeError, r"value must be a torch.Tensor"),
+    ],
+    "GaussianEncoder": [
+        (lambda: GaussianEncoder(0, 2), ValueError, r"num_pixels must be >= 1"),
+        (lambda: GaussianEncoder(6, -2), ValueError, r"latent_dim must be >= 1"),
+        (lambda: GaussianEncoder(6, 2, hidden=1.5), TypeError, r"hidden must be an integer"),
+    ],
+    "GaussianEncoder.forward": [
+        (lambda: GaussianEncoder(6, 2)(torch.zeros(3, 5)), ValueError,
+         r"x must have 6 pixels in its last axis"),
+        (lambda: GaussianEncoder(6, 2)(_NAN_X), ValueError, r"x must contain only finite"),
+    ],
+    "TrainingHistory.record": [
+        (lambda: TrainingHistory().record({"elbo": -1.0}, _TERMS), ValueError,
+         r"train must hold the keys"),
+        (lambda: TrainingHistory().record(_TERMS, [1.0, 2.0, 3.0]), TypeError,
+         r"val must be a mapping"),
+        (lambda: TrainingHistory().record(_TERMS, {**_TERMS, "elbo": float("nan")}),
+         ValueError, r"val\['elbo'\] must be finite"),
+    ],
+    "active_units": [
+        (lambda: active_units(_model(), _X[:1]), ValueError, r"x .*at least 2 data points"),
+        (lambda: active_units(_model(), _X, threshold=0.0), ValueError,
+         r"threshold must be a finite number > 0"),
+        (lambda: active_units(_model(), _NAN_X), ValueError, r"x must contain only finite"),
+        (lambda: active_units("model", _X), TypeError, r"model must be an elbo_lib.vae.VAE"),
+    ],
+    "aggregate_posterior": [
+        (lambda: aggregate_posterior(_model(3), _X), ValueError,
+         r"model .*2-D latent space.*latent_dim=3"),
+        (lambda: aggregate_posterior(_model(), _X, limit=0.0), ValueError,
+         r"limit must be a finite number > 0"),
+        (lambda: aggregate_posterior(_model(), _X, num_points=2), ValueError,
+         r"num_points must be >= 3"),
+        (lambda: aggregate_posterior(_model(), _X, max_batch=0), ValueError,
+         r"max_batch must be >= 1"),
+        (lambda: aggregate_posterior(_model(), _NAN_X), ValueError,
+         r"x must contain only finite"),
+    ],
+    "decoder_gradient_by_quadrature": [
+        (lambda: decoder_gradient_by_quadrature(_model(3), _X), ValueError,
+         r"model .*2-D latent space"),
+        (lambda: decoder_gradient_by_quadrature(_model(), _X, limit=-1.0), ValueError,
+         r"limit must be a finite number > 0"),
+        (lambda: decoder_gradient_by_quadrature(_model(), _TWO_X), ValueError,
+         r"x must be binary"),
+        (lambda: decoder_gradient_by_quadrature(_model(), _NAN_X), ValueError,
+         r"x must contain only finite"),
+    ],
+    "elbo_per_point": [
+        (lambda: elbo_per_point(_model(), _X, num_samples=0), ValueError,
+         r"num_samples must be >= 1"),
+        (lambda: elbo_per_point(_model(), _NAN_X), ValueError, r"x must contain only finite"),
+        (lambda: elbo_per_point(_model(), _TWO_X), ValueError, r"x must be binary"),
+    ],
+    "fano_error_bound": [
+        (lambda: fano_error_bound(3.0, 10), ValueError,
+         r"conditional_entropy cannot exceed log\(num_classes\)"),
+        (lambda: fano_error_bound(-0.1, 10), ValueError,
+         r"conditional_entropy must be a finite number >= 0"),
+        (lambda: fano_error_bound(float("nan"), 10), ValueError,
+         r"conditional_entropy must be a finite number >= 0"),
+        (lambda: fano_error_bound("a", 10), TypeError,
+         r"conditional_entropy must be a real number"),
+        (lambda: fano_error_bound(0.1, 1), ValueError, r"num_classes must be >= 2"),
+    ],
+    "fit_encoder": [
+        (lambda: fit_encoder(_model(), _X, _X, 1, hidden=0), ValueError,
+         r"hidden must be >= 1"),
+        (lambda: fit_encoder(_model(), _X, _X, 0, hidden=4), ValueError,
+         r"num_epochs must be >= 1"),
+        (lambda: fit_encoder(_model(), _NAN_X, _X, 1, hidden=4), ValueError,
+         r"x_train must contain only finite"),
+        (lambda: fit_encoder(_model(), _X, _TWO_X, 1, hidden=4), ValueError,
+         r"x_val must be binary"),
+        (lambda: fit_encoder(_nan_decoder(_model()), _X, _X, 2, hidden=4, batch_size=4),
+         ValueError, r"fit_encoder stopped at epoch 1 of 2, step 1: .*finite.*smaller lr"),
+    ],
+    "inference_gaps": [
+        (lambda: inference_gaps(_model(), _X, torch.zeros(3)), ValueError,
+         r"log_px must be a tensor of shape \(8,\)"),
+        (lambda: inference_gaps(_model(), _X, torch.full((8,), float("nan"))), ValueError,
+         r"log_px must contain only finite"),
+        (lambda: inference_gaps(_model(), _X, torch.zeros(8), num_steps=0), ValueError,
+         r"num_steps must be >= 1"),
+        (lambda: inference_gaps(_model(), _X, torch.zeros(8), k=0), ValueError,
+         r"k must be >= 1"),
+        (lambda: inference_gaps(_model(), _TWO_X, torch.zeros(8)), ValueError,
+         r"x must be binary"),
+    ],
+    "iwae_objective": [
+        (lambda: iwae_objective(_model(), _X, 0), ValueError, r"k must be >= 1"),
+        (lambda: iwae_objective(_model(), _NAN_X, 2), ValueError,
+         r"x must contain only finite"),
+        (lambda: iwae_objective("model", _X, 2), TypeError, r"model must be"),
+    ],
+    "kl_per_unit": [
+        (lambda: kl_per_unit(_model(), _NAN_X), ValueError, r"x must contain only finite"),
+        (lambda: kl_per_unit("model", _X), TypeError, r"model must be"),
+    ],
+    "train_vae_variant": [
+        (lambda: train_vae_variant(_model(), _X, _X, 1, k=2, beta=2.0), ValueError,
+         r"k > 1 \(IWAE\) cannot be combined with beta"),
+        (lambda: train_vae_variant(_model(), _X, _X, 1, free_bits=-1.0), ValueError,
+         r"free_bits must be a finite number >= 0"),
+        (lambda: train_vae_variant(_model(), _X, _X, 1, free_bits="a"), TypeError,
+         r"free_bits must be a real number"),
+        (lambda: train_vae_variant(_model(), _X, _X, 1, warmup_epochs=-1), ValueError,
+         r"warmup_epochs must be >= 0"),
+        (lambda: train_vae_variant(_model(), _X, _X, 1, warmup_epochs=1.5), TypeError,
+         r"warmup_epochs must be an integer"),
+        (lambda: train_vae_variant(_model(), _X, _X, 1, k=0), ValueError, r"k must be >= 1"),
+        (lambda: train_vae_variant(_model(), _TWO_X, _X, 1), ValueError,
+         r"x_train must be binary"),
+        (lambda: train_vae_variant(_nan_decoder(_model()), _X, _X, 2, batch_size=4),
+         ValueError, r"train_vae_variant stopped at epoch 1 of 2, step 1: .*finite.*smaller lr"),
+    ],
+    "as_tensor": [
+        (lambda: as_tensor(np.array([[0.5, 2.0]])), ValueError, r"x must contain .*\[0, 1\]"),
+        (lambda: as_tensor(np.zeros(4)), ValueError, r"x must have shape \(n, num_pixels\)"),
+        (lambda: as_tensor(np.array([[0.5, np.nan]])), ValueError,
+         r"x must contain finite"),
+        (lambda: as_tensor(np.zeros((0, 4))), ValueError, r"x must have shape"),
+        (lambda: as_tensor([["a", "b"]]), TypeError, r"x must be numeric"),
+    ],
+    "bernoulli_log_likelihood": [
+        (lambda: bernoulli_log_likelihood(_TWO_X, torch.zeros(8, 6)), ValueError,
+         r"x must be binary \(0 or 1\)"),
+        (lambda: bernoulli_log_likelihood(_with(5.0), torch.zeros(8, 6)), ValueError,
+         r"x must be binary \(0 or 1\)"),
+        (lambda: bernoulli_log_likelihood(_GREY_X, torch.zeros(8, 6)), ValueError,
+         r"x must be binary \(0 or 1\)"),
+        (lambda: bernoulli_log_likelihood(_NAN_X, torch.zeros(8, 6)), ValueError,
+         r"x must contain only finite"),
+        (lambda: bernoulli_log_likelihood(_X, torch.full((8, 6), float("nan"))), ValueError,
+         r"logits must contain only finite"),
+        (lambda: bernoulli_log_likelihood(_X, torch.zeros(8, 5)), ValueError,
+         r"logits must end in the shape of x"),
+        (lambda: bernoulli_log_likelihood(_X.numpy(), torch.zeros(8, 6)), TypeError,
+         r"x must be a torch.Tensor"),
+    ],
+    "elbo_terms": [
+        (lambda: elbo_terms(_model(), _NAN_X), ValueError, r"x must contain only finite"),
+        (lambda: elbo_terms(_model(), _TWO_X), ValueError, r"x must be binary"),
+        (lambda: elbo_terms("model", _X), TypeError, r"model must be"),
+        (lambda: elbo_terms(_model(), torch.zeros(8, 5)), ValueError, r"x must have 6 pixels"),
+    ],
+    "evaluate_elbo": [
+        (lambda: evaluate_elbo(_model(), _TWO_X), ValueError, r"x must be binary"),
+        (lambda: evaluate_elbo(_model(), _with(5.0)), ValueError, r"x must be binary"),
+        (lambda: evaluate_elbo(_model(), _NAN_X), ValueError, r"x must contain only finite"),
+        (lambda: evaluate_elbo(_model(), _X, num_samples=0), ValueError,
+         r"num_samples must be >= 1"),
+        (lambda: evaluate_elbo("model", _X), TypeError, r"model must be"),
+    ],
+    "grid_log_marginal": [
+        (lambda: grid_log_marginal(_model(3), _X), ValueError, r"model .*2-D latent space"),
+        (lambda: grid_log_marginal(_model(), _TWO_X), ValueError, r"x must be binary"),
+        (lambda: grid_log_marginal(_model(), _NAN_X), ValueError,
+         r"x must contain only finite"),
+        (lambda: grid_log_marginal(_model(), _X, max_batch=0), ValueError,
+         r"max_batch must be >= 1"),
+        (lambda: grid_log_marginal(_model(), _X, limit=float("inf")), ValueError,
+         r"limit must be a finite number > 0"),
+    ],
+    "importance_log_weights": [
+        (lambda: importance_log_weights(_model(), _X, 0), ValueError, r"k must be >= 1"),
+        (lambda: importance_log_weights(_model(), _X, 3, mean=torch.zeros(8, 2)), ValueError,
+         r"give both mean and logvar"),
+        (lambda: importance_log_weights(_model(), _X, 3, torch.zeros(4, 2),
+                                        torch.zeros(4, 2)), ValueError,
+         r"mean and logvar must have shape \(8, 2\)"),
+        (lambda: importance_log_weights(_model(), _X, 3, [[0.0, 0.0]] * 8,
+                                        torch.zeros(8, 2)), TypeError,
+         r"mean and logvar must be tensors"),
+        (lambda: importance_log_weights(_model(), _X, 3, torch.full((8, 2), float("nan")),
+                                        torch.zeros(8, 2)), ValueError,
+         r"mean must contain only finite"),
+        (lambda: importance_log_weights(_model(), _NAN_X, 3, torch.zeros(8, 2),
+                                        torch.zeros(8, 2)), ValueError,
+         r"x must contain only finite"),
+    ],
+    "iwae_bound": [
+        (lambda: iwae_bound(_model(), _X, 0), ValueError, r"k must be >= 1"),
+        (lambda: iwae_bound(_model(), _X, 2, max_batch=0), ValueError,
+         r"max_batch must be >= 1"),
+        (lambda: iwae_bound(_model(), _NAN_X, 2), ValueError, r"x must contain only finite"),
+        (lambda: iwae_bound(_model(), _TWO_X, 2), ValueError, r"x must be binary"),
+    ],
+    "kl_to_prior": [
+        (lambda: kl_to_prior("q"), TypeError, r"q must be a torch.distributions"),
+        (lambda: kl_to_prior(_q(), z=torch.full((3, 2), float("nan"))), ValueError,
+         r"z must contain only finite"),
+    ],
+    "latent_grid": [
+        (lambda: latent_grid(1), ValueError, r"num_points must be >= 2"),
+        (lambda: latent_grid(5, low=0.9, high=0.1), ValueError, r"need 0 < low < high < 1"),
+        (lambda: latent_grid(5, low=float("nan")), ValueError, r"low must be finite"),
+        (lambda: latent_grid(5, low="a"), TypeError, r"low must be a real number"),
+        (lambda: latent_grid(5, high=1.0), ValueError, r"need 0 < low < high < 1"),
+    ],
+    "refine_posterior": [
+        (lambda: refine_posterior(_model(), _X, 0), ValueError, r"num_steps must be >= 1"),
+        (lambda: refine_posterior(_model(), _X, 2, lr=0.0), ValueError,
+         r"lr must be a finite number > 0"),
+        (lambda: refine_posterior(_model(), _X, 2, num_samples=0), ValueError,
+         r"num_samples must be >= 1"),
+        (lambda: refine_posterior(_model(), _NAN_X, 2), ValueError,
+         r"x must contain only finite"),
+        (lambda: refine_posterior(_model(), _TWO_X, 2), ValueError, r"x must be binary"),
+        (lambda: refine_posterior(_nan_decoder(_model()), _X, 2), ValueError,
+         r"refine_posterior stopped at step 1 of 2: .*finite.*smaller lr"),
+    ],
+    "reparameterize": [
+        (lambda: reparameterize(torch.zeros(2), torch.zeros(3)), ValueError,
+         r"mean and logvar must have the same shape"),
+        (lambda: reparameterize([0.0], torch.zeros(1)), TypeError,
+         r"mean and logvar must be tensors"),
+        (lambda: reparameterize(torch.zeros(2), torch.zeros(2), num_samples=0), ValueError,
+         r"num_samples must be >= 1"),
+        (lambda: reparameterize(torch.tensor([float("nan")]), torch.zeros(1)), ValueError,
+         r"mean must contain only finite"),
+        (lambda: reparameterize(torch.zeros(1), torch.tensor([float("nan")])), ValueError,
+         r"logvar must contain only finite"),
+    ],
+    "train_vae": [
+        (lambda: train_vae(_model(), _X, _X, 1, beta=0.0), ValueError,
+         r"beta must be a finite number > 0"),
+        (lambda: train_vae(_model(), _X, _X, 1, lr=-1.0), ValueError,
+         r"lr must be a finite number > 0"),
+        (lambda: train_vae(_model(), _X, _X, 0), ValueError, r"num_epochs must be >= 1"),
+        (lambda: train_vae(_model(), _X, _X, 1, batch_size=0), ValueError,
+         r"batch_size must be >= 1"),
+        (lambda: train_vae(_model(), _NAN_X, _X, 1), ValueError,
+         r"x_train must contain only finite"),
+        (lambda: train_vae(_model(), _X, _NAN_X, 1), ValueError,
+         r"x_val must contain only finite"),
+        (lambda: train_vae(_model(), _TWO_X, _X, 1), ValueError, r"x_train must be binary"),
+        (lambda: train_vae(_model(), _X, torch.zeros(8, 5), 1), ValueError,
+         r"x_val must have 6 pixels"),
+        # the history must never fill with NaN: a clear stop at the first non-finite loss
+        (lambda: train_vae(_nan_decoder(_model()), _X, _X, 2, batch_size=4), ValueError,
+         r"train_vae stopped at epoch 1 of 2, step 1: .*finite.*smaller lr"),
+    ],
+    "train_wake_sleep": [
+        (lambda: train_wake_sleep(_model(), _X, _X, 1, lr=-1.0), ValueError,
+         r"lr must be a finite number > 0"),
+        (lambda: train_wake_sleep(_model(), _NAN_X, _X, 1), ValueError,
+         r"x_train must contain only finite"),
+        (lambda: train_wake_sleep(_model(), _X, _GREY_X, 1), ValueError,
+         r"x_val must be binary"),
+        (lambda: train_wake_sleep(_nan_decoder(_model()), _X, _X, 2, batch_size=4),
+         ValueError, r"train_wake_sleep \(wake phase\) stopped at epoch 1 of 2, step 1: .*finite"
+         r".*smaller lr"),
+    ],
+}
+
+NO_INPUTS = {
+    "AggregatePosterior": "a result object returned by aggregate_posterior",
+    "TrainingHistory": "a result object filled by the training functions (no arguments)",
+}
+
+
+def _same_as_float32(run):
+    """``run(dtype)`` for float64 must equal ``run(float32)``: float64 input is converted
+    to the model's float32, not rejected."""
+    torch.manual_seed(1)
+    want = run(torch.float32)
+    return want, lambda got: torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def _encode_mean(dtype):
+    return _model().encode(_X.to(dtype)).mean
+
+
+def _elbo_terms_sum(dtype):
+    torch.manual_seed(2)
+    reconstruction, kl = elbo_terms(_model(), _X.to(dtype))
+    return reconstruction - kl
+
+
+def _decode(dtype):
+    return _model().decode(torch.tensor([[0.3, -1.2]], dtype=dtype))
+
+
+def _quantiles_of_grid():
+    from scipy.stats import norm
+
+    return torch.tensor(norm.ppf([1e-10, 0.5, 1 - 1e-10]), dtype=torch.float32)
+
+
+EXTREME_INPUTS = {
+    "VAE.encode": [(lambda: _encode_mean(torch.float64), _same_as_float32(_encode_mean)[1])],
+    "VAE.decode": [(lambda: _decode(torch.float64), _same_as_float32(_decode)[1])],
+    "elbo_terms": [(lambda: _elbo_terms_sum(torch.float64),
+                    _same_as_float32(_elbo_terms_sum)[1])],
+    "latent_grid": [
+        # probabilities 1e-10 .. 1 - 1e-10: finite quantiles (-6.36 .. 6.36), not -inf
+        (lambda: latent_grid(3, 1e-10, 1 - 1e-10),
+         lambda grid: torch.testing.assert_close(
+             grid[:3, 0], _quantiles_of_grid(), rtol=1e-6, atol=0)),
+    ],
+    "bernoulli_log_likelihood": [
+        # logits of +-1e30: log p = -1e30 per wrong pixel, 0 per right one
+        (lambda: bernoulli_log_likelihood(torch.tensor([[1.0, 0.0, 1.0]]),
+                                          torch.tensor([[1e30, -1e30, -1e30]])),
+         lambda out: torch.testing.assert_close(out, torch.tensor([-1e30]))),
+    ],
+    "fano_error_bound": [
+        # two classes: the answer p solves h(p) = H(Y | Z) = 1e-300 (p near 1.45e-303)
+        (lambda: fano_error_bound(1e-300, 2),
+         lambda p: np.testing.assert_allclose(-p * math.log(p) - (1 - p) * math.log1p(-p),
+                                              1e-300, rtol=1e-9)),
+    ],
+}
