@@ -441,6 +441,7 @@ class RadialTransform(_VectorBijection):
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(D - 1) log(1 + beta h) + log(1 + beta alpha / (alpha + r)^2), shape (...)."""
+        _check_input(x, self.z0.shape[-1])
         alpha, beta = self.alpha, self.beta
         r = (x - self.z0).norm(dim=-1)
         dim = x.shape[-1]
@@ -598,6 +599,7 @@ class AutoregressiveTransform(_VectorBijection):
     def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(m, s) at x, remembered for the last x (the forward pass's log-det)."""
         if self._last is None or self._last[0] is not x:
+            _check_input(x, self.made.dim)
             self._last = (x, self.made(x))
         return self._last[1]
 
@@ -920,25 +922,35 @@ class Grid2D:
     points: torch.Tensor
     cell_area: float
 
+    def __post_init__(self) -> None:
+        axis = _check_tensor(self.axis, "axis", min_dim=1, check_finite=True)
+        if axis.dim() != 1 or axis.numel() < 2:
+            raise ValueError(f"axis must be 1-D with >= 2 points, got shape {tuple(axis.shape)}")
+        points = _check_tensor(self.points, "points", min_dim=2, check_finite=True)
+        if tuple(points.shape) != (axis.numel() ** 2, 2):
+            raise ValueError(f"points must have shape ({axis.numel() ** 2}, 2), got "
+                             f"{tuple(points.shape)}")
+        check_positive(self.cell_area, "cell_area")
+
+    def _values(self, values, name: str = "values") -> torch.Tensor:
+        values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        if values.numel() != self.points.shape[0]:
+            raise ValueError(f"{name} must have {self.points.shape[0]} entries, "
+                             f"got {values.numel()}")
+        return values
+
     def log_integral(self, log_values: torch.Tensor) -> float:
         """log of the integral of exp(log_values) over the square (Riemann sum).
 
         For a smooth integrand that is negligible at the edges the sum converges very
         fast (it is then the trapezoidal rule).
         """
-        log_values = torch.as_tensor(log_values, dtype=torch.float64).reshape(-1)
-        if log_values.numel() != self.points.shape[0]:
-            raise ValueError(f"log_values must have {self.points.shape[0]} entries, "
-                             f"got {log_values.numel()}")
+        log_values = self._values(log_values, "log_values")
         return float(torch.logsumexp(log_values, 0)) + math.log(self.cell_area)
 
     def integral(self, values: torch.Tensor) -> float:
         """The integral of ``values`` (one per point) over the square (Riemann sum)."""
-        values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-        if values.numel() != self.points.shape[0]:
-            raise ValueError(f"values must have {self.points.shape[0]} entries, "
-                             f"got {values.numel()}")
-        return float(values.sum()) * self.cell_area
+        return float(self._values(values).sum()) * self.cell_area
 
     def matrix(self, values: torch.Tensor) -> np.ndarray:
         """``values`` as an (m, m) array indexed [i, j] = (axis[i], axis[j]).
@@ -947,15 +959,15 @@ class Grid2D:
         :func:`elbo_lib.bounds.kl_on_grid` takes.
         """
         m = self.axis.numel()
-        return torch.as_tensor(values).detach().reshape(m, m).cpu().numpy()
+        return self._values(values.detach() if isinstance(values, torch.Tensor)
+                            else values).reshape(m, m).numpy()
 
     def image(self, values: torch.Tensor) -> np.ndarray:
         """``values`` as an (m, m) array indexed [row = second coordinate, column = first].
 
         Ready for ``imshow(..., origin="lower", extent=...)``.
         """
-        m = self.axis.numel()
-        return torch.as_tensor(values).detach().reshape(m, m).T.cpu().numpy()
+        return self.matrix(values).T
 
 
 def square_grid(limit: float, num_points: int,
@@ -1034,6 +1046,9 @@ class PlanarFlowEncoder(nn.Module):
 
     def posterior(self, params: dict[str, torch.Tensor]) -> Distribution:
         """q(z | x) from :meth:`raw_outputs` (or refined copies of them)."""
+        keys = ("mean", "logvar") + (("u", "w", "b") if self.num_layers else ())
+        if not isinstance(params, dict) or any(k not in params for k in keys):
+            raise TypeError(f"params must be a dict with keys {keys} (from raw_outputs)")
         base = Independent(Normal(params["mean"], torch.exp(0.5 * params["logvar"])), 1)
         if self.num_layers == 0:
             return base
@@ -1066,6 +1081,11 @@ def vae_elbo_of(model: nn.Module, x: torch.Tensor, q: Distribution,
     from elbo_lib.vae import bernoulli_log_likelihood
 
     num_samples = check_positive_int(num_samples, "num_samples")
+    if not isinstance(q, Distribution):
+        raise TypeError(f"q must be a torch Distribution, got {type(q).__name__}")
+    if not isinstance(x, torch.Tensor) or tuple(x.shape[:-1]) != tuple(q.batch_shape):
+        raise ValueError(f"x must be a tensor whose leading shape is q's batch shape "
+                         f"{tuple(q.batch_shape)}")
     z = q.rsample((num_samples,))
     log_prior = Independent(Normal(torch.zeros_like(z), torch.ones_like(z)), 1).log_prob(z)
     log_lik = bernoulli_log_likelihood(x, model.decode(z))

@@ -13,9 +13,12 @@ from torch.distributions.transforms import AffineTransform, ComposeTransform
 from elbo_lib.flows import (
     FLOW_KINDS,
     MADE,
+    AffineCoupling,
     AffineCouplingTransform,
+    Autoregressive,
     AutoregressiveTransform,
     FlowFamily,
+    Grid2D,
     PlanarFlowEncoder,
     PlanarStackTransform,
     PlanarTransform,
@@ -27,6 +30,7 @@ from elbo_lib.flows import (
     log_density_u4,
     refine_flow_posterior,
     square_grid,
+    vae_elbo_of,
 )
 
 F64 = torch.float64
@@ -238,43 +242,226 @@ def test_fit_maximum_likelihood_raises_the_likelihood():
 
 
 # ----------------------------------------------------------------------------- bad input
+# the contract of issue 16: tests/test_contract.py runs every case
 U = torch.ones(2, dtype=F64)
 B = torch.tensor(0.0, dtype=F64)
+X3 = torch.ones(5, 3, dtype=F64)          # the wrong last dimension for a 2-D flow
 
 
-@pytest.mark.parametrize(("build", "error", "match"), [
-    (lambda: PlanarTransform([1.0, 0.0], U, B), TypeError, "u must be a torch.Tensor"),
-    (lambda: PlanarTransform(U, torch.zeros(2, dtype=F64), B), ValueError, "w must be nonzero"),
-    (lambda: PlanarTransform(U, torch.ones(3, dtype=F64), B), ValueError, "same last dim"),
-    (lambda: PlanarTransform(U, U, B, cache_size=2), ValueError, "cache_size"),
-    (lambda: PlanarTransform(torch.ones(2, dtype=torch.int64), U, B), TypeError, "floating"),
-    (lambda: RadialTransform(torch.tensor(1.0, dtype=F64), B, B), ValueError, "z0 must have"),
-    (lambda: AffineCouplingTransform(None, torch.tensor([1.0, 0.0])), TypeError, "conditioner"),
-    (lambda: AffineCouplingTransform(lambda z: (z, z), torch.tensor([1.0, 1.0])),
-     ValueError, "at least one 0"),
-    (lambda: AffineCouplingTransform(lambda z: (z, z), torch.tensor([1.0, 0.5])),
-     ValueError, "zeros and ones"),
-    (lambda: AutoregressiveTransform(torch.nn.Linear(2, 4)), TypeError, "made must be"),
-    (lambda: MADE(1), ValueError, "dim must be >= 2"),
-    (lambda: MADE(4, hidden=2), ValueError, "hidden must be >= 3"),
-    (lambda: FlowFamily(2, 3, "spline"), ValueError, "kind must be one of"),
-    (lambda: FlowFamily(2, -1), ValueError, "num_layers must be >= 0"),
-    (lambda: FlowFamily(0, 1), ValueError, "dim must be >= 1"),
-    (lambda: FlowFamily(2, 1, init_scale=0.0), ValueError, "init_scale"),
-    (lambda: FlowFamily(1, 1, "coupling"), ValueError, "dim must be >= 2"),
-    (lambda: log_density_u1(torch.ones(4, 3, dtype=F64)), ValueError, "last dimension 2"),
-    (lambda: log_density_u1(torch.tensor([[float("nan"), 0.0]])), ValueError, "finite"),
-    (lambda: log_density_u2(torch.ones(4, 2), confine=-1.0), ValueError, "confine"),
-    (lambda: square_grid(0.0, 11), ValueError, "limit"),
-    (lambda: square_grid(1.0, 2), ValueError, "num_points must be >= 3"),
-    (lambda: fit_maximum_likelihood(torch.nn.Linear(2, 2), torch.ones(3, 2)), TypeError,
-     "family must be"),
-    (lambda: fit_maximum_likelihood(FlowFamily(2, 1), torch.ones(3)), ValueError,
-     "samples must have"),
-    (lambda: fit_maximum_likelihood(FlowFamily(2, 1), torch.ones(3, 2), num_steps=0),
-     ValueError, "num_steps"),
-])
-def test_bad_input(build, error, match):
+def _layer(kind):
+    return FlowFamily(2, 2, kind).transforms()[0]
+
+
+def _encoder_model(num_layers=1):
+    model = torch.nn.Module()
+    model.encoder = PlanarFlowEncoder(4, 2, num_layers, hidden=3)
+    model.decode = lambda z: torch.zeros(*z.shape[:-1], 4)
+    return model
+
+
+BAD_INPUTS = {
+    "PlanarTransform": [
+        (lambda: PlanarTransform([1.0, 0.0], U, B), TypeError, r"u must be a torch.Tensor"),
+        (lambda: PlanarTransform(U, torch.zeros(2, dtype=F64), B), ValueError,
+         r"w must be nonzero"),
+        (lambda: PlanarTransform(U, torch.ones(3, dtype=F64), B), ValueError,
+         r"u and w must have the same last dim"),
+        (lambda: PlanarTransform(U, U, B, cache_size=2), ValueError, r"cache_size"),
+        (lambda: PlanarTransform(torch.ones(2, dtype=torch.int64), U, B), TypeError,
+         r"u must be a floating"),
+    ],
+    "PlanarTransform.stack": [
+        (lambda: PlanarTransform.stack(U, U, B), ValueError, r"u, w must have shape"),
+        (lambda: PlanarTransform.stack(torch.ones(3, 2), torch.ones(3, 2), torch.ones(2)),
+         ValueError, r"b shape \(K, ...\)"),
+    ],
+    "PlanarTransform.log_abs_det_jacobian": [
+        (lambda: PlanarTransform(U, U, B).log_abs_det_jacobian(X3, X3), ValueError,
+         r"x must have last dimension 2"),
+    ],
+    "PlanarTransform.with_cache": [
+        (lambda: PlanarTransform(U, U, B).with_cache(3), ValueError, r"cache_size"),
+    ],
+    "PlanarStackTransform": [
+        (lambda: PlanarStackTransform(U, U, B), ValueError, r"u must have at least 2"),
+        (lambda: PlanarStackTransform(torch.ones(3, 2), torch.ones(3, 2), torch.ones(2)),
+         ValueError, r"b shape"),
+        (lambda: PlanarStackTransform(torch.ones(3, 2), torch.zeros(3, 2), torch.ones(3)),
+         ValueError, r"w must be nonzero"),
+    ],
+    "PlanarStackTransform.log_abs_det_jacobian": [
+        (lambda: _layer("planar").log_abs_det_jacobian(X3, X3), ValueError,
+         r"x must have last dimension 2"),
+    ],
+    "PlanarStackTransform.with_cache": [
+        (lambda: _layer("planar").with_cache(-1), ValueError, r"cache_size"),
+    ],
+    "RadialTransform": [
+        (lambda: RadialTransform(torch.tensor(1.0, dtype=F64), B, B), ValueError,
+         r"z0 must have"),
+        (lambda: RadialTransform(U, "a", B), TypeError, r"alpha_raw must be a torch.Tensor"),
+        (lambda: RadialTransform(U, B, B, cache_size=5), ValueError, r"cache_size"),
+    ],
+    "RadialTransform.log_abs_det_jacobian": [
+        (lambda: _layer("radial").log_abs_det_jacobian(X3, X3), ValueError,
+         r"x must have last dimension 2"),
+    ],
+    "RadialTransform.with_cache": [
+        (lambda: _layer("radial").with_cache(2), ValueError, r"cache_size"),
+    ],
+    "AffineCouplingTransform": [
+        (lambda: AffineCouplingTransform(None, torch.tensor([1.0, 0.0])), TypeError,
+         r"conditioner must be callable"),
+        (lambda: AffineCouplingTransform(lambda z: (z, z), torch.tensor([1.0, 1.0])),
+         ValueError, r"mask must contain at least one 0"),
+        (lambda: AffineCouplingTransform(lambda z: (z, z), torch.tensor([1.0, 0.5])),
+         ValueError, r"mask must be a 1-D tensor of zeros and ones"),
+    ],
+    "AffineCouplingTransform.log_abs_det_jacobian": [
+        (lambda: _layer("coupling").log_abs_det_jacobian(X3, X3), ValueError,
+         r"x must have last dimension 2"),
+    ],
+    "AffineCouplingTransform.with_cache": [
+        (lambda: _layer("coupling").with_cache(2), ValueError, r"cache_size"),
+    ],
+    "AutoregressiveTransform": [
+        (lambda: AutoregressiveTransform(torch.nn.Linear(2, 4)), TypeError, r"made must be"),
+        (lambda: AutoregressiveTransform(MADE(2), cache_size=4), ValueError, r"cache_size"),
+    ],
+    "AutoregressiveTransform.log_abs_det_jacobian": [
+        (lambda: _layer("autoregressive").log_abs_det_jacobian(X3, X3), ValueError,
+         r"x must have last dimension 2"),
+    ],
+    "AutoregressiveTransform.with_cache": [
+        (lambda: _layer("autoregressive").with_cache(7), ValueError, r"cache_size"),
+    ],
+    "MADE": [
+        (lambda: MADE(1), ValueError, r"dim must be >= 2"),
+        (lambda: MADE(4, hidden=2), ValueError, r"hidden must be >= 3"),
+        (lambda: MADE(2, max_log_scale=0.0), ValueError, r"max_log_scale"),
+    ],
+    "MADE.forward": [
+        (lambda: MADE(2)(X3), ValueError, r"z must have last dimension 2"),
+    ],
+    "AffineCoupling": [
+        (lambda: AffineCoupling(1), ValueError, r"dim must be >= 2"),
+        (lambda: AffineCoupling(2, index=-1), ValueError, r"index must be >= 0"),
+        (lambda: AffineCoupling(2, hidden=0), ValueError, r"hidden must be >= 1"),
+        (lambda: AffineCoupling(2, max_log_scale=-1.0), ValueError, r"max_log_scale"),
+    ],
+    "Autoregressive": [
+        (lambda: Autoregressive(1), ValueError, r"dim must be >= 2"),
+        (lambda: Autoregressive(2, index=1.5), TypeError, r"index must be an integer"),
+    ],
+    "FlowFamily": [
+        (lambda: FlowFamily(2, 3, "spline"), ValueError, r"kind must be one of"),
+        (lambda: FlowFamily(2, -1), ValueError, r"num_layers must be >= 0"),
+        (lambda: FlowFamily(0, 1), ValueError, r"dim must be >= 1"),
+        (lambda: FlowFamily(2, 1, init_scale=0.0), ValueError, r"init_scale"),
+        (lambda: FlowFamily(1, 1, "coupling"), ValueError, r"dim must be >= 2"),
+    ],
+    "fit_maximum_likelihood": [
+        (lambda: fit_maximum_likelihood(torch.nn.Linear(2, 2), torch.ones(3, 2)), TypeError,
+         r"family must be"),
+        (lambda: fit_maximum_likelihood(FlowFamily(2, 1), torch.ones(3)), ValueError,
+         r"samples must have"),
+        (lambda: fit_maximum_likelihood(FlowFamily(2, 1), torch.ones(3, 2), num_steps=0),
+         ValueError, r"num_steps must be >= 1"),
+        (lambda: fit_maximum_likelihood(FlowFamily(2, 1), torch.ones(3, 2), lr=-1.0),
+         ValueError, r"lr must be"),
+        (lambda: fit_maximum_likelihood(FlowFamily(2, 1), torch.full((3, 2), float("nan"))),
+         ValueError, r"samples must be finite"),
+    ],
+    "log_density_u1": [
+        (lambda: log_density_u1(torch.ones(4, 3, dtype=F64)), ValueError,
+         r"z must have last dimension 2"),
+        (lambda: log_density_u1(torch.tensor([[float("nan"), 0.0]])), ValueError,
+         r"z must be finite"),
+        (lambda: log_density_u1([[0.0, 1.0]]), TypeError, r"z must be a torch.Tensor"),
+    ],
+    "log_density_u2": [
+        (lambda: log_density_u2(torch.ones(4, 2), confine=-1.0), ValueError, r"confine"),
+        (lambda: log_density_u2(torch.ones(4, 1)), ValueError, r"z must have last dim"),
+    ],
+    "log_density_u3": [
+        (lambda: log_density_u3(torch.ones(4, 2), confine=0.0), ValueError, r"confine"),
+        (lambda: log_density_u3(torch.ones(2, dtype=torch.int64)), TypeError, r"z must be"),
+    ],
+    "log_density_u4": [
+        (lambda: log_density_u4(torch.ones(4, 2), confine=float("inf")), ValueError,
+         r"confine"),
+        (lambda: log_density_u4(torch.ones(4, 5)), ValueError, r"z must have last dim"),
+    ],
+    "square_grid": [
+        (lambda: square_grid(0.0, 11), ValueError, r"limit must be"),
+        (lambda: square_grid(1.0, 2), ValueError, r"num_points must be >= 3"),
+        (lambda: square_grid(1.0, 5.5), TypeError, r"num_points must be an integer"),
+    ],
+    "Grid2D": [
+        (lambda: Grid2D(torch.ones(3), torch.ones(4, 2), 1.0), ValueError,
+         r"points must have shape \(9, 2\)"),
+        (lambda: Grid2D(torch.ones(3, 1), torch.ones(9, 2), 1.0), ValueError,
+         r"axis must be 1-D"),
+        (lambda: Grid2D(torch.ones(3), torch.ones(9, 2), 0.0), ValueError, r"cell_area"),
+    ],
+    "Grid2D.log_integral": [
+        (lambda: square_grid(1.0, 5).log_integral(torch.zeros(24)), ValueError,
+         r"log_values must have 25 entries"),
+    ],
+    "Grid2D.integral": [
+        (lambda: square_grid(1.0, 5).integral(torch.zeros(3)), ValueError,
+         r"values must have 25 entries"),
+    ],
+    "Grid2D.matrix": [
+        (lambda: square_grid(1.0, 5).matrix(torch.zeros(30)), ValueError,
+         r"values must have 25 entries"),
+    ],
+    "Grid2D.image": [
+        (lambda: square_grid(1.0, 5).image(torch.zeros(5)), ValueError,
+         r"values must have 25 entries"),
+    ],
+    "PlanarFlowEncoder": [
+        (lambda: PlanarFlowEncoder(0, 2, 1), ValueError, r"num_pixels must be >= 1"),
+        (lambda: PlanarFlowEncoder(4, 2, -2), ValueError, r"num_layers must be >= 0"),
+        (lambda: PlanarFlowEncoder(4, 2, 1, hidden=0), ValueError, r"hidden must be >= 1"),
+    ],
+    "PlanarFlowEncoder.forward": [
+        (lambda: PlanarFlowEncoder(4, 2, 1)(torch.ones(3, 5)), ValueError,
+         r"x must have last dimension 4"),
+    ],
+    "PlanarFlowEncoder.raw_outputs": [
+        (lambda: PlanarFlowEncoder(4, 2, 1).raw_outputs(torch.ones(3, 2)), ValueError,
+         r"x must have last dimension 4"),
+    ],
+    "PlanarFlowEncoder.posterior": [
+        (lambda: PlanarFlowEncoder(4, 2, 1).posterior({"mean": torch.zeros(2)}), TypeError,
+         r"params must be a dict"),
+    ],
+    "vae_elbo_of": [
+        (lambda: vae_elbo_of(_encoder_model(), torch.ones(3, 4), "q", 5), TypeError,
+         r"q must be a torch Distribution"),
+        (lambda: vae_elbo_of(_encoder_model(), torch.ones(3, 4),
+                             _encoder_model().encoder(torch.ones(2, 4)), 5),
+         ValueError, r"x must be a tensor whose leading shape"),
+        (lambda: vae_elbo_of(_encoder_model(), torch.ones(3, 4),
+                             _encoder_model().encoder(torch.ones(3, 4)), 0),
+         ValueError, r"num_samples must be >= 1"),
+    ],
+    "refine_flow_posterior": [
+        (lambda: refine_flow_posterior(torch.nn.Linear(2, 2), torch.zeros(2, 2), 5),
+         TypeError, r"model.encoder must be a PlanarFlowEncoder"),
+        (lambda: refine_flow_posterior(_encoder_model(), torch.ones(3, 4), 0), ValueError,
+         r"num_steps must be >= 1"),
+        (lambda: refine_flow_posterior(_encoder_model(), torch.ones(3, 4), 2, lr=0.0),
+         ValueError, r"lr must be"),
+    ],
+}
+
+
+@pytest.mark.parametrize(("name", "index"),
+                         [(n, i) for n, cases in BAD_INPUTS.items() for i in range(len(cases))])
+def test_bad_input(name, index):
+    build, error, match = BAD_INPUTS[name][index]
     with pytest.raises(error, match=match):
         build()
 
