@@ -24,8 +24,11 @@ help:
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps -e .
+	# byte-compile on every core (pip compiles one file at a time: 140 s -> 105 s in all),
+	# leaving out the packages' own test suites, which nothing here imports
+	$(BIN)/python -m compileall -q -j 0 -x '/tests/|/testing/_internal/' $(VENV)/lib > /dev/null
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	$(BIN)/python -c "import matplotlib.pyplot"  # warm the font cache outside nbval
 	touch $(STAMP)

@@ -291,7 +291,8 @@ def gaussian_log_density(X, means, prec_chol) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # torch: diagonal Gaussians
 # ---------------------------------------------------------------------------------------
-def diagonal_gaussian_log_density(z: torch.Tensor, mean, logvar) -> torch.Tensor:
+def diagonal_gaussian_log_density(z: torch.Tensor, mean, logvar, *,
+                                  validate: bool = True) -> torch.Tensor:
     """log N(z; mean, diag(exp(logvar))), summed over the last axis (broadcasting).
 
     The encoder density of the VAE (chapter 6), differentiable in all arguments.
@@ -300,6 +301,10 @@ def diagonal_gaussian_log_density(z: torch.Tensor, mean, logvar) -> torch.Tensor
     ----------
     z : torch.Tensor, shape (..., D)
     mean, logvar : torch.Tensor or array_like, broadcastable to ``z``
+    validate : bool
+        Check and convert the inputs (the default). ``False`` is for callers that have
+        checked them already (tensors of one dtype, finite, broadcastable), such as a
+        VAE's training step: the same arithmetic without the checks' cost.
 
     Returns
     -------
@@ -313,10 +318,11 @@ def diagonal_gaussian_log_density(z: torch.Tensor, mean, logvar) -> torch.Tensor
     ValueError
         If an input holds NaN or inf, or the shapes do not broadcast.
     """
-    z = as_tensor(z, "z")
-    mean = as_tensor(mean, "mean", dtype=z.dtype)
-    logvar = as_tensor(logvar, "logvar", dtype=z.dtype)
-    check_broadcast(z=z, mean=mean, logvar=logvar)
+    if validate:
+        z = as_tensor(z, "z")
+        mean = as_tensor(mean, "mean", dtype=z.dtype)
+        logvar = as_tensor(logvar, "logvar", dtype=z.dtype)
+        check_broadcast(z=z, mean=mean, logvar=logvar)
     return -0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
 
 

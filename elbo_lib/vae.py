@@ -140,6 +140,9 @@ class DiagonalGaussianPosterior(Independent):
         if value.shape[-1:] != self.event_shape:
             raise ValueError(f"value must have shape (..., {self.event_shape[0]}), got "
                              f"{tuple(value.shape)}")
+        if _TRUSTED:  # inside a training step or an evaluation that checked its inputs
+            return diagonal_gaussian_log_density(value, self.base_dist.loc, self.logvar,
+                                                 validate=False)
         check_finite_tensor(value, "value")
         return diagonal_gaussian_log_density(value, self.base_dist.loc, self.logvar)
 
@@ -226,7 +229,8 @@ class VAE(nn.Module):
             If x is not a finite tensor of ``num_pixels`` columns, or the encoder does not
             return a Distribution of the promised shapes.
         """
-        x = _check_data(x, self.num_pixels, dtype=_dtype_of(self.encoder, self.decoder))
+        if not _TRUSTED:  # a trusted caller passes x checked and in the model's dtype
+            x = _check_data(x, self.num_pixels, dtype=_dtype_of(self.encoder, self.decoder))
         q = self.encoder(x)
         if not isinstance(q, Distribution):
             raise TypeError(f"the encoder must return a torch.distributions.Distribution "
@@ -284,10 +288,20 @@ def _check_sample_shape(sample_shape) -> torch.Size:
 
 
 def _dtype_of(*modules: nn.Module) -> torch.dtype:
-    """The dtype of the first parameter of the first module that has one (float32)."""
+    """The dtype of the first parameter of the first module that has one (float32).
+
+    The parameter that ``module.parameters()`` yields first (a pre-order walk of the
+    submodules), found without building that generator: this runs twice per training
+    step, where ``parameters()`` cost more than the check it serves.
+    """
     for module in modules:
-        for p in module.parameters():
-            return p.dtype
+        stack = [module]
+        while stack:
+            current = stack.pop()
+            for p in current._parameters.values():
+                if p is not None:
+                    return p.dtype
+            stack.extend(reversed(current._modules.values()))
     return torch.get_default_dtype()
 
 
@@ -319,17 +333,26 @@ _TRUSTED = False
 
 
 @contextmanager
-def _stop_on_error(where: str, epoch: int, num_epochs: int, step: int | None, lr: float):
-    """Run one training step (or evaluation) on inputs its loop has validated; re-raise a
-    ValueError (a non-finite loss) naming the epoch and step at which it happened."""
+def _trusted():
+    """Skip the per-call input checks inside: the caller has validated its inputs, and
+    checks what comes out (a non-finite loss or result)."""
     global _TRUSTED
     trusted, _TRUSTED = _TRUSTED, True
     try:
         yield
-    except ValueError as err:
-        raise ValueError(_stopped(where, epoch, num_epochs, step, lr, str(err))) from err
     finally:
         _TRUSTED = trusted
+
+
+@contextmanager
+def _stop_on_error(where: str, epoch: int, num_epochs: int, step: int | None, lr: float):
+    """Run one training step (or evaluation) on inputs its loop has validated; re-raise a
+    ValueError (a non-finite loss) naming the epoch and step at which it happened."""
+    with _trusted():
+        try:
+            yield
+        except ValueError as err:
+            raise ValueError(_stopped(where, epoch, num_epochs, step, lr, str(err))) from err
 
 
 def _check_loss(loss: torch.Tensor) -> None:
@@ -385,13 +408,17 @@ def kl_to_prior(q: Distribution, z: torch.Tensor | None = None) -> torch.Tensor:
     return kl.reshape(-1, *q.batch_shape).mean(0)
 
 
+_ZERO_ONE: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _kl_units(q: DiagonalGaussianPosterior) -> torch.Tensor:
     """Per-unit closed-form KL to N(0, 1), shape (n, latent_dim)."""
     var = torch.exp(q.logvar)
     if not _TRUSTED:
         return gaussian_kl(q.base_dist.loc, var, 0.0, 1.0)
     # gaussian_kl's own arithmetic with mean_p = 0 and var_p = 1 as tensors of q's dtype
-    zero, one = (torch.tensor(v, dtype=var.dtype) for v in (0.0, 1.0))
+    zero, one = _ZERO_ONE.get(var.dtype) or _ZERO_ONE.setdefault(
+        var.dtype, (torch.tensor(0.0, dtype=var.dtype), torch.tensor(1.0, dtype=var.dtype)))
     return 0.5 * (torch.log(one) - torch.log(var) + (var + (q.base_dist.loc - zero) ** 2)
                   / one - 1.0)
 
@@ -624,8 +651,9 @@ class TrainingHistory:
 
 def _check_training(model, x_train, x_val, num_epochs, batch_size, lr):
     model = _check_model(model)
-    x_train = _check_data(x_train, model.num_pixels, "x_train", binary=True)
-    x_val = _check_data(x_val, model.num_pixels, "x_val", binary=True)
+    dtype = _dtype_of(model.encoder, model.decoder)   # converted once, not every step
+    x_train = _check_data(x_train, model.num_pixels, "x_train", binary=True, dtype=dtype)
+    x_val = _check_data(x_val, model.num_pixels, "x_val", binary=True, dtype=dtype)
     num_epochs = check_positive_int(num_epochs, "num_epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
@@ -831,18 +859,32 @@ def iwae_bound(model: VAE, x: torch.Tensor, k: int, mean=None, logvar=None,
     (iwae, elbo) : tuple of torch.Tensor, each of shape (n,)
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
+    x = _check_data(x, model.num_pixels, binary=True,
+                    dtype=_dtype_of(model.encoder, model.decoder))
     k = check_positive_int(k, "k")
     chunk = max(1, check_positive_int(max_batch, "max_batch") // k)
+    if (mean is None) != (logvar is None):   # the proposal is checked once, here
+        raise ValueError("give both mean and logvar, or neither (to use the encoder)")
+    if mean is not None:
+        _check_mean_logvar(mean, logvar)
+        if mean.shape != (len(x), model.latent_dim):
+            raise ValueError(f"mean and logvar must have shape ({len(x)}, "
+                             f"{model.latent_dim}), got {tuple(mean.shape)} and "
+                             f"{tuple(logvar.shape)}")
     iwae, elbo = [], []
-    for start in range(0, len(x), chunk):
-        sl = slice(start, start + chunk)
-        lw = importance_log_weights(model, x[sl], k,
-                                    None if mean is None else mean[sl],
-                                    None if logvar is None else logvar[sl])
-        iwae.append(importance_weighted_bound(lw, dim=0))
-        elbo.append(lw.mean(0))
-    return torch.cat(iwae), torch.cat(elbo)
+    with _trusted():   # the inputs are checked; the bounds are checked below
+        for start in range(0, len(x), chunk):
+            sl = slice(start, start + chunk)
+            lw = importance_log_weights(model, x[sl], k,
+                                        None if mean is None else mean[sl],
+                                        None if logvar is None else logvar[sl])
+            iwae.append(importance_weighted_bound(lw, dim=0))
+            elbo.append(lw.mean(0))
+    iwae, elbo = torch.cat(iwae), torch.cat(elbo)
+    if not bool(torch.isfinite(elbo).all()):
+        raise ValueError("the log importance weights are not finite: the model's encoder "
+                         "or decoder returned NaN or inf")
+    return iwae, elbo
 
 
 def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.01,
@@ -887,8 +929,9 @@ def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.
     try:
         for step in range(num_steps):
             try:
-                z = reparameterize(mean, logvar, num_samples)
-                reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0)
+                with _trusted():   # x is checked above and the ELBO below, every step
+                    z = reparameterize(mean, logvar, num_samples)
+                    reconstruction = bernoulli_log_likelihood(x, model.decode(z)).mean(0)
                 elbo = (reconstruction
                         - gaussian_kl(mean, torch.exp(logvar), 0.0, 1.0).sum(-1))
                 if not bool(torch.isfinite(elbo).all()):

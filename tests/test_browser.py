@@ -37,9 +37,10 @@ What a reader sees, as a textbook (issue 13), on every page:
   page-contents button opens the secondary sidebar; at 1366 px the sidebar button hides
   the sidebar and shows it again.
 
-A full-page screenshot of every page at both widths is saved under
-``tests/_output/screenshots/`` (``<page>__1366.png``, ``<page>__390.png``) so a person can
-look at it. Failures name the page, the element (code cell number and section, the
+With ``ELBO_SCREENSHOTS=1`` a full-page screenshot of every page at both widths is saved
+under ``tests/_output/screenshots/`` (``<page>__1366.png``, ``<page>__390.png``) so a
+person can look at it; they are off by default because no test reads them and they cost
+about 90 s of the run (5 to 8 s per chapter page and width). Failures name the page, the element (code cell number and section, the
 formula's TeX, the table's first header) and what is wrong. Without ``/usr/bin/chromium``
 the tests are skipped with a message saying how to install it. Set
 ``ELBO_BOOK_HTML=book/_build/html`` to check an existing build instead of building the
@@ -67,6 +68,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("ELBO_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = ROOT / "tests" / "_output" / "screenshots"
+TAKE_SCREENSHOTS = os.environ.get("ELBO_SCREENSHOTS", "") not in ("", "0")
 VIEWPORT = {"width": 1366, "height": 900}  # a normal laptop screen
 PHONE = {"width": 390, "height": 844}  # a phone held upright
 # Flags for headless Chromium on a machine with no network (see the machine notes):
@@ -408,7 +410,7 @@ def _visit(context, base: str, page_path: str) -> Visit:
         _settle(page)
         visit.facts = page.evaluate(COLLECT_JS)
         visit.reader = page.evaluate(READER_JS)
-        if page_path != "index.html":  # index.html shows the root page, shot as such
+        if TAKE_SCREENSHOTS and page_path != "index.html":  # index.html: the root page
             visit.screenshot = _shot_name(page_path, VIEWPORT["width"])
             page.screenshot(path=str(visit.screenshot), full_page=True,
                             animations="disabled", timeout=120_000)
@@ -436,10 +438,11 @@ def _visit_phone(context, base: str, visit: Visit) -> None:
         visit.phone = page.evaluate(READER_JS)
         visit.phone["scroll_width"], visit.phone["client_width"] = page.evaluate(
             "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-        shot = _shot_name(visit.page, PHONE["width"])
-        page.screenshot(path=str(shot), full_page=True, animations="disabled",
-                        timeout=120_000)
-        visit.phone["screenshot"] = str(shot)
+        if TAKE_SCREENSHOTS:
+            shot = _shot_name(visit.page, PHONE["width"])
+            page.screenshot(path=str(shot), full_page=True, animations="disabled",
+                            timeout=120_000)
+            visit.phone["screenshot"] = str(shot)
         if visit.page == NAV_PAGE:  # last: it leaves the page
             visit.sidebar["phone"] = _phone_navigation(page, base, NAV_TARGET)
     except Exception as err:
@@ -633,8 +636,9 @@ def server(html_dir):
 def visits(server) -> dict[str, Visit]:
     """One browser over the whole book: every page at 1366 px, then at 390 px."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
-    SCREENSHOTS.mkdir(parents=True)
+    if TAKE_SCREENSHOTS:
+        shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+        SCREENSHOTS.mkdir(parents=True)
     result: dict[str, Visit] = {}
     start = time.perf_counter()
     with sync_api.sync_playwright() as p:
@@ -658,8 +662,9 @@ def visits(server) -> dict[str, Visit]:
             browser.close()
     print(f"\nbrowser visited {len(result)} pages at 1366 px in {laptop_s:.1f} s and at "
           f"390 px in {time.perf_counter() - start - laptop_s:.1f} s "
-          f"({', '.join(f'{k} {v.seconds:.1f}' for k, v in result.items())}); "
-          f"screenshots in {SCREENSHOTS.relative_to(ROOT)}")
+          f"({', '.join(f'{k} {v.seconds:.1f}' for k, v in result.items())})"
+          + (f"; screenshots in {SCREENSHOTS.relative_to(ROOT)}" if TAKE_SCREENSHOTS
+             else "; no screenshots (ELBO_SCREENSHOTS=1 saves them)"))
     return result
 
 
@@ -709,9 +714,10 @@ def test_page_loads_without_errors(visits, page_path):
     assert not v.console_errors, f"{page_path}: console errors {v.console_errors}"
     assert not v.page_errors, f"{page_path}: uncaught JavaScript errors {v.page_errors}"
     if page_path != "index.html":
-        assert v.screenshot and v.screenshot.stat().st_size > 10_000, "no screenshot saved"
         assert "error" not in v.phone, f"{page_path} at 390 px: {v.phone.get('error')}"
-        assert Path(v.phone["screenshot"]).stat().st_size > 10_000, "no phone screenshot"
+        if TAKE_SCREENSHOTS:
+            assert v.screenshot and v.screenshot.stat().st_size > 10_000, "no screenshot"
+            assert Path(v.phone["screenshot"]).stat().st_size > 10_000, "no phone screenshot"
     else:
         assert v.final_url.endswith("/book/intro.html"), f"index.html led to {v.final_url}"
 
