@@ -40,11 +40,11 @@ What a reader sees, as a textbook (issue 13), on every page:
 With ``ELBO_SCREENSHOTS=1`` a full-page screenshot of every page at both widths is saved
 under ``tests/_output/screenshots/`` (``<page>__1366.png``, ``<page>__390.png``) so a
 person can look at it; they are off by default because no test reads them and they cost
-about 90 s of the run (5 to 8 s per chapter page and width). Failures name the page, the element (code cell number and section, the
-formula's TeX, the table's first header) and what is wrong. Without ``/usr/bin/chromium``
-the tests are skipped with a message saying how to install it. Set
-``ELBO_BOOK_HTML=book/_build/html`` to check an existing build instead of building the
-book.
+about 90 s of the run (5 to 8 s per chapter page and width). Failures name the page,
+the element (code cell number and section, the formula's TeX, the table's first header)
+and what is wrong. Without ``/usr/bin/chromium`` the tests are skipped with a message
+saying how to install it. Set ``ELBO_BOOK_HTML=book/_build/html`` to check an existing
+build instead of building the book.
 """
 
 from __future__ import annotations
