@@ -248,11 +248,11 @@ def _solve_planar(t: torch.Tensor, wu: torch.Tensor, b: torch.Tensor) -> torch.T
 
     g is increasing (g' = 1 + wu (1 - tanh^2) > 0 for wu > -1) and its root lies in
     [t - |wu|, t + |wu|] (|tanh| < 1). Safeguarded Newton: each step shrinks that
-    bracket with the sign of g and takes the Newton point where it falls inside the
-    bracket, else the bracket's midpoint (bisection), so it converges for every wu > -1
-    (where g' is near 0, by halving) and in a few steps elsewhere (quadratically),
-    instead of the 60 halvings of plain bisection. Stops when every point's bracket or
-    step is at rounding level.
+    bracket with the sign of g and takes the Newton point where it falls strictly inside
+    the bracket, else the bracket's midpoint (bisection), so it converges for every
+    wu > -1 (where g' is near 0, or Newton would cycle between the bracket's ends, by
+    halving) and in a few steps elsewhere (quadratically), instead of the 60 halvings of
+    plain bisection. Stops when every point's bracket or step is at rounding level.
     """
     spread = wu.abs() + 1e-12
     low, high = torch.broadcast_tensors(t - spread, t + spread)
@@ -265,11 +265,12 @@ def _solve_planar(t: torch.Tensor, wu: torch.Tensor, b: torch.Tensor) -> torch.T
         high = torch.where(above, a, high)
         low = torch.where(above, low, a)
         newton = a - g / (1 + wu * (1 - th * th))
-        inside = (newton >= low) & (newton <= high)
+        scale = eps * (1 + a.abs())
+        settled = (newton - a).abs() <= 4 * scale      # converged: the step is rounding
+        # strictly inside, else Newton can cycle between the bracket's two ends
+        inside = settled | ((newton > low) & (newton < high))
         step = torch.where(inside, newton, 0.5 * (low + high))
-        scale = eps * (1 + step.abs())
-        done = bool(((step - a).abs() <= scale).all()) or bool(
-            ((high - low) <= 2 * scale).all())
+        done = bool(settled.all()) or bool(((high - low) <= 2 * scale).all())
         a = step
         if done:
             break

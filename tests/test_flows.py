@@ -62,6 +62,29 @@ def test_log_det_matches_autograd_jacobian(kind, dim):
         x = y.detach()
 
 
+@pytest.mark.parametrize("wu_raw", [-27.6, -5.0, 0.0, 3.0, 1e4])
+def test_planar_inverse_at_extreme_slopes(wu_raw):
+    """The planar inverse solves a + wu tanh(a + b) = w^T y to rounding error for wu from
+    -1 + 1e-12 (g' nearly 0 where a + b = 0: Newton alone would jump, halving must take
+    over) to 1e4 (a steep tanh), on points on both sides of and at the kink."""
+    w = torch.tensor([1.0, 0.0], dtype=F64)
+    u = torch.tensor([wu_raw, 0.5], dtype=F64)
+    b = torch.tensor(0.3, dtype=F64)
+    layer = PlanarTransform(u, w, b, cache_size=0)
+    wu = float(layer.wu)
+    x = torch.cat([torch.linspace(-8, 8, 401, dtype=F64)[:, None].expand(-1, 2),
+                   torch.tensor([[-0.3, 1.0], [-0.3 + 1e-9, 0.0]], dtype=F64)])
+    y = layer(x)
+    back = layer.inv(y)
+    a = back @ w
+    residual = (a + wu * torch.tanh(a + b) - y @ w).abs()
+    # a = w^T (y - u_hat tanh) carries the rounding of |y| <= 8 + |wu|, and g' <= 1 + |wu|
+    bound = 8 * torch.finfo(F64).eps * (1 + abs(wu)) * (8 + abs(wu))
+    assert float(residual.max()) <= bound
+    if wu > -0.5:      # well conditioned: the inverse recovers x itself
+        torch.testing.assert_close(back, x, rtol=0, atol=1e-12 * (1 + abs(wu)))
+
+
 @pytest.mark.parametrize("kind", FLOW_KINDS)
 def test_inverse_undoes_forward(kind):
     family = _perturbed_family(kind, 3, seed=1)
