@@ -1,4 +1,7 @@
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +33,17 @@ def test_torch_is_deterministic_and_single_threaded():
     seed_everything(0)
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.get_num_threads() == TORCH_THREADS
+
+
+def test_torch_determinism_without_importing_inductor():
+    """In a fresh interpreter the deterministic switch is on and torch._inductor (1.9 s of
+    imports that only torch.compile needs) was not imported to set it."""
+    code = ("import sys, torch; from elbo_lib import seed_everything; seed_everything(0); "
+            "print(torch.are_deterministic_algorithms_enabled(), "
+            "'torch._inductor.config' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["True", "False"]
 
 
 @pytest.mark.parametrize("bad, err", [(-1, ValueError), (1.5, TypeError), ("0", TypeError),
