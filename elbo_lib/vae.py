@@ -950,6 +950,21 @@ def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.
     return mean.detach(), logvar.detach(), trace.numpy()
 
 
+def _quadrature_grid(model, x, limit, num_points):
+    """The checked model and binary x, and the float64 axis and (G, 2) grid over
+    [-limit, limit]^2 of the 2-D latent quadrature that :func:`grid_log_marginal` and
+    :func:`decoder_gradient_by_quadrature` share."""
+    model = _check_model(model)
+    x = _check_data(x, model.num_pixels, binary=True)
+    if model.latent_dim != 2:
+        raise ValueError(f"model must have a 2-D latent space for grid quadrature, got "
+                         f"latent_dim={model.latent_dim}")
+    limit = check_positive(limit, "limit")
+    num_points = check_positive_int(num_points, "num_points", minimum=3)
+    axis = torch.linspace(-limit, limit, num_points, dtype=torch.float64)
+    return model, x, axis, torch.cartesian_prod(axis, axis)
+
+
 @torch.no_grad()
 def grid_log_marginal(model: VAE, x: torch.Tensor, limit: float = 5.0,
                       num_points: int = 201, max_batch: int = 2**12) -> torch.Tensor:
@@ -966,15 +981,7 @@ def grid_log_marginal(model: VAE, x: torch.Tensor, limit: float = 5.0,
     -------
     torch.Tensor, shape (n,), float64
     """
-    model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
-    if model.latent_dim != 2:
-        raise ValueError(f"model must have a 2-D latent space for grid quadrature, got "
-                         f"latent_dim={model.latent_dim}")
-    limit = check_positive(limit, "limit")
-    num_points = check_positive_int(num_points, "num_points", minimum=3)
-    axis = torch.linspace(-limit, limit, num_points, dtype=torch.float64)
-    grid = torch.cartesian_prod(axis, axis)                     # (G, 2)
+    model, x, axis, grid = _quadrature_grid(model, x, limit, num_points)
     log_cell = 2 * math.log(float(axis[1] - axis[0]))
     x64 = x.to(torch.float64)
     parts = []
@@ -1220,15 +1227,7 @@ def decoder_gradient_by_quadrature(model: VAE, x: torch.Tensor, limit: float = 5
     numpy.ndarray
         The decoder gradient, flattened in the order of ``model.decoder.parameters()``.
     """
-    model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
-    if model.latent_dim != 2:
-        raise ValueError(f"model must have a 2-D latent space for grid quadrature, got "
-                         f"latent_dim={model.latent_dim}")
-    limit = check_positive(limit, "limit")
-    num_points = check_positive_int(num_points, "num_points", minimum=3)
-    axis = torch.linspace(-limit, limit, num_points, dtype=torch.float64)
-    grid = torch.cartesian_prod(axis, axis)
+    model, x, axis, grid = _quadrature_grid(model, x, limit, num_points)
     logits = model.decode(grid.float()).to(torch.float64)
     x64 = x.to(torch.float64)
     log_joint = (x64 @ logits.T - F.softplus(logits).sum(-1)

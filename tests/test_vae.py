@@ -217,6 +217,18 @@ def test_grid_quadrature_is_exact_when_the_decoder_ignores_z(toy_data):
     torch.testing.assert_close(grid_log_marginal(model, toy_data), exact, atol=1e-4, rtol=0)
 
 
+def test_evaluations_build_no_graph_and_the_quadrature_gradient_does(toy_data):
+    """The evaluations return plain tensors (no autograd graph kept alive over a 40 401
+    point grid); the quadrature gradient, which shares their grid, still differentiates."""
+    from elbo_lib.vae import decoder_gradient_by_quadrature
+    model = VAE(6, 2, hidden=4)
+    assert not grid_log_marginal(model, toy_data, num_points=21).requires_grad
+    assert not any(t.requires_grad for t in iwae_bound(model, toy_data, 3))
+    grad = decoder_gradient_by_quadrature(model, toy_data, num_points=21)
+    assert grad.shape == (sum(p.numel() for p in model.decoder.parameters()),)
+    assert np.abs(grad).max() > 0
+
+
 def test_importance_log_weights_with_an_explicit_proposal(toy_data):
     model = VAE(6, 2, hidden=8)
     lw = importance_log_weights(model, toy_data, 3, torch.zeros(40, 2), torch.zeros(40, 2))
