@@ -795,6 +795,18 @@ def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num
     return history
 
 
+def _check_proposal(model: VAE, x: torch.Tensor, mean, logvar) -> None:
+    """An explicit proposal (mean, logvar), one diagonal Gaussian per point of x, or none."""
+    if (mean is None) != (logvar is None):
+        raise ValueError("give both mean and logvar, or neither (to use the encoder)")
+    if mean is not None:
+        _check_mean_logvar(mean, logvar)
+        if mean.shape != (len(x), model.latent_dim):
+            raise ValueError(f"mean and logvar must have shape ({len(x)}, "
+                             f"{model.latent_dim}), got {tuple(mean.shape)} and "
+                             f"{tuple(logvar.shape)}")
+
+
 def importance_log_weights(model: VAE, x: torch.Tensor, k: int, mean=None,
                            logvar=None) -> torch.Tensor:
     """Log importance weights log p(x, z_i) - log q(z_i | x) for k samples per point.
@@ -812,17 +824,8 @@ def importance_log_weights(model: VAE, x: torch.Tensor, k: int, mean=None,
     model = _check_model(model)
     x = _check_data(x, model.num_pixels, binary=True)
     k = check_positive_int(k, "k")
-    if (mean is None) != (logvar is None):
-        raise ValueError("give both mean and logvar, or neither (to use the encoder)")
-    if mean is None:
-        q = model.encode(x)
-    else:
-        _check_mean_logvar(mean, logvar)
-        if mean.shape != (len(x), model.latent_dim):
-            raise ValueError(f"mean and logvar must have shape ({len(x)}, "
-                             f"{model.latent_dim}), got {tuple(mean.shape)} and "
-                             f"{tuple(logvar.shape)}")
-        q = DiagonalGaussianPosterior(mean, logvar)
+    _check_proposal(model, x, mean, logvar)
+    q = model.encode(x) if mean is None else DiagonalGaussianPosterior(mean, logvar)
     return _log_weights(model, x, q, q.rsample((k,)))[0]     # z: (k, n, latent_dim)
 
 
@@ -863,14 +866,7 @@ def iwae_bound(model: VAE, x: torch.Tensor, k: int, mean=None, logvar=None,
                     dtype=_dtype_of(model.encoder, model.decoder))
     k = check_positive_int(k, "k")
     chunk = max(1, check_positive_int(max_batch, "max_batch") // k)
-    if (mean is None) != (logvar is None):   # the proposal is checked once, here
-        raise ValueError("give both mean and logvar, or neither (to use the encoder)")
-    if mean is not None:
-        _check_mean_logvar(mean, logvar)
-        if mean.shape != (len(x), model.latent_dim):
-            raise ValueError(f"mean and logvar must have shape ({len(x)}, "
-                             f"{model.latent_dim}), got {tuple(mean.shape)} and "
-                             f"{tuple(logvar.shape)}")
+    _check_proposal(model, x, mean, logvar)   # once here, not per chunk
     iwae, elbo = [], []
     with _trusted():   # the inputs are checked; the bounds are checked below
         for start in range(0, len(x), chunk):
