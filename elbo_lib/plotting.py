@@ -327,14 +327,21 @@ def show(fig: Figure, digits: int = 4, *, check_legends: bool = True) -> None:
 
         buf = io.BytesIO()
         dpi = float(mpl.rcParams["figure.dpi"])
-        fig.savefig(buf, format="png", dpi=2 * dpi)
-        width = int(round(fig.get_figwidth() * dpi))
+        # the tight box grows to every artist: a title or legend past the figure's
+        # edge is kept in the image instead of being cut off at the save
+        fig.savefig(buf, format="png", dpi=2 * dpi, bbox_inches="tight", pad_inches=0.04)
+        width = int(round(_png_width(buf.getvalue()) / 2))
         display({"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
                  "text/plain": summary},
                 raw=True, metadata={"image/png": {"width": width}})
     else:
         print(summary)
     plt.close(fig)
+
+
+def _png_width(png: bytes) -> int:
+    """Pixel width of a PNG image, read from its IHDR chunk."""
+    return int.from_bytes(png[16:20], "big")
 
 
 def _check_axes(ax) -> None:

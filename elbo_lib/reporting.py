@@ -13,7 +13,7 @@ import numpy as np
 
 from elbo_lib._validation import check_positive_int
 
-__all__ = ["fmt", "fmt_array", "fmt_below", "glue", "round_to"]
+__all__ = ["fmt", "fmt_array", "fmt_below", "fmt_rounded", "glue", "round_to"]
 
 
 def _real(x, name: str) -> float:
@@ -99,13 +99,52 @@ def round_to(x, *, digits: int | None = None, decimals: int | None = None) -> fl
     return 0.0 if out == 0 else out
 
 
+def fmt_rounded(x, *, digits: int | None = None, decimals: int | None = None) -> str:
+    """``x`` rounded and printed with exactly the digits it has.
+
+    A float's ``repr`` cannot say how many digits were kept: 88.8 rounded to two
+    significant digits is the float ``89.0``, whose ``repr`` claims a third digit, and
+    0.49996 rounded to three is ``0.5``, which hides two. This prints ``'89'`` and
+    ``'0.500'``. A number that rounding did not change prints in its shortest form
+    (``fmt_rounded(0.35, digits=4) == '0.35'``, not ``'0.3500'``): it is exact.
+
+    Parameters
+    ----------
+    x : float
+        A finite real number.
+    digits, decimals : int
+        Significant digits or decimal places (exactly one of them), as in
+        :func:`round_to`.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> fmt_rounded(88.8, digits=2), fmt_rounded(24.98, digits=3), fmt_rounded(2.0, digits=3)
+    ('89', '25.0', '2')
+    """
+    rounded = round_to(x, digits=digits, decimals=decimals)
+    if rounded == float(x):  # exact at this precision: shortest form
+        return fmt(rounded, 15)
+    if decimals is not None:
+        return f"{rounded:.{max(int(decimals), 0)}f}"
+    magnitude = int(np.floor(np.log10(abs(rounded)))) if rounded != 0 else 0
+    if rounded != 0 and not -5 <= magnitude < 15:
+        return f"{rounded:.{digits - 1}e}"
+    return f"{rounded:.{max(digits - 1 - magnitude, 0)}f}"
+
+
 def glue(name: str, value, *, digits: int | None = None, decimals: int | None = None):
     """Glue a value for the chapter's prose, rounded to the precision the prose shows.
 
     A thin wrapper over :func:`myst_nb.glue` with ``display=False``: myst-nb stores the
     value's ``repr``, which the tests compare, so a float is stored rounded (4
     significant digits unless ``digits`` or ``decimals`` says otherwise) and a
-    machine's last bits never reach the notebook. Integers (Python or NumPy) are
+    machine's last bits never reach the notebook. A float is stored as the string
+    :func:`fmt_rounded` prints, so that the page shows the digits it has (``'89'``,
+    not the ``89.0`` of a float's ``repr``). Integers (Python or NumPy) are
     stored as ``int``, strings as they are. Use in a code cell tagged ``remove-cell``
     and reference it in markdown as ``{glue:text}`name```.
 
@@ -120,18 +159,18 @@ def glue(name: str, value, *, digits: int | None = None, decimals: int | None = 
     Returns
     -------
     float, int or str
-        The stored value.
+        The value glued: the rounded float (its text is stored), the int or the str.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"value of {name!r} is a bool: glue a number or a str")
     if isinstance(value, str):
-        stored = value
+        stored = returned = value
     elif isinstance(value, (int, np.integer)):
         if digits is not None or decimals is not None:
             raise ValueError(f"{name!r} is an integer: do not give digits/decimals")
-        stored = int(value)
+        stored = returned = int(value)
     else:
         try:
             x = float(value)
@@ -142,11 +181,12 @@ def glue(name: str, value, *, digits: int | None = None, decimals: int | None = 
             raise ValueError(f"value of {name!r} must be finite, got {x}")
         if digits is None and decimals is None:
             digits = 4
-        stored = round_to(x, digits=digits, decimals=decimals)
+        returned = round_to(x, digits=digits, decimals=decimals)
+        stored = fmt_rounded(x, digits=digits, decimals=decimals)
     from myst_nb import glue as _myst_glue
 
     _myst_glue(name, stored, display=False)
-    return stored
+    return returned
 
 
 def fmt_below(value, bound: float, name: str = "max |error|") -> str:

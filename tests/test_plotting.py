@@ -321,3 +321,31 @@ def _assert_in(needle, text):
 
 def _assert_is_none(value):
     assert value is None, value
+
+
+def test_show_keeps_an_outside_legend_in_the_image(monkeypatch):
+    """A figure legend placed past the figure's right edge (tight_layout does not move
+    figure-level artists) must not be cropped at the save (issue 26): the image grows
+    past the figure's own width instead (the old save cut it off at 4 in)."""
+    import base64
+
+    import matplotlib as mpl
+    from IPython import display as ipy_display
+
+    from elbo_lib import plotting
+
+    shown = []
+    monkeypatch.setattr(plotting, "_in_ipython_kernel", lambda: True)
+    monkeypatch.setattr(ipy_display, "display",
+                        lambda data, raw, metadata: shown.append((data, metadata)))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [0, 1], label="a rather long legend entry")
+    ax.set_title("a title")
+    fig.legend(loc="center left", bbox_to_anchor=(0.98, 0.5))
+    plotting.show(fig)
+    data, metadata = shown[0]
+    png = base64.b64decode(data["image/png"])
+    dpi = float(mpl.rcParams["figure.dpi"])
+    pixel_width = plotting._png_width(png)
+    assert pixel_width > 4 * 2 * dpi + 50   # the legend is in the image
+    assert metadata["image/png"]["width"] == round(pixel_width / 2)

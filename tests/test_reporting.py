@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from elbo_lib.reporting import fmt, fmt_array, fmt_below, glue, round_to
+from elbo_lib.reporting import fmt, fmt_array, fmt_below, fmt_rounded, glue, round_to
 
 
 @pytest.mark.parametrize("x, digits, want", [
@@ -59,7 +59,38 @@ def test_glue_stores_rounded_values(monkeypatch):
     assert glue("b", np.int64(7)) == 7 and type(stored["b"]) is int
     assert glue("c", 1.23456789) == 1.235  # 4 significant digits by default
     assert glue("d", "words") == "words"
-    assert stored == {"a": 0.551, "b": 7, "c": 1.235, "d": "words"}
+    assert stored == {"a": "0.551", "b": 7, "c": "1.235", "d": "words"}
+
+
+@pytest.mark.parametrize("x, kw, text", [
+    (88.8, {"digits": 2}, "89"),          # the float 89.0 would print a false '.0'
+    (152.7, {"digits": 3}, "153"),
+    (24.98, {"digits": 3}, "25.0"),       # the float 25.0 is right here, by luck
+    (0.49996, {"digits": 3}, "0.500"),    # the float 0.5 would hide two digits
+    (99.96, {"digits": 3}, "100"),        # rounding carries into a new digit
+    (0.35, {"digits": 4}, "0.35"),        # exact at this precision: shortest form
+    (2.0, {"digits": 3}, "2"),
+    (-0.0001234567, {"digits": 2}, "-0.00012"),
+    (1.23456e-7, {"digits": 3}, "1.23e-07"),
+    (3.14159, {"decimals": 2}, "3.14"),
+    (2.999, {"decimals": 2}, "3.00"),
+    (0.004, {"decimals": 2}, "0.00"),
+])
+def test_fmt_rounded_prints_the_digits_it_has(x, kw, text):
+    assert fmt_rounded(x, **kw) == text
+
+
+def test_glue_stores_the_digits_it_has(monkeypatch):
+    import myst_nb
+    from myst_nb.core.variables import format_plain_text
+
+    stored = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, v, display: stored.update({name: v}))
+    assert glue("jump", 88.8, digits=2) == 89.0
+    # what {glue:text} shows on the page: myst-nb reads the stored repr back
+    assert format_plain_text(repr(stored["jump"]), "") == "89"
+    glue("half", 0.49996, digits=3)
+    assert format_plain_text(repr(stored["half"]), "") == "0.500"
 
 
 @pytest.mark.parametrize("name, value, kw, err", [
