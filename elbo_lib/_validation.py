@@ -11,14 +11,16 @@ draws random numbers takes ``rng``, an int seed or a ``numpy.random.Generator``.
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Complex, Integral, Real
 
 import numpy as np
 import torch
 
 __all__ = [
     "LOG_2PI",
+    "MAX_COUNT",
     "as_float_array",
+    "as_numeric_array",
     "as_generator",
     "as_tensor",
     "check_broadcast",
@@ -29,6 +31,7 @@ __all__ = [
     "check_enumerable",
     "check_finite_tensor",
     "check_fit_controls",
+    "check_int",
     "check_positive_int",
     "check_probability_rows",
     "check_real",
@@ -40,21 +43,86 @@ __all__ = [
 #: log(2 pi), the constant of every Gaussian log-density.
 LOG_2PI = float(np.log(2.0 * np.pi))
 
+#: The largest count (iterations, samples, sizes) :func:`check_positive_int` accepts:
+#: 2**32 - 1. No loop of the library finishes that many steps in a reader's lifetime and
+#: no array of that many float64 entries (32 GiB) fits in a laptop's memory, while NumPy
+#: and torch internals fail with unrelated messages (or hang) at 2**63.
+MAX_COUNT = 2**32 - 1
 
-def as_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
-    """Convert ``x`` to a finite float64 array, checking its number of dimensions.
+
+def as_numeric_array(x, name: str, dtype=np.float64, *,
+                     expected: str = "numeric array-like") -> np.ndarray:
+    """The one conversion of an array argument at the library's boundary (no value checks).
+
+    * a ``torch.Tensor`` is detached (a NumPy-side function returns NumPy values, which
+      carry no gradient either way) and copied to the CPU;
+    * complex values are rejected (NumPy would drop the imaginary part with only a
+      ``ComplexWarning``), and so are strings, bytes, dates and a bare ``True`` / ``False``
+      (boolean arrays of one or more dimensions are accepted as 0/1 data);
+    * Python ints beyond float range (``10**400``) are rejected by name.
+
+    Non-finite values pass: :func:`as_float_array` adds that check where it is wanted.
+    ``expected`` is what the messages say ``name`` must be.
 
     Raises
     ------
     TypeError
-        If ``x`` cannot be converted to a numeric array.
+        If ``x`` is not real numeric array-like.
+    ValueError
+        If an entry is an int beyond the range of float64.
+    """
+    if isinstance(x, np.ndarray) and x.dtype == dtype:
+        return x  # the fast path: already converted
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"{name} must be real, got a complex tensor ({x.dtype})")
+        x = x.detach().cpu()
+        x = (x.to(torch.float32) if x.dtype == torch.bfloat16 else x).numpy()
+    elif isinstance(x, str | bytes):
+        raise TypeError(f"{name} must be {expected}, got {type(x).__name__} {x!r:.40}")
+    try:
+        raw = np.asarray(x)
+    except (TypeError, ValueError, RuntimeError) as exc:  # ragged, or tensors in a list
+        raise TypeError(f"{name} must be {expected}, got {type(x).__name__}") from exc
+    kind = raw.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} must be real, got complex values ({raw.dtype})")
+    if kind in "USVMm":
+        raise TypeError(f"{name} must be {expected}, got an array of {raw.dtype}")
+    if kind == "b" and raw.ndim == 0:
+        raise TypeError(f"{name} must be {expected}, got bool")
+    if kind == "O":  # NumPy would parse "1.5" and take the real part of 2j: refuse both
+        bad = next((v for v in raw.ravel() if isinstance(v, str | bytes | bool | np.bool_)
+                    or (isinstance(v, Complex | np.complexfloating)
+                        and not isinstance(v, Real))), None)
+        if bad is not None:
+            what = "complex" if isinstance(bad, Complex) and not isinstance(bad, Real) \
+                else type(bad).__name__
+            raise TypeError(f"{name} must be {expected} of real numbers, got {what}")
+    try:
+        return raw.astype(dtype, copy=False)
+    except OverflowError as exc:
+        raise ValueError(f"{name} holds an integer beyond the range of float64 "
+                         f"(|value| > 1.8e308)") from exc
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be {expected} of real numbers, got "
+                        f"{type(x).__name__}") from exc
+
+
+def as_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """Convert ``x`` to a finite float64 array, checking its number of dimensions.
+
+    The conversion is :func:`as_numeric_array` (tensors detached, complex, strings and
+    ints beyond float range rejected by name).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` cannot be converted to a real numeric array.
     ValueError
         If ``x`` has the wrong number of dimensions, is empty, or is not finite.
     """
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be numeric array-like, got {type(x).__name__}") from exc
+    arr = as_numeric_array(x, name)
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:
@@ -67,37 +135,60 @@ def as_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None) -> n
     return arr
 
 
+def _real_scalar(value, name: str, what: str) -> float:
+    """``value`` as a float: a real number (NumPy scalars included), never a bool, a
+    string, a complex number or an int beyond float range."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Real | np.floating
+                                                             | np.integer):
+        complex_ = isinstance(value, Complex | np.complexfloating) and not isinstance(value,
+                                                                                     Real)
+        kind = "complex" if complex_ else type(value).__name__
+        raise TypeError(f"{name} must be {what}, got {kind}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be {what} within float range, got an integer of "
+                         f"{len(str(abs(int(value))))} digits") from None
+
+
 def check_positive(value, name: str, allow_array: bool = False) -> float | np.ndarray:
     """Return ``value`` as float (or float array) after checking it is finite and > 0."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive number, got bool")
     if allow_array:
         arr = as_float_array(value, name)
         if np.any(arr <= 0):
             raise ValueError(f"{name} must be > 0 everywhere, got minimum {arr.min()!r}")
         return arr
-    if not isinstance(value, Real | np.floating | np.integer):
-        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
-    value = float(value)
+    value = _real_scalar(value, name, "a positive number")
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return value
 
 
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    """Return ``value`` as int after checking it is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
+def check_int(value, name: str, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """Return ``value`` as a Python int: an int or NumPy integer (never a bool), within
+    [``minimum``, ``maximum``] where given."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Integral | np.integer):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
+    value = int(value)
+    if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    if maximum is not None and value > maximum:
+        limit = "2**32 - 1" if maximum == MAX_COUNT else str(maximum)
+        raise ValueError(f"{name} must be <= {limit}, got {value}")
+    return value
+
+
+def check_positive_int(value, name: str, minimum: int = 1, maximum: int | None = MAX_COUNT
+                       ) -> int:
+    """Return ``value`` as int after checking it is an integer in [``minimum``,
+    ``maximum``] (a count: at most :data:`MAX_COUNT` unless told otherwise)."""
+    return check_int(value, name, minimum, maximum)
 
 
 def check_nonnegative(value, name: str) -> float:
     """Return ``value`` as float after checking it is a finite real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, Real | np.floating | np.integer):
-        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
-    value = float(value)
+    value = _real_scalar(value, name, "a real number >= 0")
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return value
@@ -114,11 +205,16 @@ def as_generator(rng) -> np.random.Generator:
     TypeError
         If ``rng`` is neither a Generator nor an int (a bool or ``None`` included: there
         are no hidden seeds and no unseeded runs).
+    ValueError
+        If ``rng`` is a negative int.
     """
     if isinstance(rng, np.random.Generator):
         return rng
-    if isinstance(rng, Integral) and not isinstance(rng, bool):
-        return np.random.default_rng(rng)
+    if isinstance(rng, Integral | np.integer) and not isinstance(rng, bool | np.bool_):
+        if rng < 0:
+            raise ValueError(f"rng must be a numpy.random.Generator or an int seed >= 0, "
+                             f"got {int(rng)}")
+        return np.random.default_rng(int(rng))
     raise TypeError(f"rng must be a numpy.random.Generator or an int seed, "
                     f"got {type(rng).__name__}")
 
@@ -223,16 +319,15 @@ def as_tensor(x, name: str, dtype=None):
     """
 
     if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"{name} must be real, got a complex tensor ({x.dtype})")
         t = x if x.is_floating_point() else x.to(torch.float64)
         if dtype is not None:
             t = t.to(dtype)
     else:
-        try:
-            t = torch.as_tensor(np.asarray(x, dtype=np.float64),
-                                dtype=torch.float64 if dtype is None else dtype)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be a torch.Tensor or numeric array-like, got "
-                            f"{type(x).__name__}") from exc
+        t = torch.as_tensor(as_numeric_array(x, name, expected="a torch.Tensor or numeric "
+                                             "array-like"),
+                            dtype=torch.float64 if dtype is None else dtype)
     if not bool(torch.isfinite(t.detach()).all()):
         raise ValueError(f"{name} must contain only finite values (no NaN or inf)")
     return t
@@ -240,9 +335,7 @@ def as_tensor(x, name: str, dtype=None):
 
 def check_real(value, name: str) -> float:
     """Return ``value`` as float after checking it is a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, Real | np.floating | np.integer):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    value = _real_scalar(value, name, "a real number")
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return value

@@ -134,6 +134,9 @@ class ImageSplit:
 def _check_fraction(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
         raise TypeError(f"{name} must be a number in (0, 1), got {type(value).__name__}")
+    if isinstance(value, int) and abs(value) >= 2**1024:  # beyond float range: 10**400
+        raise ValueError(f"{name} must be in (0, 1), got an integer of {len(str(abs(value)))} "
+                         "digits")
     value = float(value)
     if not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be in (0, 1), got {value!r}")

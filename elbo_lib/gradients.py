@@ -162,9 +162,14 @@ def check_baseline(baseline, num_samples: int) -> None | float | str:
     if isinstance(baseline, bool) or not isinstance(baseline, Real):
         raise TypeError("baseline must be None, a finite number or 'leave-one-out', "
                         f"got {type(baseline).__name__}")
-    if not math.isfinite(baseline):
+    try:
+        value = float(baseline)
+    except OverflowError:
+        raise ValueError(f"a constant baseline must be finite, got an integer beyond "
+                         f"float range ({len(str(abs(int(baseline))))} digits)") from None
+    if not math.isfinite(value):
         raise ValueError(f"a constant baseline must be finite, got {baseline!r}")
-    return float(baseline)
+    return value
 
 
 def apply_baseline(values: torch.Tensor, baseline: None | float | str, *,

@@ -21,6 +21,7 @@ from torch.nn.functional import softplus
 
 from elbo_lib._validation import (
     as_float_array,
+    as_numeric_array,
     check_finite_tensor,
     check_positive,
     check_positive_int,
@@ -32,12 +33,16 @@ DTYPE = torch.float64
 
 
 def _as_float64(value, name: str) -> torch.Tensor:
-    """``value`` (a tensor or array-like) as a float64 tensor, or a TypeError naming it."""
-    try:
-        return torch.as_tensor(value, dtype=DTYPE)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be numeric (a tensor or array-like), "
-                        f"got {type(value).__name__}") from exc
+    """``value`` (a tensor or array-like) as a float64 tensor, or a TypeError naming it.
+
+    A tensor keeps its graph; complex values, strings and ints beyond float range are
+    rejected (:func:`elbo_lib._validation.as_numeric_array`)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"{name} must be real, got a complex tensor ({value.dtype})")
+        return value.to(DTYPE)
+    return torch.as_tensor(as_numeric_array(value, name,
+                                            expected="numeric (a tensor or array-like)"))
 
 
 class HeteroscedasticNet(nn.Module):
@@ -144,6 +149,8 @@ def monte_carlo_crps(samples: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if not isinstance(samples, torch.Tensor):
         raise TypeError(f"samples must be a torch.Tensor of shape (S, n), "
                         f"got {type(samples).__name__}")
+    if samples.is_complex():
+        raise TypeError(f"samples must be real, got a complex tensor ({samples.dtype})")
     if samples.ndim != 2:
         raise ValueError(f"samples must be a 2-D tensor (S, n), got shape "
                          f"{tuple(samples.shape)}")
@@ -151,7 +158,7 @@ def monte_carlo_crps(samples: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if s < 2 or s % 2:
         raise ValueError(f"samples must hold an even number of samples >= 2 (pairs), "
                          f"got {s}")
-    y = torch.as_tensor(y, dtype=samples.dtype)
+    y = _as_float64(y, "y").to(samples.dtype)
     if y.shape != samples.shape[1:]:
         raise ValueError(f"y must have shape {tuple(samples.shape[1:])}, got {tuple(y.shape)}")
     if not bool(torch.isfinite(samples).all()):

@@ -347,7 +347,7 @@ def normal_gamma_log_evidence(x, prior: NormalGamma) -> float:
     + (1/2) log(lam0 / lam_n) - (n/2) log(2 pi).
     """
     post = normal_gamma_posterior(x, prior)
-    n = np.asarray(x).size
+    n = _check_data_1d(x).size
     return float(gammaln(post.shape) - gammaln(prior.shape)
                  + prior.shape * np.log(prior.rate) - post.shape * np.log(post.rate)
                  + 0.5 * np.log(prior.lam / post.lam) - 0.5 * n * LOG_2PI)

@@ -6,8 +6,10 @@ import numpy as np
 import torch
 
 from elbo_lib._validation import (
+    MAX_COUNT,
     as_float_array,
     as_generator,
+    as_numeric_array,
     as_tensor,
     check_broadcast,
     check_bsc_batch_inputs,
@@ -15,6 +17,7 @@ from elbo_lib._validation import (
     check_enumerable,
     check_finite_tensor,
     check_fit_controls,
+    check_int,
     check_nonnegative,
     check_positive,
     check_positive_int,
@@ -39,6 +42,30 @@ def test_as_tensor_keeps_float32_tensors_and_their_graph():
     out = as_tensor(x, "x")
     assert out is x
     assert as_tensor([1, 2], "x").dtype == torch.float64
+
+
+def test_numpy_side_conversion_detaches_requires_grad_tensors_and_keeps_values():
+    # the policy of issue 34 (CONTRIBUTING.md, the library): a NumPy-side argument that
+    # requires grad is detached, with the values a plain array of the same numbers gives
+    t = torch.tensor([[0.5, -1.25]], dtype=torch.float64, requires_grad=True)
+    out = as_float_array(t, "x", ndim=2)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    np.testing.assert_array_equal(out, [[0.5, -1.25]])
+    f32 = torch.tensor([0.1], dtype=torch.float32, requires_grad=True)
+    assert as_float_array(f32, "x")[0] == float(np.float32(0.1))
+    # an array that is already float64 is returned as it is (no copy at the boundary)
+    a = np.ones(3)
+    assert as_float_array(a, "x") is a and as_numeric_array(a, "x") is a
+    # boolean data of one or more dimensions are 0/1 values
+    np.testing.assert_array_equal(as_float_array(np.array([True, False]), "x"), [1.0, 0.0])
+
+
+def test_numpy_integers_are_ints_and_counts_are_bounded():
+    assert check_positive_int(np.int64(3), "n") == 3 and type(check_int(np.uint8(3), "n")) is int
+    assert check_positive_int(MAX_COUNT, "n") == 2**32 - 1
+    assert check_positive_int(2**40, "n", maximum=None) == 2**40
+    assert check_positive(np.int64(2), "s") == 2.0 and check_real(np.float32(0.5), "t") == 0.5
+    assert as_generator(np.int64(7)).integers(100) == np.random.default_rng(7).integers(100)
 
 
 def test_check_spd_returns_the_cholesky_factor():
@@ -70,11 +97,51 @@ BAD_INPUTS = {
         (lambda: as_float_array([], "x"), ValueError, r"x must not be empty"),
         (lambda: as_float_array([np.nan], "x"), ValueError, r"x must contain only finite"),
         (lambda: as_float_array([[1.0], [1.0, 2.0]], "x"), TypeError, r"x must be numeric"),
+        # issue 34: complex, strings, a bare bool, ints beyond float range, by name
+        (lambda: as_float_array(np.array([1.0 + 2.0j]), "x"), TypeError,
+         r"x must be real, got complex values"),
+        (lambda: as_float_array([1.0, 2j], "x"), TypeError, r"x must be real, got complex"),
+        (lambda: as_float_array(torch.tensor([1j]), "x"), TypeError,
+         r"x must be real, got a complex tensor"),
+        (lambda: as_float_array(np.array(["1.5"]), "x"), TypeError,
+         r"x must be numeric array-like, got an array of <U3"),
+        (lambda: as_float_array(True, "x"), TypeError, r"x must be numeric array-like, got bool"),
+        (lambda: as_float_array([1.0, 10**400], "x"), ValueError,
+         r"x holds an integer beyond the range of float64"),
+        (lambda: as_float_array(np.array([1.0, None]), "x"), ValueError,
+         r"x must contain only finite"),
+        (lambda: as_float_array(np.array([1.0, "a"], dtype=object), "x"), TypeError,
+         r"x must be numeric array-like of real numbers, got str"),
+        (lambda: as_float_array(np.array(["1.5"], dtype=object), "x"), TypeError,
+         r"x must be numeric array-like of real numbers, got str"),
+        (lambda: as_float_array([1.0, 10**400, 1j], "x"), TypeError,
+         r"x must be numeric array-like of real numbers, got complex"),
+    ],
+    "as_numeric_array": [
+        (lambda: as_numeric_array("1.0", "x"), TypeError, r"x must be numeric array-like, got str"),
+        (lambda: as_numeric_array(np.array([1j]), "x"), TypeError, r"x must be real"),
+        (lambda: as_numeric_array([10**400], "x"), ValueError, r"x holds an integer beyond"),
+        (lambda: as_numeric_array(np.array(["2026-01-01"], dtype="datetime64[D]"), "x"),
+         TypeError, r"x must be numeric array-like, got an array of datetime64"),
+        (lambda: as_numeric_array(torch.ones(2, dtype=torch.complex64), "x"), TypeError,
+         r"x must be real, got a complex tensor"),
+    ],
+    "check_int": [
+        (lambda: check_int(True, "value"), TypeError, r"value must be an integer, got bool"),
+        (lambda: check_int(np.bool_(True), "value"), TypeError, r"value must be an integer"),
+        (lambda: check_int(1.0, "value"), TypeError, r"value must be an integer, got float"),
+        (lambda: check_int("1", "value"), TypeError, r"value must be an integer, got str"),
+        (lambda: check_int(-1, "value", minimum=0), ValueError, r"value must be >= 0, got -1"),
+        (lambda: check_int(5, "value", maximum=4), ValueError, r"value must be <= 4, got 5"),
     ],
     "as_generator": [
         (lambda: as_generator(None), TypeError, r"rng must be a numpy.random.Generator"),
         (lambda: as_generator(True), TypeError, r"rng must be .*got bool"),
         (lambda: as_generator(1.5), TypeError, r"rng must be .*got float"),
+        (lambda: as_generator(-1), ValueError, r"rng must be .*an int seed >= 0, got -1"),
+        (lambda: as_generator(np.int64(-3)), ValueError, r"rng must be .*>= 0, got -3"),
+        (lambda: as_generator(np.random.RandomState(0)), TypeError,
+         r"rng must be .*got RandomState"),
     ],
     "check_positive": [
         (lambda: check_positive(0.0, "value"), ValueError, r"value must be a finite number > 0"),
@@ -82,21 +149,46 @@ BAD_INPUTS = {
         (lambda: check_positive(True, "value"), TypeError, r"value must be a positive number"),
         (lambda: check_positive([1.0, -1.0], "value", allow_array=True), ValueError,
          r"value must be > 0 everywhere"),
+        (lambda: check_positive(np.True_, "value"), TypeError, r"value must be a positive number"),
+        (lambda: check_positive("1.0", "value"), TypeError, r"value must be a positive number, "
+         r"got str"),
+        (lambda: check_positive(1 + 0j, "value"), TypeError, r"value must be a positive number, "
+         r"got complex"),
+        (lambda: check_positive(10**400, "value"), ValueError,
+         r"value must be a positive number within float range, got an integer of 401 digits"),
+        (lambda: check_positive(True, "value", allow_array=True), TypeError,
+         r"value must be numeric array-like, got bool"),
+        (lambda: check_positive(np.array([2 + 0j]), "value", allow_array=True), TypeError,
+         r"value must be real"),
     ],
     "check_positive_int": [
         (lambda: check_positive_int(0, "value"), ValueError, r"value must be >= 1, got 0"),
         (lambda: check_positive_int(2.0, "value"), TypeError, r"value must be an integer"),
         (lambda: check_positive_int(1, "value", minimum=2), ValueError, r"value must be >= 2"),
+        (lambda: check_positive_int(2**63, "value"), ValueError,
+         r"value must be <= 2\*\*32 - 1, got 9223372036854775808"),
+        (lambda: check_positive_int(np.uint64(2**63), "value"), ValueError,
+         r"value must be <= 2\*\*32 - 1"),
+        (lambda: check_positive_int(np.int64(0), "value"), ValueError, r"value must be >= 1"),
     ],
     "check_nonnegative": [
         (lambda: check_nonnegative(-1e-300, "value"), ValueError,
          r"value must be a finite number >= 0"),
         (lambda: check_nonnegative(np.inf, "value"), ValueError, r"value must be a finite"),
         (lambda: check_nonnegative("0", "value"), TypeError, r"value must be a real number"),
+        (lambda: check_nonnegative(-(10**400), "value"), ValueError,
+         r"value must be a real number >= 0 within float range"),
+        (lambda: check_nonnegative(False, "value"), TypeError, r"value must be a real number "
+         r">= 0, got bool"),
     ],
     "check_real": [
         (lambda: check_real(np.nan, "value"), ValueError, r"value must be finite"),
         (lambda: check_real(None, "value"), TypeError, r"value must be a real number"),
+        (lambda: check_real(2j, "value"), TypeError, r"value must be a real number, got complex"),
+        (lambda: check_real(10**400, "value"), ValueError, r"value must be a real number within "
+         r"float range"),
+        (lambda: check_real(np.complex128(1), "value"), TypeError, r"value must be a real "
+         r"number, got complex"),
     ],
     "check_probability_rows": [
         (lambda: check_probability_rows([0.5, 0.6], "p"), ValueError,
@@ -137,6 +229,10 @@ BAD_INPUTS = {
         (lambda: as_tensor(torch.tensor([0.0, float("inf")]), "x"), ValueError,
          r"x must contain only finite"),
         (lambda: as_tensor([np.nan], "x"), ValueError, r"x must contain only finite"),
+        (lambda: as_tensor(torch.tensor([1 + 1j]), "x"), TypeError,
+         r"x must be real, got a complex tensor"),
+        (lambda: as_tensor(np.array([1j]), "x"), TypeError, r"x must be real, got complex"),
+        (lambda: as_tensor([10**400], "x"), ValueError, r"x holds an integer beyond"),
     ],
     "check_broadcast": [
         (lambda: check_broadcast(mean=np.zeros(3), var=np.ones(2)), ValueError,
