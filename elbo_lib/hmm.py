@@ -15,14 +15,17 @@ logarithms (each step shifted by its maximum), so long sequences and extreme emi
 densities neither underflow nor overflow. :func:`enumerate_posterior` is the brute-force
 oracle the chapter and the tests compare against.
 
-Time steps are processed by a loop because the recursions are sequential in t; every step
-is vectorised over the K states, and everything else is vectorised over t.
+The recursions are sequential in t: they run as one compiled loop over time steps
+(Numba), and everything else is vectorised over t with NumPy. The Performance page of the
+book measures this against a NumPy loop over t, the associative (parallel-prefix) form of
+the recursions and hmmlearn's compiled C++.
 """
 
 from __future__ import annotations
 
 import itertools
 
+import numba
 import numpy as np
 
 from elbo_lib._validation import (
@@ -126,58 +129,120 @@ def forward_backward(log_pi, log_A, log_B, return_pairwise: bool = False):
         Only if ``return_pairwise``.
     """
     log_pi, log_A, log_B = _check_log_params(log_pi, log_A, log_B)
-    out = _forward_backward_scaled(log_pi, log_A, log_B, bool(return_pairwise))
-    if out is None:  # a scaled message underflowed: redo the recursions in log space
-        log_lik, gamma, xi = _forward_backward_log(log_pi, log_A, log_B)
-        xi_sum = xi.sum(axis=0)
-    else:
-        log_lik, gamma, xi_sum, xi = out
+    log_lik, gamma, xi_sum, xi = _posterior(log_pi, log_A, log_B, bool(return_pairwise))
     if return_pairwise:
         return log_lik, gamma, xi_sum, xi
     return log_lik, gamma, xi_sum
+
+
+def _posterior(log_pi, log_A, log_B, pairwise: bool):
+    """:func:`forward_backward` on checked inputs: the scaled path, else log space."""
+    out = _forward_backward_scaled(log_pi, log_A, log_B, pairwise)
+    if out is not None:
+        return out
+    # a scaled message underflowed: redo the recursions in log space
+    log_lik, gamma, xi = _forward_backward_log(log_pi, log_A, log_B)
+    return log_lik, gamma, xi.sum(axis=0), (xi if pairwise else None)
 
 
 #: Below this, a scaling constant is too close to underflow to trust: use log space.
 _SCALED_MIN = 1e-250
 
 
+@numba.njit(cache=True, nogil=True)
+def _scaled_recursions(pi, A, log_B, alpha, gamma, right, c, shift,
+                       scaled_min):  # pragma: no cover - compiled; tested through callers
+    """Compiled kernel: Rabiner's scaled forward and backward recursions, in place.
+
+    For one sequence, fills ``shift`` (max_k log_B[t, k]), ``alpha`` (normalised
+    forward messages p(z_t | x_{1:t})), ``c`` (c_t = p(x_t | x_{1:t-1}) / exp(shift_t),
+    so log p(x) = sum_t log c_t + shift_t), ``gamma`` (alpha_t beta_t, with beta the
+    backward messages scaled by the same constants) and ``right`` (right_t =
+    B_t beta_t / c_t with B_t = exp(log_B[t] - shift_t), so that the pairwise marginal
+    is xi_t(i, j) = alpha_t(i) A_ij right_{t+1}(j)); ``right`` holds B_t until the
+    backward pass reaches t. Every inner loop updates independent accumulators over
+    contiguous memory (no reordered sums). Returns False as soon as a scaling constant
+    falls below ``scaled_min`` or a backward message is not finite (the caller then
+    redoes the sequence in log space). O(T K^2) in one pass each way.
+    """
+    T, K = log_B.shape
+    AT = np.ascontiguousarray(A.T)
+    v = np.empty(K)
+    for t in range(T):  # forward, sequential in t
+        top = log_B[t, 0]
+        for k in range(1, K):
+            top = max(top, log_B[t, k])
+        shift[t] = top
+        for k in range(K):
+            right[t, k] = np.exp(log_B[t, k] - top)  # B_t, largest entry 1
+        if t == 0:
+            for k in range(K):
+                v[k] = pi[k] * right[0, k]
+        else:
+            for j in range(K):
+                v[j] = 0.0
+            for i in range(K):  # v = alpha[t-1] @ A, row by row of A
+                a = alpha[t - 1, i]
+                for j in range(K):
+                    v[j] += a * A[i, j]
+            for j in range(K):
+                v[j] *= right[t, j]
+        s = 0.0
+        for j in range(K):
+            s += v[j]
+        c[t] = s
+        if not s > scaled_min:
+            return False
+        inv = 1.0 / s
+        for j in range(K):
+            alpha[t, j] = v[j] * inv
+    for k in range(K):  # beta_{T-1} = 1
+        right[T - 1, k] /= c[T - 1]
+        gamma[T - 1, k] = alpha[T - 1, k]
+    for t in range(T - 2, -1, -1):  # backward
+        for i in range(K):
+            v[i] = 0.0
+        for j in range(K):  # beta_t = A @ right_{t+1}, column by column of A
+            r = right[t + 1, j]
+            for i in range(K):
+                v[i] += AT[j, i] * r
+        inv = 1.0 / c[t]  # known before the step: not on the chain of dependencies
+        for i in range(K):
+            if not np.isfinite(v[i]):
+                return False
+            right[t, i] = right[t, i] * inv * v[i]
+            gamma[t, i] = alpha[t, i] * v[i]
+    return True
+
+
 def _forward_backward_scaled(log_pi, log_A, log_B, pairwise: bool):
-    """Fast path: Rabiner's scaled recursions in probability space.
+    """Fast path: Rabiner's scaled recursions in probability space, compiled.
 
     Returns (log p(x), gamma, xi_sum, xi), with xi None unless ``pairwise``: the sum over
-    t of the pairwise marginals is one (K, T) x (T, K) product, so the (T-1, K, K) array
-    is built only when asked for (at K = 64 this is 2.4x faster; benchmarks/).
+    t of the pairwise marginals is one (K, T) x (T, K) matrix product, so the
+    (T-1, K, K) array is built only when asked for.
 
     Emissions enter as exp(log_B[t] - max_k log_B[t, k]) (largest entry 1), so only a
     state sequence the model finds astronomically unlikely can underflow; then this
-    returns None and the caller falls back to :func:`_forward_backward_log`.
+    returns None and the caller falls back to :func:`_forward_backward_log`. The
+    recursions run in :func:`_scaled_recursions`, compiled by Numba: the arithmetic of
+    a NumPy loop over t without the interpreter's cost per step, which dominated at
+    small K (the Performance page has the measurements).
     """
     T, K = log_B.shape
-    A = np.exp(log_A)
-    shift = log_B.max(axis=1)
-    B = np.exp(log_B - shift[:, None])
-    alpha = np.empty((T, K))
-    c = np.empty(T)
-    v = np.exp(log_pi) * B[0]
-    for t in range(T):  # sequential in t, vectorised over states
-        if t > 0:
-            v = (alpha[t - 1] @ A) * B[t]
-        c[t] = v.sum()
-        if not c[t] > _SCALED_MIN:
-            return None
-        alpha[t] = v / c[t]
-    beta = np.ones((T, K))
-    for t in range(T - 2, -1, -1):
-        beta[t] = (A @ (B[t + 1] * beta[t + 1])) / c[t + 1]
-    if not np.all(np.isfinite(beta)):
+    A = np.ascontiguousarray(np.exp(log_A))
+    if not (log_B.flags.c_contiguous and log_B.flags.writeable):
+        log_B = np.array(log_B, order="C")  # one compiled signature: C-ordered, writeable
+    alpha, gamma, right = np.empty((T, K)), np.empty((T, K)), np.empty((T, K))
+    c, shift = np.empty(T), np.empty(T)
+    if not _scaled_recursions(np.exp(log_pi), A, log_B, alpha, gamma, right, c, shift,
+                              _SCALED_MIN):
         return None
-    gamma = alpha * beta
-    right = (B[1:] * beta[1:]) / c[1:, None]  # (T-1, K)
     log_lik = float(np.log(c).sum() + shift.sum())
+    xi_sum = A * (alpha[:-1].T @ right[1:])
     if not pairwise:
-        return log_lik, gamma, A * (alpha[:-1].T @ right), None
-    xi = alpha[:-1, :, None] * A[None] * right[:, None, :]
-    return log_lik, gamma, xi.sum(axis=0), xi
+        return log_lik, gamma, xi_sum, None
+    return log_lik, gamma, xi_sum, alpha[:-1, :, None] * A[None] * right[1:, None, :]
 
 
 def _forward_backward_log(log_pi, log_A, log_B):
@@ -414,8 +479,11 @@ class GaussianHMM:
     log_likelihood_ : numpy.ndarray, shape (n_iter_ + 1,)
         log p(x | theta_t), t = 0 .. n_iter_.
     elbo_after_e_step_, elbo_after_m_step_ : numpy.ndarray, shape (n_iter_,)
-        L(q_t, theta_{t-1}) and L(q_t, theta_t), computed from the marginals with
-        :func:`chain_entropy`.
+        L(q_t, theta_{t-1}) and L(q_t, theta_t) = E_{q_t}[log p(x, z | theta)] + H[q_t],
+        the expectation from the marginals gamma and sum_t xi_t. q_t is the exact
+        posterior under theta_{t-1}, so H[q_t] = log p(x | theta_{t-1}) -
+        E_{q_t}[log p(x, z | theta_{t-1})], the value :func:`chain_entropy` gives from
+        the per-step pairwise marginals, without that (T-1, K, K) array.
     n_iter_ : int
     converged_ : bool
     """
@@ -491,15 +559,18 @@ class GaussianHMM:
         prev = None
         converged, n_iter = False, 0
         for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - used after the loop
-            ll, gamma, xi_sum, xi = forward_backward(_log(pi), _log(A), log_B,
-                                                     return_pairwise=True)
+            log_pi, log_A = _log(pi), _log(A)
+            ll, gamma, xi_sum, _ = _posterior(log_pi, log_A, log_B, False)
             if prev is not None:  # L(q_{t-1}, theta_{t-1}) after the previous M-step
                 g, x_s, h = prev
-                elbo_m.append(_expected_complete_loglik(g, x_s, _log(pi), _log(A), log_B) + h)
-            entropy = chain_entropy(gamma, xi)
+                elbo_m.append(_expected_complete_loglik(g, x_s, log_pi, log_A, log_B) + h)
+            # q is the exact posterior under theta_{t-1}, so its entropy is
+            # log p(x) - E_q[log p(x, z)] (equal to chain_entropy(gamma, xi) without the
+            # (T-1, K, K) array of pairwise marginals; tests/test_hmm.py checks both)
+            expected = _expected_complete_loglik(gamma, xi_sum, log_pi, log_A, log_B)
+            entropy = ll - expected
             log_lik.append(ll)
-            elbo_e.append(_expected_complete_loglik(gamma, xi_sum, _log(pi), _log(A), log_B)
-                          + entropy)
+            elbo_e.append(expected + entropy)
             # M-step
             pi = gamma[0] / gamma[0].sum()
             # a state with no expected transitions out of it (it is occupied only at the
@@ -513,9 +584,10 @@ class GaussianHMM:
             if len(log_lik) > 1 and abs(log_lik[-1] - log_lik[-2]) < self.tol:
                 converged = True
                 break
-        ll, _, _ = forward_backward(_log(pi), _log(A), log_B)
+        log_pi, log_A = _log(pi), _log(A)
+        ll = _posterior(log_pi, log_A, log_B, False)[0]
         g, x_s, h = prev
-        elbo_m.append(_expected_complete_loglik(g, x_s, _log(pi), _log(A), log_B) + h)
+        elbo_m.append(_expected_complete_loglik(g, x_s, log_pi, log_A, log_B) + h)
         log_lik.append(ll)
         self.startprob_, self.transmat_, self.means_, self.covariances_ = pi, A, means, cov
         self.log_likelihood_ = np.asarray(log_lik)

@@ -173,6 +173,87 @@ def test_scaled_and_log_space_paths_agree():
     assert np.max(np.abs(gamma - ref["gamma"])) < 1e-10
 
 
+def _numpy_loop_forward_backward(log_pi, log_A, log_B):
+    """The library's forward-backward before issue 32: a NumPy loop over t (reference)."""
+    T, K = log_B.shape
+    A_ = np.exp(log_A)
+    shift = log_B.max(axis=1)
+    B = np.exp(log_B - shift[:, None])
+    alpha, c = np.empty((T, K)), np.empty(T)
+    v = np.exp(log_pi) * B[0]
+    for t in range(T):
+        if t > 0:
+            v = (alpha[t - 1] @ A_) * B[t]
+        c[t] = v.sum()
+        alpha[t] = v / c[t]
+    beta = np.ones((T, K))
+    for t in range(T - 2, -1, -1):
+        beta[t] = (A_ @ (B[t + 1] * beta[t + 1])) / c[t + 1]
+    right = (B[1:] * beta[1:]) / c[1:, None]
+    xi = alpha[:-1, :, None] * A_[None] * right[:, None, :]
+    return float(np.log(c).sum() + shift.sum()), alpha * beta, xi
+
+
+@pytest.mark.parametrize("seed,K,T,zeros", [(10, 2, 1, False), (11, 3, 2, False),
+                                            (12, 4, 500, True), (13, 8, 2000, False),
+                                            (14, 16, 300, True), (15, 64, 200, False),
+                                            (16, 5, 20_000, False)])
+def test_compiled_recursions_equal_numpy_loop(seed, K, T, zeros):
+    # the compiled kernel against the NumPy loop it replaced: log p(x) to 1e-10 relative
+    # (absolute 1e-10 where |log p(x)| < 1), the marginals to 1e-10 absolute
+    rng = np.random.default_rng(seed)
+    log_pi, log_A, log_b = _random_hmm(rng, K, T, d=2, zeros=zeros)
+    ll, gamma, xi_sum, xi = forward_backward(log_pi, log_A, log_b, return_pairwise=True)
+    ll_ref, gamma_ref, xi_ref = _numpy_loop_forward_backward(log_pi, log_A, log_b)
+    assert abs(ll - ll_ref) <= 1e-10 * max(1.0, abs(ll_ref))
+    assert np.max(np.abs(gamma - gamma_ref)) < 1e-10
+    assert xi.shape == xi_ref.shape == (T - 1, K, K)
+    if T > 1:
+        assert np.max(np.abs(xi - xi_ref)) < 1e-10
+    np.testing.assert_allclose(xi_sum, xi_ref.sum(axis=0), rtol=1e-10, atol=1e-10)
+    assert forward_backward(log_pi, log_A, log_b)[0] == ll
+
+
+def test_baum_welch_elbo_trace_equals_chain_entropy_bound():
+    # the fit takes H[q_t] = log p(x | theta_{t-1}) - E_q[log p(x, z | theta_{t-1})];
+    # recompute both half-step bounds from the per-step pairwise marginals with
+    # chain_entropy, at the parameters of fits stopped after 0, 1, 2, ... iterations
+    rng = np.random.default_rng(5)
+    X, _ = sample_gaussian_hmm(PI, A, MEANS, COVS, 400, rng)
+    init = {"startprob_init": np.full(3, 1 / 3), "transmat_init": np.full((3, 3), 1 / 3),
+            "means_init": MEANS + 0.7, "covariances_init": COVS * 2.0}
+    n = 4
+    model = GaussianHMM(3, tol=0.0, max_iter=n, **init).fit(X)
+    params = [(init["startprob_init"], init["transmat_init"], init["means_init"],
+               init["covariances_init"])]
+    for stop in range(1, n + 1):
+        m = GaussianHMM(3, tol=0.0, max_iter=stop, **init).fit(X)
+        params.append((m.startprob_, m.transmat_, m.means_, m.covariances_))
+
+    def bound(gamma, xi, theta):
+        pi, trans, means, covs = theta
+        log_b = model.emission_log_prob(X, means, covs)
+        with np.errstate(divide="ignore"):
+            log_pi, log_A = np.log(pi), np.log(trans)
+        e = (gamma[0] @ np.where(gamma[0] > 0, log_pi, 0.0)
+             + np.sum(np.where(xi > 0, xi * np.where(xi > 0, log_A, 0.0), 0.0))
+             + np.sum(gamma * log_b))
+        return e + chain_entropy(gamma, xi)
+
+    for t in range(1, n + 1):
+        pi, trans, means, covs = params[t - 1]
+        with np.errstate(divide="ignore"):
+            ll, gamma, _, xi = forward_backward(np.log(pi), np.log(trans),
+                                                model.emission_log_prob(X, means, covs),
+                                                return_pairwise=True)
+        scale = abs(ll)
+        assert abs(model.log_likelihood_[t - 1] - ll) < 1e-10 * scale
+        assert abs(model.elbo_after_e_step_[t - 1] - bound(gamma, xi, params[t - 1])) \
+            < 1e-10 * scale
+        assert abs(model.elbo_after_m_step_[t - 1] - bound(gamma, xi, params[t])) \
+            < 1e-10 * scale
+
+
 # ---------------------------------------------------------------------------------------
 # Contract cases (issue 16): every public name of elbo_lib.hmm has bad-input cases.
 # ---------------------------------------------------------------------------------------
