@@ -34,6 +34,8 @@ from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
     as_generator,
+    as_numeric_array,
+    check_int,
     check_positive,
     check_positive_int,
     check_spd,
@@ -184,14 +186,16 @@ def importance_weighted_bound(log_weights, dim: int = 0):
     ValueError
         If ``dim`` is out of range, there are no samples, or a weight is NaN or +inf.
     """
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an integer, got {type(dim).__name__}")
-    if not isinstance(log_weights, torch.Tensor):
-        try:
-            log_weights = np.asarray(log_weights, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"log_weights must be a numeric array or tensor, "
-                            f"got {type(log_weights).__name__}") from exc
+    dim = check_int(dim, "dim")
+    if isinstance(log_weights, torch.Tensor):
+        if log_weights.is_complex():
+            raise TypeError(f"log_weights must be real, got a complex tensor "
+                            f"({log_weights.dtype})")
+        if not log_weights.is_floating_point():
+            log_weights = log_weights.to(torch.float64)
+    else:
+        log_weights = as_numeric_array(log_weights, "log_weights",
+                                       expected="a numeric array or tensor")
     ndim = log_weights.ndim
     if not -ndim <= dim < ndim:
         raise ValueError(f"dim={dim} is out of range for log_weights of shape "
@@ -426,7 +430,8 @@ def importance_sampling_posterior(
     Parameters
     ----------
     log_joint : callable
-        Maps samples (N, D) to log p(x, z), shape (N,).
+        Maps samples (N, D) to log p(x, z), shape (N,): finite, or -inf where the joint
+        density is zero (those samples get weight zero). D = 1 is allowed.
     mean : array_like (D,)
     cov : array_like (D, D), symmetric positive definite
     num_samples : int
@@ -456,16 +461,25 @@ def importance_sampling_posterior(
     df = check_positive(df, "df")
     rng = as_generator(rng)
     proposal = multivariate_t(loc=mean, shape=cov, df=df)
-    z = np.atleast_2d(proposal.rvs(size=num_samples, random_state=rng))
+    # (num_samples, D) also for D = 1, where scipy returns a vector of num_samples draws
+    z = proposal.rvs(size=num_samples, random_state=rng).reshape(num_samples, mean.size)
     log_w = np.empty(num_samples)
     with torch.no_grad():
         for start in range(0, num_samples, chunk_size):
             block = torch.as_tensor(z[start:start + chunk_size], dtype=DTYPE)
             log_w[start:start + chunk_size] = _log_joint_values(log_joint, block,
                                                                 len(block)).numpy()
+    bad = np.isnan(log_w) | np.isposinf(log_w)
+    if bad.any():
+        raise ValueError(f"log_joint must return finite values or -inf (a zero density), "
+                         f"got NaN or +inf at {int(bad.sum())} of {num_samples} samples")
+    if np.all(np.isneginf(log_w)):
+        raise ValueError(f"log_joint is -inf at all {num_samples} samples: the proposal "
+                         f"puts no mass where p(x, z) > 0 (move mean or widen cov)")
     log_w -= proposal.logpdf(z)
-    if not np.all(np.isfinite(log_w)):
-        raise ValueError("log_joint or the proposal returned non-finite values")
+    if not np.all(np.isfinite(log_w) | np.isneginf(log_w)):
+        raise ValueError("the proposal's log density is not finite at its samples (cov is "
+                         "too close to singular)")
     log_sum = logsumexp(log_w)
     w = np.exp(log_w - log_sum)  # normalised weights, sum 1
     ess = 1.0 / float(np.sum(w**2))
@@ -510,14 +524,7 @@ def kl_on_grid(log_q, log_p, grid_0, grid_1) -> float:
     for name, g in (("grid_0", g0), ("grid_1", g1)):
         if g.size < 2 or np.any(np.diff(g) <= 0):
             raise ValueError(f"{name} must be strictly increasing with >= 2 points")
-    arrays = []
-    for name, values in (("log_q", log_q), ("log_p", log_p)):
-        try:
-            arrays.append(np.asarray(values, dtype=np.float64))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be numeric array-like, "
-                            f"got {type(values).__name__}") from exc
-    log_q, log_p = arrays
+    log_q, log_p = (as_numeric_array(log_q, "log_q"), as_numeric_array(log_p, "log_p"))
     if log_q.shape != (g0.size, g1.size) or log_p.shape != log_q.shape:
         raise ValueError(f"log_q and log_p must have shape {(g0.size, g1.size)}, "
                          f"got {log_q.shape} and {log_p.shape}")

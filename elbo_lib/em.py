@@ -38,6 +38,7 @@ from elbo_lib._validation import (
     check_real,
     check_spd,
     check_symmetric,
+    power_of_two_scale,
 )
 from elbo_lib.gaussians import gaussian_log_density, precision_cholesky
 
@@ -171,7 +172,9 @@ def weighted_gaussian_m_step(X, resp, reg_covar: float, floor: str = "add"
     means : numpy.ndarray, shape (K, d)
     covariances : numpy.ndarray, shape (K, d, d)
     shortfall : float
-        How far the floored M-step falls short of the unconstrained maximum of Q (nats).
+        How far the floored M-step falls short of the unconstrained maximum of Q (nats);
+        ``inf`` with ``floor="add"`` when a weighted covariance S_k is singular (Q is then
+        unbounded without the floor), 0 with ``"clip"``.
 
     Raises
     ------
@@ -213,6 +216,41 @@ def _weighted_log_prob(X, weights, means, prec_chol):
     return gaussian_log_density(X, means, prec_chol) + log_w
 
 
+def _posterior(X, weights, means, prec_chol):
+    """``_normalise`` of the weighted log-densities, also for far outliers.
+
+    A point so far from every component that each Mahalanobis distance overflows
+    (norm beyond ~1e154 for unit covariances) has log p(x) = -inf in float64, the
+    correctly rounded value, and the limit of the responsibilities: the components at the
+    smallest Mahalanobis distance, in proportion to pi_k |Sigma_k|^(-1/2) (distances
+    compared after dividing x - mu_k by a power of two, which is exact). Ordinary points
+    take the ordinary path, bit for bit.
+    """
+    wlp = _weighted_log_prob(X, weights, means, prec_chol)
+    top = wlp.max(axis=1)
+    far = np.isneginf(top)
+    if not far.any():
+        return _normalise(wlp)
+    with np.errstate(invalid="ignore"):
+        log_norm, resp, log_resp = _normalise(wlp)
+    diff = X[far][:, None, :] - means[None, :, :]
+    scale = power_of_two_scale(np.nan_to_num(diff), axis=(1, 2), keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = np.einsum("nkd,kde->nke", diff / scale, prec_chol)
+        maha = (y * y).sum(axis=2)
+    maha = np.where(weights > 0, maha, np.inf)
+    nearest = maha == maha.min(axis=1, keepdims=True)
+    log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        logits = np.where(nearest, np.log(weights) + log_det, -np.inf)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    resp[far] = e / e.sum(axis=1, keepdims=True)
+    log_norm[far] = -np.inf
+    with np.errstate(divide="ignore"):
+        log_resp[far] = np.log(resp[far])
+    return log_norm, resp, log_resp
+
+
 def _check_params(X, weights, means, covariances):
     X = _check_data(X)
     means = as_float_array(means, "means", ndim=2)
@@ -240,14 +278,14 @@ def gmm_log_likelihood(X, weights, means, covariances, per_sample: bool = False)
     float or numpy.ndarray
     """
     X, weights, means, cov = _check_params(X, weights, means, covariances)
-    log_norm, _, _ = _normalise(_weighted_log_prob(X, weights, means, precision_cholesky(cov)))
+    log_norm, _, _ = _posterior(X, weights, means, precision_cholesky(cov))
     return log_norm if per_sample else float(log_norm.sum())
 
 
 def gmm_responsibilities(X, weights, means, covariances) -> np.ndarray:
     """The exact posterior r_ik = p(z_i = k | x_i, theta) (the E-step), shape (n, K)."""
     X, weights, means, cov = _check_params(X, weights, means, covariances)
-    _, resp, _ = _normalise(_weighted_log_prob(X, weights, means, precision_cholesky(cov)))
+    _, resp, _ = _posterior(X, weights, means, precision_cholesky(cov))
     return resp
 
 
@@ -367,6 +405,9 @@ class GaussianMixtureEM:
     floor_shortfall_ : numpy.ndarray, shape (n_iter_,)
         How far each M-step fell short of the exact maximum of L(q_t, .) because of the
         floor (0 with ``"clip"``); log p(x | theta_t) >= log p(x | theta_{t-1}) minus it.
+        ``inf`` (with ``"add"``) at a step where a component collapsed (its weighted
+        covariance S_k is singular, e.g. on at most d points): L is then unbounded above
+        without the floor, so that step's log-likelihood has no bound on its dip.
     history_ : list of (weights, means, covariances), length n_iter_ + 1
         Only if ``keep_history``.
 
@@ -591,8 +632,7 @@ class GaussianMixtureEM:
     def score_samples(self, X) -> np.ndarray:
         """log p(x_i | theta) for every row of X."""
         X = self._check_fitted(X)
-        wlp = _weighted_log_prob(X, self.weights_, self.means_, self.precisions_cholesky_)
-        return _normalise(wlp)[0]
+        return _posterior(X, self.weights_, self.means_, self.precisions_cholesky_)[0]
 
     def score(self, X) -> float:
         """Per-sample mean log-likelihood (scikit-learn's ``score``)."""
@@ -601,8 +641,7 @@ class GaussianMixtureEM:
     def predict_proba(self, X) -> np.ndarray:
         """Responsibilities p(z_i = k | x_i, theta), shape (n, K)."""
         X = self._check_fitted(X)
-        wlp = _weighted_log_prob(X, self.weights_, self.means_, self.precisions_cholesky_)
-        return _normalise(wlp)[1]
+        return _posterior(X, self.weights_, self.means_, self.precisions_cholesky_)[1]
 
     def predict(self, X) -> np.ndarray:
         """Most probable component of every row."""
@@ -809,6 +848,13 @@ def _theta_from_stats(counts, sum_x, sum_xx, reg_covar, floor):
     return weights, means, cov
 
 
+def _well_conditioned(matrix) -> bool:
+    """Whether a symmetric matrix is positive definite with a condition number below
+    1 / (d eps): one whose inverse and Cholesky factor float64 computes."""
+    eig = np.linalg.eigvalsh(matrix)
+    return bool(eig[0] > matrix.shape[0] * np.finfo(np.float64).eps * eig[-1])
+
+
 def _start(X, n_components, weights_init, means_init, covariances_init, rng, reg_covar):
     est = GaussianMixtureEM(n_components, weights_init=weights_init, means_init=means_init,
                             covariances_init=covariances_init, rng=rng, reg_covar=reg_covar)
@@ -936,7 +982,12 @@ def gmm_log_prior(weights, covariances, *, weight_concentration: float,
         log_dir = float(gammaln(k))
     _, logdet_psi = np.linalg.slogdet(psi)
     _, logdet_cov = np.linalg.slogdet(cov)
-    traces = np.einsum("ij,kji->k", psi, np.linalg.inv(cov))
+    try:
+        inv = np.linalg.inv(cov)
+    except np.linalg.LinAlgError:
+        raise ValueError("covariances must be positive definite and invertible in float64, "
+                         "got a numerically singular matrix") from None
+    traces = np.einsum("ij,kji->k", psi, inv)
     log_iw = (0.5 * nu * logdet_psi - 0.5 * nu * d * np.log(2.0) - multigammaln(0.5 * nu, d)
               - 0.5 * (nu + d + 1) * logdet_cov - 0.5 * traces)
     return float(log_dir + log_iw.sum())
@@ -960,7 +1011,9 @@ def map_em(X, n_components: int, *, weight_concentration: float = 1.0,
     with S_k the weighted covariance. No covariance floor is needed: every eigenvalue of
     Sigma_k is at least lambda_min(Psi) / (n + nu + d + 1), and for a small Psi this is
     the additive floor of scikit-learn, derived instead of imposed. The objective
-    log p(x | theta) + log p(theta) never decreases.
+    log p(x | theta) + log p(theta) never decreases. The start is the data covariance S
+    (as :class:`GaussianMixtureEM`'s) or, where S is singular or nearly so (constant or
+    collinear data, d > n), (n S + Psi) / (n + nu + d + 1): such data need no floor either.
 
     Parameters
     ----------
@@ -1000,6 +1053,14 @@ def map_em(X, n_components: int, *, weight_concentration: float = 1.0,
     tol = check_nonnegative(tol, "tol")
     max_iter = check_positive_int(max_iter, "max_iter")
     prior = dict(weight_concentration=alpha, cov_prior_dof=nu, cov_prior_scale=psi)
+    if covariances_init is None:
+        # the data covariance, as GaussianMixtureEM starts; where it is singular (constant
+        # or collinear data, d > n) the MAP covariance of one component holding every
+        # point, (n S + Psi) / (n + nu + d + 1), which the prior keeps positive definite
+        data_cov = np.atleast_2d(np.cov(X, rowvar=False, bias=True))
+        if not _well_conditioned(data_cov):
+            start = (n * data_cov + psi) / (n + nu + d + 1)
+            covariances_init = np.repeat(0.5 * (start + start.T)[None], n_components, axis=0)
     weights, means, cov = _start(X, n_components, weights_init, means_init,
                                  covariances_init, rng, 0.0)
     log_lik, log_prior = [], []

@@ -17,6 +17,8 @@ Every chapter meets the Gaussian; its closed forms live here once:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy import linalg
@@ -323,7 +325,29 @@ def diagonal_gaussian_log_density(z: torch.Tensor, mean, logvar, *,
         mean = as_tensor(mean, "mean", dtype=z.dtype)
         logvar = as_tensor(logvar, "logvar", dtype=z.dtype)
         check_broadcast(z=z, mean=mean, logvar=logvar)
+        if bool((logvar < _EXP_OVERFLOW.get(logvar.dtype, -math.inf)).any()):
+            return _log_density_tiny_variance(z, mean, logvar)
     return -0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
+#: logvar below which exp(-logvar) overflows, per floating dtype
+_EXP_OVERFLOW = {dt: -math.log(torch.finfo(dt).max)
+                 for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def _log_density_tiny_variance(z, mean, logvar):
+    """The diagonal log density where exp(-logvar) overflows (logvar below -709.8 in
+    float64, -88.7 in float32): the quadratic term is exp(log (z - mean)^2 - logvar), 0
+    where z = mean (not 0 * inf = NaN) and +inf only where it overflows; gradients stay
+    finite where the density is."""
+    diff = z - mean
+    exact = diff == 0
+    # 2 log|z - mean| (no underflow of the square), and logvar 0 where z = mean, so that
+    # no branch torch.where discards holds inf (its gradient would be 0 * inf = NaN)
+    log_sq = 2.0 * torch.log(torch.where(exact, torch.ones_like(diff), diff.abs()))
+    safe_logvar = torch.where(exact, torch.zeros_like(log_sq), logvar)
+    quad = torch.where(exact, torch.zeros_like(log_sq), torch.exp(log_sq - safe_logvar))
+    return -0.5 * (LOG_2PI + logvar + quad).sum(-1)
 
 
 def diagonal_gaussian(mu: torch.Tensor, sigma: torch.Tensor) -> Distribution:

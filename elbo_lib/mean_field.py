@@ -454,6 +454,15 @@ def cavi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *,
     return best
 
 
+def _check_elbo_finite(value: float, x: np.ndarray, iteration: int) -> None:
+    """A mixture ELBO that overflows float64 is a scale problem of ``x``: say so."""
+    if not np.isfinite(value):
+        raise ValueError(f"the ELBO is not finite in float64 at iteration {iteration}: x "
+                         f"(max |x| = {np.abs(x).max():.3g}) is too large for a mixture of "
+                         f"unit-variance Gaussians, whose ELBO is about -sum ||x_i||^2 / 2; "
+                         f"rescale x (and prior_var with it)")
+
+
 def _cavi_mixture_once(x, m, sigma2, max_iter, tol) -> MixtureCAVIResult:
     n, d = x.shape
     k = m.shape[0]
@@ -461,6 +470,7 @@ def _cavi_mixture_once(x, m, sigma2, max_iter, tol) -> MixtureCAVIResult:
     s2 = np.ones(k)
     phi = np.full((n, k), 1.0 / k)
     elbos = [_mixture_elbo(x, m, s2, phi, sigma2)]
+    _check_elbo_finite(elbos[0], x, 0)
     history = [m.copy()]
     converged = False
     for _ in range(max_iter):
@@ -470,6 +480,7 @@ def _cavi_mixture_once(x, m, sigma2, max_iter, tol) -> MixtureCAVIResult:
         s2 = 1.0 / (1.0 / sigma2 + nk)
         m = (phi.T @ x) * s2[:, None]
         elbos.append(_mixture_elbo(x, m, s2, phi, sigma2))
+        _check_elbo_finite(elbos[-1], x, len(elbos) - 1)
         history.append(m.copy())
         if abs(elbos[-1] - elbos[-2]) < tol * abs(elbos[-1]):
             converged = True
@@ -722,6 +733,7 @@ def _cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) -> DirichletMixtur
         return _mixture_elbo(x, m, s2, phi, sigma2) + _weights_elbo_terms(phi, alpha, alpha0)
 
     elbos, history = [elbo()], [m.copy()]
+    _check_elbo_finite(elbos[0], x, 0)
     converged = False
     for _ in range(max_iter):
         e_log_pi = digamma(alpha) - digamma(alpha.sum())
@@ -733,6 +745,7 @@ def _cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) -> DirichletMixtur
         s2 = 1.0 / (1.0 / sigma2 + nk)
         m = (phi.T @ x) * s2[:, None]
         elbos.append(elbo())
+        _check_elbo_finite(elbos[-1], x, len(elbos) - 1)
         history.append(m.copy())
         if abs(elbos[-1] - elbos[-2]) < tol * abs(elbos[-1]):
             converged = True

@@ -378,7 +378,7 @@ BAD_INPUTS = {
          ValueError, r"log_joint must return a tensor of shape \(10,\)"),
         (lambda: importance_sampling_posterior(lambda z: z[:, 0] * np.nan, [0.0, 0.0],
                                                _EYE2, 10, rng=0), ValueError,
-         r"log_joint .*non-finite"),
+         r"log_joint must return finite values or -inf"),
     ],
 }
 
@@ -428,3 +428,77 @@ EXTREME_INPUTS = {
          lambda out: np.testing.assert_allclose(out, 0.0, atol=1e-12)),
     ],
 }
+
+
+# ---------------------------------------------------------------------------------------
+# issue 34: the second round of bad input, and importance sampling at its edges
+# ---------------------------------------------------------------------------------------
+def _one_dim_conjugate_log_joint(z):
+    """log N(z; 0, 1) + log N(x = 1; z, 1): p(x) = N(1; 0, 2), z | x ~ N(1/2, 1/2)."""
+    z = z[:, 0]
+    return -0.5 * z**2 - 0.5 * (1.0 - z) ** 2 - np.log(2 * np.pi)
+
+
+def _half_normal_log_joint(z):
+    """2 N(z; 0, 1) on z > 0 and zero density (-inf) elsewhere: p(x) = 1."""
+    inside = -0.5 * z[:, 0] ** 2 + 0.5 * np.log(2.0 / np.pi)
+    return torch.where(z[:, 0] > 0, inside, torch.full_like(inside, -np.inf))
+
+
+def _assert_one_dim_posterior(out):
+    np.testing.assert_allclose(out.log_evidence, -0.5 * np.log(4 * np.pi) - 0.25, atol=0.01)
+    np.testing.assert_allclose([out.mean[0], out.sd[0]], [0.5, np.sqrt(0.5)], atol=0.02)
+
+
+def _assert_half_normal(out):
+    # the folded normal: E z = sqrt(2 / pi), sd = sqrt(1 - 2 / pi); log p(x) = 0
+    np.testing.assert_allclose(out.log_evidence, 0.0, atol=0.02)
+    np.testing.assert_allclose([out.mean[0], out.sd[0]],
+                               [np.sqrt(2 / np.pi), np.sqrt(1 - 2 / np.pi)], atol=0.02)
+
+
+BAD_INPUTS["importance_weighted_bound"] += [
+    (lambda: importance_weighted_bound(np.array([0.0, 1j])), TypeError,
+     r"log_weights must be real"),
+    (lambda: importance_weighted_bound(torch.tensor([0.0, 1j])), TypeError,
+     r"log_weights must be real, got a complex tensor"),
+    (lambda: importance_weighted_bound([0.0, 10**400]), ValueError,
+     r"log_weights holds an integer beyond the range of float64"),
+    (lambda: importance_weighted_bound(np.zeros(2), dim=np.int64(3)), ValueError,
+     r"dim=3 is out of range"),
+    (lambda: importance_weighted_bound(np.zeros(2), dim=True), TypeError,
+     r"dim must be an integer, got bool"),
+]
+BAD_INPUTS["kl_on_grid"] += [
+    (lambda: kl_on_grid(np.zeros((3, 3)) + 0j, np.zeros((3, 3)), [0, 1, 2], [0, 1, 2]),
+     TypeError, r"log_q must be real"),
+    (lambda: kl_on_grid(np.zeros((3, 3)), np.full((3, 3), "0"), [0, 1, 2], [0, 1, 2]),
+     TypeError, r"log_p must be numeric array-like"),
+]
+BAD_INPUTS["importance_sampling_posterior"] += [
+    (lambda: importance_sampling_posterior(_torch_log_joint, [0.0, 0.0], _EYE2, 10, rng=-1),
+     ValueError, r"rng must be .*>= 0, got -1"),
+    (lambda: importance_sampling_posterior(_torch_log_joint, [0.0, 0.0], _EYE2, 2**63,
+                                           rng=0), ValueError,
+     r"num_samples must be <= 2\*\*32 - 1"),
+    (lambda: importance_sampling_posterior(_torch_log_joint, [0.0, 1j], _EYE2, 10, rng=0),
+     TypeError, r"mean must be real"),
+    (lambda: importance_sampling_posterior(lambda z: torch.full((len(z),), -np.inf),
+                                           [0.0], [[1.0]], 10, rng=0), ValueError,
+     r"log_joint is -inf at all 10 samples"),
+    (lambda: importance_sampling_posterior(lambda z: torch.full((len(z),), np.inf),
+                                           [0.0], [[1.0]], 10, rng=0), ValueError,
+     r"log_joint must return finite values or -inf"),
+]
+BAD_INPUTS["monte_carlo_elbo"] += [
+    (lambda: monte_carlo_elbo(_torch_log_joint, _N01, 2**63), ValueError,
+     r"num_samples must be <= 2\*\*32 - 1"),
+]
+EXTREME_INPUTS["importance_sampling_posterior"] = [
+    # a one-dimensional latent (scipy's multivariate_t draws a vector there)
+    (lambda: importance_sampling_posterior(_one_dim_conjugate_log_joint, [0.5], [[0.5]],
+                                           20_000, rng=0), _assert_one_dim_posterior),
+    # a log joint that is -inf on half the support: those samples get weight zero
+    (lambda: importance_sampling_posterior(_half_normal_log_joint, [0.5], [[1.0]], 40_000,
+                                           rng=1, df=5.0), _assert_half_normal),
+]

@@ -377,3 +377,29 @@ EXTREME_INPUTS = {
              out, np.tile(np.arange(12.0).reshape(3, 4)[:, 1:].ravel() * 1e300, (2, 1)))),
     ],
 }
+
+
+# ---------------------------------------------------------------------------------------
+# issue 34: the second round of bad input
+# ---------------------------------------------------------------------------------------
+BAD_INPUTS["split_indices"] += [
+    # 2**63 items returned three empty arrays
+    (lambda: split_indices(2**63, 0), ValueError, r"n must be <= 2\*\*32 - 1"),
+    (lambda: split_indices(10, -1), ValueError, r"rng must be .*>= 0, got -1"),
+    (lambda: split_indices(10, 0, val_fraction=10**400), ValueError,
+     r"val_fraction must be in \(0, 1\), got an integer of 401 digits"),
+    (lambda: split_indices(10, 0, test_fraction=True), TypeError, r"test_fraction must be"),
+]
+BAD_INPUTS["binarize"] += [
+    (lambda: binarize(np.array([0.5 + 0.1j]), 0), TypeError, r"x must be real"),
+    (lambda: binarize(np.array([0.5]), -2), ValueError, r"rng must be .*>= 0"),
+]
+BAD_INPUTS["random_patches"] += [
+    (lambda: random_patches(np.zeros((8, 8)), 2, 2**63, 0), ValueError,
+     r"num_patches must be <= 2\*\*32 - 1"),
+]
+EXTREME_INPUTS["split_indices"] += [
+    # NumPy integers are ints: the same split as the Python ints
+    (lambda: (split_indices(np.int64(50), np.int64(3)), split_indices(50, 3)),
+     lambda out: [np.testing.assert_array_equal(a, b) for a, b in zip(*out, strict=True)]),
+]

@@ -678,3 +678,114 @@ EXTREME_INPUTS = {
          lambda out: np.testing.assert_allclose(out, -0.5 * np.log(2 * np.pi), rtol=1e-15)),
     ],
 }
+
+
+# ---------------------------------------------------------------------------------------
+# issue 34: the second round of bad input; far outliers, collapsed components, MAP-EM
+# without a floor on degenerate data
+# ---------------------------------------------------------------------------------------
+def _collapsed_m_step():
+    """Component 0 holds only point 0: S_0 = 0 is singular, the shortfall is infinite."""
+    resp = np.zeros((60, 2))
+    resp[0, 0], resp[1:, 1] = 1.0, 1.0
+    return (weighted_gaussian_m_step(_X, resp, 1e-6, "add")[3],
+            _shortfall_by_determinants(_X, resp, 1e-6))
+
+
+def _far_points(scale):
+    return np.array([[scale, 0.0, 0.0], [-scale, scale, 0.0], [0.0, 0.0, -scale]])
+
+
+def _scipy_log_joint(X, weights, means, covs):
+    from scipy.stats import multivariate_normal
+    return np.stack([np.log(w) + multivariate_normal(m, c).logpdf(X)
+                     for w, m, c in zip(weights, means, covs, strict=True)], axis=1)
+
+
+def _scipy_responsibilities(X, weights, means, covs):
+    from scipy.special import softmax
+    return softmax(_scipy_log_joint(X, weights, means, covs), axis=1)
+
+
+def _far_scoring():
+    """At norm 1e155 every log density overflows: scipy gives -inf for log p(x) (the
+    correctly rounded value) and the responsibilities are the limit of those at 1e150."""
+    fit = _fitted()
+    theta = (fit.weights_, fit.means_, fit.covariances_)
+    return (fit.score_samples(_far_points(1e155)), fit.predict_proba(_far_points(1e155)),
+            gmm_log_likelihood(_far_points(1e200), *theta, per_sample=True),
+            gmm_responsibilities(_far_points(1e300), *theta),
+            _scipy_log_joint(_far_points(1e155), *theta),
+            _scipy_responsibilities(_far_points(1e150), *theta))
+
+
+def _assert_far_scoring(out):
+    score, proba, log_lik, resp, scipy_log_joint, scipy_resp = out
+    from scipy.special import logsumexp
+    np.testing.assert_array_equal(score, logsumexp(scipy_log_joint, axis=1))  # -inf
+    np.testing.assert_array_equal(log_lik, [-np.inf] * 3)
+    for got in (proba, resp):
+        np.testing.assert_allclose(got, scipy_resp, atol=1e-12)
+
+
+def _assert_map_em_degenerate(out):
+    fit, X = out
+    assert np.all(np.isfinite(fit.log_likelihood_)) and np.all(np.isfinite(fit.log_prior_))
+    assert np.all(np.diff(fit.log_likelihood_ + fit.log_prior_) >= -1e-9 * np.abs(
+        fit.log_likelihood_[1:]))  # the MAP objective never decreases
+    assert np.all(np.linalg.eigvalsh(fit.covariances_) > 0)
+    # the means are weighted averages of the data: in its affine hull (constant: the point)
+    if np.ptp(X, axis=0).max() == 0:
+        np.testing.assert_allclose(fit.means_, np.broadcast_to(X[0], fit.means_.shape),
+                                   rtol=1e-12)
+
+
+_CONSTANT = np.full((10, 3), 2.5)
+_COLLINEAR = np.outer(np.linspace(-1, 1, 12), [1.0, 2.0, -1.0])
+_WIDE = _X[:4]  # d = 3 > n - 1: a singular data covariance
+
+BAD_INPUTS["map_em"] += [
+    (lambda: map_em(_X, 2, max_iter=2**63, rng=0), ValueError,
+     r"max_iter must be <= 2\*\*32 - 1"),
+    (lambda: map_em(_X, 2, rng=-1), ValueError, r"rng must be .*>= 0"),
+    (lambda: map_em(_X + 1j, 2, rng=0), TypeError, r"X must be real"),
+    (lambda: map_em(_X, 2, tol=10**400, rng=0), ValueError, r"tol must be .*float range"),
+]
+BAD_INPUTS["GaussianMixtureEM.fit"] += [
+    (lambda: GaussianMixtureEM(2, rng=0, max_iter=2**63).fit(_X), ValueError,
+     r"max_iter must be <= 2\*\*32 - 1"),
+    (lambda: GaussianMixtureEM(2, rng=0, reg_covar="1e-6").fit(_X), TypeError,
+     r"reg_covar must be a real number >= 0, got str"),
+    (lambda: GaussianMixtureEM(2, rng=0).fit(_X.astype(complex)), TypeError,
+     r"X must be real"),
+]
+BAD_INPUTS["gmm_log_likelihood"] += [
+    (lambda: gmm_log_likelihood(_X, _W, _M, _C + 0j), TypeError, r"covariances must be real"),
+    (lambda: gmm_log_likelihood(_X, _W, _M.astype(str), _C), TypeError,
+     r"means must be numeric array-like"),
+]
+BAD_INPUTS["incremental_em"] += [
+    (lambda: incremental_em(_X, 2, num_sweeps=2**63, rng=0), ValueError,
+     r"num_sweeps must be <= 2\*\*32 - 1"),
+]
+BAD_INPUTS["random_start"] += [
+    (lambda: random_start(_X, 2, -1), ValueError, r"rng must be .*>= 0, got -1"),
+    (lambda: random_start(_X, np.int64(2), np.int64(-5)), ValueError, r"rng must be"),
+]
+EXTREME_INPUTS["weighted_gaussian_m_step"] += [
+    (_collapsed_m_step,
+     lambda out: np.testing.assert_array_equal(out, [np.inf, np.inf])),
+]
+EXTREME_INPUTS["GaussianMixtureEM.score_samples"] = [(_far_scoring, _assert_far_scoring)]
+EXTREME_INPUTS["map_em"] = [
+    # no covariance floor is needed (the docstring): constant, collinear and d > n data
+    (lambda X=X: (map_em(X, 2, rng=0, max_iter=50), X), _assert_map_em_degenerate)
+    for X in (_CONSTANT, _COLLINEAR, _WIDE)
+]
+EXTREME_INPUTS["GaussianMixtureEM.fit"] += [
+    # numpy integers where ints are, a requires-grad tensor as data: the same fit
+    (lambda: (GaussianMixtureEM(np.int64(2), rng=np.int64(0), max_iter=np.int32(5))
+              .fit(__import__("torch").tensor(_X, requires_grad=True)).means_,
+              _fitted().means_),
+     lambda out: np.testing.assert_array_equal(out[0], out[1])),
+]

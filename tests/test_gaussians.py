@@ -292,3 +292,62 @@ EXTREME_INPUTS = {
              rtol=1e-12)),
     ],
 }
+
+
+# ---------------------------------------------------------------------------------------
+# issue 34: the second round of bad input; log densities at logvar -800
+# ---------------------------------------------------------------------------------------
+def _tiny_variance_log_density(dtype, logvar):
+    """diagonal_gaussian_log_density where exp(-logvar) overflows, against scipy (float64
+    sd exp(logvar / 2) is representable); offsets 0, 1e-300, 1e-170 and 1 from the mean."""
+    from scipy.stats import norm
+
+    offsets = [0.0, 1e-300, 1e-170, 1.0] if dtype == torch.float64 else [0.0, 1e-30, 1.0]
+    z = torch.tensor([[d, 0.5] for d in offsets], dtype=dtype)
+    lv = torch.tensor([logvar, 0.0], dtype=dtype, requires_grad=True)
+    got = diagonal_gaussian_log_density(z, torch.zeros(2, dtype=dtype), lv)
+    got.sum().backward()
+    want = [norm.logpdf(float(d), 0.0, math.exp(logvar / 2)) + norm.logpdf(0.5)
+            for d in z[:, 0].tolist()]
+    # in float32 the answer rounded to float32 (-1.3e43 is -inf there)
+    want = np.array(want).astype(np.float32 if dtype == torch.float32 else np.float64)
+    return got.detach().numpy(), want, lv.grad
+
+
+def _assert_tiny_variance(out):
+    got, want, grad = out
+    np.testing.assert_allclose(got, want, rtol=1e-6 if got.dtype == np.float32 else 1e-12)
+    assert got.dtype == want.dtype and not bool(torch.isnan(grad).any()), grad
+
+
+BAD_INPUTS["diagonal_gaussian_log_density"] += [
+    (lambda: diagonal_gaussian_log_density(torch.zeros(2, dtype=torch.complex128), 0.0, 0.0),
+     TypeError, r"z must be real, got a complex tensor"),
+    (lambda: diagonal_gaussian_log_density(torch.zeros(2), np.array([1j, 0]), 0.0),
+     TypeError, r"mean must be real"),
+    (lambda: diagonal_gaussian_log_density(torch.zeros(2), 0.0, [10**400, 0]), ValueError,
+     r"logvar holds an integer beyond"),
+]
+BAD_INPUTS["gaussian_kl"] += [
+    (lambda: gaussian_kl(0.0, True, 0.0, 1.0), TypeError, r"var_q"),
+    (lambda: gaussian_kl(0.0, 1.0, 1j, 1.0), TypeError, r"mean_p must be real"),
+]
+BAD_INPUTS["precision_cholesky"] += [
+    (lambda: precision_cholesky(np.stack([np.eye(2)]).astype(str)), TypeError,
+     r"covariances must be numeric array-like"),
+]
+EXTREME_INPUTS["diagonal_gaussian_log_density"] = [
+    (lambda: _tiny_variance_log_density(torch.float64, -800.0), _assert_tiny_variance),
+    (lambda: _tiny_variance_log_density(torch.float64, -700.0), _assert_tiny_variance),
+    (lambda: _tiny_variance_log_density(torch.float32, -100.0), _assert_tiny_variance),
+    # a requires-grad mean keeps its graph (torch side), the values are scipy's
+    (lambda: diagonal_gaussian_log_density(torch.zeros(1, 1, dtype=torch.float64),
+                                           torch.zeros(1, dtype=torch.float64,
+                                                       requires_grad=True), [800.0]),
+     lambda out: (np.testing.assert_allclose(float(out), -400 - 0.5 * math.log(2 * math.pi),
+                                             rtol=1e-15), out.requires_grad or _fail())),
+]
+
+
+def _fail():
+    raise AssertionError("the graph was lost")

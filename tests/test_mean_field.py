@@ -587,3 +587,42 @@ EXTREME_INPUTS = {
                                                 rtol=1e-15)),
     ],
 }
+
+
+# ---------------------------------------------------------------------------------------
+# issue 34: the second round of bad input
+# ---------------------------------------------------------------------------------------
+BAD_INPUTS["cavi_gaussian_mixture"] += [
+    # a unit-variance mixture's ELBO (about -sum x^2 / 2) is beyond float64 at this scale
+    (lambda: cavi_gaussian_mixture(_MIX_X * 1e160, 2, rng=0), ValueError,
+     r"x \(max \|x\| = 4e\+160\) is too large for a mixture of unit-variance Gaussians"),
+    (lambda: cavi_gaussian_mixture(_MIX_X, 2, rng=-1), ValueError, r"rng must be .*>= 0"),
+    (lambda: cavi_gaussian_mixture(_MIX_X, 2, rng=0, max_iter=2**63), ValueError,
+     r"max_iter must be <= 2\*\*32 - 1"),
+    (lambda: cavi_gaussian_mixture(_MIX_X, 2, rng=0, num_init=2**63), ValueError,
+     r"num_init must be <= 2\*\*32 - 1"),
+    (lambda: cavi_gaussian_mixture(_MIX_X + 0j, 2, rng=0), TypeError, r"x must be real"),
+    (lambda: cavi_gaussian_mixture(_MIX_X, 2, prior_var="10", rng=0), TypeError,
+     r"prior_var must be a positive number, got str"),
+]
+BAD_INPUTS["cavi_dirichlet_mixture"] += [
+    (lambda: cavi_dirichlet_mixture(_MIX_X * 1e160, 2, rng=0), ValueError,
+     r"x \(max \|x\| = 4e\+160\) is too large"),
+    (lambda: cavi_dirichlet_mixture(_MIX_X, 2, alpha0=10**400, rng=0), ValueError,
+     r"alpha0 must be .*float range"),
+]
+BAD_INPUTS["cavi_gaussian"] += [
+    (lambda: cavi_gaussian([0.0, 0.0], np.eye(2), [1.0, 1.0], num_sweeps=2**63),
+     ValueError, r"num_sweeps must be <= 2\*\*32 - 1"),
+]
+BAD_INPUTS["bsc_variational_em"] += [
+    (lambda: bsc_variational_em(np.ones((3, 3)), np.eye(3)[:, :2], np.zeros(2), 1.0,
+                                num_iter=2**63), ValueError, r"num_iter must be <= 2\*\*32 - 1"),
+]
+EXTREME_INPUTS["cavi_gaussian_mixture"] = [
+    # a requires-grad tensor and NumPy integers give the fit of the plain arrays
+    (lambda: (cavi_gaussian_mixture(torch.tensor(_MIX_X, requires_grad=True), np.int64(2),
+                                    rng=np.int64(0), max_iter=np.int32(50)).means,
+              cavi_gaussian_mixture(_MIX_X, 2, rng=0, max_iter=50).means),
+     lambda out: np.testing.assert_array_equal(out[0], out[1])),
+]
