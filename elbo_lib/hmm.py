@@ -88,10 +88,33 @@ def _log(p):
         return np.log(p)
 
 
+def _check_lengths(lengths, num_steps: int) -> np.ndarray:
+    """Sequence boundaries [0, l_1, l_1 + l_2, ..., T] from ``lengths`` (hmmlearn's
+    convention: the sequences are stacked row-wise, each of length >= 1); None is one
+    sequence."""
+    if lengths is None:
+        return np.array([0, num_steps], dtype=np.int64)
+    try:
+        arr = np.asarray(lengths)
+    except (TypeError, ValueError) as exc:  # ragged nesting
+        raise TypeError(f"lengths must be a 1-D sequence of integers, got "
+                        f"{type(lengths).__name__}") from exc
+    if arr.ndim != 1 or arr.size == 0 or not (np.issubdtype(arr.dtype, np.integer)
+                                              and not np.issubdtype(arr.dtype, np.bool_)):
+        raise TypeError(f"lengths must be a non-empty 1-D sequence of integers, got "
+                        f"{arr.dtype} of shape {arr.shape}")
+    if np.any(arr < 1):
+        raise ValueError(f"lengths must be >= 1 each, got minimum {int(arr.min())}")
+    if int(arr.sum()) != num_steps:
+        raise ValueError(f"lengths must sum to the number of steps T={num_steps}, got "
+                         f"{int(arr.sum())}")
+    return np.concatenate([[0], np.cumsum(arr)]).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------------------
 # exact inference
 # ---------------------------------------------------------------------------------------
-def forward_backward(log_pi, log_A, log_B, return_pairwise: bool = False):
+def forward_backward(log_pi, log_A, log_B, return_pairwise: bool = False, lengths=None):
     """Exact posterior marginals of an HMM by the forward-backward recursions, in log space.
 
     .. math::
@@ -116,33 +139,54 @@ def forward_backward(log_pi, log_A, log_B, return_pairwise: bool = False):
         Log emission densities log p(x_t | z_t = k) (finite).
     return_pairwise : bool
         Also return the per-step pairwise marginals xi_t (shape (T-1, K, K)).
+    lengths : array_like of int, optional
+        Several independent sequences stacked row-wise in ``log_B``, of these lengths
+        (summing to T; hmmlearn's convention). Default: one sequence.
 
     Returns
     -------
     log_likelihood : float
-        log p(x_{1:T}).
+        log p(x_{1:T}) (with ``lengths``: the sum over the sequences).
     gamma : numpy.ndarray, shape (T, K)
         p(z_t = k | x).
     xi_sum : numpy.ndarray, shape (K, K)
-        sum_t p(z_t = i, z_{t+1} = j | x).
+        sum_t p(z_t = i, z_{t+1} = j | x) (over the pairs within each sequence).
     xi : numpy.ndarray, shape (T-1, K, K)
-        Only if ``return_pairwise``.
+        Only if ``return_pairwise``; with ``lengths``, shape (T - len(lengths), K, K):
+        the pairs within each sequence, in order.
     """
     log_pi, log_A, log_B = _check_log_params(log_pi, log_A, log_B)
-    log_lik, gamma, xi_sum, xi = _posterior(log_pi, log_A, log_B, bool(return_pairwise))
+    bounds = _check_lengths(lengths, log_B.shape[0])
+    log_lik, gamma, xi_sum, xi = _posterior(log_pi, log_A, log_B, bool(return_pairwise),
+                                            bounds)
     if return_pairwise:
         return log_lik, gamma, xi_sum, xi
     return log_lik, gamma, xi_sum
 
 
-def _posterior(log_pi, log_A, log_B, pairwise: bool):
-    """:func:`forward_backward` on checked inputs: the scaled path, else log space."""
-    out = _forward_backward_scaled(log_pi, log_A, log_B, pairwise)
+def _posterior(log_pi, log_A, log_B, pairwise: bool, bounds=None):
+    """:func:`forward_backward` on checked inputs: the scaled path, else log space.
+
+    ``bounds`` are the sequence boundaries of :func:`_check_lengths` (None: one).
+    """
+    if bounds is None:
+        bounds = np.array([0, log_B.shape[0]], dtype=np.int64)
+    out = _forward_backward_scaled(log_pi, log_A, log_B, pairwise, bounds)
     if out is not None:
         return out
-    # a scaled message underflowed: redo the recursions in log space
-    log_lik, gamma, xi = _forward_backward_log(log_pi, log_A, log_B)
-    return log_lik, gamma, xi.sum(axis=0), (xi if pairwise else None)
+    # a scaled message underflowed: redo the recursions of every sequence, in log space
+    # where the scaled path fails
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        one = np.array([0, b - a], dtype=np.int64)
+        part = _forward_backward_scaled(log_pi, log_A, log_B[a:b], pairwise, one)
+        if part is None:
+            ll, g, x = _forward_backward_log(log_pi, log_A, log_B[a:b])
+            part = ll, g, x.sum(axis=0), (x if pairwise else None)
+        parts.append(part)
+    return (float(sum(p[0] for p in parts)), np.concatenate([p[1] for p in parts]),
+            sum(p[2] for p in parts),
+            np.concatenate([p[3] for p in parts]) if pairwise else None)
 
 
 #: Below this, a scaling constant is too close to underflow to trust: use log space.
@@ -150,13 +194,14 @@ _SCALED_MIN = 1e-250
 
 
 @numba.njit(cache=True, nogil=True)
-def _scaled_recursions(pi, A, log_B, alpha, gamma, right, c, shift,
+def _scaled_recursions(pi, A, log_B, bounds, alpha, gamma, right, c, shift,
                        scaled_min):  # pragma: no cover - compiled; tested through callers
     """Compiled kernel: Rabiner's scaled forward and backward recursions, in place.
 
-    For one sequence, fills ``shift`` (max_k log_B[t, k]), ``alpha`` (normalised
-    forward messages p(z_t | x_{1:t})), ``c`` (c_t = p(x_t | x_{1:t-1}) / exp(shift_t),
-    so log p(x) = sum_t log c_t + shift_t), ``gamma`` (alpha_t beta_t, with beta the
+    For each sequence (rows ``bounds[n]`` to ``bounds[n + 1] - 1``), fills ``shift``
+    (max_k log_B[t, k]), ``alpha`` (normalised forward messages p(z_t | x_{1:t})),
+    ``c`` (c_t = p(x_t | x_{1:t-1}) / exp(shift_t), so log p(x) = sum_t log c_t +
+    shift_t), ``gamma`` (alpha_t beta_t, with beta the
     backward messages scaled by the same constants) and ``right`` (right_t =
     B_t beta_t / c_t with B_t = exp(log_B[t] - shift_t), so that the pairwise marginal
     is xi_t(i, j) = alpha_t(i) A_ij right_{t+1}(j)); ``right`` holds B_t until the
@@ -165,19 +210,31 @@ def _scaled_recursions(pi, A, log_B, alpha, gamma, right, c, shift,
     falls below ``scaled_min`` or a backward message is not finite (the caller then
     redoes the sequence in log space). O(T K^2) in one pass each way.
     """
-    T, K = log_B.shape
+    K = log_B.shape[1]
     AT = np.ascontiguousarray(A.T)
     v = np.empty(K)
-    for t in range(T):  # forward, sequential in t
+    for n in range(len(bounds) - 1):
+        if not _one_sequence(pi, A, AT, log_B, bounds[n], bounds[n + 1], alpha, gamma,
+                             right, c, shift, v, scaled_min):
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _one_sequence(pi, A, AT, log_B, start, stop, alpha, gamma, right, c, shift, v,
+                  scaled_min):  # pragma: no cover - compiled; tested through callers
+    """The recursions of :func:`_scaled_recursions` over rows start .. stop - 1."""
+    K = log_B.shape[1]
+    for t in range(start, stop):  # forward, sequential in t
         top = log_B[t, 0]
         for k in range(1, K):
             top = max(top, log_B[t, k])
         shift[t] = top
         for k in range(K):
             right[t, k] = np.exp(log_B[t, k] - top)  # B_t, largest entry 1
-        if t == 0:
+        if t == start:
             for k in range(K):
-                v[k] = pi[k] * right[0, k]
+                v[k] = pi[k] * right[t, k]
         else:
             for j in range(K):
                 v[j] = 0.0
@@ -196,10 +253,11 @@ def _scaled_recursions(pi, A, log_B, alpha, gamma, right, c, shift,
         inv = 1.0 / s
         for j in range(K):
             alpha[t, j] = v[j] * inv
-    for k in range(K):  # beta_{T-1} = 1
-        right[T - 1, k] /= c[T - 1]
-        gamma[T - 1, k] = alpha[T - 1, k]
-    for t in range(T - 2, -1, -1):  # backward
+    last = stop - 1
+    for k in range(K):  # beta at the last step = 1
+        right[last, k] /= c[last]
+        gamma[last, k] = alpha[last, k]
+    for t in range(last - 1, start - 1, -1):  # backward
         for i in range(K):
             v[i] = 0.0
         for j in range(K):  # beta_t = A @ right_{t+1}, column by column of A
@@ -215,7 +273,7 @@ def _scaled_recursions(pi, A, log_B, alpha, gamma, right, c, shift,
     return True
 
 
-def _forward_backward_scaled(log_pi, log_A, log_B, pairwise: bool):
+def _forward_backward_scaled(log_pi, log_A, log_B, pairwise: bool, bounds=None):
     """Fast path: Rabiner's scaled recursions in probability space, compiled.
 
     Returns (log p(x), gamma, xi_sum, xi), with xi None unless ``pairwise``: the sum over
@@ -227,7 +285,8 @@ def _forward_backward_scaled(log_pi, log_A, log_B, pairwise: bool):
     returns None and the caller falls back to :func:`_forward_backward_log`. The
     recursions run in :func:`_scaled_recursions`, compiled by Numba: the arithmetic of
     a NumPy loop over t without the interpreter's cost per step, which dominated at
-    small K (the Performance page has the measurements).
+    small K (the Performance page has the measurements). ``bounds``: as in
+    :func:`_posterior`; all the sequences run in one call.
     """
     T, K = log_B.shape
     A = np.ascontiguousarray(np.exp(log_A))
@@ -235,14 +294,26 @@ def _forward_backward_scaled(log_pi, log_A, log_B, pairwise: bool):
         log_B = np.array(log_B, order="C")  # one compiled signature: C-ordered, writeable
     alpha, gamma, right = np.empty((T, K)), np.empty((T, K)), np.empty((T, K))
     c, shift = np.empty(T), np.empty(T)
-    if not _scaled_recursions(np.exp(log_pi), A, log_B, alpha, gamma, right, c, shift,
-                              _SCALED_MIN):
+    if bounds is None:
+        bounds = np.array([0, T], dtype=np.int64)
+    if not _scaled_recursions(np.exp(log_pi), A, log_B, bounds, alpha, gamma, right, c,
+                              shift, _SCALED_MIN):
         return None
     log_lik = float(np.log(c).sum() + shift.sum())
-    xi_sum = A * (alpha[:-1].T @ right[1:])
+    # pairs (t, t + 1) within a sequence: drop the last step of every sequence but the
+    # final one from the left factor (the final one is not in alpha[:-1])
+    ends = bounds[1:-1] - 1
+    left = alpha[:-1]
+    if ends.size:
+        left = left.copy()
+        left[ends] = 0.0
+    xi_sum = A * (left.T @ right[1:])
     if not pairwise:
         return log_lik, gamma, xi_sum, None
-    return log_lik, gamma, xi_sum, alpha[:-1, :, None] * A[None] * right[1:, None, :]
+    keep = np.ones(T - 1, dtype=bool)
+    keep[ends] = False
+    return (log_lik, gamma, xi_sum,
+            alpha[:-1][keep, :, None] * A[None] * right[1:][keep, None, :])
 
 
 def _forward_backward_log(log_pi, log_A, log_B):
@@ -438,12 +509,13 @@ def _as_sequence(X) -> np.ndarray:
     return X[:, None] if X.ndim == 1 else X
 
 
-def _expected_complete_loglik(gamma, xi_sum, log_pi, log_A, log_B) -> float:
-    """E_q[log p(x, z | theta)] from the marginals of q (0 log 0 = 0)."""
+def _expected_complete_loglik(gamma_start, gamma, xi_sum, log_pi, log_A, log_B) -> float:
+    """E_q[log p(x, z | theta)] from the marginals of q (0 log 0 = 0); ``gamma_start`` is
+    the sum of q(z_1) over the sequences."""
     def dot(p, logv):
         return float(np.where(p > 0, p * np.where(p > 0, logv, 0.0), 0.0).sum())
 
-    return dot(gamma[0], log_pi) + dot(xi_sum, log_A) + float((gamma * log_B).sum())
+    return dot(gamma_start, log_pi) + dot(xi_sum, log_A) + float((gamma * log_B).sum())
 
 
 class GaussianHMM:
@@ -538,14 +610,25 @@ class GaussianHMM:
         cov = self.covariances_ if covariances is None else covariances
         return gaussian_log_density(X, np.asarray(means), precision_cholesky(cov))
 
-    def fit(self, X) -> GaussianHMM:
-        """Run Baum-Welch on one sequence X of shape (T, d) (or (T,)); return ``self``.
+    def fit(self, X, lengths=None) -> GaussianHMM:
+        """Run Baum-Welch on X of shape (T, d) (or (T,)); return ``self``.
+
+        Parameters
+        ----------
+        X : array_like, shape (T, d) or (T,)
+            One sequence, or several stacked row-wise (see ``lengths``).
+        lengths : array_like of int, optional
+            The lengths of the independent sequences stacked in X (summing to T;
+            hmmlearn's convention). pi is then fitted to the first step of every
+            sequence and A to the transitions within sequences. Default: one sequence.
 
         Raises
         ------
         ValueError
-            If X is not finite, has fewer than 2 steps or fewer steps than states, or an
-            initial parameter is malformed.
+            If X is not finite, has fewer than 2 steps or fewer steps than states,
+            ``lengths`` does not split it, or an initial parameter is malformed.
+        TypeError
+            If ``lengths`` is not a 1-D sequence of integers.
         """
         self._check_hyperparameters()
         X = _as_sequence(X)
@@ -553,6 +636,8 @@ class GaussianHMM:
         if T < max(2, self.num_states):
             raise ValueError(f"X must have at least max(2, num_states) = "
                              f"{max(2, self.num_states)} steps, got T={T}")
+        bounds = _check_lengths(lengths, T)
+        starts = bounds[:-1]
         pi, A, means, cov = self._init_params(X)
         log_lik, elbo_e, elbo_m = [], [], []
         log_B = self.emission_log_prob(X, means, cov)
@@ -560,19 +645,21 @@ class GaussianHMM:
         converged, n_iter = False, 0
         for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - used after the loop
             log_pi, log_A = _log(pi), _log(A)
-            ll, gamma, xi_sum, _ = _posterior(log_pi, log_A, log_B, False)
+            ll, gamma, xi_sum, _ = _posterior(log_pi, log_A, log_B, False, bounds)
+            gamma_start = gamma[starts].sum(axis=0)
             if prev is not None:  # L(q_{t-1}, theta_{t-1}) after the previous M-step
-                g, x_s, h = prev
-                elbo_m.append(_expected_complete_loglik(g, x_s, log_pi, log_A, log_B) + h)
+                elbo_m.append(_expected_complete_loglik(*prev[:3], log_pi, log_A, log_B)
+                              + prev[3])
             # q is the exact posterior under theta_{t-1}, so its entropy is
             # log p(x) - E_q[log p(x, z)] (equal to chain_entropy(gamma, xi) without the
             # (T-1, K, K) array of pairwise marginals; tests/test_hmm.py checks both)
-            expected = _expected_complete_loglik(gamma, xi_sum, log_pi, log_A, log_B)
+            expected = _expected_complete_loglik(gamma_start, gamma, xi_sum, log_pi, log_A,
+                                                 log_B)
             entropy = ll - expected
             log_lik.append(ll)
             elbo_e.append(expected + entropy)
             # M-step
-            pi = gamma[0] / gamma[0].sum()
+            pi = gamma_start / gamma_start.sum()
             # a state with no expected transitions out of it (it is occupied only at the
             # last step, e.g. T = 2) leaves its row of A free: keep the old row, which
             # maximises Q as well as any other
@@ -580,14 +667,13 @@ class GaussianHMM:
             A = np.where(out_mass > 0, xi_sum / np.where(out_mass > 0, out_mass, 1.0), A)
             _, means, cov, _ = weighted_gaussian_m_step(X, gamma, self.reg_covar, "clip")
             log_B = self.emission_log_prob(X, means, cov)
-            prev = (gamma, xi_sum, entropy)
+            prev = (gamma_start, gamma, xi_sum, entropy)
             if len(log_lik) > 1 and abs(log_lik[-1] - log_lik[-2]) < self.tol:
                 converged = True
                 break
         log_pi, log_A = _log(pi), _log(A)
-        ll = _posterior(log_pi, log_A, log_B, False)[0]
-        g, x_s, h = prev
-        elbo_m.append(_expected_complete_loglik(g, x_s, log_pi, log_A, log_B) + h)
+        ll = _posterior(log_pi, log_A, log_B, False, bounds)[0]
+        elbo_m.append(_expected_complete_loglik(*prev[:3], log_pi, log_A, log_B) + prev[3])
         log_lik.append(ll)
         self.startprob_, self.transmat_, self.means_, self.covariances_ = pi, A, means, cov
         self.log_likelihood_ = np.asarray(log_lik)
@@ -610,20 +696,24 @@ class GaussianHMM:
         return (_log(self.startprob_), _log(self.transmat_),
                 self.emission_log_prob(X, self.means_, self.covariances_))
 
-    def posterior(self, X) -> np.ndarray:
-        """p(z_t = k | x_{1:T}), shape (T, K)."""
-        return forward_backward(*self._fitted(X))[1]
+    def posterior(self, X, lengths=None) -> np.ndarray:
+        """p(z_t = k | x_{1:T}), shape (T, K) (``lengths`` as in :meth:`fit`)."""
+        return forward_backward(*self._fitted(X), lengths=lengths)[1]
 
-    def score(self, X) -> float:
+    def score(self, X, lengths=None) -> float:
         """Mean log-likelihood per time step, log p(x_{1:T} | theta) / T, in nats.
 
         The convention of scikit-learn's ``score`` (and of
         :meth:`elbo_lib.em.GaussianMixtureEM.score`): the per-point mean, so sequences of
-        different lengths compare.
+        different lengths compare. With ``lengths`` (as in :meth:`fit`), the sum of the
+        sequences' log-likelihoods over the total number of steps.
         """
         log_pi, log_A, log_B = self._fitted(X)
-        return forward_backward(log_pi, log_A, log_B)[0] / log_B.shape[0]
+        return forward_backward(log_pi, log_A, log_B, lengths=lengths)[0] / log_B.shape[0]
 
-    def predict(self, X) -> np.ndarray:
-        """The Viterbi path."""
-        return viterbi(*self._fitted(X))[0]
+    def predict(self, X, lengths=None) -> np.ndarray:
+        """The Viterbi path of every sequence (``lengths`` as in :meth:`fit`)."""
+        log_pi, log_A, log_B = self._fitted(X)
+        bounds = _check_lengths(lengths, log_B.shape[0])
+        return np.concatenate([viterbi(log_pi, log_A, log_B[a:b])[0]
+                               for a, b in zip(bounds[:-1], bounds[1:], strict=True)])

@@ -254,6 +254,62 @@ def test_baum_welch_elbo_trace_equals_chain_entropy_bound():
             < 1e-10 * scale
 
 
+@pytest.mark.parametrize("lengths", [[1, 40, 2, 57], [100], [1] * 5 + [95]])
+def test_many_sequences_equal_one_call_per_sequence(lengths):
+    rng = np.random.default_rng(21)
+    log_pi, log_A, log_b = _random_hmm(rng, 4, sum(lengths), d=2, zeros=True)
+    ll, gamma, xi_sum, xi = forward_backward(log_pi, log_A, log_b, return_pairwise=True,
+                                             lengths=lengths)
+    edges = np.cumsum([0, *lengths])
+    parts = [forward_backward(log_pi, log_A, log_b[a:b], return_pairwise=True)
+             for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    assert abs(ll - sum(p[0] for p in parts)) < 1e-10 * abs(ll)
+    np.testing.assert_allclose(gamma, np.concatenate([p[1] for p in parts]), atol=1e-12)
+    np.testing.assert_allclose(xi_sum, sum(p[2] for p in parts), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(xi, np.concatenate([p[3] for p in parts]), atol=1e-12)
+    assert xi.shape == (sum(lengths) - len(lengths), 4, 4)
+    # a sequence that underflows on the scaled path is redone in log space, alone
+    bad = np.zeros((3, 2))
+    bad[1] = [0.0, -2000.0]
+    lp = np.log([1.0, 1e-300]) - np.log1p(1e-300)
+    la = np.log([[1e-300, 1.0], [0.5, 0.5]])
+    la -= np.logaddexp.reduce(la, axis=1, keepdims=True)
+    stacked = np.concatenate([np.zeros((4, 2)), bad])
+    ll2, gamma2, _ = forward_backward(lp, la, stacked, lengths=[4, 3])
+    ref = [enumerate_posterior(lp, la, stacked[:4]), enumerate_posterior(lp, la, bad)]
+    assert abs(ll2 - ref[0]["log_likelihood"] - ref[1]["log_likelihood"]) < 1e-10 * abs(ll2)
+    np.testing.assert_allclose(gamma2, np.concatenate([r["gamma"] for r in ref]),
+                               atol=1e-10)
+
+
+def test_baum_welch_on_many_sequences():
+    rng = np.random.default_rng(8)
+    lengths = [int(n) for n in rng.integers(5, 60, size=30)]
+    X, _ = sample_gaussian_hmm(PI, A, MEANS, COVS, sum(lengths), rng)
+    init = {"means_init": MEANS + 0.3, "covariances_init": COVS * 1.5}
+    model = GaussianHMM(3, tol=1e-8, max_iter=200, **init).fit(X, lengths=lengths)
+    ll = model.log_likelihood_
+    assert np.all(np.diff(ll) >= -1e-8)
+    assert np.max(np.abs(model.elbo_after_e_step_ - ll[:-1])) < 1e-10 * np.abs(ll).max()
+    assert np.all(model.elbo_after_m_step_ <= ll[1:] + 1e-8)
+    # the final log-likelihood is the sum over the sequences, each scored alone
+    edges = np.cumsum([0, *lengths])
+    per_sequence = sum(model.score(X[a:b]) * (b - a)
+                       for a, b in zip(edges[:-1], edges[1:], strict=True))
+    assert abs(ll[-1] - per_sequence) < 1e-9 * abs(ll[-1])
+    assert abs(model.score(X, lengths) * len(X) - ll[-1]) < 1e-9 * abs(ll[-1])
+    # at the fixed point pi is the mean posterior of the first steps
+    gamma = model.posterior(X, lengths)
+    np.testing.assert_allclose(model.startprob_, gamma[edges[:-1]].mean(axis=0), atol=1e-5)
+    path = model.predict(X, lengths)
+    np.testing.assert_array_equal(path[edges[1]:edges[2]], model.predict(X[edges[1]:edges[2]]))
+    # one length equal to T is the single-sequence fit
+    one = GaussianHMM(3, tol=0.0, max_iter=3, **init)
+    np.testing.assert_array_equal(one.fit(X, lengths=[len(X)]).log_likelihood_,
+                                  GaussianHMM(3, tol=0.0, max_iter=3, **init).fit(X)
+                                  .log_likelihood_)
+
+
 # ---------------------------------------------------------------------------------------
 # Contract cases (issue 16): every public name of elbo_lib.hmm has bad-input cases.
 # ---------------------------------------------------------------------------------------
@@ -300,6 +356,14 @@ BAD_INPUTS = {
          r"log_pi must be log-probabilities"),
         (lambda: forward_backward(_LP, _LA, np.zeros((0, 3))), ValueError,
          r"log_B must not be empty"),
+        (lambda: forward_backward(_LP, _LA, _LB, lengths=[2, 3]), ValueError,
+         r"lengths must sum to the number of steps T=4, got 5"),
+        (lambda: forward_backward(_LP, _LA, _LB, lengths=[4, 0]), ValueError,
+         r"lengths must be >= 1 each"),
+        (lambda: forward_backward(_LP, _LA, _LB, lengths=[2.0, 2.0]), TypeError,
+         r"lengths must be a non-empty 1-D sequence of integers"),
+        (lambda: forward_backward(_LP, _LA, _LB, lengths=[[1, 3]]), TypeError,
+         r"lengths must be a non-empty 1-D sequence of integers"),
     ],
     "enumerate_posterior": [
         (lambda: enumerate_posterior(_LP, _LA, np.zeros((30, 3))), ValueError,
@@ -359,6 +423,10 @@ BAD_INPUTS = {
          r"X must contain only finite"),
         (lambda: GaussianHMM(2, rng=0).fit(np.zeros((3, 2, 2))), ValueError,
          r"X must have 1 or 2 dimension"),
+        (lambda: GaussianHMM(2, rng=0).fit(_X_SEQ, lengths=[10, 10]), ValueError,
+         r"lengths must sum to the number of steps T=30, got 20"),
+        (lambda: GaussianHMM(2, rng=0).fit(_X_SEQ, lengths=[]), TypeError,
+         r"lengths must be a non-empty 1-D sequence of integers"),
     ],
     "GaussianHMM.emission_log_prob": [
         (lambda: GaussianHMM(2).emission_log_prob(_X_SEQ), ValueError,
