@@ -502,3 +502,22 @@ EXTREME_INPUTS["importance_sampling_posterior"] = [
     (lambda: importance_sampling_posterior(_half_normal_log_joint, [0.5], [[1.0]], 40_000,
                                            rng=1, df=5.0), _assert_half_normal),
 ]
+
+
+def _torch_bound_and_gradient():
+    """IWAE_3 of log weights (-1e5, -1e5 + 1, -inf) as a tensor: the value and its
+    gradient (the normalised weights) in closed form."""
+    lw = torch.tensor([-1e5, -1e5 + 1.0, -np.inf], dtype=F64, requires_grad=True)
+    bound = importance_weighted_bound(lw)
+    bound.backward()
+    e = np.e
+    want = (-1e5 + 1 + np.log1p(1 / e) - np.log(3), [1 / (1 + e), e / (1 + e), 0.0])
+    return (float(bound), lw.grad.numpy()), want
+
+
+EXTREME_INPUTS["importance_weighted_bound"] += [
+    (_torch_bound_and_gradient,
+     lambda out: (np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-15),
+                  # weights exp(lw - bound): one ulp of 1e5 (1.5e-11) in the exponent
+                  np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-10, atol=0))),
+]

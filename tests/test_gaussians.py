@@ -351,3 +351,21 @@ EXTREME_INPUTS["diagonal_gaussian_log_density"] = [
 
 def _fail():
     raise AssertionError("the graph was lost")
+
+
+def _scaled_kl_full(c):
+    """KL between two Gaussians whose covariances are scaled by c and means by sqrt(c)
+    (the KL is invariant), against torch's closed form at scale 1."""
+    mq, mp = np.array([0.3, -0.2]), np.array([1.0, 0.5])
+    sq, sp = np.array([[1.0, 0.3], [0.3, 0.5]]), np.array([[2.0, -0.4], [-0.4, 1.0]])
+    want = kl_divergence(MultivariateNormal(torch.tensor(mq), torch.tensor(sq)),
+                         MultivariateNormal(torch.tensor(mp), torch.tensor(sp)))
+    r = math.sqrt(c)
+    return gaussian_kl_full(mq * r, sq * c, mp * r, sp * c), float(want)
+
+
+EXTREME_INPUTS["gaussian_kl_full"] = [
+    (lambda c=c: _scaled_kl_full(c),
+     lambda out: np.testing.assert_allclose(out[0], out[1], rtol=1e-12))
+    for c in (1e-300, 1e300)
+]
