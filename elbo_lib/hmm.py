@@ -179,7 +179,8 @@ def _posterior(log_pi, log_A, log_B, pairwise: bool, bounds=None):
     parts = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         one = np.array([0, b - a], dtype=np.int64)
-        part = _forward_backward_scaled(log_pi, log_A, log_B[a:b], pairwise, one)
+        part = (None if len(bounds) == 2  # the one sequence just failed
+                else _forward_backward_scaled(log_pi, log_A, log_B[a:b], pairwise, one))
         if part is None:
             ll, g, x = _forward_backward_log(log_pi, log_A, log_B[a:b])
             part = ll, g, x.sum(axis=0), (x if pairwise else None)
