@@ -135,9 +135,20 @@ def as_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None) -> n
     return arr
 
 
+def _scalar_of(value):
+    """A 0-d real NumPy array or tensor (detached) as its number; anything else as it is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        return value[()]
+    if (isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex()
+            and value.dtype != torch.bool):
+        return value.item()
+    return value
+
+
 def _real_scalar(value, name: str, what: str) -> float:
-    """``value`` as a float: a real number (NumPy scalars included), never a bool, a
-    string, a complex number or an int beyond float range."""
+    """``value`` as a float: a real number (NumPy scalars and 0-d real arrays or tensors
+    included), never a bool, a string, a complex number or an int beyond float range."""
+    value = _scalar_of(value)
     if isinstance(value, bool | np.bool_) or not isinstance(value, Real | np.floating
                                                              | np.integer):
         complex_ = isinstance(value, Complex | np.complexfloating) and not isinstance(value,
@@ -166,8 +177,9 @@ def check_positive(value, name: str, allow_array: bool = False) -> float | np.nd
 
 def check_int(value, name: str, minimum: int | None = None,
               maximum: int | None = None) -> int:
-    """Return ``value`` as a Python int: an int or NumPy integer (never a bool), within
-    [``minimum``, ``maximum``] where given."""
+    """Return ``value`` as a Python int: an int, a NumPy integer or a 0-d integer array
+    or tensor (never a bool), within [``minimum``, ``maximum``] where given."""
+    value = _scalar_of(value)
     if isinstance(value, bool | np.bool_) or not isinstance(value, Integral | np.integer):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     value = int(value)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from elbo_lib._validation import (
+    _scalar_of,
     as_float_array,
     as_generator,
     check_positive,
@@ -132,6 +133,7 @@ class ImageSplit:
 
 
 def _check_fraction(value, name: str) -> float:
+    value = _scalar_of(value)  # a 0-d array or tensor is its number
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
         raise TypeError(f"{name} must be a number in (0, 1), got {type(value).__name__}")
     if isinstance(value, int) and abs(value) >= 2**1024:  # beyond float range: 10**400

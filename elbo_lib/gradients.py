@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from elbo_lib._validation import as_float_array, check_positive_int, check_spd
+from elbo_lib._validation import _scalar_of, as_float_array, check_positive_int, check_spd
 
 __all__ = [
     "GradientSNR",
@@ -159,7 +159,8 @@ def check_baseline(baseline, num_samples: int) -> None | float | str:
             raise ValueError(f"the leave-one-out baseline needs num_samples >= 2, "
                              f"got {num_samples}")
         return baseline
-    if isinstance(baseline, bool) or not isinstance(baseline, Real):
+    baseline = _scalar_of(baseline)  # a 0-d array or tensor is its number
+    if isinstance(baseline, bool | np.bool_) or not isinstance(baseline, Real):
         raise TypeError("baseline must be None, a finite number or 'leave-one-out', "
                         f"got {type(baseline).__name__}")
     try:

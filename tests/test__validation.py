@@ -66,6 +66,10 @@ def test_numpy_integers_are_ints_and_counts_are_bounded():
     assert check_positive_int(2**40, "n", maximum=None) == 2**40
     assert check_positive(np.int64(2), "s") == 2.0 and check_real(np.float32(0.5), "t") == 0.5
     assert as_generator(np.int64(7)).integers(100) == np.random.default_rng(7).integers(100)
+    # a 0-d real array or tensor is its number (a reduction's result, a scalar tensor)
+    assert check_positive(np.array(2.5), "s") == 2.5 and check_int(np.array(3), "n") == 3
+    assert check_real(torch.tensor(-0.5, requires_grad=True), "t") == -0.5
+    assert check_positive_int(torch.tensor(4), "n") == 4
 
 
 def test_check_spd_returns_the_cholesky_factor():
@@ -127,6 +131,10 @@ BAD_INPUTS = {
          r"x must be real, got a complex tensor"),
     ],
     "check_int": [
+        (lambda: check_int(np.array(2.5), "value"), TypeError, r"value must be an integer"),
+        (lambda: check_int(torch.tensor(True), "value"), TypeError, r"value must be an integer"),
+        (lambda: check_int(np.array([3]), "value"), TypeError, r"value must be an integer, "
+         r"got ndarray"),
         (lambda: check_int(True, "value"), TypeError, r"value must be an integer, got bool"),
         (lambda: check_int(np.bool_(True), "value"), TypeError, r"value must be an integer"),
         (lambda: check_int(1.0, "value"), TypeError, r"value must be an integer, got float"),
@@ -185,6 +193,10 @@ BAD_INPUTS = {
         (lambda: check_real(np.nan, "value"), ValueError, r"value must be finite"),
         (lambda: check_real(None, "value"), TypeError, r"value must be a real number"),
         (lambda: check_real(2j, "value"), TypeError, r"value must be a real number, got complex"),
+        (lambda: check_real(torch.tensor(1j), "value"), TypeError, r"value must be a real "
+         r"number, got Tensor"),
+        (lambda: check_real(np.array([0.5]), "value"), TypeError, r"value must be a real "
+         r"number, got ndarray"),
         (lambda: check_real(10**400, "value"), ValueError, r"value must be a real number within "
          r"float range"),
         (lambda: check_real(np.complex128(1), "value"), TypeError, r"value must be a real "

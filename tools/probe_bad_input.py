@@ -2,14 +2,14 @@
 
 Every spec below is a valid call; each of its arguments is replaced, one at a time, by
 inputs of the issue's kinds: a tensor that requires grad for an array (valid: the answer
-of the plain array is expected), complex values, numeric strings, ints beyond float range,
-bools and NumPy floats for numbers, NumPy integers (valid), 2**63, True and 2.5 for
-counts, rng=-1 and a NumPy-integer seed. A bad input must raise TypeError or ValueError
-whose message names the argument ("clear error"); anything else is counted as the issue
-counts it. A second part runs the issue's individual failures against independent answers
-(scipy, closed forms). Written for the modules of issue 34's second round (bounds, em,
-gaussians, models, mean_field, datasets, gradients, sparse_coding, heteroscedastic); the
-other modules can add specs.
+of the plain array is expected), complex values, numeric strings, ints beyond float
+range, bools, NumPy floats and 0-d arrays (valid) for numbers, NumPy integers and 0-d
+integer arrays (valid), 2**63, True and 2.5 for counts, rng=-1 and a NumPy-integer seed.
+A bad input must raise TypeError or ValueError whose message names the argument ("clear
+error"); anything else is counted as the issue counts it. A second part runs the issue's
+individual failures against independent answers (scipy, closed forms). Written for the
+modules of issue 34's second round (bounds, em, gaussians, models, mean_field, datasets,
+gradients, sparse_coding, heteroscedastic); the other modules can add specs.
 
 Usage: ``.venv/bin/python tools/probe_bad_input.py [-v]`` (about 20 s; ``-v`` lists every
 call that is not a clear error or an accepted valid input). Run it against another
@@ -345,9 +345,11 @@ def mutations(key, value):
         yield "complex number", complex(value, 1.0), False
         yield "int beyond float", 10**400, False
         yield "np.float32", np.float32(value), True
+        yield "0-d array", np.array(value), True
         return
     if isinstance(value, int):
         yield "np.int64", np.int64(value), True
+        yield "0-d int array", np.array(value), True
         if key.startswith(COUNT_NAMES) or key in COUNT_NAMES:
             yield "2**63 count", 2**63, False
         yield "bool int", True, False
