@@ -25,8 +25,9 @@ the same samples. Functions that only make sense for the diagonal Gaussian
 :func:`inference_gaps`) raise a ``TypeError`` for other families. The module also holds the tighter
 importance-weighted bound (Burda et al. 2016), per-datapoint refinement of q for the
 amortisation gap (Cremer et al. 2018), exact 2-D quadrature of log p(x) as the
-reference answer, the active-unit count for posterior collapse, and wake-sleep
-training (Hinton et al. 1995) for comparison.
+reference answer, the active-unit count for posterior collapse, wake-sleep
+training (Hinton et al. 1995) for comparison, and :func:`train_replicates`, which
+trains several independent runs (seeds) of one architecture as one tensor program.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ __all__ = [
     "refine_posterior",
     "reparameterize",
     "train_vae",
+    "train_replicates",
     "train_wake_sleep",
 ]
 
@@ -1415,3 +1417,172 @@ def inference_gaps(model: VAE, x: torch.Tensor, log_px: torch.Tensor,
     return {"amortisation": float((elbo_refined - elbo_encoder).mean()),
             "approximation": float((log_px - elbo_refined).mean()),
             "elbo_encoder": elbo_encoder, "elbo_refined": elbo_refined, "trace": trace}
+
+
+# -- independent runs trained as one tensor program (chapter 6's seeds) -------------------
+
+_REPLICATE_METHODS = ("elbo", "iwae", "wake_sleep", "encoder")
+
+
+class _Replicate(nn.Module):
+    """One VAE's losses as a module, so that ``torch.func.functional_call`` can evaluate
+    them at one model's slice of stacked parameters (:func:`train_replicates`)."""
+
+    def __init__(self, model: VAE, method: str, k: int) -> None:
+        super().__init__()
+        self.model, self.method, self.k = model, method, k
+
+    def forward(self, x: torch.Tensor, phase: str) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        if phase == "val":          # evaluate_elbo(model, x_val): one sample, closed-form KL
+            q = model.encode(x)
+            reconstruction = bernoulli_log_likelihood(x, model.decode(q.rsample()))
+            return reconstruction.mean(), kl_to_prior(q).mean()
+        if phase == "sleep":        # train_wake_sleep's sleep phase: fit q to a dream
+            with torch.no_grad():
+                z_dream = torch.randn(x.shape[0], model.latent_dim, dtype=x.dtype)
+                x_dream = torch.bernoulli(torch.sigmoid(model.decode(z_dream)))
+            return (-model.encode(x_dream).log_prob(z_dream).mean(),)
+        q = model.encode(x)
+        if self.method == "wake_sleep":   # wake phase: the decoder fits q's explanations
+            with torch.no_grad():
+                z = q.rsample()
+            reconstruction = bernoulli_log_likelihood(x, model.decode(z))
+            return -reconstruction.mean(), reconstruction.sum(), kl_to_prior(q).sum()
+        kl = kl_to_prior(q)
+        if self.method == "iwae":   # train_vae_variant with k > 1
+            log_w, log_lik = _log_weights(model, x, q, q.rsample((self.k,)))
+            # importance_weighted_bound's formula; the loss is checked for NaN outside
+            # vmap, where a NaN or +inf log weight ends as a NaN or +inf loss
+            iwae = torch.logsumexp(log_w, dim=0) - math.log(self.k)
+            return -iwae.mean(), log_lik.mean(0).sum(), kl.sum()
+        reconstruction = bernoulli_log_likelihood(x, model.decode(q.rsample()))
+        return -(reconstruction - kl).mean(), reconstruction.sum(), kl.sum()
+
+
+def train_replicates(models, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs: int,
+                     method: str = "elbo", k: int = 1, batch_size: int = 64,
+                     lr: float = 1e-3) -> list[TrainingHistory]:
+    """Train several VAEs of one architecture at once, each as its own independent run.
+
+    The models' parameters are stacked and every step of all of them is one call of
+    ``torch.func.vmap`` over the stack (one tensor program instead of a Python loop per
+    model): each model draws its own minibatch order (a permutation per model per epoch)
+    and its own noise (``randomness="different"``); the loss is the sum of the models'
+    losses, so each model's gradient is that of its own loss; and Adam is elementwise.
+    So every model follows the trajectory it would follow trained alone, with other
+    random numbers. Used by chapter 6 to report trained results over seeds at a
+    fraction of the cost of separate runs.
+
+    Parameters
+    ----------
+    models : sequence of VAE
+        At least one; distinct models with the default Gaussian encoder and parameters
+        of the same shapes. Trained in place.
+    x_train, x_val : torch.Tensor, shape (n, D)
+    num_epochs : int
+    method : {"elbo", "iwae", "wake_sleep", "encoder"}
+        ``"elbo"``: as :func:`train_vae` (beta = 1); ``"iwae"``: IWAE_k as
+        :func:`train_vae_variant` with ``k``; ``"wake_sleep"``: as
+        :func:`train_wake_sleep` (a wake step on the decoders, then a sleep step on the
+        encoders, each with its own Adam); ``"encoder"``: as :func:`fit_encoder`, only
+        the encoders move and the decoders stay as they are.
+    k : int
+        Importance samples per image for ``method="iwae"`` (1 otherwise).
+    batch_size : int
+    lr : float
+        Adam learning rate.
+
+    Returns
+    -------
+    list of TrainingHistory
+        One per model, recorded as by :func:`train_vae` (``seconds`` is the time of the
+        whole stack).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad arguments, models of different shapes or families, or the first time a
+        model's loss is not finite (naming the model, epoch and step).
+    """
+    if isinstance(models, VAE) or not isinstance(models, list | tuple) or not models:
+        raise TypeError(f"models must be a non-empty list of VAE, got "
+                        f"{type(models).__name__}")
+    for model in models:
+        if not isinstance(model, VAE):
+            raise TypeError(f"models must hold elbo_lib.vae.VAE objects, got "
+                            f"{type(model).__name__}")
+        if not isinstance(model.encoder, GaussianEncoder):
+            raise TypeError(f"models must have the default GaussianEncoder, got "
+                            f"{type(model.encoder).__name__}")
+    if len({id(m) for m in models}) != len(models):
+        raise ValueError("models must be distinct objects (each is its own run)")
+    shapes = [{n: tuple(p.shape) for n, p in m.named_parameters()} for m in models]
+    if any(s != shapes[0] for s in shapes):
+        raise ValueError("models must have parameters of the same shapes (one architecture)")
+    first, x_train, x_val, num_epochs, batch_size, lr = _check_training(
+        models[0], x_train, x_val, num_epochs, batch_size, lr)
+    if method not in _REPLICATE_METHODS:
+        raise ValueError(f"method must be one of {_REPLICATE_METHODS}, got {method!r}")
+    k = check_positive_int(k, "k")
+    if k > 1 and method != "iwae":
+        raise ValueError(f"k > 1 needs method='iwae', got method={method!r}")
+    wrappers = [_Replicate(m, method, k) for m in models]
+    params, buffers = torch.func.stack_module_state(wrappers)
+    base = copy.deepcopy(wrappers[0]).to("meta")
+
+    def step(phase):
+        def one(p, b, x):
+            return torch.func.functional_call(base, (p, b), (x, phase))
+        return torch.func.vmap(one, randomness="different")
+
+    train_step, val_step, sleep_step = step("train"), step("val"), step("sleep")
+    encoder = [v for n, v in params.items() if n.startswith("model.encoder.")]
+    decoder = [v for n, v in params.items() if n.startswith("model.decoder.")]
+    groups = {"elbo": [encoder + decoder], "iwae": [encoder + decoder],
+              "encoder": [encoder], "wake_sleep": [decoder, encoder]}[method]
+    optimizers = [torch.optim.Adam(group, lr=lr) for group in groups]
+    histories = [TrainingHistory() for _ in models]
+    num, n = len(models), len(x_train)
+    where = f"train_replicates (method={method!r})"
+
+    def backward(loss, opt, epoch, step_in_epoch):
+        bad = torch.flatten(~torch.isfinite(loss)).nonzero()
+        if len(bad):
+            raise ValueError(_stopped(where, epoch, num_epochs, step_in_epoch, lr,
+                                      f"the loss of model {int(bad[0])} is not finite"))
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+
+    start = time.perf_counter()
+    with _trusted():   # the data are checked above and every loss is checked
+        for epoch in range(num_epochs):
+            totals = torch.zeros(num, 2)
+            order = torch.stack([torch.randperm(n) for _ in models])      # (num, n)
+            for step_in_epoch, idx in enumerate(order.split(batch_size, dim=1)):
+                x = x_train[idx]                                          # (num, b, D)
+                loss, reconstruction, kl = train_step(params, buffers, x)
+                backward(loss, optimizers[0], epoch, step_in_epoch)
+                if method == "wake_sleep":
+                    backward(sleep_step(params, buffers, x)[0], optimizers[1], epoch,
+                             step_in_epoch)
+                totals += torch.stack([reconstruction.detach(), kl.detach()], dim=1)
+            with torch.no_grad():
+                val_rec, val_kl = val_step(params, buffers, x_val.expand(num, *x_val.shape))
+            for i, history in enumerate(histories):
+                rec, kl_mean = (totals[i] / n).tolist()
+                rec_v, kl_v = float(val_rec[i]), float(val_kl[i])
+                with _stop_on_error(where, epoch, num_epochs, None, lr):
+                    history.record({"elbo": rec - kl_mean, "reconstruction": rec,
+                                    "kl": kl_mean},
+                                   {"elbo": rec_v - kl_v, "reconstruction": rec_v,
+                                    "kl": kl_v})
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        for i, wrapper in enumerate(wrappers):
+            for name, p in wrapper.named_parameters():
+                p.copy_(params[name][i])
+    for history in histories:
+        history.seconds = seconds
+    return histories

@@ -1,5 +1,6 @@
 """Tests of elbo_lib.vae and of bounds.importance_weighted_bound (chapter 6)."""
 
+import copy
 import math
 
 import numpy as np
@@ -1075,3 +1076,98 @@ EXTREME_INPUTS = {
                                               1e-300, rtol=1e-9)),
     ],
 }
+
+
+# -- several runs as one tensor program (train_replicates) --------------------------------
+
+from elbo_lib.vae import fit_encoder as _fit_encoder  # noqa: E402
+from elbo_lib.vae import train_replicates  # noqa: E402
+
+_ONE_BY_ONE = {
+    "elbo": lambda m, x: train_vae(m, x, x, 2, batch_size=16),
+    "iwae": lambda m, x: train_vae_variant(m, x, x, 2, k=5, batch_size=16),
+    "wake_sleep": lambda m, x: train_wake_sleep(m, x, x, 2, batch_size=16),
+}
+
+
+@pytest.mark.parametrize("method", sorted(_ONE_BY_ONE))
+def test_train_replicates_of_one_model_is_the_one_by_one_run(method, toy_data):
+    """One model trained as a stack of one follows train_vae / train_vae_variant /
+    train_wake_sleep step for step: the same random numbers in the same order, so the
+    same parameters up to float32 rounding (a wrong loss, a wrong phase order or a
+    missing step would move them by far more)."""
+    seed_everything(1)
+    alone = VAE(6, 2, hidden=4)
+    h_alone = _ONE_BY_ONE[method](alone, toy_data)
+    seed_everything(1)
+    stacked = VAE(6, 2, hidden=4)
+    (h_stacked,) = train_replicates([stacked], toy_data, toy_data, 2, method=method,
+                                    k=5 if method == "iwae" else 1, batch_size=16)
+    for (name, a), b in zip(alone.named_parameters(), stacked.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+    assert np.allclose(h_alone.val_elbo, h_stacked.val_elbo, atol=1e-4)
+    assert np.allclose(h_alone.train_kl, h_stacked.train_kl, atol=1e-4)
+
+
+def test_train_replicates_encoder_is_fit_encoder(toy_data):
+    model = VAE(6, 2, hidden=4)
+    seed_everything(2)
+    alone, h_alone = _fit_encoder(model, toy_data, toy_data, 2, hidden=8, batch_size=16)
+    seed_everything(2)
+    stacked = VAE(6, 2, hidden=8)
+    stacked.decoder = copy.deepcopy(model.decoder)
+    (h_stacked,) = train_replicates([stacked], toy_data, toy_data, 2, method="encoder",
+                                    batch_size=16)
+    for a, b in zip(alone.parameters(), stacked.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    for a, b in zip(model.decoder.parameters(), stacked.decoder.parameters(), strict=True):
+        assert torch.equal(a, b)               # the decoder never moved
+    assert np.allclose(h_alone.val_elbo, h_stacked.val_elbo, atol=1e-4)
+
+
+def test_train_replicates_runs_are_independent(toy_data):
+    """A model's run does not depend on the other models of the stack: the first model
+    ends the same next to two different partners (a mean instead of a sum of the
+    losses, or any coupling of the models, would change it)."""
+    ends = []
+    for partner_seed in (3, 4):
+        torch.manual_seed(0)
+        first = VAE(6, 2, hidden=4)
+        torch.manual_seed(partner_seed)
+        partner = VAE(6, 2, hidden=4)
+        seed_everything(5)
+        train_replicates([first, partner], toy_data, toy_data, 3, batch_size=16)
+        ends.append((torch.cat([p.reshape(-1) for p in first.parameters()]),
+                     torch.cat([p.reshape(-1) for p in partner.parameters()])))
+    assert torch.allclose(ends[0][0], ends[1][0], atol=1e-6)
+    assert not torch.allclose(ends[0][1], ends[1][1], atol=1e-3)
+
+
+def _two(hidden2: int = 4):
+    torch.manual_seed(0)
+    return [VAE(6, 2, hidden=4), VAE(6, 2, hidden=hidden2)]
+
+
+BAD_INPUTS["train_replicates"] = [
+    (lambda: train_replicates([], _X, _X, 1), TypeError, r"models must be a non-empty list"),
+    (lambda: train_replicates(_model(), _X, _X, 1), TypeError, r"models must be a non-empty"),
+    (lambda: train_replicates([_model(), "a"], _X, _X, 1), TypeError,
+     r"models must hold elbo_lib.vae.VAE objects, got str"),
+    (lambda: train_replicates([_model()] * 2, _X, _X, 1), ValueError,
+     r"models must be distinct"),
+    (lambda: train_replicates(_two(hidden2=5), _X, _X, 1), ValueError,
+     r"models must have parameters of the same shapes"),
+    (lambda: train_replicates(_two(), _X, _X, 1, method="sgd"), ValueError,
+     r"method must be one of"),
+    (lambda: train_replicates(_two(), _X, _X, 1, k=5), ValueError,
+     r"k > 1 needs method='iwae'"),
+    (lambda: train_replicates(_two(), _X, _X, 1, method="iwae", k=0), ValueError,
+     r"k must be >= 1"),
+    (lambda: train_replicates(_two(), _X, _X, 0), ValueError, r"num_epochs must be >= 1"),
+    (lambda: train_replicates(_two(), _NAN_X, _X, 1), ValueError,
+     r"x_train must contain only finite"),
+    (lambda: train_replicates(_two(), _X, _TWO_X, 1), ValueError, r"x_val must be binary"),
+    (lambda: train_replicates([_model(), _nan_decoder(_model())], _X, _X, 2, batch_size=4),
+     ValueError, r"train_replicates \(method='elbo'\) stopped at epoch 1 of 2, step 1: "
+                 r"the loss of model 1 is not finite"),
+]
