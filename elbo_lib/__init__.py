@@ -33,7 +33,7 @@ plotting, reporting, reproducibility
     The figure style and text summaries, rounded printing, ``seed_everything``.
 """
 
-from elbo_lib.reproducibility import seed_everything
+from elbo_lib.reproducibility import seed_everything, training_seed
 
-__all__ = ["seed_everything"]
+__all__ = ["seed_everything", "training_seed"]
 __version__ = "0.1.0"

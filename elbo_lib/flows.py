@@ -646,15 +646,47 @@ class AutoregressiveTransform(_VectorBijection):
 # --------------------------------------------------------------------------------------
 # modules holding the parameters, and the variational family
 # --------------------------------------------------------------------------------------
+class _RunLinear(nn.Module):
+    """R independent linear maps, one per run: (..., R, n_in) -> (..., R, n_out).
+
+    Weights (R, n_in, n_out) drawn as :class:`torch.nn.Linear` draws its own
+    (uniform on +-1/sqrt(n_in), weights and biases); an input with run dimension 1
+    is broadcast to all R runs (a grid of points scored under every run).
+    """
+
+    def __init__(self, num_runs: int, n_in: int, n_out: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(n_in)
+        self.weight = nn.Parameter(
+            torch.empty(num_runs, n_in, n_out, dtype=dtype).uniform_(-bound, bound))
+        self.bias = nn.Parameter(
+            torch.empty(num_runs, n_out, dtype=dtype).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2 or x.shape[-2] not in (1, self.weight.shape[0]):
+            raise ValueError(f"x must have shape (..., {self.weight.shape[0]}, "
+                             f"{self.weight.shape[1]}) (one row per run), got "
+                             f"{tuple(x.shape)}")
+        x = x.expand(*x.shape[:-2], *self.weight.shape[:2])
+        return torch.einsum("...ri,rio->...ro", x, self.weight) + self.bias
+
+
 class _CouplingNet(nn.Module):
-    """(s, t) = MLP(z): one tanh hidden layer, zero-initialised output, |s| bounded."""
+    """(s, t) = MLP(z): one tanh hidden layer, zero-initialised output, |s| bounded.
+
+    With ``num_runs`` R > 1, R independent networks applied to (..., R, D) inputs.
+    """
 
     def __init__(self, dim: int, hidden: int, max_log_scale: float,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, num_runs: int = 1) -> None:
         super().__init__()
         self.dim, self.max_log_scale = dim, max_log_scale
-        self.inner = nn.Linear(dim, hidden, dtype=dtype)
-        self.outer = nn.Linear(hidden, 2 * dim, dtype=dtype)
+        if num_runs == 1:
+            self.inner = nn.Linear(dim, hidden, dtype=dtype)
+            self.outer = nn.Linear(hidden, 2 * dim, dtype=dtype)
+        else:
+            self.inner = _RunLinear(num_runs, dim, hidden, dtype)
+            self.outer = _RunLinear(num_runs, hidden, 2 * dim, dtype)
         nn.init.zeros_(self.outer.weight)
         nn.init.zeros_(self.outer.bias)
 
@@ -672,13 +704,15 @@ class AffineCoupling(nn.Module):
     """
 
     def __init__(self, dim: int, index: int = 0, hidden: int = 16,
-                 max_log_scale: float = 3.0, dtype: torch.dtype = torch.float64) -> None:
+                 max_log_scale: float = 3.0, dtype: torch.dtype = torch.float64,
+                 num_runs: int = 1) -> None:
         super().__init__()
         dim = check_positive_int(dim, "dim", minimum=2)
         index = check_positive_int(index, "index", minimum=0)
         hidden = check_positive_int(hidden, "hidden")
         max_log_scale = check_positive(max_log_scale, "max_log_scale")
-        self.net = _CouplingNet(dim, hidden, max_log_scale, dtype)
+        num_runs = check_positive_int(num_runs, "num_runs")
+        self.net = _CouplingNet(dim, hidden, max_log_scale, dtype, num_runs)
         self.register_buffer("mask", ((torch.arange(dim) + index) % 2 == 0).to(dtype))
 
     def transform(self) -> AffineCouplingTransform:
@@ -739,35 +773,47 @@ class FlowFamily(VariationalFamily):
     init_scale : float
         Initial standard deviation of the base Gaussian (mean 0), a
         :class:`~elbo_lib.variational.DiagonalGaussian` (float64, like every layer).
+    num_runs : int
+        Independent flows R held at once (planar and coupling layers, when R > 1): the
+        parameters get a run dimension (planar (K, R, D) and (K, R), coupling networks
+        one weight matrix per run, the base (R, D)), :meth:`distribution` has batch
+        shape (R,) (score points of shape (..., R, D), or (..., 1, D) under every run),
+        so that
+        :func:`~elbo_lib.variational.fit_vi` trains R independent runs (each from its
+        own random start, with its own samples) in one computation.
     """
 
     def __init__(self, dim: int, num_layers: int, kind: str = "planar", *,
-                 hidden: int = 16, init_scale: float = 1.0) -> None:
-        super().__init__(dim)
+                 hidden: int = 16, init_scale: float = 1.0, num_runs: int = 1) -> None:
+        super().__init__(dim, num_runs)
         num_layers = check_positive_int(num_layers, "num_layers", minimum=0)
         if kind not in FLOW_KINDS:
             raise ValueError(f"kind must be one of {FLOW_KINDS}, got {kind!r}")
+        if self.num_runs > 1 and kind not in ("planar", "coupling"):
+            raise ValueError(f"num_runs > 1 is implemented for planar and coupling flows "
+                             f"only, got kind={kind!r} with num_runs={self.num_runs}")
         dim, dtype = self.dim, torch.float64
         self.kind, self.num_layers = kind, num_layers
-        self.base_family = DiagonalGaussian(dim, init_scale)
+        self.base_family = DiagonalGaussian(dim, init_scale, num_runs=self.num_runs)
         k = num_layers
         if kind == "planar":          # K layers' parameters stacked: one tensor each
-            w = torch.randn(k, dim, dtype=dtype)
+            w = torch.randn(k, *self._run_shape(), dim, dtype=dtype)
             unit = w / w.norm(dim=-1, keepdim=True)
-            u_perp = 0.1 * torch.randn(k, dim, dtype=dtype)
+            u_perp = 0.1 * torch.randn(k, *self._run_shape(), dim, dtype=dtype)
             u_perp = u_perp - (u_perp * unit).sum(-1, keepdim=True) * unit
             # w^T u = log(e - 1) gives m(w^T u) = 0: u_hat = u_perp, a small shear
             along = math.log(math.e - 1) / w.norm(dim=-1, keepdim=True)
             self.u = nn.Parameter(u_perp + along * unit)
             self.w = nn.Parameter(w)
-            self.b = nn.Parameter(torch.zeros(k, dtype=dtype))
+            self.b = nn.Parameter(torch.zeros(k, *self._run_shape(), dtype=dtype))
         elif kind == "radial":        # near the identity: beta ~ N(0, 0.1^2), alpha = log 2
             self.z0 = nn.Parameter(torch.randn(k, dim, dtype=dtype))
             self.alpha_raw = nn.Parameter(torch.zeros(k, dtype=dtype))
             beta = 0.1 * torch.randn(k, dtype=dtype)
             self.beta_raw = nn.Parameter(torch.log(torch.expm1(beta + math.log(2.0))))
         elif kind == "coupling":
-            self.layers = nn.ModuleList(AffineCoupling(dim, i, hidden, dtype=dtype)
+            self.layers = nn.ModuleList(AffineCoupling(dim, i, hidden, dtype=dtype,
+                                                       num_runs=self.num_runs)
                                         for i in range(k))
         else:
             self.layers = nn.ModuleList(Autoregressive(dim, i, hidden, dtype=dtype)
@@ -813,8 +859,10 @@ def fit_maximum_likelihood(family: VariationalFamily, samples: torch.Tensor, *,
 
     Returns
     -------
-    numpy.ndarray, shape (num_steps,)
-        The minibatch mean log-likelihood at every step.
+    numpy.ndarray, shape (num_steps,) or (num_steps, R)
+        The minibatch mean log-likelihood at every step (of every run, for a family
+        with ``num_runs = R > 1``: each run draws its own minibatches, and the loss is
+        the sum of the runs' losses, so each run's step is what it would be alone).
     """
     if not isinstance(family, VariationalFamily):
         raise TypeError(f"family must be a VariationalFamily, got {type(family).__name__}")
@@ -825,14 +873,16 @@ def fit_maximum_likelihood(family: VariationalFamily, samples: torch.Tensor, *,
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
     opt = torch.optim.Adam(family.parameters(), lr=lr)
-    trace = np.empty(num_steps)
+    runs = family.num_runs
+    trace = np.empty((num_steps,) if runs == 1 else (num_steps, runs))
     for step in range(num_steps):
-        batch = samples[torch.randint(len(samples), (batch_size,))]
+        shape = (batch_size,) if runs == 1 else (batch_size, runs)
+        batch = samples[torch.randint(len(samples), shape)]
         opt.zero_grad()
-        log_lik = family.distribution().log_prob(batch).mean()
-        (-log_lik).backward()
+        log_lik = family.distribution().log_prob(batch).mean(0)
+        (-log_lik.sum()).backward()
         opt.step()
-        trace[step] = float(log_lik.detach())
+        trace[step] = log_lik.detach().numpy()
     return trace
 
 

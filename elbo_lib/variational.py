@@ -20,7 +20,13 @@ gradient of :func:`elbo_lib.bounds.monte_carlo_elbo` or the score-function gradi
 :func:`elbo_lib.bounds.score_function_elbo_surrogate` (Ranganath, Gerrish and Blei
 2014): the same number of model evaluations per step for both.
 :func:`fit_gaussian_vi_parallel` runs many Gaussian fits (a step-size sweep over seeds)
-in one batched computation (chapter 5).
+in one batched computation (chapter 5). A family built with ``num_runs = R > 1`` holds R
+independent members (its distribution has batch shape (R,)), and :func:`fit_vi` trains
+them as R independent runs in one computation: a trained result is a statement about
+many runs, so chapter 7 fits every flow over several runs at the cost of about one.
+:func:`best_gaussian_by_quadrature` finds the best full-covariance Gaussian of a
+low-dimensional target deterministically, the independent answer that a Gaussian fit
+by stochastic VI is checked against.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ __all__ = [
     "DiagonalGaussian",
     "FullRankGaussian",
     "ParallelVIResult",
+    "QuadratureGaussianFit",
     "VIResult",
     "VariationalFamily",
+    "best_gaussian_by_quadrature",
     "fit_gaussian_vi_parallel",
     "fit_vi",
 ]
@@ -67,19 +75,29 @@ class VariationalFamily(nn.Module):
     ----------
     dim : int
         Dimension D of z.
+    num_runs : int
+        Number R of independent members the family holds (1 by default). With R > 1
+        every parameter has a leading run dimension, :meth:`distribution` has batch
+        shape (R,), and :func:`fit_vi` trains the members as R independent runs.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, num_runs: int = 1) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
+        self.num_runs = check_positive_int(num_runs, "num_runs")
+
+    def _run_shape(self) -> tuple[int, ...]:
+        """() for one member, (R,) for R independent ones: the parameters' leading shape."""
+        return () if self.num_runs == 1 else (self.num_runs,)
 
     def distribution(self) -> Distribution:
-        """q as a torch distribution with empty batch shape and event shape (D,)."""
+        """q with event shape (D,); batch shape () for one member, (R,) for R runs."""
         raise NotImplementedError(f"{type(self).__name__} must implement distribution()")
 
     def num_parameters(self) -> int:
-        """Number of free (trainable) variational parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        """Number of free (trainable) variational parameters of one member."""
+        total = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return total // self.num_runs
 
 
 class DiagonalGaussian(VariationalFamily):
@@ -93,30 +111,33 @@ class DiagonalGaussian(VariationalFamily):
         Dimension D of z.
     init_scale : float
         Initial standard deviation of every coordinate (> 0); the mean starts at 0.
+    num_runs : int
+        Independent members R (parameters of shape (R, D) when R > 1).
     """
 
-    def __init__(self, dim: int, init_scale: float = 0.1) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, init_scale: float = 0.1, num_runs: int = 1) -> None:
+        super().__init__(dim, num_runs)
         init_scale = check_positive(init_scale, "init_scale")
-        self.mean = nn.Parameter(torch.zeros(self.dim, dtype=DTYPE))
+        shape = (*self._run_shape(), self.dim)
+        self.mean = nn.Parameter(torch.zeros(shape, dtype=DTYPE))
         self.raw_std = nn.Parameter(
-            torch.full((self.dim,), _inverse_softplus(init_scale), dtype=DTYPE))
+            torch.full(shape, _inverse_softplus(init_scale), dtype=DTYPE))
 
     def std(self) -> torch.Tensor:
-        """Standard deviations, shape (D,)."""
+        """Standard deviations, shape (D,) (or (R, D))."""
         return softplus(self.raw_std)
 
     def scale_tril(self) -> torch.Tensor:
-        """The Cholesky factor of the covariance: diag(std), shape (D, D)."""
-        return torch.diag(self.std())
+        """The Cholesky factor of the covariance: diag(std), shape (D, D) (or (R, D, D))."""
+        return torch.diag_embed(self.std())
 
     def distribution(self) -> Distribution:
         """``Independent(Normal(mean, std), 1)``."""
         return Independent(Normal(self.mean, self.std()), 1)
 
     def covariance(self) -> np.ndarray:
-        """diag(std^2) as a NumPy array."""
-        return np.diag(self.std().detach().numpy() ** 2)
+        """diag(std^2) as a NumPy array, shape (D, D) (or (R, D, D))."""
+        return torch.diag_embed(self.std().detach() ** 2).numpy()
 
 
 class FullRankGaussian(VariationalFamily):
@@ -132,22 +153,27 @@ class FullRankGaussian(VariationalFamily):
     init_scale : float
         Initial standard deviation of every coordinate (> 0): L = init_scale I at the
         start, and the mean starts at 0.
+    num_runs : int
+        Independent members R (``mean`` of shape (R, D), ``raw_scale_tril`` (R, D, D)
+        when R > 1). Restarts from different means: set ``mean`` before fitting.
     """
 
-    def __init__(self, dim: int, init_scale: float = 0.1) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, init_scale: float = 0.1, num_runs: int = 1) -> None:
+        super().__init__(dim, num_runs)
         init_scale = check_positive(init_scale, "init_scale")
-        self.mean = nn.Parameter(torch.zeros(self.dim, dtype=DTYPE))
-        self.raw_scale_tril = nn.Parameter(
-            torch.diag(torch.full((self.dim,), _inverse_softplus(init_scale), dtype=DTYPE)))
+        runs = self._run_shape()
+        self.mean = nn.Parameter(torch.zeros((*runs, self.dim), dtype=DTYPE))
+        self.raw_scale_tril = nn.Parameter(torch.diag_embed(
+            torch.full((*runs, self.dim), _inverse_softplus(init_scale), dtype=DTYPE)))
 
     def scale_tril(self) -> torch.Tensor:
-        """The Cholesky factor L of the covariance, shape (D, D)."""
+        """The Cholesky factor L of the covariance, shape (D, D) (or (R, D, D))."""
         raw = self.raw_scale_tril
-        return torch.tril(raw, -1) + torch.diag(softplus(torch.diagonal(raw)))
+        return torch.tril(raw, -1) + torch.diag_embed(
+            softplus(torch.diagonal(raw, dim1=-2, dim2=-1)))
 
     def std(self) -> torch.Tensor:
-        """Marginal standard deviations sqrt(diag(L L^T)), shape (D,)."""
+        """Marginal standard deviations sqrt(diag(L L^T)), shape (D,) (or (R, D))."""
         return self.scale_tril().pow(2).sum(-1).sqrt()
 
     def distribution(self) -> Distribution:
@@ -155,9 +181,9 @@ class FullRankGaussian(VariationalFamily):
         return MultivariateNormal(self.mean, scale_tril=self.scale_tril())
 
     def covariance(self) -> np.ndarray:
-        """L L^T as a NumPy array."""
+        """L L^T as a NumPy array, shape (D, D) (or (R, D, D))."""
         low = self.scale_tril().detach()
-        return (low @ low.T).numpy()
+        return (low @ low.transpose(-1, -2)).numpy()
 
     def num_parameters(self) -> int:
         """D + D(D+1)/2: the strict upper triangle of ``raw_scale_tril`` is unused."""
@@ -174,10 +200,11 @@ class VIResult:
         The fitted family (the object passed in, trained in place).
     steps : ndarray
         Steps at which the ELBO was evaluated (0, every ``eval_every``, the last).
-    elbo : ndarray
-        ELBO estimates at those steps (``eval_samples`` fresh samples each).
+    elbo : ndarray, shape (T,) or (T, R)
+        ELBO estimates at those steps (``eval_samples`` fresh samples each), one column
+        per run for a family with ``num_runs = R > 1``.
     model_evaluations : int
-        log-joint evaluations spent on gradients (num_steps x num_samples).
+        log-joint evaluations spent on gradients by each run (num_steps x num_samples).
     info : dict
         The estimator and the number of samples per step.
     """
@@ -214,10 +241,15 @@ def fit_vi(
         Maps samples of shape (S, D) to log p(x, z), shape (S,); differentiable in z for
         the pathwise estimator.
     family : VariationalFamily
-        The family to fit; its parameters are trained in place.
+        The family to fit; its parameters are trained in place. With ``num_runs = R >
+        1`` its R members are R independent runs: each draws its own samples, and the
+        loss is the sum of their negative ELBOs, so each member's gradient (and Adam,
+        elementwise, its step) is exactly what it would be alone. ``log_joint`` then
+        sees the R runs' samples stacked, shape (S * R, D).
     estimator : {"pathwise", "score"}
         The pathwise estimator needs ``rsample``; the score-function estimator needs
-        ``log_prob`` at arbitrary points (not available for flows without an inverse).
+        ``log_prob`` at arbitrary points (not available for flows without an inverse),
+        and one run (``num_runs = 1``).
     num_samples, num_steps : int
         S per step (>= 2 for the leave-one-out baseline) and number of Adam steps.
     lr : float
@@ -246,6 +278,10 @@ def fit_vi(
         raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    runs = family.num_runs
+    if runs > 1 and estimator != "pathwise":
+        raise ValueError(f"a family with num_runs = {runs} is fitted with the pathwise "
+                         f"estimator only, got estimator={estimator!r}")
     loo = estimator == "score" and baseline == "leave-one-out"
     num_samples = check_positive_int(num_samples, "num_samples", 2 if loo else 1)
     num_steps = check_positive_int(num_steps, "num_steps")
@@ -262,26 +298,30 @@ def fit_vi(
         hint = f" (a smaller lr than {lr} may help)" if "finite" in str(err) else ""
         return ValueError(f"fit_vi stopped at step {step} of {num_steps}: {err}{hint}")
 
+    def elbo(num: int) -> torch.Tensor:
+        q = family.distribution()
+        if runs == 1:
+            return monte_carlo_elbo(log_joint, q, num)
+        return _elbo_of_runs(log_joint, q, num)
+
     def record(step: int) -> None:
         try:
             with torch.no_grad():
-                value = float(monte_carlo_elbo(log_joint, family.distribution(),
-                                               eval_samples))
+                value = elbo(eval_samples).numpy().copy()
         except ValueError as err:
             raise stopped(step, err) from err
         steps.append(step)
-        trace.append(value)
+        trace.append(float(value) if runs == 1 else value)
 
     record(0)
     for step in range(1, num_steps + 1):
         opt.zero_grad()
         try:
-            q = family.distribution()
             if estimator == "pathwise":
-                loss = -monte_carlo_elbo(log_joint, q, num_samples)
+                loss = -elbo(num_samples).sum()      # the sum of R independent runs
             else:
-                surrogate, _ = score_function_elbo_surrogate(log_joint, q, num_samples,
-                                                             baseline=baseline)
+                surrogate, _ = score_function_elbo_surrogate(
+                    log_joint, family.distribution(), num_samples, baseline=baseline)
                 loss = -surrogate
             if not torch.isfinite(loss):
                 raise ValueError("the loss is not finite")
@@ -293,7 +333,31 @@ def fit_vi(
             record(step)
     return VIResult(family, np.asarray(steps), np.asarray(trace), num_steps * num_samples,
                     {"family": type(family).__name__, "estimator": estimator,
-                     "num_samples": num_samples})
+                     "num_samples": num_samples, "num_runs": runs})
+
+
+def _elbo_of_runs(log_joint: Callable[[torch.Tensor], torch.Tensor], q: Distribution,
+                  num_samples: int) -> torch.Tensor:
+    """Pathwise Monte Carlo ELBO of each member of a q with batch shape (R,), shape (R,).
+
+    The R members' samples (S, R, D) go to ``log_joint`` stacked as (S * R, D), so a
+    log-joint written for one q serves every run.
+    """
+    if len(q.batch_shape) != 1:
+        raise ValueError(f"q must have batch shape (R,) for R runs, got "
+                         f"{tuple(q.batch_shape)}")
+    z = q.rsample((num_samples,))
+    s, r = z.shape[:2]
+    log_p = log_joint(z.reshape(s * r, *z.shape[2:]))
+    if not isinstance(log_p, torch.Tensor) or log_p.shape != (s * r,):
+        shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
+        raise ValueError(f"log_joint must return a tensor of shape ({s * r},) for the "
+                         f"{r} runs' samples stacked, got {shape}")
+    terms = log_p.reshape(s, r) - q.log_prob(z)
+    if not bool(torch.isfinite(terms).all()):
+        raise ValueError("log_joint(z) - q.log_prob(z) must be finite for every sample "
+                         "of every run")
+    return terms.mean(0)
 
 
 # --------------------------------------------------------------------------------------
@@ -502,3 +566,112 @@ def fit_gaussian_vi_parallel(
     diverged = ~np.isfinite(final) | (final < elbo[:, 0])
     return ParallelVIResult(lrs_np, mu.detach().numpy(), low.numpy(), np.asarray(steps),
                             elbo, final, diverged, num_steps * num_samples)
+
+
+@dataclass
+class QuadratureGaussianFit:
+    """Output of :func:`best_gaussian_by_quadrature`: one local optimum per start.
+
+    Attributes
+    ----------
+    mean : ndarray (N, D)
+    scale_tril : ndarray (N, D, D)
+        The optimum q = N(mean, L L^T) reached from each of the N starts.
+    elbo : ndarray (N,)
+        Its ELBO by Gauss-Hermite quadrature.
+    best : int
+        The start whose optimum has the largest ELBO.
+    """
+
+    mean: np.ndarray
+    scale_tril: np.ndarray
+    elbo: np.ndarray
+    best: int
+
+
+def best_gaussian_by_quadrature(log_density: Callable[[torch.Tensor], torch.Tensor],
+                                starts, *, num_nodes: int = 40,
+                                max_iter: int = 500) -> QuadratureGaussianFit:
+    r"""The best full-covariance Gaussian q of a low-dimensional target, without sampling.
+
+    Maximises
+
+    .. math::
+
+        \mathcal L(m, L) = \sum_j w_j \log \tilde p(m + L t_j) + \log|\det L|
+        + \tfrac D2 \log(2\pi e)
+
+    over the mean m and the Cholesky factor L (positive diagonal), the ELBO of
+    q = N(m, L L^T) with E_q computed by the tensor-product Gauss-Hermite rule
+    (probabilists' nodes t_j, normalised weights w_j; ``num_nodes`` per dimension), by
+    L-BFGS (SciPy) with exact gradients (autograd), from each start's mean with L = I.
+    A deterministic, independent answer for a Gaussian fitted by stochastic VI: the
+    reverse KL has local optima (on a target with two modes a Gaussian can sit on
+    either or between them), so give many starts and take ``best``. Chapter 7.
+
+    Parameters
+    ----------
+    log_density : callable
+        Maps points (N, D) (float64 tensor) to the unnormalised log target, shape (N,),
+        differentiable.
+    starts : array_like, shape (num_starts, D)
+        Starting means; D <= 3 (the rule has ``num_nodes ** D`` points).
+    num_nodes : int
+        Gauss-Hermite nodes per dimension (>= 2).
+    max_iter : int
+        L-BFGS iterations per start.
+
+    Returns
+    -------
+    QuadratureGaussianFit
+    """
+    from numpy.polynomial.hermite_e import hermegauss
+    from scipy.optimize import minimize
+
+    if not callable(log_density):
+        raise TypeError(f"log_density must be callable, got {type(log_density).__name__}")
+    starts = np.atleast_2d(as_float_array(starts, "starts"))
+    if starts.ndim != 2 or not 1 <= starts.shape[1] <= 3 or starts.shape[0] < 1:
+        raise ValueError(f"starts must have shape (num_starts, D) with 1 <= D <= 3, got "
+                         f"{starts.shape}")
+    num_nodes = check_positive_int(num_nodes, "num_nodes", 2)
+    max_iter = check_positive_int(max_iter, "max_iter")
+    d = starts.shape[1]
+    nodes_1d, weights_1d = hermegauss(num_nodes)
+    grids = np.meshgrid(*[nodes_1d] * d, indexing="ij")
+    nodes = torch.as_tensor(np.stack([g.ravel() for g in grids], -1), dtype=DTYPE)
+    weights = torch.as_tensor(np.prod(np.meshgrid(*[weights_1d / weights_1d.sum()] * d,
+                                                  indexing="ij"), 0).ravel(), dtype=DTYPE)
+    rows, cols = np.tril_indices(d, -1)
+    const = 0.5 * d * (1.0 + math.log(2 * math.pi))
+
+    def unpack(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low = torch.diag_embed(torch.exp(theta[d:2 * d]))
+        if rows.size:
+            low = low.index_put((torch.as_tensor(rows), torch.as_tensor(cols)),
+                                theta[2 * d:])
+        return theta[:d], low
+
+    def negative_elbo(theta_np: np.ndarray) -> tuple[float, np.ndarray]:
+        theta = torch.as_tensor(theta_np, dtype=DTYPE).requires_grad_(True)
+        mean, low = unpack(theta)
+        values = log_density(mean + nodes @ low.T)
+        elbo = values @ weights + theta[d:2 * d].sum() + const
+        (grad,) = torch.autograd.grad(-elbo, theta)
+        return -float(elbo.detach()), grad.numpy()
+
+    means, lows, elbos = [], [], []
+    for start in starts:
+        theta0 = np.concatenate([start, np.zeros(d), np.zeros(rows.size)])
+        result = minimize(negative_elbo, theta0, jac=True, method="L-BFGS-B",
+                          options={"maxiter": max_iter})
+        if not np.isfinite(result.fun):
+            raise ValueError(f"the quadrature ELBO is not finite at the optimum from "
+                             f"start {start.tolist()}")
+        mean, low = unpack(torch.as_tensor(result.x, dtype=DTYPE))
+        means.append(mean.numpy())
+        lows.append(low.numpy())
+        elbos.append(-result.fun)
+    elbos = np.asarray(elbos)
+    return QuadratureGaussianFit(np.stack(means), np.stack(lows), elbos,
+                                 int(np.argmax(elbos)))

@@ -148,6 +148,13 @@ BAD_INPUTS = {
         (lambda: fmt_below("1e-16", 1e-12), TypeError, r"value must be a real number, got str"),
         (lambda: fmt_below(1e-16, 1e-12, name=3), TypeError, r"name must be a str"),
     ],
+    "fmt_rounded": [
+        (lambda: fmt_rounded(float("inf"), digits=3), ValueError, r"x must be finite"),
+        (lambda: fmt_rounded("1.5", digits=3), TypeError, r"x must be a real number, got str"),
+        (lambda: fmt_rounded(1.0), ValueError, r"exactly one of digits= and decimals="),
+        (lambda: fmt_rounded(1.0, digits=0), ValueError, r"digits must be >= 1"),
+        (lambda: fmt_rounded(1.0, decimals=1.5), TypeError, r"decimals must be an int"),
+    ],
 }
 
 EXTREME_INPUTS = {

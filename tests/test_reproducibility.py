@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from elbo_lib import seed_everything
+from elbo_lib import seed_everything, training_seed
 from elbo_lib.reproducibility import TORCH_THREADS
 
 
@@ -63,6 +63,11 @@ BAD_INPUTS = {
         (lambda: seed_everything(None), TypeError, r"seed must be an integer"),
         (lambda: seed_everything(2**32), ValueError, r"seed must be <= 2\*\*32 - 1"),
     ],
+    "training_seed": [
+        (lambda: training_seed(-1), ValueError, r"seed must be >= 0"),
+        (lambda: training_seed(1.5), TypeError, r"seed must be an integer"),
+        (lambda: training_seed("1"), TypeError, r"seed must be an integer"),
+    ],
 }
 
 EXTREME_INPUTS = {
@@ -72,3 +77,18 @@ EXTREME_INPUTS = {
              out, np.random.default_rng(2**32 - 1).integers(0, 2**31, size=3))),
     ],
 }
+
+
+def test_training_seed_shift(monkeypatch):
+    """training_seed is the chapter's seed unless ELBO_TRAINING_SEED_SHIFT shifts it
+    (make test-portable's configuration that re-runs trained results from other seeds)."""
+    from elbo_lib.reproducibility import SEED_SHIFT_VARIABLE
+
+    monkeypatch.delenv(SEED_SHIFT_VARIABLE, raising=False)
+    assert training_seed(3) == 3
+    monkeypatch.setenv(SEED_SHIFT_VARIABLE, "1000")
+    assert training_seed(3) == 1003
+    for bad in ("-1", "x", "1.5"):
+        monkeypatch.setenv(SEED_SHIFT_VARIABLE, bad)
+        with pytest.raises(ValueError, match="ELBO_TRAINING_SEED_SHIFT must be"):
+            training_seed(3)

@@ -19,6 +19,7 @@ from elbo_lib.variational import (
     DiagonalGaussian,
     FullRankGaussian,
     VariationalFamily,
+    best_gaussian_by_quadrature,
     fit_gaussian_vi_parallel,
     fit_vi,
 )
@@ -272,6 +273,7 @@ BAD_INPUTS = {
     ],
     "FullRankGaussian": [
         (lambda: FullRankGaussian(-1), ValueError, r"dim must be >= 1"),
+        (lambda: FullRankGaussian(2, num_runs=0), ValueError, r"num_runs must be >= 1"),
         (lambda: FullRankGaussian(2, init_scale=-1.0), ValueError,
          r"init_scale must be a finite number > 0"),
         (lambda: FullRankGaussian(2, init_scale=np.nan), ValueError,
@@ -324,9 +326,22 @@ BAD_INPUTS = {
         (lambda: fit_gaussian_vi_parallel(_nan_log_joint, 2, [0.1], num_steps=2), ValueError,
          r"log_joint .*not finite at the starting point"),
     ],
+    "best_gaussian_by_quadrature": [
+        (lambda: best_gaussian_by_quadrature(_std_log_joint, [[0.0] * 4]), ValueError,
+         r"starts must have shape \(num_starts, D\) with 1 <= D <= 3"),
+        (lambda: best_gaussian_by_quadrature(_std_log_joint, [[0.0, 0.0]], num_nodes=1),
+         ValueError, r"num_nodes must be >= 2"),
+        (lambda: best_gaussian_by_quadrature("f", [[0.0, 0.0]]), TypeError,
+         r"log_density must be callable"),
+        (lambda: best_gaussian_by_quadrature(_std_log_joint, [[np.nan, 0.0]]), ValueError,
+         r"starts"),
+        (lambda: best_gaussian_by_quadrature(_std_log_joint, [[0.0, 0.0]], max_iter=0),
+         ValueError, r"max_iter must be >= 1"),
+    ],
 }
 
 NO_INPUTS = {
+    "QuadratureGaussianFit": "a result object returned by best_gaussian_by_quadrature",
     "VIResult": "a result object returned by fit_vi",
     "ParallelVIResult": "a result object returned by fit_gaussian_vi_parallel",
 }
@@ -356,3 +371,111 @@ EXTREME_INPUTS = {
                       np.testing.assert_allclose(res.scale_tril, [[[1.0]]], rtol=1e-12))),
     ],
 }
+
+
+# --------------------------------------------------------------------------------------
+# R independent runs in one family (num_runs), chapter 7
+# --------------------------------------------------------------------------------------
+def test_runs_are_scored_each_on_its_own_samples():
+    """The ELBO of each run against its closed form: q_r = N(m_r, I) under the target
+    N(0, I) (normalised) has ELBO -|m_r|^2 / 2. A run scored on another run's samples
+    (a wrong reshape of the stacked samples) gives the average instead."""
+    torch.manual_seed(0)
+    family = DiagonalGaussian(2, init_scale=1.0, num_runs=3)
+    starts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        family.mean.copy_(starts)
+        family.raw_std.fill_(math.log(math.e - 1))           # softplus^-1(1): std 1
+    standard = Independent(Normal(torch.zeros(2, dtype=torch.float64),
+                                  torch.ones(2, dtype=torch.float64)), 1)
+    result = fit_vi(standard.log_prob, family, num_samples=2, num_steps=1, lr=1e-12,
+                    eval_every=1, eval_samples=20_000)
+    assert result.elbo.shape == (2, 3) and result.info["num_runs"] == 3
+    exact = -0.5 * (starts**2).sum(-1).numpy()
+    # Monte Carlo s.e. of each estimate: sqrt(|m|^2 + 1/2) / sqrt(20000) < 0.02
+    np.testing.assert_allclose(result.elbo[0], exact, atol=0.07)
+
+
+def test_runs_fit_independently_to_the_posterior():
+    """Four full-rank runs from four different starts each reach the exact posterior
+    (the KL excess bound of the single-run tests), in one batched fit."""
+    torch.manual_seed(3)
+    family = FullRankGaussian(2, init_scale=0.5, num_runs=4)
+    with torch.no_grad():
+        family.mean.copy_(torch.tensor([[5.0, 5.0], [-5, 0], [0, -6], [1, 1]]))
+    fit_vi(log_joint, family, num_samples=16, num_steps=600, lr=0.05, eval_every=600,
+           eval_samples=16)
+    fit_vi(log_joint, family, num_samples=32, num_steps=300, lr=0.005, eval_every=300,
+           eval_samples=16)
+    covariances = family.covariance()
+    assert covariances.shape == (4, 2, 2)
+    for mean, cov in zip(family.mean.detach().numpy(), covariances, strict=True):
+        assert _kl_to_target(mean, cov) < KL_EXCESS_TOL
+
+
+def test_batched_family_matches_its_members():
+    """log q of a num_runs family, run by run, equals a single family holding that run's
+    parameters (the unbatched code path)."""
+    torch.manual_seed(1)
+    batch = FullRankGaussian(3, num_runs=2)
+    with torch.no_grad():
+        batch.mean.normal_()
+        batch.raw_scale_tril.normal_()
+    points = torch.randn(7, 3, dtype=torch.float64)
+    log_q = batch.distribution().log_prob(points[:, None, :])
+    for r in range(2):
+        single = FullRankGaussian(3)
+        with torch.no_grad():
+            single.mean.copy_(batch.mean[r])
+            single.raw_scale_tril.copy_(batch.raw_scale_tril[r])
+        torch.testing.assert_close(log_q[:, r], single.distribution().log_prob(points))
+    assert batch.num_parameters() == FullRankGaussian(3).num_parameters() == 9
+
+
+def test_runs_need_the_pathwise_estimator():
+    with pytest.raises(ValueError, match="num_runs = 2 is fitted with the pathwise"):
+        fit_vi(log_joint, DiagonalGaussian(2, num_runs=2), estimator="score")
+
+
+# --------------------------------------------------------------------------------------
+# the best Gaussian by quadrature, chapter 7
+# --------------------------------------------------------------------------------------
+def test_best_gaussian_by_quadrature_finds_a_gaussian_target_exactly():
+    """For a Gaussian target the best q is the target and the ELBO is log Z (the
+    Gauss-Hermite rule is exact for the quadratic log-density): a wrong entropy, log-det
+    or node scaling moves one of these."""
+    fit = best_gaussian_by_quadrature(log_joint, [[0.0, 0.0], [3.0, -1.0]],
+                                      num_nodes=8)
+    best = fit.best
+    np.testing.assert_allclose(fit.mean[best], MEAN.numpy(), atol=1e-5)
+    np.testing.assert_allclose(fit.scale_tril[best] @ fit.scale_tril[best].T,
+                               COV.numpy(), atol=1e-5)
+    np.testing.assert_allclose(fit.elbo, LOG_Z, atol=1e-8)
+
+
+def test_best_gaussian_by_quadrature_sees_local_optima():
+    """Two well-separated modes with weights 0.7 and 0.3: a start near each finds that
+    mode (reverse KL is mode-seeking), and the best is the heavier one, at
+    KL = -log 0.7 to the mixture (the other mode's mass is negligible under q)."""
+    weights = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    centres = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
+
+    def mixture(z):
+        comps = -0.5 * ((z[:, None, :] - centres) ** 2).sum(-1) - math.log(2 * math.pi)
+        return torch.logsumexp(comps + weights.log(), -1)
+
+    fit = best_gaussian_by_quadrature(mixture, [[-3.0, 0.5], [3.0, 0.5]])
+    np.testing.assert_allclose(fit.mean[:, 0], [-4.0, 4.0], atol=1e-3)
+    assert fit.best == 0
+    np.testing.assert_allclose(-fit.elbo, -np.log([0.7, 0.3]), atol=5e-4)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"starts": [[0.0] * 4]}, ValueError, r"starts must have shape \(num_starts, D\)"),
+    ({"starts": [[0.0, 0.0]], "num_nodes": 1}, ValueError, "num_nodes"),
+    ({"starts": [[0.0, 0.0]], "log_density": 3}, TypeError, "log_density must be callable"),
+])
+def test_best_gaussian_by_quadrature_rejects_bad_arguments(kwargs, error, match):
+    kwargs = {"log_density": log_joint, **kwargs}
+    with pytest.raises(error, match=match):
+        best_gaussian_by_quadrature(**kwargs)
