@@ -71,8 +71,13 @@ def as_numeric_array(x, name: str, dtype=np.float64, *,
     ValueError
         If an entry is an int beyond the range of float64.
     """
-    if isinstance(x, np.ndarray) and x.dtype == dtype:
-        return x  # the fast path: already converted
+    if type(x) is np.ndarray:  # the fast paths (subclasses become plain arrays below)
+        if x.dtype == dtype:
+            return x
+        if x.dtype.kind in "fiu":
+            return x.astype(dtype)
+    elif type(x) is float:
+        return np.asarray(x, dtype=dtype)
     if isinstance(x, torch.Tensor):
         if x.is_complex():
             raise TypeError(f"{name} must be real, got a complex tensor ({x.dtype})")
@@ -148,6 +153,8 @@ def _scalar_of(value):
 def _real_scalar(value, name: str, what: str) -> float:
     """``value`` as a float: a real number (NumPy scalars and 0-d real arrays or tensors
     included), never a bool, a string, a complex number or an int beyond float range."""
+    if type(value) is float:  # the common case, first
+        return value
     value = _scalar_of(value)
     if isinstance(value, bool | np.bool_) or not isinstance(value, Real | np.floating
                                                              | np.integer):
@@ -179,10 +186,11 @@ def check_int(value, name: str, minimum: int | None = None,
               maximum: int | None = None) -> int:
     """Return ``value`` as a Python int: an int, a NumPy integer or a 0-d integer array
     or tensor (never a bool), within [``minimum``, ``maximum``] where given."""
-    value = _scalar_of(value)
-    if isinstance(value, bool | np.bool_) or not isinstance(value, Integral | np.integer):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
+    if type(value) is not int:  # a Python int is the common case
+        value = _scalar_of(value)
+        if isinstance(value, bool | np.bool_) or not isinstance(value, Integral | np.integer):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+        value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:

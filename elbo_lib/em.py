@@ -108,9 +108,10 @@ def _check_theta(theta, name: str, like=None, n_features: int | None = None):
     return weights, means, cov
 
 
-def _normalise(weighted_log_prob: np.ndarray):
+def _normalise(weighted_log_prob: np.ndarray, top=None):
     """Log-sum-exp over components: per-point log p(x_i), responsibilities, log r."""
-    top = weighted_log_prob.max(axis=1, keepdims=True)
+    if top is None:
+        top = weighted_log_prob.max(axis=1, keepdims=True)
     e = np.exp(weighted_log_prob - top)
     s = e.sum(axis=1, keepdims=True)
     log_norm = top + np.log(s)
@@ -227,10 +228,10 @@ def _posterior(X, weights, means, prec_chol):
     take the ordinary path, bit for bit.
     """
     wlp = _weighted_log_prob(X, weights, means, prec_chol)
-    top = wlp.max(axis=1)
-    far = np.isneginf(top)
+    top = wlp.max(axis=1, keepdims=True)
+    far = np.isneginf(top[:, 0])
     if not far.any():
-        return _normalise(wlp)
+        return _normalise(wlp, top)
     with np.errstate(invalid="ignore"):
         log_norm, resp, log_resp = _normalise(wlp)
     diff = X[far][:, None, :] - means[None, :, :]

@@ -56,6 +56,9 @@ def test_numpy_side_conversion_detaches_requires_grad_tensors_and_keeps_values()
     # an array that is already float64 is returned as it is (no copy at the boundary)
     a = np.ones(3)
     assert as_float_array(a, "x") is a and as_numeric_array(a, "x") is a
+    # a subclass becomes a plain array, as np.asarray makes it (a masked array's data)
+    masked = np.ma.masked_array([1.0, 2.0], mask=[False, True])
+    assert type(as_float_array(masked, "x")) is np.ndarray
     # boolean data of one or more dimensions are 0/1 values
     np.testing.assert_array_equal(as_float_array(np.array([True, False]), "x"), [1.0, 0.0])
 
