@@ -21,9 +21,19 @@ The rule (also in CONTRIBUTING.md, "Portability"):
 * Every other output (other mime types, error names and values) is compared exactly, as
   nbval does; images are not compared (nbval's default).
 * A cell may loosen its tolerance only with cell metadata
-  ``"tolerance": {"rtol": <float>, "atol": <float, optional>, "why": "<measured reason>"}``.
+  ``"tolerance": {"rtol": <float>, "atol": <float, optional>, "why": "<measured reason>",
+  "seeds": {"runs": <int>, "seed_sets": <int>, "largest_change": <float>,
+  "run_spread": <float>}}``. Only a result of training or non-convex optimisation may be
+  loosened, and only by what its seeds measured: each printed statistic is over
+  ``runs`` >= 5 runs, it was recomputed under ``seed_sets`` >= 3 sets of training seeds
+  (``elbo_lib.training_seed``) and moved by at most ``largest_change`` (relative), and
+  single runs differ by ``run_spread`` (relative; the spread of the cell's noisiest
+  statistic, (max - min) / |median| over its runs).
+  ``rtol`` must lie in [largest_change, run_spread]: wide enough for other seeds (and
+  so other CPUs), never wider than the spread it documents.
   A malformed entry (no non-empty ``why``, unknown keys, a negative or non-finite value,
-  ``rtol >= 1``, or a tolerance on a cell whose output is not compared) fails that cell.
+  ``rtol >= 1``, no ``seeds`` record or one that ``rtol`` does not fit, or a tolerance on
+  a cell whose output is not compared) fails that cell.
 """
 
 from __future__ import annotations
@@ -39,7 +49,8 @@ DEFAULT_ATOL = 0.0
 # "6.668e-18". Everything between two numbers is text and must match exactly.
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 
-_TOLERANCE_KEYS = {"rtol", "atol", "why"}
+_TOLERANCE_KEYS = {"rtol", "atol", "why", "seeds"}
+_SEEDS_KEYS = {"runs", "seed_sets", "largest_change", "run_spread"}
 _MAX_REPORTED = 8
 
 
@@ -124,7 +135,9 @@ def cell_tolerance(metadata) -> tuple[float, float, str | None, str | None]:
     def bad(message):
         return DEFAULT_RTOL, DEFAULT_ATOL, None, (
             f"invalid cell metadata 'tolerance' {entry!r}: {message}; expected "
-            '{"rtol": <float>, "atol": <float, optional>, "why": "<measured reason>"}')
+            '{"rtol": <float>, "atol": <float, optional>, "why": "<measured reason>", '
+            '"seeds": {"runs": <int >= 5>, "seed_sets": <int >= 3>, '
+            '"largest_change": <float>, "run_spread": <float>}}')
 
     if not isinstance(entry, dict):
         return bad("it must be an object")
@@ -146,7 +159,35 @@ def cell_tolerance(metadata) -> tuple[float, float, str | None, str | None]:
         values[key] = float(value)
     if values["rtol"] >= 1:
         return bad("'rtol' >= 1 accepts any number of the same sign: it compares nothing")
+    problem = _seeds_problem(entry.get("seeds"), values["rtol"])
+    if problem:
+        return bad(problem)
     return values["rtol"], values["atol"], why.strip(), None
+
+
+def _seeds_problem(seeds, rtol: float) -> str | None:
+    """Why a tolerance's ``seeds`` record does not justify ``rtol`` (None if it does)."""
+    if not isinstance(seeds, dict):
+        return ("'seeds' is missing: only a result over several runs may be loosened, by "
+                "the change measured under other training seeds")
+    if set(seeds) != _SEEDS_KEYS:
+        return f"'seeds' must have exactly the keys {sorted(_SEEDS_KEYS)}"
+    for key, minimum in (("runs", 5), ("seed_sets", 3)):
+        value = seeds[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            return f"'seeds.{key}' must be an int >= {minimum}, got {value!r}"
+    for key in ("largest_change", "run_spread"):
+        value = seeds[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                math.isfinite(value) and value >= 0):
+            return f"'seeds.{key}' must be a finite number >= 0, got {value!r}"
+    if rtol < seeds["largest_change"]:
+        return (f"'rtol' {rtol:g} is below the change measured under other seeds "
+                f"({seeds['largest_change']:g}): the cell would fail on them")
+    if rtol > seeds["run_spread"]:
+        return (f"'rtol' {rtol:g} is larger than the spread between runs it documents "
+                f"({seeds['run_spread']:g})")
+    return None
 
 
 def _describe_tolerance(rtol: float, atol: float, why: str | None) -> str:

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WHY = "measured: float32 training, differs in the 4th digit under OPENBLAS_CORETYPE=Haswell"
+WHY = "measured: float32 training, differs in the 4th digit under other training seeds"
+SEEDS = {"runs": 5, "seed_sets": 3, "largest_change": 5e-4, "run_spread": 0.01}
 
 # (name, code the cell runs, committed stdout, cell metadata, expected outcome)
 STDOUT_CASES = [
@@ -34,22 +35,33 @@ STDOUT_CASES = [
     ("zero_vs_roundoff", 'print("mean 1e-17")', "mean 0\n", {}, "failed"),
     ("negative_zero", 'print("mean -0.0")', "mean 0\n", {}, "passed"),
     ("loosened_inside", 'print("loss 1.001")', "loss 1.000\n",
-     {"tolerance": {"rtol": 1e-3, "why": WHY}}, "passed"),
+     {"tolerance": {"rtol": 1e-3, "why": WHY, "seeds": SEEDS}}, "passed"),
     ("loosened_outside", 'print("loss 1.0011")', "loss 1.000\n",
-     {"tolerance": {"rtol": 1e-3, "why": WHY}}, "failed"),
+     {"tolerance": {"rtol": 1e-3, "why": WHY, "seeds": SEEDS}}, "failed"),
     ("loosened_word", 'print("lost 1.0")', "loss 1.0\n",
-     {"tolerance": {"rtol": 1e-3, "why": WHY}}, "failed"),
+     {"tolerance": {"rtol": 1e-3, "why": WHY, "seeds": SEEDS}}, "failed"),
     ("atol_inside", 'print("mean -1.4e-17")', "mean 6.7e-18\n",
-     {"tolerance": {"rtol": 0, "atol": 1e-15, "why": WHY}}, "passed"),
+     {"tolerance": {"rtol": 0, "atol": 1e-15, "why": WHY,
+                    "seeds": {**SEEDS, "largest_change": 0}}}, "passed"),
     ("atol_outside", 'print("mean 2e-15")', "mean 6.7e-18\n",
-     {"tolerance": {"rtol": 0, "atol": 1e-15, "why": WHY}}, "failed"),
+     {"tolerance": {"rtol": 0, "atol": 1e-15, "why": WHY,
+                    "seeds": {**SEEDS, "largest_change": 0}}}, "failed"),
     ("no_why", 'print("loss 1.0")', "loss 1.0\n", {"tolerance": {"rtol": 1e-3}}, "failed"),
+    ("no_seeds", 'print("loss 1.0")', "loss 1.0\n", {"tolerance": {"rtol": 1e-3, "why": WHY}},
+     "failed"),
+    ("rtol_beyond_run_spread", 'print("loss 1.0")', "loss 1.0\n",
+     {"tolerance": {"rtol": 0.02, "why": WHY, "seeds": SEEDS}}, "failed"),
+    ("rtol_below_seed_change", 'print("loss 1.0")', "loss 1.0\n",
+     {"tolerance": {"rtol": 1e-4, "why": WHY, "seeds": SEEDS}}, "failed"),
+    ("too_few_runs", 'print("loss 1.0")', "loss 1.0\n",
+     {"tolerance": {"rtol": 1e-3, "why": WHY, "seeds": {**SEEDS, "runs": 1}}}, "failed"),
     ("empty_why", 'print("loss 1.0")', "loss 1.0\n", {"tolerance": {"rtol": 1e-3, "why": " "}},
      "failed"),
     ("unknown_key", 'print("loss 1.0")', "loss 1.0\n",
-     {"tolerance": {"rtol": 1e-3, "rol": 1, "why": WHY}}, "failed"),
+     {"tolerance": {"rtol": 1e-3, "rol": 1, "why": WHY, "seeds": SEEDS}}, "failed"),
     ("ignored_with_tolerance", 'print("took 3.2 s")', "took 1.1 s\n",
-     {"tags": ["nbval-ignore-output"], "tolerance": {"rtol": 1e-3, "why": WHY}}, "failed"),
+     {"tags": ["nbval-ignore-output"],
+      "tolerance": {"rtol": 1e-3, "why": WHY, "seeds": SEEDS}}, "failed"),
     ("ignored", 'print("took 3.2 s")', "took 1.1 s\n", {"tags": ["nbval-ignore-output"]},
      "passed"),
 ]
@@ -153,6 +165,13 @@ def test_malformed_tolerance_messages(nbval_run):
     assert "'why' (the measured reason for loosening) is missing or empty" in _failure_section(
         stdout, results["no_why"][2])
     assert "unknown keys ['rol']" in _failure_section(stdout, results["unknown_key"][2])
+    assert "'seeds' is missing" in _failure_section(stdout, results["no_seeds"][2])
+    assert "larger than the spread between runs" in _failure_section(
+        stdout, results["rtol_beyond_run_spread"][2])
+    assert "below the change measured under other seeds" in _failure_section(
+        stdout, results["rtol_below_seed_change"][2])
+    assert "'seeds.runs' must be an int >= 5" in _failure_section(
+        stdout, results["too_few_runs"][2])
     assert "on a cell whose output is not compared" in _failure_section(
         stdout, results["ignored_with_tolerance"][2])
 

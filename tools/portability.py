@@ -57,10 +57,13 @@ CONFIGS = [
         "avx2", "an AVX2 CPU without AVX-512 (Intel Haswell to Comet Lake, AMD Zen)",
         {"OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
          "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, "Haswell", "AVX2"),
+    # ... and other training seeds: every trained result (seeded by training_seed) starts
+    # from other points, as chaotic training on another CPU effectively does
     KernelConfig(
-        "avx", "an AVX CPU without AVX2 (Intel Sandy/Ivy Bridge)",
+        "avx", "an AVX CPU without AVX2 (Intel Sandy/Ivy Bridge), and other training seeds",
         {"OPENBLAS_CORETYPE": "Sandybridge", "ATEN_CPU_CAPABILITY": "default",
-         "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}, "Sandybridge", "DEFAULT"),
+         "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ELBO_TRAINING_SEED_SHIFT": "1000"},
+        "Sandybridge", "DEFAULT"),
     KernelConfig(
         "sse4", "an SSE4.2 CPU (Intel Nehalem), MKL in its conditional-reproducibility mode, "
         "OpenBLAS on one thread",
@@ -73,11 +76,13 @@ import json, threadpoolctl, torch
 blas = [(i.get("architecture"), i["num_threads"]) for i in threadpoolctl.threadpool_info()
         if i["internal_api"] == "openblas"]
 torch.ones(64, 64) @ torch.ones(64, 64)  # initialise MKL: its warnings would go to stderr
-print(json.dumps({"openblas": blas, "torch": torch.backends.cpu.get_cpu_capability()}))
+from elbo_lib import training_seed
+print(json.dumps({"openblas": blas, "torch": torch.backends.cpu.get_cpu_capability(),
+                  "seed_shift": training_seed(0)}))
 """
 
 _SWITCHES = ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
-             "OPENBLAS_NUM_THREADS")
+             "OPENBLAS_NUM_THREADS", "ELBO_TRAINING_SEED_SHIFT")
 
 
 def config_env(config: KernelConfig) -> dict[str, str]:
@@ -102,6 +107,10 @@ def probe(config: KernelConfig) -> str | None:
     if archs != [config.openblas] or found["torch"] != config.torch:
         return (f"kernels not switched: OpenBLAS {archs} (expected [{config.openblas!r}]), "
                 f"torch {found['torch']} (expected {config.torch})")
+    shift = int(config.env.get("ELBO_TRAINING_SEED_SHIFT", "0"))
+    if found["seed_shift"] != shift:
+        return f"training seeds not shifted: training_seed(0) = {found['seed_shift']}, " \
+               f"expected {shift}"
     threads = config.env.get("OPENBLAS_NUM_THREADS")
     if threads and [n for _, n in found["openblas"]] != [int(threads)]:
         return f"OpenBLAS threads {found['openblas']}, expected {threads}"
