@@ -27,6 +27,12 @@ with ``torch.mm`` on preallocated tensors (everything but the matrix products re
 the best any implementation of these layers could do), and (b) a 1024 x 1024 x 1024
 product (the CPU core's GEMM peak). A fraction is the time of (a) over the measured
 time, or the achieved FLOP rate over (b).
+
+When the epoch becomes arithmetic-bound. The same fraction (a) is measured for one epoch
+of ``train_vae`` over a grid of batch sizes and hidden widths (synthetic binary data of
+the digits' size, ``SWEEP_N`` images, so every cell does the same number of examples):
+the fraction rises towards 1 as the matrix products grow and the per-step framework
+overhead (autograd, Adam, the per-batch Python) is amortised.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ EQUALITY = (
     "FLOPs counted from the layer shapes; the same float32 matrix products alone, back to "
     r"back (`torch.mm`, one thread), and a $1024^3$ product for the core's peak.")
 LATENT, HIDDEN, BATCH, LR = 2, 128, 64, 1e-3
+#: The arithmetic-bound sweep: images per epoch, batch sizes and hidden widths.
+SWEEP_N, SWEEP_BATCHES, SWEEP_HIDDEN = 8192, (16, 64, 256, 1024), (32, 128, 512, 2048)
 
 
 class ReferenceVAE(nn.Module):
@@ -234,6 +242,35 @@ def machine_limit(model: VAE, n_train: int, n_val: int, n_test: int, k: int,
     return out
 
 
+def limit_sweep(config: Config) -> list[dict]:
+    """The fraction of one epoch's time spent in its matrix products, by batch and width.
+
+    For each (batch size, hidden width) one epoch of :func:`train_vae` on ``SWEEP_N``
+    synthetic binary 64-pixel images (plus a 64-image validation pass) is timed against
+    the same products run alone (:func:`gemm_runner`); both interleaved, median of
+    ``config.repeats``.
+    """
+    n, batches, widths = ((512, (16, 64), (32, 128)) if config.smoke
+                          else (SWEEP_N, SWEEP_BATCHES, SWEEP_HIDDEN))
+    gen = torch.Generator().manual_seed(config.seed)
+    x = (torch.rand(n, 64, generator=gen) < 0.3).float()
+    x_val = x[:64]
+    out = []
+    for hidden in widths:
+        for batch in batches:
+            seed_everything(config.seed)
+            model = VAE(64, latent_dim=LATENT, hidden=hidden)
+            products = epoch_products(model, n, len(x_val), batch)
+            t = measure({"epoch": lambda: train_vae(model, x, x_val, 1, batch_size=batch),
+                         "gemms": gemm_runner(products)}, config)
+            f = flops(products)
+            out.append({"hidden": hidden, "batch": batch, "flops": f,
+                        "epoch_s": t["epoch"].median, "gemm_only_s": t["gemms"].median,
+                        "epoch_gflops": f / t["epoch"].median / 1e9,
+                        "fraction": t["gemms"].median / t["epoch"].median})
+    return out
+
+
 def run(config: Config) -> dict:
     rng = seed_everything(config.seed)
     data = load_digits_split(rng)
@@ -280,4 +317,5 @@ def run(config: Config) -> dict:
     return {"name": "vae", "title": TITLE, "equality": EQUALITY, "rows": rows,
             "extra": {"iwae_points_per_s_ours": n / t["ours"].median,
                       "iwae_points_per_s_reference": n / t["reference"].median,
-                      "torch_threads": torch.get_num_threads(), "limit": limit}}
+                      "torch_threads": torch.get_num_threads(), "limit": limit,
+                      "limit_sweep": limit_sweep(config)}}

@@ -87,8 +87,34 @@ def test_limit_and_memory_are_recorded(smoke):
     assert {"EM, default E-step", "EM, chunked E-step", "EM, scikit-learn"} <= cases
     for r in mem["rows"]:
         assert r["memory"]["traced_peak_mb"] > 0 and r["memory"]["data_mb"] > 0
+    sweep = sections["vae"]["extra"]["limit_sweep"]
+    assert {(r["hidden"], r["batch"]) for r in sweep} == {(32, 16), (32, 64), (128, 16),
+                                                          (128, 64)}
+    for r in sweep:  # the products alone cannot take longer than the epoch that contains them
+        assert 0 < r["fraction"] < 1 and r["flops"] > 0
     md = (smoke["out"] / "results.md").read_text()
     assert "Fraction of the machine's limit" in md and "| chunked | " in md
+    assert "When does the epoch become arithmetic-bound?" in md
+
+
+def test_book_table_reports_cpu_against_the_goal():
+    from benchmarks._report import _book_md, _targets_md
+    from benchmarks.book import TARGET_CPU_S
+    from benchmarks._common import row
+    rows = []
+    for case, wall, cpu in (("01_elbo", 40.0, 31.0), ("06_vae", 150.0, 131.0)):
+        rows.append(row("book", case, {"notebook": case}, ours=wall, agreement="nbval",
+                        target=f"CPU < {TARGET_CPU_S:.0f} s", met=cpu < TARGET_CPU_S,
+                        notes="passed: 1 passed"))
+        rows[-1]["cpu_s"] = cpu
+    rows.append(row("book", "total", {"notebooks": 2}, ours=190.0, agreement="nbval",
+                    target="total < 300 s", met=True, notes="all passed"))
+    rows[-1]["cpu_s"] = 162.0
+    md = "\n".join(_book_md(rows))
+    assert "| 01_elbo | 40 | 31 | yes | passed |" in md
+    assert "| 06_vae | 150 | 131 | **no** | passed |" in md
+    targets = "\n".join(_targets_md([{"name": "book", "title": "book", "rows": rows}]))
+    assert "**not met** (06_vae)" in targets
 
 
 def test_peers_are_skipped_cleanly_when_missing(monkeypatch):
