@@ -23,7 +23,11 @@ exact answer to check it against (the oracles live in :mod:`elbo_lib.models`):
   (:func:`elbo_lib.models.dirichlet_mixture_log_evidence`) on small data.
 * :func:`bsc_variational_em` -- learning W, b, beta of binary sparse coding with mean-field
   E-steps (Goodfellow et al. 2016, section 19.4.4), with the exact log-likelihood
-  (:func:`elbo_lib.models.bsc_log_likelihood`) tracked by enumeration.
+  (:func:`elbo_lib.models.bsc_log_likelihood`) tracked by enumeration; its E-step can keep
+  the best of many starts per input (:func:`bsc_mean_field_multistart`).
+* :func:`svi_gaussian_mixture` -- stochastic variational inference with natural gradients
+  (Hoffman et al. 2013) for the mixture of :func:`cavi_gaussian_mixture`, checked against
+  full-batch CAVI.
 """
 
 from __future__ import annotations
@@ -67,11 +71,14 @@ __all__ = [
     "bsc_elbo_enumeration",
     "bsc_mean_field",
     "bsc_mean_field_batch",
+    "bsc_mean_field_multistart",
     "bsc_variational_em",
     "cavi_dirichlet_mixture",
     "cavi_gaussian",
     "cavi_gaussian_mixture",
     "cavi_normal_gamma",
+    "SVIMixtureResult",
+    "svi_gaussian_mixture",
     "dirichlet_mixture_elbo",
     "gaussian_mixture_elbo",
     "mean_field_gaussian",
@@ -489,6 +496,121 @@ def _cavi_mixture_once(x, m, sigma2, max_iter, tol) -> MixtureCAVIResult:
                              len(elbos) - 1, converged)
 
 
+
+@dataclass
+class SVIMixtureResult:
+    """Output of :func:`svi_gaussian_mixture`.
+
+    Attributes
+    ----------
+    means, variances : numpy.ndarray
+        m_k (K, d) and s_k^2 (K,) of the final q(mu_k).
+    elbo : numpy.ndarray
+        Full-data ELBO, with every q(c_i) at its optimum given q(mu), at the start and
+        after every ``record_every`` steps.
+    steps : numpy.ndarray of int
+        The step count at which each entry of ``elbo`` was recorded.
+    """
+
+    means: np.ndarray
+    variances: np.ndarray
+    elbo: np.ndarray
+    steps: np.ndarray
+
+
+def _optimal_resp(x, m, s2):
+    d = x.shape[1]
+    logits = x @ m.T - 0.5 * ((m**2).sum(axis=1) + d * s2)[None, :]
+    return np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+
+
+def svi_gaussian_mixture(x, n_components: int, prior_var: float = 10.0, *, init_means,
+                         rng: np.random.Generator | int, batch_size: int, num_steps: int,
+                         step_offset: float = 1.0, step_power: float = 0.7,
+                         record_every: int = 10) -> SVIMixtureResult:
+    """Stochastic variational inference (Hoffman et al. 2013) for the mixture of ch. 4.
+
+    The model and family of :func:`cavi_gaussian_mixture`. Each q(mu_k) = N(m_k, s_k^2 I)
+    is kept by its natural parameters lambda_k = (m_k / s_k^2, 1 / s_k^2). A step draws
+    ``batch_size`` points without replacement, sets their q(c_i) to the optimum given
+    q(mu) (the local step of CAVI), forms the CAVI update as if the minibatch, scaled
+    by n / batch_size, were the whole data set,
+
+        lambda_hat_k = (n / S) sum_{i in batch} phi_ik (x_i, 1) + (0, 1 / sigma^2),
+
+    and moves lambda <- (1 - rho_t) lambda + rho_t lambda_hat with
+    rho_t = (t + step_offset)^(-step_power), t = 1, 2, .... lambda_hat - lambda is an
+    unbiased estimate of the natural gradient of the ELBO (maximised over the local
+    factors) with respect to lambda; with ``batch_size = n`` and rho = 1 a step is one
+    CAVI iteration.
+
+    Parameters
+    ----------
+    x : array_like, shape (n, d) or (n,)
+    n_components : int
+    prior_var : float
+        sigma^2 > 0.
+    init_means : array_like, shape (K, d)
+        Initial m_k; the initial s_k^2 are 1 (as in :func:`cavi_gaussian_mixture`).
+    rng : numpy.random.Generator or int
+        Draws the minibatches.
+    batch_size : int
+        S, 1 <= S <= n.
+    num_steps : int
+    step_offset, step_power : float
+        tau >= 0 and kappa in [0, 1] of the step sizes (Robbins-Monro for kappa in
+        (0.5, 1]; kappa = 0 gives rho = 1).
+    record_every : int
+        Steps between two evaluations of the full-data ELBO.
+
+    Returns
+    -------
+    SVIMixtureResult
+    """
+    x, k, sigma2, _, _, _ = _check_mixture_problem(x, n_components, prior_var, 1, 1.0, 1)
+    num_steps = check_positive_int(num_steps, "num_steps")
+    n, d = x.shape
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if batch_size > n:
+        raise ValueError(f"batch_size must be <= n = {n}, got {batch_size}")
+    record_every = check_positive_int(record_every, "record_every")
+    tau = float(check_real(step_offset, "step_offset"))
+    if tau < 0:
+        raise ValueError(f"step_offset must be >= 0, got {tau}")
+    kappa = float(check_real(step_power, "step_power"))
+    if not 0.0 <= kappa <= 1.0:
+        raise ValueError(f"step_power must lie in [0, 1], got {kappa}")
+    rng = as_generator(rng)
+    m = _initial_means(x, k, init_means, None, 1)[0]
+    lam2 = np.ones(k)                                          # 1 / s_k^2
+    lam1 = m * lam2[:, None]                                   # m_k / s_k^2
+
+    def full_elbo():
+        s2 = 1.0 / lam2
+        mean = lam1 * s2[:, None]
+        value = _mixture_elbo(x, mean, s2, _optimal_resp(x, mean, s2), sigma2)
+        _check_elbo_finite(value, x, len(elbos))
+        return value
+
+    elbos, steps = [], []
+    elbos.append(full_elbo())
+    steps.append(0)
+    for t in range(1, num_steps + 1):
+        batch = x[rng.choice(n, size=batch_size, replace=False)]
+        s2 = 1.0 / lam2
+        phi = _optimal_resp(batch, lam1 * s2[:, None], s2)
+        scale = n / batch_size
+        hat2 = 1.0 / sigma2 + scale * phi.sum(axis=0)
+        hat1 = scale * phi.T @ batch
+        rho = (t + tau) ** (-kappa)
+        lam1 = (1 - rho) * lam1 + rho * hat1
+        lam2 = (1 - rho) * lam2 + rho * hat2
+        if t % record_every == 0 or t == num_steps:
+            elbos.append(full_elbo())
+            steps.append(t)
+    s2 = 1.0 / lam2
+    return SVIMixtureResult(lam1 * s2[:, None], s2, np.asarray(elbos), np.asarray(steps))
+
 # ---------------------------------------------------------------------------------------
 # 4. Binary sparse coding (Goodfellow et al. 2016, section 19.4.1)
 # ---------------------------------------------------------------------------------------
@@ -809,6 +931,80 @@ def bsc_mean_field_batch(v, weights, bias, noise_precision: float, *, init=None,
     return h
 
 
+def bsc_mean_field_multistart(v, weights, bias, noise_precision: float, *, starts=None,
+                              init=None, max_iter: int = 500,
+                              tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """The best of many sequential mean-field runs per input of binary sparse coding (ch. 4).
+
+    The ELBO of binary sparse coding is not concave in h_hat jointly: the sequential
+    updates of :func:`bsc_mean_field_batch` stop at the local optimum nearest their
+    start (from the prior, often a low one). This runs them from every row of
+    ``starts`` (the same starts for every input; default all 2^n_latent binary codes,
+    which begin the search in every explanation of the input) and from ``init`` if
+    given, and keeps, for each input, the run with the highest ELBO. With ``init``
+    among the starts the result's ELBO is never below that of the run from ``init``
+    alone, so variational EM with this E-step stays monotone.
+
+    Parameters
+    ----------
+    v : array_like, shape (N, n_visible)
+    weights : array_like, shape (n_visible, n_latent)
+    bias : array_like, shape (n_latent,)
+    noise_precision : float
+        beta > 0.
+    starts : array_like, shape (S, n_latent), optional
+        Starting h_hat shared by every input; default every binary code (n_latent <= 10).
+    init : array_like, shape (N, n_latent), optional
+        One more start per input (the previous E-step's result in variational EM).
+    max_iter, tol
+        As in :func:`bsc_mean_field_batch`.
+
+    Returns
+    -------
+    h_hat : numpy.ndarray, shape (N, n_latent)
+        The highest-ELBO optimum found for each input.
+    elbo : numpy.ndarray, shape (N,)
+        Its ELBO (:func:`bsc_elbo_batch`).
+    """
+    v, w, b, beta = check_bsc_batch_inputs(v, weights, bias, noise_precision)
+    n, n_h = v.shape[0], b.size
+    if starts is None:
+        check_enumerable(b, 10)
+        starts = np.array(list(product((0.0, 1.0), repeat=n_h)))
+    starts = as_float_array(starts, "starts", ndim=2)
+    if starts.shape[1] != n_h or np.any(starts < 0) or np.any(starts > 1):
+        raise ValueError(f"starts must hold probabilities of shape (S, {n_h}), "
+                         f"got shape {starts.shape}")
+    cand = np.repeat(starts[None, :, :], n, axis=0)            # (N, S, n_h)
+    if init is not None:
+        init = as_float_array(init, "init", ndim=2)
+        if init.shape != (n, n_h) or np.any(init < 0) or np.any(init > 1):
+            raise ValueError(f"init must hold probabilities of shape {(n, n_h)}, "
+                             f"got shape {init.shape}")
+        cand = np.concatenate([init[:, None, :], cand], axis=1)
+    max_iter = check_positive_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol")
+    num_starts = cand.shape[1]
+    v_rep = np.repeat(v, num_starts, axis=0)
+    h = cand.reshape(-1, n_h).copy()
+    gram = beta * w.T @ w
+    drive = b[None, :] + beta * v_rep @ w - 0.5 * np.diag(gram)[None, :]
+    off = gram - np.diag(np.diag(gram))
+    active = np.arange(h.shape[0])
+    for _ in range(max_iter):       # the sweeps of bsc_mean_field_batch, on unsettled rows
+        h_a, old = h[active], h[active].copy()
+        for i in range(n_h):
+            h_a[:, i] = expit(drive[active, i] - h_a @ off[:, i])
+        h[active] = h_a
+        active = active[np.max(np.abs(h_a - old), axis=1) >= tol]
+        if active.size == 0:
+            break
+    elbo = bsc_elbo_batch(h, v_rep, w, b, beta).reshape(n, num_starts)
+    best = np.argmax(elbo, axis=1)                              # ties: the first (init)
+    h = h.reshape(n, num_starts, n_h)[np.arange(n), best]
+    return h, elbo[np.arange(n), best]
+
+
 def bsc_elbo_batch(h_hat, v, weights, bias, noise_precision: float) -> np.ndarray:
     """Closed-form ELBO of :func:`bsc_elbo` for every row of ``v`` (chapter 4), shape (N,)."""
     v, w, b, beta = check_bsc_batch_inputs(v, weights, bias, noise_precision)
@@ -853,7 +1049,8 @@ class BSCLearningResult:
 
 
 def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, *,
-                       num_iter: int = 50, exact: bool = False) -> BSCLearningResult:
+                       num_iter: int = 50, exact: bool = False,
+                       starts=None) -> BSCLearningResult:
     """Learn theta = (W, b, beta) of binary sparse coding by (variational) EM (chapter 4).
 
     E-step: q(h_n) = prod_i Bernoulli(h_hat_ni) by sequential mean-field updates
@@ -878,6 +1075,11 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
         Number of E-step / M-step pairs.
     exact : bool
         Exact posterior in the E-step (n_latent <= 16).
+    starts : None, "codes" or array_like of shape (S, n_latent)
+        None: the E-step runs the sequential updates from the previous E-step's q only
+        (from the prior at the first). Otherwise it also restarts them from every row of
+        ``starts`` ("codes": all 2^n_latent binary codes) and keeps the best per input
+        (:func:`bsc_mean_field_multistart`).
 
     Returns
     -------
@@ -891,6 +1093,8 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
     num_iter = check_positive_int(num_iter, "num_iter")
     if exact:
         check_enumerable(b, 16, "init_bias")
+    if isinstance(starts, str) and starts != "codes":
+        raise ValueError(f"starts must be None, 'codes' or an array, got {starts!r}")
     n, n_v = v.shape
     codes = np.array(list(product((0.0, 1.0), repeat=b.size)))
     h = None
@@ -903,7 +1107,13 @@ def bsc_variational_em(v, init_weights, init_bias, init_noise_precision: float, 
             e_h = post @ codes
             e_hh = np.einsum("nc,ci,cj->ij", post, codes, codes)
             return e_h, e_hh, float(logsumexp(log_joint, axis=1).sum())
-        h_new = bsc_mean_field_batch(v, w, b, beta, init=h_prev, tol=1e-10, max_iter=500)
+        if starts is None:
+            h_new = bsc_mean_field_batch(v, w, b, beta, init=h_prev, tol=1e-10,
+                                         max_iter=500)
+        else:
+            h_new, _ = bsc_mean_field_multistart(
+                v, w, b, beta, starts=None if isinstance(starts, str) else starts,
+                init=h_prev if h_prev is not None else np.tile(expit(b), (n, 1)))
         e_hh = h_new.T @ h_new + np.diag((h_new * (1 - h_new)).sum(axis=0))
         return h_new, e_hh, float(bsc_elbo_batch(h_new, v, w, b, beta).sum())
 

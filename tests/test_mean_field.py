@@ -276,9 +276,11 @@ def test_bsc_bad_inputs(bsc_problem):
 from elbo_lib.mean_field import (  # noqa: E402
     bsc_elbo_batch,
     bsc_mean_field_batch,
+    bsc_mean_field_multistart,
     bsc_variational_em,
     cavi_dirichlet_mixture,
     dirichlet_mixture_elbo,
+    svi_gaussian_mixture,
 )
 from elbo_lib.models import dirichlet_mixture_log_evidence  # noqa: E402
 
@@ -398,6 +400,113 @@ def test_bsc_variational_em_m_step_is_the_maximiser(bsc_batch):
         assert bsc_elbo_batch(h, v, w1 + 0.01 * rng.normal(size=w1.shape), b1, beta1).sum() <= base
         assert bsc_elbo_batch(h, v, w1, b1 + 0.01 * rng.normal(size=4), beta1).sum() <= base
         assert bsc_elbo_batch(h, v, w1, b1, beta1 * np.exp(0.01 * rng.normal())).sum() <= base
+
+
+def test_bsc_multistart_is_the_best_of_its_starts_and_beats_random_restarts():
+    """Every start's run is a bsc_mean_field_batch run; the kept one has the highest ELBO;
+    no random start finds a higher optimum; the result never falls below init's run."""
+    rng = np.random.default_rng(8)
+    w = rng.normal(size=(6, 5))
+    w[:, 1] = w[:, 0] + 0.1 * rng.normal(size=6)       # explaining away: local optima
+    b = np.full(5, -1.0)
+    v = (rng.random((30, 5)) < 0.3) @ w.T + 0.5 * rng.normal(size=(30, 6))
+    h, elbo = bsc_mean_field_multistart(v, w, b, 4.0)
+    assert np.allclose(elbo, bsc_elbo_batch(h, v, w, b, 4.0), atol=1e-12)
+    codes = np.array(list(np.ndindex(*(2,) * 5)), dtype=float)
+    per_start = np.stack([
+        bsc_elbo_batch(bsc_mean_field_batch(v, w, b, 4.0, init=np.tile(c, (30, 1)),
+                                            tol=1e-10, max_iter=500), v, w, b, 4.0)
+        for c in codes
+    ])
+    assert np.allclose(elbo, per_start.max(axis=0), atol=1e-8)
+    prior_run = bsc_elbo_batch(bsc_mean_field_batch(v, w, b, 4.0, tol=1e-10, max_iter=500),
+                               v, w, b, 4.0)
+    assert np.any(elbo > prior_run + 1e-3)              # the prior start stalls on some
+    _, random_best = bsc_mean_field_multistart(v, w, b, 4.0, starts=rng.random((200, 5)))
+    assert np.all(random_best <= elbo + 1e-9)
+    assert np.all(elbo <= bsc_log_likelihood(v, w, b, 4.0))
+    bad = np.full((30, 5), 0.5)
+    bad[:, :2] = [1.0, 1.0]                             # a start the codes do not contain
+    _, with_init = bsc_mean_field_multistart(v, w, b, 4.0, starts=codes[:1], init=bad)
+    alone = bsc_elbo_batch(bsc_mean_field_batch(v, w, b, 4.0, init=bad, tol=1e-10,
+                                                max_iter=500), v, w, b, 4.0)
+    assert np.all(with_init >= alone - 1e-9)
+
+
+def test_bsc_variational_em_with_restarts_is_monotone_and_beats_warm_start(bsc_batch):
+    v, w, b, beta = bsc_batch
+    w0 = 0.3 * np.random.default_rng(5).normal(size=w.shape)
+    best = bsc_variational_em(v, w0, np.zeros(4), 1.0, num_iter=10, starts="codes")
+    warm = bsc_variational_em(v, w0, np.zeros(4), 1.0, num_iter=10)
+    assert np.all(np.diff(best.elbo) >= -1e-8)
+    assert np.all(best.elbo <= best.log_likelihood + 1e-10)
+    assert best.elbo[0] >= warm.elbo[0] - 1e-9
+    with pytest.raises(ValueError, match="starts must be None, 'codes' or an array"):
+        bsc_variational_em(v, w0, np.zeros(4), 1.0, starts="all")
+
+
+def test_svi_full_batch_unit_step_is_cavi(mixture_data):
+    x = mixture_data[0] if isinstance(mixture_data, tuple) else mixture_data
+    init = x[:3].copy()
+    cavi = cavi_gaussian_mixture(x, 3, 10.0, init_means=init, max_iter=7, tol=1e-300)
+    svi = svi_gaussian_mixture(x, 3, 10.0, init_means=init, rng=0, batch_size=x.shape[0],
+                               num_steps=7, step_power=0.0, record_every=1)
+    assert np.allclose(svi.means, cavi.means, atol=1e-12)
+    assert np.allclose(svi.variances, cavi.variances, atol=1e-14)
+
+
+def test_svi_step_is_the_natural_gradient_of_the_elbo():
+    """lambda_hat - lambda (full batch) = F(lambda)^-1 grad_lambda max_phi ELBO, with the
+    gradient by central differences of the closed-form ELBO and F the Hessian of the
+    log-normaliser A(lambda) = |lambda_1|^2 / (2 lambda_2) - (d/2) log lambda_2."""
+    from elbo_lib.mean_field import _optimal_resp, gaussian_mixture_elbo
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(40, 2)) + np.repeat([[2.0, 0.0], [-2.0, 1.0]], 20, axis=0)
+    lam2 = np.array([3.0, 5.0])
+    lam1 = np.array([[1.0, 0.5], [-4.0, 2.0]])
+    sigma2, d = 10.0, 2
+
+    def elbo(l1, l2):
+        s2 = 1 / l2
+        m = l1 * s2[:, None]
+        return gaussian_mixture_elbo(x, m, s2, _optimal_resp(x, m, s2), sigma2)
+
+    s2 = 1 / lam2
+    phi = _optimal_resp(x, lam1 * s2[:, None], s2)
+    hat1, hat2 = phi.T @ x, 1 / sigma2 + phi.sum(axis=0)
+    eps = 1e-5
+    for k in range(2):
+        theta = np.append(lam1[k], lam2[k])
+
+        def f(t, k=k):
+            l1, l2 = lam1.copy(), lam2.copy()
+            l1[k], l2[k] = t[:2], t[2]
+            return elbo(l1, l2)
+
+        def log_norm(t):
+            return t[:2] @ t[:2] / (2 * t[2]) - 0.5 * d * np.log(t[2])
+
+        basis = np.eye(3) * eps
+        grad = np.array([(f(theta + e) - f(theta - e)) / (2 * eps) for e in basis])
+        fisher = np.array([[(log_norm(theta + a + b) - log_norm(theta + a - b)
+                             - log_norm(theta - a + b) + log_norm(theta - a - b))
+                            / (4 * eps**2) for b in basis] for a in basis])
+        # sufficient statistics (mu, -|mu|^2 / 2): natural parameters (lambda_1, lambda_2)
+        nat = np.linalg.solve(fisher, grad)
+        want = np.append(hat1[k] - lam1[k], hat2[k] - lam2[k])
+        assert np.allclose(nat, want, rtol=1e-4, atol=1e-4), (nat, want)
+        assert np.abs(want).max() > 1.0                # not at the optimum: a real test
+
+
+def test_svi_reaches_the_cavi_optimum(mixture_data):
+    x = mixture_data[0] if isinstance(mixture_data, tuple) else mixture_data
+    init = x[:3].copy()
+    cavi = cavi_gaussian_mixture(x, 3, 10.0, init_means=init, tol=1e-12)
+    svi = svi_gaussian_mixture(x, 3, 10.0, init_means=init, rng=1,
+                               batch_size=max(1, x.shape[0] // 10), num_steps=2000)
+    match = np.linalg.norm(svi.means[:, None] - cavi.means[None], axis=2).argmin(axis=1)
+    assert np.abs(svi.means - cavi.means[match]).max() < 2 * np.sqrt(cavi.variances.max())
+    assert cavi.elbo[-1] - svi.elbo[-1] < 1.0
 
 
 def test_bsc_batch_validates(bsc_batch):
@@ -552,6 +661,35 @@ BAD_INPUTS = {
         (lambda: bsc_mean_field_batch(_BV_BATCH, _BW, _BB, np.nan), ValueError,
          r"noise_precision must be a finite number > 0"),
     ],
+    "bsc_mean_field_multistart": [
+        (lambda: bsc_mean_field_multistart(_BV, _BW, _BB, 4.0), ValueError,
+         r"v must have 2 dimension"),
+        (lambda: bsc_mean_field_multistart(_BV_BATCH, _BW, _BB, 4.0, starts=np.ones((2, 3))),
+         ValueError, r"starts must hold probabilities of shape \(S, 2\)"),
+        (lambda: bsc_mean_field_multistart(_BV_BATCH, _BW, _BB, 4.0,
+                                           init=np.full((3, 2), 2.0)),
+         ValueError, r"init must hold probabilities"),
+        (lambda: bsc_mean_field_multistart(np.zeros((1, 2)), np.zeros((2, 11)), np.zeros(11),
+                                           4.0),
+         ValueError, r"bias has n_latent = 11 .*n_latent <= 10"),
+    ],
+    "svi_gaussian_mixture": [
+        (lambda: svi_gaussian_mixture(_MIX_X, 2, init_means=_MIX_X[:2], rng=0,
+                                      batch_size=0, num_steps=5), ValueError,
+         r"batch_size must be"),
+        (lambda: svi_gaussian_mixture(_MIX_X, 2, init_means=_MIX_X[:2], rng=0,
+                                      batch_size=10**6, num_steps=5), ValueError,
+         r"batch_size must be <= n"),
+        (lambda: svi_gaussian_mixture(_MIX_X, 2, init_means=_MIX_X[:2], rng=0,
+                                      batch_size=2, num_steps=5, step_power=1.5),
+         ValueError, r"step_power must lie in \[0, 1\]"),
+        (lambda: svi_gaussian_mixture(_MIX_X, 2, init_means=_MIX_X[:2], rng=0,
+                                      batch_size=2, num_steps=5, step_offset=-1.0),
+         ValueError, r"step_offset must be >= 0"),
+        (lambda: svi_gaussian_mixture(_MIX_X, 2, init_means=_MIX_X[:1], rng=0,
+                                      batch_size=2, num_steps=5), ValueError,
+         r"init_means must have shape"),
+    ],
     "bsc_elbo_batch": [
         (lambda: bsc_elbo_batch(np.full((2, 2), 0.5), _BV_BATCH, _BW, _BB, 4.0), ValueError,
          r"h_hat must have shape \(3, 2\)"),
@@ -577,6 +715,7 @@ NO_INPUTS = {
     "DirichletMixtureCAVIResult": "result object of cavi_dirichlet_mixture",
     "BSCTrace": "result object of bsc_mean_field",
     "BSCLearningResult": "result object of bsc_variational_em",
+    "SVIMixtureResult": "result object of svi_gaussian_mixture",
 }
 
 EXTREME_INPUTS = {
