@@ -53,6 +53,7 @@ __all__ = [
     "debias_codes",
     "denoise_image",
     "fista",
+    "fit_sparse_coding_gaussian_q",
     "ista",
     "lasso_duality_gap",
     "lasso_objective",
@@ -63,6 +64,7 @@ __all__ = [
     "orientation_concentration",
     "sklearn_lasso_alpha",
     "soft_threshold",
+    "sparse_coding_gaussian_elbo",
     "sparse_coding_log_evidence_2d",
     "sparse_coding_log_joint",
     "update_dictionary",
@@ -933,6 +935,145 @@ def sparse_coding_log_evidence_2d(x, W, sigma, b) -> tuple[float, np.ndarray]:
     top = logs.max()
     log_evidence = float(top + np.log(np.exp(logs - top).sum()))
     return log_evidence, np.exp(logs - log_evidence)
+
+
+def _gaussian_elbo_and_gradient(x, W, mean_q, chol, sigma, b):
+    """ELBO of N(mean_q, chol chol^T) and its gradient in (mean_q, chol); see below."""
+    from scipy.special import ndtr
+
+    d, k = W.shape
+    std = np.sqrt(np.einsum("ij,ij->i", chol, chol))      # marginal standard deviations
+    u = mean_q / std
+    pdf = np.exp(-0.5 * u**2) / np.sqrt(2 * np.pi)
+    expected_abs = 2 * std * pdf + mean_q * (2 * ndtr(u) - 1)
+    V = W / sigma
+    residual = x / sigma - V @ mean_q
+    gram = V.T @ V
+    elbo = (-0.5 * residual @ residual - 0.5 * np.einsum("ij,ij->", gram @ chol, chol)
+            - d * (0.5 * np.log(2 * np.pi) + np.log(sigma))
+            - expected_abs.sum() / b - k * (np.log(2.0) + np.log(b))
+            + 0.5 * k * (np.log(2 * np.pi) + 1) + np.log(np.abs(np.diag(chol))).sum())
+    grad_mean = V.T @ residual - (2 * ndtr(u) - 1) / b
+    grad_chol = -gram @ chol - (2 * pdf / std / b)[:, None] * chol + np.diag(1 / np.diag(chol))
+    return float(elbo), grad_mean, np.tril(grad_chol)
+
+
+def sparse_coding_gaussian_elbo(x, W, mean_q, cov_q, sigma, b) -> float:
+    """Closed-form ELBO of a Gaussian q(h) = N(mean_q, cov_q) in sparse coding (chapter 3).
+
+    With p(h) = prod_j exp(-|h_j| / b) / (2 b) and p(x | h) = N(x | W h, sigma^2 I),
+    every term of ELBO = E_q[log p(x | h)] + E_q[log p(h)] + H[q] is a closed form
+    (Challis & Barber 2013):
+
+    * E_q ||x - W h||^2 = ||x - W m||^2 + tr(W^T W S);
+    * E_q |h_j| = 2 s_j phi(m_j / s_j) + m_j (2 Phi(m_j / s_j) - 1), the mean of a folded
+      normal, with s_j^2 = S_jj;
+    * H[q] = (k / 2) log(2 pi e) + (1 / 2) log det S.
+
+    Parameters
+    ----------
+    x : array_like, shape (d,)
+        One signal.
+    W : array_like, shape (d, k)
+    mean_q : array_like, shape (k,)
+    cov_q : array_like, shape (k, k)
+        Symmetric positive definite.
+    sigma, b : float
+        Noise standard deviation and Laplace scale (> 0).
+
+    Returns
+    -------
+    float
+        The ELBO, a lower bound on log p(x) (compare
+        :func:`sparse_coding_log_evidence_2d`).
+    """
+    x = as_float_array(x, "x", ndim=1)
+    W = as_float_array(W, "W", ndim=2)
+    mean_q = as_float_array(mean_q, "mean_q", ndim=1)
+    cov_q = as_float_array(cov_q, "cov_q", ndim=2)
+    d, k = W.shape
+    if x.size != d or mean_q.size != k or cov_q.shape != (k, k):
+        raise ValueError(f"shape mismatch: x {x.shape}, W {W.shape}, mean_q {mean_q.shape}, "
+                         f"cov_q {cov_q.shape}; expected x (d,), W (d, k), mean_q (k,), "
+                         "cov_q (k, k)")
+    sigma = check_positive(sigma, "sigma")
+    b = check_positive(b, "b")
+    if not np.allclose(cov_q, cov_q.T, rtol=1e-10, atol=0):
+        raise ValueError("cov_q must be symmetric")
+    try:
+        chol = np.linalg.cholesky(cov_q)
+    except np.linalg.LinAlgError:
+        raise ValueError("cov_q must be positive definite") from None
+    return _gaussian_elbo_and_gradient(x, W, mean_q, chol, sigma, b)[0]
+
+
+def fit_sparse_coding_gaussian_q(x, W, sigma, b, *, mean_init=None, cov_init=None,
+                                 gtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, float]:
+    """The Gaussian q(h) of highest ELBO for one signal of sparse coding (chapter 3).
+
+    Maximises :func:`sparse_coding_gaussian_elbo` over the mean and a lower-triangular
+    factor C of the covariance (positive diagonal) with L-BFGS and the analytic gradient.
+    For a log-concave posterior such as this one the ELBO is concave in (mean, C)
+    (Challis & Barber 2013), so the maximum found is the global one.
+
+    Parameters
+    ----------
+    x : array_like, shape (d,)
+    W : array_like, shape (d, k)
+    sigma, b : float
+        Noise standard deviation and Laplace scale (> 0).
+    mean_init, cov_init : array_like, optional
+        Start (default: zero mean, identity covariance).
+    gtol : float
+        L-BFGS gradient tolerance (> 0).
+
+    Returns
+    -------
+    mean_q : numpy.ndarray, shape (k,)
+    cov_q : numpy.ndarray, shape (k, k)
+    elbo : float
+    """
+    from scipy.optimize import minimize
+
+    x = as_float_array(x, "x", ndim=1)
+    W = as_float_array(W, "W", ndim=2)
+    d, k = W.shape
+    if x.size != d:
+        raise ValueError(f"x must have shape ({d},), got {x.shape}")
+    sigma = check_positive(sigma, "sigma")
+    b = check_positive(b, "b")
+    gtol = check_positive(gtol, "gtol")
+    mean0 = np.zeros(k) if mean_init is None else as_float_array(mean_init, "mean_init",
+                                                                    ndim=1)
+    cov0 = np.eye(k) if cov_init is None else as_float_array(cov_init, "cov_init", ndim=2)
+    if mean0.shape != (k,) or cov0.shape != (k, k):
+        raise ValueError(f"mean_init must have shape ({k},) and cov_init ({k}, {k})")
+    rows, cols = np.tril_indices(k)
+    diagonal = rows == cols
+    try:
+        chol0 = np.linalg.cholesky(cov0)
+    except np.linalg.LinAlgError:
+        raise ValueError("cov_init must be positive definite") from None
+    entries0 = chol0[rows, cols]
+    entries0[diagonal] = np.log(entries0[diagonal])
+    theta0 = np.concatenate([mean0, entries0])
+
+    def unpack(theta):
+        chol = np.zeros((k, k))
+        entries = theta[k:]
+        chol[rows, cols] = np.where(diagonal, np.exp(entries), entries)
+        return theta[:k], chol
+
+    def negative(theta):
+        mean, chol = unpack(theta)
+        value, g_mean, g_chol = _gaussian_elbo_and_gradient(x, W, mean, chol, sigma, b)
+        g_entries = g_chol[rows, cols] * np.where(diagonal, chol[rows, cols], 1.0)
+        return -value, -np.concatenate([g_mean, g_entries])
+
+    result = minimize(negative, theta0, jac=True, method="L-BFGS-B",
+                      options={"gtol": gtol, "ftol": 1e-15, "maxiter": 10000})
+    mean, chol = unpack(result.x)
+    return mean, chol @ chol.T, float(-result.fun)
 
 
 def omp_codes(X, W, num_nonzero) -> np.ndarray:

@@ -14,6 +14,7 @@ from elbo_lib.sparse_coding import (
     debias_codes,
     denoise_image,
     fista,
+    fit_sparse_coding_gaussian_q,
     ista,
     lasso_duality_gap,
     lasso_objective,
@@ -24,6 +25,7 @@ from elbo_lib.sparse_coding import (
     orientation_concentration,
     sklearn_lasso_alpha,
     soft_threshold,
+    sparse_coding_gaussian_elbo,
     sparse_coding_log_evidence_2d,
     sparse_coding_log_joint,
     update_dictionary,
@@ -685,3 +687,71 @@ EXTREME_INPUTS = {
          _close(orientation_concentration(_PATCHES), 1e-9)),
     ],
 }
+
+
+def _gaussian_elbo_by_quadrature(x, W, mean, cov, sigma, b, step=0.005):
+    g = np.arange(-5 + step / 2, 6, step)
+    G1, G2 = np.meshgrid(g, g, indexing="ij")
+    grid = np.column_stack([G1.ravel(), G2.ravel()])
+    diff = grid - mean
+    prec = np.linalg.inv(cov)
+    log_q = (-0.5 * np.einsum("ij,jk,ik->i", diff, prec, diff) - np.log(2 * np.pi)
+             - 0.5 * np.linalg.slogdet(cov)[1])
+    q = np.exp(log_q) * step**2
+    return q @ (sparse_coding_log_joint(x, W, grid, sigma, b) - log_q)
+
+
+@pytest.mark.parametrize("mean, cov", [
+    ([0.3, -0.2], [[0.25, 0.1], [0.1, 0.2]]),
+    ([1.0, 0.0], [[0.1, -0.05], [-0.05, 0.3]]),
+    ([-0.5, 0.8], [[0.4, 0.0], [0.0, 0.05]]),
+])
+def test_gaussian_elbo_matches_grid_quadrature(mean, cov):
+    W = np.array([[1.0, 0.8], [0.0, 0.6]])
+    x = np.array([1.4, 0.05])
+    closed = sparse_coding_gaussian_elbo(x, W, mean, cov, 0.5, 1.0)
+    grid = _gaussian_elbo_by_quadrature(x, W, np.asarray(mean), np.asarray(cov), 0.5, 1.0)
+    assert abs(closed - grid) < 1e-4
+
+
+def test_gaussian_elbo_bad_inputs():
+    W, x = np.eye(2), np.ones(2)
+    with pytest.raises(ValueError, match="positive definite"):
+        sparse_coding_gaussian_elbo(x, W, [0, 0], [[1.0, 2.0], [2.0, 1.0]], 1.0, 1.0)
+    with pytest.raises(ValueError, match="symmetric"):
+        sparse_coding_gaussian_elbo(x, W, [0, 0], [[1.0, 0.1], [0.0, 1.0]], 1.0, 1.0)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        sparse_coding_gaussian_elbo(x, W, [0, 0, 0], np.eye(2), 1.0, 1.0)
+    with pytest.raises(ValueError):
+        sparse_coding_gaussian_elbo(x, W, [0, 0], np.eye(2), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("x", [[1.4, 0.05], [1.8, 0.6], [-0.3, 0.9]])
+def test_fitted_gaussian_q_is_the_optimum_below_the_evidence(x):
+    """Same optimum from two starts (the ELBO is concave), above every perturbation, and
+    below the exact log p(x) of the orthant formula."""
+    W = np.array([[1.0, 0.8], [0.0, 0.6]])
+    x = np.asarray(x)
+    mean, cov, elbo = fit_sparse_coding_gaussian_q(x, W, 0.5, 1.0)
+    mean2, cov2, elbo2 = fit_sparse_coding_gaussian_q(
+        x, W, 0.5, 1.0, mean_init=[2.0, -1.0], cov_init=0.01 * np.eye(2))
+    assert abs(elbo - elbo2) < 1e-9
+    np.testing.assert_allclose(mean, mean2, atol=1e-5)
+    np.testing.assert_allclose(cov, cov2, atol=1e-5)
+    assert abs(sparse_coding_gaussian_elbo(x, W, mean, cov, 0.5, 1.0) - elbo) < 1e-12
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        dm = 1e-3 * rng.standard_normal(2)
+        A = 1e-3 * rng.standard_normal((2, 2))
+        cov_p = cov + A @ A.T + 1e-3 * (A + A.T) * 0.1
+        assert sparse_coding_gaussian_elbo(x, W, mean + dm, cov_p, 0.5, 1.0) <= elbo + 1e-12
+    log_px = sparse_coding_log_evidence_2d(x, W, 0.5, 1.0)[0]
+    assert elbo < log_px
+
+
+def test_fit_gaussian_q_bad_inputs():
+    W = np.eye(2)
+    with pytest.raises(ValueError):
+        fit_sparse_coding_gaussian_q(np.ones(3), W, 1.0, 1.0)
+    with pytest.raises(ValueError, match="positive definite"):
+        fit_sparse_coding_gaussian_q(np.ones(2), W, 1.0, 1.0, cov_init=-np.eye(2))
