@@ -45,17 +45,31 @@ def execute_notebook(path: str | Path, timeout: int = 600) -> float:
     nb = nbformat.read(path, as_version=4)
     nb.metadata.pop("jupytext", None)
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)
+    cell_seconds.clear()
+    for index, cell in enumerate(nb.cells):
+        stamps = cell.metadata.pop("execution", None) or {}
+        if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            cell_seconds.append((_seconds_between(stamps["iopub.execute_input"],
+                                                  stamps["shell.execute_reply"]), index))
         if cell.cell_type == "code":
             cell.outputs = coalesce_streams(cell.outputs)
     nbformat.write(nb, path)
     return elapsed
+
+
+#: (seconds, cell index) of every code cell of the last executed notebook (wall clock).
+cell_seconds: list[tuple[float, int]] = []
+
+
+def _seconds_between(start: str, end: str) -> float:
+    from datetime import datetime
+    return (datetime.fromisoformat(end.replace("Z", "+00:00"))
+            - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
 
 
 def coalesce_streams(outputs: list) -> list:
@@ -78,13 +92,19 @@ def coalesce_streams(outputs: list) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: execute every notebook given, stop at the first failure."""
-    paths = sys.argv[1:] if argv is None else argv
+    paths = sys.argv[1:] if argv is None else list(argv)
+    show_cells = "--cell-times" in paths
+    paths = [p for p in paths if p != "--cell-times"]
     if not paths:
-        print("usage: python tools/execute_notebooks.py NOTEBOOK.ipynb [...]", file=sys.stderr)
+        print("usage: python tools/execute_notebooks.py [--cell-times] NOTEBOOK.ipynb [...]",
+              file=sys.stderr)
         return 2
     for p in paths:
         print(f"executing {p} ...", end=" ", flush=True)
         print(f"{execute_notebook(p):.1f} s")
+        if show_cells:  # the slowest cells, where a chapter's time goes
+            for seconds, index in sorted(cell_seconds, reverse=True)[:10]:
+                print(f"  cell {index:3d}: {seconds:7.2f} s")
     return 0
 
 
