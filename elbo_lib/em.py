@@ -56,6 +56,7 @@ __all__ = [
     "gmm_log_prior",
     "map_em",
     "weighted_gaussian_m_step",
+    "em_map_jacobian",
 ]
 
 #: Number of float64 entries of the (rows, K * d) block product held in memory at once.
@@ -804,6 +805,67 @@ def match_components(reference, estimate) -> np.ndarray:
     cost = ((ref[:, None, :] - est[None, :, :]) ** 2).sum(axis=2)
     _, perm = linear_sum_assignment(cost)
     return perm
+
+
+def _theta_to_vector(weights, means, cov) -> np.ndarray:
+    """(pi_1..pi_{K-1}, means, upper triangles of the covariances) as one vector."""
+    rows, cols = np.triu_indices(means.shape[1])
+    return np.concatenate([weights[:-1], means.ravel(), cov[:, rows, cols].ravel()])
+
+
+def _vector_to_theta(v, k, d):
+    rows, cols = np.triu_indices(d)
+    weights = np.append(v[:k - 1], 1.0 - v[:k - 1].sum())
+    means = v[k - 1:k - 1 + k * d].reshape(k, d)
+    cov = np.zeros((k, d, d))
+    cov[:, rows, cols] = v[k - 1 + k * d:].reshape(k, -1)
+    return weights, means, cov + np.triu(cov, 1).transpose(0, 2, 1)
+
+
+def em_map_jacobian(X, weights, means, covariances, *, step: float = 1e-6,
+                    reg_covar: float = 1e-6, covariance_floor: str = "clip"):
+    """Jacobian of one EM iteration theta -> M(theta), by central finite differences.
+
+    Near a fixed point theta* of EM, theta_{t+1} - theta* ~ J (theta_t - theta*): EM
+    converges linearly with rate the largest eigenvalue of J, which Dempster, Laird and
+    Rubin (1977) showed to be the fraction of missing information
+    I - (d^2 Q)^{-1} d^2 log p(x | theta) (chapter 2). theta is the vector of the first
+    K - 1 weights (the last is 1 minus their sum), the means, and the upper triangles
+    of the covariances; one EM iteration is one :class:`GaussianMixtureEM` step with
+    ``max_iter=1``. The map must be smooth at theta: no covariance on its floor.
+
+    Parameters
+    ----------
+    X : array_like, shape (n, d)
+    weights, means, covariances : array_like
+        The point theta: (K,), (K, d), (K, d, d).
+    step : float
+        Finite-difference step in every coordinate (> 0).
+    reg_covar, covariance_floor
+        As for :class:`GaussianMixtureEM`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (P, P)
+        J with P = K - 1 + K d + K d (d + 1) / 2.
+    """
+    X, weights, means, cov = _check_params(X, weights, means, covariances)
+    step = check_real(step, "step")
+    if not step > 0:
+        raise ValueError(f"step must be > 0, got {step}")
+    k, d = means.shape
+
+    def em_step(v):
+        w, mu, c = _vector_to_theta(v, k, d)
+        fit = GaussianMixtureEM(k, weights_init=w, means_init=mu, covariances_init=c,
+                                tol=0.0, max_iter=1, reg_covar=reg_covar,
+                                covariance_floor=covariance_floor).fit(X)
+        return _theta_to_vector(fit.weights_, fit.means_, fit.covariances_)
+
+    v0 = _theta_to_vector(weights, means, cov)
+    eye = np.eye(len(v0)) * step
+    return np.column_stack([(em_step(v0 + e) - em_step(v0 - e)) / (2 * step)
+                            for e in eye])
 
 
 # ---------------------------------------------------------------------------------------

@@ -789,3 +789,55 @@ EXTREME_INPUTS["GaussianMixtureEM.fit"] += [
               _fitted().means_),
      lambda out: np.testing.assert_array_equal(out[0], out[1])),
 ]
+
+
+def _hessian(f, v, h=1e-4):
+    n = len(v)
+    e = np.eye(n) * h
+    hess = np.empty((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            hess[i, j] = hess[j, i] = (f(v + e[i] + e[j]) - f(v + e[i] - e[j])
+                                       - f(v - e[i] + e[j]) + f(v - e[i] - e[j])) / (4 * h * h)
+    return hess
+
+
+def test_em_map_jacobian_is_the_fraction_of_missing_information():
+    """Dempster, Laird and Rubin (1977): J = I - (d2 Q)^{-1} d2 log p, both Hessians from
+    SciPy's normal density by finite differences (1-D, two overlapping components)."""
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    from elbo_lib.em import em_map_jacobian
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0.0, 1.0, 300), rng.normal(1.8, 0.7, 200)])[:, None]
+    fit = GaussianMixtureEM(2, means_init=[[-0.5], [2.5]], tol=1e-12, max_iter=5000,
+                            covariance_floor="clip").fit(x)
+    assert fit.converged_
+
+    def unpack(v):  # (pi_1, mu_1, mu_2, var_1, var_2)
+        return np.array([v[0], 1 - v[0]]), v[1:3], v[3:5]
+
+    def comp(v):
+        w, mu, var = unpack(v)
+        return np.log(w) + norm.logpdf(x, mu, np.sqrt(var))
+
+    v0 = np.concatenate([fit.weights_[:1], fit.means_[:, 0], fit.covariances_[:, 0, 0]])
+    log_r = comp(v0) - logsumexp(comp(v0), axis=1, keepdims=True)
+    h_obs = _hessian(lambda v: logsumexp(comp(v), axis=1).sum(), v0)
+    h_q = _hessian(lambda v: np.sum(np.exp(log_r) * comp(v)), v0)
+    expected = np.sort(np.linalg.eigvals(np.eye(5) - np.linalg.solve(h_q, h_obs)).real)
+    jac = em_map_jacobian(x, fit.weights_, fit.means_, fit.covariances_)
+    got = np.sort(np.linalg.eigvals(jac).real)
+    assert 0.5 < got[-1] < 1  # overlapping components: a slow, convergent rate
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("step", [0.0, -1e-6, np.nan])
+def test_em_map_jacobian_rejects_bad_steps(iris, step):
+    from elbo_lib.em import em_map_jacobian
+
+    w, mu, cov = random_start(iris, 2, 0)
+    with pytest.raises(ValueError, match="step"):
+        em_map_jacobian(iris, w, mu, cov, step=step)
