@@ -268,8 +268,12 @@ def fit_vi(
     TypeError
         If ``family`` is not a :class:`VariationalFamily` or ``log_joint`` not callable.
     ValueError
-        For a bad estimator or size, or when the ELBO estimate becomes non-finite (the
-        message names the step).
+        For a bad estimator or size; for a ``log_joint`` that carries no gradient with
+        respect to z under the pathwise estimator (a detached or NumPy computation), or
+        a loss that no gradient connects to the parameters; and when the fit diverges
+        (the ELBO estimate or a parameter becomes non-finite). The message names the
+        step, and the family's parameters are restored to their values at the start of
+        the fit (its Adam state is discarded).
     """
     if not isinstance(family, VariationalFamily):
         raise TypeError(f"family must be an elbo_lib.variational.VariationalFamily, "
@@ -293,16 +297,35 @@ def fit_vi(
         raise ValueError(f"family {type(family).__name__} has no trainable parameters")
     opt = torch.optim.Adam(params, lr=lr)
     steps, trace = [], []
+    start = [p.detach().clone() for p in params]
 
     def stopped(step: int, err: ValueError) -> ValueError:
+        # a stopped fit leaves the family where it started, not at a diverged iterate
+        with torch.no_grad():
+            for p, p0 in zip(params, start, strict=True):
+                p.copy_(p0)
         hint = f" (a smaller lr than {lr} may help)" if "finite" in str(err) else ""
-        return ValueError(f"fit_vi stopped at step {step} of {num_steps}: {err}{hint}")
+        return ValueError(f"fit_vi stopped at step {step} of {num_steps}: {err}{hint}; "
+                          f"the family's parameters are restored to their values at "
+                          f"the start of the fit")
+
+    def differentiable_log_joint(z: torch.Tensor) -> torch.Tensor:
+        out = log_joint(z)
+        if (estimator == "pathwise" and z.requires_grad
+                and isinstance(out, torch.Tensor) and not out.requires_grad):
+            raise ValueError(
+                "log_joint(z) carries no gradient with respect to z (detached, or "
+                "computed outside torch?): the pathwise estimator differentiates "
+                "log_joint through the samples, and without that gradient the fit "
+                "would only follow the entropy; pass a log_joint differentiable in z, "
+                "or use estimator='score' for a black-box log_joint")
+        return out
 
     def elbo(num: int) -> torch.Tensor:
         q = family.distribution()
         if runs == 1:
-            return monte_carlo_elbo(log_joint, q, num)
-        return _elbo_of_runs(log_joint, q, num)
+            return monte_carlo_elbo(differentiable_log_joint, q, num)
+        return _elbo_of_runs(differentiable_log_joint, q, num)
 
     def record(step: int) -> None:
         try:
@@ -325,9 +348,15 @@ def fit_vi(
                 loss = -surrogate
             if not torch.isfinite(loss):
                 raise ValueError("the loss is not finite")
+            if not loss.requires_grad:
+                raise ValueError("no gradient reaches the family's parameters (the "
+                                 "loss does not depend on them)")
         except ValueError as err:
             raise stopped(step, err) from err
         loss.backward()
+        if all(p.grad is None for p in params):
+            raise stopped(step, ValueError("no gradient reaches the family's parameters "
+                                           "(the loss does not depend on them)"))
         opt.step()
         if step % eval_every == 0 or step == num_steps:
             record(step)
@@ -363,7 +392,7 @@ def _elbo_of_runs(log_joint: Callable[[torch.Tensor], torch.Tensor], q: Distribu
 # --------------------------------------------------------------------------------------
 # many Gaussian black-box VI runs at once: step-size sweeps over several seeds
 # --------------------------------------------------------------------------------------
-PARALLEL_ESTIMATORS = ("pathwise", "path-derivative", "score")
+PARALLEL_ESTIMATORS = ("pathwise", "path-derivative", "score", "score-cv")
 FAMILIES = ("diagonal", "full")
 
 
@@ -407,6 +436,52 @@ def _batched_log_q(z: torch.Tensor, mu: torch.Tensor, low: torch.Tensor) -> torc
     return -0.5 * (white**2).sum(1) - log_det - 0.5 * mu.shape[-1] * math.log(2 * math.pi)
 
 
+def _score_cv_gradients(log_p: Callable[[torch.Tensor], torch.Tensor], mu: torch.Tensor,
+                        raw: torch.Tensor, low: torch.Tensor, eps: torch.Tensor,
+                        family: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negative ELBO gradients (for descent) of the ``"score-cv"`` estimator.
+
+    With z = mu + L eps the scores at fixed z are d log q / d mu = L^{-T} eps and
+    d log q / d L = tril(L^{-T} eps eps^T) - diag(1 / L_ii) (the diagonal of L is
+    softplus(raw), hence the factor sigmoid(raw_ii)); the entropy sum_i log L_ii + const
+    contributes sigmoid(raw_ii) / L_ii. Shapes: mu (R, D), raw (R, D) or (R, D, D),
+    low (R, D, D), eps (R, S, D).
+    """
+    with torch.no_grad():
+        z = mu[:, None, :] + eps @ low.transpose(1, 2)
+        f = log_p(z)                                                   # (R, S)
+        diag = torch.diagonal(low, dim1=1, dim2=2)                     # (R, D)
+        v = torch.linalg.solve_triangular(low.transpose(1, 2), eps.transpose(1, 2),
+                                          upper=True).transpose(1, 2)  # L^{-T} eps
+        if family == "diagonal":
+            slope = torch.sigmoid(raw)                                 # dL_ii / draw_i
+            h_raw = (eps**2 - 1) / diag[:, None, :] * slope[:, None, :]
+            ent_raw = slope / diag
+        else:
+            slope = torch.sigmoid(torch.diagonal(raw, dim1=1, dim2=2))
+            h_low = (torch.tril(v[..., :, None] * eps[..., None, :])
+                     - torch.diag_embed(1 / diag)[:, None])
+            chain = torch.tril(torch.ones_like(low), -1) + torch.diag_embed(slope)
+            h_raw = h_low * chain[:, None]
+            ent_raw = torch.diag_embed(slope / diag)
+
+        def controlled(h: torch.Tensor) -> torch.Tensor:
+            # each sample's coefficient from the other S - 1 samples (leave one out),
+            # independent of its own h, so that E[a h] = E[a] E[h] = 0: unbiased
+            shape = (*f.shape, *([1] * (h.ndim - 2)))
+            fh = f.reshape(shape) * h
+            n = h.shape[1] - 1
+            sum_h, sum_fh = h.sum(1, keepdim=True) - h, fh.sum(1, keepdim=True) - fh
+            sum_hh = (h * h).sum(1, keepdim=True) - h * h
+            sum_fhh = (fh * h).sum(1, keepdim=True) - fh * h
+            var_h = sum_hh - sum_h**2 / n
+            cov = sum_fhh - sum_fh * sum_h / n
+            a = torch.where(var_h > 0, cov / torch.where(var_h > 0, var_h, 1.0), 0.0)
+            return (fh - a * h).mean(1)
+
+        return -controlled(v), -(controlled(h_raw) + ent_raw)
+
+
 def fit_gaussian_vi_parallel(
     log_joint: Callable[[torch.Tensor], torch.Tensor],
     dim: int,
@@ -439,10 +514,19 @@ def fit_gaussian_vi_parallel(
     dim : int
     lrs : array_like of float > 0, shape (R,)
     family : {"diagonal", "full"}
-    estimator : {"pathwise", "path-derivative", "score"}
+    estimator : {"pathwise", "path-derivative", "score", "score-cv"}
         Pathwise with closed-form entropy (the gradient of ``monte_carlo_elbo`` through
-        ``rsample``), the path-derivative estimator of Roeder et al. (2017), or the
-        score-function estimator of Ranganath et al. (2014) with ``baseline``.
+        ``rsample``), the path-derivative estimator of Roeder et al. (2017), the
+        score-function estimator of Ranganath et al. (2014) with ``baseline`` and the
+        Monte Carlo entropy (f = log p - log q inside the expectation), or
+        ``"score-cv"``: the score function applied to E_q[log p] only, the Gaussian
+        entropy's gradient in closed form, and the score itself as a control variate
+        with one coefficient per parameter coordinate p,
+        a_p = Cov(f h_p, h_p) / Var(h_p) (h_p the score coordinate, f = log p;
+        Ranganath et al. 2014, section 3.2), estimated for each sample from the
+        other S - 1 samples of the step so that the estimator stays unbiased (needs
+        S >= 3).
+        ``baseline`` is ignored by every estimator but ``"score"``.
     num_samples, num_steps : int
         S samples of q per step (S model evaluations per run and step) and steps.
     baseline : None, float or "leave-one-out"
@@ -476,7 +560,8 @@ def fit_gaussian_vi_parallel(
                          f"got {estimator!r}")
     if estimator != "score":
         baseline = None
-    num_samples = check_positive_int(num_samples, "num_samples")
+    num_samples = check_positive_int(num_samples, "num_samples",
+                                     3 if estimator == "score-cv" else 1)
     baseline = check_baseline(baseline, num_samples)
     num_steps = check_positive_int(num_steps, "num_steps")
     eval_every = check_positive_int(eval_every, "eval_every")
@@ -534,7 +619,10 @@ def fit_gaussian_vi_parallel(
     for step in range(1, num_steps + 1):
         low = tril_of(raw)
         eps = torch.randn(r, s, d, dtype=DTYPE, generator=gen)
-        if estimator == "score":
+        if estimator == "score-cv":
+            grads = _score_cv_gradients(log_p, mu.detach(), raw.detach(), low.detach(),
+                                        eps, family)
+        elif estimator == "score":
             with torch.no_grad():
                 z = mu[:, None, :] + eps @ low.transpose(1, 2)
             log_q = _batched_log_q(z, mu, low)
@@ -549,7 +637,8 @@ def fit_gaussian_vi_parallel(
             else:
                 objective = (log_p(z) - _batched_log_q(z, mu.detach(),
                                                        low.detach())).mean(1)
-        grads = torch.autograd.grad(-objective.sum(), (mu, raw))
+        if estimator != "score-cv":
+            grads = torch.autograd.grad(-objective.sum(), (mu, raw))
         with torch.no_grad():
             for p, g, (m1, m2) in zip((mu, raw), grads, state, strict=True):
                 m1.mul_(beta1).add_(g, alpha=1 - beta1)
