@@ -49,7 +49,13 @@ from torch.distributions import (
 )
 from torch.distributions.transforms import Transform
 
-from elbo_lib._validation import check_positive, check_positive_int
+from elbo_lib import vae as _vae
+from elbo_lib._validation import (
+    as_numeric_array,
+    check_finite_tensor,
+    check_positive,
+    check_positive_int,
+)
 from elbo_lib.variational import DiagonalGaussian, VariationalFamily
 
 __all__ = [
@@ -108,9 +114,34 @@ def _check_cache_size(cache_size) -> int:
     return int(cache_size)
 
 
-def _check_input(x: torch.Tensor, dim: int, name: str = "x") -> None:
+def _check_input(x: torch.Tensor, dim: int, name: str = "x",
+                 dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` checked at the entry of a layer's method (a real floating tensor of last
+    dimension ``dim``) and converted to ``dtype`` where it differs; attribute checks only,
+    no pass over the values (these run at every step of a fit). NaN in ``x`` gives NaN
+    out, as in torch's own transforms."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a real floating-point tensor, got {x.dtype}")
     if x.dim() < 1 or x.shape[-1] != dim:
         raise ValueError(f"{name} must have last dimension {dim}, got shape {tuple(x.shape)}")
+    return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+
+def _check_params(validate: bool, **tensors: torch.Tensor) -> None:
+    """Finite parameters of one dtype (a layer built by the library's own families skips
+    this with ``validate=False``: it runs once per step there, and a NaN parameter shows
+    as a non-finite loss, which the training loops check)."""
+    if not validate:
+        return
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) > 1:
+        listed = ", ".join(f"{n} {t.dtype}" for n, t in tensors.items())
+        raise TypeError(f"{', '.join(tensors)} must have one dtype, got {listed}")
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t.detach()).all()):
+            raise ValueError(f"{name} must be finite (no NaN or inf)")
 
 
 # --------------------------------------------------------------------------------------
@@ -125,6 +156,16 @@ class _VectorBijection(Transform):
 
     def __init__(self, cache_size: int = 1) -> None:
         super().__init__(cache_size=_check_cache_size(cache_size))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x is None:   # torch's cache starts as (None, None): t(None) would return None
+            raise TypeError("x must be a torch.Tensor, got NoneType")
+        return super().__call__(x)
+
+    def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
+        if y is None:
+            raise TypeError("y must be a torch.Tensor, got NoneType")
+        return super()._inv_call(y)
 
 
 class PlanarTransform(_VectorBijection):
@@ -154,14 +195,19 @@ class PlanarTransform(_VectorBijection):
     cache_size : {0, 1}
         1 caches the last (x, y) pair, so ``log_prob`` of the flow's own samples needs
         no inverse.
+    validate : bool
+        Check that u, w and b are finite and of one dtype (inputs of another floating
+        dtype are converted to it). ``False`` skips the pass over the values, for
+        parameters the caller knows to be finite (the library's own families).
     """
 
     def __init__(self, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                 cache_size: int = 1) -> None:
+                 cache_size: int = 1, *, validate: bool = True) -> None:
         super().__init__(cache_size)
         u = _check_tensor(u, "u", min_dim=1)
         w = _check_tensor(w, "w", min_dim=1)
         b = _check_tensor(b, "b")
+        _check_params(validate, u=u, w=w, b=b)
         _check_vectors("u", u, "w", w)
         if bool(torch.any((w.detach() ** 2).sum(-1) == 0)):
             raise ValueError("w must be nonzero (the layer's normal vector)")
@@ -196,7 +242,7 @@ class PlanarTransform(_VectorBijection):
         """The same layer with another cache size."""
         if self._cache_size == cache_size:
             return self
-        return PlanarTransform(self.u, self.w, self.b, cache_size=cache_size)
+        return PlanarTransform(self.u, self.w, self.b, cache_size=cache_size, validate=False)
 
     @property
     def wu(self) -> torch.Tensor:
@@ -218,17 +264,17 @@ class PlanarTransform(_VectorBijection):
         """tanh(w^T x + b), remembered for the last x (the forward pass's log-det)."""
         if self._last is not None and self._last[0] is x:
             return self._last[1]
-        _check_input(x, self.w.shape[-1])
         th = torch.tanh(x @ self.w + self.b) if self.w.dim() == 1 else torch.tanh(
             (x * self.w).sum(-1) + self.b)
         self._last = (x, th)
         return th
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
+        x = _check_input(x, self.w.shape[-1], dtype=self.w.dtype)
         return torch.addcmul(x, self._tanh(x).unsqueeze(-1), self.u_hat)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        _check_input(y, self.w.shape[-1], "y")
+        y = _check_input(y, self.w.shape[-1], "y", dtype=self.w.dtype)
         wu, b = self.wu, self.b
         target = (self.w * y).sum(-1)                        # w^T y = a + wu tanh(a + b)
         with torch.no_grad():
@@ -240,6 +286,7 @@ class PlanarTransform(_VectorBijection):
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log |1 + u_hat^T psi(x)| with psi(x) = tanh'(w^T x + b) w, shape (...)."""
+        x = _check_input(x, self.w.shape[-1], dtype=self.w.dtype)
         return torch.log1p(self.wu * (1 - self._tanh(x) ** 2))
 
 
@@ -350,14 +397,17 @@ class PlanarStackTransform(_VectorBijection):
     b : torch.Tensor, shape (K, ...)
         Offsets. The dimensions ``...`` broadcast against the input's leading ones.
     cache_size : {0, 1}
+    validate : bool
+        As for :class:`PlanarTransform` (finite parameters of one dtype).
     """
 
     def __init__(self, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                 cache_size: int = 1) -> None:
+                 cache_size: int = 1, *, validate: bool = True) -> None:
         super().__init__(cache_size)
         u = _check_tensor(u, "u", min_dim=2)
         w = _check_tensor(w, "w", min_dim=2)
         b = _check_tensor(b, "b", min_dim=1)
+        _check_params(validate, u=u, w=w, b=b)
         if u.shape != w.shape or b.shape != u.shape[:-1]:
             raise ValueError(f"u, w must have shape (K, ..., D) and b shape (K, ...), got "
                              f"{tuple(u.shape)}, {tuple(w.shape)}, {tuple(b.shape)}")
@@ -378,12 +428,12 @@ class PlanarStackTransform(_VectorBijection):
         """The same layers with another cache size."""
         if self._cache_size == cache_size:
             return self
-        return PlanarStackTransform(self.u, self.w, self.b, cache_size)
+        return PlanarStackTransform(self.u, self.w, self.b, cache_size, validate=False)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._last is not None and self._last[0] is x:
             return self._last[1], self._last[2]
-        _check_input(x, self.w.shape[-1])
+        x = _check_input(x, self.w.shape[-1], dtype=self.w.dtype)
         y, log_det = _PlanarStackFunction.apply(x, self.u_hat, self.w, self.b, self.wu)
         self._last = (x, y, log_det)
         return y, log_det
@@ -422,20 +472,24 @@ class RadialTransform(_VectorBijection):
     alpha_raw, beta_raw : torch.Tensor, shape (...)
         Unconstrained parameters of alpha and beta.
     cache_size : {0, 1}
+    validate : bool
+        As for :class:`PlanarTransform` (finite parameters of one dtype).
     """
 
     def __init__(self, z0: torch.Tensor, alpha_raw: torch.Tensor, beta_raw: torch.Tensor,
-                 cache_size: int = 1) -> None:
+                 cache_size: int = 1, *, validate: bool = True) -> None:
         super().__init__(cache_size)
         self.z0 = _check_tensor(z0, "z0", min_dim=1)
         self.alpha_raw = _check_tensor(alpha_raw, "alpha_raw")
         self.beta_raw = _check_tensor(beta_raw, "beta_raw")
+        _check_params(validate, z0=self.z0, alpha_raw=self.alpha_raw, beta_raw=self.beta_raw)
 
     def with_cache(self, cache_size: int = 1) -> RadialTransform:
         """The same layer with another cache size."""
         if self._cache_size == cache_size:
             return self
-        return RadialTransform(self.z0, self.alpha_raw, self.beta_raw, cache_size)
+        return RadialTransform(self.z0, self.alpha_raw, self.beta_raw, cache_size,
+                               validate=False)
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -448,13 +502,13 @@ class RadialTransform(_VectorBijection):
         return -self.alpha + F.softplus(self.beta_raw)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.z0.shape[-1])
+        x = _check_input(x, self.z0.shape[-1], dtype=self.z0.dtype)
         diff = x - self.z0
         r = diff.norm(dim=-1)
         return x + (self.beta / (self.alpha + r)).unsqueeze(-1) * diff
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        _check_input(y, self.z0.shape[-1], "y")
+        y = _check_input(y, self.z0.shape[-1], "y", dtype=self.z0.dtype)
         alpha, beta = self.alpha, self.beta
         diff = y - self.z0
         r_y = diff.norm(dim=-1)              # r_y = r (1 + beta / (alpha + r)), r >= 0:
@@ -465,7 +519,7 @@ class RadialTransform(_VectorBijection):
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(D - 1) log(1 + beta h) + log(1 + beta alpha / (alpha + r)^2), shape (...)."""
-        _check_input(x, self.z0.shape[-1])
+        x = _check_input(x, self.z0.shape[-1], dtype=self.z0.dtype)
         alpha, beta = self.alpha, self.beta
         r = (x - self.z0).norm(dim=-1)
         dim = x.shape[-1]
@@ -520,11 +574,11 @@ class AffineCouplingTransform(_VectorBijection):
             return self
         return AffineCouplingTransform(self.conditioner, self.mask, cache_size)
 
-    def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _params(self, x: torch.Tensor, name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
         """(s, t) at x, remembered for the last x (the forward pass's log-det)."""
         if self._last is not None and self._last[0] is x:
             return self._last[1]
-        _check_input(x, self.mask.shape[-1])
+        _check_input(x, self.mask.shape[-1], name)
         s, t = self.conditioner(x * self.mask)
         free = 1 - self.mask
         self._last = (x, (s * free, t * free))
@@ -535,7 +589,7 @@ class AffineCouplingTransform(_VectorBijection):
         return x * torch.exp(s) + t
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        s, t = self._params(y)                 # y_a = x_a: the same conditioner input
+        s, t = self._params(y, "y")            # y_a = x_a: the same conditioner input
         return (y - t) * torch.exp(-s)
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -581,8 +635,15 @@ class MADE(nn.Module):
         nn.init.zeros_(self.outer.bias)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(m, s) of the autoregressive affine map, each of shape (..., D)."""
-        _check_input(z, self.dim, "z")
+        """(m, s) of the autoregressive affine map, each of shape (..., D).
+
+        ``z`` of another floating dtype is converted to the MADE's (float64 by default),
+        as the coupling layers promote theirs.
+        """
+        return self._forward(_check_input(z, self.dim, "z", dtype=self.inner.weight.dtype))
+
+    def _forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` of a z its caller has checked (the layers, every step)."""
         h = torch.tanh(F.linear(z, self.inner.weight * self.mask_in, self.inner.bias))
         out = F.linear(h, self.outer.weight * self.mask_out, self.outer.bias)
         m, s = out.split(self.dim, dim=-1)
@@ -623,8 +684,8 @@ class AutoregressiveTransform(_VectorBijection):
     def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(m, s) at x, remembered for the last x (the forward pass's log-det)."""
         if self._last is None or self._last[0] is not x:
-            _check_input(x, self.made.dim)
-            self._last = (x, self.made(x))
+            self._last = (x, self.made._forward(
+                _check_input(x, self.made.dim, dtype=self.made.inner.weight.dtype)))
         return self._last[1]
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
@@ -632,9 +693,10 @@ class AutoregressiveTransform(_VectorBijection):
         return x * torch.exp(s) + m
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        y = _check_input(y, self.made.dim, "y", dtype=self.made.inner.weight.dtype)
         x = torch.zeros_like(y)
         for _ in range(self.made.dim):          # pass i fixes coordinate i
-            m, s = self.made(x)
+            m, s = self.made._forward(x)
             x = (y - m) * torch.exp(-s)
         return x
 
@@ -787,6 +849,7 @@ class FlowFamily(VariationalFamily):
                  hidden: int = 16, init_scale: float = 1.0, num_runs: int = 1) -> None:
         super().__init__(dim, num_runs)
         num_layers = check_positive_int(num_layers, "num_layers", minimum=0)
+        hidden = check_positive_int(hidden, "hidden")
         if kind not in FLOW_KINDS:
             raise ValueError(f"kind must be one of {FLOW_KINDS}, got {kind!r}")
         if self.num_runs > 1 and kind not in ("planar", "coupling"):
@@ -824,9 +887,10 @@ class FlowFamily(VariationalFamily):
         if self.num_layers == 0:
             return []
         if self.kind == "planar":
-            return [PlanarStackTransform(self.u, self.w, self.b, cache_size=1)]
+            return [PlanarStackTransform(self.u, self.w, self.b, cache_size=1,
+                                         validate=False)]
         if self.kind == "radial":
-            return [RadialTransform(z0, a, b, cache_size=1) for z0, a, b
+            return [RadialTransform(z0, a, b, cache_size=1, validate=False) for z0, a, b
                     in zip(self.z0.unbind(0), self.alpha_raw.unbind(0),
                            self.beta_raw.unbind(0), strict=True)]
         return [layer.transform() for layer in self.layers]
@@ -836,8 +900,22 @@ class FlowFamily(VariationalFamily):
         return self.base_family.distribution()
 
     def distribution(self) -> TransformedDistribution:
-        """q as a TransformedDistribution with event shape (D,)."""
-        return TransformedDistribution(self.base(), self.transforms())
+        """q as a TransformedDistribution with event shape (D,).
+
+        Its ``log_prob`` takes a real floating tensor of last dimension D (another
+        floating dtype is converted to float64, the layers' dtype, for every kind).
+        """
+        return _FlowDistribution(self.base(), self.transforms())
+
+
+class _FlowDistribution(TransformedDistribution):
+    """A TransformedDistribution whose ``log_prob`` checks ``value`` by name (type, real,
+    last dimension) and converts it to float64, the layers' dtype (attribute checks only:
+    it runs at every step of a fit)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return super().log_prob(_check_input(value, self.event_shape[-1], "value",
+                                             dtype=torch.float64))
 
 
 def fit_maximum_likelihood(family: VariationalFamily, samples: torch.Tensor, *,
@@ -1006,35 +1084,50 @@ class Grid2D:
                              f"{tuple(points.shape)}")
         check_positive(self.cell_area, "cell_area")
 
-    def _values(self, values, name: str = "values") -> torch.Tensor:
-        values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    def _values(self, values, name: str = "values", allow: str = "") -> torch.Tensor:
+        """``values`` (one per point) as a float64 tensor, converted at the boundary
+        (:func:`~elbo_lib._validation.as_numeric_array`), NaN refused, and -inf / +inf
+        only where ``allow`` holds "-" / "+"."""
+        values = torch.from_numpy(as_numeric_array(values, name)).reshape(-1)
         if values.numel() != self.points.shape[0]:
             raise ValueError(f"{name} must have {self.points.shape[0]} entries, "
                              f"got {values.numel()}")
+        bad = torch.isnan(values)
+        if "-" not in allow:
+            bad |= values == -math.inf
+        if "+" not in allow:
+            bad |= values == math.inf
+        if bool(bad.any()):
+            allowed = {"": "finite", "-": "finite or -inf",
+                       "-+": "non-NaN"}[allow]
+            raise ValueError(f"{name} must be {allowed}, got {int(bad.sum())} other "
+                             f"value(s), e.g. {float(values[bad][0])!r}")
         return values
 
     def log_integral(self, log_values: torch.Tensor) -> float:
         """log of the integral of exp(log_values) over the square (Riemann sum).
 
         For a smooth integrand that is negligible at the edges the sum converges very
-        fast (it is then the trapezoidal rule).
+        fast (it is then the trapezoidal rule). ``log_values`` may hold -inf (zero
+        density), not NaN or +inf.
         """
-        log_values = self._values(log_values, "log_values")
+        log_values = self._values(log_values, "log_values", "-")
         return float(torch.logsumexp(log_values, 0)) + math.log(self.cell_area)
 
     def integral(self, values: torch.Tensor) -> float:
-        """The integral of ``values`` (one per point) over the square (Riemann sum)."""
+        """The integral of ``values`` (one per point, finite) over the square (Riemann
+        sum)."""
         return float(self._values(values).sum()) * self.cell_area
 
     def matrix(self, values: torch.Tensor) -> np.ndarray:
         """``values`` as an (m, m) array indexed [i, j] = (axis[i], axis[j]).
 
         The layout of ``np.meshgrid(axis, axis, indexing="ij")``, which
-        :func:`elbo_lib.bounds.kl_on_grid` takes.
+        :func:`elbo_lib.bounds.kl_on_grid` takes. ``values`` may hold -inf and +inf (a
+        log density of zero), not NaN.
         """
         m = self.axis.numel()
-        return self._values(values.detach() if isinstance(values, torch.Tensor)
-                            else values).reshape(m, m).numpy()
+        return self._values(values, "values", "-+").reshape(m, m).numpy()
 
     def image(self, values: torch.Tensor) -> np.ndarray:
         """``values`` as an (m, m) array indexed [row = second coordinate, column = first].
@@ -1109,8 +1202,14 @@ class PlanarFlowEncoder(nn.Module):
 
     def raw_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The encoder's outputs for x (B, num_pixels): ``mean``, ``logvar`` (B, d) and
-        ``u``, ``w`` (K, B, d), ``b`` (K, B)."""
-        _check_input(x, self.num_pixels)
+        ``u``, ``w`` (K, B, d), ``b`` (K, B).
+
+        ``x`` must be a finite real tensor; another floating dtype is converted to the
+        weights' (float32 by default), as :class:`elbo_lib.vae.GaussianEncoder` does.
+        """
+        x = _check_input(x, self.num_pixels, dtype=self.inner.weight.dtype)
+        if not _vae._TRUSTED:   # inside a VAE's training step x was checked once
+            check_finite_tensor(x, "x")
         d, k = self.latent_dim, self.num_layers
         out = self.outer(torch.tanh(self.inner(x)))
         params = {"mean": out[..., :d], "logvar": out[..., d:2 * d]}
@@ -1119,19 +1218,33 @@ class PlanarFlowEncoder(nn.Module):
         return params
 
     def posterior(self, params: dict[str, torch.Tensor]) -> Distribution:
-        """q(z | x) from :meth:`raw_outputs` (or refined copies of them)."""
+        """q(z | x) from :meth:`raw_outputs` (or refined copies of them).
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``params`` lacks a key, or a value is not a finite real tensor.
+        """
         keys = ("mean", "logvar") + (("u", "w", "b") if self.num_layers else ())
         if not isinstance(params, dict) or any(k not in params for k in keys):
             raise TypeError(f"params must be a dict with keys {keys} (from raw_outputs)")
+        for key in keys:
+            value = _check_tensor(params[key], f"params[{key!r}] ({key})")
+            check_finite_tensor(value, f"params[{key!r}] ({key})")
+        return self._posterior(params)
+
+    def _posterior(self, params: dict[str, torch.Tensor]) -> Distribution:
+        """:meth:`posterior` of outputs known to be finite tensors (no checks)."""
         base = Independent(Normal(params["mean"], torch.exp(0.5 * params["logvar"])), 1)
         if self.num_layers == 0:
             return base
         return TransformedDistribution(
-            base, [PlanarStackTransform(params["u"], params["w"], params["b"])])
+            base, [PlanarStackTransform(params["u"], params["w"], params["b"],
+                                        validate=False)])
 
     def forward(self, x: torch.Tensor) -> Distribution:
         """q_phi(z | x): batch shape (B,), event shape (latent_dim,)."""
-        return self.posterior(self.raw_outputs(x))
+        return self._posterior(self.raw_outputs(x))
 
 
 def vae_elbo_of(model: nn.Module, x: torch.Tensor, q: Distribution,
@@ -1154,6 +1267,9 @@ def vae_elbo_of(model: nn.Module, x: torch.Tensor, q: Distribution,
     """
     from elbo_lib.vae import bernoulli_log_likelihood
 
+    if not callable(getattr(model, "decode", None)):
+        raise TypeError(f"model must be an elbo_lib.vae.VAE (with decode), got "
+                        f"{type(model).__name__}")
     num_samples = check_positive_int(num_samples, "num_samples")
     if not isinstance(q, Distribution):
         raise TypeError(f"q must be a torch Distribution, got {type(q).__name__}")
@@ -1183,11 +1299,27 @@ def refine_flow_posterior(model: nn.Module, x: torch.Tensor, num_steps: int,
         Refined outputs, detached (pass to ``model.encoder.posterior``).
     trace : numpy.ndarray, shape (num_steps,)
         Mean stochastic ELBO per step.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a model without a :class:`PlanarFlowEncoder`, x that is not a binary
+        (n, num_pixels) tensor, bad sizes, or the first step at which the ELBO is not
+        finite or q cannot be formed (a step too large: "stopped at step s of
+        num_steps"). The model is never changed (its decoder is frozen and the encoder
+        only supplies the start).
     """
     if not isinstance(getattr(model, "encoder", None), PlanarFlowEncoder):
-        raise TypeError("model.encoder must be a PlanarFlowEncoder")
+        raise TypeError(f"model.encoder must be a PlanarFlowEncoder (model: an "
+                        f"elbo_lib.vae.VAE), got {type(model).__name__}")
+    if not callable(getattr(model, "decode", None)):
+        raise TypeError(f"model must have a decode method (an elbo_lib.vae.VAE), got "
+                        f"{type(model).__name__}")
+    x = _vae._check_data(x, model.encoder.num_pixels, binary=True, batch=True,
+                         dtype=model.encoder.inner.weight.dtype)
     num_steps = check_positive_int(num_steps, "num_steps")
     lr = check_positive(lr, "lr")
+    num_samples = check_positive_int(num_samples, "num_samples")
     with torch.no_grad():
         start = model.encoder.raw_outputs(x)
     params = {name: value.clone().requires_grad_(True) for name, value in start.items()
@@ -1199,11 +1331,23 @@ def refine_flow_posterior(model: nn.Module, x: torch.Tensor, num_steps: int,
     trace = np.empty(num_steps)
     try:
         for step in range(num_steps):
-            elbo = vae_elbo_of(model, x, model.encoder.posterior(params), num_samples)
+            try:
+                elbo = vae_elbo_of(model, x, model.encoder._posterior(params), num_samples)
+                trace[step] = float(elbo.detach().mean())
+                if not math.isfinite(trace[step]):
+                    raise ValueError("the ELBO is not finite")
+            except ValueError as err:   # also torch's check of the base Gaussian's scale
+                reason = str(err)
+                if reason.startswith("Expected parameter"):   # torch's constraint check
+                    reason = (f"q(z | x) cannot be formed from the refined outputs (its "
+                              f"{reason.split(' (')[0].removeprefix('Expected ')} is not "
+                              f"finite or out of range)")
+                raise ValueError(f"refine_flow_posterior stopped at step {step + 1} of "
+                                 f"{num_steps}: {reason} (a smaller lr than {lr} may help)"
+                                 ) from err
             optimizer.zero_grad(set_to_none=True)
             (-elbo.sum()).backward()
             optimizer.step()
-            trace[step] = float(elbo.detach().mean())
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)

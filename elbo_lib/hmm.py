@@ -31,6 +31,7 @@ import numpy as np
 from elbo_lib._validation import (
     as_float_array,
     as_generator,
+    as_numeric_array,
     check_fit_controls,
     check_positive_int,
     check_probability_rows,
@@ -76,11 +77,10 @@ def _check_log_params(log_pi, log_A, log_B):
 
 
 def _as_log_probabilities(x, name: str) -> np.ndarray:
-    """A float array that may hold -inf (log 0), unlike :func:`as_float_array`."""
-    try:
-        return np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be numeric array-like, got {type(x).__name__}") from exc
+    """A float array that may hold -inf (log 0), unlike :func:`as_float_array`: the
+    library's one conversion (:func:`~elbo_lib._validation.as_numeric_array`: tensors
+    detached; complex values, strings, bools and ints beyond float range refused)."""
+    return as_numeric_array(x, name, expected="numeric array-like of log-probabilities")
 
 
 def _log(p):
@@ -609,7 +609,7 @@ class GaussianHMM:
             X = self._check_fitted(X)
         means = self.means_ if means is None else means
         cov = self.covariances_ if covariances is None else covariances
-        return gaussian_log_density(X, np.asarray(means), precision_cholesky(cov))
+        return gaussian_log_density(X, as_numeric_array(means, "means"), precision_cholesky(cov))
 
     def fit(self, X, lengths=None) -> GaussianHMM:
         """Run Baum-Welch on X of shape (T, d) (or (T,)); return ``self``.

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import ndtri
 from torch import nn
 from torch.distributions import (
     Distribution,
@@ -54,6 +55,7 @@ from tqdm import tqdm
 
 from elbo_lib._validation import (
     LOG_2PI,
+    as_numeric_array,
     check_finite_tensor,
     check_nonnegative,
     check_positive,
@@ -145,7 +147,7 @@ class DiagonalGaussianPosterior(Independent):
         if _TRUSTED:  # inside a training step or an evaluation that checked its inputs
             return diagonal_gaussian_log_density(value, self.base_dist.loc, self.logvar,
                                                  validate=False)
-        check_finite_tensor(value, "value")
+        _check_real_tensor(value, "value")
         return diagonal_gaussian_log_density(value, self.base_dist.loc, self.logvar)
 
 
@@ -254,7 +256,7 @@ class VAE(nn.Module):
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must be a tensor of shape (..., {self.latent_dim}), got {got}")
         if not _TRUSTED:
-            check_finite_tensor(z, "z")
+            _check_real_tensor(z, "z")
         dtype = _dtype_of(self.decoder)
         return self.decoder(z if z.dtype == dtype else z.to(dtype))
 
@@ -273,8 +275,15 @@ def _check_mean_logvar(mean, logvar) -> None:
     if mean.shape != logvar.shape:
         raise ValueError(f"mean and logvar must have the same shape, got {tuple(mean.shape)} "
                          f"and {tuple(logvar.shape)}")
-    check_finite_tensor(mean, "mean")
-    check_finite_tensor(logvar, "logvar")
+    _check_real_tensor(mean, "mean")
+    _check_real_tensor(logvar, "logvar")
+
+
+def _check_real_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
+    """A finite real tensor (complex tensors refused by name, before any arithmetic)."""
+    if t.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
+    return check_finite_tensor(t, name)
 
 
 def _check_sample_shape(sample_shape) -> torch.Size:
@@ -357,6 +366,30 @@ def _stop_on_error(where: str, epoch: int, num_epochs: int, step: int | None, lr
             raise ValueError(_stopped(where, epoch, num_epochs, step, lr, str(err))) from err
 
 
+@contextmanager
+def _restore_on_error(*modules: nn.Module):
+    """Put the parameters (and buffers) of ``modules`` back as they were on entry when
+    the block raises: a training loop that stops (a non-finite loss, naming the step)
+    leaves the model as the caller gave it, not half-way to NaN. One copy per call."""
+    saved = [copy.deepcopy(m.state_dict()) for m in modules]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for module, state in zip(modules, saved, strict=True):
+                module.load_state_dict(state)
+        raise
+
+
+def _dream(probs: torch.Tensor) -> torch.Tensor:
+    """Bernoulli pixels of probabilities ``probs``; a NaN probability (a diverged
+    decoder) is the library's ValueError, not torch's RuntimeError."""
+    try:
+        return torch.bernoulli(probs)
+    except RuntimeError as err:
+        raise ValueError("the decoder's pixel probabilities are not finite") from err
+
+
 def _check_loss(loss: torch.Tensor) -> None:
     if not bool(torch.isfinite(loss)):
         raise ValueError("the loss is not finite")
@@ -397,7 +430,7 @@ def kl_to_prior(q: Distribution, z: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
         if not _TRUSTED:
-            check_finite_tensor(z, "z")
+            _check_real_tensor(z, "z")
     if isinstance(q, DiagonalGaussianPosterior):
         return _kl_units(q).sum(-1)
     closed = _closed_form_kl(q)
@@ -414,10 +447,20 @@ _ZERO_ONE: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _kl_units(q: DiagonalGaussianPosterior) -> torch.Tensor:
-    """Per-unit closed-form KL to N(0, 1), shape (n, latent_dim)."""
+    """Per-unit closed-form KL to N(0, 1), shape (n, latent_dim).
+
+    :func:`~elbo_lib.gaussians.gaussian_kl` with var = exp(logvar) wherever that variance
+    is a positive float; where it underflows to 0 (logvar below -104 in float32, -745 in
+    float64) or overflows, the same closed form in log-variance space,
+    (exp(logvar) - logvar + mean^2 - 1) / 2 (+inf where the KL itself overflows).
+    Inside a training step the first form only (a KL that underflowed there stops the
+    loop with a non-finite loss naming the step; a float64 model goes to -745).
+    """
     var = torch.exp(q.logvar)
     if not _TRUSTED:
-        return gaussian_kl(q.base_dist.loc, var, 0.0, 1.0)
+        if bool(((var > 0) & torch.isfinite(var)).all()):
+            return gaussian_kl(q.base_dist.loc, var, 0.0, 1.0)
+        return 0.5 * (var - q.logvar + q.base_dist.loc ** 2 - 1.0)
     # gaussian_kl's own arithmetic with mean_p = 0 and var_p = 1 as tensors of q's dtype
     zero, one = _ZERO_ONE.get(var.dtype) or _ZERO_ONE.setdefault(
         var.dtype, (torch.tensor(0.0, dtype=var.dtype), torch.tensor(1.0, dtype=var.dtype)))
@@ -442,9 +485,11 @@ def _closed_form_kl(q: Distribution) -> torch.Tensor | None:
 
 
 def _check_data(x, num_pixels: int | None = None, name: str = "x", *, binary: bool = False,
-                dtype: torch.dtype | None = None) -> torch.Tensor:
+                dtype: torch.dtype | None = None, batch: bool = False) -> torch.Tensor:
     """``x`` checked (a finite tensor of ``num_pixels`` columns; with ``binary``, 0/1
-    pixels for the Bernoulli decoder) and converted to ``dtype`` if given."""
+    pixels for the Bernoulli decoder; with ``batch``, of shape (n, num_pixels): one
+    image of shape (num_pixels,) is refused by name, as ``x[None]`` is a batch of one)
+    and converted to ``dtype`` if given."""
     if _TRUSTED:
         return x if dtype is None or x.dtype == dtype else x.to(dtype)
     if not isinstance(x, torch.Tensor):
@@ -453,6 +498,9 @@ def _check_data(x, num_pixels: int | None = None, name: str = "x", *, binary: bo
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one data point, got shape "
                          f"{tuple(x.shape)}")
+    if batch and x.ndim != 2:
+        raise ValueError(f"{name} must be a batch of shape (n, num_pixels), got shape "
+                         f"{tuple(x.shape)} (one image x is the batch x[None])")
     if num_pixels is not None and x.shape[-1] != num_pixels:
         raise ValueError(f"{name} must have {num_pixels} pixels in its last axis, "
                          f"got shape {tuple(x.shape)}")
@@ -485,10 +533,7 @@ def as_tensor(x) -> torch.Tensor:
     ValueError
         If ``x`` is not 2-D (n, D), is empty, not finite, or outside [0, 1].
     """
-    try:
-        arr = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"x must be numeric array-like, got {type(x).__name__}") from exc
+    arr = as_numeric_array(x, "x", dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise ValueError(f"x must have shape (n, num_pixels) with n >= 1, got {arr.shape}")
     if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
@@ -555,7 +600,7 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"logits must end in the shape of x {tuple(x.shape)}, got {got}")
     if not _TRUSTED:
-        check_finite_tensor(logits, "logits")
+        _check_real_tensor(logits, "logits")
     if x.dtype != logits.dtype:
         x = x.to(logits.dtype)
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits),
@@ -576,7 +621,7 @@ def elbo_terms(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     (reconstruction, kl) : tuple of torch.Tensor, each of shape (n,)
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
+    x = _check_data(x, model.num_pixels, binary=True, batch=True)
     q = model.encode(x)
     z = q.rsample()
     reconstruction = bernoulli_log_likelihood(x, model.decode(z))
@@ -597,7 +642,7 @@ def evaluate_elbo(model: VAE, x: torch.Tensor, num_samples: int = 1) -> dict[str
         ``{"elbo": ..., "reconstruction": ..., "kl": ...}`` as Python floats.
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
+    x = _check_data(x, model.num_pixels, binary=True, batch=True)
     num_samples = check_positive_int(num_samples, "num_samples")
     q = model.encode(x)
     z = q.rsample((num_samples,))
@@ -654,8 +699,10 @@ class TrainingHistory:
 def _check_training(model, x_train, x_val, num_epochs, batch_size, lr):
     model = _check_model(model)
     dtype = _dtype_of(model.encoder, model.decoder)   # converted once, not every step
-    x_train = _check_data(x_train, model.num_pixels, "x_train", binary=True, dtype=dtype)
-    x_val = _check_data(x_val, model.num_pixels, "x_val", binary=True, dtype=dtype)
+    x_train = _check_data(x_train, model.num_pixels, "x_train", binary=True, dtype=dtype,
+                            batch=True)
+    x_val = _check_data(x_val, model.num_pixels, "x_val", binary=True, dtype=dtype,
+                            batch=True)
     num_epochs = check_positive_int(num_epochs, "num_epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
@@ -707,7 +754,8 @@ def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs
     Raises
     ------
     ValueError
-        For bad sizes, or the first time the loss is not finite (naming epoch and step).
+        For bad sizes, or the first time the loss is not finite (naming epoch and step);
+        the model's parameters are then put back as they were before the call.
     """
     model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
         model, x_train, x_val, num_epochs, batch_size, lr)
@@ -718,21 +766,22 @@ def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs
     start = time.perf_counter()
     bar = tqdm(range(num_epochs), desc=f"VAE beta={beta:g}", disable=not progress,
                mininterval=0.5)
-    for epoch in bar:
-        model.train()
-        totals = torch.zeros(2)
-        for step, idx in enumerate(torch.randperm(n).split(batch_size)):
-            with _stop_on_error("train_vae", epoch, num_epochs, step, lr):
-                reconstruction, kl = elbo_terms(model, x_train[idx])
-                loss = -(reconstruction - beta * kl).mean()
-                _check_loss(loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
-        model.eval()
-        _end_of_epoch(history, totals, n, model, x_val, "train_vae", epoch, num_epochs, lr)
-        bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
+    with _restore_on_error(model):
+        for epoch in bar:
+            model.train()
+            totals = torch.zeros(2)
+            for step, idx in enumerate(torch.randperm(n).split(batch_size)):
+                with _stop_on_error("train_vae", epoch, num_epochs, step, lr):
+                    reconstruction, kl = elbo_terms(model, x_train[idx])
+                    loss = -(reconstruction - beta * kl).mean()
+                    _check_loss(loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
+            model.eval()
+            _end_of_epoch(history, totals, n, model, x_val, "train_vae", epoch, num_epochs, lr)
+            bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
     history.seconds = time.perf_counter() - start
     return history
 
@@ -753,6 +802,13 @@ def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num
     Returns
     -------
     TrainingHistory
+
+    Raises
+    ------
+    ValueError
+        For bad sizes, or the first time a phase's loss (or the decoder's dream
+        probabilities) is not finite, naming the phase, epoch and step; the model's
+        parameters are then put back as they were before the call.
     """
     model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
         model, x_train, x_val, num_epochs, batch_size, lr)
@@ -762,37 +818,38 @@ def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num
     n = len(x_train)
     start = time.perf_counter()
     bar = tqdm(range(num_epochs), desc="wake-sleep", disable=not progress, mininterval=0.5)
-    for epoch in bar:
-        totals = torch.zeros(2)
-        for step, idx in enumerate(torch.randperm(n).split(batch_size)):
-            x = x_train[idx]
-            # wake: fit the decoder to the encoder's explanations of real data
-            with _stop_on_error("train_wake_sleep (wake phase)", epoch, num_epochs, step, lr):
-                with torch.no_grad():
-                    q = model.encode(x)
-                    z = q.rsample()
-                    kl = kl_to_prior(q, z)
-                reconstruction = bernoulli_log_likelihood(x, model.decode(z))
-                wake_loss = -reconstruction.mean()
-                _check_loss(wake_loss)
-            opt_decoder.zero_grad(set_to_none=True)
-            wake_loss.backward()
-            opt_decoder.step()
-            # sleep: fit the encoder to the decoder's dreams
-            with _stop_on_error("train_wake_sleep (sleep phase)", epoch, num_epochs, step,
-                                lr):
-                with torch.no_grad():
-                    z_dream = torch.randn(len(idx), model.latent_dim)
-                    x_dream = torch.bernoulli(torch.sigmoid(model.decode(z_dream)))
-                sleep_loss = -model.encode(x_dream).log_prob(z_dream).mean()
-                _check_loss(sleep_loss)
-            opt_encoder.zero_grad(set_to_none=True)
-            sleep_loss.backward()
-            opt_encoder.step()
-            totals += torch.stack([reconstruction.detach().sum(), kl.sum()])
-        _end_of_epoch(history, totals, n, model, x_val, "train_wake_sleep", epoch,
-                      num_epochs, lr)
-        bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
+    with _restore_on_error(model):
+        for epoch in bar:
+            totals = torch.zeros(2)
+            for step, idx in enumerate(torch.randperm(n).split(batch_size)):
+                x = x_train[idx]
+                # wake: fit the decoder to the encoder's explanations of real data
+                with _stop_on_error("train_wake_sleep (wake phase)", epoch, num_epochs, step, lr):
+                    with torch.no_grad():
+                        q = model.encode(x)
+                        z = q.rsample()
+                        kl = kl_to_prior(q, z)
+                    reconstruction = bernoulli_log_likelihood(x, model.decode(z))
+                    wake_loss = -reconstruction.mean()
+                    _check_loss(wake_loss)
+                opt_decoder.zero_grad(set_to_none=True)
+                wake_loss.backward()
+                opt_decoder.step()
+                # sleep: fit the encoder to the decoder's dreams
+                with _stop_on_error("train_wake_sleep (sleep phase)", epoch, num_epochs, step,
+                                    lr):
+                    with torch.no_grad():
+                        z_dream = torch.randn(len(idx), model.latent_dim)
+                        x_dream = _dream(torch.sigmoid(model.decode(z_dream)))
+                    sleep_loss = -model.encode(x_dream).log_prob(z_dream).mean()
+                    _check_loss(sleep_loss)
+                opt_encoder.zero_grad(set_to_none=True)
+                sleep_loss.backward()
+                opt_encoder.step()
+                totals += torch.stack([reconstruction.detach().sum(), kl.sum()])
+            _end_of_epoch(history, totals, n, model, x_val, "train_wake_sleep", epoch,
+                          num_epochs, lr)
+            bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
     history.seconds = time.perf_counter() - start
     return history
 
@@ -824,7 +881,7 @@ def importance_log_weights(model: VAE, x: torch.Tensor, k: int, mean=None,
     torch.Tensor, shape (k, n)
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
+    x = _check_data(x, model.num_pixels, binary=True, batch=True)
     k = check_positive_int(k, "k")
     _check_proposal(model, x, mean, logvar)
     q = model.encode(x) if mean is None else DiagonalGaussianPosterior(mean, logvar)
@@ -865,7 +922,7 @@ def iwae_bound(model: VAE, x: torch.Tensor, k: int, mean=None, logvar=None,
     """
     model = _check_model(model)
     x = _check_data(x, model.num_pixels, binary=True,
-                    dtype=_dtype_of(model.encoder, model.decoder))
+                    dtype=_dtype_of(model.encoder, model.decoder), batch=True)
     k = check_positive_int(k, "k")
     chunk = max(1, check_positive_int(max_batch, "max_batch") // k)
     _check_proposal(model, x, mean, logvar)   # once here, not per chunk
@@ -911,7 +968,7 @@ def refine_posterior(model: VAE, x: torch.Tensor, num_steps: int, lr: float = 0.
         For bad sizes, or the first step at which an ELBO is not finite.
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
+    x = _check_data(x, model.num_pixels, binary=True, batch=True)
     num_steps = check_positive_int(num_steps, "num_steps")
     num_samples = check_positive_int(num_samples, "num_samples")
     lr = check_positive(lr, "lr")
@@ -953,7 +1010,7 @@ def _quadrature_grid(model, x, limit, num_points):
     [-limit, limit]^2 of the 2-D latent quadrature that :func:`grid_log_marginal` and
     :func:`decoder_gradient_by_quadrature` share."""
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
+    x = _check_data(x, model.num_pixels, binary=True, batch=True)
     if model.latent_dim != 2:
         raise ValueError(f"model must have a 2-D latent space for grid quadrature, got "
                          f"latent_dim={model.latent_dim}")
@@ -998,9 +1055,12 @@ def latent_grid(num_points: int, low: float = 0.05, high: float = 0.95) -> torch
     covers the prior's mass evenly. Row r has z_2 decreasing from top to bottom and
     z_1 increasing from left to right, matching an image of the decoded grid.
 
-    The quantiles are computed in float32, or in float64 when ``low < 0.01`` or
-    ``high > 0.99`` (where float32 loses the tail probabilities: 2p - 1 rounds to -1
-    for p = 1e-10, whose quantile would be -inf), and returned as float32.
+    The quantiles are computed in float32, or, when ``low < 0.01`` or ``high > 0.99``
+    (where float32 loses the tail probabilities: 2p - 1 rounds to -1 for p = 1e-10,
+    whose quantile would be -inf), in float64 with ``scipy.special.ndtri`` of p below
+    1/2 and of 1 - p above (exact in float64), which keeps full relative accuracy
+    down to the smallest float probabilities (p = 1e-300 gives -37.047), and are
+    returned as float32.
 
     Returns
     -------
@@ -1010,10 +1070,13 @@ def latent_grid(num_points: int, low: float = 0.05, high: float = 0.95) -> torch
     low, high = check_real(low, "low"), check_real(high, "high")
     if not 0.0 < low < high < 1.0:
         raise ValueError(f"need 0 < low < high < 1, got low={low!r}, high={high!r}")
-    dtype = torch.float64 if low < 0.01 or high > 0.99 else torch.float32
-    unit = torch.distributions.Normal(torch.tensor(0.0, dtype=dtype),
-                                      torch.tensor(1.0, dtype=dtype))
-    q = unit.icdf(torch.linspace(low, high, num_points, dtype=dtype)).float()
+    if low < 0.01 or high > 0.99:   # tails: ndtri of the smaller of p and 1 - p
+        p = torch.linspace(low, high, num_points, dtype=torch.float64).numpy()
+        q = torch.from_numpy(np.where(p <= 0.5, ndtri(np.minimum(p, 0.5)),
+                                      -ndtri(np.minimum(1.0 - p, 0.5)))).float()
+    else:
+        unit = torch.distributions.Normal(torch.tensor(0.0), torch.tensor(1.0))
+        q = unit.icdf(torch.linspace(low, high, num_points, dtype=torch.float32))
     z1, z2 = torch.meshgrid(q, q.flip(0), indexing="xy")
     return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1)
 
@@ -1037,7 +1100,7 @@ def active_units(model: VAE, x: torch.Tensor, threshold: float = 0.01
         If the encoder's q has no ``mean`` (e.g. a normalising flow).
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels, batch=True)
     threshold = check_positive(threshold, "threshold")
     if len(x) < 2:
         raise ValueError(f"x must hold at least 2 data points to measure a variance, "
@@ -1072,7 +1135,7 @@ def elbo_per_point(model: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.T
     torch.Tensor, shape (n,)
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
+    x = _check_data(x, model.num_pixels, binary=True, batch=True)
     num_samples = check_positive_int(num_samples, "num_samples")
     q = model.encode(x)
     z = q.rsample((num_samples,))
@@ -1134,7 +1197,8 @@ def train_vae_variant(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor,
     ValueError
         If ``k > 1`` is combined with ``beta != 1``, warm-up or free bits (the IWAE
         objective has no separate KL term to weight), on invalid sizes, or the first
-        time the loss is not finite (naming epoch and step).
+        time the loss is not finite (naming epoch and step; the model's parameters are
+        then put back as they were before the call).
     """
     model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
         model, x_train, x_val, num_epochs, batch_size, lr)
@@ -1151,42 +1215,43 @@ def train_vae_variant(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor,
     steps_per_epoch = math.ceil(n / batch_size)
     step = 0
     start = time.perf_counter()
-    for epoch in range(num_epochs):
-        model.train()
-        totals = torch.zeros(2)
-        for step_in_epoch, idx in enumerate(torch.randperm(n).split(batch_size)):
-            x = x_train[idx]
-            with _stop_on_error("train_vae_variant", epoch, num_epochs, step_in_epoch, lr):
-                q = model.encode(x)
-                if free_bits:
-                    _require_diagonal_gaussian(q, "train_vae_variant with free_bits")
-                # per-unit closed-form KL for the diagonal Gaussian (free bits need units)
-                kl = _kl_units(q) if isinstance(q, DiagonalGaussianPosterior) else None
-                if k > 1:
-                    z = q.rsample((k,))
-                    log_w, log_lik = _log_weights(model, x, q, z)         # (k, b) each
-                    loss = -importance_weighted_bound(log_w, dim=0).mean()
-                    reconstruction = log_lik.mean(0)
-                    kl = kl_to_prior(q, z) if kl is None else kl
-                else:
-                    z = q.rsample()
-                    reconstruction = bernoulli_log_likelihood(x, model.decode(z))
-                    kl = kl_to_prior(q, z) if kl is None else kl
-                    weight = beta
-                    if warmup_epochs:
-                        weight = beta * min(1.0, (step + 1)
-                                            / (warmup_epochs * steps_per_epoch))
-                    kl_term = kl if kl.ndim == 1 else _free_bits_kl(kl, free_bits)
-                    loss = -(reconstruction - weight * kl_term).mean()
-                _check_loss(loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
-        model.eval()
-        _end_of_epoch(history, totals, n, model, x_val, "train_vae_variant", epoch,
-                      num_epochs, lr)
+    with _restore_on_error(model):
+        for epoch in range(num_epochs):
+            model.train()
+            totals = torch.zeros(2)
+            for step_in_epoch, idx in enumerate(torch.randperm(n).split(batch_size)):
+                x = x_train[idx]
+                with _stop_on_error("train_vae_variant", epoch, num_epochs, step_in_epoch, lr):
+                    q = model.encode(x)
+                    if free_bits:
+                        _require_diagonal_gaussian(q, "train_vae_variant with free_bits")
+                    # per-unit closed-form KL for the diagonal Gaussian (free bits need units)
+                    kl = _kl_units(q) if isinstance(q, DiagonalGaussianPosterior) else None
+                    if k > 1:
+                        z = q.rsample((k,))
+                        log_w, log_lik = _log_weights(model, x, q, z)         # (k, b) each
+                        loss = -importance_weighted_bound(log_w, dim=0).mean()
+                        reconstruction = log_lik.mean(0)
+                        kl = kl_to_prior(q, z) if kl is None else kl
+                    else:
+                        z = q.rsample()
+                        reconstruction = bernoulli_log_likelihood(x, model.decode(z))
+                        kl = kl_to_prior(q, z) if kl is None else kl
+                        weight = beta
+                        if warmup_epochs:
+                            weight = beta * min(1.0, (step + 1)
+                                                / (warmup_epochs * steps_per_epoch))
+                        kl_term = kl if kl.ndim == 1 else _free_bits_kl(kl, free_bits)
+                        loss = -(reconstruction - weight * kl_term).mean()
+                    _check_loss(loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
+            model.eval()
+            _end_of_epoch(history, totals, n, model, x_val, "train_vae_variant", epoch,
+                          num_epochs, lr)
     history.seconds = time.perf_counter() - start
     return history
 
@@ -1208,7 +1273,7 @@ def kl_per_unit(model: VAE, x: torch.Tensor) -> np.ndarray:
         If the encoder is not of the diagonal Gaussian family (no per-unit KL).
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels, batch=True)
     q = _require_diagonal_gaussian(model.encode(x), "kl_per_unit")
     return _kl_units(q).mean(0).numpy().astype(np.float64)
 
@@ -1287,7 +1352,7 @@ def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
         If the latent space is not 2-D, or for bad grid sizes.
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels)
+    x = _check_data(x, model.num_pixels, batch=True)
     if model.latent_dim != 2:
         raise ValueError(f"model must have a 2-D latent space for the grid, got "
                          f"latent_dim={model.latent_dim}")
@@ -1407,10 +1472,10 @@ def inference_gaps(model: VAE, x: torch.Tensor, log_px: torch.Tensor,
         mean stochastic ELBO per step).
     """
     model = _check_model(model)
-    x = _check_data(x, model.num_pixels, binary=True)
+    x = _check_data(x, model.num_pixels, binary=True, batch=True)
     if not isinstance(log_px, torch.Tensor) or log_px.shape != (len(x),):
         raise ValueError(f"log_px must be a tensor of shape ({len(x)},)")
-    check_finite_tensor(log_px, "log_px")
+    _check_real_tensor(log_px, "log_px")
     mean, logvar, trace = refine_posterior(model, x, num_steps, lr)
     elbo_encoder = iwae_bound(model, x, k)[1]
     elbo_refined = iwae_bound(model, x, k, mean, logvar)[1]

@@ -659,3 +659,97 @@ def test_runs_fit_by_maximum_likelihood_each_on_its_own_batches():
 def test_runs_need_planar_or_coupling_layers():
     with pytest.raises(ValueError, match="num_runs > 1 is implemented for planar and"):
         FlowFamily(2, 2, "radial", num_runs=2)
+
+
+# -- issue 34: NaN parameters, inputs of the wrong kind to the layers' methods, float32
+#    where the layers are float64, divergence of the per-image refinement
+def _nan(t):
+    t = t.clone()
+    t.view(-1)[0] = float("nan")
+    return t
+
+
+def _flow_vae():
+    from elbo_lib.vae import VAE
+
+    torch.manual_seed(0)
+    return VAE(4, 2, 3, encoder=PlanarFlowEncoder(4, 2, 2, hidden=3))
+
+
+_XF = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+_Z = torch.tensor([[0.3, -0.2], [1.0, 0.5]], dtype=F64)
+
+for _name, _cases in {
+    "PlanarTransform": [(lambda: PlanarTransform(_nan(U), U, B), ValueError,
+                         r"u must be finite"),
+                        (lambda: PlanarTransform(U, U.float(), B), TypeError,
+                         r"u, w, b must have one dtype")],
+    "PlanarStackTransform": [(lambda: PlanarStackTransform(U[None], U[None], _nan(B[None])),
+                              ValueError, r"b must be finite")],
+    "RadialTransform": [(lambda: RadialTransform(U, _nan(B), B), ValueError,
+                         r"alpha_raw must be finite")],
+    "PlanarTransform.log_abs_det_jacobian": [
+        (lambda: _layer("planar").log_abs_det_jacobian(_Z.numpy(), None), TypeError,
+         r"x must be a torch.Tensor")],
+    "AffineCouplingTransform.log_abs_det_jacobian": [
+        (lambda: FlowFamily(2, 1, "coupling").transforms()[0].log_abs_det_jacobian(
+            _Z.to(torch.complex128), None), TypeError, r"x must be a real floating")],
+    "MADE.forward": [(lambda: MADE(2)(_Z.numpy()), TypeError, r"z must be a torch.Tensor")],
+    "Grid2D.log_integral": [
+        (lambda: square_grid(3.0, 5).log_integral(torch.full((25,), math.inf)), ValueError,
+         r"log_values must be finite or -inf"),
+        (lambda: square_grid(3.0, 5).log_integral(_nan(torch.zeros(25))), ValueError,
+         r"log_values must be finite or -inf")],
+    "Grid2D.integral": [
+        (lambda: square_grid(3.0, 5).integral(_nan(torch.zeros(25))), ValueError,
+         r"values must be finite"),
+        (lambda: square_grid(3.0, 5).integral(torch.zeros(25, dtype=torch.complex64)),
+         TypeError, r"values must be real")],
+    "PlanarFlowEncoder.forward": [
+        (lambda: _flow_vae().encoder(_XF.numpy()), TypeError, r"x must be a torch.Tensor"),
+        (lambda: _flow_vae().encoder(None), TypeError, r"x must be a torch.Tensor")],
+    "PlanarFlowEncoder.posterior": [
+        (lambda: (lambda e: e.posterior(dict(e.raw_outputs(_XF),
+                                             mean=_nan(torch.zeros(3, 2)))))(
+            _flow_vae().encoder), ValueError, r"params\['mean'\] \(mean\) must contain")],
+    "refine_flow_posterior": [
+        (lambda: refine_flow_posterior(_flow_vae(), _XF.numpy(), 2), TypeError,
+         r"x must be a torch.Tensor"),
+        (lambda: refine_flow_posterior(_flow_vae(), _XF, 200, lr=1e8), ValueError,
+         r"refine_flow_posterior stopped at step \d+ of 200: .* smaller lr")],
+    "vae_elbo_of": [(lambda: vae_elbo_of(None, _XF, _flow_vae().encoder(_XF), 2), TypeError,
+                     r"model must be an elbo_lib.vae.VAE")],
+    "FlowFamily": [(lambda: FlowFamily(2, 2, "planar", hidden=2.5), TypeError,
+                    r"hidden must be an integer")],
+}.items():
+    BAD_INPUTS.setdefault(_name, []).extend(_cases)
+
+
+def _float32_is_rounded_float64(build):
+    """float32 input gives the float64 answer at the float32-rounded input."""
+    def check(out):
+        torch.testing.assert_close(out, build(_Z.float().double()), rtol=0, atol=0)
+    return (lambda: build(_Z.float())), check
+
+
+def _made_m(z):
+    torch.manual_seed(0)
+    made = MADE(2, 3)
+    torch.nn.init.normal_(made.outer.weight, std=0.3)
+    return made(z)[0].detach()
+
+
+def _ar_log_prob(z):
+    torch.manual_seed(0)
+    return FlowFamily(2, 2, "autoregressive", hidden=3).distribution().log_prob(z).detach()
+
+
+EXTREME_INPUTS = {
+    "MADE.forward": [_float32_is_rounded_float64(_made_m)],
+    "FlowFamily": [_float32_is_rounded_float64(_ar_log_prob)],
+    "Grid2D.log_integral": [   # zero density but at one point: log of one cell's area
+        (lambda: square_grid(3.0, 5).log_integral(
+            torch.cat([torch.full((24,), -math.inf, dtype=F64), torch.zeros(1, dtype=F64)])),
+         lambda out: math.isclose(out, math.log(1.5**2), rel_tol=1e-15) or pytest.fail(
+             f"{out} != log(1.5^2)"))],
+}

@@ -461,3 +461,27 @@ EXTREME_INPUTS = {
                                                 rtol=1e-12)),
     ],
 }
+
+
+# -- issue 34: the one conversion at the boundary for log-probabilities
+BAD_INPUTS["forward_backward"] = BAD_INPUTS.get("forward_backward", []) + [
+    (lambda: forward_backward(np.log(PI).astype(str), np.log(A), np.zeros((4, 3))),
+     TypeError, r"log_pi must be numeric array-like of log-probabilities"),
+    (lambda: forward_backward(np.log(PI), np.log(A) + 0j, np.zeros((4, 3))), TypeError,
+     r"log_A must be real"),
+    (lambda: forward_backward([10**400, 0, 0], np.log(A), np.zeros((4, 3))), ValueError,
+     r"log_pi holds an integer beyond the range of float64"),
+]
+
+
+def _fb_of_tensor():
+    import torch
+
+    return forward_backward(torch.tensor(np.log(PI), requires_grad=True), np.log(A),
+                            np.zeros((4, 3)))[1]
+
+
+EXTREME_INPUTS.setdefault("forward_backward", []).append(
+    # a tensor that requires grad is detached: the answer of its values
+    (_fb_of_tensor, lambda gamma: np.testing.assert_allclose(
+        gamma, forward_backward(np.log(PI), np.log(A), np.zeros((4, 3)))[1], rtol=0)))

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -1171,3 +1172,124 @@ BAD_INPUTS["train_replicates"] = [
      ValueError, r"train_replicates \(method='elbo'\) stopped at epoch 1 of 2, step 1: "
                  r"the loss of model 1 is not finite"),
 ]
+
+
+# -- issue 34: the second round of bad input (one image, complex, requires grad,
+#    divergence and the state it leaves) and extreme-but-valid input against closed forms
+def _diverged(train, *args, **kwargs):
+    """Run a training call that diverges; return its message and whether the model's
+    parameters are those it had before the call."""
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError) as info:
+        train(model, *args, **kwargs)
+    after = model.state_dict()
+    return str(info.value), all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _restored(pattern):
+    def check(out):
+        message, same = out
+        assert re.search(pattern, message), message
+        assert same, "the parameters were not put back"
+    return check
+
+
+def _kl_at(logvar, dtype):
+    mean = torch.tensor([[0.5, -1.0]], dtype=dtype)
+    return kl_to_prior(DiagonalGaussianPosterior(mean, torch.tensor([[logvar, 0.3]],
+                                                                    dtype=dtype)))
+
+
+def _kl_closed_form(logvar):
+    lv = np.float64([logvar, 0.3])          # float64 closed form, exp(-800) = 0 there
+    return 0.5 * (np.exp(lv) - lv + np.float64([0.5, -1.0]) ** 2 - 1).sum()
+
+
+def _constant_encoder(logvar):
+    model = _model()
+    with torch.no_grad():
+        model.encoder[2].weight.zero_()
+        model.encoder[2].bias.copy_(torch.tensor([0.5, -1.0, logvar, logvar]))
+    return model
+
+
+def _log_weights_at_mean():
+    with torch.no_grad():
+        model = _model()
+        lpx = bernoulli_log_likelihood(_X, model.decode(torch.zeros(8, 2))).double()
+    return lpx - math.log(2 * math.pi) - (-math.log(2 * math.pi) + 800.0)
+
+
+def _tail_check(low, high):
+    from scipy.stats import norm
+
+    def check(grid):
+        q = torch.unique(grid[:, 0]).double().numpy()
+        want = [norm.ppf(low), norm.ppf(0.5 * (low + high)), norm.isf(1.0 - high)]
+        np.testing.assert_allclose(q, want, rtol=1e-6)
+    return check
+
+
+_ONE = _X[0]
+for _name, _cases in {
+    "iwae_bound": [(lambda: iwae_bound(_model(), _ONE, 3), ValueError,
+                    r"x must be a batch of shape \(n, num_pixels\), got shape \(6,\)")],
+    "grid_log_marginal": [(lambda: grid_log_marginal(_model(), _ONE, num_points=5),
+                           ValueError, r"x must be a batch of shape")],
+    "train_vae": [(lambda: train_vae(_model(), _ONE, _X, 1), ValueError,
+                   r"x_train must be a batch of shape"),
+                  (lambda: train_vae(_model(), _X, _X, 20, 4, lr=1e10), ValueError,
+                   r"train_vae stopped at epoch 1 of 20, step \d+: .* smaller lr")],
+    "train_wake_sleep": [(lambda: train_wake_sleep(_model(), _X, _ONE, 1), ValueError,
+                          r"x_val must be a batch of shape"),
+                         (lambda: train_wake_sleep(_model(), _X, _X, 20, 4, lr=1e10),
+                          ValueError, r"stopped at epoch \d+ of 20, step \d+: .* smaller lr")],
+    "VAE.decode": [(lambda: _model().decode(torch.zeros(3, 2, dtype=torch.complex64)),
+                    TypeError, r"z must be a real tensor")],
+    "DiagonalGaussianPosterior.log_prob": [
+        (lambda: _q().log_prob(torch.zeros(3, 2, dtype=torch.complex64)), TypeError,
+         r"value must be a real tensor")],
+    "reparameterize": [(lambda: reparameterize(torch.zeros(2, dtype=torch.complex64),
+                                               torch.zeros(2)), TypeError,
+                        r"mean must be a real tensor")],
+    "bernoulli_log_likelihood": [
+        (lambda: bernoulli_log_likelihood(_X, torch.zeros(8, 6, dtype=torch.complex64)),
+         TypeError, r"logits must be a real tensor")],
+    "as_tensor": [(lambda: as_tensor(np.zeros((2, 2)) + 0j), TypeError, r"x must be real"),
+                  (lambda: as_tensor([["0.5", "1"]]), TypeError, r"x must be numeric"),
+                  (lambda: as_tensor([[10**400, 0]]), ValueError, r"x holds an integer")],
+}.items():
+    BAD_INPUTS.setdefault(_name, []).extend(_cases)
+
+for _name, _cases in {
+    "latent_grid": [(lambda low=low: latent_grid(3, low, 0.95), _tail_check(low, 0.95))
+                    for low in (1e-16, 1e-17, 1e-300)]
+    + [(lambda: latent_grid(3, 0.05, 1 - 2**-53), _tail_check(0.05, 1 - 2**-53))],
+    "kl_to_prior": [(lambda lv=lv, dt=dt: _kl_at(lv, dt),
+                     lambda out, lv=lv: np.testing.assert_allclose(
+                         out.double().numpy(), [_kl_closed_form(lv)], rtol=1e-6))
+                    for lv, dt in ((-800.0, torch.float32), (-110.0, torch.float32),
+                                   (-800.0, torch.float64), (80.0, torch.float32),
+                                   (700.0, torch.float64))],
+    "elbo_terms": [(lambda: elbo_terms(_constant_encoder(-110.0), _X)[1],
+                    lambda kl: np.testing.assert_allclose(
+                        kl.detach().double().numpy(),
+                        np.full(8, 0.5 * (110.0 * 2 + 0.25 + 1.0 - 2)), rtol=1e-6))],
+    "importance_log_weights": [
+        (lambda: importance_log_weights(_model(), _X, 3, torch.zeros(8, 2),
+                                        torch.full((8, 2), -800.0)),
+         lambda lw: np.testing.assert_allclose(lw.detach().double().numpy(),
+                                               _log_weights_at_mean().expand(3, 8).numpy(),
+                                               rtol=1e-6))],
+    "as_tensor": [(lambda: as_tensor(torch.full((2, 3), 0.5, requires_grad=True)),
+                   lambda t: torch.testing.assert_close(t, torch.full((2, 3), 0.5)))],
+    "train_vae": [(lambda: _diverged(train_vae, _X, _X, 20, 4, lr=1e10),
+                   _restored(r"train_vae stopped at epoch"))],
+    "train_wake_sleep": [(lambda: _diverged(train_wake_sleep, _X, _X, 20, 4, lr=1e10),
+                          _restored(r"train_wake_sleep \((wake|sleep) phase\) stopped"))],
+    "train_vae_variant": [(lambda: _diverged(train_vae_variant, _X, _X, 20, k=3,
+                                             batch_size=4, lr=1e10),
+                           _restored(r"train_vae_variant stopped at epoch"))],
+}.items():
+    EXTREME_INPUTS.setdefault(_name, []).extend(_cases)

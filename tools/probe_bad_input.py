@@ -9,15 +9,23 @@ A bad input must raise TypeError or ValueError whose message names the argument 
 error"); anything else is counted as the issue counts it. A second part runs the issue's
 individual failures against independent answers (scipy, closed forms). Written for the
 modules of issue 34's second round (bounds, em, gaussians, models, mean_field, datasets,
-gradients, sparse_coding, heteroscedastic); the other modules can add specs.
+gradients, sparse_coding, heteroscedastic), then extended to every public name of vae,
+flows and hmm (``SPECS3``, ``EXTREME3``) with more kinds for tensors: a NumPy array
+where a tensor is taken (a clear error or the tensor's answer), None, NaN (a clear error;
+NaN fed to a layer's elementwise map may give NaN out, as torch's transforms do), the
+other float dtype (float32 <-> float64: valid, compared by shape and finiteness, or the
+documented "one dtype" error for a layer's parameters), and one sample (1-D) for batch
+arguments; and divergence (lr = 1e8 .. 1e10) with the state it leaves.
 
-Usage: ``.venv/bin/python tools/probe_bad_input.py [-v]`` (about 20 s; ``-v`` lists every
-call that is not a clear error or an accepted valid input). Run it against another
-checkout of the library with ``PYTHONPATH=<dir holding elbo_lib>``.
+Usage: ``.venv/bin/python tools/probe_bad_input.py [-v] [--modules=vae,flows,hmm]``
+(about 2 minutes for every module; ``-v`` lists every call that is not a clear error or
+an accepted valid input; ``--modules`` keeps the names of those modules). Run it against
+another checkout of the library with ``PYTHONPATH=<dir holding elbo_lib>``.
 """
 from __future__ import annotations
 
 import collections
+import math
 import signal
 import sys
 import warnings
@@ -29,12 +37,15 @@ from elbo_lib import (
     bounds,
     datasets,
     em,
+    flows,
     gaussians,
     gradients,
     heteroscedastic,
+    hmm,
     mean_field,
     models,
     sparse_coding,
+    vae,
 )
 
 warnings.simplefilter("ignore")
@@ -268,10 +279,292 @@ SPECS = [
           num_steps=3, lr=0.01)),
 ]
 
+# ---------------------------------------------------------------------------------------
+# third round: vae, flows, hmm (issue 34)
+# ---------------------------------------------------------------------------------------
+F64 = torch.float64
+XB = torch.tensor((R.uniform(size=(6, 4)) > 0.5) * 1.0, dtype=torch.float32)
+XV = torch.tensor((R.uniform(size=(4, 4)) > 0.5) * 1.0, dtype=torch.float32)
+Z2 = torch.tensor([[0.3, -0.2], [1.0, 0.5], [-0.7, 0.1]], dtype=F64)
+
+
+def vae_model(latent=2, seed=0):
+    torch.manual_seed(seed)
+    return vae.VAE(4, latent, 3)
+
+
+def flow_vae(num_layers=2, seed=0):
+    torch.manual_seed(seed)
+    return vae.VAE(4, 2, 3, encoder=flows.PlanarFlowEncoder(4, 2, num_layers, 3))
+
+
+def lam_vae(fn, latent=2):
+    return lambda **k: fn(vae_model(latent), **k)
+
+
+_DEFAULT = object()
+
+
+def planar(u=_DEFAULT, w=_DEFAULT, b=_DEFAULT):
+    return flows.PlanarTransform(torch.tensor([0.3, -0.4], dtype=F64) if u is _DEFAULT else u,
+                                 torch.tensor([1.0, 0.5], dtype=F64) if w is _DEFAULT else w,
+                                 torch.tensor(0.2, dtype=F64) if b is _DEFAULT else b)
+
+
+def pstack():
+    return flows.PlanarStackTransform(torch.tensor([[0.3, -0.4], [0.1, 0.2]], dtype=F64),
+                                      torch.tensor([[1.0, 0.5], [-0.3, 1.0]], dtype=F64),
+                                      torch.tensor([0.2, -0.1], dtype=F64))
+
+
+def radial():
+    return flows.RadialTransform(torch.tensor([0.1, 0.2], dtype=F64),
+                                 torch.tensor(0.3, dtype=F64), torch.tensor(0.4, dtype=F64))
+
+
+def coupling_t():
+    torch.manual_seed(0)
+    layer = flows.AffineCoupling(2, 0, 3)
+    torch.nn.init.normal_(layer.net.outer.weight, std=0.3)
+    return layer.transform()
+
+
+def made():
+    torch.manual_seed(0)
+    m = flows.MADE(2, 3)
+    torch.nn.init.normal_(m.outer.weight, std=0.3)
+    return m
+
+
+def ar_t():
+    return flows.AutoregressiveTransform(made())
+
+
+def cond(z):
+    return 0.3 * z.flip(-1), 0.1 + 0.0 * z
+
+
+def family(kind, num_layers=2, seed=0):
+    torch.manual_seed(seed)
+    return flows.FlowFamily(2, num_layers, kind, hidden=3)
+
+
+GRID = flows.square_grid(3.0, 5)
+LOGPI = np.log([0.6, 0.4])
+LOGA = np.log([[0.7, 0.3], [0.2, 0.8]])
+LOGB = R.normal(size=(5, 2))
+_FB = hmm.forward_backward(LOGPI, LOGA, LOGB, return_pairwise=True)
+GAMMA, XI = _FB[1], _FB[3]
+XH = np.vstack([R.normal(size=(8, 2)), R.normal(size=(8, 2)) + 3])
+HMM = hmm.GaussianHMM(2, rng=0, max_iter=5).fit(XH)
+
+
+def method_of(build, name):
+    return lambda **k: getattr(build(), name)(**k)
+
+
+SPECS3 = [
+    # ---- vae
+    ("vae.VAE", lambda **k: vae.VAE(**k).decoder[0].weight.shape[1],
+     dict(num_pixels=4, latent_dim=2, hidden=3)),
+    ("vae.VAE.encode", lambda **k: vae_model().encode(**k).mean, dict(x=XB)),
+    ("vae.VAE.decode", lambda **k: vae_model().decode(**k), dict(z=Z2)),
+    ("vae.VAE.forward", lambda **k: vae_model()(**k)[0], dict(x=XB)),
+    ("vae.DiagonalGaussianPosterior",
+     lambda **k: vae.DiagonalGaussianPosterior(**k).log_prob(Z2),
+     dict(mean=torch.zeros(3, 2, dtype=F64), logvar=torch.full((3, 2), 0.3, dtype=F64))),
+    ("vae.DiagonalGaussianPosterior.log_prob",
+     lambda **k: vae.DiagonalGaussianPosterior(torch.zeros(3, 2, dtype=F64),
+                                               torch.zeros(3, 2, dtype=F64)).log_prob(**k),
+     dict(value=Z2)),
+    ("vae.GaussianEncoder", lambda **k: vae.GaussianEncoder(**k)[0].weight.shape,
+     dict(num_pixels=4, latent_dim=2, hidden=3)),
+    ("vae.GaussianEncoder.forward",
+     lambda **k: (torch.manual_seed(0), vae.GaussianEncoder(4, 2, 3)(**k).mean)[1],
+     dict(x=XB)),
+    ("vae.active_units", lam_vae(vae.active_units), dict(x=XB, threshold=0.01)),
+    ("vae.aggregate_posterior", lambda **k: lam_vae(vae.aggregate_posterior)(**k).log_density,
+     dict(x=XB, limit=3.0, num_points=5, max_batch=8)),
+    ("vae.decoder_gradient_by_quadrature", lam_vae(vae.decoder_gradient_by_quadrature),
+     dict(x=XB, limit=3.0, num_points=5)),
+    ("vae.elbo_per_point", lam_vae(vae.elbo_per_point), dict(x=XB, num_samples=2)),
+    ("vae.fano_error_bound", vae.fano_error_bound,
+     dict(conditional_entropy=0.5, num_classes=3)),
+    ("vae.fit_encoder", lambda **k: lam_vae(vae.fit_encoder)(**k)[1].val_elbo,
+     dict(x_train=XB, x_val=XV, num_epochs=1, hidden=3, batch_size=3, lr=1e-3)),
+    ("vae.inference_gaps", lambda **k: lam_vae(vae.inference_gaps)(**k)["amortisation"],
+     dict(x=XB, log_px=torch.full((6,), -2.0), num_steps=2, lr=0.01, k=4)),
+    ("vae.iwae_objective", lam_vae(vae.iwae_objective), dict(x=XB, k=3)),
+    ("vae.kl_per_unit", lam_vae(vae.kl_per_unit), dict(x=XB)),
+    ("vae.train_vae_variant", lambda **k: lam_vae(vae.train_vae_variant)(**k).val_elbo,
+     dict(x_train=XB, x_val=XV, num_epochs=1, k=1, beta=0.5, warmup_epochs=1,
+          free_bits=0.1, batch_size=3, lr=1e-3)),
+    ("vae.as_tensor", vae.as_tensor, dict(x=np.array([[0.0, 0.5], [1.0, 0.25]]))),
+    ("vae.bernoulli_log_likelihood", vae.bernoulli_log_likelihood,
+     dict(x=XB, logits=torch.linspace(-2, 2, 24).reshape(6, 4))),
+    ("vae.elbo_terms", lambda **k: lam_vae(vae.elbo_terms)(**k)[0], dict(x=XB)),
+    ("vae.evaluate_elbo", lam_vae(vae.evaluate_elbo), dict(x=XB, num_samples=2)),
+    ("vae.grid_log_marginal", lam_vae(vae.grid_log_marginal),
+     dict(x=XB, limit=3.0, num_points=7, max_batch=16)),
+    ("vae.importance_log_weights", lam_vae(vae.importance_log_weights),
+     dict(x=XB, k=3, mean=torch.zeros(6, 2), logvar=torch.zeros(6, 2))),
+    ("vae.iwae_bound", lambda **k: lam_vae(vae.iwae_bound)(**k)[0],
+     dict(x=XB, k=3, max_batch=6)),
+    ("vae.kl_to_prior", lambda **k: vae.kl_to_prior(vae.DiagonalGaussianPosterior(**k)),
+     dict(mean=torch.zeros(3, 2, dtype=F64), logvar=torch.full((3, 2), 0.3, dtype=F64))),
+    ("vae.kl_to_prior(z)",
+     lambda **k: vae.kl_to_prior(family("coupling").distribution().expand((3,)), **k),
+     dict(z=Z2)),
+    ("vae.latent_grid", vae.latent_grid, dict(num_points=3, low=0.05, high=0.95)),
+    ("vae.refine_posterior", lambda **k: lam_vae(vae.refine_posterior)(**k)[0],
+     dict(x=XB, num_steps=2, lr=0.01, num_samples=2)),
+    ("vae.reparameterize", vae.reparameterize,
+     dict(mean=torch.zeros(3, 2, dtype=F64), logvar=torch.zeros(3, 2, dtype=F64),
+          num_samples=2)),
+    ("vae.train_vae", lambda **k: lam_vae(vae.train_vae)(**k).val_elbo,
+     dict(x_train=XB, x_val=XV, num_epochs=1, batch_size=3, lr=1e-3, beta=1.0)),
+    ("vae.train_replicates",
+     lambda **k: [h.val_elbo for h in vae.train_replicates([vae_model(2, 0),
+                                                           vae_model(2, 1)], **k)],
+     dict(x_train=XB, x_val=XV, num_epochs=1, method="elbo", k=1, batch_size=3, lr=1e-3)),
+    ("vae.train_wake_sleep", lambda **k: lam_vae(vae.train_wake_sleep)(**k).val_elbo,
+     dict(x_train=XB, x_val=XV, num_epochs=1, batch_size=3, lr=1e-3)),
+    ("vae.TrainingHistory.record",
+     lambda **k: (lambda h: (h.record(**k), h.train_elbo)[1])(vae.TrainingHistory()),
+     dict(train={"elbo": -1.0, "reconstruction": -0.5, "kl": 0.5},
+          val={"elbo": -1.0, "reconstruction": -0.5, "kl": 0.5})),
+    # ---- flows
+    ("flows.PlanarTransform", lambda **k: planar(**k)(Z2),
+     dict(u=torch.tensor([0.3, -0.4], dtype=F64), w=torch.tensor([1.0, 0.5], dtype=F64),
+          b=torch.tensor(0.2, dtype=F64))),
+    ("flows.PlanarTransform.__call__", lambda **k: planar()(**k), dict(x=Z2)),
+    ("flows.PlanarTransform.inv", lambda y: planar().inv(y), dict(y=Z2)),
+    ("flows.PlanarTransform.log_abs_det_jacobian",
+     lambda x: planar().log_abs_det_jacobian(x, planar()(x)), dict(x=Z2)),
+    ("flows.PlanarTransform.stack",
+     lambda **k: flows.ComposeTransform(flows.PlanarTransform.stack(**k))(Z2)
+     if hasattr(flows, "ComposeTransform") else
+     torch.distributions.transforms.ComposeTransform(flows.PlanarTransform.stack(**k))(Z2),
+     dict(u=torch.tensor([[0.3, -0.4], [0.1, 0.2]], dtype=F64),
+          w=torch.tensor([[1.0, 0.5], [-0.3, 1.0]], dtype=F64),
+          b=torch.tensor([0.2, -0.1], dtype=F64))),
+    ("flows.PlanarStackTransform", lambda **k: flows.PlanarStackTransform(**k)(Z2),
+     dict(u=torch.tensor([[0.3, -0.4], [0.1, 0.2]], dtype=F64),
+          w=torch.tensor([[1.0, 0.5], [-0.3, 1.0]], dtype=F64),
+          b=torch.tensor([0.2, -0.1], dtype=F64))),
+    ("flows.PlanarStackTransform.__call__", lambda **k: pstack()(**k), dict(x=Z2)),
+    ("flows.PlanarStackTransform.inv", lambda y: pstack().inv(y), dict(y=Z2)),
+    ("flows.PlanarStackTransform.log_abs_det_jacobian",
+     lambda x: pstack().log_abs_det_jacobian(x, None), dict(x=Z2)),
+    ("flows.RadialTransform", lambda **k: flows.RadialTransform(**k)(Z2),
+     dict(z0=torch.tensor([0.1, 0.2], dtype=F64), alpha_raw=torch.tensor(0.3, dtype=F64),
+          beta_raw=torch.tensor(0.4, dtype=F64))),
+    ("flows.RadialTransform.__call__", lambda **k: radial()(**k), dict(x=Z2)),
+    ("flows.RadialTransform.inv", lambda y: radial().inv(y), dict(y=Z2)),
+    ("flows.RadialTransform.log_abs_det_jacobian",
+     lambda x: radial().log_abs_det_jacobian(x, None), dict(x=Z2)),
+    ("flows.AffineCouplingTransform",
+     lambda **k: flows.AffineCouplingTransform(cond, **k)(Z2),
+     dict(mask=torch.tensor([1.0, 0.0], dtype=F64))),
+    ("flows.AffineCouplingTransform.__call__", lambda **k: coupling_t()(**k), dict(x=Z2)),
+    ("flows.AffineCouplingTransform.inv", lambda y: coupling_t().inv(y), dict(y=Z2)),
+    ("flows.AffineCouplingTransform.log_abs_det_jacobian",
+     lambda x: coupling_t().log_abs_det_jacobian(x, None), dict(x=Z2)),
+    ("flows.MADE", lambda **k: (torch.manual_seed(0), flows.MADE(**k)(Z2))[1],
+     dict(dim=2, hidden=3, max_log_scale=3.0)),
+    ("flows.MADE.forward", lambda **k: made()(**k), dict(z=Z2)),
+    ("flows.AutoregressiveTransform.__call__", lambda **k: ar_t()(**k), dict(x=Z2)),
+    ("flows.AutoregressiveTransform.inv", lambda y: ar_t().inv(y), dict(y=Z2)),
+    ("flows.AutoregressiveTransform.log_abs_det_jacobian",
+     lambda x: ar_t().log_abs_det_jacobian(x, None), dict(x=Z2)),
+    ("flows.AffineCoupling", lambda **k: flows.AffineCoupling(**k).mask,
+     dict(dim=2, index=1, hidden=3, max_log_scale=3.0, num_runs=2)),
+    ("flows.Autoregressive", lambda **k: flows.Autoregressive(**k).made.mask_in,
+     dict(dim=2, index=1, hidden=3, max_log_scale=3.0)),
+    ("flows.FlowFamily",
+     lambda **k: (torch.manual_seed(0), flows.FlowFamily(**k).distribution().log_prob(
+         torch.zeros(2, dtype=F64)))[1],
+     dict(dim=2, num_layers=2, kind="planar", hidden=3, init_scale=1.0, num_runs=1)),
+] + [
+    (f"flows.FlowFamily({kind}).log_prob",
+     (lambda name: lambda **k: family(name).distribution().log_prob(**k))(kind),
+     dict(value=Z2))
+    for kind in flows.FLOW_KINDS
+] + [
+    ("flows.Grid2D", lambda **k: flows.Grid2D(**k).cell_area,
+     dict(axis=GRID.axis, points=GRID.points, cell_area=GRID.cell_area)),
+    ("flows.Grid2D.log_integral", GRID.log_integral,
+     dict(log_values=-0.5 * (GRID.points ** 2).sum(-1))),
+    ("flows.Grid2D.integral", GRID.integral, dict(values=torch.exp(-(GRID.points ** 2).sum(-1)))),
+    ("flows.Grid2D.matrix", GRID.matrix, dict(values=GRID.points[:, 0].clone())),
+    ("flows.Grid2D.image", GRID.image, dict(values=GRID.points[:, 0].clone())),
+    ("flows.square_grid", lambda **k: flows.square_grid(**k).points,
+     dict(limit=3.0, num_points=5)),
+    ("flows.log_density_u1", flows.log_density_u1, dict(z=Z2)),
+    ("flows.log_density_u2", flows.log_density_u2, dict(z=Z2, confine=4.0)),
+    ("flows.log_density_u3", flows.log_density_u3, dict(z=Z2, confine=4.0)),
+    ("flows.log_density_u4", flows.log_density_u4, dict(z=Z2, confine=4.0)),
+    ("flows.PlanarFlowEncoder", lambda **k: flows.PlanarFlowEncoder(**k).outer.bias.shape,
+     dict(num_pixels=4, latent_dim=2, num_layers=2, hidden=3)),
+    ("flows.PlanarFlowEncoder.raw_outputs",
+     lambda **k: flow_vae().encoder.raw_outputs(**k)["u"], dict(x=XB)),
+    ("flows.PlanarFlowEncoder.forward",
+     lambda **k: (lambda q: q.log_prob(torch.zeros(6, 2)))(flow_vae().encoder(**k)),
+     dict(x=XB)),
+    ("flows.PlanarFlowEncoder.posterior",
+     lambda **k: flow_vae().encoder.posterior(dict(flow_vae().encoder.raw_outputs(XB),
+                                                   **k)).log_prob(torch.zeros(6, 2)),
+     dict(mean=torch.zeros(6, 2), logvar=torch.zeros(6, 2))),
+    ("flows.vae_elbo_of",
+     lambda **k: flows.vae_elbo_of(**dict(dict(model=flow_vae(),
+                                               q=flow_vae().encoder(XB)), **k)),
+     dict(x=XB, num_samples=2)),
+    ("flows.vae_elbo_of(model)",
+     lambda **k: flows.vae_elbo_of(x=XB, q=flow_vae().encoder(XB), num_samples=2, **k),
+     dict(model=flow_vae())),
+    ("flows.refine_flow_posterior",
+     lambda **k: flows.refine_flow_posterior(flow_vae(), **k)[1],
+     dict(x=XB, num_steps=2, lr=0.01, num_samples=2)),
+    ("flows.fit_maximum_likelihood",
+     lambda **k: flows.fit_maximum_likelihood(family("coupling"), **k),
+     dict(samples=Z2, num_steps=3, lr=0.01, batch_size=4)),
+    # ---- hmm
+    ("hmm.forward_backward", lambda **k: hmm.forward_backward(**k)[:2],
+     dict(log_pi=LOGPI, log_A=LOGA, log_B=LOGB, return_pairwise=True,
+          lengths=np.array([2, 3]))),
+    ("hmm.enumerate_posterior", lambda **k: hmm.enumerate_posterior(**k)["gamma"],
+     dict(log_pi=LOGPI, log_A=LOGA, log_B=LOGB)),
+    ("hmm.chain_entropy", hmm.chain_entropy, dict(gamma=GAMMA, xi=XI)),
+    ("hmm.viterbi", hmm.viterbi, dict(log_pi=LOGPI, log_A=LOGA, log_B=LOGB)),
+    ("hmm.sample_gaussian_hmm", hmm.sample_gaussian_hmm,
+     dict(startprob=np.array([0.6, 0.4]), transmat=np.exp(LOGA), means=MEANS2,
+          covariances=COV2, num_steps=5, rng=0)),
+    ("hmm.GaussianHMM.fit", lambda X, **k: hmm.GaussianHMM(**k).fit(X).means_,
+     dict(X=XH, num_states=2, tol=1e-6, reg_covar=1e-6, max_iter=5, rng=0)),
+    ("hmm.GaussianHMM.fit(init)", lambda **k: hmm.GaussianHMM(2, max_iter=3, **k).fit(XH)
+     .means_, dict(startprob_init=np.array([0.5, 0.5]), transmat_init=np.exp(LOGA),
+                   means_init=MEANS2, covariances_init=COV2)),
+    ("hmm.GaussianHMM.fit(lengths)", lambda **k: hmm.GaussianHMM(2, max_iter=3, rng=0)
+     .fit(XH, **k).means_, dict(lengths=np.array([8, 8]))),
+    ("hmm.GaussianHMM.posterior", HMM.posterior, dict(X=XH[:5], lengths=np.array([2, 3]))),
+    ("hmm.GaussianHMM.score", HMM.score, dict(X=XH[:5])),
+    ("hmm.GaussianHMM.predict", HMM.predict, dict(X=XH[:5])),
+    ("hmm.GaussianHMM.emission_log_prob", HMM.emission_log_prob,
+     dict(X=XH[:5], means=MEANS2, covariances=COV2)),
+]
+
+
 SKIP_ARRAY = {"q", "prior", "theta_0", "theta_1", "theta_old", "theta_new", "init"}
 COUNT_NAMES = ("num_", "max_iter", "n_components", "chunk_size", "check_every", "n",
                "hidden", "num_nonzero", "num_terms", "patch_size", "signal_dim",
-               "code_iter")
+               "code_iter", "k", "max_batch", "hidden", "num_epochs", "batch_size",
+               "num_layers", "dim", "latent_dim", "num_pixels", "num_states", "num_classes",
+               "warmup_epochs", "num_runs", "index")
+#: arguments for which None is a valid value (the default)
+NONE_OK = {"mean", "logvar", "num_samples", "lengths", "confine", "z", "startprob_init",
+           "transmat_init", "means_init", "covariances_init", "means", "covariances"}
+#: batch arguments (n, D) for which one sample of shape (D,) is tried
+BATCH_KEYS = {"x", "x_train", "x_val", "samples"}
 
 
 class Hang(Exception):
@@ -318,8 +611,13 @@ def same(a, b):
                for x, y in zip(la, lb, strict=True))
 
 
-def mutations(key, value):
-    """(kind, new value, expect_valid)"""
+def mutations(key, value, extended=False, name=""):
+    """(kind, new value, expect): expect is True (valid: the plain answer), False (bad
+    input: a clear error), "either" (a clear error or the plain answer), "shape" (valid,
+    compared by shape and finiteness: float32 <-> float64 and one sample) or "nan" (a clear
+    error or NaN out: NaN fed to an elementwise map, as torch's own transforms do)"""
+    if extended:
+        yield from _extended(key, value, name)
     if key == "rng":
         yield "rng=-1", -1, False
         yield "rng=np.int64", np.int64(value), True
@@ -327,8 +625,9 @@ def mutations(key, value):
     if isinstance(value, bool):
         return
     if isinstance(value, np.ndarray) and key not in SKIP_ARRAY:
-        yield ("requires-grad tensor",
-               torch.tensor(np.ascontiguousarray(value), requires_grad=True), True)
+        if value.dtype.kind == "f":
+            yield ("requires-grad tensor",
+                   torch.tensor(np.ascontiguousarray(value), requires_grad=True), True)
         yield "complex array", value + 1j, False
         yield "string array", value.astype(str), False
         huge = value.astype(object)
@@ -356,6 +655,25 @@ def mutations(key, value):
         yield "float for int", float(value) + 0.5, False
 
 
+def _extended(key, value, name):
+    if value is None or isinstance(value, bool | str | dict):
+        return
+    if key not in NONE_OK:
+        yield "None", None, False
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        yield "numpy array", value.numpy().copy(), "either"
+        other = torch.float32 if value.dtype == torch.float64 else torch.float64
+        yield f"{other}".replace("torch.", ""), value.to(other), "shape"
+        nan = value.clone()
+        nan.view(-1)[0] = float("nan")
+        transform = ("Transform." in name or name.endswith("MADE.forward")
+                     or "log_density" in name)
+        yield "NaN tensor", nan, "nan" if transform else False
+        if key in BATCH_KEYS and value.ndim == 2:
+            yield "one sample (1-D)", value[0].clone(), "either"
+    # (a 1-D X of GaussianHMM is a sequence of scalar observations, not one sample)
+
+
 def classify(name, func, kwargs, key, kind, value, expect_valid, base):
     new = dict(kwargs, **{key: value})
     try:
@@ -364,11 +682,23 @@ def classify(name, func, kwargs, key, kind, value, expect_valid, base):
         return "hang", ""
     except Exception as exc:  # noqa: BLE001
         msg = f"{type(exc).__name__}: {str(exc)[:160]}"
-        if expect_valid:
+        if expect_valid == "shape" and isinstance(exc, TypeError) and key in str(exc) \
+                and "one dtype" in str(exc):   # a documented contract: parameters of one dtype
+            return "clear error", msg
+        if expect_valid is True or expect_valid == "shape":
             return "valid input rejected", msg
         if isinstance(exc, TypeError | ValueError) and key in str(exc):
             return "clear error", msg
         return "unclear error", msg
+    if expect_valid == "nan":
+        return "accepted valid", ""
+    if expect_valid == "shape" or (expect_valid == "either" and kind.startswith("one")):
+        if non_finite(out) and not non_finite(base):
+            return "silent NaN/inf", ""
+        if kind.startswith("one") or [a.shape for a in leaves(out)] == [
+                a.shape for a in leaves(base)]:
+            return "accepted valid", ""
+        return "wrong result", f"shapes {[a.shape for a in leaves(out)]}"
     if expect_valid:
         if non_finite(out) and not non_finite(base):
             return "silent NaN/inf", ""
@@ -378,28 +708,40 @@ def classify(name, func, kwargs, key, kind, value, expect_valid, base):
     return ("silent NaN/inf" if non_finite(out) else "bad input accepted"), f"{out!r:.80}"
 
 
+VERDICTS = ("clear error", "accepted valid", "unclear error", "silent NaN/inf",
+            "bad input accepted", "wrong result", "valid input rejected", "hang")
+
+
 def main():
     verbose = "-v" in sys.argv
+    wanted = [a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--modules=")]
+    wanted = wanted[0] if wanted else None
     counts = collections.Counter()
     names = collections.defaultdict(collections.Counter)
-    for name, func, kwargs in SPECS:
+    modules = collections.defaultdict(collections.Counter)
+    specs = [(n, f, k, False) for n, f, k in SPECS] + [(n, f, k, True) for n, f, k in SPECS3]
+    for name, func, kwargs, extended in specs:
+        if wanted is not None and name.split(".")[0] not in wanted:
+            continue
         try:
             base = run(func, kwargs, 60)
         except Exception as exc:  # noqa: BLE001
-            print(f"BASE FAILS {name}: {type(exc).__name__}: {exc}")
+            print(f"BASE FAILS {name}: {type(exc).__name__}: {str(exc)[:200]}")
             continue
         for key, value in kwargs.items():
-            for kind, new, valid in mutations(key, value):
+            for kind, new, valid in mutations(key, value, extended, name):
                 verdict, msg = classify(name, func, kwargs, key, kind, new, valid, base)
                 counts[verdict] += 1
                 names[name][verdict] += 1
+                modules[name.split(".")[0]][verdict] += 1
                 if verbose and verdict not in ("clear error", "accepted valid"):
                     print(f"{verdict:22s} {name}({key}= {kind}) {msg}")
     total = sum(counts.values())
-    print(f"{len(SPECS)} names, {total} calls")
-    for verdict in ("clear error", "accepted valid", "unclear error", "silent NaN/inf",
-                    "bad input accepted", "wrong result", "valid input rejected", "hang"):
+    print(f"{len(names)} names, {total} calls")
+    for verdict in VERDICTS:
         print(f"  {verdict:22s} {counts[verdict]}")
+    for module, c in sorted(modules.items()):
+        print(f"  {module:16s} " + ", ".join(f"{v} {c[v]}" for v in VERDICTS if c[v]))
 
 
 # the issue's individual failures in these modules: (label, call, check); check raises
@@ -481,9 +823,144 @@ EXTREME = [
 ]
 
 
+# the issue's individual failures in vae, flows, hmm, and extreme-but-valid inputs of
+# their routines whose docstrings promise a range, against independent answers
+def _latent_grid_tail(low):
+    from scipy.stats import norm
+
+    def check(out):
+        q = np.unique(out[:, 0].numpy().astype(np.float64))
+        want = np.array([norm.ppf(low), norm.ppf(0.5 * (low + 0.95)), norm.isf(0.05)])
+        np.testing.assert_allclose(q, want, rtol=1e-6)
+    return (lambda: vae.latent_grid(3, low=low, high=0.95)), check
+
+
+def _latent_grid_upper():
+    from scipy.stats import norm
+
+    def check(out):
+        q = np.unique(out[:, 0].numpy().astype(np.float64))
+        high = 1 - 1e-16   # the float 1 - 2**-53: its upper tail 1 - high is exact
+        want = np.array([norm.ppf(0.05), norm.ppf(0.5 * (0.05 + high)), norm.isf(1 - high)])
+        np.testing.assert_allclose(q, want, rtol=1e-6)
+    return (lambda: vae.latent_grid(3, low=0.05, high=1 - 1e-16)), check
+
+
+def _kl_logvar(logvar, dtype):
+    mean = torch.tensor([[0.5, -1.0]], dtype=dtype)
+    lv = torch.tensor([[logvar, 0.3]], dtype=dtype)
+    want = 0.5 * (np.exp(np.float64([logvar, 0.3])) - np.float64([logvar, 0.3])
+                  + np.float64([0.5, -1.0]) ** 2 - 1).sum()
+
+    def check(out):
+        np.testing.assert_allclose(out.double().numpy(), [want], rtol=1e-6)
+    return (lambda: vae.kl_to_prior(vae.DiagonalGaussianPosterior(mean, lv))), check
+
+
+def _float32_encoder_model(logvar):
+    model = vae_model()
+    with torch.no_grad():
+        last = model.encoder[2]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.5, -1.0, logvar, logvar]))
+    return model
+
+
+def _elbo_terms_logvar(logvar):
+    def call():
+        return vae.elbo_terms(_float32_encoder_model(logvar), XB)[1]
+
+    def check(out):   # KL of N(m, e^lv) to N(0, 1) per point, float64 closed form
+        want = 0.5 * (2 * np.exp(np.float64(logvar)) - 2 * logvar + 0.25 + 1.0 - 2)
+        np.testing.assert_allclose(out.detach().double().numpy(), np.full(6, want),
+                                   rtol=1e-6)
+    return call, check
+
+
+def _ilw_logvar():
+    mean = torch.zeros(6, 2)
+    lv = torch.full((6, 2), -800.0)
+
+    def call():
+        return vae.importance_log_weights(vae_model(), XB, 3, mean, lv)
+
+    def check(out):   # z = mean exactly: log p(x | 0) + log N(0; 0, I) - log q(0)
+        model = vae_model()
+        with torch.no_grad():
+            lpx = vae.bernoulli_log_likelihood(XB, model.decode(torch.zeros(6, 2))).double()
+        out = out.detach()
+        want = lpx - np.log(2 * np.pi) - (-np.log(2 * np.pi) + 800.0)
+        np.testing.assert_allclose(out.double().numpy(), want.expand(3, 6).numpy(),
+                                   rtol=1e-6)
+    return call, check
+
+
+def _diverge(train, *args, **kwargs):
+    """A training call that diverges: a clear error naming the step, and the model's
+    parameters as they were before the call (or the library's documented state)."""
+    def call():
+        model = vae_model() if train is not flows.refine_flow_posterior else flow_vae()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        try:
+            train(model, *args, **kwargs)
+        except ValueError as exc:
+            same_ = all(torch.equal(before[n], p) for n, p in model.named_parameters())
+            if "step" not in str(exc) or not same_:
+                raise AssertionError(f"kept parameters {same_}: {exc}") from exc
+            raise
+        return model
+    return call
+
+
+EXTREME3 = [
+    ("latent_grid(3, low=1e-17)", *_latent_grid_tail(1e-17)),
+    ("latent_grid(3, low=1e-16)", *_latent_grid_tail(1e-16)),
+    ("latent_grid(3, low=1e-300)", *_latent_grid_tail(1e-300)),
+    ("latent_grid(3, high=1 - 1e-16)", *_latent_grid_upper()),
+    ("kl_to_prior at logvar -800, float32", *_kl_logvar(-800.0, torch.float32)),
+    ("kl_to_prior at logvar -110, float32", *_kl_logvar(-110.0, torch.float32)),
+    ("kl_to_prior at logvar -800, float64", *_kl_logvar(-800.0, F64)),
+    ("kl_to_prior at logvar +80, float32", *_kl_logvar(80.0, torch.float32)),
+    ("kl_to_prior at logvar +700, float64", *_kl_logvar(700.0, F64)),
+    ("elbo_terms KL at logvar -110 (float32 encoder)", *_elbo_terms_logvar(-110.0)),
+    ("importance_log_weights at logvar -800", *_ilw_logvar()),
+    ("refine_flow_posterior(lr=1e8)",
+     _diverge(flows.refine_flow_posterior, XB, 200, lr=1e8), ("error", "lr")),
+    ("train_wake_sleep(lr=1e10)",
+     _diverge(vae.train_wake_sleep, XB, XV, 20, 3, lr=1e10), ("error", "lr")),
+    ("train_vae(lr=1e10)", _diverge(vae.train_vae, XB, XV, 20, 3, lr=1e10), ("error", "lr")),
+    ("refine_posterior(lr=1e10)", _diverge(vae.refine_posterior, XB, 200, lr=1e10),
+     ("error", "lr")),
+    ("vae_elbo_of(model=None)",
+     lambda: flows.vae_elbo_of(None, XB, flow_vae().encoder(XB), 2), ("error", "model")),
+    ("PlanarFlowEncoder.forward(numpy x)",
+     lambda: flow_vae().encoder(XB.numpy()), ("error", "x")),
+    ("refine_flow_posterior(None x)",
+     lambda: flows.refine_flow_posterior(flow_vae(), None, 2), ("error", "x")),
+    ("iwae_bound(one image)", lambda: vae.iwae_bound(vae_model(), XB[0], 3), ("error", "x")),
+    ("Grid2D.log_integral(+inf)",
+     lambda: GRID.log_integral(torch.full((25,), math.inf)), ("error", "log_values")),
+    ("Grid2D.log_integral(-inf somewhere)",
+     lambda: GRID.log_integral(torch.cat([torch.full((24,), -math.inf),
+                                          torch.zeros(1, dtype=F64)])),
+     _is_close(np.log(GRID.cell_area))),
+    ("FlowFamily(autoregressive).log_prob(float32) = coupling's convention",
+     lambda: family("autoregressive").distribution().log_prob(Z2.float()),
+     lambda out: np.testing.assert_array_equal(
+         out.detach().numpy(),
+         family("autoregressive").distribution().log_prob(Z2.float().double())
+         .detach().numpy())),
+    ("hmm forward_backward(numeric strings)",
+     lambda: hmm.forward_backward(LOGPI.astype(str), LOGA, LOGB), ("error", "log_pi")),
+]
+
+
 def run_extreme(verbose):
     counts = collections.Counter()
-    for label, call, check in EXTREME:
+    wanted = [a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--modules=")]
+    cases = EXTREME + EXTREME3 if not wanted or set(wanted[0]) & {"vae", "flows", "hmm"} \
+        else EXTREME
+    for label, call, check in cases:
         try:
             out = run(call, {}, 60)
         except Hang:
@@ -504,14 +981,14 @@ def run_extreme(verbose):
             try:
                 check(out)
                 verdict = "right answer"
-            except AssertionError as exc:
+            except Exception as exc:  # noqa: BLE001 (an assertion, or a check that fails)
                 verdict = "silent NaN/inf" if non_finite(out) else "wrong result"
                 if verbose:
                     print(f"  {verdict:22s} {label}: {str(exc)[:160]!r}")
         counts[verdict] += 1
         if verbose and verdict in ("right answer", "clear error"):
             print(f"  {verdict:22s} {label}")
-    print(f"issue 34's individual failures ({len(EXTREME)} cases): " +
+    print(f"issue 34's individual failures ({len(cases)} cases): " +
           ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
 
