@@ -941,6 +941,13 @@ def fit_maximum_likelihood(family: VariationalFamily, samples: torch.Tensor, *,
         The minibatch mean log-likelihood at every step (of every run, for a family
         with ``num_runs = R > 1``: each run draws its own minibatches, and the loss is
         the sum of the runs' losses, so each run's step is what it would be alone).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad arguments, or the first step at which the log-likelihood is not finite
+        or q cannot be formed (a step too large: "stopped at step s of num_steps"); the
+        family's parameters are then put back as they were at the start of the fit.
     """
     if not isinstance(family, VariationalFamily):
         raise TypeError(f"family must be a VariationalFamily, got {type(family).__name__}")
@@ -951,17 +958,39 @@ def fit_maximum_likelihood(family: VariationalFamily, samples: torch.Tensor, *,
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
     opt = torch.optim.Adam(family.parameters(), lr=lr)
+    start = [p.detach().clone() for p in family.parameters()]
     runs = family.num_runs
     trace = np.empty((num_steps,) if runs == 1 else (num_steps, runs))
     for step in range(num_steps):
         shape = (batch_size,) if runs == 1 else (batch_size, runs)
         batch = samples[torch.randint(len(samples), shape)]
         opt.zero_grad()
-        log_lik = family.distribution().log_prob(batch).mean(0)
+        try:
+            log_lik = family.distribution().log_prob(batch).mean(0)
+            trace[step] = log_lik.detach().numpy()
+            if not np.isfinite(trace[step]).all():
+                raise ValueError("the log-likelihood is not finite")
+        except ValueError as err:   # also torch's check of the base Gaussian's scale
+            with torch.no_grad():
+                for p, p0 in zip(family.parameters(), start, strict=True):
+                    p.copy_(p0)
+            raise ValueError(f"fit_maximum_likelihood stopped at step {step + 1} of "
+                             f"{num_steps}: {_stop_reason(err)} (a smaller lr than {lr} may "
+                             f"help); the family's parameters are restored to their values "
+                             f"at the start of the fit") from err
         (-log_lik.sum()).backward()
         opt.step()
-        trace[step] = log_lik.detach().numpy()
     return trace
+
+
+def _stop_reason(err: ValueError) -> str:
+    """The reason of a stopped fit: ours, or torch's constraint check in a few words
+    (its message prints whole tensors)."""
+    reason = str(err)
+    if reason.startswith("Expected parameter"):
+        reason = (f"q cannot be formed (its {reason.split(' (')[0].removeprefix('Expected ')}"
+                  f" is not finite or out of range)")
+    return reason
 
 
 # --------------------------------------------------------------------------------------
@@ -1337,14 +1366,9 @@ def refine_flow_posterior(model: nn.Module, x: torch.Tensor, num_steps: int,
                 if not math.isfinite(trace[step]):
                     raise ValueError("the ELBO is not finite")
             except ValueError as err:   # also torch's check of the base Gaussian's scale
-                reason = str(err)
-                if reason.startswith("Expected parameter"):   # torch's constraint check
-                    reason = (f"q(z | x) cannot be formed from the refined outputs (its "
-                              f"{reason.split(' (')[0].removeprefix('Expected ')} is not "
-                              f"finite or out of range)")
                 raise ValueError(f"refine_flow_posterior stopped at step {step + 1} of "
-                                 f"{num_steps}: {reason} (a smaller lr than {lr} may help)"
-                                 ) from err
+                                 f"{num_steps}: {_stop_reason(err)} (a smaller lr than "
+                                 f"{lr} may help)") from err
             optimizer.zero_grad(set_to_none=True)
             (-elbo.sum()).backward()
             optimizer.step()

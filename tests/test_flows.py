@@ -676,6 +676,13 @@ def _flow_vae():
     return VAE(4, 2, 3, encoder=PlanarFlowEncoder(4, 2, 2, hidden=3))
 
 
+def _seeded_ml_problem():
+    """A coupling family and data on which Adam with lr = 1e6 diverges at step 2 (seed 1;
+    with some seeds the huge steps stay finite, which is a valid outcome)."""
+    torch.manual_seed(1)
+    return FlowFamily(2, 2, "coupling"), torch.randn(200, 2, dtype=F64)
+
+
 _XF = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
 _Z = torch.tensor([[0.3, -0.2], [1.0, 0.5]], dtype=F64)
 
@@ -721,6 +728,9 @@ for _name, _cases in {
                      r"model must be an elbo_lib.vae.VAE")],
     "FlowFamily": [(lambda: FlowFamily(2, 2, "planar", hidden=2.5), TypeError,
                     r"hidden must be an integer")],
+    "fit_maximum_likelihood": [
+        (lambda: fit_maximum_likelihood(*_seeded_ml_problem(), num_steps=50, lr=1e6),
+         ValueError, r"stopped at step \d+ of 50: .* smaller lr")],
 }.items():
     BAD_INPUTS.setdefault(_name, []).extend(_cases)
 
@@ -744,7 +754,23 @@ def _ar_log_prob(z):
     return FlowFamily(2, 2, "autoregressive", hidden=3).distribution().log_prob(z).detach()
 
 
+def _ml_restored():
+    fam, data = _seeded_ml_problem()
+    before = [p.detach().clone() for p in fam.parameters()]
+    with pytest.raises(ValueError, match="parameters are restored"):
+        fit_maximum_likelihood(fam, data, num_steps=50, lr=1e6)
+    return before, fam
+
+
+def _check_ml_restored(out):
+    before, fam = out
+    assert all(torch.equal(a, b) for a, b in zip(before, fam.parameters(), strict=True))
+    trace = fit_maximum_likelihood(fam, torch.randn(50, 2, dtype=F64), num_steps=3)
+    assert all(math.isfinite(v) for v in trace)   # the next fit runs
+
+
 EXTREME_INPUTS = {
+    "fit_maximum_likelihood": [(_ml_restored, _check_ml_restored)],
     "MADE.forward": [_float32_is_rounded_float64(_made_m)],
     "FlowFamily": [_float32_is_rounded_float64(_ar_log_prob)],
     "Grid2D.log_integral": [   # zero density but at one point: log of one cell's area

@@ -912,6 +912,29 @@ def _diverge(train, *args, **kwargs):
     return call
 
 
+def _ml_diverge_then_fit():
+    """A diverging maximum-likelihood fit stops naming the step and restores the family,
+    so the next fit of the same family runs (it used to hold NaN parameters)."""
+    torch.manual_seed(1)   # a seed at which lr = 1e6 diverges (with some, it stays finite)
+    fam = flows.FlowFamily(2, 2, "coupling")
+    before = {n: p.detach().clone() for n, p in fam.named_parameters()}
+    data = torch.randn(200, 2, dtype=F64)
+    try:
+        flows.fit_maximum_likelihood(fam, data, num_steps=50, lr=1e6)
+    except ValueError as exc:
+        message = str(exc)
+    else:
+        message = "no error"
+    same_ = all(torch.equal(before[n], p) for n, p in fam.named_parameters())
+    return message, same_, flows.fit_maximum_likelihood(fam, data, num_steps=5)
+
+
+def _ml_check(out):
+    message, same_, trace = out
+    assert "stopped at step" in message and same_, (message, same_)
+    assert np.all(np.isfinite(trace))
+
+
 EXTREME3 = [
     ("latent_grid(3, low=1e-17)", *_latent_grid_tail(1e-17)),
     ("latent_grid(3, low=1e-16)", *_latent_grid_tail(1e-16)),
@@ -931,6 +954,7 @@ EXTREME3 = [
     ("train_vae(lr=1e10)", _diverge(vae.train_vae, XB, XV, 20, 3, lr=1e10), ("error", "lr")),
     ("refine_posterior(lr=1e10)", _diverge(vae.refine_posterior, XB, 200, lr=1e10),
      ("error", "lr")),
+    ("fit_maximum_likelihood(lr=1e6), then lr=0.01", _ml_diverge_then_fit, _ml_check),
     ("vae_elbo_of(model=None)",
      lambda: flows.vae_elbo_of(None, XB, flow_vae().encoder(XB), 2), ("error", "model")),
     ("PlanarFlowEncoder.forward(numpy x)",
