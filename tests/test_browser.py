@@ -32,7 +32,9 @@ What a reader sees, as a textbook (issue 13), on every page:
   in order;
 * no line that starts with punctuation belonging to the formula before it, or ends with
   the "(" of the formula after it, at 1366 px and at 390 px;
-* at 390x844 (a phone) the page does not scroll sideways, the chapter-list button opens
+* at 390x844 (a phone) the page does not scroll sideways, every display formula fits or
+  scrolls in its own box with a visible cue (and nothing around it cuts it), the
+  chapter-list button opens
   the primary sidebar and a chapter link in it navigates to that chapter, and the
   page-contents button opens the secondary sidebar; at 1366 px the sidebar button hides
   the sidebar and shows it again.
@@ -438,6 +440,7 @@ def _visit_phone(context, base: str, visit: Visit) -> None:
         visit.phone = page.evaluate(READER_JS)
         visit.phone["scroll_width"], visit.phone["client_width"] = page.evaluate(
             "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        visit.phone["cut_math"] = page.evaluate(CUT_MATH_JS)
         if TAKE_SCREENSHOTS:
             shot = _shot_name(visit.page, PHONE["width"])
             page.screenshot(path=str(shot), full_page=True, animations="disabled",
@@ -449,6 +452,38 @@ def _visit_phone(context, base: str, visit: Visit) -> None:
         visit.phone = {"error": f"{type(err).__name__}: {err}"}
     finally:
         page.close()
+
+
+CUT_MATH_JS = r"""
+() => {
+  // A display formula wider than its box must scroll in that box (overflow-x auto or
+  // scroll) and show a cue that it does (elbo.css: shadows drawn as background gradients);
+  // and no ancestor may cut the box itself.
+  const out = [];
+  document.querySelectorAll('article.bd-article mjx-container[display="true"]').forEach(m => {
+    if (!(m.offsetWidth || m.offsetHeight)) return;
+    let tex = m.parentElement.textContent;
+    try { tex = MathJax.startup.document.getMathItemsWithin(m)[0].math; } catch (e) {}
+    tex = tex.replace(/\s+/g, ' ').trim().slice(0, 60);
+    const cs = getComputedStyle(m);
+    if (m.scrollWidth > m.clientWidth + 1) {
+      if (!['auto', 'scroll'].includes(cs.overflowX))
+        out.push(`cut, does not scroll (overflow-x ${cs.overflowX}): ${tex}`);
+      else if (!cs.backgroundImage.includes('gradient'))
+        out.push(`scrolls without a cue: ${tex}`);
+    }
+    const r = m.getBoundingClientRect();
+    for (let e = m.parentElement; e && e !== document.body; e = e.parentElement) {
+      const er = e.getBoundingClientRect();
+      if (getComputedStyle(e).overflowX !== 'visible' && r.right > er.right + 1) {
+        out.push(`box cut by ${e.tagName.toLowerCase()}.${e.className}: ${tex}`);
+        break;
+      }
+    }
+  });
+  return out;
+}
+"""
 
 
 SIDEBAR_JS = r"""
@@ -922,6 +957,16 @@ def test_page_fits_a_phone(visits, page_path):
     assert ph["scroll_width"] <= ph["client_width"], (
         f"{page_path}: the page scrolls sideways on a phone ({ph['scroll_width']} px > "
         f"{ph['client_width']} px)")
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_display_math_is_never_cut_on_a_phone(visits, page_path):
+    """At 390 px a display formula fits, or scrolls in its own box with a visible cue."""
+    ph = _seen(visits, page_path).phone
+    assert "error" not in ph, f"{page_path} at 390 px: {ph.get('error')}"
+    cut = ph["cut_math"]
+    assert not cut, f"{page_path} at 390 px: display formulas cut or without a cue:" \
+                    f"{_listing(cut)}"
 
 
 def test_phone_sidebar_opens_and_its_links_work(visits, server):
