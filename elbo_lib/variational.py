@@ -465,21 +465,98 @@ def _score_cv_gradients(log_p: Callable[[torch.Tensor], torch.Tensor], mu: torch
             h_raw = h_low * chain[:, None]
             ent_raw = torch.diag_embed(slope / diag)
 
-        def controlled(h: torch.Tensor) -> torch.Tensor:
-            # each sample's coefficient from the other S - 1 samples (leave one out),
-            # independent of its own h, so that E[a h] = E[a] E[h] = 0: unbiased
-            shape = (*f.shape, *([1] * (h.ndim - 2)))
-            fh = f.reshape(shape) * h
-            n = h.shape[1] - 1
-            sum_h, sum_fh = h.sum(1, keepdim=True) - h, fh.sum(1, keepdim=True) - fh
-            sum_hh = (h * h).sum(1, keepdim=True) - h * h
-            sum_fhh = (fh * h).sum(1, keepdim=True) - fh * h
-            var_h = sum_hh - sum_h**2 / n
-            cov = sum_fhh - sum_fh * sum_h / n
-            a = torch.where(var_h > 0, cov / torch.where(var_h > 0, var_h, 1.0), 0.0)
-            return (fh - a * h).mean(1)
+        return -_loo_controlled(f, v), -(_loo_controlled(f, h_raw) + ent_raw)
 
-        return -controlled(v), -(controlled(h_raw) + ent_raw)
+
+def _loo_controlled(f: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Mean over axis 1 of f h - a h, a = Cov(f h, h) / Var(h) per coordinate.
+
+    f (R, S), h (R, S, ...). Each sample's coefficient comes from the other S - 1
+    samples (leave one out), independent of its own h, so that E[a h] = E[a] E[h] = 0:
+    unbiased.
+    """
+    shape = (*f.shape, *([1] * (h.ndim - 2)))
+    fh = f.reshape(shape) * h
+    n = h.shape[1] - 1
+    sum_h, sum_fh = h.sum(1, keepdim=True) - h, fh.sum(1, keepdim=True) - fh
+    sum_hh = (h * h).sum(1, keepdim=True) - h * h
+    sum_fhh = (fh * h).sum(1, keepdim=True) - fh * h
+    var_h = sum_hh - sum_h**2 / n
+    cov = sum_fhh - sum_fh * sum_h / n
+    a = torch.where(var_h > 0, cov / torch.where(var_h > 0, var_h, 1.0), 0.0)
+    return (fh - a * h).mean(1)
+
+
+SCORE_ESTIMATORS = ("score", "score-cv")
+
+
+def gaussian_score_gradient_estimates(
+    log_joint: Callable[[torch.Tensor], torch.Tensor],
+    mu,
+    scale_tril,
+    num_samples: int,
+    num_repeats: int = 1,
+    *,
+    estimator: str = "score",
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """R independent S-sample score-function estimates of the ELBO gradient.
+
+    For q = N(mu, L L^T), in the coordinates (mu, L) (L lower triangular), the two
+    score-function estimators of :func:`fit_gaussian_vi_parallel`:
+
+    ``"score"``
+        (1/S) sum_s (f_s - b_s) grad log q(z_s), f = log p(x, z) - log q(z), with the
+        leave-one-out baseline b_s (Monte Carlo entropy).
+    ``"score-cv"``
+        the score function of E_q[log p(x, z)] with one control-variate coefficient per
+        coordinate from the other S - 1 samples (f = log p), plus the entropy's
+        gradient in closed form, diag(1 / L_ii) for L.
+
+    The scores at fixed z are grad_mu log q = L^{-T} eps and
+    grad_L log q = tril(L^{-T} eps eps^T) - diag(1 / L_ii).
+
+    Returns
+    -------
+    dict
+        ``{"mu": tensor (R, D), "scale_tril": tensor (R, D, D)}``: the estimates.
+        Chapter 5.
+    """
+    if estimator not in SCORE_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {SCORE_ESTIMATORS}, got {estimator!r}")
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
+    mu_t = torch.as_tensor(as_float_array(mu, "mu", ndim=1), dtype=DTYPE)
+    low = torch.as_tensor(as_float_array(scale_tril, "scale_tril", ndim=2), dtype=DTYPE)
+    d = mu_t.shape[0]
+    if tuple(low.shape) != (d, d) or not bool(torch.all(torch.diagonal(low) > 0)):
+        raise ValueError(f"scale_tril must be ({d}, {d}) with a positive diagonal")
+    low = torch.tril(low)
+    s = check_positive_int(num_samples, "num_samples", 3 if estimator == "score-cv" else 2)
+    r = check_positive_int(num_repeats, "num_repeats")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, "
+                        f"got {type(generator).__name__}")
+    with torch.no_grad():
+        eps = torch.randn(r, s, d, dtype=DTYPE, generator=generator)
+        z = mu_t + eps @ low.T
+        log_p = log_joint(z.reshape(-1, d))
+        if not isinstance(log_p, torch.Tensor) or tuple(log_p.shape) != (r * s,):
+            raise ValueError(f"log_joint must map samples of shape (N, {d}) to shape (N,)")
+        log_p = log_p.reshape(r, s)
+        v = torch.linalg.solve_triangular(low.T, eps.transpose(1, 2),
+                                          upper=True).transpose(1, 2)
+        inv_diag = torch.diag_embed(1 / torch.diagonal(low))
+        h_low = torch.tril(v[..., :, None] * eps[..., None, :]) - inv_diag
+        if estimator == "score":
+            log_q = (-0.5 * (eps**2).sum(-1) - torch.log(torch.diagonal(low)).sum()
+                     - 0.5 * d * math.log(2 * math.pi))
+            f = log_p - log_q
+            w = f - (f.sum(1, keepdim=True) - f) / (s - 1)
+            return {"mu": (w[..., None] * v).mean(1),
+                    "scale_tril": (w[..., None, None] * h_low).mean(1)}
+        return {"mu": _loo_controlled(log_p, v),
+                "scale_tril": _loo_controlled(log_p, h_low) + inv_diag}
 
 
 def fit_gaussian_vi_parallel(
