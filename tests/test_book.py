@@ -66,6 +66,36 @@ def test_every_tolerance_names_the_seed_spread_it_covers(nb_path):
     assert not problems, "\n".join(problems)
 
 
+def _list_markers_inside_inline_math(source: str) -> list[str]:
+    """Lines of markdown that start with a list marker while an inline $...$ is open."""
+    text = re.sub(r"\$\$.*?\$\$", "", source, flags=re.S)       # display math
+    text = re.sub(r"```.*?```", "", text, flags=re.S)              # fenced blocks
+    found, open_math = [], False
+    for line in text.split("\n"):
+        if open_math and re.match(r"\s*([-+*]|\d+[.)]) ", line):
+            found.append(line.strip()[:60])
+        if line.replace("\\$", "").count("$") % 2 == 1:
+            open_math = not open_math
+    return found
+
+
+def test_list_marker_check_finds_a_broken_formula():
+    broken = "the estimator $\\frac1S\\sum_s (a\n- b)$ and text"
+    assert _list_markers_inside_inline_math(broken) == ["- b)$ and text"]
+    assert not _list_markers_inside_inline_math("x $a - b$\n- a list item")
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_inline_formula_is_broken_by_a_line_starting_a_list(nb_path):
+    """A line break inside $...$ followed by "- " (or "+ ", "1. ") makes Markdown start a
+    list there: the formula's two halves show as raw TeX on the page (chapter 5 had one)."""
+    nb = json.loads(nb_path.read_text())
+    problems = [f"cell {i}: {line}" for i, c in enumerate(nb["cells"])
+                if c["cell_type"] == "markdown"
+                for line in _list_markers_inside_inline_math("".join(c["source"]))]
+    assert not problems, "move the line break out of the formula:\n" + "\n".join(problems)
+
+
 def test_book_builds_and_every_chapter_has_its_figures(built_html):
     assert (built_html / "index.html").is_file()
     for nb_path in NOTEBOOKS:
