@@ -261,7 +261,8 @@ def limit_sweep(config: Config) -> list[dict]:
             seed_everything(config.seed)
             model = VAE(64, latent_dim=LATENT, hidden=hidden)
             products = epoch_products(model, n, len(x_val), batch)
-            t = measure({"epoch": lambda: train_vae(model, x, x_val, 1, batch_size=batch),
+            t = measure({"epoch": lambda m=model, b=batch: train_vae(m, x, x_val, 1,
+                                                                    batch_size=b),
                          "gemms": gemm_runner(products)}, config)
             f = flops(products)
             out.append({"hidden": hidden, "batch": batch, "flops": f,

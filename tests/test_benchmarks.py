@@ -98,9 +98,9 @@ def test_limit_and_memory_are_recorded(smoke):
 
 
 def test_book_table_reports_cpu_against_the_goal():
+    from benchmarks._common import row
     from benchmarks._report import _book_md, _targets_md
     from benchmarks.book import TARGET_CPU_S
-    from benchmarks._common import row
     rows = []
     for case, wall, cpu in (("01_elbo", 40.0, 31.0), ("06_vae", 150.0, 131.0)):
         rows.append(row("book", case, {"notebook": case}, ours=wall, agreement="nbval",

@@ -15,6 +15,7 @@ from sklearn.mixture import GaussianMixture
 from elbo_lib.em import (
     GaussianMixtureEM,
     bound_along_path,
+    em_map_jacobian,
     gmm_elbo,
     gmm_log_likelihood,
     gmm_responsibilities,
@@ -771,6 +772,20 @@ BAD_INPUTS["incremental_em"] += [
 BAD_INPUTS["random_start"] += [
     (lambda: random_start(_X, 2, -1), ValueError, r"rng must be .*>= 0, got -1"),
     (lambda: random_start(_X, np.int64(2), np.int64(-5)), ValueError, r"rng must be"),
+]
+_W0, _MU0, _COV0 = random_start(_X, 2, 0)
+BAD_INPUTS["em_map_jacobian"] = [
+    (lambda: em_map_jacobian(_X, _W0, _MU0, _COV0, step=0.0), ValueError,
+     r"step must be > 0, got 0.0"),
+    (lambda: em_map_jacobian(_X, _W0, _MU0, _COV0, step="1e-6"), TypeError,
+     r"step must be a real number, got str"),
+    (lambda: em_map_jacobian(_X_NAN, _W0, _MU0, _COV0), ValueError,
+     r"X must contain only finite"),
+    (lambda: em_map_jacobian(_X + 1j, _W0, _MU0, _COV0), TypeError, r"X must be real"),
+    (lambda: em_map_jacobian(_X, _W0, _MU0[:, :2], _COV0), ValueError,
+     r"means must have shape \(2, 3\), got \(2, 2\)"),
+    (lambda: em_map_jacobian(_X, _W0, _MU0, _COV0, covariance_floor="median"), ValueError,
+     r"covariance_floor must be one of"),
 ]
 EXTREME_INPUTS["weighted_gaussian_m_step"] += [
     (_collapsed_m_step,

@@ -755,3 +755,34 @@ def test_fit_gaussian_q_bad_inputs():
         fit_sparse_coding_gaussian_q(np.ones(3), W, 1.0, 1.0)
     with pytest.raises(ValueError, match="positive definite"):
         fit_sparse_coding_gaussian_q(np.ones(2), W, 1.0, 1.0, cov_init=-np.eye(2))
+
+
+_W_EYE, _X_ONES = np.eye(2), np.ones(2)
+BAD_INPUTS["sparse_coding_gaussian_elbo"] = [
+    (lambda: sparse_coding_gaussian_elbo(_X_ONES, _W_EYE, [0, 0], [[1.0, 2.0], [2.0, 1.0]],
+                                         1.0, 1.0),
+     ValueError, r"cov_q must be positive definite"),
+    (lambda: sparse_coding_gaussian_elbo(_X_ONES, _W_EYE, [0, 0], [[1.0, 0.1], [0.0, 1.0]],
+                                         1.0, 1.0),
+     ValueError, r"cov_q must be symmetric"),
+    (lambda: sparse_coding_gaussian_elbo(_X_ONES, _W_EYE, [0, 0, 0], np.eye(2), 1.0, 1.0),
+     ValueError, r"shape mismatch: x \(2,\), W \(2, 2\), mean_q \(3,\)"),
+    (lambda: sparse_coding_gaussian_elbo(_X_ONES, _W_EYE, [0, 0], np.eye(2), 0.0, 1.0),
+     ValueError, r"sigma must be a finite number > 0, got 0.0"),
+    (lambda: sparse_coding_gaussian_elbo(_X_ONES, _W_EYE, [0, 0], np.eye(2), 1.0, "1"),
+     TypeError, r"b must be a positive number, got str"),
+    (lambda: sparse_coding_gaussian_elbo([np.nan, 1], _W_EYE, [0, 0], np.eye(2), 1.0, 1.0),
+     ValueError, r"x must contain only finite"),
+]
+BAD_INPUTS["fit_sparse_coding_gaussian_q"] = [
+    (lambda: fit_sparse_coding_gaussian_q(np.ones(3), _W_EYE, 1.0, 1.0), ValueError,
+     r"x must have shape \(2,\), got \(3,\)"),
+    (lambda: fit_sparse_coding_gaussian_q(_X_ONES, _W_EYE, 1.0, 1.0, cov_init=-np.eye(2)),
+     ValueError, r"cov_init must be positive definite"),
+    (lambda: fit_sparse_coding_gaussian_q(_X_ONES, _W_EYE, 1.0, 1.0, gtol=0.0), ValueError,
+     r"gtol must be a finite number > 0, got 0.0"),
+    (lambda: fit_sparse_coding_gaussian_q(_X_ONES + 1j, _W_EYE, 1.0, 1.0), TypeError,
+     r"x must be real"),
+    (lambda: fit_sparse_coding_gaussian_q(_X_ONES, _W_EYE, 1.0, -1.0), ValueError,
+     r"b must be a finite number > 0, got -1.0"),
+]
