@@ -13,7 +13,10 @@ For each configuration this script first checks in a fresh interpreter that the 
 took effect (OpenBLAS core type, torch's CPU capability), then runs pytest --nbval over
 every notebook in chapters/ (the committed outputs, the number-aware comparison of the
 root conftest.py), one pytest run per (configuration, notebook), two at a time on two
-cores, and prints their times. It exits non-zero if anything fails.
+cores, and prints their times. It exits non-zero if anything fails. A configuration
+whose kernels compute exactly the bits of this machine's own (the probe hashes them; on an
+AVX2 machine the avx2 configuration) would repeat `make test`'s run and is skipped, saying
+why; ``--all`` runs it anyway.
 
     python tools/portability.py                          # every other-CPU configuration
     python tools/portability.py --config native --tests  # what `make test` runs
@@ -72,13 +75,39 @@ CONFIGS = [
 ]
 
 _PROBE = """
-import json, threadpoolctl, torch
+import hashlib, json, threadpoolctl, numpy as np, torch
 blas = [(i.get("architecture"), i["num_threads"]) for i in threadpoolctl.threadpool_info()
         if i["internal_api"] == "openblas"]
 torch.ones(64, 64) @ torch.ones(64, 64)  # initialise MKL: its warnings would go to stderr
+# The bits these kernels compute: a hash of the kinds of operation the chapters use
+# (torch and NumPy matrix products at several sizes and both precisions, torch's
+# vectorised elementwise kernels and reductions, LAPACK factorisations, one backward
+# pass). Two configurations with the same hash compute the same bits here.
+torch.manual_seed(0)
+rng = np.random.default_rng(0)
+digest = hashlib.sha256()
+def add(value):
+    if isinstance(value, torch.Tensor):
+        value = value.detach().numpy()
+    digest.update(np.ascontiguousarray(value).tobytes())
+for n in (7, 33, 64, 257):
+    for dtype in (torch.float32, torch.float64):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for value in (a @ b, torch.exp(a), torch.log1p(a.abs()), torch.tanh(a),
+                      torch.nn.functional.softplus(a), torch.sigmoid(a), a.sum(0),
+                      torch.logsumexp(a, 1), torch.bmm(a.expand(3, n, n), b.expand(3, n, n)),
+                      torch.linalg.cholesky(a @ a.T + n * torch.eye(n, dtype=dtype))):
+            add(value)
+    a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
+    for value in (a @ b, a.astype(np.float32) @ b.astype(np.float32), a.sum(0), np.exp(a),
+                  np.linalg.cholesky(a @ a.T + n * np.eye(n)), np.linalg.solve(a, b)):
+        add(value)
+layer, x = torch.nn.Linear(50, 40), torch.randn(128, 50)
+torch.tanh(layer(x)).sum().backward()
+add(layer.weight.grad)
 from elbo_lib import training_seed
 print(json.dumps({"openblas": blas, "torch": torch.backends.cpu.get_cpu_capability(),
-                  "seed_shift": training_seed(0)}))
+                  "seed_shift": training_seed(0), "bits": digest.hexdigest()[:16]}))
 """
 
 _SWITCHES = ("OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
@@ -92,17 +121,33 @@ def config_env(config: KernelConfig) -> dict[str, str]:
     return env
 
 
+_PROBED: dict[str, tuple[dict | None, str | None]] = {}
+
+
+def _probe_output(config: KernelConfig) -> tuple[dict | None, str | None]:
+    """Run the probe under ``config`` once: (what it found, None) or (None, the problem)."""
+    if config.name not in _PROBED:
+        _PROBED[config.name] = _run_probe(config)
+    return _PROBED[config.name]
+
+
+def _run_probe(config: KernelConfig) -> tuple[dict | None, str | None]:
+    proc = subprocess.run([sys.executable, "-c", _PROBE], env=config_env(config), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        return None, f"the probe failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
+    if proc.stderr.strip():  # e.g. an MKL deprecation warning would reach notebook output
+        return None, f"the configuration prints to stderr: {proc.stderr.strip()[:300]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+
+
 def probe(config: KernelConfig) -> str | None:
     """Check in a fresh interpreter that ``config`` switches the kernels; a problem or None."""
     if config is NATIVE:
         return None
-    proc = subprocess.run([sys.executable, "-c", _PROBE], env=config_env(config), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        return f"the probe failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
-    if proc.stderr.strip():  # e.g. an MKL deprecation warning would reach notebook output
-        return f"the configuration prints to stderr: {proc.stderr.strip()[:300]}"
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    found, problem = _probe_output(config)
+    if problem:
+        return problem
     archs = [arch for arch, _ in found["openblas"]]
     if archs != [config.openblas] or found["torch"] != config.torch:
         return (f"kernels not switched: OpenBLAS {archs} (expected [{config.openblas!r}]), "
@@ -114,6 +159,30 @@ def probe(config: KernelConfig) -> str | None:
     threads = config.env.get("OPENBLAS_NUM_THREADS")
     if threads and [n for _, n in found["openblas"]] != [int(threads)]:
         return f"OpenBLAS threads {found['openblas']}, expected {threads}"
+    return None
+
+
+def same_as_native(config: KernelConfig) -> str | None:
+    """Why ``config`` would repeat `make test`'s native run exactly here, or None.
+
+    A configuration imitates another CPU by capping the instruction sets the kernels
+    may use. On a CPU whose own best kernels are the capped ones (an AVX2 machine under
+    the avx2 configuration) nothing changes: the same kernels compute the same bits, and
+    the nbval run would repeat `make test`'s. The probe's hash of those bits (matrix
+    products, elementwise kernels, factorisations, a backward pass; see _PROBE) decides,
+    with the seeds and the kernel names; any difference and the configuration runs.
+    """
+    if config is NATIVE or config.env.get("ELBO_TRAINING_SEED_SHIFT", "0") != "0":
+        return None
+    mine, problem = _probe_output(config)
+    native, problem_native = _probe_output(NATIVE)
+    if problem or problem_native:
+        return None
+    if (mine["bits"], mine["torch"], mine["openblas"]) == (
+            native["bits"], native["torch"], native["openblas"]):
+        return (f"this machine's own kernels are these (OpenBLAS {native['openblas'][0][0]}, "
+                f"torch {native['torch']}, identical bits {native['bits']}): "
+                "`make test` verified them")
     return None
 
 
@@ -152,12 +221,14 @@ def _run_job(config: KernelConfig, notebook: str, pytest_args: list[str]) -> dic
 
 
 def run(configs: list[KernelConfig], pytest_args: list[str], jobs: int,
-        targets: list[str]) -> list[tuple]:
+        targets: list[str], skip_native: bool = True) -> list[tuple]:
     """Probe every configuration, then run every (configuration, notebook) pair.
 
     ``jobs`` pairs run at once: each is one pytest process whose notebook kernel is
     single-threaded (seed_everything) apart from OpenBLAS, so on 2 cores two jobs take
-    about half the wall time of one. Returns one row per configuration:
+    about half the wall time of one. A configuration that computes the same bits as
+    this machine's own kernels is skipped when ``skip_native`` (see same_as_native).
+    Returns one row per configuration:
     ``(config, passed, wall seconds summed over its notebooks, CPU seconds, status)``.
     """
     runnable = []
@@ -166,9 +237,13 @@ def run(configs: list[KernelConfig], pytest_args: list[str], jobs: int,
         settings = " ".join(f"{k}={v}" for k, v in config.env.items())
         print(f"== {config.name}: {settings}\n   imitates {config.imitates}", flush=True)
         problem = probe(config)
+        same = None if problem or not skip_native else same_as_native(config)
         if problem:
             print(f"   FAILED before testing: {problem}", flush=True)
             rows[config.name] = (config, False, 0.0, 0.0, "FAILED (probe)")
+        elif same:
+            print(f"   skipped: {same} (--all runs it anyway)", flush=True)
+            rows[config.name] = (config, True, 0.0, 0.0, "skipped: same bits as native")
         else:
             runnable.append(config)
     # Longest job first keeps both workers busy to the end instead of leaving one long job
@@ -211,6 +286,9 @@ def main(argv=None) -> int:
     parser.add_argument("notebooks", nargs="*", metavar="notebook",
                         help="run only these notebooks (default: every chapter)")
     parser.add_argument("--list", action="store_true", help="list the configurations")
+    parser.add_argument("--all", action="store_true",
+                        help="also run a configuration whose kernels compute the same bits "
+                             "as this machine's own (skipped by default: `make test` ran them)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="notebook runs at once (default: 2, or 1 on a 1-core machine)")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -234,7 +312,7 @@ def main(argv=None) -> int:
                      f"{', '.join(notebooks())})")
     targets = ([TESTS] if args.tests else []) + (args.notebooks or notebooks())
     start = time.perf_counter()
-    results = run(chosen, pytest_args, args.jobs, targets)
+    results = run(chosen, pytest_args, args.jobs, targets, skip_native=not args.all)
     print(f"\n== summary ({args.jobs} job(s) at once; per configuration the wall and CPU "
           "time of its pytest runs, summed)")
     for config, _, seconds, cpu, status in results:
