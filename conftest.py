@@ -45,6 +45,11 @@ from collections import defaultdict
 DEFAULT_RTOL = 1e-9
 DEFAULT_ATOL = 0.0
 
+#: The nbval whose ``IPyNbCell.compare_outputs`` this plugin copies and whose internals it
+#: uses (``IPyNbCell``, ``NbCellError``, ``transform_streams_for_comparison``, the cell's
+#: ``options``/``config``/``sanitize_outputs``/``format_output_compare``, ...).
+NBVAL_VERSION = "0.11.0"
+
 # A decimal number with an optional sign, fraction and exponent: "-12", "0.5", ".5", "3.",
 # "6.668e-18". Everything between two numbers is text and must match exactly.
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
@@ -279,6 +284,35 @@ def _make_numeric_cell_class():
             return True
 
     return NumericIPyNbCell
+
+
+def check_nbval_version(version: str) -> None:
+    """Refuse to compare notebooks with an nbval this plugin was not written for.
+
+    The plugin replaces a copy of nbval's own comparison; with another nbval the copy
+    would silently diverge from the nbval around it. Raises ``pytest.UsageError`` (pytest
+    stops at start-up with the message) unless ``version`` is ``NBVAL_VERSION``.
+    """
+    if version != NBVAL_VERSION:
+        import pytest
+
+        raise pytest.UsageError(
+            f"conftest.py's number-aware comparison is a modified copy of nbval "
+            f"{NBVAL_VERSION}'s IPyNbCell.compare_outputs, but nbval {version} is installed: "
+            f"install nbval=={NBVAL_VERSION} (requirements.txt), or re-check the copy "
+            f"against nbval {version} and change NBVAL_VERSION")
+
+
+def pytest_configure(config):
+    """At start-up, before any notebook runs: the nbval version check (``--nbval``)."""
+    if not (config.getoption("nbval", default=False)
+            or config.getoption("nbval_lax", default=False)):
+        return
+    try:
+        import nbval
+    except ImportError:  # nbval not installed: pytest itself rejects --nbval
+        return
+    check_nbval_version(getattr(nbval, "__version__", "unknown"))
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -176,9 +176,16 @@ def test_malformed_tolerance_messages(nbval_run):
         stdout, results["ignored_with_tolerance"][2])
 
 
-def test_nbval_version_is_the_one_the_override_copies():
+def test_nbval_version_is_checked_at_start_up():
+    """Another nbval stops pytest before any notebook runs, naming both versions."""
+    import importlib.util
+
     import nbval
 
-    assert nbval.__version__ == "0.11.0", (
-        "conftest.py overrides nbval 0.11.0's IPyNbCell.compare_outputs: re-check it "
-        "against the new nbval before changing the pin")
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    assert nbval.__version__ == conftest.NBVAL_VERSION  # the pinned one passes
+    conftest.check_nbval_version(conftest.NBVAL_VERSION)
+    with pytest.raises(pytest.UsageError, match=r"copy of nbval 0\.11\.0.*nbval 0\.12\.1"):
+        conftest.check_nbval_version("0.12.1")
