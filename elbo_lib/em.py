@@ -25,7 +25,12 @@ every E-step and M-step for free.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
 import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.special import gammaln, multigammaln
 
 from elbo_lib._validation import (
     LOG_2PI,
@@ -40,6 +45,7 @@ from elbo_lib._validation import (
     check_symmetric,
     power_of_two_scale,
 )
+from elbo_lib.coordinate_ascent import AscentTrace, coordinate_ascent
 from elbo_lib.gaussians import gaussian_log_density, precision_cholesky
 
 __all__ = [
@@ -339,6 +345,45 @@ def _elbo_terms(resp, wlp, entropy=None) -> float:
 
 
 # ---------------------------------------------------------------------------------------
+# the state and stopping rule of the mixture EM loops
+# ---------------------------------------------------------------------------------------
+class _EMSettings(NamedTuple):
+    """The constructor arguments of :class:`GaussianMixtureEM`, validated by ``fit``."""
+
+    n_components: int
+    tol: float
+    reg_covar: float
+    max_iter: int
+    covariance_floor: str
+    keep_history: bool
+    chunk_size: int | None
+
+
+@dataclass
+class _EMState:
+    """What the E-step and M-step of a mixture EM share while the loop runs."""
+
+    theta: tuple | list
+    prec_chol: np.ndarray
+    wlp: np.ndarray | None = None
+    resp: np.ndarray | None = None
+    entropy: float = 0.0
+    stats: list = field(default_factory=list)
+    log_lik: list = field(default_factory=list)
+    shortfalls: list = field(default_factory=list)
+    lower_bound: float = -np.inf
+
+
+def _mean_log_likelihood_rule(state: _EMState, n: int, tol: float):
+    """scikit-learn's stopping rule: the per-point mean log-likelihood measured in the
+    E-step changed by less than ``tol`` since the previous iteration."""
+    def stop() -> bool:
+        previous, state.lower_bound = state.lower_bound, state.log_lik[-1] / n
+        return abs(state.lower_bound - previous) < tol
+    return stop
+
+
+# ---------------------------------------------------------------------------------------
 # the estimator
 # ---------------------------------------------------------------------------------------
 class GaussianMixtureEM:
@@ -404,6 +449,9 @@ class GaussianMixtureEM:
         log p(x | theta_t) in nats for t = 0 (initial) .. n_iter_ (final).
     elbo_after_e_step_, elbo_after_m_step_ : numpy.ndarray, shape (n_iter_,)
         L(q_t, theta_{t-1}) right after E-step t and L(q_t, theta_t) right after M-step t.
+    trace_ : elbo_lib.coordinate_ascent.AscentTrace
+        The record of :func:`elbo_lib.coordinate_ascent.coordinate_ascent`: the bound
+        after every E-step and M-step (the two arrays above are its columns).
     floor_shortfall_ : numpy.ndarray, shape (n_iter_,)
         How far each M-step fell short of the exact maximum of L(q_t, .) because of the
         floor (0 with ``"clip"``); log p(x | theta_t) >= log p(x | theta_{t-1}) minus it.
@@ -437,24 +485,29 @@ class GaussianMixtureEM:
         self.keep_history = keep_history
         self.chunk_size = chunk_size
 
-    def _check_hyperparameters(self) -> None:
-        """Validate the constructor arguments (called by :meth:`fit`, as scikit-learn does)."""
-        self.n_components = check_positive_int(self.n_components, "n_components")
-        self.tol, self.reg_covar, self.max_iter = check_fit_controls(self.tol, self.reg_covar,
-                                                                     self.max_iter)
-        self.covariance_floor = _check_floor(self.covariance_floor)
+    def _check_hyperparameters(self) -> _EMSettings:
+        """The constructor arguments, validated into a new object (called by :meth:`fit`).
+
+        The arguments themselves are left as given (scikit-learn's rule: ``__init__``
+        stores, ``fit`` validates into what it uses), so ``get``-ting a parameter returns
+        what the caller passed.
+        """
         if self.covariances_init is not None and self.precisions_init is not None:
             raise ValueError("give covariances_init or precisions_init, not both")
-        self.keep_history = bool(self.keep_history)
-        if self.chunk_size is not None:
-            self.chunk_size = check_positive_int(self.chunk_size, "chunk_size")
-        if self.chunk_size is not None and self.keep_history:
+        tol, reg_covar, max_iter = check_fit_controls(self.tol, self.reg_covar, self.max_iter)
+        chunk_size = (None if self.chunk_size is None
+                      else check_positive_int(self.chunk_size, "chunk_size"))
+        keep_history = bool(self.keep_history)
+        if chunk_size is not None and keep_history:
             raise ValueError("chunk_size and keep_history cannot be combined")
+        return _EMSettings(check_positive_int(self.n_components, "n_components"), tol,
+                           reg_covar, max_iter, _check_floor(self.covariance_floor),
+                           keep_history, chunk_size)
 
     # -- initialisation -------------------------------------------------------------
-    def _initial_parameters(self, X):
+    def _initial_parameters(self, X, settings: _EMSettings):
         n, d = X.shape
-        k = self.n_components
+        k = settings.n_components
         if self.means_init is None:
             idx = as_generator(self.rng).choice(n, size=k, replace=False)
             means = X[idx].copy()
@@ -473,7 +526,7 @@ class GaussianMixtureEM:
         else:
             if self.covariances_init is None:
                 data_cov = np.atleast_2d(np.cov(X, rowvar=False, bias=True))
-                cov = np.repeat((data_cov + self.reg_covar * np.eye(d))[None], k, axis=0)
+                cov = np.repeat((data_cov + settings.reg_covar * np.eye(d))[None], k, axis=0)
             else:
                 cov, _ = check_spd(self.covariances_init, "covariances_init", (k, d, d))
             prec_chol = precision_cholesky(cov)
@@ -483,6 +536,9 @@ class GaussianMixtureEM:
     def fit(self, X) -> GaussianMixtureEM:
         """Run EM on ``X`` (shape (n, d)) and return ``self``.
 
+        The E-step and M-step are the two steps of :func:`elbo_lib.coordinate_ascent.
+        coordinate_ascent`, which records L(q, theta) after each in ``trace_``.
+
         Raises
         ------
         ValueError
@@ -490,74 +546,72 @@ class GaussianMixtureEM:
             hyperparameter is out of range, or an initial parameter has the wrong shape
             or is not a valid distribution / positive-definite matrix.
         """
-        self._check_hyperparameters()
+        settings = self._check_hyperparameters()
         X = _check_data(X)
         n, _ = X.shape
-        if n < self.n_components:
-            raise ValueError(f"n_components={self.n_components} is larger than the number "
-                             f"of points n={n}: need n >= n_components")
-        if self.chunk_size is not None:
-            return self._fit_chunked(X)
-        weights, means, cov, prec_chol = self._initial_parameters(X)
-        history = [(weights, means, cov)] if self.keep_history else None
-        log_lik, elbo_e, elbo_m, shortfalls = [], [], [], []
-        wlp = _weighted_log_prob(X, weights, means, prec_chol)
-        prev_resp = prev_entropy = None
-        lower_bound = -np.inf
-        converged = False
-        n_iter = 0
-        for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - used after the loop
-            # E-step at theta_{t-1}: q_t = p(z | x, theta_{t-1}); bound becomes tight
-            log_norm, resp, log_resp = _normalise(wlp)
-            if prev_resp is not None:  # L(q_{t-1}, theta_{t-1}): the previous M-step
-                elbo_m.append(_elbo_terms(prev_resp, wlp, prev_entropy))
-            entropy = _entropy(resp, log_resp)
-            log_lik.append(float(log_norm.sum()))
-            elbo_e.append(_elbo_terms(resp, wlp, entropy))
-            # M-step: theta_t = argmax_theta L(q_t, theta)
-            weights, means, cov, shortfall = weighted_gaussian_m_step(X, resp, self.reg_covar,
-                                                     self.covariance_floor)
-            shortfalls.append(shortfall)
-            prec_chol = precision_cholesky(cov)
-            wlp = _weighted_log_prob(X, weights, means, prec_chol)
-            if self.keep_history:
-                history.append((weights, means, cov))
-            prev_resp, prev_entropy = resp, entropy
-            prev_lower_bound, lower_bound = lower_bound, log_lik[-1] / n
-            if abs(lower_bound - prev_lower_bound) < self.tol:
-                converged = True
-                break
-        log_norm, _, _ = _normalise(wlp)
-        elbo_m.append(_elbo_terms(prev_resp, wlp, prev_entropy))
-        log_lik.append(float(log_norm.sum()))
+        if n < settings.n_components:
+            raise ValueError(f"n_components={settings.n_components} is larger than the "
+                             f"number of points n={n}: need n >= n_components")
+        if settings.chunk_size is not None:
+            return self._fit_chunked(X, settings)
+        weights, means, cov, prec_chol = self._initial_parameters(X, settings)
+        s = _EMState(theta=(weights, means, cov), prec_chol=prec_chol,
+                     wlp=_weighted_log_prob(X, weights, means, prec_chol))
+        history = [s.theta] if settings.keep_history else None
 
-        self.weights_, self.means_, self.covariances_ = weights, means, cov
-        self.precisions_cholesky_ = prec_chol
-        self.n_iter_, self.converged_, self.lower_bound_ = n_iter, converged, lower_bound
-        self.log_likelihood_ = np.asarray(log_lik)
-        self.elbo_after_e_step_ = np.asarray(elbo_e)
-        self.elbo_after_m_step_ = np.asarray(elbo_m)
-        self.floor_shortfall_ = np.asarray(shortfalls)
-        self.history_ = history
-        self.n_features_in_ = X.shape[1]
+        def e_step() -> float:  # q_t = p(z | x, theta_{t-1}): the bound becomes tight
+            log_norm, s.resp, log_resp = _normalise(s.wlp)
+            s.entropy = _entropy(s.resp, log_resp)
+            s.log_lik.append(float(log_norm.sum()))
+            return _elbo_terms(s.resp, s.wlp, s.entropy)
+
+        def m_step() -> float:  # theta_t = argmax_theta L(q_t, theta)
+            *s.theta, shortfall = weighted_gaussian_m_step(X, s.resp, settings.reg_covar,
+                                                           settings.covariance_floor)
+            s.shortfalls.append(shortfall)
+            s.prec_chol = precision_cholesky(s.theta[2])
+            s.wlp = _weighted_log_prob(X, s.theta[0], s.theta[1], s.prec_chol)
+            if history is not None:
+                history.append(tuple(s.theta))
+            return _elbo_terms(s.resp, s.wlp, s.entropy)
+
+        trace = coordinate_ascent({"E": e_step, "M": m_step},
+                                  stop=_mean_log_likelihood_rule(s, n, settings.tol),
+                                  max_iter=settings.max_iter)
+        s.log_lik.append(float(_normalise(s.wlp)[0].sum()))
+        self._store(s, trace, history, X.shape[1])
         return self
 
+    def _store(self, s: _EMState, trace: AscentTrace, history, n_features: int) -> None:
+        self.weights_, self.means_, self.covariances_ = s.theta
+        self.precisions_cholesky_ = s.prec_chol
+        self.n_iter_, self.converged_, self.lower_bound_ = (trace.n_iter, trace.converged,
+                                                            s.lower_bound)
+        self.trace_ = trace
+        self.log_likelihood_ = np.asarray(s.log_lik)
+        self.elbo_after_e_step_ = trace.after("E")
+        self.elbo_after_m_step_ = trace.after("M")
+        self.floor_shortfall_ = np.asarray(s.shortfalls)
+        self.history_ = history
+        self.n_features_in_ = n_features
+
     # -- chunked fitting (bounded memory) ----------------------------------------------
-    def _chunk_pass(self, X, center, weights, means, prec_chol, stats: bool):
+    def _chunk_pass(self, X, center, weights, means, prec_chol, stats: bool,
+                    chunk_size: int):
         """One pass over blocks of rows: log p(x), and the E-step's statistics if asked.
 
         Returns (log p(x), E_q[log p(x, z)], H[q], N_k, sum_i r_ik y_i, sum_i r_ik y_i
         y_i^T) with y_i = x_i - center and q the posterior at the given theta.
         """
         n, d = X.shape
-        k = self.n_components
+        k = means.shape[0]
         with np.errstate(divide="ignore"):
             log_w = np.log(weights)
         shifted_means = means - center
         log_lik = energy = entropy = 0.0
         counts, sx, sxx = np.zeros(k), np.zeros((k, d)), np.zeros((k, d, d))
-        for start in range(0, n, self.chunk_size):
-            ys = X[start:start + self.chunk_size] - center
+        for start in range(0, n, chunk_size):
+            ys = X[start:start + chunk_size] - center
             wlp = gaussian_log_density(ys, shifted_means, prec_chol) + log_w
             log_norm, resp, log_resp = _normalise(wlp)
             log_lik += float(log_norm.sum())
@@ -573,19 +627,21 @@ class GaussianMixtureEM:
                 sxx[j] += diff.T @ diff
         return log_lik, energy, entropy, counts, sx, sxx
 
-    def _fit_chunked(self, X) -> GaussianMixtureEM:
+    def _fit_chunked(self, X, settings: _EMSettings) -> GaussianMixtureEM:
         n, d = X.shape
-        weights, means, cov, prec_chol = self._initial_parameters(X)
+        weights, means, cov, prec_chol = self._initial_parameters(X, settings)
         center = X.mean(axis=0)
-        log_lik, elbo_e, elbo_m, shortfalls = [], [], [], []
-        lower_bound, converged, n_iter = -np.inf, False, 0
-        for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - used after the loop
-            ll, energy, entropy, n_raw, sx, sxx = self._chunk_pass(X, center, weights, means,
-                                                                   prec_chol, True)
-            log_lik.append(ll)
-            elbo_e.append(energy + entropy)
-            # M-step from the statistics, as weighted_gaussian_m_step (same count offset,
-            # same floor)
+        s = _EMState(theta=(weights, means, cov), prec_chol=prec_chol)
+
+        def e_step() -> float:  # the posterior's statistics, block by block
+            ll, energy, s.entropy, *s.stats = self._chunk_pass(
+                X, center, *s.theta[:2], s.prec_chol, True, settings.chunk_size)
+            s.log_lik.append(ll)
+            return energy + s.entropy
+
+        def m_step() -> float:
+            # from the statistics, as weighted_gaussian_m_step (same count offset and floor)
+            n_raw, sx, sxx = s.stats
             counts = n_raw + _COUNT_EPS
             weights = counts / counts.sum()
             m = sx / counts[:, None]
@@ -593,10 +649,10 @@ class GaussianMixtureEM:
             scatter = (sxx - outer - outer.transpose(0, 2, 1)
                        + n_raw[:, None, None] * m[:, :, None] * m[:, None, :])
             cov = scatter / counts[:, None, None]
-            shortfalls.append(_floor_covariances(cov, counts, self.reg_covar,
-                                                 self.covariance_floor))
-            means = m + center
-            prec_chol = precision_cholesky(cov)
+            s.shortfalls.append(_floor_covariances(cov, counts, settings.reg_covar,
+                                                   settings.covariance_floor))
+            s.theta = (weights, m + center, cov)
+            s.prec_chol = prec_chol = precision_cholesky(cov)
             # L(q_t, theta_t) in closed form: sum_k N_k [log pi_k + log N(. | theta_k)]
             # with sum_i r_ik (x_i - mu_k)^T P_k (x_i - mu_k) = tr(P_k scatter_k)
             with np.errstate(divide="ignore"):
@@ -604,21 +660,14 @@ class GaussianMixtureEM:
             log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
             maha = np.einsum("kij,kil,klj->k", prec_chol, scatter, prec_chol)
             terms = n_raw * (log_w + log_det - 0.5 * d * LOG_2PI) - 0.5 * maha
-            elbo_m.append(float(np.where(n_raw > 0, terms, 0.0).sum()) + entropy)
-            prev_lower_bound, lower_bound = lower_bound, ll / n
-            if abs(lower_bound - prev_lower_bound) < self.tol:
-                converged = True
-                break
-        log_lik.append(self._chunk_pass(X, center, weights, means, prec_chol, False)[0])
-        self.weights_, self.means_, self.covariances_ = weights, means, cov
-        self.precisions_cholesky_ = prec_chol
-        self.n_iter_, self.converged_, self.lower_bound_ = n_iter, converged, lower_bound
-        self.log_likelihood_ = np.asarray(log_lik)
-        self.elbo_after_e_step_ = np.asarray(elbo_e)
-        self.elbo_after_m_step_ = np.asarray(elbo_m)
-        self.floor_shortfall_ = np.asarray(shortfalls)
-        self.history_ = None
-        self.n_features_in_ = d
+            return float(np.where(n_raw > 0, terms, 0.0).sum()) + s.entropy
+
+        trace = coordinate_ascent({"E": e_step, "M": m_step},
+                                  stop=_mean_log_likelihood_rule(s, n, settings.tol),
+                                  max_iter=settings.max_iter)
+        s.log_lik.append(self._chunk_pass(X, center, *s.theta[:2], s.prec_chol, False,
+                                          settings.chunk_size)[0])
+        self._store(s, trace, None, d)
         return self
 
     # -- prediction ---------------------------------------------------------------------
@@ -794,8 +843,6 @@ def match_components(reference, estimate) -> np.ndarray:
     -------
     numpy.ndarray of int, shape (K,)
     """
-    from scipy.optimize import linear_sum_assignment
-
     ref = as_float_array(reference, "reference", ndim=(1, 2))
     est = as_float_array(estimate, "estimate", ndim=(1, 2))
     if ref.shape != est.shape:
@@ -871,8 +918,9 @@ def em_map_jacobian(X, weights, means, covariances, *, step: float = 1e-6,
 # ---------------------------------------------------------------------------------------
 # incremental EM (Neal and Hinton 1998) and MAP-EM: the same E-step, other updates
 # ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, repr=False)
 class EMTrace:
-    """Result of :func:`incremental_em` or :func:`map_em`: fitted theta and traces.
+    """Result of :func:`incremental_em` or :func:`map_em`: the fitted theta and its record.
 
     Attributes
     ----------
@@ -882,15 +930,29 @@ class EMTrace:
         Sweeps over the data (incremental EM) or EM iterations (MAP-EM).
     log_likelihood_ : numpy.ndarray
         log p(x | theta) after every recorded step (index 0: the start).
-    elbo_ : numpy.ndarray
-        (incremental EM) L(q, theta) after every block step, with q the stored
-        responsibilities of all blocks.
-    log_prior_ : numpy.ndarray
-        (MAP-EM) log p(theta) after every step; the monotone objective is
-        ``log_likelihood_ + log_prior_``.
+    trace_ : AscentTrace
+        The bound after every step of the coordinate ascent (one step per block for
+        incremental EM; the E-step's tight bound log p(x | theta) + log p(theta) for
+        MAP-EM, whose M-step does not evaluate it).
     steps_per_sweep : int
         Recorded steps per pass over the data (the number of blocks; 1 for MAP-EM).
+    elbo_ : numpy.ndarray or None
+        (incremental EM) L(q, theta) after every block step, with q the stored
+        responsibilities of all blocks (index 0: after the first full EM iteration).
+    log_prior_ : numpy.ndarray or None
+        (MAP-EM) log p(theta) after every step; the monotone objective is
+        ``log_likelihood_ + log_prior_``.
     """
+
+    weights_: np.ndarray
+    means_: np.ndarray
+    covariances_: np.ndarray
+    n_iter_: int
+    log_likelihood_: np.ndarray
+    trace_: AscentTrace
+    steps_per_sweep: int
+    elbo_: np.ndarray | None = None
+    log_prior_: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"EMTrace(n_iter_={self.n_iter_})"
@@ -921,7 +983,7 @@ def _well_conditioned(matrix) -> bool:
 def _start(X, n_components, weights_init, means_init, covariances_init, rng, reg_covar):
     est = GaussianMixtureEM(n_components, weights_init=weights_init, means_init=means_init,
                             covariances_init=covariances_init, rng=rng, reg_covar=reg_covar)
-    weights, means, cov, _ = est._initial_parameters(X)
+    weights, means, cov, _ = est._initial_parameters(X, est._check_hyperparameters())
     return weights, means, cov
 
 
@@ -976,34 +1038,34 @@ def incremental_em(X, n_components: int, *, num_blocks: int = 10, num_sweeps: in
     wlp = _weighted_log_prob(X, *theta[:2], precision_cholesky(theta[2]))
     _, resp, log_resp = _normalise(wlp)
     block_stats = [_stats_from_resp(X[b], resp[b]) for b in blocks]
-    totals = [sum(s[j] for s in block_stats) for j in range(3)]
-    log_lik, elbo = [], []
+    totals = [sum(st[j] for st in block_stats) for j in range(3)]
+    s = _EMState(theta=_theta_from_stats(*totals, reg_covar, "clip"), prec_chol=None,
+                 stats=totals)
 
-    def record():
-        wlp_now = _weighted_log_prob(X, *theta[:2], precision_cholesky(theta[2]))
-        log_lik.append(float(_normalise(wlp_now)[0].sum()))
-        elbo.append(_elbo_terms(resp, wlp_now, _entropy(resp, log_resp)))
+    def record() -> float:  # log p(x | theta) and L(q, theta) for the stored q
+        wlp_now = _weighted_log_prob(X, *s.theta[:2], precision_cholesky(s.theta[2]))
+        s.log_lik.append(float(_normalise(wlp_now)[0].sum()))
+        return _elbo_terms(resp, wlp_now, _entropy(resp, log_resp))
 
-    theta = _theta_from_stats(*totals, reg_covar, "clip")
-    record()
-    for _ in range(num_sweeps):
-        for j, b in enumerate(blocks):
+    def block_step(j: int, b: slice):
+        def step() -> float:
             # partial E-step: exact posterior of block b at the current theta
-            wlp_b = _weighted_log_prob(X[b], *theta[:2], precision_cholesky(theta[2]))
+            wlp_b = _weighted_log_prob(X[b], *s.theta[:2], precision_cholesky(s.theta[2]))
             _, resp[b], log_resp[b] = _normalise(wlp_b)
             new = _stats_from_resp(X[b], resp[b])
-            totals = [t - old + nw for t, old, nw in zip(totals, block_stats[j], new,
+            s.stats = [t - old + nw for t, old, nw in zip(s.stats, block_stats[j], new,
                                                           strict=True)]
             block_stats[j] = new
             # M-step from the running totals
-            theta = _theta_from_stats(*totals, reg_covar, "clip")
-            record()
-    out = EMTrace()
-    out.weights_, out.means_, out.covariances_ = theta
-    out.n_iter_ = num_sweeps
-    out.log_likelihood_, out.elbo_ = np.asarray(log_lik), np.asarray(elbo)
-    out.steps_per_sweep = num_blocks
-    return out
+            s.theta = _theta_from_stats(*s.stats, reg_covar, "clip")
+            return record()
+        return step
+
+    first = record()
+    trace = coordinate_ascent({f"block {j}": block_step(j, b) for j, b in enumerate(blocks)},
+                              stop=lambda: False, max_iter=num_sweeps, initial_bound=first)
+    return EMTrace(*s.theta, n_iter_=num_sweeps, log_likelihood_=np.asarray(s.log_lik),
+                   trace_=trace, steps_per_sweep=num_blocks, elbo_=trace.half_steps)
 
 
 def gmm_log_prior(weights, covariances, *, weight_concentration: float,
@@ -1024,8 +1086,6 @@ def gmm_log_prior(weights, covariances, *, weight_concentration: float,
     cov_prior_scale : array_like, shape (d, d)
         Psi, symmetric positive definite.
     """
-    from scipy.special import gammaln, multigammaln
-
     weights = as_float_array(weights, "weights", ndim=1)
     k = weights.shape[0]
     weights = _check_weights(weights, k)
@@ -1126,27 +1186,35 @@ def map_em(X, n_components: int, *, weight_concentration: float = 1.0,
             covariances_init = np.repeat(0.5 * (start + start.T)[None], n_components, axis=0)
     weights, means, cov = _start(X, n_components, weights_init, means_init,
                                  covariances_init, rng, 0.0)
-    log_lik, log_prior = [], []
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 - used after the loop
-        log_norm, resp, _ = _normalise(_weighted_log_prob(X, weights, means,
-                                                          precision_cholesky(cov)))
-        log_lik.append(float(log_norm.sum()))
+    s = _EMState(theta=(weights, means, cov), prec_chol=None)
+    log_prior = []
+
+    def e_step() -> float:  # q_t = p(z | x, theta_{t-1}); the bound is the objective
+        weights, means, cov = s.theta
+        log_norm, s.resp, _ = _normalise(_weighted_log_prob(X, weights, means,
+                                                            precision_cholesky(cov)))
+        s.log_lik.append(float(log_norm.sum()))
         log_prior.append(gmm_log_prior(weights, cov, **prior))
+        return s.log_lik[-1] + log_prior[-1]
+
+    def m_step() -> None:  # the closed-form MAP update; its bound is not evaluated
+        resp = s.resp
         counts = resp.sum(axis=0) + _COUNT_EPS
         weights = (counts + alpha - 1) / (n + n_components * (alpha - 1))
         weights = weights / weights.sum()
         means = (resp.T @ X) / counts[:, None]
         diff = X[None, :, :] - means[:, None, :]
         scatter = np.einsum("nk,kni,knj->kij", resp, diff, diff)
-        cov = (scatter + psi) / (counts + nu + d + 1)[:, None, None]
-        if n_iter > 1 and abs(log_lik[-1] + log_prior[-1] - log_lik[-2] - log_prior[-2]) < tol * n:
-            break
-    log_lik.append(gmm_log_likelihood(X, weights, means, cov))
+        s.theta = (weights, means, (scatter + psi) / (counts + nu + d + 1)[:, None, None])
+
+    def stop() -> bool:
+        return len(s.log_lik) > 1 and abs(s.log_lik[-1] + log_prior[-1] - s.log_lik[-2]
+                                          - log_prior[-2]) < tol * n
+
+    trace = coordinate_ascent({"E": e_step, "M": m_step}, stop=stop, max_iter=max_iter)
+    weights, means, cov = s.theta
+    s.log_lik.append(gmm_log_likelihood(X, weights, means, cov))
     log_prior.append(gmm_log_prior(weights, cov, **prior))
-    out = EMTrace()
-    out.weights_, out.means_, out.covariances_ = weights, means, cov
-    out.n_iter_ = n_iter
-    out.log_likelihood_, out.log_prior_ = np.asarray(log_lik), np.asarray(log_prior)
-    out.steps_per_sweep = 1
-    return out
+    return EMTrace(weights, means, cov, n_iter_=trace.n_iter,
+                   log_likelihood_=np.asarray(s.log_lik), trace_=trace, steps_per_sweep=1,
+                   log_prior_=np.asarray(log_prior))

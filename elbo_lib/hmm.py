@@ -24,6 +24,7 @@ the recursions and hmmlearn's compiled C++.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -37,6 +38,7 @@ from elbo_lib._validation import (
     check_probability_rows,
     check_spd,
 )
+from elbo_lib.coordinate_ascent import coordinate_ascent
 from elbo_lib.em import weighted_gaussian_m_step
 from elbo_lib.gaussians import gaussian_log_density, precision_cholesky
 
@@ -519,6 +521,22 @@ def _expected_complete_loglik(gamma_start, gamma, xi_sum, log_pi, log_A, log_B) 
     return dot(gamma_start, log_pi) + dot(xi_sum, log_A) + float((gamma * log_B).sum())
 
 
+@dataclass
+class _BaumWelchState:
+    """What Baum-Welch's E-step and M-step share while the loop runs."""
+
+    pi: np.ndarray
+    A: np.ndarray
+    means: np.ndarray
+    cov: np.ndarray
+    log_B: np.ndarray
+    gamma: np.ndarray | None = None
+    gamma_start: np.ndarray | None = None
+    xi_sum: np.ndarray | None = None
+    entropy: float = 0.0
+    log_lik: list = field(default_factory=list)
+
+
 class GaussianHMM:
     """Hidden Markov model with full-covariance Gaussian emissions, fitted by Baum-Welch.
 
@@ -557,6 +575,8 @@ class GaussianHMM:
         posterior under theta_{t-1}, so H[q_t] = log p(x | theta_{t-1}) -
         E_{q_t}[log p(x, z | theta_{t-1})], the value :func:`chain_entropy` gives from
         the per-step pairwise marginals, without that (T-1, K, K) array.
+    trace_ : elbo_lib.coordinate_ascent.AscentTrace
+        The bound after every E-step and M-step (the two arrays above are its columns).
     n_iter_ : int
     converged_ : bool
     """
@@ -572,15 +592,16 @@ class GaussianHMM:
         self.means_init, self.covariances_init = means_init, covariances_init
         self.rng = rng
 
-    def _check_hyperparameters(self) -> None:
-        """Check the constructor arguments; :meth:`fit` calls it (scikit-learn's rule)."""
-        self.num_states = check_positive_int(self.num_states, "num_states")
-        self.tol, self.reg_covar, self.max_iter = check_fit_controls(self.tol, self.reg_covar,
-                                                                     self.max_iter)
+    def _check_hyperparameters(self) -> tuple[int, float, float, int]:
+        """The constructor arguments, validated and returned as ``(num_states, tol,
+        reg_covar, max_iter)``; :meth:`fit` calls it and leaves the arguments as given
+        (scikit-learn's rule)."""
+        return (check_positive_int(self.num_states, "num_states"),
+                *check_fit_controls(self.tol, self.reg_covar, self.max_iter))
 
-    def _init_params(self, X):
+    def _init_params(self, X, num_states: int, reg_covar: float):
         T, d = X.shape
-        K = self.num_states
+        K = num_states
         pi = (np.full(K, 1.0 / K) if self.startprob_init is None
               else check_probability_rows(self.startprob_init, "startprob_init", (K,)))
         if self.transmat_init is None:
@@ -596,7 +617,7 @@ class GaussianHMM:
             if means.shape != (K, d):
                 raise ValueError(f"means_init must have shape ({K}, {d}), got {means.shape}")
         if self.covariances_init is None:
-            c = np.atleast_2d(np.cov(X, rowvar=False, bias=True)) + self.reg_covar * np.eye(d)
+            c = np.atleast_2d(np.cov(X, rowvar=False, bias=True)) + reg_covar * np.eye(d)
             cov = np.repeat(c[None], K, axis=0)
         else:
             cov, _ = check_spd(self.covariances_init, "covariances_init", (K, d, d))
@@ -631,56 +652,55 @@ class GaussianHMM:
         TypeError
             If ``lengths`` is not a 1-D sequence of integers.
         """
-        self._check_hyperparameters()
+        num_states, tol, reg_covar, max_iter = self._check_hyperparameters()
         X = _as_sequence(X)
         T = X.shape[0]
-        if T < max(2, self.num_states):
+        if T < max(2, num_states):
             raise ValueError(f"X must have at least max(2, num_states) = "
-                             f"{max(2, self.num_states)} steps, got T={T}")
+                             f"{max(2, num_states)} steps, got T={T}")
         bounds = _check_lengths(lengths, T)
         starts = bounds[:-1]
-        pi, A, means, cov = self._init_params(X)
-        log_lik, elbo_e, elbo_m = [], [], []
-        log_B = self.emission_log_prob(X, means, cov)
-        prev = None
-        converged, n_iter = False, 0
-        for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - used after the loop
-            log_pi, log_A = _log(pi), _log(A)
-            ll, gamma, xi_sum, _ = _posterior(log_pi, log_A, log_B, False, bounds)
-            gamma_start = gamma[starts].sum(axis=0)
-            if prev is not None:  # L(q_{t-1}, theta_{t-1}) after the previous M-step
-                elbo_m.append(_expected_complete_loglik(*prev[:3], log_pi, log_A, log_B)
-                              + prev[3])
+        pi, A, means, cov = self._init_params(X, num_states, reg_covar)
+        s = _BaumWelchState(pi, A, means, cov, self.emission_log_prob(X, means, cov))
+
+        def e_step() -> float:  # q_t = p(z | x, theta_{t-1}) by forward-backward
+            log_pi, log_A = _log(s.pi), _log(s.A)
+            ll, s.gamma, s.xi_sum, _ = _posterior(log_pi, log_A, s.log_B, False, bounds)
+            s.gamma_start = s.gamma[starts].sum(axis=0)
             # q is the exact posterior under theta_{t-1}, so its entropy is
             # log p(x) - E_q[log p(x, z)] (equal to chain_entropy(gamma, xi) without the
             # (T-1, K, K) array of pairwise marginals; tests/test_hmm.py checks both)
-            expected = _expected_complete_loglik(gamma_start, gamma, xi_sum, log_pi, log_A,
-                                                 log_B)
-            entropy = ll - expected
-            log_lik.append(ll)
-            elbo_e.append(expected + entropy)
-            # M-step
-            pi = gamma_start / gamma_start.sum()
+            expected = _expected_complete_loglik(s.gamma_start, s.gamma, s.xi_sum, log_pi,
+                                                 log_A, s.log_B)
+            s.entropy = ll - expected
+            s.log_lik.append(ll)
+            return expected + s.entropy
+
+        def m_step() -> float:  # theta_t = argmax_theta L(q_t, theta)
+            s.pi = s.gamma_start / s.gamma_start.sum()
             # a state with no expected transitions out of it (it is occupied only at the
             # last step, e.g. T = 2) leaves its row of A free: keep the old row, which
             # maximises Q as well as any other
-            out_mass = xi_sum.sum(axis=1, keepdims=True)
-            A = np.where(out_mass > 0, xi_sum / np.where(out_mass > 0, out_mass, 1.0), A)
-            _, means, cov, _ = weighted_gaussian_m_step(X, gamma, self.reg_covar, "clip")
-            log_B = self.emission_log_prob(X, means, cov)
-            prev = (gamma_start, gamma, xi_sum, entropy)
-            if len(log_lik) > 1 and abs(log_lik[-1] - log_lik[-2]) < self.tol:
-                converged = True
-                break
-        log_pi, log_A = _log(pi), _log(A)
-        ll = _posterior(log_pi, log_A, log_B, False, bounds)[0]
-        elbo_m.append(_expected_complete_loglik(*prev[:3], log_pi, log_A, log_B) + prev[3])
-        log_lik.append(ll)
-        self.startprob_, self.transmat_, self.means_, self.covariances_ = pi, A, means, cov
-        self.log_likelihood_ = np.asarray(log_lik)
-        self.elbo_after_e_step_ = np.asarray(elbo_e)
-        self.elbo_after_m_step_ = np.asarray(elbo_m)
-        self.n_iter_, self.converged_ = n_iter, converged
+            out_mass = s.xi_sum.sum(axis=1, keepdims=True)
+            s.A = np.where(out_mass > 0, s.xi_sum / np.where(out_mass > 0, out_mass, 1.0),
+                           s.A)
+            _, s.means, s.cov, _ = weighted_gaussian_m_step(X, s.gamma, reg_covar, "clip")
+            s.log_B = self.emission_log_prob(X, s.means, s.cov)
+            return (_expected_complete_loglik(s.gamma_start, s.gamma, s.xi_sum, _log(s.pi),
+                                              _log(s.A), s.log_B) + s.entropy)
+
+        def stop() -> bool:
+            return len(s.log_lik) > 1 and abs(s.log_lik[-1] - s.log_lik[-2]) < tol
+
+        trace = coordinate_ascent({"E": e_step, "M": m_step}, stop=stop, max_iter=max_iter)
+        s.log_lik.append(_posterior(_log(s.pi), _log(s.A), s.log_B, False, bounds)[0])
+        self.startprob_, self.transmat_, self.means_, self.covariances_ = (s.pi, s.A, s.means,
+                                                                           s.cov)
+        self.trace_ = trace
+        self.log_likelihood_ = np.asarray(s.log_lik)
+        self.elbo_after_e_step_ = trace.after("E")
+        self.elbo_after_m_step_ = trace.after("M")
+        self.n_iter_, self.converged_ = trace.n_iter, trace.converged
         return self
 
     def _check_fitted(self, X) -> np.ndarray:

@@ -52,6 +52,7 @@ from elbo_lib._validation import (
     check_real,
     check_spd,
 )
+from elbo_lib.coordinate_ascent import AscentTrace, coordinate_ascent
 from elbo_lib.models import (
     NormalGamma,
     bsc_exact_posterior,
@@ -169,6 +170,8 @@ class NormalGammaCAVIResult:
         Which factor each entry of ``history`` updated ("init", "mu" or "tau").
     converged : bool
         Whether the ELBO gain of a full sweep fell below ``tol``.
+    trace : elbo_lib.coordinate_ascent.AscentTrace
+        The loop's record: steps ("mu", "tau"); ``elbo`` is its ``half_steps``.
     """
 
     q: NormalGammaMeanField
@@ -176,6 +179,7 @@ class NormalGammaCAVIResult:
     elbo: np.ndarray
     updated: list[str]
     converged: bool
+    trace: AscentTrace
 
 
 def cavi_normal_gamma(x, prior: NormalGamma, init: NormalGammaMeanField | None = None, *,
@@ -214,27 +218,30 @@ def cavi_normal_gamma(x, prior: NormalGamma, init: NormalGammaMeanField | None =
     elif not isinstance(init, NormalGammaMeanField):
         raise TypeError(f"init must be a NormalGammaMeanField or None, got {type(init).__name__}")
     n, xbar = x.size, float(x.mean())
-    q = init
-    history, updated = [q], ["init"]
-    elbos = [normal_gamma_elbo(x, prior, q)]
+    history, elbos = [init], [normal_gamma_elbo(x, prior, init)]
     m = (prior.lam * prior.mean + n * xbar) / (prior.lam + n)
     a = prior.shape + 0.5 * (n + 1)
-    converged = False
-    for _ in range(max_iter):
-        q = NormalGammaMeanField(m, (prior.lam + n) * q.mean_tau, q.shape, q.rate)
-        history.append(q)
-        updated.append("mu")
-        elbos.append(normal_gamma_elbo(x, prior, q))
+
+    def update_mu() -> float:
+        q = history[-1]
+        history.append(NormalGammaMeanField(m, (prior.lam + n) * q.mean_tau, q.shape, q.rate))
+        elbos.append(normal_gamma_elbo(x, prior, history[-1]))
+        return elbos[-1]
+
+    def update_tau() -> float:
+        q = history[-1]
         e_sq = (float(((x - q.mean) ** 2).sum()) + n / q.precision
                 + prior.lam * ((q.mean - prior.mean) ** 2 + 1.0 / q.precision))
-        q = NormalGammaMeanField(q.mean, q.precision, a, prior.rate + 0.5 * e_sq)
-        history.append(q)
-        updated.append("tau")
-        elbos.append(normal_gamma_elbo(x, prior, q))
-        if elbos[-1] - elbos[-3] < tol:
-            converged = True
-            break
-    return NormalGammaCAVIResult(q, history, np.asarray(elbos), updated, converged)
+        history.append(NormalGammaMeanField(q.mean, q.precision, a, prior.rate + 0.5 * e_sq))
+        elbos.append(normal_gamma_elbo(x, prior, history[-1]))
+        return elbos[-1]
+
+    trace = coordinate_ascent({"mu": update_mu, "tau": update_tau},
+                              stop=lambda: elbos[-1] - elbos[-3] < tol, max_iter=max_iter,
+                              initial_bound=elbos[0])
+    updated = ["init"] + list(trace.step_names) * trace.n_iter
+    return NormalGammaCAVIResult(history[-1], history, trace.half_steps, updated,
+                                 trace.converged, trace)
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,6 +372,9 @@ class MixtureCAVIResult:
     converged : bool
     restart_elbos : numpy.ndarray
         Final ELBO of every initialisation tried (the result is the best one).
+    trace : elbo_lib.coordinate_ascent.AscentTrace
+        The loop's record of this run: the bound after each sweep's last step (``elbo``
+        is ``initial_bound`` followed by it).
     labels : numpy.ndarray, shape (n,)
         argmax_k phi_ik, the hard clustering.
     """
@@ -377,6 +387,7 @@ class MixtureCAVIResult:
     num_iter: int
     converged: bool
     restart_elbos: np.ndarray = field(default_factory=lambda: np.empty(0))
+    trace: AscentTrace | None = None
     labels: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -473,28 +484,31 @@ def _check_elbo_finite(value: float, x: np.ndarray, iteration: int) -> None:
 def _cavi_mixture_once(x, m, sigma2, max_iter, tol) -> MixtureCAVIResult:
     n, d = x.shape
     k = m.shape[0]
-    m = np.array(m, dtype=np.float64)
-    s2 = np.ones(k)
-    phi = np.full((n, k), 1.0 / k)
-    elbos = [_mixture_elbo(x, m, s2, phi, sigma2)]
+    s = {"m": np.array(m, dtype=np.float64), "s2": np.ones(k),
+         "phi": np.full((n, k), 1.0 / k)}
+    elbos = [_mixture_elbo(x, s["m"], s["s2"], s["phi"], sigma2)]
     _check_elbo_finite(elbos[0], x, 0)
-    history = [m.copy()]
-    converged = False
-    for _ in range(max_iter):
-        logits = x @ m.T - 0.5 * ((m**2).sum(axis=1) + d * s2)[None, :]
-        phi = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
-        nk = phi.sum(axis=0)
-        s2 = 1.0 / (1.0 / sigma2 + nk)
-        m = (phi.T @ x) * s2[:, None]
-        elbos.append(_mixture_elbo(x, m, s2, phi, sigma2))
-        _check_elbo_finite(elbos[-1], x, len(elbos) - 1)
-        history.append(m.copy())
-        if abs(elbos[-1] - elbos[-2]) < tol * abs(elbos[-1]):
-            converged = True
-            break
-    return MixtureCAVIResult(m, s2, phi, np.asarray(elbos), np.asarray(history),
-                             len(elbos) - 1, converged)
+    history = [s["m"].copy()]
 
+    def update_assignments() -> None:  # every q(c_i); the bound is evaluated after q(mu)
+        m = s["m"]
+        logits = x @ m.T - 0.5 * ((m**2).sum(axis=1) + d * s["s2"])[None, :]
+        s["phi"] = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+
+    def update_means() -> float:  # every q(mu_k)
+        phi = s["phi"]
+        s["s2"] = s2 = 1.0 / (1.0 / sigma2 + phi.sum(axis=0))
+        s["m"] = (phi.T @ x) * s2[:, None]
+        elbos.append(_mixture_elbo(x, s["m"], s2, phi, sigma2))
+        _check_elbo_finite(elbos[-1], x, len(elbos) - 1)
+        history.append(s["m"].copy())
+        return elbos[-1]
+
+    trace = coordinate_ascent({"c": update_assignments, "mu": update_means},
+                              stop=lambda: abs(elbos[-1] - elbos[-2]) < tol * abs(elbos[-1]),
+                              max_iter=max_iter, initial_bound=elbos[0])
+    return MixtureCAVIResult(s["m"], s["s2"], s["phi"], np.asarray(elbos),
+                             np.asarray(history), trace.n_iter, trace.converged, trace=trace)
 
 
 @dataclass
@@ -665,12 +679,14 @@ def bsc_elbo_enumeration(h_hat, v, weights, bias, noise_precision) -> float:
 @dataclass
 class BSCTrace:
     """Output of :func:`bsc_mean_field`: ``h_hat`` (final), ``history`` (num_iter + 1, n)
-    and ``elbo`` (num_iter + 1,) after every sweep, ``converged``."""
+    and ``elbo`` (num_iter + 1,) after every sweep, ``converged``, and ``trace``, the
+    loop's :class:`elbo_lib.coordinate_ascent.AscentTrace` (one step per sweep)."""
 
     h_hat: np.ndarray
     history: np.ndarray
     elbo: np.ndarray
     converged: bool
+    trace: AscentTrace | None = None
 
 
 def bsc_mean_field(v, weights, bias, noise_precision, *, schedule: str = "sequential",
@@ -720,20 +736,22 @@ def bsc_mean_field(v, weights, bias, noise_precision, *, schedule: str = "sequen
     drive = b + w.T @ (beta * v) - 0.5 * np.diag(gram)       # terms not involving h_hat
     off = gram - np.diag(np.diag(gram))
     history, elbos = [h.copy()], [_bsc_elbo(h, v, w, b, beta)]
-    converged = False
-    for _ in range(max_iter):
-        old = h.copy()
+
+    def sweep() -> float:  # every q(h_i) in turn (or all at once), damped
         if schedule == "parallel":
-            h = (1 - damping) * h + damping * expit(drive - off @ h)
+            history.append((1 - damping) * h + damping * expit(drive - off @ h))
+            h[:] = history[-1]
         else:
             for i in range(b.size):  # over latent units (Gauss-Seidel), not data points
                 h[i] = (1 - damping) * h[i] + damping * expit(drive[i] - off[i] @ h)
-        history.append(h.copy())
+            history.append(h.copy())
         elbos.append(_bsc_elbo(h, v, w, b, beta))
-        if np.max(np.abs(h - old)) < tol:
-            converged = True
-            break
-    return BSCTrace(h, np.asarray(history), np.asarray(elbos), converged)
+        return elbos[-1]
+
+    trace = coordinate_ascent({"h": sweep},
+                              stop=lambda: np.max(np.abs(history[-1] - history[-2])) < tol,
+                              max_iter=max_iter, initial_bound=elbos[0])
+    return BSCTrace(h, np.asarray(history), np.asarray(elbos), trace.converged, trace)
 
 
 # ---------------------------------------------------------------------------------------
@@ -846,36 +864,43 @@ def cavi_dirichlet_mixture(x, n_components: int, prior_var: float = 10.0,
 def _cavi_dirichlet_once(x, m, sigma2, alpha0, max_iter, tol) -> DirichletMixtureCAVIResult:
     n, d = x.shape
     k = m.shape[0]
-    m = np.array(m, dtype=np.float64)
-    s2 = np.ones(k)
-    phi = np.full((n, k), 1.0 / k)
-    alpha = np.full(k, alpha0 + n / k)
+    s = {"m": np.array(m, dtype=np.float64), "s2": np.ones(k),
+         "phi": np.full((n, k), 1.0 / k), "alpha": np.full(k, alpha0 + n / k)}
 
     def elbo():
-        return _mixture_elbo(x, m, s2, phi, sigma2) + _weights_elbo_terms(phi, alpha, alpha0)
+        return (_mixture_elbo(x, s["m"], s["s2"], s["phi"], sigma2)
+                + _weights_elbo_terms(s["phi"], s["alpha"], alpha0))
 
-    elbos, history = [elbo()], [m.copy()]
+    elbos, history = [elbo()], [s["m"].copy()]
     _check_elbo_finite(elbos[0], x, 0)
-    converged = False
-    for _ in range(max_iter):
+
+    def update_assignments() -> None:  # every q(c_i); the bound is evaluated after q(mu)
+        m, alpha = s["m"], s["alpha"]
         e_log_pi = digamma(alpha) - digamma(alpha.sum())
-        logits = e_log_pi[None, :] + x @ m.T - 0.5 * ((m**2).sum(axis=1) + d * s2)[None, :]
+        logits = e_log_pi[None, :] + x @ m.T - 0.5 * ((m**2).sum(axis=1) + d * s["s2"])[None, :]
         phi = np.exp(logits - logits.max(axis=1, keepdims=True))  # stable softmax
         phi /= phi.sum(axis=1, keepdims=True)
-        nk = phi.sum(axis=0)
-        alpha = alpha0 + nk
-        s2 = 1.0 / (1.0 / sigma2 + nk)
-        m = (phi.T @ x) * s2[:, None]
+        s["phi"] = phi
+
+    def update_weights() -> None:  # q(pi)
+        s["alpha"] = alpha0 + s["phi"].sum(axis=0)
+
+    def update_means() -> float:  # every q(mu_k)
+        phi = s["phi"]
+        s["s2"] = s2 = 1.0 / (1.0 / sigma2 + phi.sum(axis=0))
+        s["m"] = (phi.T @ x) * s2[:, None]
         elbos.append(elbo())
         _check_elbo_finite(elbos[-1], x, len(elbos) - 1)
-        history.append(m.copy())
-        if abs(elbos[-1] - elbos[-2]) < tol * abs(elbos[-1]):
-            converged = True
-            break
-    out = DirichletMixtureCAVIResult(m, s2, phi, np.asarray(elbos), np.asarray(history),
-                                     len(elbos) - 1, converged)
-    out.concentration = alpha
-    return out
+        history.append(s["m"].copy())
+        return elbos[-1]
+
+    trace = coordinate_ascent({"c": update_assignments, "pi": update_weights,
+                               "mu": update_means},
+                              stop=lambda: abs(elbos[-1] - elbos[-2]) < tol * abs(elbos[-1]),
+                              max_iter=max_iter, initial_bound=elbos[0])
+    return DirichletMixtureCAVIResult(s["m"], s["s2"], s["phi"], np.asarray(elbos),
+                                      np.asarray(history), trace.n_iter, trace.converged,
+                                      trace=trace, concentration=s["alpha"])
 
 
 # ---------------------------------------------------------------------------------------

@@ -407,8 +407,10 @@ def test_chunked_e_step_memory_does_not_grow_with_n():
                               chunk_size=chunk).fit(X)
             peaks[n, chunk] = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
-    # the default holds several (n, K) arrays: its peak grows with n; chunked does not
-    assert peaks[80_000, None] > 3 * peaks[20_000, None]
+    # the default holds several (n, K) arrays: its peak grows with n (x2.8 for 4x the points
+    # since the one loop stopped keeping the previous q beside the new one; x3.1 before);
+    # chunked does not
+    assert peaks[80_000, None] > 2.5 * peaks[20_000, None]
     assert peaks[80_000, 1024] < 1.2 * peaks[20_000, 1024]
     assert peaks[80_000, 1024] < 0.1 * peaks[80_000, None]
 
