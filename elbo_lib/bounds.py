@@ -536,7 +536,3 @@ def kl_on_grid(log_q, log_p, grid_0, grid_1) -> float:
     with np.errstate(invalid="ignore"):
         integrand = np.where(q > 0, q * (log_q - log_p), 0.0)
     return float(np.trapezoid(np.trapezoid(integrand, g1, axis=1), g0))
-
-
-# ---------------------------------------------------------------------------------------
-# 2. Factorised approximation of a correlated Gaussian (PRML 10.1.2)

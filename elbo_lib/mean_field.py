@@ -42,7 +42,6 @@ from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
     as_generator,
-    check_broadcast,
     check_bsc_batch_inputs,
     check_bsc_inputs,
     check_enumerable,
@@ -55,6 +54,7 @@ from elbo_lib._validation import (
 from elbo_lib.coordinate_ascent import AscentTrace, coordinate_ascent
 from elbo_lib.models import (
     NormalGamma,
+    NormalGammaMeanField,
     bsc_exact_posterior,
     bsc_log_joint_table,
     bsc_log_likelihood,
@@ -66,7 +66,6 @@ __all__ = [
     "DirichletMixtureCAVIResult",
     "MixtureCAVIResult",
     "NormalGammaCAVIResult",
-    "NormalGammaMeanField",
     "bsc_elbo",
     "bsc_elbo_batch",
     "bsc_elbo_enumeration",
@@ -91,44 +90,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 # 1. Univariate Gaussian, unknown mean and precision, Normal-Gamma prior (PRML 10.1.3)
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NormalGammaMeanField:
-    """q(mu, tau) = N(mu | mean, 1/precision) Gam(tau | shape, rate): the chapter 4 factors."""
-
-    mean: float
-    precision: float
-    shape: float
-    rate: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", check_real(self.mean, "mean"))
-        for name in ("precision", "shape", "rate"):
-            object.__setattr__(self, name, check_positive(getattr(self, name), name))
-
-    @property
-    def mean_tau(self) -> float:
-        """E_q[tau] = shape / rate."""
-        return self.shape / self.rate
-
-    def log_pdf(self, mu, tau) -> np.ndarray:
-        """log q(mu) + log q(tau), elementwise and broadcasting; -inf where tau <= 0."""
-        mu, tau = as_float_array(mu, "mu"), as_float_array(tau, "tau")
-        check_broadcast(mu=mu, tau=tau)
-        log_q_mu = 0.5 * (np.log(self.precision) - LOG_2PI) - 0.5 * self.precision * (
-            mu - self.mean) ** 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            safe = np.where(tau > 0, tau, 1.0)
-            log_q_tau = (self.shape * np.log(self.rate) - gammaln(self.shape)
-                         + (self.shape - 1) * np.log(safe) - self.rate * safe)
-        return np.where(tau > 0, log_q_mu + log_q_tau, -np.inf)
-
-
-def _check_prior(prior) -> NormalGamma:
-    if not isinstance(prior, NormalGamma):
-        raise TypeError(f"prior must be a NormalGamma, got {type(prior).__name__}")
-    return prior
-
-
 def normal_gamma_elbo(x, prior: NormalGamma, q: NormalGammaMeanField) -> float:
     """Closed-form ELBO(q) of the Normal-Gamma model for q = N(mu) Gam(tau) (chapter 4).
 
@@ -136,9 +97,9 @@ def normal_gamma_elbo(x, prior: NormalGamma, q: NormalGammaMeanField) -> float:
     with E[tau] = a/b, E[log tau] = psi(a) - log b, E[(x_i - mu)^2] = (x_i - m)^2 + 1/l.
     """
     x = as_float_array(x, "x", ndim=1)
-    prior = _check_prior(prior)
     if not isinstance(q, NormalGammaMeanField):
         raise TypeError(f"q must be a NormalGammaMeanField, got {type(q).__name__}")
+    NormalGammaMeanField.from_prior(prior)  # checks prior (models is its one home)
     n = x.size
     e_tau = q.shape / q.rate
     e_log_tau = digamma(q.shape) - np.log(q.rate)
@@ -210,11 +171,11 @@ def cavi_normal_gamma(x, prior: NormalGamma, init: NormalGammaMeanField | None =
     NormalGammaCAVIResult
     """
     x = as_float_array(x, "x", ndim=1)
-    prior = _check_prior(prior)
+    at_prior = NormalGammaMeanField.from_prior(prior)  # checks prior
     max_iter = check_positive_int(max_iter, "max_iter")
     tol = check_positive(tol, "tol")
     if init is None:
-        init = NormalGammaMeanField(prior.mean, prior.lam * prior.mean_tau, prior.shape, prior.rate)
+        init = at_prior
     elif not isinstance(init, NormalGammaMeanField):
         raise TypeError(f"init must be a NormalGammaMeanField or None, got {type(init).__name__}")
     n, xbar = x.size, float(x.mean())

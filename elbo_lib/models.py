@@ -37,6 +37,8 @@ from elbo_lib._validation import (
     check_bsc_batch_inputs,
     check_bsc_inputs,
     check_enumerable,
+    check_finite_tensor,
+    check_nonnegative,
     check_positive,
     check_positive_int,
     check_real,
@@ -47,6 +49,7 @@ __all__ = [
     "BayesianLogisticRegression",
     "ConjugateGaussianMean",
     "NormalGamma",
+    "NormalGammaMeanField",
     "SquaredMeanModel",
     "bsc_exact_moments",
     "bsc_exact_posterior",
@@ -148,41 +151,41 @@ class ConjugateGaussianMean:
         quad = r @ r - rho * r.sum() ** 2 / (1 + n * rho)
         return float(-0.5 * (n * LOG_2PI + log_det + quad))
 
-    def _check_q(self, q_mean, q_var):
-        q_mean = as_float_array(q_mean, "q_mean")
-        q_var = check_positive(q_var, "q_var", allow_array=True)
-        check_broadcast(q_mean=q_mean, q_var=q_var)
-        return np.broadcast_arrays(q_mean, q_var)
+    def _check_q(self, mean_q, var_q):
+        mean_q = as_float_array(mean_q, "mean_q")
+        var_q = check_positive(var_q, "var_q", allow_array=True)
+        check_broadcast(mean_q=mean_q, var_q=var_q)
+        return np.broadcast_arrays(mean_q, var_q)
 
-    def expected_log_likelihood(self, q_mean, q_var):
-        """E_q[log p(x | z)] for q = N(q_mean, q_var), elementwise over arrays of q."""
-        m, v = self._check_q(q_mean, q_var)
+    def expected_log_likelihood(self, mean_q, var_q):
+        """E_q[log p(x | z)] for q = N(mean_q, var_q), elementwise over arrays of q."""
+        m, v = self._check_q(mean_q, var_q)
         sq = _scaled_squares(self, m / self.noise_std, v / self.noise_var)
         return -0.5 * self.n * (LOG_2PI + np.log(self.noise_var)) - 0.5 * sq
 
-    def kl_to_prior(self, q_mean, q_var):
-        """KL(q || p(z)) for q = N(q_mean, q_var)."""
-        m, v = self._check_q(q_mean, q_var)
+    def kl_to_prior(self, mean_q, var_q):
+        """KL(q || p(z)) for q = N(mean_q, var_q)."""
+        m, v = self._check_q(mean_q, var_q)
         return gaussian_kl(m, v, self.prior_mean, self.prior_var)
 
-    def elbo(self, q_mean, q_var):
-        """Exact ELBO(q) = E_q[log p(x | z)] - KL(q || p(z)) for q = N(q_mean, q_var).
+    def elbo(self, mean_q, var_q):
+        """Exact ELBO(q) = E_q[log p(x | z)] - KL(q || p(z)) for q = N(mean_q, var_q).
 
         Equivalently E_q[log p(x, z)] + H[q]; :meth:`elbo_from_entropy` computes it that
         way and the tests check the two readings agree.
         """
-        return self.expected_log_likelihood(q_mean, q_var) - self.kl_to_prior(q_mean, q_var)
+        return self.expected_log_likelihood(mean_q, var_q) - self.kl_to_prior(mean_q, var_q)
 
-    def elbo_from_entropy(self, q_mean, q_var):
+    def elbo_from_entropy(self, mean_q, var_q):
         """ELBO as expected log-joint plus entropy: E_q[log p(x|z)] + E_q[log p(z)] + H[q]."""
-        m, v = self._check_q(q_mean, q_var)
+        m, v = self._check_q(mean_q, var_q)
         e_log_prior = -0.5 * (LOG_2PI + np.log(self.prior_var)) - 0.5 * (
             (m - self.prior_mean) ** 2 + v) / self.prior_var
         return self.expected_log_likelihood(m, v) + e_log_prior + gaussian_entropy(v)
 
-    def kl_to_posterior(self, q_mean, q_var):
-        """KL(q || p(z | x)) for q = N(q_mean, q_var): the gap log p(x) - ELBO(q)."""
-        m, v = self._check_q(q_mean, q_var)
+    def kl_to_posterior(self, mean_q, var_q):
+        """KL(q || p(z | x)) for q = N(mean_q, var_q): the gap log p(x) - ELBO(q)."""
+        m, v = self._check_q(mean_q, var_q)
         return gaussian_kl(m, v, self.posterior_mean, self.posterior_var)
 
     # -- torch densities, for Monte Carlo estimators ----------------------------------
@@ -252,6 +255,20 @@ class SquaredMeanModel:
 # ---------------------------------------------------------------------------------------
 # Normal-Gamma: univariate Gaussian, unknown mean and precision (chapter 4)
 # ---------------------------------------------------------------------------------------
+def _check_fields(density, precision_name: str) -> None:
+    """Check (and store as floats) a frozen Normal-Gamma-shaped density's parameters: a
+    real ``mean`` and positive ``precision_name``, ``shape`` and ``rate``."""
+    object.__setattr__(density, "mean", check_real(density.mean, "mean"))
+    for name in (precision_name, "shape", "rate"):
+        object.__setattr__(density, name, check_positive(getattr(density, name), name))
+
+
+def _gamma_log_pdf(density, log_tau, tau):
+    """log Gam(tau | shape, rate) of ``density``, from log tau and tau."""
+    return (density.shape * np.log(density.rate) - gammaln(density.shape)
+            + (density.shape - 1) * log_tau - density.rate * tau)
+
+
 @dataclass(frozen=True)
 class NormalGamma:
     """Normal-Gamma density NG(mu, tau | m, lam, a, b) = N(mu | m, 1/(lam tau)) Gam(tau | a, b).
@@ -275,9 +292,7 @@ class NormalGamma:
     rate: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", check_real(self.mean, "mean"))
-        for name in ("lam", "shape", "rate"):
-            object.__setattr__(self, name, check_positive(getattr(self, name), name))
+        _check_fields(self, "lam")
 
     def log_pdf(self, mu, tau) -> np.ndarray:
         """log NG(mu, tau), elementwise and broadcasting; -inf where tau <= 0."""
@@ -285,8 +300,7 @@ class NormalGamma:
         check_broadcast(mu=mu, tau=tau)
         with np.errstate(divide="ignore", invalid="ignore"):
             log_tau = np.where(tau > 0, np.log(np.where(tau > 0, tau, 1.0)), -np.inf)
-            lp = (self.shape * np.log(self.rate) - gammaln(self.shape)
-                  + (self.shape - 1) * log_tau - self.rate * tau
+            lp = (_gamma_log_pdf(self, log_tau, tau)
                   + 0.5 * (np.log(self.lam) + log_tau - LOG_2PI)
                   - 0.5 * self.lam * tau * (mu - self.mean) ** 2)
         return np.where(tau > 0, lp, -np.inf)
@@ -300,6 +314,61 @@ class NormalGamma:
     def var_mu(self) -> float:
         """Marginal variance of mu (a Student t): b / (lam (a - 1)), inf when a <= 1."""
         return self.rate / (self.lam * (self.shape - 1)) if self.shape > 1 else np.inf
+
+
+@dataclass(frozen=True)
+class NormalGammaMeanField:
+    """q(mu, tau) = N(mu | mean, 1/precision) Gam(tau | shape, rate): the chapter 4 factors.
+
+    The mean-field family of the Normal-Gamma model (Bishop 2006, section 10.1.3), fitted
+    by :func:`elbo_lib.mean_field.cavi_normal_gamma`; it lives beside :class:`NormalGamma`
+    (the prior and exact posterior), whose checks and Gamma density it shares.
+
+    Parameters
+    ----------
+    mean : float
+        The mean of q(mu).
+    precision : float
+        > 0, the precision of q(mu) (a number, not in units of tau).
+    shape, rate : float
+        > 0, the Gamma factor q(tau).
+    """
+
+    mean: float
+    precision: float
+    shape: float
+    rate: float
+
+    def __post_init__(self) -> None:
+        _check_fields(self, "precision")
+
+    @classmethod
+    def from_prior(cls, prior: NormalGamma) -> NormalGammaMeanField:
+        """The factors at the prior: q(mu) = N(m0, 1/(lam0 a0/b0)), q(tau) = Gam(a0, b0).
+
+        Raises
+        ------
+        TypeError
+            If ``prior`` is not a :class:`NormalGamma`.
+        """
+        prior = _check_prior(prior)
+        return cls(prior.mean, prior.lam * prior.mean_tau, prior.shape, prior.rate)
+
+    @property
+    def mean_tau(self) -> float:
+        """E_q[tau] = shape / rate."""
+        return self.shape / self.rate
+
+    def log_pdf(self, mu, tau) -> np.ndarray:
+        """log q(mu) + log q(tau), elementwise and broadcasting; -inf where tau <= 0."""
+        mu, tau = as_float_array(mu, "mu"), as_float_array(tau, "tau")
+        check_broadcast(mu=mu, tau=tau)
+        log_q_mu = 0.5 * (np.log(self.precision) - LOG_2PI) - 0.5 * self.precision * (
+            mu - self.mean) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            safe = np.where(tau > 0, tau, 1.0)
+            log_q_tau = _gamma_log_pdf(self, np.log(safe), safe)
+        return np.where(tau > 0, log_q_mu + log_q_tau, -np.inf)
 
 
 def _check_data_1d(x) -> np.ndarray:
@@ -539,8 +608,6 @@ def dirichlet_mixture_log_evidence(x, n_components: int, prior_var: float,
 # --------------------------------------------------------------------------------------
 # Bayesian logistic regression (chapter 5): exact MAP and Laplace approximation
 # --------------------------------------------------------------------------------------
-from elbo_lib._validation import check_finite_tensor, check_nonnegative  # noqa: E402
-
 
 class BayesianLogisticRegression:
     """Bayesian logistic regression: w ~ N(0, s^2 I), y_i ~ Bernoulli(sigmoid(x_i^T w)).

@@ -10,9 +10,17 @@ from sklearn.linear_model import LogisticRegression
 from elbo_lib.models import (
     BayesianLogisticRegression,
     ConjugateGaussianMean,
+    NormalGamma,
+    NormalGammaMeanField,
+    SquaredMeanModel,
+    bsc_exact_moments,
     bsc_exact_posterior,
     bsc_log_joint,
+    bsc_log_joint_table,
+    bsc_log_likelihood,
     dirichlet_mixture_log_evidence,
+    normal_gamma_log_evidence,
+    normal_gamma_posterior,
     set_partitions,
 )
 
@@ -86,9 +94,9 @@ def test_bad_construction(kwargs, err, msg):
 
 
 def test_bad_q(model):
-    with pytest.raises(ValueError, match="q_var"):
+    with pytest.raises(ValueError, match="var_q"):
         model.elbo(0.0, 0.0)
-    with pytest.raises(ValueError, match="q_mean"):
+    with pytest.raises(ValueError, match="mean_q"):
         model.kl_to_posterior(np.nan, 1.0)
 
 
@@ -211,19 +219,10 @@ def test_dirichlet_mixture_evidence_brute_force_labelled_sum():
 # ---------------------------------------------------------------------------------------
 # Contract cases (issue 16): every public name of elbo_lib.models has bad-input cases.
 # ---------------------------------------------------------------------------------------
-from elbo_lib.models import (  # noqa: E402
-    NormalGamma,
-    SquaredMeanModel,
-    bsc_exact_moments,
-    bsc_log_joint_table,
-    bsc_log_likelihood,
-    normal_gamma_log_evidence,
-    normal_gamma_posterior,
-)
-
 _CGM = ConjugateGaussianMean([0.5, 1.0, 2.0], noise_std=1.0)
 _SMM = SquaredMeanModel([0.5, 1.0, 2.0])
 _NG = NormalGamma(0.5, 2.0, 1.5, 0.8)
+_NG_Q = NormalGammaMeanField(1.0, 10.0, 7.5, 4.0)
 _X1 = np.array([0.3, 1.1, 0.7])
 _BV = np.array([1.0, -0.5, 0.3])
 _BW = np.array([[1.0, 0.0], [0.5, 1.0], [0.0, -1.0]])
@@ -234,10 +233,10 @@ _NAN_Z = torch.tensor([0.0, float("nan")], dtype=torch.float64)
 
 def _q_method_cases(method):
     return [
-        (lambda: getattr(_CGM, method)(0.0, 0.0), ValueError, r"q_var must be > 0"),
-        (lambda: getattr(_CGM, method)(np.nan, 1.0), ValueError, r"q_mean must contain only"),
+        (lambda: getattr(_CGM, method)(0.0, 0.0), ValueError, r"var_q must be > 0"),
+        (lambda: getattr(_CGM, method)(np.nan, 1.0), ValueError, r"mean_q must contain only"),
         (lambda: getattr(_CGM, method)(np.zeros(3), np.ones(2)), ValueError,
-         r"q_mean .*q_var .*broadcast"),
+         r"mean_q .*var_q .*broadcast"),
     ]
 
 
@@ -263,6 +262,27 @@ def _assert_scaled(out):
 
 
 BAD_INPUTS = {
+    "NormalGammaMeanField": [
+        (lambda: NormalGammaMeanField(0.0, 0.0, 1.0, 1.0), ValueError,
+         r"precision must be a finite number > 0"),
+        (lambda: NormalGammaMeanField(np.nan, 1.0, 1.0, 1.0), ValueError, r"mean must be finite"),
+        (lambda: NormalGammaMeanField(0.0, 1.0, "1", 1.0), TypeError,
+         r"shape must be a positive number"),
+    ],
+    "NormalGammaMeanField.log_pdf": [
+        (lambda: _NG_Q.log_pdf(np.nan, 1.0), ValueError, r"mu must .*(finite|NaN)"),
+        (lambda: _NG_Q.log_pdf(0.0, np.array([1.0, np.nan])), ValueError,
+         r"tau must .*(finite|NaN)"),
+        (lambda: _NG_Q.log_pdf("mu", 1.0), TypeError, r"mu must be numeric"),
+        (lambda: _NG_Q.log_pdf(np.zeros(3), np.ones(2)), ValueError,
+         r"mu .*tau .*broadcast"),
+    ],
+    "NormalGammaMeanField.from_prior": [
+        (lambda: NormalGammaMeanField.from_prior("prior"), TypeError,
+         r"prior must be a NormalGamma"),
+        (lambda: NormalGammaMeanField.from_prior(_NG_Q), TypeError,
+         r"prior must be a NormalGamma"),
+    ],
     "ConjugateGaussianMean": [
         (lambda: ConjugateGaussianMean([[1.0, 2.0]]), ValueError, r"x must have 1 dimension"),
         (lambda: ConjugateGaussianMean([]), ValueError, r"x must not be empty"),
@@ -517,5 +537,20 @@ _LOGISTIC_EXTREME_INPUTS = {
              out.numpy(), [-0.5e200 - 0.5 * np.log(2 * np.pi)], rtol=1e-15)),
     ],
 }
-BAD_INPUTS = {**globals().get("BAD_INPUTS", {}), **_LOGISTIC_BAD_INPUTS}
-EXTREME_INPUTS = {**globals().get("EXTREME_INPUTS", {}), **_LOGISTIC_EXTREME_INPUTS}
+BAD_INPUTS.update(_LOGISTIC_BAD_INPUTS)
+EXTREME_INPUTS.update(_LOGISTIC_EXTREME_INPUTS)
+
+
+def test_normal_gamma_mean_field_log_pdf_matches_scipy():
+    from scipy.stats import gamma, norm
+
+    mu, tau = np.linspace(-1.0, 3.0, 7), np.linspace(0.1, 4.0, 7)
+    want = norm(1.0, 10.0 ** -0.5).logpdf(mu) + gamma(7.5, scale=1 / 4.0).logpdf(tau)
+    np.testing.assert_allclose(_NG_Q.log_pdf(mu, tau), want, rtol=1e-12)
+    assert _NG_Q.log_pdf(0.0, -1.0) == -np.inf
+
+
+def test_mean_field_from_prior_matches_prior_moments():
+    q = NormalGammaMeanField.from_prior(_NG)
+    assert (q.mean, q.shape, q.rate) == (_NG.mean, _NG.shape, _NG.rate)
+    assert q.precision == pytest.approx(_NG.lam * _NG.shape / _NG.rate, rel=1e-15)
