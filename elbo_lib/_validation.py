@@ -140,6 +140,15 @@ def as_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None) -> n
     return arr
 
 
+def as_points(x, name: str = "x") -> np.ndarray:
+    """Data points as an (n, d) float64 array: a 1-D ``x`` is n points in one dimension.
+
+    Raises as :func:`as_float_array` does, naming ``name``.
+    """
+    x = as_float_array(x, name, ndim=(1, 2))
+    return x[:, None] if x.ndim == 1 else x
+
+
 def _scalar_of(value):
     """A 0-d real NumPy array or tensor (detached) as its number; anything else as it is."""
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":

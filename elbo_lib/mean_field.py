@@ -42,6 +42,7 @@ from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
     as_generator,
+    as_points,
     check_bsc_batch_inputs,
     check_bsc_inputs,
     check_enumerable,
@@ -258,11 +259,6 @@ def cavi_gaussian(mean, precision, init_mean, num_sweeps: int = 10) -> np.ndarra
 # ---------------------------------------------------------------------------------------
 # 3. Bayesian mixture of unit-variance Gaussians (Blei, Kucukelbir & McAuliffe 2017, s. 3)
 # ---------------------------------------------------------------------------------------
-def _check_mixture_data(x) -> np.ndarray:
-    x = as_float_array(x, "x", ndim=(1, 2))
-    return x[:, None] if x.ndim == 1 else x
-
-
 def gaussian_mixture_elbo(x, means, variances, resp, prior_var: float) -> float:
     """ELBO of the Bayesian mixture of unit-variance Gaussians (Blei et al. 2017, section 3).
 
@@ -284,7 +280,7 @@ def gaussian_mixture_elbo(x, means, variances, resp, prior_var: float) -> float:
     prior_var : float
         sigma^2 > 0.
     """
-    x = _check_mixture_data(x)
+    x = as_points(x)
     prior_var = check_positive(prior_var, "prior_var")
     means = as_float_array(means, "means", ndim=(1, 2))
     means = means[:, None] if means.ndim == 1 else means
@@ -356,7 +352,7 @@ class MixtureCAVIResult:
 
 
 def _check_mixture_problem(x, n_components, prior_var, max_iter, tol, num_init):
-    x = _check_mixture_data(x)
+    x = as_points(x)
     k = check_positive_int(n_components, "n_components")
     if k > x.shape[0]:
         raise ValueError(f"n_components={k} is larger than the number of points "
@@ -751,7 +747,7 @@ def dirichlet_mixture_elbo(x, means, variances, resp, concentration, prior_var: 
     prior_var, alpha0 : float
         sigma^2 > 0 and the symmetric Dirichlet parameter alpha0 > 0.
     """
-    x = _check_mixture_data(x)
+    x = as_points(x)
     alpha = check_positive(concentration, "concentration", allow_array=True)
     alpha0 = check_positive(alpha0, "alpha0")
     means = as_float_array(means, "means", ndim=(1, 2))

@@ -32,6 +32,7 @@ from torch.distributions import Normal
 from elbo_lib._validation import (
     LOG_2PI,
     as_float_array,
+    as_points,
     as_tensor,
     check_broadcast,
     check_bsc_batch_inputs,
@@ -531,11 +532,6 @@ def bsc_exact_moments(v, weights, bias, noise_precision: float) -> tuple[np.ndar
 # ---------------------------------------------------------------------------------------
 # Bayesian mixture with Dirichlet weights: exact evidence over set partitions (chapter 4)
 # ---------------------------------------------------------------------------------------
-def _check_mixture_data(x) -> np.ndarray:
-    x = as_float_array(x, "x", ndim=(1, 2))
-    return x[:, None] if x.ndim == 1 else x
-
-
 def set_partitions(n: int) -> np.ndarray:
     """Every partition of {0, ..., n-1} as a restricted growth string (chapter 4).
 
@@ -579,7 +575,7 @@ def dirichlet_mixture_log_evidence(x, n_components: int, prior_var: float,
     prior_var, alpha0 : float
         sigma^2 > 0 and the symmetric Dirichlet parameter.
     """
-    x = _check_mixture_data(x)
+    x = as_points(x)
     n, d = x.shape
     if n > 12:
         raise ValueError(f"x must have at most 12 points for exact enumeration over set "
