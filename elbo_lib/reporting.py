@@ -13,7 +13,8 @@ import numpy as np
 
 from elbo_lib._validation import check_positive_int
 
-__all__ = ["fmt", "fmt_array", "fmt_below", "fmt_rounded", "glue", "round_to"]
+__all__ = ["Checks", "fmt", "fmt_array", "fmt_below", "fmt_rounded",
+           "glue", "round_to"]
 
 
 def _real(x, name: str) -> float:
@@ -204,3 +205,156 @@ def fmt_below(value, bound: float, name: str = "max |error|") -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     return f"{name} < {bound:g}: {bool(value < bound)}"
+
+
+# ---------------------------------------------------------------------------------------
+# A chapter's Checks section: claims, each against an independent answer, as one table
+# ---------------------------------------------------------------------------------------
+class Checks:
+    """The claims a chapter's Checks section verifies, each against an independent answer.
+
+    Every claim is recorded with what it was checked against (a closed form, an
+    enumeration, quadrature, a well-kept library) and the margin it had to meet;
+    :meth:`table` raises ``AssertionError`` naming every claim that does not hold and
+    otherwise returns the table, which a notebook displays (HTML for the reader, plain
+    text for the tests). What the table shows is machine-stable: a round-off-level
+    difference is shown as the bound it met (``|Δ| ≤ 1e-10``), never as its last bits,
+    and compared values at ``digits`` significant digits.
+
+    Examples
+    --------
+    >>> checks = Checks()
+    >>> checks.close("log p(x) = ELBO + KL", -3.0 + 1e-15, -3.0, atol=1e-10,
+    ...              against="closed-form evidence")
+    >>> checks.below("amortisation gap", 0.082, 0.14, against="co-trained gap")
+    >>> len(checks.table().rows)
+    2
+    """
+
+    def __init__(self, digits: int = 3) -> None:
+        #: significant digits of the values :meth:`below` and :meth:`above` show
+        self.digits = check_positive_int(digits, "digits", maximum=17)
+        self.rows: list[tuple[str, str, str, bool, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @staticmethod
+    def _text(value, name: str) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+        if not value.strip():
+            raise ValueError(f"{name} must not be empty")
+        return value.strip()
+
+    def _add(self, claim, against, shown: str, ok: bool, detail: str) -> None:
+        self.rows.append((self._text(claim, "claim"), self._text(against, "against"),
+                          shown, bool(ok), detail))
+
+    def close(self, claim: str, value, reference, *, atol: float = 0.0, rtol: float = 0.0,
+              against: str) -> None:
+        """Claim that ``value`` equals the independent ``reference`` within a margin.
+
+        Holds when ``max |value - reference| <= atol + rtol * |reference|`` (elementwise,
+        arrays broadcast); a NaN anywhere fails. Shown as the bound met, ``|Δ| ≤ atol``
+        or ``|Δ| ≤ rtol·|ref|`` (both when both are given).
+        """
+        value = np.asarray(value, dtype=float)
+        reference = np.asarray(reference, dtype=float)
+        try:
+            diff = np.abs(np.broadcast_arrays(value, reference)[0] - reference)
+        except ValueError:
+            raise ValueError(f"value and reference must broadcast, got shapes {value.shape} "
+                             f"and {reference.shape}") from None
+        margins = []
+        for name, tol in (("atol", atol), ("rtol", rtol)):
+            tol = _real(tol, name)
+            if not (np.isfinite(tol) and tol >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {tol}")
+            margins.append(tol)
+        atol, rtol = margins
+        if atol == 0 and rtol == 0:
+            raise ValueError("give atol or rtol (> 0): equality of floats to the last bit "
+                             "is not a claim that survives another CPU")
+        allowed = atol + rtol * np.abs(reference)
+        ok = diff.size > 0 and not np.any(np.isnan(diff)) and bool(np.all(diff <= allowed))
+        parts = ([f"{atol:g}"] if atol else []) + ([f"{rtol:g}·|ref|"] if rtol else [])
+        worst = float(np.nanmax(diff)) if diff.size and not np.all(np.isnan(diff)) else np.nan
+        self._add(claim, against, "|Δ| ≤ " + " + ".join(parts), ok,
+                  f"max |Δ| = {worst!r}, allowed {atol!r} + {rtol!r}·|ref|")
+
+    def below(self, claim: str, value, bound, *, against: str,
+              digits: int | None = None) -> None:
+        """Claim ``value < bound`` (every element), shown at ``digits`` significant digits
+        (default: the table's); where ``value`` has several elements, the one nearest
+        to failing is shown."""
+        self._order(claim, value, bound, against, digits, "<")
+
+    def above(self, claim: str, value, bound, *, against: str,
+              digits: int | None = None) -> None:
+        """Claim ``value > bound`` (every element), shown as :meth:`below` shows it."""
+        self._order(claim, value, bound, against, digits, ">")
+
+    def _order(self, claim, value, bound, against, digits, sign) -> None:
+        digits = self.digits if digits is None else check_positive_int(digits, "digits",
+                                                                       maximum=17)
+        value = np.asarray(value, dtype=float)
+        bound = np.asarray(bound, dtype=float)
+        if value.size == 0:
+            raise ValueError("value must not be empty")
+        holds = value < bound if sign == "<" else value > bound
+        ok = not np.any(np.isnan(value)) and bool(np.all(holds))
+        # the element nearest to failing is the one shown
+        gap = (bound - value) if sign == "<" else (value - bound)
+        gap, value_b, bound_b = np.broadcast_arrays(gap, value, bound)
+        i = np.unravel_index(np.nanargmin(gap) if not np.all(np.isnan(gap)) else 0, gap.shape)
+        many = "max " if sign == "<" else "min "
+        label = many if value.size > 1 else ""
+        self._add(claim, against,
+                  f"{label}{fmt(value_b[i], digits)} {sign} {fmt(bound_b[i], digits)}", ok,
+                  f"value {float(value_b[i])!r} {sign} bound {float(bound_b[i])!r} is {ok}")
+
+    def holds(self, claim: str, ok, *, against: str, shown: str) -> None:
+        """Claim a condition the caller computed (``ok``), shown as the text ``shown``.
+
+        For claims that are not one comparison (an ordering of several numbers, a shape
+        of a curve); ``shown`` must state what was compared, machine-stably.
+        """
+        if not isinstance(ok, bool | np.bool_):
+            raise TypeError(f"ok must be a bool, got {type(ok).__name__}")
+        self._add(claim, against, self._text(shown, "shown"), bool(ok), f"shown: {shown}")
+
+    def table(self) -> CheckTable:
+        """The table of claims; raises ``AssertionError`` naming every claim that does not hold."""
+        if not self.rows:
+            raise ValueError("no claims were checked")
+        failed = [f"{claim} (against {against}): {detail}"
+                  for claim, against, _, ok, detail in self.rows if not ok]
+        if failed:
+            raise AssertionError(f"{len(failed)} of {len(self.rows)} claims do not hold:\n  "
+                              + "\n  ".join(failed))
+        return CheckTable([(claim, against, shown) for claim, against, shown, _, _ in self.rows])
+
+
+class CheckTable:
+    """A table of claims that hold: HTML for the reader, plain text for the tests."""
+
+    columns = ("claim", "checked against", "result")
+
+    def __init__(self, rows: list[tuple[str, str, str]]) -> None:
+        self.rows = rows
+
+    def __repr__(self) -> str:
+        lines = [f"{len(self.rows)} claims hold:"]
+        lines += [f"- {claim}: {shown} (against {against})" for claim, against, shown in self.rows]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        head = "".join(f"<th>{c}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in (claim, against, shown))
+            + "</tr>" for claim, against, shown in self.rows)
+        return (f'<table class="elbo-checks"><caption>{len(self.rows)} claims hold'
+                f"</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")

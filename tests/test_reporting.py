@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from elbo_lib.reporting import fmt, fmt_array, fmt_below, fmt_rounded, glue, round_to
+from elbo_lib.reporting import Checks, fmt, fmt_array, fmt_below, fmt_rounded, glue, round_to
 
 
 @pytest.mark.parametrize("x, digits, want", [
@@ -109,6 +109,75 @@ def test_fmt_below():
         fmt_below(1.0, 0.0)
 
 
+# ------------------------------------------------------------------ Checks (issue 29, item 6)
+def _checks(*adds):
+    checks = Checks()
+    for add in adds:
+        add(checks)
+    return checks
+
+
+def test_checks_table_shows_stable_results():
+    checks = _checks(
+        lambda c: c.close("identity", -3.0 + 4e-16, -3.0, atol=1e-10, against="closed form"),
+        lambda c: c.close("relative", [100.0, 200.0], [100.5, 199.0], rtol=0.01,
+                          against="enumeration"),
+        lambda c: c.below("gap", [0.081234, 0.09321], 0.14, against="co-trained gap"),
+        lambda c: c.above("rise", 2.5, 1.0, against="first step", digits=2),
+        lambda c: c.holds("ordering", True, against="table", shown="2.3 > 0.4"),
+    )
+    table = checks.table()
+    assert len(checks) == 5
+    # the values shown do not depend on the last bits: the bound met, or 3 digits
+    assert repr(table).splitlines() == [
+        "5 claims hold:",
+        "- identity: |Δ| ≤ 1e-10 (against closed form)",
+        "- relative: |Δ| ≤ 0.01·|ref| (against enumeration)",
+        "- gap: max 0.0932 < 0.14 (against co-trained gap)",
+        "- rise: 2.5 > 1 (against first step)",
+        "- ordering: 2.3 > 0.4 (against table)",
+    ]
+    html = table._repr_html_()
+    assert html.count("<tr>") == 6 and "<caption>5 claims hold</caption>" in html
+    assert "&gt; 0.4" in html   # cells are escaped
+
+
+@pytest.mark.parametrize("add, why", [
+    # a difference just outside the margin, a NaN, the wrong side of a bound, a NaN value
+    (lambda c: c.close("x", 1.0 + 2e-10, 1.0, atol=1e-10, against="a"), r"max \|Δ\| = 2"),
+    (lambda c: c.close("x", [1.0, np.nan], 1.0, atol=1.0, against="a"), r"x \(against a\)"),
+    (lambda c: c.close("x", 1.2, 1.0, rtol=0.1, atol=0.05, against="a"), r"allowed 0.05"),
+    (lambda c: c.below("x", [0.1, 0.2], 0.15, against="a"), r"value 0.2 < bound 0.15"),
+    (lambda c: c.above("x", 0.1, 0.1, against="a"), r"value 0.1 > bound 0.1 is False"),
+    (lambda c: c.below("x", np.nan, 1.0, against="a"), r"1 of 2 claims"),
+    (lambda c: c.holds("x", False, against="a", shown="s"), r"x \(against a\): shown: s"),
+])
+def test_a_claim_that_does_not_hold_fails_the_table(add, why):
+    checks = _checks(lambda c: c.close("fine", 1.0, 1.0, atol=1e-12, against="b"), add)
+    with pytest.raises(AssertionError, match=why):
+        checks.table()
+
+
+def test_a_table_without_claims_is_an_error():
+    with pytest.raises(ValueError, match="no claims were checked"):
+        Checks().table()
+
+
+def test_the_table_digits_are_the_default():
+    checks = Checks(digits=2)
+    checks.below("a", 0.081234, 0.14, against="r")
+    checks.below("b", 0.081234, 0.14, against="r", digits=4)
+    assert [row[2] for row in checks.table().rows] == ["0.081 < 0.14", "0.08123 < 0.14"]
+
+
+def test_checks_compare_elementwise_and_broadcast():
+    checks = _checks(lambda c: c.close("rows", [[1.0, 2.0], [1.0, 2.0]], [1.0, 2.0],
+                                       atol=1e-12, against="ref"))
+    assert len(checks.table().rows) == 1
+    with pytest.raises(AssertionError, match="value 0.3 < bound 0.25 is False"):
+        _checks(lambda c: c.below("b", [0.1, 0.3], [0.2, 0.25], against="r")).table()
+
+
 # ------------------------------------------------------------------ contract (issue 16)
 # Contract cases (issue 16): every public name of elbo_lib.reporting has bad-input cases.
 BAD_INPUTS = {
@@ -154,6 +223,45 @@ BAD_INPUTS = {
         (lambda: fmt_rounded(1.0), ValueError, r"exactly one of digits= and decimals="),
         (lambda: fmt_rounded(1.0, digits=0), ValueError, r"digits must be >= 1"),
         (lambda: fmt_rounded(1.0, decimals=1.5), TypeError, r"decimals must be an int"),
+    ],
+
+    "Checks.close": [
+        (lambda: Checks().close("c", 1.0, 1.0, against="a"), ValueError, r"give atol or rtol"),
+        (lambda: Checks().close("c", 1.0, 1.0, atol=-1.0, against="a"), ValueError,
+         r"atol must be a finite number >= 0"),
+        (lambda: Checks().close("c", 1.0, 1.0, rtol="0.1", against="a"), TypeError,
+         r"rtol must be a real number"),
+        (lambda: Checks().close("c", [1.0, 2.0], [1.0, 2.0, 3.0], atol=1.0, against="a"),
+         ValueError, r"value and reference must broadcast"),
+        (lambda: Checks().close("", 1.0, 1.0, atol=1.0, against="a"), ValueError,
+         r"claim must not be empty"),
+        (lambda: Checks().close("c", 1.0, 1.0, atol=1.0, against=3), TypeError,
+         r"against must be a str"),
+    ],
+    "Checks.below": [
+        (lambda: Checks().below("c", [], 1.0, against="a"), ValueError,
+         r"value must not be empty"),
+        (lambda: Checks().below("c", 1.0, 2.0, against="a", digits=0), ValueError,
+         r"digits must be >= 1"),
+        (lambda: Checks().below(None, 1.0, 2.0, against="a"), TypeError,
+         r"claim must be a str"),
+    ],
+    "Checks.above": [
+        (lambda: Checks().above("c", 1.0, 0.0, against=" "), ValueError,
+         r"against must not be empty"),
+        (lambda: Checks().above("c", 1.0, 0.0, against="a", digits=2.5), TypeError,
+         r"digits must be an integer"),
+    ],
+    "Checks.holds": [
+        (lambda: Checks().holds("c", 1, against="a", shown="s"), TypeError,
+         r"ok must be a bool, got int"),
+        (lambda: Checks().holds("c", True, against="a", shown=""), ValueError,
+         r"shown must not be empty"),
+    ],
+    "Checks": [
+        (lambda: Checks(digits=0), ValueError, r"digits must be >= 1"),
+        (lambda: Checks(digits=18), ValueError, r"digits must be <= 17"),
+        (lambda: Checks(digits="3"), TypeError, r"digits must be an integer"),
     ],
 }
 
