@@ -13,17 +13,13 @@ and (Sohl-Dickstein et al. 2015; Ho et al. 2020)
 
 (Kingma et al. 2021 take T to infinity).
 
-* :class:`NoiseSchedule`, :func:`linear_schedule` (Ho et al. 2020),
-  :func:`cosine_schedule` (Nichol & Dhariwal 2021);
-* :func:`forward_marginal`, :func:`forward_sample`, :func:`reverse_posterior`;
-* the terms: :func:`prior_kl` (L_T), :func:`denoising_kl` (L_{t-1}, through
-  :func:`elbo_lib.gaussians.gaussian_kl`), :func:`decoder_log_likelihood` (-L_0),
-  :func:`mean_from_epsilon` and :func:`epsilon_loss_weight` (Ho et al.'s epsilon loss is
-  L_{t-1} up to a weight and a constant), and the whole bound :func:`diffusion_elbo`;
-* oracles: :class:`GaussianMixtureData` (q(x_t) is a Gaussian mixture, so the optimal
-  denoiser E[x_0 | x_t] and the optimal reverse mean are analytic) and
-  :func:`reverse_chain_log_likelihood` (the model's exact log p(x_0) in 1-D, by
-  propagating its density through the chain on a grid).
+* schedules :class:`NoiseSchedule`, :func:`linear_schedule`, :func:`cosine_schedule`;
+  :func:`forward_marginal`, :func:`forward_sample`, :func:`reverse_posterior`;
+* the terms :func:`prior_kl` (L_T), :func:`denoising_kl` (L_{t-1}),
+  :func:`decoder_log_likelihood` (-L_0), :func:`mean_from_epsilon` and
+  :func:`epsilon_loss_weight` (Ho et al.'s epsilon loss as L_{t-1}), :func:`diffusion_elbo`;
+* oracles: :class:`GaussianMixtureData` (analytic denoiser E[x_0 | x_t] and optimal
+  reverse mean) and :func:`reverse_chain_log_likelihood` (exact log p(x_0) in 1-D, grid).
 
 Backends: the schedule and the mixture and grid oracles are NumPy (fixed numbers, no
 gradients); the forward process, the posterior and the ELBO terms accept NumPy arrays or
@@ -214,8 +210,6 @@ def _check_t(t, schedule: NoiseSchedule, first: int = 1):
             raise ValueError(f"t must lie in [{first}, {last}], got range [{t.min()}, "
                              f"{t.max()}]")
         return t.astype(np.int64)
-    if isinstance(t, list | tuple):
-        return _check_t(np.asarray(t), schedule, first)
     return check_int(t, "t", first, last)
 
 
@@ -261,10 +255,8 @@ def forward_marginal(schedule: NoiseSchedule, x0, t):
 def forward_sample(schedule: NoiseSchedule, x0, t, noise):
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, a draw of q(x_t | x_0) given noise.
 
-    The noise comes from the caller (``rng.standard_normal(shape)`` or
-    ``torch.randn(shape)``), so the same function serves NumPy checks and torch training,
-    and Ho et al.'s epsilon is that noise. ``noise`` may carry extra leading axes
-    (samples): it is broadcast against ``x0``.
+    The caller draws the noise (``rng.standard_normal`` or ``torch.randn``; Ho et al.'s
+    epsilon), so NumPy checks and torch training share this function.
 
     Parameters
     ----------
@@ -272,7 +264,7 @@ def forward_sample(schedule: NoiseSchedule, x0, t, noise):
     x0 : array_like or torch.Tensor
     t : int or array of int, in [0, T], as in :func:`forward_marginal`
     noise : array_like or torch.Tensor
-        Standard normal draws, broadcastable with ``x0``.
+        Standard normal draws, broadcastable with ``x0`` (extra leading axes: samples).
 
     Returns
     -------
@@ -323,17 +315,12 @@ def reverse_posterior(schedule: NoiseSchedule, x0, xt, t):
 # the terms of the ELBO
 # ---------------------------------------------------------------------------------------
 def prior_kl(schedule: NoiseSchedule, x0):
-    """L_T = KL(q(x_T | x_0) || N(0, 1)), elementwise; no parameter of the model enters it.
+    """L_T = KL(q(x_T | x_0) || N(0, 1)), elementwise, in nats; free of model parameters.
 
     Parameters
     ----------
     schedule : NoiseSchedule
     x0 : array_like or torch.Tensor
-
-    Returns
-    -------
-    numpy.ndarray or torch.Tensor
-        Of the shape of ``x0``, in nats.
     """
     mean, var = forward_marginal(schedule, x0, _check_schedule(schedule).num_steps)
     return gaussian_kl(mean, var, mean * 0, var * 0 + 1)
@@ -356,8 +343,7 @@ def denoising_kl(schedule: NoiseSchedule, x0, xt, t, mean_p, var_p):
 
     Returns
     -------
-    numpy.ndarray or torch.Tensor
-        Of the broadcast shape, in nats.
+    numpy.ndarray or torch.Tensor of the broadcast shape, in nats.
     """
     t = _check_t(t, _check_schedule(schedule), first=2)
     mean_q, var_q = reverse_posterior(schedule, x0, xt, t)
@@ -377,8 +363,7 @@ def decoder_log_likelihood(x0, mean_p, var_p):
 
     Returns
     -------
-    numpy.ndarray or torch.Tensor
-        Of the broadcast shape, in nats.
+    numpy.ndarray or torch.Tensor of the broadcast shape, in nats.
     """
     x0, mean_p, var_p = _arrays(x0=x0, mean_p=mean_p, var_p=var_p)
     if bool((var_p <= 0).any()):

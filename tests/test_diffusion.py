@@ -465,7 +465,7 @@ BAD_INPUTS = {
     ],
     "GaussianMixtureData.diffused": [
         (lambda: MIX_1D.diffused(SCHED, 5), ValueError, r"t must be <= 4"),
-        (lambda: MIX_1D.diffused(SCHED, [1, 2]), TypeError, r"t must be one integer"),
+        (lambda: MIX_1D.diffused(SCHED, [1, 2]), TypeError, r"t must be an integer"),
         (lambda: MIX_1D.diffused("s", 1), TypeError, r"schedule must be a NoiseSchedule"),
     ],
     "GaussianMixtureData.log_density": [
