@@ -19,18 +19,23 @@ heteroscedastic
     Chapter 5's heteroscedastic regression example.
 em, hmm
     EM for Gaussian mixtures; Gaussian hidden Markov models.
+coordinate_ascent
+    The one coordinate-ascent loop of EM and CAVI.
 mean_field
     Coordinate-ascent mean-field VI (CAVI).
 sparse_coding
     MAP inference: ISTA / FISTA, dictionary learning, patch denoising.
 vae
     The variational autoencoder.
-flows
-    Normalising flows.
+flows, density_flows
+    Normalising flows: as q, and as density models of discrete data.
+diffusion
+    Diffusion models as hierarchical VAEs: the forward process, the ELBO's terms, oracles.
 datasets
     Digits / MNIST splits and natural-image patches, without network access.
 plotting, reporting, reproducibility
-    The figure style and text summaries, rounded printing, ``seed_everything``.
+    The figure style and text summaries, rounded printing, a chapter's ``Checks``,
+    ``seed_everything``.
 """
 
 from elbo_lib.reproducibility import seed_everything, training_seed
