@@ -39,6 +39,17 @@ What a reader sees, as a textbook (issue 13), on every page:
   page-contents button opens the secondary sidebar; at 1366 px the sidebar button hides
   the sidebar and shows it again.
 
+On a phone and everywhere (issue 33): at 390 px a tap on any figure opens it at full
+resolution over the page (Escape closes it; Enter opens it from the keyboard), a table
+wider than the column scrolls with the scroll cue and its short cells stay on one line,
+no number in printed output is split over two lines, the previous / next titles are
+whole, and a tap in the page-contents drawer closes it; every figure's image has its
+caption as alt text (never a file path); solution and aside title bars span their box;
+links have one colour (AA contrast, underlined); pages outside the chapters number their
+figures from 1. With ``ELBO_BOOK_PDF=<file>`` (``make pdf`` sets it) the whole-book PDF
+is checked with pdftotext / pdfimages: every chapter on its own sheet in order, with all
+its figures, numbered equations and solutions.
+
 With ``ELBO_SCREENSHOTS=1`` a full-page screenshot of every page at both widths is saved
 under ``tests/_output/screenshots/`` (``<page>__1366.png``, ``<page>__390.png``) so a
 person can look at it; they are off by default because no test reads them and they cost
@@ -57,6 +68,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
 import urllib.error
@@ -276,10 +288,33 @@ READER_JS = r"""
       .map(img => {
         const fig = img.closest('figure');
         const num = fig && fig.querySelector('figcaption .caption-number');
+        // The caption's words before its first formula (typeset math has no text).
+        const text = fig && fig.querySelector('figcaption .caption-text');
+        let lead = '';
+        if (text) for (const n of text.childNodes) {
+          if (n.nodeType === 1 && (n.matches('.math, mjx-container')
+                                   || n.querySelector('mjx-container'))) break;
+          lead += n.textContent;
+        }
         return {where: where(img), number: num ? clip(num.textContent, 20) : null,
                 caption: fig && fig.querySelector('figcaption')
-                    ? clip(fig.querySelector('figcaption').textContent, 60) : null};
+                    ? clip(fig.querySelector('figcaption').textContent, 60) : null,
+                alt: img.getAttribute('alt'), src: img.getAttribute('src'),
+                caption_lead: clip(lead, 200)};
       });
+
+  // --- title bars of solutions and asides: the bar spans its box (between the borders)
+  const titleBars = [];
+  main.querySelectorAll('.admonition > .admonition-title').forEach(t => {
+    if (!shown(t)) return;
+    const box = t.parentElement, cs = getComputedStyle(box);
+    const inner = box.getBoundingClientRect().width - parseFloat(cs.borderLeftWidth)
+        - parseFloat(cs.borderRightWidth);
+    const w = t.getBoundingClientRect().width;
+    if (w < inner - 2)
+      titleBars.push(`${where(t)}: the title bar "${clip(t.textContent, 40)}" is `
+          + `${Math.round(w)} px wide in a ${Math.round(inner)} px box`);
+  });
 
   // --- headings and measure
   const style = (sel) => {
@@ -341,7 +376,8 @@ READER_JS = r"""
 
   return {plumbing, wide_tables: wideTables, small_math: smallMath, long_inline: longInline,
           figures, h2: style('section h2'), h3: style('section h3'), measure,
-          parted: parted.slice(0, 20), body_px: bodyPx};
+          parted: parted.slice(0, 20), body_px: bodyPx, title_bars: titleBars,
+          admonitions: main.querySelectorAll('.admonition > .admonition-title').length};
 }
 """
 
@@ -412,6 +448,7 @@ def _visit(context, base: str, page_path: str) -> Visit:
         _settle(page)
         visit.facts = page.evaluate(COLLECT_JS)
         visit.reader = page.evaluate(READER_JS)
+        visit.reader["links"] = page.evaluate(LINK_COLOUR_JS)
         if TAKE_SCREENSHOTS and page_path != "index.html":  # index.html: the root page
             visit.screenshot = _shot_name(page_path, VIEWPORT["width"])
             page.screenshot(path=str(visit.screenshot), full_page=True,
@@ -441,11 +478,15 @@ def _visit_phone(context, base: str, visit: Visit) -> None:
         visit.phone["scroll_width"], visit.phone["client_width"] = page.evaluate(
             "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         visit.phone["cut_math"] = page.evaluate(CUT_MATH_JS)
+        visit.phone["tables"] = page.evaluate(PHONE_TABLES_JS)
+        visit.phone["outputs"] = page.evaluate(PHONE_OUTPUT_JS)
+        visit.phone["footer"] = page.evaluate(PHONE_FOOTER_JS)
         if TAKE_SCREENSHOTS:
             shot = _shot_name(visit.page, PHONE["width"])
             page.screenshot(path=str(shot), full_page=True, animations="disabled",
                             timeout=120_000)
             visit.phone["screenshot"] = str(shot)
+        visit.phone["zoom"] = _figure_zoom(page)  # after the screenshot: it clicks
         if visit.page == NAV_PAGE:  # last: it leaves the page
             visit.sidebar["phone"] = _phone_navigation(page, base, NAV_TARGET)
     except Exception as err:
@@ -484,6 +525,280 @@ CUT_MATH_JS = r"""
   return out;
 }
 """
+
+
+# Shared by the phone checks below: the lines a piece of text occupies on the screen
+# (text nodes only, not typeset math), counted from the tops of its boxes.
+LINES_JS = r"""
+  const linesOf = (range) => {
+    const tops = [...range.getClientRects()].filter(r => r.width > 0 && r.height > 0)
+        .map(r => r.top).sort((a, b) => a - b);
+    let lines = 0, last = -1e9;
+    tops.forEach(t => { if (t - last > 4) { lines += 1; last = t; } });
+    return lines;
+  };
+  const textNodes = (root) => {
+    const out = [];
+    const w = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    let n;
+    while ((n = w.nextNode())) if (!n.parentElement.closest('mjx-container')) out.push(n);
+    return out;
+  };
+  // The lines the text of an element occupies (its text nodes' boxes only: the boxes of
+  // a <p> or <code> around the text start a few pixels higher than the text).
+  const linesOfText = (root) => {
+    const tops = [];
+    textNodes(root).forEach(n => {
+      if (!n.textContent.trim()) return;
+      const r = document.createRange();
+      r.selectNodeContents(n);
+      [...r.getClientRects()].filter(x => x.width > 0 && x.height > 0)
+          .forEach(x => tops.push(x.top));
+    });
+    tops.sort((a, b) => a - b);
+    let lines = 0, last = -1e9;
+    tops.forEach(t => { if (t - last > 4) { lines += 1; last = t; } });
+    return lines;
+  };
+  const clip = (t, n) => t.replace(/\s+/g, ' ').trim().slice(0, n);
+  const scrolls = (e) => ['auto', 'scroll'].includes(getComputedStyle(e).overflowX);
+  const cue = (e) => getComputedStyle(e).backgroundImage.includes('gradient');
+  const cutBy = (box) => {
+    const r = box.getBoundingClientRect();
+    for (let e = box.parentElement; e && e !== document.body; e = e.parentElement) {
+      const er = e.getBoundingClientRect();
+      if (getComputedStyle(e).overflowX !== 'visible'
+          && (r.right > er.right + 1 || r.left < er.left - 1))
+        return `${e.tagName.toLowerCase()}.${e.className}`;
+    }
+    return null;
+  };
+"""
+
+PHONE_TABLES_JS = r"""
+() => {
+""" + LINES_JS + r"""
+  // A table wider than the column scrolls in its own box with the scroll cue (elbo.css),
+  // nothing around that box cuts it, and a short cell (at most 40 characters, no math)
+  // stays on one line instead of wrapping into three or four.
+  const main = document.querySelector('article.bd-article');
+  if (!main) return [];
+  const out = [];
+  const colRight = main.getBoundingClientRect().right;
+  main.querySelectorAll('table').forEach(t => {
+    if (!(t.offsetWidth || t.offsetHeight)) return;
+    const name = `the table headed "${clip((t.querySelector('th, td') || t).textContent, 30)}"`;
+    let box = t.parentElement;
+    while (box !== main && !scrolls(box)) box = box.parentElement;
+    if (box === main) {
+      const over = t.getBoundingClientRect().right - colRight;
+      if (over > 1) out.push(`${name} runs ${Math.round(over)} px past the column and does `
+                             + `not scroll`);
+    } else {
+      const over = box.scrollWidth - box.clientWidth;
+      if (over > 1 && !cue(box))
+        out.push(`${name} scrolls ${over} px with no cue (its right-hand columns hidden)`);
+      const by = cutBy(box);
+      if (by) out.push(`${name}: its scrolling box is cut by ${by}`);
+    }
+    t.querySelectorAll('td').forEach(td => {
+      const text = clip(td.textContent, 200);
+      if (!text || text.length > 40 || td.querySelector('mjx-container')) return;
+      const lines = linesOfText(td);
+      if (lines > 1) out.push(`${name}: the cell "${text}" wraps into ${lines} lines`);
+    });
+  });
+  return out;
+}
+"""
+
+PHONE_OUTPUT_JS = r"""
+() => {
+""" + LINES_JS + r"""
+  // Program output on a phone: no number is split over two lines ("1e-" / "3"), and an
+  // output wider than the column scrolls in its box with the scroll cue.
+  const main = document.querySelector('article.bd-article');
+  if (!main) return [];
+  const out = [];
+  const cells = [...main.querySelectorAll('div.cell')];
+  const NUMBER = /[-+]?(?:\d[\d,]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?/g;
+  main.querySelectorAll('div.cell_output pre').forEach(pre => {
+    if (!(pre.offsetWidth || pre.offsetHeight)) return;
+    const cell = pre.closest('div.cell');
+    const name = `output of code cell ${cells.indexOf(cell) + 1}`;
+    const split = [];
+    textNodes(pre).forEach(node => {
+      for (const m of node.textContent.matchAll(NUMBER)) {
+        if (m[0].length < 2) continue;
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        if (linesOf(range) > 1) split.push(m[0]);
+      }
+    });
+    if (split.length)
+      out.push(`${name}: ${split.length} numbers split over two lines, e.g. "${split[0]}"`);
+    const over = pre.scrollWidth - pre.clientWidth;
+    if (over > 1 && !(scrolls(pre) && cue(pre)))
+      out.push(`${name}: ${over} px of it hidden with no scroll cue`);
+    const by = cutBy(pre);
+    if (by) out.push(`${name}: cut by ${by}`);
+  });
+  return out;
+}
+"""
+
+PHONE_FOOTER_JS = r"""
+() => {
+""" + LINES_JS + r"""
+  // The previous / next titles: wholly on the screen, not cut by any box around them,
+  // and wrapped at spaces (no word broken over two lines).
+  const out = [];
+  const width = document.documentElement.clientWidth;
+  document.querySelectorAll('.prev-next-area a .prev-next-title').forEach(t => {
+    if (!(t.offsetWidth || t.offsetHeight)) return;
+    const name = `"${clip(t.textContent, 60)}"`;
+    const r = t.getBoundingClientRect();
+    if (r.right > width + 1 || r.left < -1) out.push(`${name} runs off the screen`);
+    if (t.scrollWidth > t.clientWidth + 1) out.push(`${name} overflows its own box`);
+    const by = cutBy(t);
+    if (by) out.push(`${name} is cut by ${by}`);
+    textNodes(t).forEach(node => {
+      for (const m of node.textContent.matchAll(/\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        if (linesOf(range) > 1) out.push(`${name}: the word "${m[0]}" is broken over lines`);
+      }
+    });
+  });
+  return out;
+}
+"""
+
+LINK_COLOUR_JS = r"""
+() => {
+  // Every visible link in the text (not the heading anchors, not figure images): its
+  // colour, whether it is underlined, its contrast against the background it sits on
+  // (translucent backgrounds, e.g. table stripes, composited) and against the body text.
+  const main = document.querySelector('article.bd-article');
+  if (!main) return {links: [], text: null};
+  const parse = (c) => {
+    const v = (c.match(/[\d.]+/g) || []).map(Number);
+    return v.length >= 3 ? [v[0], v[1], v[2], v.length > 3 ? v[3] : 1] : [0, 0, 0, 0];
+  };
+  const background = (e) => {
+    const layers = [];
+    for (; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) layers.push(c);
+      if (c[3] >= 1) break;
+    }
+    let rgb = [255, 255, 255];
+    layers.reverse().forEach(([r, g, b, a]) => {
+      rgb = [r * a + rgb[0] * (1 - a), g * a + rgb[1] * (1 - a), b * a + rgb[2] * (1 - a)];
+    });
+    return rgb;
+  };
+  const lum = ([r, g, b]) => {
+    const f = (x) => { x /= 255; return x <= 0.04045 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const contrast = (a, b) => {
+    const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+    return (x + 0.05) / (y + 0.05);
+  };
+  const firstP = main.querySelector('section p') || main.querySelector('p');
+  const text = firstP ? parse(getComputedStyle(firstP).color).slice(0, 3) : [34, 40, 50];
+  const links = [];
+  main.querySelectorAll('a[href]').forEach(a => {
+    if (a.matches('.headerlink, .image-reference, .btn, .sd-stretched-link')) return;
+    if (!(a.offsetWidth || a.offsetHeight) || !a.textContent.trim()) return;
+    const cs = getComputedStyle(a);
+    const colour = parse(cs.color).slice(0, 3);
+    const bg = background(a);
+    links.push({text: a.textContent.replace(/\s+/g, ' ').trim().slice(0, 30),
+                in_table: !!a.closest('table'), colour: `rgb(${colour.join(', ')})`,
+                underlined: cs.textDecorationLine.includes('underline'),
+                contrast: Math.round(100 * contrast(colour, bg)) / 100,
+                distance_from_text: Math.round(Math.hypot(...colour.map((c, i) => c - text[i])))});
+  });
+  return {links, text: `rgb(${text.join(', ')})`};
+}
+"""
+
+ZOOM_STATE_JS = r"""
+() => {
+  const d = [...document.querySelectorAll('dialog')].find(x => x.open && x.querySelector('img'));
+  if (!d) return {open: false};
+  const img = d.querySelector('img');
+  const r = img.getBoundingClientRect();
+  return {open: true, src: img.currentSrc || img.src, complete: img.complete,
+          natural: img.naturalWidth, width: r.width,
+          hidden_past_edge: d.scrollWidth > d.clientWidth + 1
+              && !['auto', 'scroll'].includes(getComputedStyle(d).overflowX)};
+}
+"""
+
+
+def _figure_zoom(page) -> list[str]:
+    """Every figure at 390 px: a tap opens its image at full resolution over the page
+    (without leaving it), Escape closes it; the first also opens from the keyboard."""
+    problems: list[str] = []
+    selector = "article.bd-article figure img, article.bd-article div.cell_output img"
+    start = page.url
+    figures = page.locator(selector)
+    for i in range(figures.count()):
+        img = figures.nth(i)
+        if not img.is_visible():
+            continue
+        src = img.evaluate("i => i.currentSrc || i.src")
+        name = f"figure {i + 1} ({src.rsplit('/', 1)[-1][:16]})"
+        img.click()
+        page.wait_for_timeout(150)
+        if page.url != start:
+            problems.append(f"{name}: a tap leaves the page for {page.url.rsplit('/', 1)[-1]}")
+            page.goto(start, wait_until="load", timeout=60_000)
+            _settle(page)
+            figures = page.locator(selector)
+            continue
+        state = page.evaluate(ZOOM_STATE_JS)
+        if not state["open"]:
+            problems.append(f"{name}: a tap does not open it")
+            continue
+        page.wait_for_function("() => [...document.querySelectorAll('dialog[open] img')]"
+                               ".every(i => i.complete)", timeout=10_000)
+        state = page.evaluate(ZOOM_STATE_JS)
+        if state["src"] != src:
+            problems.append(f"{name}: the dialog shows {state['src']}")
+        if state["width"] < state["natural"] - 1:
+            problems.append(f"{name}: shown {state['width']:.0f} px wide, not at its full "
+                            f"{state['natural']} px")
+        if state["hidden_past_edge"]:
+            problems.append(f"{name}: the full-size image is cut at the dialog's edge")
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(100)
+        if page.evaluate(ZOOM_STATE_JS)["open"]:
+            problems.append(f"{name}: Escape does not close it")
+            page.evaluate("() => document.querySelectorAll('dialog[open]')"
+                          ".forEach(d => d.close())")
+    if figures.count():
+        first = figures.first
+        focused = first.evaluate("""i => { const t = i.closest('a[href]') || i; t.focus();
+                                           return document.activeElement === t; }""")
+        if not focused:
+            problems.append("figure 1 cannot take the keyboard focus")
+        else:
+            page.keyboard.press("Enter")
+            page.wait_for_timeout(150)
+            if page.url != start:
+                problems.append("figure 1: Enter leaves the page")
+            elif not page.evaluate(ZOOM_STATE_JS)["open"]:
+                problems.append("figure 1: Enter on the focused figure does not open it")
+            else:
+                page.keyboard.press("Escape")
+                page.wait_for_timeout(100)
+    return problems
 
 
 SIDEBAR_JS = r"""
@@ -591,8 +906,21 @@ def _phone_navigation(page, base: str, target: str) -> dict:
             contents.click()
             page.wait_for_timeout(400)
             out["contents"] = page.evaluate(SIDEBAR_JS, "secondary")
-            page.keyboard.press("Escape")
-            page.wait_for_timeout(200)
+            # A tap on an entry of the page's contents: the drawer closes and the page is
+            # at that section.
+            entry = page.locator("#pst-secondary-sidebar-modal a[href^='#']")
+            visible = [entry.nth(i) for i in range(entry.count()) if entry.nth(i).is_visible()]
+            if visible:
+                link = visible[min(2, len(visible) - 1)]
+                hash_ = link.evaluate("a => a.hash")
+                link.click()
+                page.wait_for_timeout(400)
+                out["contents_tap"] = {
+                    "hash": hash_, "landed_hash": page.evaluate("() => location.hash"),
+                    "dialog_open": page.evaluate(SIDEBAR_JS, "secondary")["dialog_open"]}
+            if page.evaluate(SIDEBAR_JS, "secondary")["dialog_open"]:
+                page.keyboard.press("Escape")
+                page.wait_for_timeout(200)
         out["before"] = page.evaluate(SIDEBAR_JS, "primary")
         button = _visible_toggle(page, "primary-toggle")
         if button is None:
@@ -995,3 +1323,234 @@ def test_laptop_sidebar_button_hides_the_sidebar(visits):
     assert not nav["dialog_opened"], f"{where}: the button opened a dialog instead of hiding"
     assert not nav["after_one_click"], f"{where}: the sidebar button does not hide the sidebar"
     assert nav["after_two_clicks"], f"{where}: a second click does not bring the sidebar back"
+
+
+# --------------------------------------------------------------------------------------
+# The phone, continued (issue 33): figures, tables, output, footer, drawer; links; numbering
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_figures_open_at_full_size(visits, page_path):
+    """At 390 px a tap on any figure opens its image at full resolution over the page
+    (no network: the image already loaded), Escape closes it, and the first figure also
+    opens from the keyboard (focus, Enter). Rejects a figure that does nothing when
+    tapped, or that leaves the book for the bare PNG."""
+    ph = _seen(visits, page_path).phone
+    assert "error" not in ph, f"{page_path} at 390 px: {ph.get('error')}"
+    problems = ph["zoom"]
+    assert not problems, f"{page_path} at 390 px: figures that do not open full size:" \
+                         f"{_listing(problems)}"
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_tables_scroll_with_a_cue_on_a_phone(visits, page_path):
+    """At 390 px a table wider than the column scrolls in its own box with the same
+    scroll cue as display math (rejects hidden right-hand columns with no cue), and its
+    short cells (sizes, numbers: <= 40 characters) are not wrapped over several lines."""
+    ph = _seen(visits, page_path).phone
+    assert "error" not in ph, f"{page_path} at 390 px: {ph.get('error')}"
+    problems = ph["tables"]
+    assert not problems, f"{page_path} at 390 px: tables cut, without a cue, or with " \
+                         f"wrapped short cells:{_listing(problems)}"
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_output_is_not_wrapped_inside_numbers_on_a_phone(visits, page_path):
+    """At 390 px no number in a cell's printed output is split over two lines (rejects
+    "sd below 1e-" / "3: True"); an output line wider than the column scrolls with the cue."""
+    ph = _seen(visits, page_path).phone
+    assert "error" not in ph, f"{page_path} at 390 px: {ph.get('error')}"
+    problems = ph["outputs"]
+    assert not problems, f"{page_path} at 390 px: program output:{_listing(problems)}"
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_footer_titles_are_whole_on_a_phone(visits, page_path):
+    """At 390 px the previous / next titles are on the screen, cut by nothing, and wrapped
+    at spaces (rejects "gradients of th" clipped by the footer link's hidden overflow)."""
+    ph = _seen(visits, page_path).phone
+    assert "error" not in ph, f"{page_path} at 390 px: {ph.get('error')}"
+    problems = ph["footer"]
+    assert not problems, f"{page_path} at 390 px: footer titles:{_listing(problems)}"
+
+
+def test_page_contents_drawer_closes_after_a_tap(visits):
+    """At 390 px a tap on an entry of the page-contents drawer closes the drawer and the
+    page is at that section (rejects a drawer left open over the page)."""
+    nav = _seen(visits, NAV_PAGE).sidebar.get("phone", {"error": "not tried"})
+    where = f"{NAV_PAGE} at 390x844"
+    assert "error" not in nav, f"{where}: {nav['error']}"
+    tap = nav.get("contents_tap")
+    assert tap, f"{where}: the page-contents drawer had no entry to tap"
+    assert not tap["dialog_open"], f"{where}: the drawer stays open after a tap on {tap['hash']}"
+    assert tap["landed_hash"] == tap["hash"], f"{where}: a tap on {tap['hash']} led to " \
+                                              f"{tap['landed_hash']!r}"
+
+
+def test_links_have_one_colour_that_is_readable_and_distinct(visits):
+    """Over every page (1366 px): all links in the text have ONE colour (rejects teal in
+    tables, blue elsewhere), each at WCAG AA contrast (>= 4.5:1) against the background it
+    sits on, table stripes included, and each is told from the body text by an underline
+    and a colour visibly different from the text's (RGB distance > 100)."""
+    colours: dict[str, list[str]] = {}
+    problems = []
+    for page_path in READER_PAGES:
+        for link in _seen(visits, page_path).reader["links"]["links"]:
+            where = f"{page_path}: {link['text']!r}" + (" (in a table)" if link["in_table"] else "")
+            colours.setdefault(link["colour"], []).append(where)
+            if link["contrast"] < 4.5:
+                problems.append(f"{where}: contrast {link['contrast']} < 4.5 against its "
+                                f"background")
+            if not link["underlined"]:
+                problems.append(f"{where}: not underlined")
+            if link["distance_from_text"] <= 100:
+                problems.append(f"{where}: {link['colour']} is hardly different from the text")
+    assert colours, "no link in the text of any page"
+    assert len(colours) == 1, "links in several colours: " + "; ".join(
+        f"{c} ({len(w)} links, e.g. {w[0]})" for c, w in colours.items())
+    assert not problems, f"links hard to read or to tell from text:{_listing(problems)}"
+
+
+@pytest.mark.parametrize("page_path", ["book/intro.html", "book/performance.html"])
+def test_unnumbered_pages_number_their_own_figures(visits, page_path):
+    """A page outside the numbered chapters numbers its figures from Figure 1 on its own
+    (rejects the Performance figures taking 2-6 after the landing page's Figure 1)."""
+    figures = _seen(visits, page_path).reader["figures"]
+    assert figures, f"{page_path}: no figure (the check would be vacuous)"
+    numbers = [(f["number"] or "").rstrip(". ") for f in figures]
+    want = [f"Figure {k}" for k in range(1, len(figures) + 1)]
+    assert numbers == want, f"{page_path}: figures numbered {numbers}, want {want}"
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_figure_images_have_their_caption_as_alt_text(visits, page_path):
+    """Every image on the page has alt text that is not a file path (rejects Sphinx's
+    default, alt="../_images/<hash>.png"), and a figure's image has its caption as alt
+    text: the alt begins with the caption's words before its first formula (on chapters;
+    the intro and Performance pages' figures have alt text written for them)."""
+    problems = []
+    for i, f in enumerate(_seen(visits, page_path).reader["figures"], 1):
+        alt = (f["alt"] or "").strip()
+        name = f"figure {i} ({f['where']})"
+        if not alt:
+            problems.append(f"{name}: no alt text")
+        elif re.search(r"\.(png|jpe?g|svg|gif)$", alt, re.I) or alt == f["src"]:
+            problems.append(f"{name}: the alt text is a file name: {alt[:60]!r}")
+        elif f["caption"] is not None and page_path in CHAPTERS:  # elsewhere alt is written
+            lead = re.sub(r"\s+", " ", f["caption_lead"]).strip()
+            if lead and not re.sub(r"\s+", " ", alt).startswith(lead[:80]):
+                problems.append(f"{name}: alt {alt[:50]!r} is not its caption {lead[:50]!r}")
+    assert not problems, f"{page_path}: images without a caption as alt text:" \
+                         f"{_listing(problems)}"
+
+
+def test_solution_and_aside_title_bars_span_their_box(visits):
+    """At 1366 px the title bar of every admonition (Solution, Aside, Note) is as wide as
+    its box between the borders (rejects the 40em measure of running text catching
+    p.admonition-title: bars of about 640 px in 853 px boxes)."""
+    problems, seen = [], 0
+    for page_path in READER_PAGES:
+        reader = _seen(visits, page_path).reader
+        seen += reader["admonitions"]
+        problems += [f"{page_path}: {p}" for p in reader["title_bars"]]
+    assert seen, "no admonition on any page (the check would be vacuous)"
+    assert not problems, f"title bars narrower than their box:{_listing(problems)}"
+
+
+# --------------------------------------------------------------------------------------
+# The whole book as one PDF (`make pdf`: book/_ext/print_pdf.py)
+
+PDF = os.environ.get("ELBO_BOOK_PDF", "")
+PDF_HINT = ("no PDF to check: `make pdf` prints the book to book/_build/elbo-book.pdf and "
+            "runs this test on it (ELBO_BOOK_PDF=<file> checks another)")
+
+
+def _normal_words(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^a-z]+", " ", text.lower())).strip()
+
+
+def _chapter_sources() -> list[dict]:
+    """Per chapter (in the order of _toc.yml): its number, its title (the words before any
+    formula), its figures (code cells with a mystnb figure caption), its numbered
+    equations ({math} blocks with a :label:) and the words of its solutions."""
+    out = []
+    for k, page in enumerate(CHAPTERS, start=1):
+        nb = json.loads((ROOT / page.replace(".html", ".ipynb")).read_text())
+        md = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+        title = re.search(r"^# (.+)$", md, re.M).group(1).split("$")[0].strip()
+        figures = sum(1 for c in nb["cells"] if c["cell_type"] == "code"
+                      and "figure" in c.get("metadata", {}).get("mystnb", {}))
+        equations = len(re.findall(r"(?ms)^```\{math\}\n(?::\w+:.*\n)*?:label:", md))
+        solutions = []
+        for _, body in re.findall(r"(?ms)^(`{3,}|:{3,})\{(?:admonition|dropdown)\}[^\n]*"
+                                  r"Solution[^\n]*\n(.*?)^\1\s*$", md):
+            text = " ".join(line for line in body.splitlines() if not line.startswith(":"))
+            text = re.sub(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`|\{[^}]*\}|\[[^\]]*\]\([^)]*\)",
+                          " | ", text)
+            windows = set()  # runs of 5 plain words (formulas and markup break a run)
+            for run in re.split(r"[|.;:()\[\]]", text):
+                w = _normal_words(run).split()
+                windows |= {" ".join(w[i:i + 5]) for i in range(len(w) - 4)}
+            solutions.append(windows)
+        out.append({"number": k, "page": page, "title": title, "figures": figures,
+                    "equations": equations, "solutions": solutions})
+    return out
+
+
+@pytest.fixture(scope="module")
+def pdf_pages() -> list[str]:
+    if not PDF:
+        pytest.skip(PDF_HINT)
+    if not shutil.which("pdftotext"):
+        pytest.skip("pdftotext is not installed: `apt-get install poppler-utils`")
+    path = Path(PDF)
+    assert path.is_file(), f"ELBO_BOOK_PDF={PDF}: no such file"
+    text = subprocess.run(["pdftotext", str(path), "-"], check=True, capture_output=True,
+                          text=True).stdout
+    return text.split("\f")
+
+
+def test_pdf_has_every_chapter_with_its_figures_equations_and_solutions(pdf_pages):
+    """The whole-book PDF: every chapter of _toc.yml, in order, each starting a new sheet
+    with its numbered title ("3. MAP inference and sparse coding"); every figure's numbered
+    caption "Figure N.1" ... "Figure N.M" (M the chapter's figure cells) and no more; every
+    numbered equation "(N.1)" ... "(N.L)"; citations resolved (no raw {cite}); the
+    bibliography; and every solution printed open (at least half of the 5-word runs of
+    its text found: a folded solution prints its title only)."""
+    starts = [re.sub(r"\s+", " ", p).strip() for p in pdf_pages]
+    text = re.sub(r"\s+", " ", "\n".join(pdf_pages))
+    words = _normal_words(text)
+    problems, last_sheet, figures = [], 0, 0
+    for ch in _chapter_sources():
+        k, head = ch["number"], f"{ch['number']}. {ch['title']}"[:45]
+        sheets = [i for i, p in enumerate(starts, 1) if p.startswith(head)]
+        if not sheets:
+            problems.append(f"chapter {k}: no sheet starts with {head!r}")
+        elif sheets[0] <= last_sheet:
+            problems.append(f"chapter {k} starts on sheet {sheets[0]}, before chapter {k - 1}")
+        else:
+            last_sheet = sheets[0]
+        found = {int(m) for m in re.findall(rf"Figure {k}\.(\d+)\b", text)}
+        want = set(range(1, ch["figures"] + 1))
+        if found != want:
+            problems.append(f"chapter {k}: figures {sorted(found)} in the PDF, want 1-"
+                            f"{ch['figures']}")
+        figures += ch["figures"]
+        missing = [m for m in range(1, ch["equations"] + 1) if f"({k}.{m})" not in text]
+        if missing:
+            problems.append(f"chapter {k}: equation numbers missing: "
+                            f"{[f'({k}.{m})' for m in missing]}")
+        for s, windows in enumerate(ch["solutions"], 1):
+            if windows and sum(w in words for w in windows) < len(windows) / 2:
+                problems.append(f"chapter {k}: solution {s} is not printed (its text is "
+                                f"not in the PDF)")
+    if "{cite" in text or "{numref" in text or "{eq}" in text:
+        problems.append("raw MyST roles ({cite}, {numref}, {eq}) in the PDF's text")
+    if not re.search(r"\bBibliography\b", text):
+        problems.append("no Bibliography")
+    listing = subprocess.run(["pdfimages", "-list", PDF], check=True, capture_output=True,
+                             text=True).stdout.splitlines()[2:]
+    images = sum(1 for line in listing if line.split()[2:3] == ["image"])
+    if images < figures:
+        problems.append(f"{images} images in the PDF for the chapters' {figures} figures")
+    assert not problems, f"{PDF}:{_listing(problems)}"

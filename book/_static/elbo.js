@@ -26,7 +26,17 @@
  *    (sphinx-book-theme issues 917 and 935, unreleased fix in PR 991/1000), so the visible
  *    buttons did nothing: on a phone the chapter list and page contents did not open, on a
  *    laptop the sidebar did not hide. Here a click on any other button of the same kind is
- *    passed on to the button the themes listen to.
+ *    passed on to the button the themes listen to. On a phone the sidebars open as
+ *    dialogs that stay open after a tap on one of their links to this page (the page
+ *    scrolled underneath, unseen): such a tap now closes the dialog too.
+ * 5. Figures open at full size. A click (or Enter / Space on the focused figure) opens
+ *    the figure's image at its own pixel size in a dialog over the page that scrolls both
+ *    ways; Escape, the close button or a click beside the image closes it. Nothing is
+ *    fetched: it is the image already on the page. (Sphinx links some figures to their
+ *    PNG, which on a phone left the book for a bare image; those open the dialog too.)
+ * 6. Short table cells. Cells of at most 40 characters get the class elbo-short, which
+ *    elbo.css keeps on one line on a phone (the table scrolls with a cue instead).
+ * 7. Printing: solutions print open (see openEverything); folded set-up code is left out.
  */
 (function () {
   "use strict";
@@ -181,9 +191,105 @@
     window.MathJax.startup = startup;
   }
 
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", wireSidebarToggles);
-  } else {
+   function closeDrawersOnJump() {
+    document.querySelectorAll("dialog[id$='-sidebar-modal']").forEach(function (dialog) {
+      dialog.addEventListener("click", function (event) {
+        const link = event.target.closest && event.target.closest("a[href]");
+        if (link && dialog.open) dialog.close();  // the link still takes the reader there
+      });
+    });
+  }
+
+  // ------------------------------------------------------ 5. figures open at full size
+  function enableFigureZoom() {
+    const article = document.querySelector("article.bd-article");
+    if (!article) return;
+    const images = article.querySelectorAll("figure img, div.cell_output img");
+    if (!images.length) return;
+    const dialog = document.createElement("dialog");
+    dialog.className = "elbo-lightbox";
+    dialog.setAttribute("aria-label", "Figure at full size");
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "elbo-lightbox-close";
+    close.setAttribute("aria-label", "Close the figure");
+    close.textContent = "\u2715";
+    const body = document.createElement("div");
+    body.className = "elbo-lightbox-body";
+    // The full-size image is in the page only while the dialog is open (an <img> with
+    // no source would count as an image that failed to load, and would print).
+    const big = document.createElement("img");
+    dialog.appendChild(close);
+    dialog.appendChild(body);
+    document.body.appendChild(dialog);
+    close.addEventListener("click", function () { dialog.close(); });
+    dialog.addEventListener("close", function () {
+      big.remove();
+      big.removeAttribute("src");
+    });
+    dialog.addEventListener("click", function (event) {
+      if (event.target === dialog || event.target === body) dialog.close();
+    });
+    images.forEach(function (img) {
+      const link = img.closest("a.image-reference");
+      const target = link || img;
+      if (!link) {
+        img.tabIndex = 0;
+        img.setAttribute("role", "button");
+      }
+      target.classList.add("elbo-zoomable");
+      target.setAttribute("aria-haspopup", "dialog");
+      target.title = "Open the figure at full size";
+      function open(event) {
+        event.preventDefault();
+        big.src = img.currentSrc || img.src;
+        big.alt = img.alt;
+        body.appendChild(big);
+        dialog.showModal();
+        dialog.scrollTop = 0;
+        dialog.scrollLeft = 0;
+        close.focus();
+      }
+      target.addEventListener("click", open);
+      if (!link) {
+        img.addEventListener("keydown", function (event) {
+          if (event.key === "Enter" || event.key === " ") open(event);
+        });
+      }
+    });
+  }
+
+  // ----------------------------------------------------------- 6. short table cells
+  function markShortCells() {
+    document.querySelectorAll("article.bd-article table.table td").forEach(function (td) {
+      if (td.textContent.trim().length <= 40) td.classList.add("elbo-short");
+    });
+  }
+
+  // ------------------------------------------------------------------- 7. printing
+  // A printed page (and `make pdf`, which opens the single-page book with ?print) shows
+  // the solutions open.
+  function openEverything() {
+    // Folded code (details.above-input: imports, set-up) stays folded: the print style
+    // leaves it out.
+    document.querySelectorAll("details:not(.above-input)").forEach(function (d) { d.open = true; });
+    document.querySelectorAll(".toggle-hidden").forEach(function (e) {
+      e.classList.remove("toggle-hidden");
+    });
+  }
+
+  function onReady() {
+    window.addEventListener("beforeprint", openEverything);
+    if (/(^|[?&])print\b/.test(window.location.search.slice(1))) openEverything();
     wireSidebarToggles();
+    closeDrawersOnJump();
+    enableFigureZoom();
+    markShortCells();
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", onReady);
+  } else {
+    onReady();
   }
 })();
