@@ -7,12 +7,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
 
-.PHONY: all book test test-portable execute lint bench bench-smoke clean help
+.PHONY: all book pdf test test-portable execute lint bench bench-smoke clean help
 
 all: book
 
 help:
 	@echo "make book     build the HTML book into book/_build/html (warnings are errors)"
+	@echo "make pdf      the whole book as one PDF, book/_build/elbo-book.pdf (single-page HTML"
+	@echo "              printed by headless Chromium; no LaTeX needed; not part of make test),"
+	@echo "              then checked: every chapter, figure, equation, solution (needs"
+	@echo "              pdftotext/pdfimages: apt-get install poppler-utils)"
 	@echo "make test     library tests + nbval over every chapter + book build check"
 	@echo "              (tools/portability.py --config native --tests: 2 pytest runs at once)"
 	@echo "make test-portable  nbval over every chapter under 3 kernel configurations"
@@ -37,6 +41,20 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --path-output book -W --keep-going
 	@echo "Open book/_build/html/index.html"
+
+# The whole book as one PDF without LaTeX: Sphinx's single-page HTML build printed to A4
+# by headless Chromium (/usr/bin/chromium, as for the browser tests) with the print style
+# of book/_static/elbo.css (book/_ext/print_pdf.py says how). Not run by `make test` or CI.
+# The PDF is then checked by tests/test_browser.py's PDF test (pdftotext, pdfimages): every
+# chapter on its own sheet, in order, with all its figures, numbered equations and solutions.
+pdf: $(STAMP)
+	@command -v pdftotext >/dev/null && command -v pdfimages >/dev/null || { echo \
+	  "make pdf checks the PDF with pdftotext and pdfimages: apt-get install poppler-utils"; \
+	  exit 1; }
+	$(BIN)/jupyter-book build . --builder singlehtml --path-output book -W --keep-going
+	$(BIN)/python book/_ext/print_pdf.py book/_build/singlehtml book/_build/elbo-book.pdf
+	ELBO_BOOK_PDF=book/_build/elbo-book.pdf $(BIN)/python -m pytest tests/test_browser.py \
+	  -q -p no:nbval -p no:cacheprovider -o addopts="" -k test_pdf_
 
 # The same tests as a bare `pytest`, as a pool of pytest runs two at a time (2 cores),
 # longest first: the library, book and browser tests in tests/ as one run, and nbval on
