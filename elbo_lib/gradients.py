@@ -22,6 +22,8 @@ are measured without Python loops over samples (:func:`per_sample_gradients`,
 :func:`gradient_stats`). For a Gaussian q the pathwise ELBO gradient is also written out
 (:func:`gaussian_elbo_gradient_samples`: closed-form entropy or the path derivative) with
 its exact value for a Gaussian target (:func:`gaussian_target_elbo_gradient`).
+:func:`measure_valued_gradient_samples` is the third family, for a Gaussian's mean: the
+density's derivative split into two Rayleigh-shifted densities (Mohamed et al. 2020).
 :func:`gradient_snr` measures the signal-to-noise ratio of any stochastic objective's
 gradient per parameter group (chapter 6: IWAE_k encoder and decoder gradients).
 
@@ -45,23 +47,37 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from elbo_lib._validation import _scalar_of, as_float_array, check_positive_int, check_spd
+from elbo_lib._validation import (
+    _scalar_of,
+    as_float_array,
+    as_generator,
+    check_positive,
+    check_positive_int,
+    check_spd,
+)
 
 __all__ = [
     "GradientSNR",
     "GradientStats",
     "apply_baseline",
     "check_baseline",
+    "ESTIMATORS",
     "gaussian_elbo_gradient_samples",
+    "gaussian_score_gradient_estimates",
     "gaussian_target_elbo_gradient",
     "gradient_snr",
     "gradient_stats",
+    "leave_one_out_control_variate",
+    "measure_valued_gradient_samples",
     "pathwise_gradient",
     "per_sample_gradients",
     "score_function_gradient",
 ]
 
-ESTIMATORS = ("score", "pathwise")
+#: The book's one vocabulary of gradient estimators (chapter 5): the objectives of
+#: :mod:`elbo_lib.objectives` name theirs by these words, and the measurements here take
+#: the words that apply to them.
+ESTIMATORS = ("pathwise", "path-derivative", "score", "score-cv")
 DTYPE = torch.float64
 
 
@@ -88,9 +104,10 @@ def _check_params(params) -> dict[str, torch.Tensor]:
     return out
 
 
-def _check_estimator(estimator: str) -> str:
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+def _check_estimator(estimator: str, allowed: tuple[str, ...] = ("pathwise", "score")) -> str:
+    """``estimator`` if it is one of ``allowed`` (words of :data:`ESTIMATORS`)."""
+    if estimator not in allowed:
+        raise ValueError(f"estimator must be one of {allowed}, got {estimator!r}")
     return estimator
 
 
@@ -384,9 +401,6 @@ def gradient_stats(f, make_q, params, num_samples: int, num_repeats: int, *,
 
 
 
-ELBO_GRADIENTS = ("total", "path-derivative")
-
-
 def _check_mu_tril(mu, scale_tril) -> tuple[torch.Tensor, torch.Tensor]:
     mu = torch.as_tensor(as_float_array(mu, "mu", ndim=1), dtype=DTYPE)
     low = torch.as_tensor(as_float_array(scale_tril, "scale_tril", ndim=2), dtype=DTYPE)
@@ -406,14 +420,14 @@ def gaussian_elbo_gradient_samples(
     num_samples: int,
     num_repeats: int = 1,
     *,
-    estimator: str = "total",
+    estimator: str = "pathwise",
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-sample pathwise terms of the ELBO gradient for q = N(mu, L L^T).
 
     With z = mu + L eps and g(z) = grad_z log p(x, z), the two estimators are
 
-    ``"total"``
+    ``"pathwise"``
         the closed-form-entropy gradient, ``d/dmu = g``, ``d/dL = tril(g eps^T)
         + diag(1 / L_ii)``. It is, sample by sample, what automatic differentiation of the
         Monte Carlo ELBO ``log p(x, z) - log q_phi(z)`` through ``rsample`` returns
@@ -434,7 +448,10 @@ def gaussian_elbo_gradient_samples(
         Lower-triangular Cholesky factor L with a positive diagonal.
     num_samples, num_repeats : int
         S samples per estimate, R independent estimates.
-    estimator : {"total", "path-derivative"}
+    estimator : {"pathwise", "path-derivative"}
+        Words of :data:`ESTIMATORS`, the estimators of
+        :class:`elbo_lib.objectives.PathwiseELBO` and
+        :class:`~elbo_lib.objectives.PathDerivativeELBO`.
     generator : torch.Generator, optional
         Source of the base noise eps (default: torch's global generator).
 
@@ -444,8 +461,7 @@ def gaussian_elbo_gradient_samples(
         ``{"mu": tensor (R, S, D), "scale_tril": tensor (R, S, D, D)}``: the per-sample
         terms; the S-sample estimate is their mean over axis 1. Chapter 5.
     """
-    if estimator not in ELBO_GRADIENTS:
-        raise ValueError(f"estimator must be one of {ELBO_GRADIENTS}, got {estimator!r}")
+    estimator = _check_estimator(estimator, ("pathwise", "path-derivative"))
     mu, low = _check_mu_tril(mu, scale_tril)
     num_samples = check_positive_int(num_samples, "num_samples")
     num_repeats = check_positive_int(num_repeats, "num_repeats")
@@ -461,7 +477,7 @@ def gaussian_elbo_gradient_samples(
     if estimator == "path-derivative":
         g = g + torch.linalg.solve_triangular(low.T, eps.T, upper=True).T
     g_low = torch.tril(g[:, :, None] * eps[:, None, :])
-    if estimator == "total":
+    if estimator == "pathwise":
         g_low = g_low + torch.diag(1.0 / torch.diagonal(low))
     return {"mu": g.reshape(num_repeats, num_samples, d),
             "scale_tril": g_low.reshape(num_repeats, num_samples, d, d)}
@@ -488,6 +504,184 @@ def gaussian_target_elbo_gradient(mu, scale_tril, mean, precision) -> dict[str, 
             "scale_tril": np.tril(-precision @ low) + np.diag(1.0 / np.diag(low))}
 
 
+
+
+def leave_one_out_control_variate(f: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of f h - a h, a = Cov(f h, h) / Var(h) per coordinate, unbiased.
+
+    The score function with the score h itself as a control variate, one coefficient per
+    coordinate (Ranganath, Gerrish and Blei 2014, section 3.2). Each sample's
+    coefficient is estimated from the other S - 1 samples of its row (leave one out),
+    independent of its own h, so that E[a h] = E[a] E[h] = 0. Chapter 5.
+
+    Parameters
+    ----------
+    f : torch.Tensor, shape (R, S)
+        The integrand at each sample (for the ELBO's E_q[log p] part, log p(x, z_s)).
+    h : torch.Tensor, shape (R, S, ...)
+        The score coordinates at each sample; S >= 3.
+
+    Returns
+    -------
+    torch.Tensor, shape (R, ...)
+        One estimate per row.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If f or h is not a tensor, or their shapes do not match, or S < 3.
+    """
+    if not isinstance(f, torch.Tensor) or not isinstance(h, torch.Tensor):
+        raise TypeError(f"f and h must be torch.Tensors, got {type(f).__name__} and "
+                        f"{type(h).__name__}")
+    if f.ndim != 2 or h.ndim < 2 or tuple(h.shape[:2]) != tuple(f.shape):
+        raise ValueError(f"f must have shape (R, S) and h (R, S, ...), got "
+                         f"{tuple(f.shape)} and {tuple(h.shape)}")
+    check_positive_int(f.shape[1], "the number of samples S of f", 3)
+    return _loo_controlled(f, h)
+
+
+def _loo_controlled(f: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """:func:`leave_one_out_control_variate` without its checks (the loops' kernel)."""
+    shape = (*f.shape, *([1] * (h.ndim - 2)))
+    fh = f.reshape(shape) * h
+    n = h.shape[1] - 1
+    sum_h, sum_fh = h.sum(1, keepdim=True) - h, fh.sum(1, keepdim=True) - fh
+    sum_hh = (h * h).sum(1, keepdim=True) - h * h
+    sum_fhh = (fh * h).sum(1, keepdim=True) - fh * h
+    var_h = sum_hh - sum_h**2 / n
+    cov = sum_fhh - sum_fh * sum_h / n
+    a = torch.where(var_h > 0, cov / torch.where(var_h > 0, var_h, 1.0), 0.0)
+    return (fh - a * h).mean(1)
+
+
+def gaussian_score_gradient_estimates(
+    log_joint: Callable[[torch.Tensor], torch.Tensor],
+    mu,
+    scale_tril,
+    num_samples: int,
+    num_repeats: int = 1,
+    *,
+    estimator: str = "score",
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """R independent S-sample score-function estimates of the ELBO gradient.
+
+    For q = N(mu, L L^T), in the coordinates (mu, L) (L lower triangular), the two
+    score-function estimators of :class:`elbo_lib.objectives.ScoreFunctionELBO` and
+    :class:`~elbo_lib.objectives.ScoreControlVariateELBO` (words of :data:`ESTIMATORS`):
+
+    ``"score"``
+        (1/S) sum_s (f_s - b_s) grad log q(z_s), f = log p(x, z) - log q(z), with the
+        leave-one-out baseline b_s (Monte Carlo entropy).
+    ``"score-cv"``
+        the score function of E_q[log p(x, z)] with one control-variate coefficient per
+        coordinate from the other S - 1 samples (f = log p), plus the entropy's
+        gradient in closed form, diag(1 / L_ii) for L.
+
+    The scores at fixed z are grad_mu log q = L^{-T} eps and
+    grad_L log q = tril(L^{-T} eps eps^T) - diag(1 / L_ii).
+
+    Returns
+    -------
+    dict
+        ``{"mu": tensor (R, D), "scale_tril": tensor (R, D, D)}``: the estimates.
+        Chapter 5.
+    """
+    estimator = _check_estimator(estimator, ("score", "score-cv"))
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
+    mu_t = torch.as_tensor(as_float_array(mu, "mu", ndim=1), dtype=DTYPE)
+    low = torch.as_tensor(as_float_array(scale_tril, "scale_tril", ndim=2), dtype=DTYPE)
+    d = mu_t.shape[0]
+    if tuple(low.shape) != (d, d) or not bool(torch.all(torch.diagonal(low) > 0)):
+        raise ValueError(f"scale_tril must be ({d}, {d}) with a positive diagonal")
+    low = torch.tril(low)
+    s = check_positive_int(num_samples, "num_samples", 3 if estimator == "score-cv" else 2)
+    r = check_positive_int(num_repeats, "num_repeats")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, "
+                        f"got {type(generator).__name__}")
+    with torch.no_grad():
+        eps = torch.randn(r, s, d, dtype=DTYPE, generator=generator)
+        z = mu_t + eps @ low.T
+        log_p = log_joint(z.reshape(-1, d))
+        if not isinstance(log_p, torch.Tensor) or tuple(log_p.shape) != (r * s,):
+            raise ValueError(f"log_joint must map samples of shape (N, {d}) to shape (N,)")
+        log_p = log_p.reshape(r, s)
+        v = torch.linalg.solve_triangular(low.T, eps.transpose(1, 2),
+                                          upper=True).transpose(1, 2)
+        inv_diag = torch.diag_embed(1 / torch.diagonal(low))
+        h_low = torch.tril(v[..., :, None] * eps[..., None, :]) - inv_diag
+        if estimator == "score":
+            log_q = (-0.5 * (eps**2).sum(-1) - torch.log(torch.diagonal(low)).sum()
+                     - 0.5 * d * math.log(2 * math.pi))
+            f = log_p - log_q
+            w = f - (f.sum(1, keepdim=True) - f) / (s - 1)
+            return {"mu": (w[..., None] * v).mean(1),
+                    "scale_tril": (w[..., None, None] * h_low).mean(1)}
+        return {"mu": _loo_controlled(log_p, v),
+                "scale_tril": _loo_controlled(log_p, h_low) + inv_diag}
+
+
+def measure_valued_gradient_samples(f: Callable[[np.ndarray], np.ndarray], mean, std,
+                                    num_samples: int, rng) -> np.ndarray:
+    """Per-sample measure-valued estimates of grad_mean E_q[f(z)], q = N(mean, diag(std^2)).
+
+    The derivative of the Gaussian density in mean_i splits into a positive and a
+    negative part, the densities of mean_i + std_i R and mean_i - std_i R (R ~ Rayleigh(1)),
+    times 1 / (std_i sqrt(2 pi)) (Mohamed et al. 2020, section 6). With the same R in both
+    terms (the coupling), sample s's estimate of coordinate i is
+
+        (f(mean + std_i R_si e_i) - f(mean - std_i R_si e_i)) / (std_i sqrt(2 pi)),
+
+    unbiased, with no derivative of f or of a sampler: 2 D evaluations of f per sample.
+    Chapter 5 (the fast-oscillating sine).
+
+    Parameters
+    ----------
+    f : callable
+        Maps points (S, D) (NumPy) to values (S,).
+    mean, std : array_like, shape (D,)
+        Parameters of q; std > 0.
+    num_samples : int
+        S.
+    rng : int or numpy.random.Generator
+        Source of the Rayleigh draws, shape (S, D), drawn in one call.
+
+    Returns
+    -------
+    ndarray, shape (S, D)
+        The per-sample terms; their mean over axis 0 is the S-sample estimate.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad argument, or an f that does not return finite values of shape (S,).
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__}")
+    mean = as_float_array(mean, "mean", ndim=1)
+    std = np.atleast_1d(check_positive(as_float_array(std, "std", ndim=1), "std",
+                                       allow_array=True))
+    if std.shape != mean.shape:
+        raise ValueError(f"std must have the shape of mean {mean.shape}, got {std.shape}")
+    num_samples = check_positive_int(num_samples, "num_samples")
+    r = as_generator(rng).rayleigh(size=(num_samples, mean.size))
+    out = np.empty_like(r)
+    for i in range(mean.size):
+        unit = np.zeros(mean.size)
+        unit[i] = 1.0
+        values = []
+        for z in (mean + (std[i] * r[:, i])[:, None] * unit,
+                  mean - (std[i] * r[:, i])[:, None] * unit):
+            value = np.asarray(f(z), dtype=float)
+            if value.shape != (num_samples,) or not np.all(np.isfinite(value)):
+                raise ValueError(f"f must return finite values of shape ({num_samples},) "
+                                 f"for points of shape {z.shape}")
+            values.append(value)
+        out[:, i] = (values[0] - values[1]) / (std[i] * np.sqrt(2 * np.pi))
+    return out
 
 
 # --------------------------------------------------------------------------------------

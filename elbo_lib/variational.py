@@ -9,18 +9,20 @@ is a new class and no edit of the loop. A flow returns a
 :class:`~torch.distributions.TransformedDistribution` whose transforms cache their last
 input (``cache_size=1``), so ``log_prob`` of its own samples needs no inverse.
 
-:func:`fit_vi` maximises the ELBO (Blei, Kucukelbir and McAuliffe 2017, eq. 13)
+:func:`fit_vi` maximises an objective of :mod:`elbo_lib.objectives`, by default the
+ELBO (Blei, Kucukelbir and McAuliffe 2017, eq. 13)
 
 .. math::
 
     \\mathcal L(\\phi) = \\mathbb E_{q_\\phi(z)}[\\log p(x, z) - \\log q_\\phi(z)]
 
-with Adam (Kingma and Ba 2015) following either the pathwise (reparameterisation)
-gradient of :func:`elbo_lib.bounds.monte_carlo_elbo` or the score-function gradient of
-:func:`elbo_lib.bounds.score_function_elbo_surrogate` (Ranganath, Gerrish and Blei
-2014): the same number of model evaluations per step for both.
+with its pathwise (reparameterisation) gradient, and with an optimiser passed in as a
+factory (by default Adam, Kingma and Ba 2015): the objective object decides what is
+maximised and how its gradient is estimated (pathwise, path derivative, score function,
+importance weighted), so a new bound is a new class and no edit of the loop.
 :func:`fit_gaussian_vi_parallel` runs many Gaussian fits (a step-size sweep over seeds)
-in one batched computation (chapter 5). A family built with ``num_runs = R > 1`` holds R
+in one batched computation, each run with its own step size (:class:`RunwiseAdam`, a
+torch optimiser) (chapter 5). A family built with ``num_runs = R > 1`` holds R
 independent members (its distribution has batch shape (R,)), and :func:`fit_vi` trains
 them as R independent runs in one computation: a trained result is a statement about
 many runs, so chapter 7 fits every flow over several runs at the cost of about one.
@@ -42,14 +44,14 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 from torch.nn.functional import softplus
 
 from elbo_lib._validation import as_float_array, check_positive, check_positive_int
-from elbo_lib.bounds import monte_carlo_elbo, score_function_elbo_surrogate
-from elbo_lib.gradients import apply_baseline, check_baseline
+from elbo_lib.objectives import PathwiseELBO, VariationalObjective
 
 __all__ = [
     "DiagonalGaussian",
     "FullRankGaussian",
     "ParallelVIResult",
     "QuadratureGaussianFit",
+    "RunwiseAdam",
     "VIResult",
     "VariationalFamily",
     "best_gaussian_by_quadrature",
@@ -58,7 +60,6 @@ __all__ = [
 ]
 
 DTYPE = torch.float64
-ESTIMATORS = ("pathwise", "score")
 
 
 def _inverse_softplus(value: float) -> float:
@@ -216,48 +217,84 @@ class VIResult:
     info: dict = field(default_factory=dict)
 
 
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+DEFAULT_LR = 0.05
+
+
+def _make_optimizer(optimizer: OptimizerFactory | None, lr: float | None,
+                    params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """``optimizer(params)``, or Adam at ``lr`` (0.05 when None) when no factory is given."""
+    if optimizer is None:
+        lr = DEFAULT_LR if lr is None else check_positive(lr, "lr")
+        return torch.optim.Adam(params, lr=lr)
+    if lr is not None:
+        raise ValueError(f"lr sets the step size of the default Adam only; with an "
+                         f"optimizer factory set it there, got lr={lr!r}")
+    if not callable(optimizer):
+        raise TypeError(f"optimizer must be a callable params -> torch.optim.Optimizer, "
+                        f"got {type(optimizer).__name__}")
+    opt = optimizer(params)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"optimizer(params) must return a torch.optim.Optimizer, got "
+                        f"{type(opt).__name__}")
+    return opt
+
+
+def _check_objective(objective: VariationalObjective | None) -> VariationalObjective:
+    if objective is None:
+        return PathwiseELBO()
+    if not isinstance(objective, VariationalObjective):
+        raise TypeError(f"objective must be an elbo_lib.objectives.VariationalObjective "
+                        f"(for example PathwiseELBO()), got {type(objective).__name__}")
+    return objective
+
+
 def fit_vi(
     log_joint: Callable[[torch.Tensor], torch.Tensor],
     family: VariationalFamily,
+    objective: VariationalObjective | None = None,
     *,
-    estimator: str = "pathwise",
     num_samples: int = 8,
     num_steps: int = 1000,
-    lr: float = 0.05,
-    baseline: None | float | str = "leave-one-out",
+    optimizer: OptimizerFactory | None = None,
+    lr: float | None = None,
     eval_every: int = 50,
     eval_samples: int = 256,
 ) -> VIResult:
-    """Stochastic-gradient (black-box) VI: maximise the ELBO of ``family`` with Adam.
+    """Stochastic-gradient (black-box) VI: maximise ``objective`` over ``family``.
 
-    Each step draws ``num_samples`` samples of q (that many evaluations of the model)
-    and follows the pathwise gradient of :func:`~elbo_lib.bounds.monte_carlo_elbo` or
-    the score-function gradient of
-    :func:`~elbo_lib.bounds.score_function_elbo_surrogate`. Chapters 5 and 7.
+    Each step draws ``num_samples`` samples of q (that many evaluations of the model),
+    asks the objective for its :class:`~elbo_lib.objectives.Surrogate` and takes one
+    step of the optimiser on its ``loss``. The objective decides what is maximised and
+    how its gradient is estimated (:mod:`elbo_lib.objectives`); the optimiser is
+    anything torch offers. Chapters 5 and 7.
 
     Parameters
     ----------
     log_joint : callable
         Maps samples of shape (S, D) to log p(x, z), shape (S,); differentiable in z for
-        the pathwise estimator.
+        an objective with ``differentiates_log_joint`` (the pathwise ones).
     family : VariationalFamily
         The family to fit; its parameters are trained in place. With ``num_runs = R >
         1`` its R members are R independent runs: each draws its own samples, and the
-        loss is the sum of their negative ELBOs, so each member's gradient (and Adam,
-        elementwise, its step) is exactly what it would be alone. ``log_joint`` then
-        sees the R runs' samples stacked, shape (S * R, D).
-    estimator : {"pathwise", "score"}
-        The pathwise estimator needs ``rsample``; the score-function estimator needs
-        ``log_prob`` at arbitrary points (not available for flows without an inverse),
-        and one run (``num_runs = 1``).
+        loss is the sum of their losses, so each member's gradient (and, for an
+        elementwise optimiser such as Adam, its step) is exactly what it would be alone.
+        ``log_joint`` then sees the R runs' samples stacked, shape (S * R, D).
+    objective : VariationalObjective, optional
+        What to maximise, with its gradient estimator; default
+        :class:`~elbo_lib.objectives.PathwiseELBO`. R > 1 runs need an objective with
+        ``supports_runs``.
     num_samples, num_steps : int
-        S per step (>= 2 for the leave-one-out baseline) and number of Adam steps.
-    lr : float
-        Adam learning rate.
-    baseline : None, float or "leave-one-out"
-        Score-function baseline (ignored by the pathwise estimator).
+        S per step (at least ``objective.min_samples()``) and number of steps.
+    optimizer : callable, optional
+        A factory ``params -> torch.optim.Optimizer`` (for example
+        ``functools.partial(torch.optim.SGD, lr=0.01)``); default Adam (Kingma and Ba
+        2015) at ``lr``.
+    lr : float, optional
+        Step size of the default Adam (0.05 when omitted); an error with ``optimizer``.
     eval_every, eval_samples : int
-        ELBO trace: every ``eval_every`` steps, with ``eval_samples`` samples.
+        ELBO trace (whatever the objective): every ``eval_every`` steps, with
+        ``eval_samples`` samples.
 
     Returns
     -------
@@ -266,71 +303,66 @@ def fit_vi(
     Raises
     ------
     TypeError
-        If ``family`` is not a :class:`VariationalFamily` or ``log_joint`` not callable.
+        If ``family`` is not a :class:`VariationalFamily`, ``log_joint`` not callable,
+        ``objective`` not a :class:`~elbo_lib.objectives.VariationalObjective`, or
+        ``optimizer`` not a factory of a torch optimiser.
     ValueError
-        For a bad estimator or size; for a ``log_joint`` that carries no gradient with
-        respect to z under the pathwise estimator (a detached or NumPy computation), or
-        a loss that no gradient connects to the parameters; and when the fit diverges
-        (the ELBO estimate or a parameter becomes non-finite). The message names the
-        step, and the family's parameters are restored to their values at the start of
-        the fit (its Adam state is discarded).
+        For a bad size or step size; for a ``log_joint`` that carries no gradient with
+        respect to z under a pathwise objective (a detached or NumPy computation), or a
+        loss that no gradient connects to the parameters; and when the fit diverges
+        (the loss or a parameter becomes non-finite). The message names the step, and
+        the family's parameters are restored to their values at the start of the fit
+        (the optimiser's state is discarded).
     """
     if not isinstance(family, VariationalFamily):
         raise TypeError(f"family must be an elbo_lib.variational.VariationalFamily, "
                         f"got {type(family).__name__}")
     if not callable(log_joint):
         raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    objective = _check_objective(objective)
     runs = family.num_runs
-    if runs > 1 and estimator != "pathwise":
-        raise ValueError(f"a family with num_runs = {runs} is fitted with the pathwise "
-                         f"estimator only, got estimator={estimator!r}")
-    loo = estimator == "score" and baseline == "leave-one-out"
-    num_samples = check_positive_int(num_samples, "num_samples", 2 if loo else 1)
+    if runs > 1 and not objective.supports_runs:
+        raise ValueError(f"a family with num_runs = {runs} needs an objective that "
+                         f"supports runs, got objective={objective!r}")
+    num_samples = check_positive_int(num_samples, "num_samples", objective.min_samples())
     num_steps = check_positive_int(num_steps, "num_steps")
     eval_every = check_positive_int(eval_every, "eval_every")
     eval_samples = check_positive_int(eval_samples, "eval_samples")
-    lr = check_positive(lr, "lr")
     params = [p for p in family.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"family {type(family).__name__} has no trainable parameters")
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = _make_optimizer(optimizer, lr, params)
     steps, trace = [], []
     start = [p.detach().clone() for p in params]
+    trace_objective = PathwiseELBO()
 
     def stopped(step: int, err: ValueError) -> ValueError:
         # a stopped fit leaves the family where it started, not at a diverged iterate
         with torch.no_grad():
             for p, p0 in zip(params, start, strict=True):
                 p.copy_(p0)
-        hint = f" (a smaller lr than {lr} may help)" if "finite" in str(err) else ""
+        hint = " (a smaller step size may help)" if "finite" in str(err) else ""
         return ValueError(f"fit_vi stopped at step {step} of {num_steps}: {err}{hint}; "
                           f"the family's parameters are restored to their values at "
                           f"the start of the fit")
 
     def differentiable_log_joint(z: torch.Tensor) -> torch.Tensor:
         out = log_joint(z)
-        if (estimator == "pathwise" and z.requires_grad
+        if (objective.differentiates_log_joint and z.requires_grad
                 and isinstance(out, torch.Tensor) and not out.requires_grad):
             raise ValueError(
                 "log_joint(z) carries no gradient with respect to z (detached, or "
                 "computed outside torch?): the pathwise estimator differentiates "
                 "log_joint through the samples, and without that gradient the fit "
                 "would only follow the entropy; pass a log_joint differentiable in z, "
-                "or use estimator='score' for a black-box log_joint")
+                "or use objective=ScoreFunctionELBO() for a black-box log_joint")
         return out
-
-    def elbo(num: int) -> torch.Tensor:
-        q = family.distribution()
-        if runs == 1:
-            return monte_carlo_elbo(differentiable_log_joint, q, num)
-        return _elbo_of_runs(differentiable_log_joint, q, num)
 
     def record(step: int) -> None:
         try:
             with torch.no_grad():
-                value = elbo(eval_samples).numpy().copy()
+                value = trace_objective.surrogate(log_joint, family.distribution(),
+                                                  eval_samples).estimate.numpy().copy()
         except ValueError as err:
             raise stopped(step, err) from err
         steps.append(step)
@@ -340,12 +372,8 @@ def fit_vi(
     for step in range(1, num_steps + 1):
         opt.zero_grad()
         try:
-            if estimator == "pathwise":
-                loss = -elbo(num_samples).sum()      # the sum of R independent runs
-            else:
-                surrogate, _ = score_function_elbo_surrogate(
-                    log_joint, family.distribution(), num_samples, baseline=baseline)
-                loss = -surrogate
+            loss = objective.surrogate(differentiable_log_joint, family.distribution(),
+                                       num_samples).loss
             if not torch.isfinite(loss):
                 raise ValueError("the loss is not finite")
             if not loss.requires_grad:
@@ -361,39 +389,101 @@ def fit_vi(
         if step % eval_every == 0 or step == num_steps:
             record(step)
     return VIResult(family, np.asarray(steps), np.asarray(trace), num_steps * num_samples,
-                    {"family": type(family).__name__, "estimator": estimator,
-                     "num_samples": num_samples, "num_runs": runs})
-
-
-def _elbo_of_runs(log_joint: Callable[[torch.Tensor], torch.Tensor], q: Distribution,
-                  num_samples: int) -> torch.Tensor:
-    """Pathwise Monte Carlo ELBO of each member of a q with batch shape (R,), shape (R,).
-
-    The R members' samples (S, R, D) go to ``log_joint`` stacked as (S * R, D), so a
-    log-joint written for one q serves every run.
-    """
-    if len(q.batch_shape) != 1:
-        raise ValueError(f"q must have batch shape (R,) for R runs, got "
-                         f"{tuple(q.batch_shape)}")
-    z = q.rsample((num_samples,))
-    s, r = z.shape[:2]
-    log_p = log_joint(z.reshape(s * r, *z.shape[2:]))
-    if not isinstance(log_p, torch.Tensor) or log_p.shape != (s * r,):
-        shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
-        raise ValueError(f"log_joint must return a tensor of shape ({s * r},) for the "
-                         f"{r} runs' samples stacked, got {shape}")
-    terms = log_p.reshape(s, r) - q.log_prob(z)
-    if not bool(torch.isfinite(terms).all()):
-        raise ValueError("log_joint(z) - q.log_prob(z) must be finite for every sample "
-                         "of every run")
-    return terms.mean(0)
+                    {"family": type(family).__name__, "objective": repr(objective),
+                     "estimator": objective.estimator, "num_samples": num_samples,
+                     "num_runs": runs})
 
 
 # --------------------------------------------------------------------------------------
 # many Gaussian black-box VI runs at once: step-size sweeps over several seeds
 # --------------------------------------------------------------------------------------
-PARALLEL_ESTIMATORS = ("pathwise", "path-derivative", "score", "score-cv")
-FAMILIES = ("diagonal", "full")
+class RunwiseAdam(torch.optim.Optimizer):
+    """Adam (Kingma and Ba 2015) with one step size per run, as a torch optimiser.
+
+    Every parameter's leading axis is the run axis of a family with ``num_runs = R``
+    (no run axis when R = 1); run r moves with step size ``lr[r]``. Adam is elementwise,
+    so each run's step is the one Adam would take on that run alone. The default
+    optimiser of :func:`fit_gaussian_vi_parallel` (chapter 5's step-size sweep).
+
+    Parameters
+    ----------
+    params : iterable of torch.Tensor
+        Leaf tensors of shape (R, ...) (or any shape when R = 1).
+    lr : array_like of float > 0, shape (R,)
+        Step size of each run.
+    betas : tuple of float
+        Decay rates of the first and second moments, in [0, 1).
+    eps : float
+        Added to the root of the second moment (> 0).
+    """
+
+    def __init__(self, params, lr, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        lr_np = np.atleast_1d(as_float_array(lr, "lr", ndim=1))
+        if lr_np.size == 0 or np.any(lr_np <= 0):
+            raise ValueError("lr must hold one step size > 0 per run")
+        if (not isinstance(betas, tuple) or len(betas) != 2
+                or not all(0 <= float(b) < 1 for b in betas)):
+            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        eps = check_positive(eps, "eps")
+        params = list(params)
+        runs = lr_np.size
+        for p in params:
+            if runs > 1 and (p.ndim == 0 or p.shape[0] != runs):
+                raise ValueError(f"params must have a leading run axis of length "
+                                 f"{runs} (one step size per run), got shape "
+                                 f"{tuple(p.shape)}")
+        lr_t = torch.as_tensor(lr_np, dtype=params[0].dtype if params else DTYPE)
+        super().__init__(params, {"lr": lr_t, "betas": tuple(map(float, betas)),
+                                  "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        """One Adam step of every run (``closure`` re-evaluates the loss, optional)."""
+        loss = None
+        if closure is not None:
+            if not callable(closure):
+                raise TypeError(f"closure must be callable or None, got "
+                                f"{type(closure).__name__}")
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t, m1, m2 = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                m1.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                m2.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (m2 / (1 - beta2**t)).sqrt_().add_(eps)
+                lr_b = lr.reshape(-1, *([1] * (p.ndim - 1)))
+                p.sub_(lr_b * (m1 / (1 - beta1**t)) / denom)
+        return loss
+
+
+RunwiseOptimizerFactory = Callable[[list[nn.Parameter], torch.Tensor], torch.optim.Optimizer]
+
+
+def _make_runwise_optimizer(optimizer: RunwiseOptimizerFactory | None,
+                            params: list[nn.Parameter],
+                            lrs: torch.Tensor) -> torch.optim.Optimizer:
+    """``optimizer(params, lrs)`` (default :class:`RunwiseAdam`), checked."""
+    if optimizer is None:
+        return RunwiseAdam(params, lrs)
+    if not callable(optimizer):
+        raise TypeError(f"optimizer must be a callable (params, lrs) -> "
+                        f"torch.optim.Optimizer, got {type(optimizer).__name__}")
+    opt = optimizer(params, lrs)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"optimizer(params, lrs) must return a torch.optim.Optimizer, "
+                        f"got {type(opt).__name__}")
+    return opt
 
 
 @dataclass
@@ -403,7 +493,7 @@ class ParallelVIResult:
     Attributes
     ----------
     lrs : ndarray (R,)
-        Adam step size of each run.
+        Step size of each run.
     mean, scale_tril : ndarray (R, D) and (R, D, D)
         Final q = N(mean, L L^T) of each run (NaN where a run's parameters overflowed).
     steps : ndarray (T,)
@@ -428,189 +518,53 @@ class ParallelVIResult:
     model_evaluations: int
 
 
-def _batched_log_q(z: torch.Tensor, mu: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu_r, L_r L_r^T) for z (R, S, D), mu (R, D), low (R, D, D) -> (R, S)."""
-    diff = (z - mu[:, None, :]).transpose(1, 2)
-    white = torch.linalg.solve_triangular(low, diff, upper=False)
-    log_det = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1, keepdim=True)
-    return -0.5 * (white**2).sum(1) - log_det - 0.5 * mu.shape[-1] * math.log(2 * math.pi)
-
-
-def _score_cv_gradients(log_p: Callable[[torch.Tensor], torch.Tensor], mu: torch.Tensor,
-                        raw: torch.Tensor, low: torch.Tensor, eps: torch.Tensor,
-                        family: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Negative ELBO gradients (for descent) of the ``"score-cv"`` estimator.
-
-    With z = mu + L eps the scores at fixed z are d log q / d mu = L^{-T} eps and
-    d log q / d L = tril(L^{-T} eps eps^T) - diag(1 / L_ii) (the diagonal of L is
-    softplus(raw), hence the factor sigmoid(raw_ii)); the entropy sum_i log L_ii + const
-    contributes sigmoid(raw_ii) / L_ii. Shapes: mu (R, D), raw (R, D) or (R, D, D),
-    low (R, D, D), eps (R, S, D).
-    """
-    with torch.no_grad():
-        z = mu[:, None, :] + eps @ low.transpose(1, 2)
-        f = log_p(z)                                                   # (R, S)
-        diag = torch.diagonal(low, dim1=1, dim2=2)                     # (R, D)
-        v = torch.linalg.solve_triangular(low.transpose(1, 2), eps.transpose(1, 2),
-                                          upper=True).transpose(1, 2)  # L^{-T} eps
-        if family == "diagonal":
-            slope = torch.sigmoid(raw)                                 # dL_ii / draw_i
-            h_raw = (eps**2 - 1) / diag[:, None, :] * slope[:, None, :]
-            ent_raw = slope / diag
-        else:
-            slope = torch.sigmoid(torch.diagonal(raw, dim1=1, dim2=2))
-            h_low = (torch.tril(v[..., :, None] * eps[..., None, :])
-                     - torch.diag_embed(1 / diag)[:, None])
-            chain = torch.tril(torch.ones_like(low), -1) + torch.diag_embed(slope)
-            h_raw = h_low * chain[:, None]
-            ent_raw = torch.diag_embed(slope / diag)
-
-        return -_loo_controlled(f, v), -(_loo_controlled(f, h_raw) + ent_raw)
-
-
-def _loo_controlled(f: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Mean over axis 1 of f h - a h, a = Cov(f h, h) / Var(h) per coordinate.
-
-    f (R, S), h (R, S, ...). Each sample's coefficient comes from the other S - 1
-    samples (leave one out), independent of its own h, so that E[a h] = E[a] E[h] = 0:
-    unbiased.
-    """
-    shape = (*f.shape, *([1] * (h.ndim - 2)))
-    fh = f.reshape(shape) * h
-    n = h.shape[1] - 1
-    sum_h, sum_fh = h.sum(1, keepdim=True) - h, fh.sum(1, keepdim=True) - fh
-    sum_hh = (h * h).sum(1, keepdim=True) - h * h
-    sum_fhh = (fh * h).sum(1, keepdim=True) - fh * h
-    var_h = sum_hh - sum_h**2 / n
-    cov = sum_fhh - sum_fh * sum_h / n
-    a = torch.where(var_h > 0, cov / torch.where(var_h > 0, var_h, 1.0), 0.0)
-    return (fh - a * h).mean(1)
-
-
-SCORE_ESTIMATORS = ("score", "score-cv")
-
-
-def gaussian_score_gradient_estimates(
-    log_joint: Callable[[torch.Tensor], torch.Tensor],
-    mu,
-    scale_tril,
-    num_samples: int,
-    num_repeats: int = 1,
-    *,
-    estimator: str = "score",
-    generator: torch.Generator | None = None,
-) -> dict[str, torch.Tensor]:
-    """R independent S-sample score-function estimates of the ELBO gradient.
-
-    For q = N(mu, L L^T), in the coordinates (mu, L) (L lower triangular), the two
-    score-function estimators of :func:`fit_gaussian_vi_parallel`:
-
-    ``"score"``
-        (1/S) sum_s (f_s - b_s) grad log q(z_s), f = log p(x, z) - log q(z), with the
-        leave-one-out baseline b_s (Monte Carlo entropy).
-    ``"score-cv"``
-        the score function of E_q[log p(x, z)] with one control-variate coefficient per
-        coordinate from the other S - 1 samples (f = log p), plus the entropy's
-        gradient in closed form, diag(1 / L_ii) for L.
-
-    The scores at fixed z are grad_mu log q = L^{-T} eps and
-    grad_L log q = tril(L^{-T} eps eps^T) - diag(1 / L_ii).
-
-    Returns
-    -------
-    dict
-        ``{"mu": tensor (R, D), "scale_tril": tensor (R, D, D)}``: the estimates.
-        Chapter 5.
-    """
-    if estimator not in SCORE_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {SCORE_ESTIMATORS}, got {estimator!r}")
-    if not callable(log_joint):
-        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
-    mu_t = torch.as_tensor(as_float_array(mu, "mu", ndim=1), dtype=DTYPE)
-    low = torch.as_tensor(as_float_array(scale_tril, "scale_tril", ndim=2), dtype=DTYPE)
-    d = mu_t.shape[0]
-    if tuple(low.shape) != (d, d) or not bool(torch.all(torch.diagonal(low) > 0)):
-        raise ValueError(f"scale_tril must be ({d}, {d}) with a positive diagonal")
-    low = torch.tril(low)
-    s = check_positive_int(num_samples, "num_samples", 3 if estimator == "score-cv" else 2)
-    r = check_positive_int(num_repeats, "num_repeats")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, "
-                        f"got {type(generator).__name__}")
-    with torch.no_grad():
-        eps = torch.randn(r, s, d, dtype=DTYPE, generator=generator)
-        z = mu_t + eps @ low.T
-        log_p = log_joint(z.reshape(-1, d))
-        if not isinstance(log_p, torch.Tensor) or tuple(log_p.shape) != (r * s,):
-            raise ValueError(f"log_joint must map samples of shape (N, {d}) to shape (N,)")
-        log_p = log_p.reshape(r, s)
-        v = torch.linalg.solve_triangular(low.T, eps.transpose(1, 2),
-                                          upper=True).transpose(1, 2)
-        inv_diag = torch.diag_embed(1 / torch.diagonal(low))
-        h_low = torch.tril(v[..., :, None] * eps[..., None, :]) - inv_diag
-        if estimator == "score":
-            log_q = (-0.5 * (eps**2).sum(-1) - torch.log(torch.diagonal(low)).sum()
-                     - 0.5 * d * math.log(2 * math.pi))
-            f = log_p - log_q
-            w = f - (f.sum(1, keepdim=True) - f) / (s - 1)
-            return {"mu": (w[..., None] * v).mean(1),
-                    "scale_tril": (w[..., None, None] * h_low).mean(1)}
-        return {"mu": _loo_controlled(log_p, v),
-                "scale_tril": _loo_controlled(log_p, h_low) + inv_diag}
-
-
 def fit_gaussian_vi_parallel(
     log_joint: Callable[[torch.Tensor], torch.Tensor],
-    dim: int,
+    family: DiagonalGaussian | FullRankGaussian,
     lrs,
     *,
-    family: str = "diagonal",
-    estimator: str = "pathwise",
+    objective: VariationalObjective | None = None,
     num_samples: int = 8,
     num_steps: int = 1000,
-    baseline: None | float | str = "leave-one-out",
     eval_every: int = 100,
     eval_samples: int = 256,
     final_samples: int = 4096,
-    init_scale: float = 0.1,
+    optimizer: RunwiseOptimizerFactory | None = None,
     seed: int = 0,
 ) -> ParallelVIResult:
     """Run ``len(lrs)`` independent Gaussian black-box VI runs in parallel.
 
-    The same algorithm as :func:`fit_vi` with :class:`DiagonalGaussian` or
-    :class:`FullRankGaussian` (q = N(mean, L L^T), softplus diagonal, mean = 0 and
-    L = init_scale I at the start, Adam), but
-    every run has its own step size and its own noise, and all runs advance in one
-    batched computation. Repeating a step size in ``lrs`` gives independent replicates
-    (seeds) of that setting. Chapter 5 uses it for a step-size sweep of the estimators.
+    The algorithm of :func:`fit_vi` (by default with Adam, one step size per run:
+    :class:`RunwiseAdam`) on a :class:`DiagonalGaussian` or
+    :class:`FullRankGaussian` built with ``num_runs = len(lrs)``, but every run has its
+    own step size and its own noise, a run that diverges goes on as NaN without
+    stopping the others, and all runs advance in one batched computation. Repeating a
+    step size in ``lrs`` gives independent replicates (seeds) of that setting. Chapter
+    5 uses it for a step-size sweep of the estimators.
 
     Parameters
     ----------
     log_joint : callable
         Maps samples (N, D) to log p(x, z) of shape (N,).
-    dim : int
+    family : DiagonalGaussian or FullRankGaussian
+        With ``num_runs = len(lrs)``; trained in place from its current parameters.
     lrs : array_like of float > 0, shape (R,)
-    family : {"diagonal", "full"}
-    estimator : {"pathwise", "path-derivative", "score", "score-cv"}
-        Pathwise with closed-form entropy (the gradient of ``monte_carlo_elbo`` through
-        ``rsample``), the path-derivative estimator of Roeder et al. (2017), the
-        score-function estimator of Ranganath et al. (2014) with ``baseline`` and the
-        Monte Carlo entropy (f = log p - log q inside the expectation), or
-        ``"score-cv"``: the score function applied to E_q[log p] only, the Gaussian
-        entropy's gradient in closed form, and the score itself as a control variate
-        with one coefficient per parameter coordinate p,
-        a_p = Cov(f h_p, h_p) / Var(h_p) (h_p the score coordinate, f = log p;
-        Ranganath et al. 2014, section 3.2), estimated for each sample from the
-        other S - 1 samples of the step so that the estimator stays unbiased (needs
-        S >= 3).
-        ``baseline`` is ignored by every estimator but ``"score"``.
+        Step size of each run.
+    objective : VariationalObjective, optional
+        Default :class:`~elbo_lib.objectives.PathwiseELBO` (closed-form entropy). The
+        book's objectives use the sweep's noise through their
+        :meth:`~elbo_lib.objectives.VariationalObjective.gaussian_runs_loss`; another
+        objective is called through its ``surrogate`` (its noise then comes from
+        torch's global generator, and a non-finite run stops the sweep).
     num_samples, num_steps : int
         S samples of q per step (S model evaluations per run and step) and steps.
-    baseline : None, float or "leave-one-out"
-        Score function only.
     eval_every, eval_samples, final_samples : int
         ELBO trace every ``eval_every`` steps; final ELBO from ``final_samples``.
-    init_scale : float
+    optimizer : callable, optional
+        A factory ``(params, lrs) -> torch.optim.Optimizer`` given the family's batched
+        parameters (leading axis: the run) and the step sizes as a tensor (R,); default
+        :class:`RunwiseAdam`. A torch optimiser with one step size for all runs is
+        ``lambda params, lrs: torch.optim.SGD(params, lr=float(lrs[0]))``.
     seed : int
         Seed of the private torch generator that draws every run's noise (so that a
         sweep's runs do not depend on what ran before it).
@@ -621,45 +575,39 @@ def fit_gaussian_vi_parallel(
 
     Raises
     ------
-    ValueError
-        For a bad size, step size, family, estimator or baseline.
+    TypeError, ValueError
+        For a bad family, objective, optimiser, size, step size or seed.
     """
     if not callable(log_joint):
         raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
-    dim = check_positive_int(dim, "dim")
+    if not isinstance(family, DiagonalGaussian | FullRankGaussian):
+        raise TypeError(f"family must be a DiagonalGaussian or FullRankGaussian, got "
+                        f"{type(family).__name__}")
+    objective = _check_objective(objective)
     lrs_np = np.atleast_1d(as_float_array(lrs, "lrs", ndim=1))
     if np.any(lrs_np <= 0):
         raise ValueError(f"lrs must be > 0 (every step size), got minimum {lrs_np.min()!r}")
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    if estimator not in PARALLEL_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {PARALLEL_ESTIMATORS}, "
-                         f"got {estimator!r}")
-    if estimator != "score":
-        baseline = None
-    num_samples = check_positive_int(num_samples, "num_samples",
-                                     3 if estimator == "score-cv" else 1)
-    baseline = check_baseline(baseline, num_samples)
+    if lrs_np.size != family.num_runs:
+        raise ValueError(f"lrs must give one step size per run of the family "
+                         f"(num_runs = {family.num_runs}), got {lrs_np.size}")
+    num_samples = check_positive_int(num_samples, "num_samples", objective.min_samples())
     num_steps = check_positive_int(num_steps, "num_steps")
     eval_every = check_positive_int(eval_every, "eval_every")
     eval_samples = check_positive_int(eval_samples, "eval_samples")
     final_samples = check_positive_int(final_samples, "final_samples")
-    init_scale = check_positive(init_scale, "init_scale")
     gen = torch.Generator().manual_seed(check_positive_int(seed, "seed", minimum=0))
-    r, d, s = lrs_np.size, dim, num_samples
-    raw0 = _inverse_softplus(init_scale)
-    mu = torch.zeros(r, d, dtype=DTYPE, requires_grad=True)
-    if family == "diagonal":
-        raw = torch.full((r, d), raw0, dtype=DTYPE, requires_grad=True)
-    else:
-        raw = torch.diag_embed(torch.full((r, d), raw0, dtype=DTYPE)).requires_grad_(True)
-    entropy_const = 0.5 * d * (1.0 + math.log(2 * math.pi))
+    r, d, s = lrs_np.size, family.dim, num_samples
+    diagonal = isinstance(family, DiagonalGaussian)
+    raw_leaf = family.raw_std if diagonal else family.raw_scale_tril
+    raw_shape = (r, d) if diagonal else (r, d, d)
+    leaves = (family.mean, raw_leaf)
 
-    def tril_of(raw_t: torch.Tensor) -> torch.Tensor:
-        if family == "diagonal":
-            return torch.diag_embed(softplus(raw_t))
-        return (torch.tril(raw_t, -1)
-                + torch.diag_embed(softplus(torch.diagonal(raw_t, dim1=1, dim2=2))))
+    def batched() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """mean (R, D), raw (R, D) or (R, D, D), L (R, D, D): views of the parameters."""
+        return (family.mean.reshape(r, d), raw_leaf.reshape(raw_shape),
+                family.scale_tril().reshape(r, d, d))
+
+    entropy_const = 0.5 * d * (1.0 + math.log(2 * math.pi))
 
     def log_p(z: torch.Tensor) -> torch.Tensor:
         flat = given = z.reshape(-1, d)
@@ -679,59 +627,38 @@ def fit_gaussian_vi_parallel(
             out[bad] = given[bad].sum(-1) * float("nan")
         return out.reshape(z.shape[0], z.shape[1])
 
-    def elbo_of(mu_t, low, num) -> np.ndarray:
+    def elbo_of(num) -> np.ndarray:
         with torch.no_grad():
+            mu_t, _, low = batched()
             eps = torch.randn(r, num, d, dtype=DTYPE, generator=gen)
             z = mu_t[:, None, :] + eps @ low.transpose(1, 2)
             ent = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1) + entropy_const
-            return (log_p(z).mean(1) + ent).numpy()
+            return (log_p(z).mean(1) + ent).detach().numpy()
 
-    lr_t = torch.as_tensor(lrs_np, dtype=DTYPE)
-    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
-    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (mu, raw)]
-    steps, trace = [0], [elbo_of(mu.detach(), tril_of(raw.detach()), eval_samples)]
+    opt = _make_runwise_optimizer(optimizer, list(leaves),
+                                  torch.as_tensor(lrs_np, dtype=DTYPE))
+    steps, trace = [0], [elbo_of(eval_samples)]
     if not np.all(np.isfinite(trace[0])):
-        raise ValueError(f"log_joint is not finite at the starting point q = N(0, "
-                         f"{init_scale:g}^2 I) (step 0): every run would start diverged")
+        raise ValueError("log_joint is not finite at the starting point of the family "
+                         "(step 0): every run would start diverged")
     for step in range(1, num_steps + 1):
-        low = tril_of(raw)
+        mu, raw, low = batched()
         eps = torch.randn(r, s, d, dtype=DTYPE, generator=gen)
-        if estimator == "score-cv":
-            grads = _score_cv_gradients(log_p, mu.detach(), raw.detach(), low.detach(),
-                                        eps, family)
-        elif estimator == "score":
-            with torch.no_grad():
-                z = mu[:, None, :] + eps @ low.transpose(1, 2)
-            log_q = _batched_log_q(z, mu, low)
-            with torch.no_grad():
-                w = apply_baseline(log_p(z) - log_q, baseline, allow_nonfinite=True)
-            objective = (w * log_q).mean(1)
-        else:
-            z = mu[:, None, :] + eps @ low.transpose(1, 2)
-            if estimator == "pathwise":
-                ent = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1)
-                objective = log_p(z).mean(1) + ent
-            else:
-                objective = (log_p(z) - _batched_log_q(z, mu.detach(),
-                                                       low.detach())).mean(1)
-        if estimator != "score-cv":
-            grads = torch.autograd.grad(-objective.sum(), (mu, raw))
-        with torch.no_grad():
-            for p, g, (m1, m2) in zip((mu, raw), grads, state, strict=True):
-                m1.mul_(beta1).add_(g, alpha=1 - beta1)
-                m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (m2 / (1 - beta2**step)).sqrt_().add_(adam_eps)
-                lr_b = lr_t.reshape(-1, *([1] * (p.ndim - 1)))
-                p.sub_(lr_b * (m1 / (1 - beta1**step)) / denom)
+        loss = objective.gaussian_runs_loss(log_p, mu, raw, low, eps)
+        for p, g in zip(leaves, torch.autograd.grad(loss, leaves), strict=True):
+            p.grad = g
+        opt.step()
         if step % eval_every == 0 or step == num_steps:
             steps.append(step)
-            trace.append(elbo_of(mu.detach(), tril_of(raw.detach()), eval_samples))
-    low = tril_of(raw.detach())
-    final = elbo_of(mu.detach(), low, final_samples)
+            trace.append(elbo_of(eval_samples))
+    final = elbo_of(final_samples)
+    with torch.no_grad():
+        mu, _, low = batched()
     elbo = np.stack(trace, axis=1)
     diverged = ~np.isfinite(final) | (final < elbo[:, 0])
-    return ParallelVIResult(lrs_np, mu.detach().numpy(), low.numpy(), np.asarray(steps),
-                            elbo, final, diverged, num_steps * num_samples)
+    return ParallelVIResult(lrs_np, mu.detach().numpy().copy(), low.detach().numpy().copy(),
+                            np.asarray(steps), elbo, final, diverged,
+                            num_steps * num_samples)
 
 
 @dataclass

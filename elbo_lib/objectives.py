@@ -1,0 +1,482 @@
+"""Variational objectives as objects: what a VI loop maximises, and how (chapters 5, 7).
+
+An *objective* is an object with one method, :meth:`VariationalObjective.surrogate`
+``(log_joint, q, num_samples) -> Surrogate(loss, estimate)``: from ``num_samples``
+samples of q it returns a scalar ``loss`` whose gradient is the objective's (negated)
+gradient estimate, and the objective's ``estimate`` (detached, one value per member of
+q's batch). The loop (:func:`elbo_lib.variational.fit_vi`) only minimises ``loss``, so
+a new bound is a new class and no edit of the loop, as Pyro hands an ``ELBO`` object to
+``SVI``. The book's estimators of the ELBO gradient are instances:
+
+========================  =============================================================
+``PathwiseELBO()``        reparameterisation through ``rsample`` (Kingma and Welling
+                          2014; Rezende et al. 2014)
+``PathDerivativeELBO()``  the path derivative, "sticking the landing" (Roeder, Wu and
+                          Duvenaud 2017): log q's parameters held fixed
+``ScoreFunctionELBO(b)``  the score function with a baseline b (Ranganath, Gerrish and
+                          Blei 2014)
+``ScoreControlVariateELBO()``  the score function of E_q[log p] with one control-variate
+                          coefficient per coordinate and the Gaussian entropy's exact
+                          gradient (Ranganath et al. 2014, section 3.2)
+``ImportanceWeightedBound(k)``  the importance-weighted bound of Burda, Grosse and
+                          Salakhutdinov (2016), pathwise
+========================  =============================================================
+
+Each object names its estimator by ``estimator``, a word of the book's one vocabulary
+:data:`elbo_lib.gradients.ESTIMATORS`, which the gradient measurements of
+:mod:`elbo_lib.gradients` share. The step-size sweep
+(:func:`elbo_lib.variational.fit_gaussian_vi_parallel`) trains many Gaussians at once
+and asks an objective for :meth:`VariationalObjective.gaussian_runs_loss`; the book's
+objectives implement it in closed form, and any other objective gets it from
+:meth:`~VariationalObjective.surrogate`, so a new bound runs in the sweep unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+
+from elbo_lib._validation import check_positive_int
+from elbo_lib.bounds import (
+    importance_weighted_bound,
+    monte_carlo_elbo,
+    score_function_elbo_surrogate,
+)
+from elbo_lib.gradients import (
+    ESTIMATORS,
+    apply_baseline,
+    check_baseline,
+    leave_one_out_control_variate,
+)
+
+__all__ = [
+    "ESTIMATORS",
+    "ImportanceWeightedBound",
+    "PathDerivativeELBO",
+    "PathwiseELBO",
+    "ScoreControlVariateELBO",
+    "ScoreFunctionELBO",
+    "Surrogate",
+    "VariationalObjective",
+]
+
+LogJoint = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Surrogate(NamedTuple):
+    """What an objective returns for one step.
+
+    Attributes
+    ----------
+    loss : torch.Tensor
+        Scalar to minimise: its gradient is minus the objective's gradient estimate
+        (summed over the members of a q with batch shape (R,)).
+    estimate : torch.Tensor
+        The objective's Monte Carlo estimate, detached, of shape q.batch_shape.
+    """
+
+    loss: torch.Tensor
+    estimate: torch.Tensor
+
+
+def _check_q(q) -> Distribution:
+    if not isinstance(q, Distribution):
+        raise TypeError(f"q must be a torch.distributions.Distribution, got "
+                        f"{type(q).__name__}")
+    if len(q.batch_shape) > 1 or len(q.event_shape) != 1:
+        raise ValueError(f"q must have event shape (D,) and batch shape () or (R,), got "
+                         f"{tuple(q.event_shape)} and {tuple(q.batch_shape)}")
+    return q
+
+
+def _log_joint_of(log_joint: LogJoint, z: torch.Tensor) -> torch.Tensor:
+    """log_joint at z of shape (*lead, D), the lead axes stacked for the call."""
+    if not callable(log_joint):
+        raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
+    lead = z.shape[:-1]
+    flat = z.reshape(-1, z.shape[-1])
+    out = log_joint(flat)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (flat.shape[0],):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"log_joint must return a tensor of shape ({flat.shape[0]},) for "
+                         f"samples of shape {tuple(flat.shape)}, got {shape}")
+    return out.reshape(lead)
+
+
+def _finite(terms: torch.Tensor, what: str) -> torch.Tensor:
+    if not bool(torch.isfinite(terms).all()):
+        raise ValueError(f"{what} must be finite for every sample")
+    return terms
+
+
+def _runs_of_q(mean: torch.Tensor, scale_tril: torch.Tensor) -> MultivariateNormal:
+    return MultivariateNormal(mean, scale_tril=scale_tril, validate_args=False)
+
+
+def _gaussian_parts(q: Distribution) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(mean, scale_tril, diagonal) of a Gaussian q, or a TypeError naming q."""
+    if isinstance(q, MultivariateNormal):
+        return q.loc, q.scale_tril, False
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) \
+            and q.reinterpreted_batch_ndims == 1:
+        return q.base_dist.loc, torch.diag_embed(q.base_dist.scale), True
+    raise TypeError(f"q must be a Gaussian (MultivariateNormal or Independent(Normal, 1)) "
+                    f"for this objective, got {type(q).__name__}")
+
+
+def _batched_log_q(z: torch.Tensor, mu: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu_r, L_r L_r^T) for z (R, S, D), mu (R, D), low (R, D, D) -> (R, S)."""
+    diff = (z - mu[:, None, :]).transpose(1, 2)
+    white = torch.linalg.solve_triangular(low, diff, upper=False)
+    log_det = torch.log(torch.diagonal(low, dim1=1, dim2=2)).sum(-1, keepdim=True)
+    return -0.5 * (white**2).sum(1) - log_det - 0.5 * mu.shape[-1] * math.log(2 * math.pi)
+
+
+def _check_runs_arguments(log_p, mean, raw, scale_tril, eps) -> None:
+    """Shapes of :meth:`VariationalObjective.gaussian_runs_loss`'s arguments (no pass
+    over the values: the sweep calls it every step)."""
+    if not callable(log_p):
+        raise TypeError(f"log_p must be callable, got {type(log_p).__name__}")
+    for name, value in (("mean", mean), ("raw", raw), ("scale_tril", scale_tril),
+                        ("eps", eps)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise TypeError(f"{name} must be a real floating torch.Tensor, got "
+                            f"{type(value).__name__}")
+    if mean.ndim != 2:
+        raise ValueError(f"mean must have shape (R, D), got {tuple(mean.shape)}")
+    r, d = mean.shape
+    if tuple(raw.shape) not in ((r, d), (r, d, d)):
+        raise ValueError(f"raw must have shape ({r}, {d}) or ({r}, {d}, {d}), got "
+                         f"{tuple(raw.shape)}")
+    if tuple(scale_tril.shape) != (r, d, d):
+        raise ValueError(f"scale_tril must have shape ({r}, {d}, {d}), got "
+                         f"{tuple(scale_tril.shape)}")
+    if eps.ndim != 3 or eps.shape[0] != r or eps.shape[2] != d or eps.shape[1] < 1:
+        raise ValueError(f"eps must have shape ({r}, S, {d}) with S >= 1, got "
+                         f"{tuple(eps.shape)}")
+
+
+class VariationalObjective:
+    """Base class of variational objectives: subclass it and implement :meth:`surrogate`.
+
+    Attributes
+    ----------
+    estimator : str
+        How the gradient is formed, a word of :data:`elbo_lib.gradients.ESTIMATORS`.
+    differentiates_log_joint : bool
+        True when the gradient flows through ``log_joint`` (pathwise estimators): a loop
+        then refuses a ``log_joint`` that carries no gradient with respect to z.
+    supports_runs : bool
+        True when :meth:`surrogate` accepts a q with batch shape (R,) (R runs).
+    """
+
+    estimator: str = "pathwise"
+    differentiates_log_joint: bool = True
+    supports_runs: bool = True
+
+    def min_samples(self) -> int:
+        """The fewest samples per step the objective needs (1 unless a baseline needs 2)."""
+        return 1
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """One step's loss and estimate from ``num_samples`` samples of q.
+
+        Parameters
+        ----------
+        log_joint : callable
+            Maps samples (N, D) to log p(x, z), shape (N,).
+        q : torch.distributions.Distribution
+            Event shape (D,), batch shape () or (R,) (R independent runs, whose samples
+            reach ``log_joint`` stacked).
+        num_samples : int
+            Samples S of q per member.
+
+        Returns
+        -------
+        Surrogate
+        """
+        if not callable(log_joint):
+            raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
+        _check_q(q)
+        check_positive_int(num_samples, "num_samples", self.min_samples())
+        raise NotImplementedError(f"{type(self).__name__} must implement surrogate()")
+
+    def gaussian_runs_loss(self, log_p: Callable[[torch.Tensor], torch.Tensor],
+                           mean: torch.Tensor, raw: torch.Tensor, scale_tril: torch.Tensor,
+                           eps: torch.Tensor) -> torch.Tensor:
+        """The loss of R Gaussian runs q_r = N(mean_r, L_r L_r^T) from given noise.
+
+        What :func:`elbo_lib.variational.fit_gaussian_vi_parallel` calls each step. It
+        checks the shapes and calls the hook ``_gaussian_runs_loss``, whose default
+        builds q with batch shape (R,) and calls :meth:`surrogate`, which draws its own
+        samples from torch's global generator (``eps`` gives only S); the book's
+        objectives override the hook with the sweep's closed forms on ``eps``.
+
+        Parameters
+        ----------
+        log_p : callable
+            Maps z (R, S, D) to log p(x, z), shape (R, S) (non-finite runs tolerated).
+        mean : torch.Tensor (R, D)
+        raw : torch.Tensor (R, D) or (R, D, D)
+            The unconstrained scale parameter (diagonal or full family).
+        scale_tril : torch.Tensor (R, D, D)
+            L, a differentiable function of ``raw``.
+        eps : torch.Tensor (R, S, D)
+            Standard normal noise of this step: z = mean + L eps.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar whose gradient with respect to ``mean`` and ``raw`` is minus the
+            sum over runs of the objective's gradient estimates.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If ``log_p`` is not callable, or an argument is not a real floating tensor
+            of its shape.
+        """
+        _check_runs_arguments(log_p, mean, raw, scale_tril, eps)
+        return self._gaussian_runs_loss(log_p, mean, raw, scale_tril, eps)
+
+    def _gaussian_runs_loss(self, log_p, mean, raw, scale_tril, eps) -> torch.Tensor:
+        """The hook of :meth:`gaussian_runs_loss`: by default through :meth:`surrogate`."""
+        def stacked(z: torch.Tensor) -> torch.Tensor:   # (N, D) -> (N,)
+            return log_p(z[None]).reshape(-1)
+
+        return self.surrogate(stacked, _runs_of_q(mean, scale_tril), eps.shape[1]).loss
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class PathwiseELBO(VariationalObjective):
+    """The ELBO with its pathwise (reparameterisation) gradient.
+
+    E_q[log p(x, z) - log q(z)] by :func:`elbo_lib.bounds.monte_carlo_elbo`,
+    differentiated through ``q.rsample`` (Kingma and Welling 2014; Rezende et al. 2014).
+    In the Gaussian sweep the entropy is in closed form (sum_i log L_ii + const), whose
+    gradient is, sample by sample, the same. Chapters 5 and 7.
+    """
+
+    estimator = "pathwise"
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """See :meth:`VariationalObjective.surrogate`."""
+        q = _check_q(q)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        if q.batch_shape == ():
+            elbo = monte_carlo_elbo(log_joint, q, num_samples)
+        else:
+            elbo = _elbo_of_runs(log_joint, q, num_samples)
+        return Surrogate(-elbo.sum(), elbo.detach())
+
+    def _gaussian_runs_loss(self, log_p, mean, raw, scale_tril, eps) -> torch.Tensor:
+        """The closed form on ``eps`` (see :meth:`VariationalObjective.gaussian_runs_loss`)."""
+        z = mean[:, None, :] + eps @ scale_tril.transpose(1, 2)
+        ent = torch.log(torch.diagonal(scale_tril, dim1=1, dim2=2)).sum(-1)
+        return -(log_p(z).mean(1) + ent).sum()
+
+
+def _elbo_of_runs(log_joint: LogJoint, q: Distribution, num_samples: int) -> torch.Tensor:
+    """Pathwise Monte Carlo ELBO of each member of a q with batch shape (R,), shape (R,).
+
+    The R members' samples (S, R, D) go to ``log_joint`` stacked as (S * R, D), so a
+    log-joint written for one q serves every run.
+    """
+    z = q.rsample((num_samples,))
+    s, r = z.shape[:2]
+    log_p = log_joint(z.reshape(s * r, *z.shape[2:]))
+    if not isinstance(log_p, torch.Tensor) or log_p.shape != (s * r,):
+        shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
+        raise ValueError(f"log_joint must return a tensor of shape ({s * r},) for the "
+                         f"{r} runs' samples stacked, got {shape}")
+    terms = log_p.reshape(s, r) - q.log_prob(z)
+    if not bool(torch.isfinite(terms).all()):
+        raise ValueError("log_joint(z) - q.log_prob(z) must be finite for every sample "
+                         "of every run")
+    return terms.mean(0)
+
+
+class PathDerivativeELBO(VariationalObjective):
+    """The ELBO with the path-derivative gradient (Roeder, Wu and Duvenaud 2017).
+
+    Only the path through z: log q's parameters are held fixed, so the score term, of
+    mean zero, is dropped; at q = p(z | x) every sample's gradient is zero. Needs a
+    Gaussian q (its parameters are rebuilt detached). Chapter 5.
+    """
+
+    estimator = "path-derivative"
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """See :meth:`VariationalObjective.surrogate`."""
+        q = _check_q(q)
+        mean, low, _ = _gaussian_parts(q)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        z = q.rsample((num_samples,))                                   # (S, *R, D)
+        fixed = MultivariateNormal(mean.detach(), scale_tril=low.detach(),
+                                   validate_args=False)
+        terms = _finite(_log_joint_of(log_joint, z) - fixed.log_prob(z),
+                        "log_joint(z) - q.log_prob(z)")
+        elbo = terms.mean(0)
+        return Surrogate(-elbo.sum(), elbo.detach())
+
+    def _gaussian_runs_loss(self, log_p, mean, raw, scale_tril, eps) -> torch.Tensor:
+        """The closed form on ``eps`` (see :meth:`VariationalObjective.gaussian_runs_loss`)."""
+        z = mean[:, None, :] + eps @ scale_tril.transpose(1, 2)
+        log_q = _batched_log_q(z, mean.detach(), scale_tril.detach())
+        return -(log_p(z) - log_q).mean(1).sum()
+
+
+class ScoreFunctionELBO(VariationalObjective):
+    """The ELBO with the score-function gradient (Ranganath, Gerrish and Blei 2014).
+
+    (1/S) sum_s (w_s - b_s) grad log q(z_s), w = log p - log q, by
+    :func:`elbo_lib.bounds.score_function_elbo_surrogate`: needs only ``sample`` and
+    ``log_prob``, not a differentiable log_joint. One run (batch shape ()) in
+    :func:`~elbo_lib.variational.fit_vi`. Chapter 5.
+
+    Parameters
+    ----------
+    baseline : None, float or "leave-one-out"
+        See :func:`elbo_lib.gradients.check_baseline`.
+    """
+
+    estimator = "score"
+    differentiates_log_joint = False
+    supports_runs = False
+
+    def __init__(self, baseline: None | float | str = "leave-one-out") -> None:
+        self.baseline = check_baseline(baseline, 2)
+
+    def min_samples(self) -> int:
+        """2 for the leave-one-out baseline, else 1."""
+        return 2 if self.baseline == "leave-one-out" else 1
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """See :meth:`VariationalObjective.surrogate`."""
+        q = _check_q(q)
+        if q.batch_shape != ():
+            raise ValueError(f"{type(self).__name__} fits one run (q with batch shape ()), "
+                             f"got batch shape {tuple(q.batch_shape)}")
+        surrogate, estimate = score_function_elbo_surrogate(
+            log_joint, q, num_samples, baseline=self.baseline)
+        return Surrogate(-surrogate, estimate)
+
+    def _gaussian_runs_loss(self, log_p, mean, raw, scale_tril, eps) -> torch.Tensor:
+        """The closed form on ``eps`` (see :meth:`VariationalObjective.gaussian_runs_loss`)."""
+        with torch.no_grad():
+            z = mean[:, None, :] + eps @ scale_tril.transpose(1, 2)
+        log_q = _batched_log_q(z, mean, scale_tril)
+        with torch.no_grad():
+            w = apply_baseline(log_p(z) - log_q, self.baseline, allow_nonfinite=True)
+        return -(w * log_q).mean(1).sum()
+
+
+class ScoreControlVariateELBO(VariationalObjective):
+    """Score function of E_q[log p] with control variates, exact Gaussian entropy.
+
+    For q = N(mu, L L^T) in the coordinates (mu, L): the score function applied to
+    E_q[log p(x, z)] only, with the score itself as a control variate, one coefficient
+    per coordinate p, a_p = Cov(f h_p, h_p) / Var(h_p) (h_p the score coordinate,
+    f = log p), estimated for each sample from the other S - 1 (unbiased; needs
+    S >= 3), plus the entropy's gradient in closed form, diag(1 / L_ii) (Ranganath et
+    al. 2014, section 3.2). The scores at fixed z = mu + L eps are L^{-T} eps and
+    tril(L^{-T} eps eps^T) - diag(1 / L_ii). Gaussian q only. Chapter 5.
+    """
+
+    estimator = "score-cv"
+    differentiates_log_joint = False
+
+    def min_samples(self) -> int:
+        """3: each coefficient is estimated from the other S - 1 >= 2 samples."""
+        return 3
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """See :meth:`VariationalObjective.surrogate`."""
+        q = _check_q(q)
+        mean, low, _ = _gaussian_parts(q)
+        s = check_positive_int(num_samples, "num_samples", 3)
+        single = q.batch_shape == ()
+        mu_b = mean.reshape(-1, mean.shape[-1])
+        low_b = low.reshape(-1, *low.shape[-2:])
+        r, d = mu_b.shape
+        with torch.no_grad():
+            eps = torch.randn(r, s, d, dtype=mu_b.dtype)
+            z = mu_b.detach()[:, None, :] + eps @ low_b.detach().transpose(1, 2)
+            f = _finite(_log_joint_of(log_joint, z), "log_joint(z)")          # (R, S)
+            v = torch.linalg.solve_triangular(low_b.detach().transpose(1, 2),
+                                              eps.transpose(1, 2), upper=True).transpose(1, 2)
+            inv_diag = torch.diag_embed(1 / torch.diagonal(low_b.detach(), dim1=1, dim2=2))
+            h_low = torch.tril(v[..., :, None] * eps[..., None, :]) - inv_diag[:, None]
+            g_mu = leave_one_out_control_variate(f, v)
+            g_low = leave_one_out_control_variate(f, h_low) + inv_diag
+            log_q = _batched_log_q(z, mu_b.detach(), low_b.detach())
+            estimate = (f - log_q).mean(1)
+        loss = -((g_mu * mu_b).sum() + (g_low * low_b).sum())
+        return Surrogate(loss, estimate.reshape(()) if single else estimate)
+
+    def _gaussian_runs_loss(self, log_p, mean, raw, scale_tril, eps) -> torch.Tensor:
+        """The closed form on ``eps`` (see :meth:`VariationalObjective.gaussian_runs_loss`)."""
+        with torch.no_grad():
+            low = scale_tril.detach()
+            z = mean.detach()[:, None, :] + eps @ low.transpose(1, 2)
+            f = log_p(z)                                                   # (R, S)
+            diag = torch.diagonal(low, dim1=1, dim2=2)                     # (R, D)
+            v = torch.linalg.solve_triangular(low.transpose(1, 2), eps.transpose(1, 2),
+                                              upper=True).transpose(1, 2)  # L^{-T} eps
+            if raw.ndim == 2:                                              # diagonal
+                slope = torch.sigmoid(raw.detach())                        # dL_ii / draw_i
+                h_raw = (eps**2 - 1) / diag[:, None, :] * slope[:, None, :]
+                ent_raw = slope / diag
+            else:
+                slope = torch.sigmoid(torch.diagonal(raw.detach(), dim1=1, dim2=2))
+                h_low = (torch.tril(v[..., :, None] * eps[..., None, :])
+                         - torch.diag_embed(1 / diag)[:, None])
+                chain = torch.tril(torch.ones_like(low), -1) + torch.diag_embed(slope)
+                h_raw = h_low * chain[:, None]
+                ent_raw = torch.diag_embed(slope / diag)
+            g_mu = -leave_one_out_control_variate(f, v)
+            g_raw = -(leave_one_out_control_variate(f, h_raw) + ent_raw)
+        # a scalar whose gradient is exactly (g_mu, g_raw)
+        return (g_mu * mean).sum() + (g_raw * raw).sum()
+
+
+class ImportanceWeightedBound(VariationalObjective):
+    """The importance-weighted bound IW_k, pathwise (Burda, Grosse and Salakhutdinov 2016).
+
+    IW_k = E[log (1/k) sum_j p(x, z_j) / q(z_j)], z_j ~ q: the ELBO at k = 1, and
+    increasing to log p(x) as k grows. ``num_samples`` counts the independent k-sample
+    estimates per step (S k model evaluations). Chapters 4 and 6.
+
+    Parameters
+    ----------
+    num_importance : int
+        k >= 1.
+    """
+
+    estimator = "pathwise"
+
+    def __init__(self, num_importance: int) -> None:
+        self.num_importance = check_positive_int(num_importance, "num_importance")
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """See :meth:`VariationalObjective.surrogate`."""
+        q = _check_q(q)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        z = q.rsample((num_samples, self.num_importance))               # (S, k, *R, D)
+        log_w = _finite(_log_joint_of(log_joint, z) - q.log_prob(z),
+                        "log_joint(z) - q.log_prob(z)")
+        bound = importance_weighted_bound(log_w, dim=1).mean(0)
+        return Surrogate(-bound.sum(), bound.detach())
