@@ -11,6 +11,8 @@ bounds
     Estimators of the ELBO and the evidence over a log-joint and a q.
 models
     Models with exact evidence or posterior, used as oracles.
+objectives
+    What a VI loop maximises, as objects (the ELBO under each estimator, IWAE's bound).
 variational
     Variational families as objects and the one VI loop ``fit_vi``.
 gradients

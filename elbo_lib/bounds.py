@@ -352,7 +352,8 @@ def score_function_elbo_surrogate(
 
     the estimator of Ranganath et al. (2014); the term E_q[grad log q] = 0 coming from
     the phi inside log q is dropped, as its expectation is zero. Chapters 5 and 7
-    (:func:`elbo_lib.variational.fit_vi` with ``estimator="score"``).
+    (:func:`elbo_lib.variational.fit_vi` with
+    ``objective=elbo_lib.objectives.ScoreFunctionELBO()``).
 
     Parameters
     ----------
