@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.distributions import Distribution, TransformedDistribution
 from torch.distributions.transforms import AffineTransform, SigmoidTransform, Transform
@@ -176,6 +177,9 @@ def dequantized_log_densities(distribution: Distribution, x: torch.Tensor,
     log-mean-exp over j is the k-sample importance-weighted bound, also <= log P(x) in
     expectation and larger than the mean of the same samples. Evaluated without
     gradients, in chunks of at most ``max_batch`` points. Uses torch's global generator.
+    With a batch of R runs every run is scored at its own u's, so that the runs'
+    estimates are independent (shared u's would correlate them: their spread would
+    understate how much a mean over runs moves under other random numbers).
 
     Parameters
     ----------
@@ -210,9 +214,11 @@ def dequantized_log_densities(distribution: Distribution, x: torch.Tensor,
     with torch.no_grad():
         for start in range(0, num_samples, chunk):
             s = min(chunk, num_samples - start)
-            v = x + torch.rand(s, *x.shape, dtype=torch.float64)
-            if runs:
-                v = v.unsqueeze(-2)              # (s, n, 1, D): scored under every run
+            if runs:                             # (s, n, R, D): each run its own u's
+                v = x.unsqueeze(-2) + torch.rand(s, len(x), *runs, x.shape[1],
+                                                 dtype=torch.float64)
+            else:
+                v = x + torch.rand(s, *x.shape, dtype=torch.float64)
             out.append(distribution.log_prob(v))
     log_p = torch.cat(out)
     if not bool(torch.isfinite(log_p).all()):
@@ -227,7 +233,7 @@ def bits_per_dim(nats, dim: int) -> float | torch.Tensor:
 
     Parameters
     ----------
-    nats : float or torch.Tensor
+    nats : float, NumPy real scalar or torch.Tensor
         Log-likelihood per data point, in nats (<= 0 for a discrete model).
     dim : int
         Dimensions D per data point.
@@ -239,7 +245,8 @@ def bits_per_dim(nats, dim: int) -> float | torch.Tensor:
         if not bool(torch.isfinite(nats).all()):
             raise ValueError("nats must be finite (no NaN or inf)")
         return -nats / (dim * math.log(2.0))
-    if isinstance(nats, bool) or not isinstance(nats, int | float):
+    if isinstance(nats, bool | np.bool_) or not isinstance(nats, int | float | np.integer
+                                                             | np.floating):
         raise TypeError(f"nats must be a real number or tensor, got {type(nats).__name__}")
     if not math.isfinite(nats):
         raise ValueError(f"nats must be finite, got {nats!r}")

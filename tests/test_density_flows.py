@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.autograd.functional import jacobian
@@ -124,6 +125,22 @@ def test_fit_maximum_likelihood_raises_the_bound():
     assert bool((after > before + 0.5).all())
 
 
+def test_runs_are_scored_at_their_own_noise():
+    # each run of a batch is scored at its own u's (shared u's, drawn as (7, 2, D) and
+    # broadcast over the runs, would give other numbers and correlated runs)
+    family = _perturbed(dim=4, num_layers=2, num_runs=3)
+    x = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]], dtype=F64)
+    torch.manual_seed(5)
+    log_p = dequantized_log_densities(family.distribution(), x, 7)
+    assert log_p.shape == (7, 2, 3)
+    torch.manual_seed(5)
+    u = torch.rand(7, 2, 3, 4, dtype=F64)
+    assert float((u[:, :, 0] - u[:, :, 1]).abs().min()) > 0
+    with torch.no_grad():
+        expected = family.distribution().log_prob(x[None, :, None, :] + u)
+    assert torch.allclose(log_p, expected, rtol=0, atol=1e-10)
+
+
 def test_dequantize_and_quantize():
     x = torch.tensor([[0.0, 1.0, 2.0]], dtype=F64)
     v = dequantize(x, levels=3, copies=5)
@@ -138,6 +155,10 @@ def test_bits_per_dim():
     assert bits_per_dim(-64 * math.log(2), 64) == pytest.approx(1.0)
     assert torch.allclose(bits_per_dim(torch.tensor([-math.log(2)]), 1),
                           torch.tensor([1.0]))
+    # NumPy real scalars (a mean over runs) are numbers: the same value as a float
+    assert bits_per_dim(np.float32(-32 * math.log(2)), 64) == pytest.approx(0.5)
+    assert bits_per_dim(np.int64(-64), 64) == pytest.approx(64 / (64 * math.log(2)))
+    assert isinstance(bits_per_dim(np.float32(-1.0), 64), float)
 
 
 _FAMILY = DequantizedFlow(2, 1, hidden=4)
@@ -179,6 +200,8 @@ BAD_INPUTS = {
     ],
     "bits_per_dim": [
         (lambda: bits_per_dim("1", 64), TypeError, r"nats must be"),
+        (lambda: bits_per_dim(np.bool_(True), 64), TypeError, r"nats must be"),
+        (lambda: bits_per_dim(np.float64("nan"), 64), ValueError, r"nats must be finite"),
         (lambda: bits_per_dim(math.inf, 64), ValueError, r"nats must be finite"),
         (lambda: bits_per_dim(torch.tensor([1]), 64), TypeError, r"nats must be"),
         (lambda: bits_per_dim(-1.0, 0), ValueError, r"dim"),
