@@ -374,7 +374,15 @@ READER_JS = r"""
     }
   });
 
-  return {plumbing, wide_tables: wideTables, small_math: smallMath, long_inline: longInline,
+  // --- the sidebar: the book's title once (the title link), not again as an entry
+  const brand = document.querySelector('.bd-sidebar-primary .logo__title');
+  const bookTitle = brand ? clip(brand.textContent, 80) : null;
+  const titles = bookTitle ? [...document.querySelectorAll(
+      '.bd-sidebar-primary .logo__title, .bd-sidebar-primary nav.bd-links a')]
+      .filter(e => shown(e) && clip(e.textContent, 80) === bookTitle).length : 0;
+
+  return {sidebar_title: bookTitle, sidebar_title_count: titles,
+          plumbing, wide_tables: wideTables, small_math: smallMath, long_inline: longInline,
           figures, h2: style('section h2'), h3: style('section h3'), measure,
           parted: parted.slice(0, 20), body_px: bodyPx, title_bars: titleBars,
           admonitions: main.querySelectorAll('.admonition > .admonition-title').length};
@@ -1554,3 +1562,14 @@ def test_pdf_has_every_chapter_with_its_figures_equations_and_solutions(pdf_page
     if images < figures:
         problems.append(f"{images} images in the PDF for the chapters' {figures} figures")
     assert not problems, f"{PDF}:{_listing(problems)}"
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_sidebar_shows_the_book_title_once(visits, page_path):
+    """At 1366 px the sidebar shows the book's title once, as the link to the landing page
+    (rejects the title link followed by the landing page listed under the same title)."""
+    reader = _seen(visits, page_path).reader
+    assert reader["sidebar_title"], f"{page_path}: no book title in the sidebar"
+    assert reader["sidebar_title_count"] == 1, (
+        f"{page_path}: the sidebar shows {reader['sidebar_title']!r} "
+        f"{reader['sidebar_title_count']} times")
