@@ -78,6 +78,7 @@ __all__ = [
     "log_density_u4",
     "refine_flow_posterior",
     "square_grid",
+    "train_flow_vaes",
     "vae_elbo_of",
 ]
 
@@ -299,11 +300,18 @@ def _solve_planar(t: torch.Tensor, wu: torch.Tensor, b: torch.Tensor) -> torch.T
     the bracket, else the bracket's midpoint (bisection), so it converges for every
     wu > -1 (where g' is near 0, or Newton would cycle between the bracket's ends, by
     halving) and in a few steps elsewhere (quadratically), instead of the 60 halvings of
-    plain bisection. Stops when every point's bracket or step is at rounding level.
+    plain bisection. Each point stops when its own bracket or step is at rounding level
+    and leaves the batch, so a few slow points (wu near -1) do not keep every point
+    iterating.
     """
+    shape = torch.broadcast_shapes(t.shape, wu.shape, b.shape)
+    t, wu, b = (v.expand(shape).reshape(-1) for v in (t, wu, b))
     spread = wu.abs() + 1e-12
-    low, high = torch.broadcast_tensors(t - spread, t + spread)
-    a = t.expand_as(low).clone()                    # tanh's range: a root within |wu|
+    low, high = t - spread, t + spread
+    a = t.clone()                                   # tanh's range: a root within |wu|
+    step_before = step_last = 2 * spread            # the last two steps' sizes
+    root = torch.empty_like(a)
+    index = torch.arange(a.numel())                 # the points still being solved
     eps = torch.finfo(a.dtype).eps
     for _ in range(200):                            # halving alone needs ~60 steps
         th = torch.tanh(a + b)
@@ -311,17 +319,30 @@ def _solve_planar(t: torch.Tensor, wu: torch.Tensor, b: torch.Tensor) -> torch.T
         above = g > 0
         high = torch.where(above, a, high)
         low = torch.where(above, low, a)
-        newton = a - g / (1 + wu * (1 - th * th))
+        slope = 1 + wu * (1 - th * th)
+        newton = a - g / slope
         scale = eps * (1 + a.abs())
         settled = (newton - a).abs() <= 4 * scale      # converged: the step is rounding
-        # strictly inside, else Newton can cycle between the bracket's two ends
-        inside = settled | ((newton > low) & (newton < high))
-        step = torch.where(inside, newton, 0.5 * (low + high))
-        done = bool(settled.all()) or bool(((high - low) <= 2 * scale).all())
-        a = step
-        if done:
-            break
-    return a
+        # Newton only strictly inside the bracket (else it can cycle between the
+        # bracket's ends) and only while it at least halves the step before the last
+        # one (else it can creep along one end of the bracket): Press et al.'s rtsafe
+        fast = 2 * (newton - a).abs() <= step_before
+        use = settled | ((newton > low) & (newton < high) & fast)
+        new = torch.where(use, newton, 0.5 * (low + high))
+        step_before, step_last = step_last, (new - a).abs()
+        a = new
+        done = settled | ((high - low) <= 2 * scale)
+        num_done = int(done.sum())
+        if 4 * num_done >= len(index):   # solved points leave the loop (once a quarter
+            root[index[done]] = a[done]  # is solved: later steps cost only the points
+            going = (~done).nonzero().squeeze(1)      # still moving; a solved point
+            index, a, t, wu, b, low, high, step_before, step_last = (  # stays solved)
+                v.index_select(0, going)
+                for v in (index, a, t, wu, b, low, high, step_before, step_last))
+            if not len(index):
+                break
+    root[index] = a
+    return root.reshape(shape)
 
 
 def _sum_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -729,8 +750,13 @@ class _RunLinear(nn.Module):
             raise ValueError(f"x must have shape (..., {self.weight.shape[0]}, "
                              f"{self.weight.shape[1]}) (one row per run), got "
                              f"{tuple(x.shape)}")
-        x = x.expand(*x.shape[:-2], *self.weight.shape[:2])
-        return torch.einsum("...ri,rio->...ro", x, self.weight) + self.bias
+        runs, n_in = self.weight.shape[:2]
+        lead = x.shape[:-2]
+        # (..., R, n_in) -> (R, N, n_in): one batched product per run (baddbmm), cheaper
+        # than einsum's general contraction at these small sizes
+        x = x.expand(*lead, runs, n_in).reshape(-1, runs, n_in).transpose(0, 1)
+        out = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)       # (R, N, n_out)
+        return out.transpose(0, 1).reshape(*lead, runs, -1)
 
 
 class _CouplingNet(nn.Module):
@@ -913,9 +939,17 @@ class _FlowDistribution(TransformedDistribution):
     last dimension) and converts it to float64, the layers' dtype (attribute checks only:
     it runs at every step of a fit)."""
 
+    #: Leading rows of ``value`` per pass when ``log_prob`` scores many points (a
+    #: quadrature grid): each point's result is the same, the working set stays in cache.
+    chunk_rows = 4096
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return super().log_prob(_check_input(value, self.event_shape[-1], "value",
-                                             dtype=torch.float64))
+        value = _check_input(value, self.event_shape[-1], "value", dtype=torch.float64)
+        sample_dims = value.dim() - 1 - len(self.batch_shape)
+        if sample_dims < 1 or value.shape[0] <= self.chunk_rows:
+            return super().log_prob(value)
+        return torch.cat([super(_FlowDistribution, self).log_prob(part)
+                          for part in value.split(self.chunk_rows)])
 
 
 def fit_maximum_likelihood(family: VariationalFamily, samples: torch.Tensor, *,
@@ -1312,15 +1346,32 @@ def vae_elbo_of(model: nn.Module, x: torch.Tensor, q: Distribution,
 
 
 def refine_flow_posterior(model: nn.Module, x: torch.Tensor, num_steps: int,
-                          lr: float = 0.01, num_samples: int = 8
+                          lr: float = 0.01, num_samples: int = 8, *,
+                          start: dict[str, torch.Tensor] | None = None
                           ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """Optimise the encoder's outputs separately for every image (decoder frozen).
 
     The flow version of chapter 6's refinement (Cremer et al. 2018): the base
     Gaussian's mean and log-variance and the K planar layers' (u, w, b) of each image
-    start at the :class:`PlanarFlowEncoder`'s output and follow Adam on that image's
-    ELBO (:func:`vae_elbo_of`, ``num_samples`` samples per step). The images share no
-    parameters, so one batched problem is n independent optimisations. Chapter 7.
+    start at the :class:`PlanarFlowEncoder`'s output (or at ``start``) and follow Adam
+    on that image's ELBO (:func:`vae_elbo_of`, ``num_samples`` samples per step). The
+    images share no parameters, so one batched problem is n independent optimisations.
+    Chapter 7 also uses it to fit one family's q on a decoder trained with another
+    family's encoder (``start`` then comes from that other q).
+
+    Parameters
+    ----------
+    model : elbo_lib.vae.VAE
+        With a :class:`PlanarFlowEncoder`; its K sets the family.
+    x : torch.Tensor, shape (n, num_pixels)
+        Binary images.
+    num_steps : int
+    lr : float
+    num_samples : int
+    start : dict of torch.Tensor, optional
+        Starting outputs with the keys and shapes of ``model.encoder.raw_outputs(x)``
+        (``mean``, ``logvar`` (n, d); for K > 0 also ``u``, ``w`` (K, n, d), ``b``
+        (K, n)); default: the encoder's outputs for x.
 
     Returns
     -------
@@ -1350,8 +1401,22 @@ def refine_flow_posterior(model: nn.Module, x: torch.Tensor, num_steps: int,
     lr = check_positive(lr, "lr")
     num_samples = check_positive_int(num_samples, "num_samples")
     with torch.no_grad():
-        start = model.encoder.raw_outputs(x)
-    params = {name: value.clone().requires_grad_(True) for name, value in start.items()
+        own = model.encoder.raw_outputs(x)
+    if start is not None:
+        needed = {k for k, v in own.items() if v.numel() > 0}
+        if not isinstance(start, dict) or not needed <= set(start):
+            raise TypeError(f"start must be a dict with the keys of "
+                            f"model.encoder.raw_outputs(x) {tuple(own)}")
+        for key, value in own.items():
+            if value.numel() == 0:
+                continue
+            given = _check_tensor(start[key], f"start[{key!r}]")
+            check_finite_tensor(given, f"start[{key!r}]")
+            if given.shape != value.shape:
+                raise ValueError(f"start[{key!r}] must have shape {tuple(value.shape)}, "
+                                 f"got {tuple(given.shape)}")
+            own[key] = given.detach().to(value.dtype)
+    params = {name: value.clone().requires_grad_(True) for name, value in own.items()
               if value.numel() > 0}
     optimizer = torch.optim.Adam(list(params.values()), lr=lr)
     flags = [p.requires_grad for p in model.parameters()]
@@ -1376,3 +1441,167 @@ def refine_flow_posterior(model: nn.Module, x: torch.Tensor, num_steps: int,
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
     return {name: value.detach() for name, value in params.items()}, trace
+
+
+def _stacked_linear(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights (R, n_in, n_out) and biases (R, 1, n_out) of R linear layers, as new
+    leaf tensors (copies) for a batched training loop."""
+    weight = torch.stack([m.weight.detach().T for m in layers]).contiguous()
+    bias = torch.stack([m.bias.detach() for m in layers]).unsqueeze(1).contiguous()
+    return weight.requires_grad_(True), bias.requires_grad_(True)
+
+
+def train_flow_vaes(models: list, x_train: torch.Tensor, x_val: torch.Tensor,
+                    num_epochs: int, generators: list[torch.Generator], *,
+                    batch_size: int = 64, lr: float = 1e-3) -> list:
+    """Train R VAEs with :class:`PlanarFlowEncoder` encoders at once, each as if alone.
+
+    Each model follows :func:`elbo_lib.vae.train_vae` (beta = 1): every epoch a fresh
+    permutation of the training set, minibatches of ``batch_size``, one reparameterised
+    sample per image, the KL in closed form for K = 0 (``kl_divergence`` of the base
+    Gaussian against N(0, I), as :func:`~elbo_lib.vae.kl_to_prior`) and by Monte Carlo
+    (log q(z | x) - log p(z) at the sample) for K > 0, Adam with ``lr``, and the
+    validation ELBO (one sample) at the end of every epoch. Model r draws its
+    permutations and noise from ``generators[r]``, in the order and shapes
+    :func:`~elbo_lib.vae.train_vae` draws them from torch's global generator, so a
+    generator in the state the global one had after seeding and building the model
+    reproduces that model's solo run up to rounding (the products are batched:
+    ``baddbmm`` over the R models instead of one ``addmm`` each). The R models'
+    parameters are stacked, and one step of all of them is one tensor program: the
+    loss is the sum of the models' losses, so each model's gradient (and Adam,
+    elementwise, its step) is that of its own loss. Chapter 7.
+
+    Parameters
+    ----------
+    models : list of elbo_lib.vae.VAE
+        Distinct models with :class:`PlanarFlowEncoder` encoders of one architecture
+        (same K, latent dimension and widths); trained in place.
+    x_train, x_val : torch.Tensor, shape (n, num_pixels)
+        Binary data.
+    num_epochs : int
+    generators : list of torch.Generator
+        One per model; advanced by the draws of its model's training.
+    batch_size : int
+    lr : float
+
+    Returns
+    -------
+    list of elbo_lib.vae.TrainingHistory
+        One per model (``seconds`` is the time of the whole stack).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad arguments, or the first step at which a model's loss is not finite
+        (naming the model, epoch and step); the models are then left unchanged.
+    """
+    import time as _time
+
+    from elbo_lib.vae import VAE, TrainingHistory, bernoulli_log_likelihood
+
+    if isinstance(models, VAE) or not isinstance(models, list | tuple) or not models:
+        raise TypeError(f"models must be a non-empty list of VAE, got {type(models).__name__}")
+    for model in models:
+        if not isinstance(model, VAE) or not isinstance(model.encoder, PlanarFlowEncoder):
+            raise TypeError("models must be elbo_lib.vae.VAE objects with a "
+                            "PlanarFlowEncoder encoder")
+    if len({id(m) for m in models}) != len(models):
+        raise ValueError("models must be distinct objects (each is its own run)")
+    shapes = [{n: tuple(p.shape) for n, p in m.named_parameters()} for m in models]
+    if any(s != shapes[0] for s in shapes):
+        raise ValueError("models must have parameters of the same shapes (one architecture)")
+    if (not isinstance(generators, list | tuple) or len(generators) != len(models)
+            or not all(isinstance(g, torch.Generator) for g in generators)):
+        raise TypeError(f"generators must be a list of {len(models)} torch.Generator "
+                        f"objects, one per model")
+    first = models[0]
+    dtype = first.encoder.inner.weight.dtype
+    if any(p.dtype != dtype for m in models for p in m.parameters()):
+        raise TypeError("every parameter of the models must have one dtype")
+    x_train = _vae._check_data(x_train, first.num_pixels, "x_train", binary=True,
+                               dtype=dtype, batch=True)
+    x_val = _vae._check_data(x_val, first.num_pixels, "x_val", binary=True, dtype=dtype,
+                             batch=True)
+    num_epochs = check_positive_int(num_epochs, "num_epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    lr = check_positive(lr, "lr")
+    num, d, k = len(models), first.latent_dim, first.encoder.num_layers
+    layers = {"inner": [m.encoder.inner for m in models],
+              "outer": [m.encoder.outer for m in models],
+              "dec_in": [m.decoder[0] for m in models],
+              "dec_out": [m.decoder[2] for m in models]}
+    stacked = {name: _stacked_linear(mods) for name, mods in layers.items()}
+    optimizer = torch.optim.Adam([t for pair in stacked.values() for t in pair], lr=lr)
+    zero = torch.zeros(d, dtype=dtype)
+    prior = Independent(Normal(zero, torch.ones_like(zero)), 1)
+
+    def linear(name: str, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = stacked[name]
+        return torch.baddbmm(bias, x, weight)
+
+    def elbo_terms(x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction and KL of each image of each model, (R, b), x (R, b, pixels)."""
+        out = linear("outer", torch.tanh(linear("inner", x)))
+        mean, logvar = out[..., :d], out[..., d:2 * d]
+        base = Independent(Normal(mean, torch.exp(0.5 * logvar)), 1)
+        z = base.base_dist.loc + eps * base.base_dist.scale      # Normal.rsample's form
+        if k == 0:
+            kl = torch.distributions.kl_divergence(base, prior)
+        else:
+            flow = out[..., 2 * d:].reshape(*x.shape[:-1], k, 2 * d + 1).movedim(-2, 0)
+            stack = PlanarStackTransform(flow[..., :d], flow[..., d:2 * d],
+                                         flow[..., 2 * d], validate=False)
+            q = TransformedDistribution(base, [stack])
+            z = stack(z)
+            kl = q.log_prob(z) - _vae._log_prior(z)
+        logits = linear("dec_out", torch.tanh(linear("dec_in", z)))
+        return bernoulli_log_likelihood(x, logits), kl
+
+    def noise(rows: int) -> torch.Tensor:
+        return torch.stack([torch.empty(rows, d, dtype=dtype).normal_(generator=g)
+                            for g in generators])
+
+    histories = [TrainingHistory() for _ in models]
+    n, where = len(x_train), "train_flow_vaes"
+    start = _time.perf_counter()
+    with _vae._trusted():   # the data are checked above and every loss is checked
+        for epoch in range(num_epochs):
+            totals = torch.zeros(num, 2, dtype=torch.float64)
+            order = torch.stack([torch.randperm(n, generator=g) for g in generators])
+            for step, idx in enumerate(order.split(batch_size, dim=1)):
+                x = x_train[idx]                                          # (R, b, pixels)
+                reconstruction, kl = elbo_terms(x, noise(x.shape[1]))
+                loss = -(reconstruction - kl).mean(-1)                     # (R,)
+                bad = (~torch.isfinite(loss)).nonzero()
+                if len(bad):
+                    raise ValueError(_vae._stopped(
+                        where, epoch, num_epochs, step, lr,
+                        f"the loss of model {int(bad[0, 0])} is not finite"))
+                optimizer.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                optimizer.step()
+                totals += torch.stack([reconstruction.detach().sum(-1),
+                                       kl.detach().sum(-1)], dim=1).double()
+            with torch.no_grad():
+                rec_v, kl_v = elbo_terms(x_val.expand(num, *x_val.shape),
+                                         noise(len(x_val)))
+                bad = (~torch.isfinite((rec_v - kl_v).mean(-1))).nonzero()
+            if len(bad):
+                raise ValueError(_vae._stopped(
+                    where, epoch, num_epochs, None, lr,
+                    f"the validation ELBO of model {int(bad[0, 0])} is not finite"))
+            for i, history in enumerate(histories):
+                rec, kl_mean = (totals[i] / n).tolist()
+                rv, kv = float(rec_v[i].mean()), float(kl_v[i].mean())
+                history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean},
+                               {"elbo": rv - kv, "reconstruction": rv, "kl": kv})
+    seconds = _time.perf_counter() - start
+    with torch.no_grad():
+        for name, mods in layers.items():
+            weight, bias = stacked[name]
+            for i, m in enumerate(mods):
+                m.weight.copy_(weight[i].T)
+                m.bias.copy_(bias[i, 0])
+    for history in histories:
+        history.seconds = seconds
+    return histories

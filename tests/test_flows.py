@@ -30,6 +30,7 @@ from elbo_lib.flows import (
     log_density_u4,
     refine_flow_posterior,
     square_grid,
+    train_flow_vaes,
     vae_elbo_of,
 )
 
@@ -723,7 +724,25 @@ for _name, _cases in {
         (lambda: refine_flow_posterior(_flow_vae(), _XF.numpy(), 2), TypeError,
          r"x must be a torch.Tensor"),
         (lambda: refine_flow_posterior(_flow_vae(), _XF, 200, lr=1e8), ValueError,
-         r"refine_flow_posterior stopped at step \d+ of 200: .* smaller lr")],
+         r"refine_flow_posterior stopped at step \d+ of 200: .* smaller lr"),
+        (lambda: refine_flow_posterior(_flow_vae(), _XF, 2, start={"mean": _XF}), TypeError,
+         r"start must be a dict with the keys"),
+        (lambda: (lambda m: refine_flow_posterior(m, _XF, 2, start={
+            **m.encoder.raw_outputs(_XF), "mean": torch.zeros(1, 1)}))(_flow_vae()),
+         ValueError, r"start\['mean'\] must have shape")],
+    "train_flow_vaes": [
+        (lambda: train_flow_vaes(_flow_vae(), _XF, _XF, 1, [torch.Generator()]), TypeError,
+         r"models must be a non-empty list of VAE"),
+        (lambda: train_flow_vaes([_flow_vae()], _XF, _XF, 1, []), TypeError,
+         r"generators must be a list of 1 torch.Generator"),
+        (lambda: (lambda m: train_flow_vaes([m, m], _XF, _XF, 1, [torch.Generator()] * 2))(
+            _flow_vae()), ValueError, r"models must be distinct"),
+        (lambda: train_flow_vaes([_flow_vae()], _XF + 0.5, _XF, 1, [torch.Generator()]),
+         ValueError, r"x_train must be binary"),
+        (lambda: train_flow_vaes([_flow_vae()], _XF, _XF, 0, [torch.Generator()]),
+         ValueError, r"num_epochs must be >= 1"),
+        (lambda: train_flow_vaes([_flow_vae()], _XF, _XF, 3, [torch.Generator()], lr=1e9),
+         ValueError, r"train_flow_vaes stopped at epoch \d+ of 3.*smaller lr")],
     "vae_elbo_of": [(lambda: vae_elbo_of(None, _XF, _flow_vae().encoder(_XF), 2), TypeError,
                      r"model must be an elbo_lib.vae.VAE")],
     "FlowFamily": [(lambda: FlowFamily(2, 2, "planar", hidden=2.5), TypeError,
@@ -779,3 +798,50 @@ EXTREME_INPUTS = {
          lambda out: math.isclose(out, math.log(1.5**2), rel_tol=1e-15) or pytest.fail(
              f"{out} != log(1.5^2)"))],
 }
+
+
+@pytest.mark.parametrize("num_layers", [0, 2])
+def test_train_flow_vaes_reproduces_train_vae(num_layers):
+    """Each batched run follows its own train_vae trajectory (same draws, same KL form);
+    rejects a wrong noise order, a wrong KL (closed form vs Monte Carlo) or a gradient
+    that mixes the runs."""
+    import copy
+
+    from elbo_lib.vae import VAE, train_vae
+
+    torch.manual_seed(0)
+    x = (torch.rand(40, 6) < 0.4).float()
+    models, generators, starts = [], [], []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        models.append(VAE(6, 2, 5, encoder=PlanarFlowEncoder(6, 2, num_layers, hidden=5)))
+        starts.append(torch.get_rng_state())
+        generators.append(torch.Generator().set_state(starts[-1]))
+    solo = [copy.deepcopy(m) for m in models]
+    histories = train_flow_vaes(models, x[:30], x[30:], 3, generators, batch_size=8)
+    for model, alone, generator, start, history in zip(models, solo, generators, starts,
+                                                       histories, strict=True):
+        torch.set_rng_state(start)
+        expected = train_vae(alone, x[:30], x[30:], 3, batch_size=8)
+        assert torch.equal(torch.get_rng_state(), generator.get_state())
+        for a, b in zip(model.parameters(), alone.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(history.val_elbo, expected.val_elbo, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize(("t", "wu", "b"), [
+    (4.548945871044227, 6.071922377318458, -0.00039393711967788644),
+    (3.3077635334793456, 4.976794263914099, 0.058736061878685575)])
+def test_planar_inverse_where_newton_creeps(t, wu, b):
+    """Points of a trained flow (chapter 7's grid) where safeguarded Newton kept landing
+    just inside one end of the bracket and crept for 200 steps without converging (the
+    old solver returned a point whose residual was 5, not rounding); rejects a solver
+    without the halving test of the step before last (Press et al.'s rtsafe)."""
+    w = torch.tensor([1.0, 0.0], dtype=F64)
+    u = torch.tensor([math.log(math.expm1(1 + wu)), 0.0], dtype=F64)   # w^T u_hat = wu
+    layer = PlanarTransform(u, w, torch.tensor(b, dtype=F64), cache_size=0)
+    assert math.isclose(float(layer.wu), wu, rel_tol=1e-12)
+    y = torch.tensor([[t, 0.0]], dtype=F64)
+    a = layer.inv(y) @ w
+    residual = float((a + layer.wu * torch.tanh(a + b) - t).abs().max())
+    assert residual <= 8 * torch.finfo(F64).eps * (1 + wu) * (abs(t) + wu)
