@@ -1110,6 +1110,49 @@ def test_train_replicates_of_one_model_is_the_one_by_one_run(method, toy_data):
     assert np.allclose(h_alone.train_kl, h_stacked.train_kl, atol=1e-4)
 
 
+_VARIANTS = {"beta": dict(beta=2.5), "warm-up": dict(beta=4.0, warmup_epochs=1),
+             "free bits": dict(beta=4.0, free_bits=0.3)}
+
+
+@pytest.mark.parametrize("variant", sorted(_VARIANTS))
+def test_train_replicates_variants_are_train_vae_variant(variant, toy_data):
+    """beta, KL warm-up and free bits in a stack of one follow train_vae_variant step for
+    step (a KL weight applied per image instead of per minibatch for free bits, a
+    warm-up schedule counted per epoch instead of per step, or beta ignored would move
+    the parameters by far more than float32 rounding)."""
+    options = _VARIANTS[variant]
+    seed_everything(6)
+    alone = VAE(6, 3, hidden=4)
+    h_alone = train_vae_variant(alone, toy_data, toy_data, 3, batch_size=16, **options)
+    seed_everything(6)
+    stacked = VAE(6, 3, hidden=4)
+    (h_stacked,) = train_replicates([stacked], toy_data, toy_data, 3, batch_size=16,
+                                    **options)
+    for (name, a), b in zip(alone.named_parameters(), stacked.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+    assert np.allclose(h_alone.val_kl, h_stacked.val_kl, atol=1e-4)
+    assert np.allclose(h_alone.train_kl, h_stacked.train_kl, atol=1e-4)
+
+
+def test_train_replicates_beta_per_model(toy_data):
+    """A list of betas gives each model its own KL weight: the model with beta = 3 in a
+    stack ends where it ends alone with beta = 3, next to a partner with beta = 1
+    (one beta for all, or the betas swapped, would not)."""
+    torch.manual_seed(0)
+    first = VAE(6, 2, hidden=4)
+    torch.manual_seed(1)
+    partner = VAE(6, 2, hidden=4)
+    alone = copy.deepcopy(first)
+    seed_everything(7)
+    train_replicates([first, partner], toy_data, toy_data, 2, batch_size=16,
+                     beta=[3.0, 1.0])
+    seed_everything(7)
+    train_replicates([alone, copy.deepcopy(partner)], toy_data, toy_data, 2,
+                     batch_size=16, beta=3.0)
+    for a, b in zip(first.parameters(), alone.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_train_replicates_encoder_is_fit_encoder(toy_data):
     model = VAE(6, 2, hidden=4)
     seed_everything(2)
@@ -1168,6 +1211,20 @@ BAD_INPUTS["train_replicates"] = [
     (lambda: train_replicates(_two(), _NAN_X, _X, 1), ValueError,
      r"x_train must contain only finite"),
     (lambda: train_replicates(_two(), _X, _TWO_X, 1), ValueError, r"x_val must be binary"),
+    (lambda: train_replicates(_two(), _X, _X, 1, beta=[1.0, 2.0, 3.0]), ValueError,
+     r"beta must be one number or one per model \(2\), got 3"),
+    (lambda: train_replicates(_two(), _X, _X, 1, beta=[1.0, -2.0]), ValueError,
+     r"beta must be a finite number > 0, got -2.0"),
+    (lambda: train_replicates(_two(), _X, _X, 1, method="iwae", k=2, beta=2.0), ValueError,
+     r"beta, warmup_epochs and free_bits need method='elbo'"),
+    (lambda: train_replicates(_two(), _X, _X, 1, method="encoder", free_bits=0.5),
+     ValueError, r"beta, warmup_epochs and free_bits need method='elbo'"),
+    (lambda: train_replicates(_two(), _X, _X, 1, warmup_epochs=-1), ValueError,
+     r"warmup_epochs must be >= 0"),
+    (lambda: train_replicates(_two(), _X, _X, 1, free_bits=float("nan")), ValueError,
+     r"free_bits"),
+    (lambda: train_replicates([_model(), _model().double()], _X, _X, 1), ValueError,
+     r"models must have parameters of one dtype"),
     (lambda: train_replicates([_model(), _nan_decoder(_model())], _X, _X, 2, batch_size=4),
      ValueError, r"train_replicates \(method='elbo'\) stopped at epoch 1 of 2, step 1: "
                  r"the loss of model 1 is not finite"),
