@@ -284,18 +284,21 @@ class Checks:
                   f"max |Δ| = {worst!r}, allowed {atol!r} + {rtol!r}·|ref|")
 
     def below(self, claim: str, value, bound, *, against: str,
-              digits: int | None = None) -> None:
+              digits: int | None = None, show_value: bool = True) -> None:
         """Claim ``value < bound`` (every element), shown at ``digits`` significant digits
         (default: the table's); where ``value`` has several elements, the one nearest
-        to failing is shown."""
-        self._order(claim, value, bound, against, digits, "<")
+        to failing is shown. With ``show_value=False`` only the bound is shown (for a
+        value at round-off level, whose digits differ between machines)."""
+        self._order(claim, value, bound, against, digits, "<", show_value)
 
     def above(self, claim: str, value, bound, *, against: str,
-              digits: int | None = None) -> None:
+              digits: int | None = None, show_value: bool = True) -> None:
         """Claim ``value > bound`` (every element), shown as :meth:`below` shows it."""
-        self._order(claim, value, bound, against, digits, ">")
+        self._order(claim, value, bound, against, digits, ">", show_value)
 
-    def _order(self, claim, value, bound, against, digits, sign) -> None:
+    def _order(self, claim, value, bound, against, digits, sign, show_value) -> None:
+        if not isinstance(show_value, bool):
+            raise TypeError(f"show_value must be a bool, got {type(show_value).__name__}")
         digits = self.digits if digits is None else check_positive_int(digits, "digits",
                                                                        maximum=17)
         value = np.asarray(value, dtype=float)
@@ -310,8 +313,11 @@ class Checks:
         i = np.unravel_index(np.nanargmin(gap) if not np.all(np.isnan(gap)) else 0, gap.shape)
         many = "max " if sign == "<" else "min "
         label = many if value.size > 1 else ""
-        self._add(claim, against,
-                  f"{label}{fmt(value_b[i], digits)} {sign} {fmt(bound_b[i], digits)}", ok,
+        shown = (f"{label}{fmt(value_b[i], digits)} {sign} {fmt(bound_b[i], digits)}"
+                 if show_value else
+                 f"{'every value' if value.size > 1 else 'value'} {sign} "
+                 f"{fmt(bound_b[i], digits)}")
+        self._add(claim, against, shown, ok,
                   f"value {float(value_b[i])!r} {sign} bound {float(bound_b[i])!r} is {ok}")
 
     def holds(self, claim: str, ok, *, against: str, shown: str) -> None:

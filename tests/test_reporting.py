@@ -158,6 +158,17 @@ def test_a_claim_that_does_not_hold_fails_the_table(add, why):
         checks.table()
 
 
+def test_a_round_off_level_value_can_be_shown_by_its_bound_only():
+    checks = Checks()
+    checks.above("monotone", [-3.1e-15, 0.2], -1e-9, against="r", show_value=False)
+    checks.below("small", 2.2e-16, 1e-12, against="r", show_value=False)
+    assert [row[2] for row in checks.table().rows] == ["every value > -1e-09",
+                                                       "value < 1e-12"]
+    checks.above("fails", [-2e-9, 0.2], -1e-9, against="r", show_value=False)
+    with pytest.raises(AssertionError, match=r"value -2e-09 > bound -1e-09 is False"):
+        checks.table()
+
+
 def test_a_table_without_claims_is_an_error():
     with pytest.raises(ValueError, match="no claims were checked"):
         Checks().table()
@@ -247,6 +258,8 @@ BAD_INPUTS = {
          r"claim must be a str"),
     ],
     "Checks.above": [
+        (lambda: Checks().above("c", 1.0, 0.0, against="a", show_value=1), TypeError,
+         r"show_value must be a bool"),
         (lambda: Checks().above("c", 1.0, 0.0, against=" "), ValueError,
          r"against must not be empty"),
         (lambda: Checks().above("c", 1.0, 0.0, against="a", digits=2.5), TypeError,
