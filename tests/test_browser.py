@@ -113,6 +113,19 @@ TOC_PAGES = _toc_pages()
 # index.html redirects to the root page; genindex and search come with every Sphinx build.
 PAGES = ["index.html", *TOC_PAGES, "genindex.html", "search.html"]
 CHAPTERS = [p for p in TOC_PAGES if p.startswith("chapters/")]
+# A chapter's sections on pages of their own (``sections:`` under a chapter in _toc.yml):
+# Sphinx numbers their heading, figures and equations on from the chapter's ("7.11.",
+# Figure 7.5, (7.4)), so their numbers run on with a start of their own.
+SECTION_PAGES = [f"{p}.html" for p in re.findall(
+    r"^\s{8,}- file:\s*(chapters/\S+)", (ROOT / "_toc.yml").read_text(), re.M)]
+
+
+def _numbered_on(numbers: list[str], template: str) -> list[str]:
+    """What ``numbers`` should be: ``template`` formatted with k = 1, 2, ..., or, on a
+    section page, with k running on from the first number's."""
+    first = re.search(r"(\d+)\D*$", numbers[0]) if numbers else None
+    start = int(first.group(1)) if first else 1
+    return [template.format(k=k) for k in range(start, start + len(numbers))]
 # The sidebar buttons are tried on the second chapter, following its link to the third.
 NAV_PAGE, NAV_TARGET = CHAPTERS[1], CHAPTERS[2]
 
@@ -1173,6 +1186,10 @@ def test_chapters_are_numbered(visits):
     for page_path in CHAPTERS:
         n = int(re.match(r"chapters/(\d+)_", page_path).group(1))
         h1 = _seen(visits, page_path).facts["h1"]
+        if page_path in SECTION_PAGES:   # a section of chapter n: "n.k. Title"
+            assert re.match(rf"{n}\.\d+\. ", h1), (
+                f"{page_path}: heading {h1!r} is not numbered as a section of chapter {n}.")
+            continue
         assert h1.startswith(f"{n}. "), f"{page_path}: heading {h1!r} is not numbered {n}."
 
 
@@ -1193,6 +1210,9 @@ def test_equations_are_numbered_by_chapter(visits, page_path):
     n = int(re.match(r"chapters/(\d+)_", page_path).group(1))
     eqnos = _seen(visits, page_path).facts["eqnos"]
     assert eqnos, f"{page_path}: no numbered (labelled) equation"
+    if page_path in SECTION_PAGES:
+        assert eqnos == _numbered_on(eqnos, f"({n}.{{k}})"), eqnos
+        return
     assert eqnos == [f"({n}.{k})" for k in range(1, len(eqnos) + 1)], eqnos
 
 
@@ -1283,6 +1303,8 @@ def test_every_figure_has_a_numbered_caption(visits, page_path):
                       f"caption (cell metadata mystnb.figure.caption):{_listing(bare)}")
     numbers = [f["number"].rstrip(". ") for f in figures]
     want = [f"Figure {n}.{k}" for k in range(1, len(figures) + 1)]
+    if page_path in SECTION_PAGES:
+        want = _numbered_on(numbers, f"Figure {n}.{{k}}")
     assert numbers == want, f"{page_path}: figures numbered {numbers}, want {want}"
 
 

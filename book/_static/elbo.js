@@ -35,7 +35,8 @@
  *    fetched: it is the image already on the page. (Sphinx links some figures to their
  *    PNG, which on a phone left the book for a bare image; those open the dialog too.)
  * 6. Short table cells. Cells of at most 40 characters get the class elbo-short, which
- *    elbo.css keeps on one line on a phone (the table scrolls with a cue instead).
+ *    elbo.css keeps on one line on a phone (the table scrolls with a cue instead); the
+ *    same for the chapters' tables of checked claims (elbo_lib.reporting.Checks).
  * 7. Printing: solutions print open (see openEverything); folded set-up code is left out.
  */
 (function () {
@@ -261,7 +262,7 @@
 
   // ----------------------------------------------------------- 6. short table cells
   function markShortCells() {
-    document.querySelectorAll("article.bd-article table.table td").forEach(function (td) {
+    document.querySelectorAll("article.bd-article table.table td, article.bd-article table.elbo-checks td").forEach(function (td) {
       if (td.textContent.trim().length <= 40) td.classList.add("elbo-short");
     });
   }
