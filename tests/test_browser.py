@@ -1512,8 +1512,8 @@ def _chapter_sources() -> list[dict]:
                       and "figure" in c.get("metadata", {}).get("mystnb", {}))
         equations = len(re.findall(r"(?ms)^```\{math\}\n(?::\w+:.*\n)*?:label:", md))
         solutions = []
-        for _, body in re.findall(r"(?ms)^(`{3,}|:{3,})\{(?:admonition|dropdown)\}[^\n]*"
-                                  r"Solution[^\n]*\n(.*?)^\1\s*$", md):
+        for _, body in re.findall(r"(?ms)^(`{3,}|:{3,})(?:\{(?:admonition|dropdown)\}[^\n]*"
+                                  r"Solution|\{solution\})[^\n]*\n(.*?)^\1\s*$", md):
             text = " ".join(line for line in body.splitlines() if not line.startswith(":"))
             text = re.sub(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`|\{[^}]*\}|\[[^\]]*\]\([^)]*\)",
                           " | ", text)
