@@ -1502,9 +1502,12 @@ def _normal_words(text: str) -> str:
 def _chapter_sources() -> list[dict]:
     """Per chapter (in the order of _toc.yml): its number, its title (the words before any
     formula), its figures (code cells with a mystnb figure caption), its numbered
-    equations ({math} blocks with a :label:) and the words of its solutions."""
+    equations ({math} blocks with a :label:) and the words of its solutions. A section on
+    a page of its own (SECTION_PAGES) is part of its chapter: its figures and equations
+    are numbered on from the chapter's, so they are added to the chapter's counts."""
     out = []
-    for k, page in enumerate(CHAPTERS, start=1):
+    k = 0
+    for page in CHAPTERS:
         nb = json.loads((ROOT / page.replace(".html", ".ipynb")).read_text())
         md = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
         title = re.search(r"^# (.+)$", md, re.M).group(1).split("$")[0].strip()
@@ -1522,6 +1525,12 @@ def _chapter_sources() -> list[dict]:
                 w = _normal_words(run).split()
                 windows |= {" ".join(w[i:i + 5]) for i in range(len(w) - 4)}
             solutions.append(windows)
+        if page in SECTION_PAGES and out:
+            out[-1]["figures"] += figures
+            out[-1]["equations"] += equations
+            out[-1]["solutions"] += solutions
+            continue
+        k += 1
         out.append({"number": k, "page": page, "title": title, "figures": figures,
                     "equations": equations, "solutions": solutions})
     return out
