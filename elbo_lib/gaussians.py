@@ -5,6 +5,9 @@ Every chapter meets the Gaussian; its closed forms live here once:
 * :func:`gaussian_kl`, :func:`gaussian_entropy` -- elementwise (diagonal) KL and entropy,
   NumPy or torch (differentiable); chapters 1, 4, 6.
 * :func:`gaussian_kl_full` -- KL between full-covariance Gaussians via Cholesky; chapter 4.
+* :func:`gaussian_renyi_divergence`, :func:`gaussian_chi2_divergence` -- Renyi's
+  alpha-divergence and the chi^2 divergence between full-covariance Gaussians, with
+  their conditions of existence; chapter 8.
 * :func:`precision_cholesky`, :func:`gaussian_log_density` -- log N(x_i | mu_k, Sigma_k)
   for many points and components from precision-Cholesky factors; chapter 2 (mixtures and
   hidden Markov models).
@@ -31,6 +34,7 @@ from elbo_lib._validation import (
     as_tensor,
     check_broadcast,
     check_positive,
+    check_real,
     check_spd,
     check_symmetric,
 )
@@ -40,10 +44,12 @@ __all__ = [
     "diagonal_gaussian_log_density",
     "gaussian_entropy",
     "gaussian_kl",
+    "gaussian_chi2_divergence",
     "gaussian_kl_full",
     "gaussian_log_density",
     "gaussian_quadratic_expectation",
     "gaussian_quadratic_gradient",
+    "gaussian_renyi_divergence",
     "precision_cholesky",
 ]
 
@@ -179,6 +185,128 @@ def gaussian_kl_full(mean_q, cov_q, mean_p, cov_p) -> float:
     log_det_p = 2 * np.log(np.diag(lp)).sum()
     log_det_q = 2 * np.log(np.diag(lq)).sum()
     return float(0.5 * ((a**2).sum() + r @ r - mean_q.size + log_det_p - log_det_q))
+
+
+def gaussian_renyi_divergence(alpha: float, mean_q, cov_q, mean_p, cov_p) -> float:
+    r"""Renyi's alpha-divergence D_alpha(N(mean_q, cov_q) || N(mean_p, cov_p)).
+
+    .. math::
+
+        D_\alpha(q \,\|\, p) = \frac{1}{\alpha - 1} \log \int q(z)^\alpha
+        p(z)^{1-\alpha}\, dz
+        = \frac{\alpha}{2} \Delta^\top S_\alpha^{-1} \Delta
+        + \frac{1}{2(1-\alpha)} \log \frac{|S_\alpha|}{|\Sigma_q|^{1-\alpha}
+        |\Sigma_p|^{\alpha}},
+
+    with :math:`\Delta = m_q - m_p` and :math:`S_\alpha = \alpha \Sigma_p +
+    (1 - \alpha) \Sigma_q` (completing the square in the exponent of
+    :math:`q^\alpha p^{1-\alpha}`; the univariate case is in Gil, Alajaji and Linder
+    2013). The integral is finite exactly when :math:`\alpha \Sigma_q^{-1} +
+    (1 - \alpha) \Sigma_p^{-1}` is positive definite, equivalently when
+    :math:`S_\alpha` is: always for 0 <= alpha <= 1, and for alpha > 1 or alpha < 0 only
+    if q is narrow (alpha > 1) or wide (alpha < 0) enough relative to p; outside that
+    set D_alpha is +infinity and this function raises. alpha = 1 is the KL (the limit),
+    alpha = 0 gives 0 (q and p have the same support). Chapter 8 (the variational Renyi
+    bound, :class:`elbo_lib.objectives.RenyiBound`: L_alpha = log p(x) -
+    D_alpha(q || p(z | x))).
+
+    Parameters
+    ----------
+    alpha : float
+        Real and finite.
+    mean_q : array_like, shape (d,)
+    cov_q : array_like, shape (d, d)
+        Symmetric positive definite.
+    mean_p : array_like, shape (d,)
+    cov_p : array_like, shape (d, d)
+        Symmetric positive definite.
+
+    Returns
+    -------
+    float
+        The divergence in nats (negative for alpha < 0, where D_alpha is Li and Turner's
+        extension: -D_alpha(q || p) >= 0).
+
+    Raises
+    ------
+    ValueError
+        If alpha is not finite, a covariance is not symmetric positive definite, the
+        shapes do not match, or the divergence is infinite (S_alpha not positive
+        definite: the message gives its smallest eigenvalue).
+    """
+    alpha = check_real(alpha, "alpha")
+    mean_q, cov_q, lq = _check_mean_and_spd(mean_q, cov_q, "mean_q", "cov_q")
+    mean_p, cov_p, lp = _check_mean_and_spd(mean_p, cov_p, "mean_p", "cov_p")
+    if mean_q.shape != mean_p.shape:
+        raise ValueError(f"mean_q and mean_p must have the same shape, got "
+                         f"{mean_q.shape} and {mean_p.shape}")
+    if alpha == 1.0:
+        return gaussian_kl_full(mean_q, cov_q, mean_p, cov_p)
+    mixed = alpha * cov_p + (1.0 - alpha) * cov_q
+    mixed = 0.5 * (mixed + mixed.T)
+    try:
+        lm = np.linalg.cholesky(mixed)
+    except np.linalg.LinAlgError:
+        lm = None
+    if lm is None or not np.all(np.diag(lm) > 0):
+        smallest = float(np.linalg.eigvalsh(mixed).min())
+        raise ValueError(f"alpha = {alpha!r} gives an infinite divergence for these "
+                         f"covariances: alpha * cov_p + (1 - alpha) * cov_q must be "
+                         f"positive definite, got smallest eigenvalue {smallest:.3g} "
+                         f"(for alpha > 1 q must be narrow enough, for alpha < 0 wide "
+                         f"enough, relative to p)")
+    r = solve_triangular(lm, mean_q - mean_p, lower=True)
+    log_det_m = 2 * np.log(np.diag(lm)).sum()
+    log_det_q = 2 * np.log(np.diag(lq)).sum()
+    log_det_p = 2 * np.log(np.diag(lp)).sum()
+    return float(0.5 * alpha * (r @ r) + (log_det_m - (1.0 - alpha) * log_det_q
+                                          - alpha * log_det_p) / (2.0 * (1.0 - alpha)))
+
+
+def gaussian_chi2_divergence(mean_q, cov_q, mean_p, cov_p) -> float:
+    r"""The chi^2 divergence chi^2(N(mean_q, cov_q) || N(mean_p, cov_p)).
+
+    .. math::
+
+        \chi^2(q \,\|\, p) = \int \frac{q(z)^2}{p(z)}\, dz - 1
+        = \exp\big(D_2(q \,\|\, p)\big) - 1,
+
+    from :func:`gaussian_renyi_divergence` at alpha = 2 (computed as ``expm1``). It is
+    finite exactly when 2 cov_p - cov_q is positive definite (p wider than q/2 in
+    every direction), and this function raises otherwise. The chi^2 upper bound of
+    chapter 8 is CUBO_2(q) = log p(x) + (1/2) log(1 + chi^2(p(z | x) || q)): there the
+    posterior is the first argument (:class:`elbo_lib.objectives.ChiUpperBound`).
+
+    Parameters
+    ----------
+    mean_q : array_like, shape (d,)
+    cov_q : array_like, shape (d, d)
+        The density squared in the numerator.
+    mean_p : array_like, shape (d,)
+    cov_p : array_like, shape (d, d)
+        The density in the denominator.
+
+    Returns
+    -------
+    float
+        chi^2(q || p) >= 0 (``inf`` if it overflows float64).
+
+    Raises
+    ------
+    ValueError
+        As :func:`gaussian_renyi_divergence` with alpha = 2, and when 2 cov_p - cov_q
+        is not positive definite (the divergence is infinite; the message names both).
+    """
+    mean_q, cov_q, _ = _check_mean_and_spd(mean_q, cov_q, "mean_q", "cov_q")
+    mean_p, cov_p, _ = _check_mean_and_spd(mean_p, cov_p, "mean_p", "cov_p")
+    if cov_q.shape == cov_p.shape:
+        smallest = float(np.linalg.eigvalsh(2.0 * cov_p - cov_q).min())
+        if smallest <= 0:
+            raise ValueError(f"chi^2(q || p) is infinite for these covariances: "
+                             f"2 cov_p - cov_q must be positive definite, got smallest "
+                             f"eigenvalue {smallest:.3g}")
+    with np.errstate(over="ignore"):
+        return float(np.expm1(gaussian_renyi_divergence(2.0, mean_q, cov_q, mean_p, cov_p)))
 
 
 def _check_mean_and_spd(mean, matrix, mean_name: str, name: str

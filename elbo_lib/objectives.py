@@ -20,7 +20,18 @@ a new bound is a new class and no edit of the loop, as Pyro hands an ``ELBO`` ob
                           gradient (Ranganath et al. 2014, section 3.2)
 ``ImportanceWeightedBound(k)``  the importance-weighted bound of Burda, Grosse and
                           Salakhutdinov (2016), pathwise
+``PathDerivativeIWAE(k)``  the same bound, log q's parameters held fixed ("sticking the
+                          landing" for IWAE; biased for k > 1, Tucker et al. 2019)
+``DoublyReparameterisedIWAE(k)``  the same bound with the doubly reparameterised
+                          gradient (DReG) of Tucker, Lawson, Gu and Maddison (2019)
+``RenyiBound(alpha, k)``  the variational Renyi bound L_alpha of Li and Turner (2016):
+                          the ELBO at alpha = 1, IWAE at alpha = 0, VR-max at -inf
+``ChiUpperBound(n, k)``   the chi upper bound CUBO_n of Dieng et al. (2017) = L_(1-n),
+                          an upper bound on log p(x), minimised (``is_upper_bound``)
 ========================  =============================================================
+
+:func:`renyi_bound` is the K-sample estimate of L_alpha from log importance weights
+(chapter 8).
 
 Each object names its estimator by ``estimator``, a word of the book's one vocabulary
 :data:`elbo_lib.gradients.ESTIMATORS`, which the gradient measurements of
@@ -37,10 +48,11 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
-from elbo_lib._validation import check_positive_int
+from elbo_lib._validation import check_int, check_positive_int, check_real
 from elbo_lib.bounds import (
     importance_weighted_bound,
     monte_carlo_elbo,
@@ -55,13 +67,18 @@ from elbo_lib.gradients import (
 
 __all__ = [
     "ESTIMATORS",
+    "ChiUpperBound",
+    "DoublyReparameterisedIWAE",
     "ImportanceWeightedBound",
+    "PathDerivativeIWAE",
     "PathDerivativeELBO",
     "PathwiseELBO",
+    "RenyiBound",
     "ScoreControlVariateELBO",
     "ScoreFunctionELBO",
     "Surrogate",
     "VariationalObjective",
+    "renyi_bound",
 ]
 
 LogJoint = Callable[[torch.Tensor], torch.Tensor]
@@ -74,7 +91,8 @@ class Surrogate(NamedTuple):
     ----------
     loss : torch.Tensor
         Scalar to minimise: its gradient is minus the objective's gradient estimate
-        (summed over the members of a q with batch shape (R,)).
+        (summed over the members of a q with batch shape (R,)); for an upper bound
+        (``is_upper_bound``, which is minimised) it is plus the estimate's gradient.
     estimate : torch.Tensor
         The objective's Monte Carlo estimate, detached, of shape q.batch_shape.
     """
@@ -172,11 +190,15 @@ class VariationalObjective:
         then refuses a ``log_joint`` that carries no gradient with respect to z.
     supports_runs : bool
         True when :meth:`surrogate` accepts a q with batch shape (R,) (R runs).
+    is_upper_bound : bool
+        True for an upper bound on log p(x) (:class:`ChiUpperBound`): the loop minimises
+        the bound, so the surrogate's ``loss`` is plus its estimate, not minus.
     """
 
     estimator: str = "pathwise"
     differentiates_log_joint: bool = True
     supports_runs: bool = True
+    is_upper_bound: bool = False
 
     def min_samples(self) -> int:
         """The fewest samples per step the objective needs (1 unless a baseline needs 2)."""
@@ -480,3 +502,246 @@ class ImportanceWeightedBound(VariationalObjective):
                         "log_joint(z) - q.log_prob(z)")
         bound = importance_weighted_bound(log_w, dim=1).mean(0)
         return Surrogate(-bound.sum(), bound.detach())
+
+
+# --------------------------------------------------------------------------------------
+# chapter 8: the importance-weighted family's gradient estimators, Renyi and chi bounds
+# --------------------------------------------------------------------------------------
+def _gaussian_log_weights(log_joint: LogJoint, q: Distribution, num_samples: int,
+                          num_importance: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z (S, k, *R, D) from q.rsample and log w = log p(x, z) - log q(z), with log q's
+    parameters held fixed (detached): the gradient reaches q only through z."""
+    q = _check_q(q)
+    mean, low, _ = _gaussian_parts(q)
+    num_samples = check_positive_int(num_samples, "num_samples")
+    z = q.rsample((num_samples, num_importance))
+    fixed = MultivariateNormal(mean.detach(), scale_tril=low.detach(), validate_args=False)
+    log_w = _finite(_log_joint_of(log_joint, z) - fixed.log_prob(z),
+                    "log_joint(z) - q.log_prob(z)")
+    return z, log_w
+
+
+class PathDerivativeIWAE(VariationalObjective):
+    """IW_k with log q's parameters held fixed: "sticking the landing" for IWAE.
+
+    The pathwise gradient of IW_k = log (1/k) sum_j w_j has two parts through q's
+    parameters phi: through the samples z_j(phi) and through log q_phi(z_j) at fixed z
+    (the score part, sum_j w~_j d log q_phi(z_j) / d phi with the normalised weights
+    w~_j). Roeder, Wu and Duvenaud (2017) drop the score part, which has mean zero for
+    k = 1 (the ELBO); for k > 1 it does not, and this estimator is **biased** (Tucker et
+    al. 2019; chapter 8 measures the bias). At q = p(z | x) every weight is
+    p(x) and each sample's gradient is zero. log_joint's own parameters, if any, get the
+    IWAE gradient sum_j w~_j grad log p(x, z_j). Gaussian q only. Chapter 8.
+
+    Parameters
+    ----------
+    num_importance : int
+        k >= 1.
+    """
+
+    estimator = "path-derivative"
+
+    def __init__(self, num_importance: int) -> None:
+        self.num_importance = check_positive_int(num_importance, "num_importance")
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """See :meth:`VariationalObjective.surrogate`."""
+        _, log_w = _gaussian_log_weights(log_joint, q, num_samples, self.num_importance)
+        bound = importance_weighted_bound(log_w, dim=1).mean(0)
+        return Surrogate(-bound.sum(), bound.detach())
+
+
+class DoublyReparameterisedIWAE(VariationalObjective):
+    r"""IW_k with the doubly reparameterised gradient (DReG; Tucker et al. 2019).
+
+    The score part of the IWAE gradient (see :class:`PathDerivativeIWAE`) is itself
+    reparameterised, E[w~_j d log q / d phi] = E[w~_j^2 (d log w_j / d z_j)(d z_j / d phi)]
+    (Tucker, Lawson, Gu and Maddison 2019), which gives, for q's parameters,
+
+    .. math::
+
+        \nabla_\phi \mathrm{IW}_k \approx \sum_{j=1}^k \tilde w_j^2\,
+        \frac{\partial \log w_j}{\partial z_j} \frac{\partial z_j}{\partial \phi},
+        \qquad \tilde w_j = w_j / \textstyle\sum_i w_i,
+
+    an **unbiased** estimator of the IWAE gradient whose signal-to-noise ratio does not
+    fall with k as the plain one's does. log_joint's own parameters, if any, get the
+    plain IWAE gradient sum_j w~_j grad log p(x, z_j): the loss is -sum_j w~_j log w_j
+    (weights detached) and a hook on z scales the gradient reaching each z_j by w~_j.
+    At k = 1 it equals :class:`PathDerivativeELBO`. Gaussian q only. Chapter 8.
+
+    Parameters
+    ----------
+    num_importance : int
+        k >= 1.
+    """
+
+    estimator = "doubly-reparameterised"
+
+    def __init__(self, num_importance: int) -> None:
+        self.num_importance = check_positive_int(num_importance, "num_importance")
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """See :meth:`VariationalObjective.surrogate`."""
+        z, log_w = _gaussian_log_weights(log_joint, q, num_samples, self.num_importance)
+        weights = torch.softmax(log_w.detach(), dim=1)                     # (S, k, *R)
+        if z.requires_grad:
+            z.register_hook(lambda grad: grad * weights[..., None])
+        loss = -(weights * log_w).sum(1).mean(0).sum()
+        bound = importance_weighted_bound(log_w.detach(), dim=1).mean(0)
+        return Surrogate(loss, bound)
+
+
+def _check_alpha(alpha, name: str = "alpha") -> float:
+    """A real alpha, finite or +-inf (NaN refused)."""
+    if isinstance(alpha, float | np.floating) and math.isinf(alpha):
+        return float(alpha)
+    return check_real(alpha, name)
+
+
+def renyi_bound(log_weights: torch.Tensor, alpha: float, dim: int = 0) -> torch.Tensor:
+    r"""The k-sample variational Renyi bound from k log importance weights.
+
+    With log w_j = log p(x, z_j) - log q(z_j), z_j ~ q (Li and Turner 2016, eq. 9),
+
+    .. math::
+
+        \hat{\mathcal L}_{\alpha,k} = \frac{1}{1-\alpha}
+        \log \frac1k \sum_{j=1}^k w_j^{1-\alpha},
+
+    the log of an unbiased estimate of E_q[w^(1-alpha)], so that (Jensen) its mean is
+    below L_alpha for alpha < 1 and above it for alpha > 1; it tends to L_alpha as k
+    grows. alpha = 1 is the limit, the mean of log w (the ELBO's estimate); alpha = 0 is
+    the IWAE bound (:func:`elbo_lib.bounds.importance_weighted_bound`); alpha = -inf is
+    the largest log w ("VR-max") and alpha = +inf the smallest. At k = 1 every alpha
+    gives log w. Differentiable. Chapter 8.
+
+    Parameters
+    ----------
+    log_weights : torch.Tensor
+        Real, the k samples along ``dim``; -inf allowed (a zero weight), NaN and +inf not.
+    alpha : float
+        Real, or +-inf.
+    dim : int
+        The axis of the k samples.
+
+    Returns
+    -------
+    torch.Tensor
+        The bound, ``dim`` reduced away.
+
+    Raises
+    ------
+    TypeError
+        If ``log_weights`` is not a real tensor, or ``alpha`` / ``dim`` of the wrong type.
+    ValueError
+        If ``alpha`` is NaN, ``dim`` out of range, k = 0, or a weight NaN or +inf.
+    """
+    if not isinstance(log_weights, torch.Tensor) or log_weights.is_complex() \
+            or not log_weights.is_floating_point():
+        kind = (str(log_weights.dtype) if isinstance(log_weights, torch.Tensor)
+                else type(log_weights).__name__)
+        raise TypeError(f"log_weights must be a real floating torch.Tensor, got {kind}")
+    alpha = _check_alpha(alpha)
+    dim = check_int(dim, "dim")
+    if not -log_weights.ndim <= dim < log_weights.ndim:
+        raise ValueError(f"dim={dim} is out of range for log_weights of shape "
+                         f"{tuple(log_weights.shape)}")
+    k = log_weights.shape[dim]
+    if k == 0:
+        raise ValueError("log_weights holds no samples (k = 0) along dim")
+    if bool(torch.isnan(log_weights).any() | torch.isposinf(log_weights).any()):
+        raise ValueError("log_weights must not contain NaN or +inf")
+    if alpha == 1.0:
+        return log_weights.mean(dim)
+    if alpha == -math.inf:
+        return log_weights.amax(dim)
+    if alpha == math.inf:
+        return log_weights.amin(dim)
+    scaled = (1.0 - alpha) * log_weights
+    return (torch.logsumexp(scaled, dim) - math.log(k)) / (1.0 - alpha)
+
+
+class RenyiBound(VariationalObjective):
+    """The variational Renyi bound L_alpha (Li and Turner 2016), pathwise.
+
+    L_alpha(q) = 1/(1 - alpha) log E_q[(p(x, z) / q(z))^(1 - alpha)]
+    = log p(x) - D_alpha(q || p(z | x)), estimated from k samples by
+    :func:`renyi_bound` and differentiated through ``q.rsample`` (Li and Turner's
+    reparameterised VR gradient, a weighted pathwise gradient with weights
+    w_j^(1-alpha) normalised). alpha = 1: the ELBO; alpha = 0: the IWAE bound
+    (:class:`ImportanceWeightedBound`); alpha = -inf: VR-max. For alpha < 0, L_alpha is an
+    upper bound on log p(x): minimise it (:class:`ChiUpperBound`) rather than maximise
+    it. ``num_samples`` counts the independent k-sample estimates per step. Chapter 8.
+
+    Parameters
+    ----------
+    alpha : float
+        Real, or -inf / +inf.
+    num_importance : int
+        k >= 1 (at k = 1 every alpha gives the ELBO's estimate).
+    """
+
+    estimator = "pathwise"
+
+    def __init__(self, alpha: float, num_importance: int) -> None:
+        self.alpha = _check_alpha(alpha)
+        self.num_importance = check_positive_int(num_importance, "num_importance")
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """See :meth:`VariationalObjective.surrogate`."""
+        q = _check_q(q)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        z = q.rsample((num_samples, self.num_importance))               # (S, k, *R, D)
+        log_w = _finite(_log_joint_of(log_joint, z) - q.log_prob(z),
+                        "log_joint(z) - q.log_prob(z)")
+        bound = renyi_bound(log_w, self.alpha, dim=1).mean(0)
+        return Surrogate(-bound.sum(), bound.detach())
+
+
+class ChiUpperBound(VariationalObjective):
+    """The chi upper bound CUBO_n (Dieng, Tran, Ranganath, Paisley and Blei 2017).
+
+    CUBO_n(q) = (1/n) log E_q[(p(x, z) / q(z))^n] >= log p(x) for n >= 1, with equality at
+    q = p(z | x); CUBO_n = L_(1-n) (:class:`RenyiBound`) and CUBO_2 = log p(x) +
+    (1/2) log(1 + chi^2(p(z | x) || q)). An upper bound is **minimised**
+    (``is_upper_bound = True``): the surrogate's ``loss`` is the k-sample estimate
+    (1/n) log (1/k) sum_j w_j^n itself (summed over runs), differentiated through
+    ``q.rsample``, and ``estimate`` is that estimate. (Dieng et al. differentiate
+    exp(n CUBO_n) instead: the same minimiser, an unbiased gradient, a scale that
+    overflows.) The estimate is biased **downwards** (Jensen) and heavy-tailed: at
+    finite k it can fall below log p(x). Chapter 8.
+
+    Parameters
+    ----------
+    n : float
+        Order n >= 1 (real).
+    num_importance : int
+        k >= 1.
+    """
+
+    estimator = "pathwise"
+    is_upper_bound = True
+
+    def __init__(self, n: float, num_importance: int) -> None:
+        n = check_real(n, "n")
+        if n < 1:
+            raise ValueError(f"n must be >= 1 (CUBO_n is an upper bound for n >= 1), "
+                             f"got {n!r}")
+        self.n = n
+        self.num_importance = check_positive_int(num_importance, "num_importance")
+
+    def surrogate(self, log_joint: LogJoint, q: Distribution,
+                  num_samples: int) -> Surrogate:
+        """See :meth:`VariationalObjective.surrogate`."""
+        q = _check_q(q)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        z = q.rsample((num_samples, self.num_importance))
+        log_w = _finite(_log_joint_of(log_joint, z) - q.log_prob(z),
+                        "log_joint(z) - q.log_prob(z)")
+        bound = renyi_bound(log_w, 1.0 - self.n, dim=1).mean(0)
+        return Surrogate(bound.sum(), bound.detach())
+

@@ -14,17 +14,22 @@ import pytest
 import torch
 from torch.distributions import Independent, Laplace, MultivariateNormal, Normal
 
-from elbo_lib.gaussians import gaussian_kl_full
+from elbo_lib.gaussians import gaussian_kl_full, gaussian_renyi_divergence
 from elbo_lib.gradients import gaussian_target_elbo_gradient
 from elbo_lib.objectives import (
     ESTIMATORS,
+    ChiUpperBound,
+    DoublyReparameterisedIWAE,
     ImportanceWeightedBound,
     PathDerivativeELBO,
+    PathDerivativeIWAE,
     PathwiseELBO,
+    RenyiBound,
     ScoreControlVariateELBO,
     ScoreFunctionELBO,
     Surrogate,
     VariationalObjective,
+    renyi_bound,
 )
 from elbo_lib.variational import FullRankGaussian, fit_gaussian_vi_parallel, fit_vi
 
@@ -137,7 +142,7 @@ def test_score_function_fits_one_run_and_pathwise_ones_fit_many(gaussian_target)
 # --------------------------------------------------------------------------------------
 # a new bound, written outside the package, trains through the unchanged loops
 # --------------------------------------------------------------------------------------
-class RenyiBound(VariationalObjective):
+class OutsideRenyiBound(VariationalObjective):
     """The Renyi (variational Renyi) bound of Li and Turner (2016), pathwise:
 
     L_alpha = 1 / (1 - alpha) log E_q[(p(x, z) / q(z))^(1 - alpha)],
@@ -159,8 +164,8 @@ class RenyiBound(VariationalObjective):
 
 
 def test_a_new_bound_from_outside_trains_through_the_unchanged_loops(gaussian_target):
-    """RenyiBound (alpha = 0.5) fits the Gaussian posterior in fit_vi (two runs in one
-    family) and in the step-size sweep (through the default hook, which calls its
+    """OutsideRenyiBound (alpha = 0.5) fits the Gaussian posterior in fit_vi (two runs in
+    one family) and in the step-size sweep (through the default hook, which calls its
     surrogate), from starts whose KL(q || p) is above 3: the closed-form KL of every run
     ends below 0.02 in fit_vi (two step sizes; measured at most 0.006 over 8 runs) and
     below 0.06 in the sweep (one constant step size; measured at most 0.024)."""
@@ -168,15 +173,16 @@ def test_a_new_bound_from_outside_trains_through_the_unchanged_loops(gaussian_ta
     torch.manual_seed(3)
     family = FullRankGaussian(3, init_scale=0.5, num_runs=2)
     assert gaussian_kl_full(np.zeros(3), 0.25 * np.eye(3), m, cov) > 3
-    fit_vi(log_joint, family, RenyiBound(0.5), num_samples=16, num_steps=600, lr=0.05,
-           eval_every=600, eval_samples=16)
-    fit_vi(log_joint, family, RenyiBound(0.5), num_samples=32, num_steps=300, lr=0.005,
-           eval_every=300, eval_samples=16)
+    fit_vi(log_joint, family, OutsideRenyiBound(0.5), num_samples=16, num_steps=600,
+           lr=0.05, eval_every=600, eval_samples=16)
+    fit_vi(log_joint, family, OutsideRenyiBound(0.5), num_samples=32, num_steps=300,
+           lr=0.005, eval_every=300, eval_samples=16)
     for mean, c in zip(family.mean.detach().numpy(), family.covariance(), strict=True):
         assert gaussian_kl_full(mean, c, m, cov) < 0.02
     res = fit_gaussian_vi_parallel(log_joint, FullRankGaussian(3, init_scale=0.5,
                                                                num_runs=2),
-                                   [0.02, 0.02], objective=RenyiBound(0.5), num_samples=16,
+                                   [0.02, 0.02], objective=OutsideRenyiBound(0.5),
+                                   num_samples=16,
                                    num_steps=1500, eval_every=1500, seed=0)
     for mean, low in zip(res.mean, res.scale_tril, strict=True):
         assert gaussian_kl_full(mean, low @ low.T, m, cov) < 0.06
@@ -209,6 +215,138 @@ def test_the_sweeps_closed_forms_equal_the_objects_surrogates(gaussian_target):
         g_sweep = torch.autograd.grad(loss, (mean, raw))
         for a, b in zip(g_object, g_sweep, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# chapter 8: Renyi and chi bounds, the IWAE gradient estimators
+# --------------------------------------------------------------------------------------
+def _exact_renyi(alpha, m, cov, log_z, mu, low):
+    """L_alpha of q = N(mu, L L^T) under p(x, z) = Z N(z; m, C): log Z - D_alpha(q || p)."""
+    return log_z - gaussian_renyi_divergence(alpha, mu, low @ low.T, m, cov)
+
+
+def test_renyi_bound_special_cases():
+    """k = 1 gives log w for every alpha; alpha = 1 the mean, 0 the IWAE bound, -inf the
+    maximum, +inf the minimum; and the estimate does not increase with alpha."""
+    log_w = torch.tensor([[-1.0, 0.5, -3.0], [0.2, 0.1, -0.4]], dtype=F64)
+    for alpha in (-5.0, 0.0, 0.5, 2.0, -math.inf):
+        torch.testing.assert_close(renyi_bound(log_w[:, :1], alpha, dim=1), log_w[:, 0])
+    torch.testing.assert_close(renyi_bound(log_w, 1.0, dim=1), log_w.mean(1))
+    torch.testing.assert_close(renyi_bound(log_w, 0.0, dim=1),
+                               torch.logsumexp(log_w, 1) - math.log(3))
+    torch.testing.assert_close(renyi_bound(log_w, -math.inf, dim=1), log_w.amax(1))
+    torch.testing.assert_close(renyi_bound(log_w, math.inf, dim=1), log_w.amin(1))
+    values = torch.stack([renyi_bound(log_w, a, dim=1) for a in (-3, -1, 0, 0.5, 1, 2, 9)])
+    assert bool((values[1:] <= values[:-1] + 1e-15).all())
+
+
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, 0.5, 1.5])
+def test_renyi_bound_converges_to_the_closed_form(alpha, gaussian_target):
+    """RenyiBound(alpha, k) with k = 2000 samples per estimate: the mean of 200 estimates
+    is within 5 standard errors plus the O(1/k) bias (measured below 0.01 here) of the
+    closed-form L_alpha = log Z - D_alpha(q || p) (a bound with 1 - alpha and alpha
+    swapped, or without the 1/(1 - alpha), is off by tenths); at q = p every estimate
+    is log Z exactly."""
+    m, cov, log_joint, log_z = gaussian_target
+    torch.manual_seed(5)
+    mu, low = m + 0.2, np.linalg.cholesky(1.3 * cov)
+    q = MultivariateNormal(torch.tensor(np.tile(mu, (200, 1))),
+                           scale_tril=torch.tensor(low))
+    est = RenyiBound(alpha, 2000).surrogate(log_joint, q, 1).estimate.numpy()
+    want = _exact_renyi(alpha, m, cov, log_z, mu, low)
+    assert abs(est.mean() - want) < 5 * est.std(ddof=1) / math.sqrt(est.size) + 0.01
+    exact_q = MultivariateNormal(torch.tensor(m), covariance_matrix=torch.tensor(cov))
+    out = RenyiBound(alpha, 5).surrogate(log_joint, exact_q, 3)
+    assert abs(float(out.estimate) - log_z) < 1e-10
+
+
+def test_chi_upper_bound_is_renyi_at_one_minus_n_and_is_minimised(gaussian_target):
+    """CUBO_n's estimate is RenyiBound(1 - n)'s on the same samples, its loss is plus the
+    estimate (an upper bound is minimised), and 150 steps of fit_vi with k = 256 lower
+    the closed-form CUBO_2 of a too-wide q by more than a quarter of its gap to log Z
+    (measured: 37%). With k = 16 the same fit raised it (3.10 to 3.88): the k-sample
+    estimate is biased downwards, most for a too-narrow q, whose heavy-tailed weights it
+    rarely sees, so minimising it can overshoot into such a q."""
+    m, cov, log_joint, log_z = gaussian_target
+    q = MultivariateNormal(torch.tensor(m + 0.3), covariance_matrix=torch.tensor(2 * cov))
+    torch.manual_seed(6)
+    cubo = ChiUpperBound(2, 7).surrogate(log_joint, q, 4)
+    torch.manual_seed(6)
+    renyi = RenyiBound(-1.0, 7).surrogate(log_joint, q, 4)
+    torch.testing.assert_close(cubo.estimate, renyi.estimate)
+    torch.testing.assert_close(cubo.loss, -renyi.loss)
+    assert ChiUpperBound(2, 1).is_upper_bound and not RenyiBound(-1.0, 1).is_upper_bound
+    scale = 2 * math.sqrt(np.linalg.eigvalsh(cov).max())    # 2 Sigma_q - C is SPD
+    family = FullRankGaussian(3, init_scale=scale)
+    with torch.no_grad():
+        family.mean.copy_(torch.tensor(m + 0.3))
+    start = _exact_renyi(-1.0, m, cov, log_z, m + 0.3, scale * np.eye(3))
+    fit_vi(log_joint, family, ChiUpperBound(2, 256), num_samples=1, num_steps=150, lr=0.01,
+           eval_every=150, eval_samples=16)
+    end = log_z - gaussian_renyi_divergence(-1.0, family.mean.detach().numpy(),
+                                            family.covariance(), m, cov)
+    assert log_z < end < start - 0.25 * (start - log_z)
+
+
+def _iwae_gradients(objective, log_joint, mu, low, reps):
+    """reps independent gradients of the objective in (mu, L) (batched runs)."""
+    mu_t = torch.tensor(np.tile(mu, (reps, 1)), requires_grad=True)
+    low_t = torch.tensor(np.tile(low, (reps, 1, 1)), requires_grad=True)
+    out = objective.surrogate(log_joint, MultivariateNormal(mu_t, scale_tril=low_t), 1)
+    g_mu, g_low = torch.autograd.grad(-out.loss, (mu_t, low_t))
+    return np.column_stack([g_mu.numpy(), np.tril(g_low.numpy()).reshape(reps, -1)])
+
+
+def test_iwae_gradient_estimators_against_each_other_and_the_elbo(gaussian_target):
+    """k = 1: the three estimators are unbiased for the closed-form ELBO gradient. k = 3:
+    DReG's mean equals the plain pathwise IWAE gradient's (an unbiased reference) within
+    5 standard errors of their difference, while sticking the landing is off by more
+    than 8 (it is biased for k > 1); at q = p every DReG and STL sample is zero."""
+    m, cov, log_joint, log_z = gaussian_target
+    torch.manual_seed(7)
+    mu, low = MU, LOW
+    exact = gaussian_target_elbo_gradient(mu, low, m, np.linalg.inv(cov))
+    want = np.concatenate([exact["mu"], np.tril(exact["scale_tril"]).ravel()])
+    for make in (ImportanceWeightedBound, PathDerivativeIWAE, DoublyReparameterisedIWAE):
+        g = _iwae_gradients(make(1), log_joint, mu, low, 4000)
+        se = g.std(0, ddof=1) / math.sqrt(len(g))
+        keep = se > 0
+        assert np.all(np.abs(g.mean(0) - want)[keep] / se[keep] < 5)
+    reps = 20000
+    plain = _iwae_gradients(ImportanceWeightedBound(3), log_joint, mu, low, reps)
+    dreg = _iwae_gradients(DoublyReparameterisedIWAE(3), log_joint, mu, low, reps)
+    stl = _iwae_gradients(PathDerivativeIWAE(3), log_joint, mu, low, reps)
+    keep = plain.std(0) > 0
+
+    def z_scores(g):
+        se = np.sqrt(g.var(0, ddof=1) / reps + plain.var(0, ddof=1) / reps)
+        return (np.abs(g.mean(0) - plain.mean(0)) / se)[keep]
+
+    assert z_scores(dreg).max() < 5
+    assert z_scores(stl).max() > 8
+    for make in (PathDerivativeIWAE, DoublyReparameterisedIWAE):
+        g = _iwae_gradients(make(4), log_joint, m, np.linalg.cholesky(cov), 3)
+        assert np.abs(g).max() < 1e-10
+
+
+def test_dreg_gives_log_joint_parameters_the_iwae_gradient(gaussian_target):
+    """A parameter of log_joint (a shift of the target) gets the plain IWAE gradient
+    sum_j w~_j grad log p from DReG, the same as from ImportanceWeightedBound on the
+    same samples, although q's parameters get w~_j^2-weighted path terms."""
+    m, cov, _, _ = gaussian_target
+    shift = torch.zeros(3, dtype=F64, requires_grad=True)
+    target = MultivariateNormal(torch.tensor(m), covariance_matrix=torch.tensor(cov))
+
+    def log_joint(z):
+        return target.log_prob(z - shift)
+
+    q = MultivariateNormal(torch.tensor(MU), scale_tril=torch.tensor(LOW))
+    grads = []
+    for make in (ImportanceWeightedBound, DoublyReparameterisedIWAE):
+        torch.manual_seed(8)
+        loss = make(5).surrogate(log_joint, q, 3).loss
+        grads.append(torch.autograd.grad(loss, shift)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------
@@ -300,6 +438,46 @@ BAD_INPUTS = {
          r"q must be a Gaussian"),
     ],
     "ImportanceWeightedBound.surrogate": _surrogate_cases(lambda: ImportanceWeightedBound(3)),
+    "PathDerivativeIWAE": [
+        (lambda: PathDerivativeIWAE(0), ValueError, r"num_importance must be >= 1"),
+    ],
+    "PathDerivativeIWAE.surrogate": _surrogate_cases(lambda: PathDerivativeIWAE(2), [
+        (lambda: PathDerivativeIWAE(2).surrogate(_lj, _LAPLACE, 4), TypeError,
+         r"q must be a Gaussian"),
+    ]),
+    "DoublyReparameterisedIWAE": [
+        (lambda: DoublyReparameterisedIWAE(1.5), TypeError,
+         r"num_importance must be an integer"),
+    ],
+    "DoublyReparameterisedIWAE.surrogate": _surrogate_cases(
+        lambda: DoublyReparameterisedIWAE(2), [
+            (lambda: DoublyReparameterisedIWAE(2).surrogate(_lj, _LAPLACE, 4), TypeError,
+             r"q must be a Gaussian"),
+        ]),
+    "RenyiBound": [
+        (lambda: RenyiBound(np.nan, 2), ValueError, r"alpha must be finite"),
+        (lambda: RenyiBound("0.5", 2), TypeError, r"alpha must be a real number"),
+        (lambda: RenyiBound(0.5, 0), ValueError, r"num_importance must be >= 1"),
+    ],
+    "RenyiBound.surrogate": _surrogate_cases(lambda: RenyiBound(0.5, 3)),
+    "ChiUpperBound": [
+        (lambda: ChiUpperBound(0.5, 2), ValueError, r"n must be >= 1"),
+        (lambda: ChiUpperBound(np.inf, 2), ValueError, r"n must be finite"),
+        (lambda: ChiUpperBound(2, -1), ValueError, r"num_importance must be >= 1"),
+    ],
+    "ChiUpperBound.surrogate": _surrogate_cases(lambda: ChiUpperBound(2, 3)),
+    "renyi_bound": [
+        (lambda: renyi_bound([0.0, 1.0], 0.5), TypeError,
+         r"log_weights must be a real floating torch.Tensor"),
+        (lambda: renyi_bound(torch.zeros(3, dtype=F64), np.nan), ValueError,
+         r"alpha must be finite"),
+        (lambda: renyi_bound(torch.zeros(3, dtype=F64), 0.5, dim=1), ValueError,
+         r"dim=1 is out of range for log_weights"),
+        (lambda: renyi_bound(torch.zeros(0, dtype=F64), 0.5), ValueError,
+         r"log_weights holds no samples"),
+        (lambda: renyi_bound(torch.tensor([0.0, np.nan], dtype=F64), 0.5), ValueError,
+         r"log_weights must not contain NaN"),
+    ],
     "VariationalObjective.gaussian_runs_loss": [
         (lambda: PathwiseELBO().gaussian_runs_loss(**_runs_args(log_p=3)), TypeError,
          r"log_p must be callable"),
