@@ -556,8 +556,9 @@ class DoublyReparameterisedIWAE(VariationalObjective):
     r"""IW_k with the doubly reparameterised gradient (DReG; Tucker et al. 2019).
 
     The score part of the IWAE gradient (see :class:`PathDerivativeIWAE`) is itself
-    reparameterised, E[w~_j d log q / d phi] = E[w~_j^2 (d log w_j / d z_j)(d z_j / d phi)]
-    (Tucker, Lawson, Gu and Maddison 2019), which gives, for q's parameters,
+    reparameterised: E[w~_j d log q(z_j) / d phi] = E[(w~_j - w~_j^2) (d log w_j / d z_j)
+    (d z_j / d phi)] (the score-function identity for w~_j as a function of z_j; Tucker,
+    Lawson, Gu and Maddison 2019), which leaves, for q's parameters,
 
     .. math::
 
