@@ -302,47 +302,57 @@ def _solve_planar(t: torch.Tensor, wu: torch.Tensor, b: torch.Tensor) -> torch.T
     halving) and in a few steps elsewhere (quadratically), instead of the 60 halvings of
     plain bisection. Each point stops when its own bracket or step is at rounding level
     and leaves the batch, so a few slow points (wu near -1) do not keep every point
-    iterating.
+    iterating. The iteration runs on NumPy views (torch's tanh, so the same bits as
+    torch): NumPy's comparisons and an arithmetic select (:func:`_select`) are several
+    times cheaper than torch's on these arrays, and every arithmetic operation is the
+    same IEEE operation, so the root is bit for bit torch's.
     """
     shape = torch.broadcast_shapes(t.shape, wu.shape, b.shape)
-    t, wu, b = (v.expand(shape).reshape(-1) for v in (t, wu, b))
-    spread = wu.abs() + 1e-12
+    t, wu, b = (v.detach().expand(shape).reshape(-1).numpy() for v in (t, wu, b))
+    spread = np.abs(wu) + 1e-12
     low, high = t - spread, t + spread
-    a = t.clone()                                   # tanh's range: a root within |wu|
+    a = t.copy()                                    # tanh's range: a root within |wu|
     step_before = step_last = 2 * spread            # the last two steps' sizes
-    root = torch.empty_like(a)
-    index = torch.arange(a.numel())                 # the points still being solved
-    eps = torch.finfo(a.dtype).eps
+    root = np.empty_like(a)
+    index = np.arange(a.size)                       # the points still being solved
+    eps = np.finfo(a.dtype).eps
     for _ in range(200):                            # halving alone needs ~60 steps
-        th = torch.tanh(a + b)
+        th = torch.tanh(torch.from_numpy(a + b)).numpy()
         g = a + wu * th - t
         above = g > 0
-        high = torch.where(above, a, high)
-        low = torch.where(above, low, a)
+        high = _select(above, a, high)
+        low = _select(above, low, a)
         slope = 1 + wu * (1 - th * th)
         newton = a - g / slope
-        scale = eps * (1 + a.abs())
-        settled = (newton - a).abs() <= 4 * scale      # converged: the step is rounding
+        scale = eps * (1 + np.abs(a))
+        move = np.abs(newton - a)
+        settled = move <= 4 * scale                 # converged: the step is rounding
         # Newton only strictly inside the bracket (else it can cycle between the
         # bracket's ends) and only while it at least halves the step before the last
         # one (else it can creep along one end of the bracket): Press et al.'s rtsafe
-        fast = 2 * (newton - a).abs() <= step_before
+        fast = 2 * move <= step_before
         use = settled | ((newton > low) & (newton < high) & fast)
-        new = torch.where(use, newton, 0.5 * (low + high))
-        step_before, step_last = step_last, (new - a).abs()
+        new = _select(use, newton, 0.5 * (low + high))
+        step_before, step_last = step_last, np.abs(new - a)
         a = new
         done = settled | ((high - low) <= 2 * scale)
-        num_done = int(done.sum())
-        if 4 * num_done >= len(index):   # solved points leave the loop (once a quarter
-            root[index[done]] = a[done]  # is solved: later steps cost only the points
-            going = (~done).nonzero().squeeze(1)      # still moving; a solved point
-            index, a, t, wu, b, low, high, step_before, step_last = (  # stays solved)
-                v.index_select(0, going)
-                for v in (index, a, t, wu, b, low, high, step_before, step_last))
+        if 4 * np.count_nonzero(done) >= len(index):   # solved points leave the loop
+            root[index[done]] = a[done]     # (once a quarter is solved: later steps cost
+            going = np.flatnonzero(~done)   # only the points still moving; a solved
+            index, a, t, wu, b, low, high, step_before, step_last = (   # point stays)
+                v[going] for v in (index, a, t, wu, b, low, high, step_before, step_last))
             if not len(index):
                 break
     root[index] = a
-    return root.reshape(shape)
+    return torch.from_numpy(root).reshape(shape)
+
+
+def _select(mask: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``np.where(mask, x, y)`` for finite x and y, as arithmetic: x * 1 + y * 0 is x
+    exactly (up to the sign of a zero), and without a branch per element it is about
+    2.5 times faster on a random mask."""
+    m = mask.astype(x.dtype)
+    return x * m + y * (1.0 - m)
 
 
 def _sum_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -1426,7 +1436,9 @@ def refine_flow_posterior(model: nn.Module, x: torch.Tensor, num_steps: int,
     try:
         for step in range(num_steps):
             try:
-                elbo = vae_elbo_of(model, x, model.encoder._posterior(params), num_samples)
+                with _vae._trusted():   # x was checked above; the ELBO is checked below
+                    elbo = vae_elbo_of(model, x, model.encoder._posterior(params),
+                                       num_samples)
                 trace[step] = float(elbo.detach().mean())
                 if not math.isfinite(trace[step]):
                     raise ValueError("the ELBO is not finite")
