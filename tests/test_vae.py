@@ -241,6 +241,35 @@ def test_importance_log_weights_with_an_explicit_proposal(toy_data):
         importance_log_weights(model, toy_data, 3, torch.zeros(4, 2), torch.zeros(4, 2))
 
 
+
+def test_evaluations_decode_by_the_sigmoid_form_of_tanh(toy_data):
+    """Without gradients the evaluations use tanh(a) = 2 sigmoid(2a) - 1 folded into the
+    decoder's weights (elbo_lib.vae._log_likelihood): the plain log-likelihood to
+    round-off, for every shape of z the evaluations pass (one point, a batch, k samples
+    of a batch, blocks of several samples); with gradients on, the plain form itself."""
+    from elbo_lib import vae as vae_module
+    model = VAE(6, 3, hidden=16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)     # saturated units: the folded bias b2 - W2 1 does real work
+    for shape in [(3,), (40, 3), (7, 40, 3), (300, 40, 3)]:
+        z = 2 * torch.randn(shape)
+        x = toy_data[0] if len(shape) == 1 else toy_data
+        with torch.no_grad():
+            fast = vae_module._log_likelihood(model, x, z)
+            plain = bernoulli_log_likelihood(x, model.decode(z))
+        assert fast.shape == plain.shape == shape[:-1]
+        assert torch.allclose(fast, plain, rtol=1e-5, atol=1e-4)
+    z = torch.randn(5, 40, 3)
+    exact = vae_module._log_likelihood(model, toy_data, z)
+    assert exact.requires_grad
+    assert torch.equal(exact, bernoulli_log_likelihood(toy_data, model.decode(z)))
+    with torch.no_grad(), pytest.raises(ValueError, match="not finite|finite"):
+        vae_module._log_likelihood(model, toy_data, torch.full((2, 40, 3), float("nan")))
+    with torch.no_grad(), pytest.raises(ValueError, match="shape"):
+        vae_module._log_likelihood(model, toy_data, torch.zeros(2, 40, 4))
+
+
 # -- amortisation gap, training, collapse ---------------------------------------------------------
 
 
