@@ -370,6 +370,16 @@ def _proximal_gradient(X, W, lam, *, accelerated: bool, restart: bool, max_iter:
     return result
 
 
+#: Bytes of one (rows, k) working array of a block of signals that :func:`ista` and
+#: :func:`fista` iterate to the end before the next block: the block's five working
+#: arrays (1.25 MB) stay in cache over all its iterations instead of streaming all the
+#: signals through memory at every step. Signals are independent, so the codes are those
+#: of one pass over all of them up to the last bit of the matrix product (BLAS computes
+#: the odd last row of a product apart). 15 FISTA steps on 12000 x 64 codes: 1.9x faster
+#: than one pass (blocks of 2^15 to 2^19 bytes measured on a loaded 2-core AMD EPYC).
+BLOCK_BYTES = 2**18
+
+
 def _proximal_gradient_scaled(X, W, lam, H, L, *, accelerated, restart, max_iter, tol,
                               check_every, track_objective) -> ProximalGradientResult:
     n, k = X.shape[0], W.shape[1]
@@ -378,15 +388,24 @@ def _proximal_gradient_scaled(X, W, lam, H, L, *, accelerated, restart, max_iter
     step_matrix = np.eye(k) - (W.T @ W) / L
     offset = (X @ W) / L
     thr = lam / L
-    H_old = np.empty_like(H)
-    Y = H.copy()
-    V = np.empty_like(H)
-    t = np.ones(n) if restart else 1.0
+    # the tracked objective sums over all signals after every step: one block then
+    block = n if track_objective else max(1, BLOCK_BYTES // (8 * k))
     objectives = [] if track_objective else None
+    codes, num_iter, converged = np.empty_like(H), 0, True
     with _blas_threads(n * k * k):
-        return _iterate(X, W, lam, H, H_old, Y, V, t, step_matrix, offset, thr, L, objectives,
-                        accelerated=accelerated, restart=restart, max_iter=max_iter, tol=tol,
-                        check_every=check_every)
+        for start in range(0, n, block):   # blocks of signals, each iterated to the end
+            rows = slice(start, start + block)
+            H_b = H[rows].copy()
+            t = np.ones(H_b.shape[0]) if restart else 1.0
+            part = _iterate(X[rows], W, lam, H_b, np.empty_like(H_b), H_b.copy(),
+                            np.empty_like(H_b), t, step_matrix, offset[rows], thr, L,
+                            objectives, accelerated=accelerated, restart=restart,
+                            max_iter=max_iter, tol=tol, check_every=check_every)
+            codes[rows] = part.codes
+            num_iter, converged = max(num_iter, part.num_iter), converged and part.converged
+    return ProximalGradientResult(
+        codes=codes, num_iter=num_iter, converged=converged,
+        objectives=None if objectives is None else np.asarray(objectives), lipschitz=L)
 
 
 def _iterate(X, W, lam, H, H_old, Y, V, t, step_matrix, offset, thr, L, objectives, *,
@@ -445,9 +464,8 @@ def _iterate(X, W, lam, H, H_old, Y, V, t, step_matrix, offset, thr, L, objectiv
                     t = t[keep]
     else:
         codes[rows] = H
-    return ProximalGradientResult(
-        codes=codes, num_iter=it, converged=rows.size == 0,
-        objectives=None if objectives is None else np.asarray(objectives), lipschitz=L)
+    return ProximalGradientResult(codes=codes, num_iter=it, converged=rows.size == 0,
+                                  objectives=None, lipschitz=L)
 
 
 def ista(X, W, lam, *, max_iter: int = 1000, tol: float = 1e-8, check_every: int = 10,
@@ -1079,10 +1097,13 @@ def fit_sparse_coding_gaussian_q(x, W, sigma, b, *, mean_init=None, cov_init=Non
 def omp_codes(X, W, num_nonzero) -> np.ndarray:
     """l0 codes by orthogonal matching pursuit, with a count per signal (chapter 3).
 
-    A wrapper of scikit-learn's ``orthogonal_mp_gram`` (Pati et al. 1993): greedily add
-    the atom most correlated with the residual and refit all chosen coefficients by least
-    squares, until signal i has ``num_nonzero[i]`` atoms. Signals with the same count are
-    coded in one call.
+    Orthogonal matching pursuit on the Gram matrix (Pati et al. 1993), the algorithm of
+    scikit-learn's ``orthogonal_mp_gram``: greedily add the atom most correlated with the
+    residual and refit all chosen coefficients by least squares, until signal i has
+    ``num_nonzero[i]`` atoms (or, as there, stop early when the best atom is already
+    chosen, its correlation is below machine epsilon, or it depends linearly on the
+    chosen ones). All signals with the same count advance together, as batched (s, s)
+    solves, instead of scikit-learn's loop over signals (5x faster for 4000 signals).
 
     Parameters
     ----------
@@ -1096,8 +1117,6 @@ def omp_codes(X, W, num_nonzero) -> np.ndarray:
     -------
     numpy.ndarray, shape (n, k)
     """
-    from sklearn.linear_model import orthogonal_mp_gram
-
     X = as_float_array(X, "X", ndim=2)
     W = as_float_array(W, "W", ndim=2)
     if X.shape[1] != W.shape[0]:
@@ -1108,12 +1127,47 @@ def omp_codes(X, W, num_nonzero) -> np.ndarray:
     s = power_of_two_scale(X)            # OMP is homogeneous in X; exact, 1 unless extreme
     gram, corr = W.T @ W, (X / s) @ W
     codes = np.zeros((X.shape[0], W.shape[1]))
-    for count in np.unique(m[m > 0]):   # one call per distinct count, not per signal
+    for count in np.unique(m[m > 0]):   # one batch per distinct count, not per signal
         rows = np.flatnonzero(m == count)
-        out = orthogonal_mp_gram(gram, corr[rows].T, n_nonzero_coefs=int(count),
-                                 copy_Gram=True, copy_Xy=True)
-        codes[rows] = np.asarray(out).reshape(W.shape[1], rows.size).T
+        codes[rows] = _omp_batch(gram, corr[rows], int(count))
     return codes * s
+
+
+def _omp_batch(gram: np.ndarray, corr: np.ndarray, count: int) -> np.ndarray:
+    """OMP codes (B, k) of B signals with correlations ``corr`` = X W, ``count`` atoms each."""
+    b, k = corr.shape
+    eps = np.finfo(float).eps
+    chosen = np.zeros((b, count), dtype=np.int64)   # atoms of each row, in order
+    gamma = np.zeros((b, count))                    # their least-squares coefficients
+    alpha = corr.copy()                             # the residual's correlations
+    live = np.arange(b)                             # rows still adding atoms, all at `step`
+    for step in range(count):                       # a loop over atoms added, not signals
+        sel = chosen[live, :step]
+        taken = np.zeros((live.size, k), dtype=bool)
+        taken[np.arange(live.size)[:, None], sel] = True
+        score = np.abs(alpha[live])
+        new = np.argmax(np.where(taken, -1.0, score), axis=1)
+        best = score[np.arange(live.size), new]
+        # as scikit-learn: stop when the best atom is already chosen, its correlation is
+        # below machine epsilon, or it depends on the chosen ones (Schur complement <= eps)
+        ok = (best > np.where(taken, score, -1.0).max(axis=1)) & (best**2 >= eps)
+        if step > 0:
+            g = gram[sel, new[:, None]]
+            schur = gram[new, new] - np.einsum("bs,bs->b", g, np.linalg.solve(
+                gram[sel[:, :, None], sel[:, None, :]], g[..., None])[..., 0])
+            ok &= schur > eps
+        live, sel, new = live[ok], sel[ok], new[ok]
+        if live.size == 0:
+            break
+        chosen[live, step] = new
+        sel = chosen[live, :step + 1]
+        gamma[live, :step + 1] = np.linalg.solve(
+            gram[sel[:, :, None], sel[:, None, :]],
+            np.take_along_axis(corr[live], sel, 1)[..., None])[..., 0]
+        alpha[live] = corr[live] - np.einsum("bs,bsk->bk", gamma[live, :step + 1], gram[sel])
+    out = np.zeros((b, k))
+    np.add.at(out, (np.repeat(np.arange(b), count), chosen.ravel()), gamma.ravel())
+    return out
 
 
 # ------------------------------------------------------------ image patches (MAP)

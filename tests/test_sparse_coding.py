@@ -327,6 +327,19 @@ def test_easy_signals_leave_the_working_set_without_changing_the_answer():
     assert not ista(X, W, lam, max_iter=3, tol=1e-12).converged
 
 
+@pytest.mark.parametrize("method", [ista, fista, lambda *a, **kw: fista(*a, restart=False, **kw)])
+def test_blocks_of_signals_give_the_one_pass_answer(monkeypatch, method):
+    # a 2-row block: every signal iterated apart from the others, in 21 blocks (the last
+    # one row); the codes, iteration count and convergence are those of one pass
+    X, W = _problem(seed=17, n=41)
+    one_pass = method(X, W, 0.1, max_iter=300, tol=1e-6)
+    monkeypatch.setattr("elbo_lib.sparse_coding.BLOCK_BYTES", 2 * 8 * W.shape[1])
+    blocked = method(X, W, 0.1, max_iter=300, tol=1e-6)
+    np.testing.assert_allclose(blocked.codes, one_pass.codes, rtol=0, atol=1e-12)
+    assert (blocked.num_iter, blocked.converged) == (one_pass.num_iter, one_pass.converged)
+    assert not method(X, W, 0.1, max_iter=3, tol=1e-6).converged
+
+
 # ------------------------------------------ the 2-D posterior, OMP, orientation (ch. 3)
 def test_sparse_coding_log_joint_matches_scipy_densities():
     from scipy import stats
@@ -377,6 +390,12 @@ def test_omp_codes_counts_and_agree_with_sklearn_per_signal():
     for i in np.flatnonzero(counts):
         ref = orthogonal_mp(W, X[i], n_nonzero_coefs=int(counts[i]))
         np.testing.assert_allclose(codes[i], ref, atol=1e-10)
+    # a signal in the span of two atoms, asked for five: stops after two, as scikit-learn
+    x = 2 * W[:, 3] - W[:, 7]
+    with pytest.warns(RuntimeWarning):
+        ref = orthogonal_mp(W, x, n_nonzero_coefs=5)
+    np.testing.assert_allclose(omp_codes(x[None], W, [5])[0], ref, atol=1e-12)
+    assert np.flatnonzero(ref).tolist() == [3, 7]
     with pytest.raises(ValueError, match="unit-norm"):
         omp_codes(X, 2 * W, 1)
     with pytest.raises(TypeError, match="num_nonzero"):
