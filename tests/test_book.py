@@ -84,6 +84,52 @@ def _list_markers_inside_inline_math(source: str) -> list[str]:
     return found
 
 
+EXERCISE = re.compile(r"(?m)^(:{3,})\{exercise\}[^\n]*\n:label: (\S+)\n")
+SOLUTION = re.compile(r"(?m)^(:{3,})\{solution\} (\S+)\n((?::\w+:.*\n)*)")
+
+
+def _exercise_layout_problems(md: str) -> list[str]:
+    """The one exercise layout (sphinx-exercise, issue 33): every exercise a labelled
+    {exercise}, followed by exactly one {solution} of that label, folded (dropdown); no
+    solution in an admonition of its own and no exercise as a numbered paragraph."""
+    problems = []
+    labels = [m.group(2) for m in EXERCISE.finditer(md)]
+    solved = [(m.group(2), ":class: dropdown" in m.group(3)) for m in SOLUTION.finditer(md)]
+    for label in labels:
+        mine = [folded for target, folded in solved if target == label]
+        if len(mine) != 1:
+            problems.append(f"exercise {label} has {len(mine)} solutions")
+        elif not mine[0]:
+            problems.append(f"the solution of {label} is not folded (:class: dropdown)")
+    problems += [f"a solution of no exercise: {target}" for target, _ in solved
+                 if target not in labels]
+    if re.search(r"(?m)^:{3,}\{admonition\} Solution", md):
+        problems.append("a solution in an admonition (use {solution} <label>)")
+    if re.search(r"(?m)^\*\*Exercise \d", md):
+        problems.append("an exercise as a bold paragraph (use {exercise})")
+    return problems
+
+
+def test_exercise_layout_check_rejects_the_old_layouts():
+    old = "## Exercises\n\n1. Show it.\n\n:::{admonition} Solution 1\n:class: dropdown\nx\n:::\n"
+    assert _exercise_layout_problems(old)
+    good = (":::{exercise} Title\n:label: ex-a-1\n\nShow it.\n:::\n\n"
+            ":::{solution} ex-a-1\n:class: dropdown\n\nIt is.\n:::\n")
+    assert _exercise_layout_problems(good) == []
+    assert _exercise_layout_problems(good.replace(":class: dropdown\n", ""))
+    assert _exercise_layout_problems(good.replace("{solution} ex-a-1", "{solution} ex-b-1"))
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_chapter_has_exercises_in_the_one_layout(nb_path):
+    nb = json.loads(nb_path.read_text())
+    md = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    if f"chapters/{nb_path.stem}" in _toc_chapters():
+        assert EXERCISE.search(md), "a chapter ends with exercises ({exercise} directives)"
+    problems = _exercise_layout_problems(md)
+    assert not problems, "\n".join(problems)
+
+
 def test_list_marker_check_finds_a_broken_formula():
     broken = "the estimator $\\frac1S\\sum_s (a\n- b)$ and text"
     assert _list_markers_inside_inline_math(broken) == ["- b)$ and text"]
