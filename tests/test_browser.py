@@ -1525,14 +1525,16 @@ def _chapter_sources() -> list[dict]:
                 w = _normal_words(run).split()
                 windows |= {" ".join(w[i:i + 5]) for i in range(len(w) - 4)}
             solutions.append(windows)
+        exercises = len(re.findall(r"(?m)^:{3,}\{exercise\}", md))
         if page in SECTION_PAGES and out:
+            out[-1]["exercises"] += exercises
             out[-1]["figures"] += figures
             out[-1]["equations"] += equations
             out[-1]["solutions"] += solutions
             continue
         k += 1
         out.append({"number": k, "page": page, "title": title, "figures": figures,
-                    "equations": equations, "solutions": solutions})
+                    "equations": equations, "solutions": solutions, "exercises": exercises})
     return out
 
 
@@ -1555,7 +1557,8 @@ def test_pdf_has_every_chapter_with_its_figures_equations_and_solutions(pdf_page
     caption "Figure N.1" ... "Figure N.M" (M the chapter's figure cells) and no more; every
     numbered equation "(N.1)" ... "(N.L)"; citations resolved (no raw {cite}); the
     bibliography; and every solution printed open (at least half of the 5-word runs of
-    its text found: a folded solution prints its title only)."""
+    its text found: a folded solution prints its title only), a chapter's solutions
+    together after its last exercise."""
     starts = [re.sub(r"\s+", " ", p).strip() for p in pdf_pages]
     text = re.sub(r"\s+", " ", "\n".join(pdf_pages))
     words = _normal_words(text)
@@ -1579,6 +1582,14 @@ def test_pdf_has_every_chapter_with_its_figures_equations_and_solutions(pdf_page
         if missing:
             problems.append(f"chapter {k}: equation numbers missing: "
                             f"{[f'({k}.{m})' for m in missing]}")
+        if ch["exercises"]:  # the solutions printed together after the last exercise
+            last = f"Exercise {k}.{ch['exercises']}"
+            heads = [m.start() for m in re.finditer(re.escape(last) + r"\b", text)
+                     if not text[:m.start()].endswith("Solution to ")]
+            sols = [m.start() for m in re.finditer(rf"Solution to Exercise {k}\.\d+", text)]
+            if not heads or len(sols) != ch["exercises"] or min(sols) < max(heads):
+                problems.append(f"chapter {k}: its {ch['exercises']} solutions are not "
+                                f"printed together after {last}")
         for s, windows in enumerate(ch["solutions"], 1):
             if windows and sum(w in words for w in windows) < len(windows) / 2:
                 problems.append(f"chapter {k}: solution {s} is not printed (its text is "

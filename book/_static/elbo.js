@@ -37,7 +37,8 @@
  * 6. Short table cells. Cells of at most 40 characters get the class elbo-short, which
  *    elbo.css keeps on one line on a phone (the table scrolls with a cue instead); the
  *    same for the chapters' tables of checked claims (elbo_lib.reporting.Checks).
- * 7. Printing: solutions print open (see openEverything); folded set-up code is left out.
+ * 7. Printing: solutions print open (see openEverything); folded set-up code is left out;
+ *    the whole-book PDF prints each chapter's solutions after its last exercise.
  */
 (function () {
   "use strict";
@@ -279,9 +280,32 @@
     });
   }
 
+  // The whole-book PDF (make pdf) prints each chapter's solutions together at the end of
+  // its Exercises section, after the last exercise, as a printed textbook does; the page
+  // keeps each folded solution under its exercise.
+  function solutionsAtTheEnd() {
+    var sections = [];
+    document.querySelectorAll("article.bd-article div.solution").forEach(function (s) {
+      var section = s.closest("section");
+      if (section && sections.indexOf(section) < 0) sections.push(section);
+    });
+    sections.forEach(function (section) {
+      var heading = document.createElement("p");
+      heading.className = "rubric elbo-solutions";
+      heading.textContent = "Solutions";
+      section.appendChild(heading);
+      section.querySelectorAll(":scope > div.solution").forEach(function (s) {
+        section.appendChild(s);
+      });
+    });
+  }
+
   function onReady() {
     window.addEventListener("beforeprint", openEverything);
-    if (/(^|[?&])print\b/.test(window.location.search.slice(1))) openEverything();
+    if (/(^|[?&])print\b/.test(window.location.search.slice(1))) {
+      solutionsAtTheEnd();
+      openEverything();
+    }
     wireSidebarToggles();
     closeDrawersOnJump();
     enableFigureZoom();
