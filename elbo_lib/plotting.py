@@ -233,12 +233,15 @@ def _display_points(artist, ax) -> np.ndarray:
 
 
 def legend_overlaps(fig: Figure, margin_px: float = 2.0) -> list[str]:
-    """Describe every place where a legend inside an axes covers that axes' data.
+    """Describe every place where a legend covers drawn data.
 
     Lines (sampled every ~2 px along their segments), scatter points, the vertices of
     other collections (contours, bands) and patches (ellipses, bars) are tested against
-    each legend's box shrunk by ``margin_px``. Images are not data a legend can avoid
-    and are ignored; so are legends placed outside the axes.
+    each legend's box shrunk by ``margin_px``: an axes' legend against that axes' data,
+    a figure legend (``fig.legend``) against every axes' data. Only what is drawn counts:
+    a clipped artist's points outside its axes (a contour grid wider than the limits)
+    are not data a legend beside the axes covers. Images are not data a legend can avoid
+    and are ignored.
 
     Returns
     -------
@@ -250,14 +253,17 @@ def legend_overlaps(fig: Figure, margin_px: float = 2.0) -> list[str]:
     margin_px = check_real(margin_px, "margin_px")
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
+    pairs = [(ax.get_legend(), i, ax, "the legend") for i, ax in enumerate(fig.axes)]
+    pairs += [(legend, i, ax, "the figure's legend") for legend in fig.legends
+              for i, ax in enumerate(fig.axes)]
     problems = []
-    for i, ax in enumerate(fig.axes):
-        legend = ax.get_legend()
+    for legend, i, ax, which in pairs:
         if legend is None or not legend.get_visible():
             continue
         box = legend.get_window_extent(renderer)
         x0, y0 = box.x0 + margin_px, box.y0 + margin_px
         x1, y1 = box.x1 - margin_px, box.y1 - margin_px
+        frame = ax.get_window_extent(renderer)
         artists = [*ax.get_lines(), *ax.collections,
                    *(p for p in ax.patches if p.get_visible())]
         for artist in artists:
@@ -268,11 +274,14 @@ def legend_overlaps(fig: Figure, margin_px: float = 2.0) -> list[str]:
                 continue
             inside = ((pts[:, 0] > x0) & (pts[:, 0] < x1)
                       & (pts[:, 1] > y0) & (pts[:, 1] < y1))
+            if artist.get_clip_on():  # drawn only inside the axes
+                inside &= ((pts[:, 0] >= frame.x0) & (pts[:, 0] <= frame.x1)
+                           & (pts[:, 1] >= frame.y0) & (pts[:, 1] <= frame.y1))
             if inside.any():
                 label = str(artist.get_label() or "")
                 label = (repr(label) if label and not label.startswith("_")
                          else f"an unlabelled {type(artist).__name__}")
-                problems.append(f"axes {i} ({ax.get_title()!r}): the legend covers "
+                problems.append(f"axes {i} ({ax.get_title()!r}): {which} covers "
                                 f"{int(inside.sum())} drawn point(s) of {label}")
     return problems
 

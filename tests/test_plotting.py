@@ -133,6 +133,38 @@ def test_legend_overlap_scatter_and_outside_legend():
     assert legend_overlaps(fig2) == []
 
 
+def test_legend_overlap_checks_a_figure_legend_against_every_axes():
+    # fig.legend with loc="center" sits over the middle of the axes, where the diagonal
+    # runs: caught (a figure legend was not checked at all before).
+    fig, ax = plt.subplots()
+    x = np.linspace(0, 1, 50)
+    ax.plot(x, x, label="diagonal")
+    fig.legend(loc="center")
+    problems = legend_overlaps(fig)
+    assert len(problems) == 1 and "figure's legend" in problems[0] and "'diagonal'" in problems[0]
+    # Beside the axes with constrained layout: nothing covered.
+    fig2, ax2 = plt.subplots(layout="constrained")
+    ax2.plot(x, x, label="diagonal")
+    fig2.legend(loc="outside right center")
+    assert legend_overlaps(fig2) == []
+
+
+def test_legend_overlap_ignores_clipped_data_outside_the_axes():
+    # A filled contour on a grid wider than the axes' limits: its vertices beyond the
+    # limits are not drawn, so a legend beside the axes covers nothing ...
+    fig, ax = plt.subplots()
+    g = np.linspace(-6, 6, 41)
+    ax.contourf(g, g, np.exp(-(g[:, None] ** 2 + g[None, :] ** 2) / 8), levels=5)
+    ax.plot([-1, 1], [-1, 1], label="segment")
+    ax.set(xlim=(-3, 3), ylim=(-3, 3))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    assert legend_overlaps(fig) == []
+    # ... while the same legend inside the axes covers drawn contour vertices.
+    ax.legend(loc="upper right")
+    assert any("QuadContourSet" in p or "contour" in p.lower() or "unlabelled" in p
+               for p in legend_overlaps(fig))
+
+
 def test_show_refuses_a_legend_over_data():
     with pytest.raises(ValueError, match="legend over data"):
         show(_legend_figure("upper right"))
