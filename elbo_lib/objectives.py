@@ -191,7 +191,8 @@ class VariationalObjective:
     supports_runs : bool
         True when :meth:`surrogate` accepts a q with batch shape (R,) (R runs).
     is_upper_bound : bool
-        True for an upper bound on log p(x) (:class:`ChiUpperBound`): the loop minimises
+        True for an upper bound on log p(x) (:class:`ChiUpperBound`, :class:`RenyiBound`
+        with alpha < 0): the loop minimises
         the bound, so the surrogate's ``loss`` is plus its estimate, not minus.
     """
 
@@ -674,8 +675,11 @@ class RenyiBound(VariationalObjective):
     reparameterised VR gradient, a weighted pathwise gradient with weights
     w_j^(1-alpha) normalised). alpha = 1: the ELBO; alpha = 0: the IWAE bound
     (:class:`ImportanceWeightedBound`); alpha = -inf: VR-max. For alpha < 0, L_alpha is an
-    upper bound on log p(x): minimise it (:class:`ChiUpperBound`) rather than maximise
-    it. ``num_samples`` counts the independent k-sample estimates per step. Chapter 8.
+    upper bound on log p(x), which a loop must minimise: then ``is_upper_bound`` is True
+    and the surrogate's ``loss`` is plus the estimate (as :class:`ChiUpperBound`'s, which
+    is ``RenyiBound(1 - n, k)``), so that a loop never maximises an upper bound; for
+    alpha >= 0 the loss is minus the estimate. ``num_samples`` counts the independent
+    k-sample estimates per step. Chapter 8.
 
     Parameters
     ----------
@@ -690,6 +694,7 @@ class RenyiBound(VariationalObjective):
     def __init__(self, alpha: float, num_importance: int) -> None:
         self.alpha = _check_alpha(alpha)
         self.num_importance = check_positive_int(num_importance, "num_importance")
+        self.is_upper_bound = self.alpha < 0          # L_alpha >= log p(x): minimised
 
     def surrogate(self, log_joint: LogJoint, q: Distribution,
                   num_samples: int) -> Surrogate:
@@ -700,7 +705,8 @@ class RenyiBound(VariationalObjective):
         log_w = _finite(_log_joint_of(log_joint, z) - q.log_prob(z),
                         "log_joint(z) - q.log_prob(z)")
         bound = renyi_bound(log_w, self.alpha, dim=1).mean(0)
-        return Surrogate(-bound.sum(), bound.detach())
+        sign = 1.0 if self.is_upper_bound else -1.0
+        return Surrogate(sign * bound.sum(), bound.detach())
 
 
 class ChiUpperBound(VariationalObjective):
