@@ -522,7 +522,7 @@ def _gaussian_log_weights(log_joint: LogJoint, q: Distribution, num_samples: int
     return z, log_w
 
 
-class PathDerivativeIWAE(VariationalObjective):
+class PathDerivativeIWAE(ImportanceWeightedBound):
     """IW_k with log q's parameters held fixed: "sticking the landing" for IWAE.
 
     The pathwise gradient of IW_k = log (1/k) sum_j w_j has two parts through q's
@@ -542,9 +542,6 @@ class PathDerivativeIWAE(VariationalObjective):
 
     estimator = "path-derivative"
 
-    def __init__(self, num_importance: int) -> None:
-        self.num_importance = check_positive_int(num_importance, "num_importance")
-
     def surrogate(self, log_joint: LogJoint, q: Distribution,
                   num_samples: int) -> Surrogate:
         """See :meth:`VariationalObjective.surrogate`."""
@@ -553,7 +550,7 @@ class PathDerivativeIWAE(VariationalObjective):
         return Surrogate(-bound.sum(), bound.detach())
 
 
-class DoublyReparameterisedIWAE(VariationalObjective):
+class DoublyReparameterisedIWAE(ImportanceWeightedBound):
     r"""IW_k with the doubly reparameterised gradient (DReG; Tucker et al. 2019).
 
     The score part of the IWAE gradient (see :class:`PathDerivativeIWAE`) is itself
@@ -580,9 +577,6 @@ class DoublyReparameterisedIWAE(VariationalObjective):
     """
 
     estimator = "doubly-reparameterised"
-
-    def __init__(self, num_importance: int) -> None:
-        self.num_importance = check_positive_int(num_importance, "num_importance")
 
     def surrogate(self, log_joint: LogJoint, q: Distribution,
                   num_samples: int) -> Surrogate:
