@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from elbo_lib._validation import (
-    check_nonnegative,
-    check_positive_int,
-)
+from elbo_lib._validation import check_nonnegative, check_positive_int
 from elbo_lib.coordinate_ascent import coordinate_ascent
 from elbo_lib.em.estimator import _start
 from elbo_lib.em.mixture import (

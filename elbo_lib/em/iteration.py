@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from elbo_lib._validation import (
-    as_float_array,
-    check_real,
-)
+from elbo_lib._validation import as_float_array, check_real
 from elbo_lib.em.estimator import GaussianMixtureEM
 from elbo_lib.em.mixture import (
     _check_data,

@@ -10,12 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import gammaln, multigammaln
 
-from elbo_lib._validation import (
-    as_float_array,
-    check_nonnegative,
-    check_positive_int,
-    check_spd,
-)
+from elbo_lib._validation import as_float_array, check_nonnegative, check_positive_int, check_spd
 from elbo_lib.coordinate_ascent import coordinate_ascent
 from elbo_lib.em.estimator import _start
 from elbo_lib.em.mixture import (
