@@ -333,7 +333,7 @@ def test_blocks_of_signals_give_the_one_pass_answer(monkeypatch, method):
     # one row); the codes, iteration count and convergence are those of one pass
     X, W = _problem(seed=17, n=41)
     one_pass = method(X, W, 0.1, max_iter=300, tol=1e-6)
-    monkeypatch.setattr("elbo_lib.sparse_coding.BLOCK_BYTES", 2 * 8 * W.shape[1])
+    monkeypatch.setattr("elbo_lib.sparse_coding.proximal_gradient.BLOCK_BYTES", 2 * 8 * W.shape[1])
     blocked = method(X, W, 0.1, max_iter=300, tol=1e-6)
     np.testing.assert_allclose(blocked.codes, one_pass.codes, rtol=0, atol=1e-12)
     assert (blocked.num_iter, blocked.converged) == (one_pass.num_iter, one_pass.converged)
