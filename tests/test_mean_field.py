@@ -459,7 +459,8 @@ def test_svi_step_is_the_natural_gradient_of_the_elbo():
     """lambda_hat - lambda (full batch) = F(lambda)^-1 grad_lambda max_phi ELBO, with the
     gradient by central differences of the closed-form ELBO and F the Hessian of the
     log-normaliser A(lambda) = |lambda_1|^2 / (2 lambda_2) - (d/2) log lambda_2."""
-    from elbo_lib.mean_field import _optimal_resp, gaussian_mixture_elbo
+    from elbo_lib.mean_field import gaussian_mixture_elbo
+    from elbo_lib.mean_field.svi import _optimal_resp
     rng = np.random.default_rng(11)
     x = rng.normal(size=(40, 2)) + np.repeat([[2.0, 0.0], [-2.0, 1.0]], 20, axis=0)
     lam2 = np.array([3.0, 5.0])
