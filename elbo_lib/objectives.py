@@ -810,11 +810,12 @@ class InclusiveKL(VariationalObjective):
         num_samples = check_positive_int(num_samples, "num_samples")
         with torch.no_grad():
             z = q.sample((num_samples, self.num_importance))             # (S, k, *R, D)
-        log_p, log_w = _log_weights_no_grad(log_joint, q, z,
-                                            "log_joint(z) - q.log_prob(z)")
+            log_p = _log_joint_of(log_joint, z)
+        log_q = q.log_prob(z)                      # one pass: the weights use it detached
+        log_w = _finite(log_p - log_q.detach(), "log_joint(z) - q.log_prob(z)")
         weights = torch.softmax(log_w, dim=1)
         estimate = (weights * log_w).sum(1).mean(0)
-        loss = (weights * (log_p - q.log_prob(z))).sum(1).mean(0).sum()
+        loss = (weights * (log_p - log_q)).sum(1).mean(0).sum()
         return Surrogate(loss, estimate)
 
 
