@@ -55,13 +55,13 @@ MUTATIONS = [
         "chapters/01_elbo.ipynb"),
     Mutation(
         "fista", "FISTA's momentum step multiplied by 1.001",
-        "elbo_lib/sparse_coding.py",
+        "elbo_lib/sparse_coding/proximal_gradient.py",
         "beta = (t - 1.0) / t_new",
         "beta = 1.001 * (t - 1.0) / t_new",
         "chapters/03_map_sparse_coding.ipynb"),
     Mutation(
         "jacobi", "cavi_gaussian: Jacobi sweeps instead of Gauss-Seidel",
-        "elbo_lib/mean_field.py",
+        "elbo_lib/mean_field/gaussian.py",
         "        for j in range(mean.size):  # over coordinates (factors), not data points\n"
         "            others = precision[j] @ (m - mean) - precision[j, j] * (m[j] - mean[j])\n",
         "        m_prev = m.copy()  # Jacobi: every coordinate from the previous sweep\n"
