@@ -19,7 +19,6 @@ from elbo_lib.flows import (
     AutoregressiveTransform,
     FlowFamily,
     Grid2D,
-    PlanarFlowEncoder,
     PlanarStackTransform,
     PlanarTransform,
     RadialTransform,
@@ -28,10 +27,7 @@ from elbo_lib.flows import (
     log_density_u2,
     log_density_u3,
     log_density_u4,
-    refine_flow_posterior,
     square_grid,
-    train_flow_vaes,
-    vae_elbo_of,
 )
 
 F64 = torch.float64
@@ -276,13 +272,6 @@ def _layer(kind):
     return FlowFamily(2, 2, kind).transforms()[0]
 
 
-def _encoder_model(num_layers=1):
-    model = torch.nn.Module()
-    model.encoder = PlanarFlowEncoder(4, 2, num_layers, hidden=3)
-    model.decode = lambda z: torch.zeros(*z.shape[:-1], 4)
-    return model
-
-
 BAD_INPUTS = {
     "PlanarTransform": [
         (lambda: PlanarTransform([1.0, 0.0], U, B), TypeError, r"u must be a torch.Tensor"),
@@ -444,41 +433,6 @@ BAD_INPUTS = {
         (lambda: square_grid(1.0, 5).image(torch.zeros(5)), ValueError,
          r"values must have 25 entries"),
     ],
-    "PlanarFlowEncoder": [
-        (lambda: PlanarFlowEncoder(0, 2, 1), ValueError, r"num_pixels must be >= 1"),
-        (lambda: PlanarFlowEncoder(4, 2, -2), ValueError, r"num_layers must be >= 0"),
-        (lambda: PlanarFlowEncoder(4, 2, 1, hidden=0), ValueError, r"hidden must be >= 1"),
-    ],
-    "PlanarFlowEncoder.forward": [
-        (lambda: PlanarFlowEncoder(4, 2, 1)(torch.ones(3, 5)), ValueError,
-         r"x must have last dimension 4"),
-    ],
-    "PlanarFlowEncoder.raw_outputs": [
-        (lambda: PlanarFlowEncoder(4, 2, 1).raw_outputs(torch.ones(3, 2)), ValueError,
-         r"x must have last dimension 4"),
-    ],
-    "PlanarFlowEncoder.posterior": [
-        (lambda: PlanarFlowEncoder(4, 2, 1).posterior({"mean": torch.zeros(2)}), TypeError,
-         r"params must be a dict"),
-    ],
-    "vae_elbo_of": [
-        (lambda: vae_elbo_of(_encoder_model(), torch.ones(3, 4), "q", 5), TypeError,
-         r"q must be a torch Distribution"),
-        (lambda: vae_elbo_of(_encoder_model(), torch.ones(3, 4),
-                             _encoder_model().encoder(torch.ones(2, 4)), 5),
-         ValueError, r"x must be a tensor whose leading shape"),
-        (lambda: vae_elbo_of(_encoder_model(), torch.ones(3, 4),
-                             _encoder_model().encoder(torch.ones(3, 4)), 0),
-         ValueError, r"num_samples must be >= 1"),
-    ],
-    "refine_flow_posterior": [
-        (lambda: refine_flow_posterior(torch.nn.Linear(2, 2), torch.zeros(2, 2), 5),
-         TypeError, r"model.encoder must be a PlanarFlowEncoder"),
-        (lambda: refine_flow_posterior(_encoder_model(), torch.ones(3, 4), 0), ValueError,
-         r"num_steps must be >= 1"),
-        (lambda: refine_flow_posterior(_encoder_model(), torch.ones(3, 4), 2, lr=0.0),
-         ValueError, r"lr must be"),
-    ],
 }
 
 
@@ -534,41 +488,6 @@ def test_planar_stack_keeps_float32():
     z = torch.randn(4, 2)
     y = t(z)
     assert y.dtype == torch.float32 and t.log_abs_det_jacobian(z, y).dtype == torch.float32
-
-
-@pytest.mark.parametrize("num_layers", [0, 3])
-def test_planar_flow_encoder_shapes_and_density(num_layers):
-    torch.manual_seed(11)
-    encoder = PlanarFlowEncoder(6, 2, num_layers, hidden=5).double()
-    with torch.no_grad():
-        for p in encoder.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    x = torch.rand(4, 6, dtype=F64)
-    q = encoder(x)
-    assert tuple(q.batch_shape) == (4,) and tuple(q.event_shape) == (2,)
-    z = q.rsample((7,))
-    assert z.shape == (7, 4, 2) and q.log_prob(z).shape == (7, 4)
-    grid = square_grid(10.0, 301)
-    with torch.no_grad():                       # each image's q integrates to 1
-        log_q = encoder(x).log_prob(grid.points[:, None, :])        # (G, 4)
-    for i in range(4):
-        assert abs(grid.log_integral(log_q[:, i])) < 1e-6
-
-
-def test_planar_flow_encoder_starts_volume_preserving():
-    encoder = PlanarFlowEncoder(6, 2, 4, hidden=5).double()
-    params = encoder.raw_outputs(torch.rand(3, 6, dtype=F64))
-    t = PlanarStackTransform(params["u"], params["w"], params["b"])
-    z = torch.randn(5, 3, 2, dtype=F64)
-    # the biases were set in float32 (before .double()): w^T u = log(e - 1) to 1e-7
-    assert float(t.log_abs_det_jacobian(z, t(z)).detach().abs().max()) < 1e-6
-
-
-def test_refine_flow_posterior_needs_flow_encoder():
-    model = torch.nn.Module()
-    model.encoder = torch.nn.Linear(2, 2)
-    with pytest.raises(TypeError, match="PlanarFlowEncoder"):
-        refine_flow_posterior(model, torch.zeros(2, 2), 5)
 
 
 def test_grid_matrix_is_meshgrid_ij():
@@ -670,13 +589,6 @@ def _nan(t):
     return t
 
 
-def _flow_vae():
-    from elbo_lib.vae import VAE
-
-    torch.manual_seed(0)
-    return VAE(4, 2, 3, encoder=PlanarFlowEncoder(4, 2, 2, hidden=3))
-
-
 def _seeded_ml_problem():
     """A coupling family and data on which Adam with lr = 1e6 diverges at step 2 (seed 1;
     with some seeds the huge steps stay finite, which is a valid outcome)."""
@@ -684,7 +596,6 @@ def _seeded_ml_problem():
     return FlowFamily(2, 2, "coupling"), torch.randn(200, 2, dtype=F64)
 
 
-_XF = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
 _Z = torch.tensor([[0.3, -0.2], [1.0, 0.5]], dtype=F64)
 
 for _name, _cases in {
@@ -713,38 +624,6 @@ for _name, _cases in {
          r"values must be finite"),
         (lambda: square_grid(3.0, 5).integral(torch.zeros(25, dtype=torch.complex64)),
          TypeError, r"values must be real")],
-    "PlanarFlowEncoder.forward": [
-        (lambda: _flow_vae().encoder(_XF.numpy()), TypeError, r"x must be a torch.Tensor"),
-        (lambda: _flow_vae().encoder(None), TypeError, r"x must be a torch.Tensor")],
-    "PlanarFlowEncoder.posterior": [
-        (lambda: (lambda e: e.posterior(dict(e.raw_outputs(_XF),
-                                             mean=_nan(torch.zeros(3, 2)))))(
-            _flow_vae().encoder), ValueError, r"params\['mean'\] \(mean\) must contain")],
-    "refine_flow_posterior": [
-        (lambda: refine_flow_posterior(_flow_vae(), _XF.numpy(), 2), TypeError,
-         r"x must be a torch.Tensor"),
-        (lambda: refine_flow_posterior(_flow_vae(), _XF, 200, lr=1e8), ValueError,
-         r"refine_flow_posterior stopped at step \d+ of 200: .* smaller lr"),
-        (lambda: refine_flow_posterior(_flow_vae(), _XF, 2, start={"mean": _XF}), TypeError,
-         r"start must be a dict with the keys"),
-        (lambda: (lambda m: refine_flow_posterior(m, _XF, 2, start={
-            **m.encoder.raw_outputs(_XF), "mean": torch.zeros(1, 1)}))(_flow_vae()),
-         ValueError, r"start\['mean'\] must have shape")],
-    "train_flow_vaes": [
-        (lambda: train_flow_vaes(_flow_vae(), _XF, _XF, 1, [torch.Generator()]), TypeError,
-         r"models must be a non-empty list of VAE"),
-        (lambda: train_flow_vaes([_flow_vae()], _XF, _XF, 1, []), TypeError,
-         r"generators must be a list of 1 torch.Generator"),
-        (lambda: (lambda m: train_flow_vaes([m, m], _XF, _XF, 1, [torch.Generator()] * 2))(
-            _flow_vae()), ValueError, r"models must be distinct"),
-        (lambda: train_flow_vaes([_flow_vae()], _XF + 0.5, _XF, 1, [torch.Generator()]),
-         ValueError, r"x_train must be binary"),
-        (lambda: train_flow_vaes([_flow_vae()], _XF, _XF, 0, [torch.Generator()]),
-         ValueError, r"num_epochs must be >= 1"),
-        (lambda: train_flow_vaes([_flow_vae()], _XF, _XF, 3, [torch.Generator()], lr=1e9),
-         ValueError, r"train_flow_vaes stopped at epoch \d+ of 3.*smaller lr")],
-    "vae_elbo_of": [(lambda: vae_elbo_of(None, _XF, _flow_vae().encoder(_XF), 2), TypeError,
-                     r"model must be an elbo_lib.vae.VAE")],
     "FlowFamily": [(lambda: FlowFamily(2, 2, "planar", hidden=2.5), TypeError,
                     r"hidden must be an integer")],
     "fit_maximum_likelihood": [
@@ -798,35 +677,6 @@ EXTREME_INPUTS = {
          lambda out: math.isclose(out, math.log(1.5**2), rel_tol=1e-15) or pytest.fail(
              f"{out} != log(1.5^2)"))],
 }
-
-
-@pytest.mark.parametrize("num_layers", [0, 2])
-def test_train_flow_vaes_reproduces_train_vae(num_layers):
-    """Each batched run follows its own train_vae trajectory (same draws, same KL form);
-    rejects a wrong noise order, a wrong KL (closed form vs Monte Carlo) or a gradient
-    that mixes the runs."""
-    import copy
-
-    from elbo_lib.vae import VAE, train_vae
-
-    torch.manual_seed(0)
-    x = (torch.rand(40, 6) < 0.4).float()
-    models, generators, starts = [], [], []
-    for seed in (1, 2, 3):
-        torch.manual_seed(seed)
-        models.append(VAE(6, 2, 5, encoder=PlanarFlowEncoder(6, 2, num_layers, hidden=5)))
-        starts.append(torch.get_rng_state())
-        generators.append(torch.Generator().set_state(starts[-1]))
-    solo = [copy.deepcopy(m) for m in models]
-    histories = train_flow_vaes(models, x[:30], x[30:], 3, generators, batch_size=8)
-    for model, alone, generator, start, history in zip(models, solo, generators, starts,
-                                                       histories, strict=True):
-        torch.set_rng_state(start)
-        expected = train_vae(alone, x[:30], x[30:], 3, batch_size=8)
-        assert torch.equal(torch.get_rng_state(), generator.get_state())
-        for a, b in zip(model.parameters(), alone.parameters(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(history.val_elbo, expected.val_elbo, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize(("t", "wu", "b"), [

@@ -244,10 +244,11 @@ def test_importance_log_weights_with_an_explicit_proposal(toy_data):
 
 def test_evaluations_decode_by_the_sigmoid_form_of_tanh(toy_data):
     """Without gradients the evaluations use tanh(a) = 2 sigmoid(2a) - 1 folded into the
-    decoder's weights (elbo_lib.vae._log_likelihood): the plain log-likelihood to
+    decoder's weights (elbo_lib.vae.elbo._log_likelihood): the plain log-likelihood to
     round-off, for every shape of z the evaluations pass (one point, a batch, k samples
     of a batch, blocks of several samples); with gradients on, the plain form itself."""
-    from elbo_lib import vae as vae_module
+    from elbo_lib.vae import elbo as vae_module
+    from elbo_lib.vae import elbo_per_point
     model = VAE(6, 3, hidden=16)
     with torch.no_grad():
         for p in model.parameters():
@@ -264,10 +265,9 @@ def test_evaluations_decode_by_the_sigmoid_form_of_tanh(toy_data):
     exact = vae_module._log_likelihood(model, toy_data, z)
     assert exact.requires_grad
     assert torch.equal(exact, bernoulli_log_likelihood(toy_data, model.decode(z)))
-    with torch.no_grad(), pytest.raises(ValueError, match="not finite|finite"):
-        vae_module._log_likelihood(model, toy_data, torch.full((2, 40, 3), float("nan")))
-    with torch.no_grad(), pytest.raises(ValueError, match="shape"):
-        vae_module._log_likelihood(model, toy_data, torch.zeros(2, 40, 4))
+    # the kernel does not check: the public functions check their inputs and results
+    with pytest.raises(ValueError, match="ELBO is not finite"):
+        elbo_per_point(_nan_decoder(model), toy_data)
 
 
 # -- amortisation gap, training, collapse ---------------------------------------------------------
@@ -1379,3 +1379,213 @@ for _name, _cases in {
                            _restored(r"train_vae_variant stopped at epoch"))],
 }.items():
     EXTREME_INPUTS.setdefault(_name, []).extend(_cases)
+
+
+# -- chapter 7's planar-flow encoder family (elbo_lib.vae.flow_encoder; was in elbo_lib.flows)
+from elbo_lib.flows import PlanarStackTransform, square_grid  # noqa: E402
+from elbo_lib.vae import (  # noqa: E402
+    PlanarFlowEncoder,
+    check_binary_images,
+    log_prior,
+    refine_flow_posterior,
+    train_flow_vaes,
+    vae_elbo_of,
+)
+
+_F64 = torch.float64
+
+
+def _encoder_model(num_layers=1):
+    """A model with a flow encoder and a decoder of zero logits (not a VAE: vae_elbo_of
+    takes any model with ``decode``)."""
+    model = torch.nn.Module()
+    model.encoder = PlanarFlowEncoder(4, 2, num_layers, hidden=3)
+    model.decode = lambda z: torch.zeros(*z.shape[:-1], 4)
+    return model
+
+
+def _flow_vae():
+    torch.manual_seed(0)
+    return VAE(4, 2, 3, encoder=PlanarFlowEncoder(4, 2, 2, hidden=3))
+
+
+def _nan_first(t):
+    t = t.clone()
+    t.view(-1)[0] = float("nan")
+    return t
+
+
+_XF = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+
+for _name, _cases in {
+    "PlanarFlowEncoder": [
+        (lambda: PlanarFlowEncoder(0, 2, 1), ValueError, r"num_pixels must be >= 1"),
+        (lambda: PlanarFlowEncoder(4, 2, -2), ValueError, r"num_layers must be >= 0"),
+        (lambda: PlanarFlowEncoder(4, 2, 1, hidden=0), ValueError, r"hidden must be >= 1"),
+    ],
+    "PlanarFlowEncoder.forward": [
+        (lambda: PlanarFlowEncoder(4, 2, 1)(torch.ones(3, 5)), ValueError,
+         r"x must have 4 pixels in its last axis"),
+        (lambda: _flow_vae().encoder(_XF.numpy()), TypeError, r"x must be a torch.Tensor"),
+        (lambda: _flow_vae().encoder(None), TypeError, r"x must be a torch.Tensor"),
+        (lambda: _flow_vae().encoder(_nan_first(_XF)), ValueError, r"x must contain only finite"),
+    ],
+    "PlanarFlowEncoder.raw_outputs": [
+        (lambda: PlanarFlowEncoder(4, 2, 1).raw_outputs(torch.ones(3, 2)), ValueError,
+         r"x must have 4 pixels in its last axis"),
+    ],
+    "PlanarFlowEncoder.posterior": [
+        (lambda: PlanarFlowEncoder(4, 2, 1).posterior({"mean": torch.zeros(2)}), TypeError,
+         r"params must be a dict"),
+        (lambda: (lambda e: e.posterior(dict(e.raw_outputs(_XF),
+                                             mean=_nan_first(torch.zeros(3, 2)))))(
+            _flow_vae().encoder), ValueError, r"params\['mean'\] \(mean\) must contain"),
+    ],
+    "vae_elbo_of": [
+        (lambda: vae_elbo_of(_encoder_model(), torch.ones(3, 4), "q", 5), TypeError,
+         r"q must be a torch Distribution"),
+        (lambda: vae_elbo_of(_encoder_model(), torch.ones(3, 4),
+                             _encoder_model().encoder(torch.ones(2, 4)), 5),
+         ValueError, r"x must be a tensor whose leading shape"),
+        (lambda: vae_elbo_of(_encoder_model(), torch.ones(3, 4),
+                             _encoder_model().encoder(torch.ones(3, 4)), 0),
+         ValueError, r"num_samples must be >= 1"),
+        (lambda: vae_elbo_of(None, _XF, _flow_vae().encoder(_XF), 2), TypeError,
+         r"model must be an elbo_lib.vae.VAE"),
+    ],
+    "refine_flow_posterior": [
+        (lambda: refine_flow_posterior(torch.nn.Linear(2, 2), torch.zeros(2, 2), 5),
+         TypeError, r"model.encoder must be a PlanarFlowEncoder"),
+        (lambda: refine_flow_posterior(_encoder_model(), _XF, 2), TypeError,
+         r"model must be an elbo_lib.vae.VAE"),
+        (lambda: refine_flow_posterior(_flow_vae(), _XF, 0), ValueError,
+         r"num_steps must be >= 1"),
+        (lambda: refine_flow_posterior(_flow_vae(), _XF, 2, lr=0.0), ValueError,
+         r"lr must be"),
+        (lambda: refine_flow_posterior(_flow_vae(), _XF.numpy(), 2), TypeError,
+         r"x must be a torch.Tensor"),
+        (lambda: refine_flow_posterior(_flow_vae(), _XF, 200, lr=1e8), ValueError,
+         r"refine_flow_posterior stopped at step \d+ of 200: .* smaller lr"),
+        (lambda: refine_flow_posterior(_flow_vae(), _XF, 2, start={"mean": _XF}), TypeError,
+         r"start must be a dict with the keys"),
+        (lambda: (lambda m: refine_flow_posterior(m, _XF, 2, start={
+            **m.encoder.raw_outputs(_XF), "mean": torch.zeros(1, 1)}))(_flow_vae()),
+         ValueError, r"start\['mean'\] must have shape"),
+    ],
+    "train_flow_vaes": [
+        (lambda: train_flow_vaes(_flow_vae(), _XF, _XF, 1, [torch.Generator()]), TypeError,
+         r"models must be a non-empty list of VAE"),
+        (lambda: train_flow_vaes([_flow_vae()], _XF, _XF, 1, []), TypeError,
+         r"generators must be a list of 1 torch.Generator"),
+        (lambda: (lambda m: train_flow_vaes([m, m], _XF, _XF, 1, [torch.Generator()] * 2))(
+            _flow_vae()), ValueError, r"models must be distinct"),
+        (lambda: train_flow_vaes([_flow_vae()], _XF + 0.5, _XF, 1, [torch.Generator()]),
+         ValueError, r"x_train must be binary"),
+        (lambda: train_flow_vaes([_flow_vae()], _XF, _XF, 0, [torch.Generator()]),
+         ValueError, r"num_epochs must be >= 1"),
+        (lambda: train_flow_vaes([_flow_vae()], _XF, _XF, 3, [torch.Generator()], lr=1e9),
+         ValueError, r"train_flow_vaes stopped at epoch \d+ of 3.*smaller lr"),
+    ],
+    "log_prior": [
+        (lambda: log_prior([0.0, 1.0]), TypeError, r"z must be a torch.Tensor"),
+        (lambda: log_prior(torch.tensor(0.0)), ValueError, r"z must have a latent axis"),
+        (lambda: log_prior(torch.tensor([0.0, float("nan")])), ValueError,
+         r"z must contain only finite"),
+    ],
+    "check_binary_images": [
+        (lambda: check_binary_images(_XF + 0.5, 4), ValueError, r"x must be binary"),
+        (lambda: check_binary_images(_XF, 5), ValueError, r"x must have 5 pixels"),
+        (lambda: check_binary_images(_XF[0], 4), ValueError, r"x must be a batch"),
+        (lambda: check_binary_images(_XF, 4, name="x_val", dtype="float"), TypeError,
+         r"dtype must be a torch.dtype"),
+        (lambda: check_binary_images(_XF, 0), ValueError, r"num_pixels must be >= 1"),
+    ],
+}.items():
+    BAD_INPUTS.setdefault(_name, []).extend(_cases)
+
+
+def test_log_prior_is_the_standard_normal_density():
+    """log_prior against torch's Normal (an independent implementation): rejects a
+    missing normaliser or a sum over the wrong axis."""
+    z = torch.randn(5, 3, 3, dtype=_F64)
+    expected = Independent(Normal(torch.zeros(3, dtype=_F64), torch.ones(3, dtype=_F64)),
+                           1).log_prob(z)
+    torch.testing.assert_close(log_prior(z), expected, rtol=1e-14, atol=1e-13)
+
+
+def test_check_binary_images_converts_and_passes_binary_batches():
+    out = check_binary_images(_XF.double(), 4, dtype=torch.float32)
+    assert out.dtype == torch.float32 and torch.equal(out, _XF)
+
+
+@pytest.mark.parametrize("num_layers", [0, 3])
+def test_planar_flow_encoder_shapes_and_density(num_layers):
+    torch.manual_seed(11)
+    encoder = PlanarFlowEncoder(6, 2, num_layers, hidden=5).double()
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.rand(4, 6, dtype=_F64)
+    q = encoder(x)
+    assert tuple(q.batch_shape) == (4,) and tuple(q.event_shape) == (2,)
+    z = q.rsample((7,))
+    assert z.shape == (7, 4, 2) and q.log_prob(z).shape == (7, 4)
+    grid = square_grid(10.0, 301)
+    with torch.no_grad():                       # each image's q integrates to 1
+        log_q = encoder(x).log_prob(grid.points[:, None, :])        # (G, 4)
+    for i in range(4):
+        assert abs(grid.log_integral(log_q[:, i])) < 1e-6
+
+
+def test_planar_flow_encoder_starts_volume_preserving():
+    encoder = PlanarFlowEncoder(6, 2, 4, hidden=5).double()
+    params = encoder.raw_outputs(torch.rand(3, 6, dtype=_F64))
+    t = PlanarStackTransform(params["u"], params["w"], params["b"])
+    z = torch.randn(5, 3, 2, dtype=_F64)
+    # the biases were set in float32 (before .double()): w^T u = log(e - 1) to 1e-7
+    assert float(t.log_abs_det_jacobian(z, t(z)).detach().abs().max()) < 1e-6
+
+
+def test_refine_flow_posterior_needs_flow_encoder():
+    model = torch.nn.Module()
+    model.encoder = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="PlanarFlowEncoder"):
+        refine_flow_posterior(model, torch.zeros(2, 2), 5)
+
+
+def test_refinement_step_is_vae_elbo_of():
+    """The unchecked ELBO of a refinement step is the public vae_elbo_of, bit for bit
+    (same draws): rejects a kernel that drifted from the checked function."""
+    from elbo_lib.vae.flow_encoder import _vae_elbo_of
+
+    model = _flow_vae()
+    q = model.encode(_XF)
+    torch.manual_seed(3)
+    public = vae_elbo_of(model, _XF, q, 5)
+    torch.manual_seed(3)
+    assert torch.equal(public, _vae_elbo_of(model, _XF, q, 5))
+
+
+@pytest.mark.parametrize("num_layers", [0, 2])
+def test_train_flow_vaes_reproduces_train_vae(num_layers):
+    """Each batched run follows its own train_vae trajectory (same draws, same KL form);
+    rejects a wrong noise order, a wrong KL (closed form vs Monte Carlo) or a gradient
+    that mixes the runs."""
+    torch.manual_seed(0)
+    x = (torch.rand(40, 6) < 0.4).float()
+    models, generators, starts = [], [], []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        models.append(VAE(6, 2, 5, encoder=PlanarFlowEncoder(6, 2, num_layers, hidden=5)))
+        starts.append(torch.get_rng_state())
+        generators.append(torch.Generator().set_state(starts[-1]))
+    solo = [copy.deepcopy(m) for m in models]
+    histories = train_flow_vaes(models, x[:30], x[30:], 3, generators, batch_size=8)
+    for model, alone, generator, start, history in zip(models, solo, generators, starts,
+                                                       histories, strict=True):
+        torch.set_rng_state(start)
+        expected = train_vae(alone, x[:30], x[30:], 3, batch_size=8)
+        assert torch.equal(torch.get_rng_state(), generator.get_state())
+        for a, b in zip(model.parameters(), alone.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(history.val_elbo, expected.val_elbo, rtol=1e-4, atol=0)
