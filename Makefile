@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
 
-.PHONY: all book pdf test test-portable execute lint bench bench-smoke clean help
+.PHONY: all book pdf test test-portable test-all execute lint bench bench-smoke clean help
 
 all: book
 
@@ -22,6 +22,7 @@ help:
 	@echo "make test-portable  nbval over every chapter under 3 kernel configurations"
 	@echo "              imitating other x86-64 CPUs (tools/portability.py; one skipped when"
 	@echo "              its kernels compute exactly this machine's bits, as make test did)"
+	@echo "make test-all make test and make test-portable in one pool of runs (CI)"
 	@echo "make execute  re-execute every notebook in place (refresh committed outputs)"
 	@echo "make lint     ruff over elbo_lib, tests, tools, benchmarks and the notebooks"
 	@echo "make bench    run the benchmarks (installs benchmarks/requirements.txt; see benchmarks/)"
@@ -64,6 +65,12 @@ test: $(STAMP)
 
 test-portable: $(STAMP)
 	$(BIN)/python tools/portability.py
+
+# make test and make test-portable as one pool of pytest runs (what CI runs): no worker
+# waits for the other at the end of the first before the second starts
+test-all: $(STAMP)
+	$(BIN)/python tools/portability.py --tests --config native --config avx2 \
+	  --config avx --config sse4
 
 execute: $(STAMP)
 	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
