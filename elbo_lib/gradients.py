@@ -74,10 +74,12 @@ __all__ = [
     "score_function_gradient",
 ]
 
-#: The book's one vocabulary of gradient estimators (chapter 5): the objectives of
+#: The book's one vocabulary of gradient estimators (chapters 5 and 8): the objectives of
 #: :mod:`elbo_lib.objectives` name theirs by these words, and the measurements here take
-#: the words that apply to them.
-ESTIMATORS = ("pathwise", "path-derivative", "score", "score-cv")
+#: the words that apply to them ("doubly-reparameterised": DReG's IWAE gradient;
+#: "self-normalised-score": the inclusive KL's reweighted score, measured in chapter 8).
+ESTIMATORS = ("pathwise", "path-derivative", "score", "score-cv", "doubly-reparameterised",
+              "self-normalised-score")
 DTYPE = torch.float64
 
 
