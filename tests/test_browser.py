@@ -46,7 +46,11 @@ no number in printed output is split over two lines, the previous / next titles 
 whole, and a tap in the page-contents drawer closes it; every figure's image has its
 caption as alt text (never a file path); solution and aside title bars span their box;
 links have one colour (AA contrast, underlined); pages outside the chapters number their
-figures from 1. With ``ELBO_BOOK_PDF=<file>`` (``make pdf`` sets it) the whole-book PDF
+figures from 1; every chapter page says, under its title, the one command that makes
+``elbo_lib`` importable for its downloaded notebook (and that command installs every
+package the notebooks and ``elbo_lib`` import); the Performance page's summary of the
+ratios is one table per comparison whose ratios a phone shows without scrolling; no table
+has an empty header row. With ``ELBO_BOOK_PDF=<file>`` (``make pdf`` sets it) the whole-book PDF
 is checked with pdftotext / pdfimages: every chapter on its own sheet in order, with all
 its figures, numbered equations and solutions.
 
@@ -470,6 +474,8 @@ def _visit(context, base: str, page_path: str) -> Visit:
         visit.facts = page.evaluate(COLLECT_JS)
         visit.reader = page.evaluate(READER_JS)
         visit.reader["links"] = page.evaluate(LINK_COLOUR_JS)
+        visit.reader["run_note"] = page.evaluate(RUN_NOTE_JS)
+        visit.reader["tables"] = page.evaluate(SUMMARY_TABLES_JS)
         if TAKE_SCREENSHOTS and page_path != "index.html":  # index.html: the root page
             visit.screenshot = _shot_name(page_path, VIEWPORT["width"])
             page.screenshot(path=str(visit.screenshot), full_page=True,
@@ -502,6 +508,8 @@ def _visit_phone(context, base: str, visit: Visit) -> None:
         visit.phone["tables"] = page.evaluate(PHONE_TABLES_JS)
         visit.phone["outputs"] = page.evaluate(PHONE_OUTPUT_JS)
         visit.phone["footer"] = page.evaluate(PHONE_FOOTER_JS)
+        visit.phone["run_note"] = page.evaluate(RUN_NOTE_JS)
+        visit.phone["tables_read"] = page.evaluate(SUMMARY_TABLES_JS)
         if TAKE_SCREENSHOTS:
             shot = _shot_name(visit.page, PHONE["width"])
             page.screenshot(path=str(shot), full_page=True, animations="disabled",
@@ -696,6 +704,62 @@ PHONE_FOOTER_JS = r"""
   return out;
 }
 """
+
+RUN_NOTE_JS = r"""
+() => {
+  // The note under a chapter's title (book/_ext/elbo_runnote.py): its text, whether it is
+  // shown, its command, and whether the command is whole on the screen (one line, inside
+  // the text column).
+  const main = document.querySelector('article.bd-article');
+  const n = main && main.querySelector('div.elbo-run-note');
+  if (!n) return null;
+  const cmd = n.querySelector('code.elbo-run-command');
+  const col = main.getBoundingClientRect();
+  let whole = false;
+  if (cmd) {
+    const rects = [...cmd.getClientRects()].filter(r => r.width > 0);
+    whole = rects.length === 1 && rects[0].right <= col.right + 1 && rects[0].left >= col.left - 1;
+  }
+  const h1 = main.querySelector('h1');
+  return {text: n.textContent.replace(/\s+/g, ' ').trim(),
+          shown: !!(n.offsetWidth || n.offsetHeight),
+          after_title: !!h1 && h1.closest('section') === n.parentElement
+              && !!(h1.compareDocumentPosition(n) & Node.DOCUMENT_POSITION_FOLLOWING),
+          command: cmd ? cmd.textContent.replace(/\s+/g, ' ').trim() : null,
+          command_whole: whole};
+}
+"""
+
+SUMMARY_TABLES_JS = r"""
+() => {
+  // Every table of the page: its header cells, body rows, heading (the rubric just before
+  // it, or its caption) and the link in it,
+  // and (for the summary's parts) whether the ratio column is on the screen without
+  // scrolling.
+  const main = document.querySelector('article.bd-article');
+  if (!main) return [];
+  const col = main.getBoundingClientRect();
+  return [...main.querySelectorAll('table')].map(t => {
+    const heads = [...t.querySelectorAll('thead th')].map(h => h.textContent.trim());
+    const box = t.closest('.pst-scrollable-table-container') || t;
+    const before = box.previousElementSibling;  // the part's heading (a rubric)
+    const cap = before && before.matches('p.rubric') ? before : t.querySelector('caption');
+    const link = cap && cap.querySelector('a[href^="#"]');
+    const last = [...t.querySelectorAll('tbody tr')].map(r => r.lastElementChild);
+    const br = box.getBoundingClientRect();
+    return {heads, rows: t.querySelectorAll('tbody tr').length,
+            part: t.classList.contains('elbo-summary-part'),
+            caption: cap ? cap.textContent.replace(/\s+/g, ' ').trim() : null,
+            target: link ? link.getAttribute('href').slice(1) : null,
+            target_found: !!(link && document.getElementById(link.getAttribute('href').slice(1))),
+            last_column_on_screen: last.every(td => {
+              const r = td.getBoundingClientRect();
+              return r.right <= Math.min(br.right, col.right) + 1;
+            })};
+  });
+}
+"""
+
 
 LINK_COLOUR_JS = r"""
 () => {
@@ -1485,6 +1549,163 @@ def test_solution_and_aside_title_bars_span_their_box(visits):
         problems += [f"{page_path}: {p}" for p in reader["title_bars"]]
     assert seen, "no admonition on any page (the check would be vacuous)"
     assert not problems, f"title bars narrower than their box:{_listing(problems)}"
+
+
+# --------------------------------------------------------------------------------------
+# A downloaded notebook that runs (issue 33, item 6); the Performance page on a phone
+
+
+def _run_command() -> str:
+    """The command book/_ext/elbo_runnote.py puts on every chapter page (its COMMAND)."""
+    source = (ROOT / "book" / "_ext" / "elbo_runnote.py").read_text()
+    return re.search(r'^COMMAND = "(.+)"$', source, re.M).group(1)
+
+
+@pytest.mark.parametrize("page_path", CHAPTERS)
+def test_chapter_says_how_to_run_its_notebook(visits, page_path):
+    """Under the title of every chapter page, at 1366 px and at 390 px, a note names the
+    page's notebook (the file the download button gives) and the one command that makes
+    elbo_lib importable, whole on one line inside the column. Rejects a page without the
+    note, a note naming another notebook, and a command broken over lines or cut off."""
+    v = _seen(visits, page_path)
+    command = _run_command()
+    notebook = Path(page_path).with_suffix(".ipynb").name
+    for width, note in ((1366, v.reader.get("run_note")), (390, v.phone.get("run_note"))):
+        where = f"{page_path} at {width} px"
+        assert note, f"{where}: no note saying how to run the downloaded notebook"
+        assert note["shown"] and note["after_title"], f"{where}: note not under the title: {note}"
+        assert note["command"] == command, f"{where}: command {note['command']!r} != {command!r}"
+        assert note["command_whole"], f"{where}: the command is broken over lines or cut off"
+        assert notebook in note["text"] and "elbo_lib" in note["text"], (
+            f"{where}: the note does not name {notebook} and elbo_lib: {note['text']!r}")
+    if v.download and v.download.get("filename"):
+        assert v.download["filename"] == notebook, (
+            f"{page_path}: the note names {notebook}, the download gives "
+            f"{v.download['filename']}")
+
+
+def _imported_modules(source: str) -> set[str]:
+    import ast
+    tree = ast.parse(source)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_run_command_installs_everything_a_notebook_imports():
+    """The note's command (`pip install -r requirements.txt -e .`) makes a downloaded
+    notebook run only if pyproject.toml's package is elbo_lib and every module that
+    elbo_lib and the chapters import is in the standard library, is elbo_lib, or comes
+    from a distribution that requirements.txt pins or that a pinned one requires (as
+    installed here; the notebooks read no file of the repository). Rejects a chapter or a
+    module of elbo_lib importing a package the command would not install (pyro, say, which
+    only benchmarks/requirements.txt pins), and a command naming other files."""
+    import importlib.metadata as md
+    import sys
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    command = _run_command()
+    assert re.fullmatch(r"python -m pip install -r requirements\.txt -e \.", command), command
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = packages.get("packages")  # a list, or {"find": {"include": [...]}}
+    if isinstance(packages, dict):
+        packages = packages.get("find", {}).get("include", ["elbo_lib"])  # find: everything
+    assert "elbo_lib" in packages, f"pyproject.toml does not install elbo_lib: {packages}"
+    pinned = set()
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            pinned.add(canonicalize_name(Requirement(line).name))
+    closure, todo = set(), list(pinned)
+    while todo:
+        name = todo.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    sources = {p.relative_to(ROOT).as_posix(): p.read_text()
+               for p in sorted((ROOT / "elbo_lib").rglob("*.py"))}
+    for nb_path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        nb = json.loads(nb_path.read_text())
+        code = "\n".join(
+            "\n".join(line for line in "".join(c["source"]).splitlines()
+                      if not line.lstrip().startswith(("%", "!")))
+            for c in nb["cells"] if c["cell_type"] == "code")
+        sources[nb_path.relative_to(ROOT).as_posix()] = code
+    provided = md.packages_distributions()
+    problems = []
+    for where, source in sources.items():
+        for module in sorted(_imported_modules(source)):
+            if module in sys.stdlib_module_names or module in {"elbo_lib", "__future__"}:
+                continue
+            dists = {canonicalize_name(d) for d in provided.get(module, [])}
+            if not dists & closure:
+                problems.append(f"{where} imports {module} ({sorted(dists) or 'not installed'}),"
+                                f" which requirements.txt does not install")
+    assert len(sources) > 10, sorted(sources)
+    assert not problems, f"`{command}` would not install:{_listing(problems)}"
+
+
+@pytest.mark.parametrize("page_path", READER_PAGES)
+def test_no_table_has_an_empty_header_row(visits, page_path):
+    """No table opens with a header row of empty cells (rejects the Performance page's
+    "Machine and run" table as Markdown writes it, "| | |" above its rows)."""
+    tables = _seen(visits, page_path).reader.get("tables") or []
+    empty = [i for i, t in enumerate(tables, 1) if t["heads"] and not any(t["heads"])]
+    assert not empty, f"{page_path}: tables {empty} have an empty header row"
+
+
+def _summary_rows() -> dict[str, int]:
+    """Rows per comparison of the summary table in benchmarks/results/results.md."""
+    text = (ROOT / "benchmarks" / "results" / "results.md").read_text()
+    block = text.split("### Summary of the ratios", 1)[1].split("\n###", 1)[0]
+    counts: dict[str, int] = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] not in ("comparison", "---"):
+            counts[cells[0]] = counts.get(cells[0], 0) + 1
+    return counts
+
+
+def test_performance_summary_is_one_table_per_comparison(visits):
+    """The Performance page's summary of the ratios (one table of comparison | case | size
+    | ratio in benchmarks/results/results.md) is shown as one table per comparison,
+    case | size | ratio, each headed by a link to the section that details it, holding
+    together exactly the rows of each comparison counted in results.md; at 390 px every
+    part's ratio column is on the screen without scrolling. Rejects the single long table
+    (six phone screens, the ratios off the right edge), a split that loses or moves rows,
+    and a part whose ratios a phone has to scroll to."""
+    page = "book/performance.html"
+    want = _summary_rows()
+    assert len(want) >= 5 and sum(want.values()) > 40, want
+    for width, tables in ((1366, _seen(visits, page).reader.get("tables")),
+                          (390, _seen(visits, page).phone.get("tables_read"))):
+        assert tables, f"{page} at {width} px: no tables gathered"
+        whole = [t for t in tables if t["heads"][:1] == ["comparison"]]
+        assert not whole, f"{page} at {width} px: the summary is still one table {whole[0]}"
+        parts = [t for t in tables if t["part"]]
+        assert [t["heads"] for t in parts] == [["case", "size", "ratio"]] * len(want), parts
+        assert [t["rows"] for t in parts] == list(want.values()), (
+            f"{page}: rows per part {[t['rows'] for t in parts]}, results.md has {want}")
+        unlinked = [t["caption"] for t in parts if not t["target_found"]]
+        assert not unlinked, f"{page}: parts whose heading links no section: {unlinked}"
+        if width == 390:
+            hidden = [t["caption"] for t in parts if not t["last_column_on_screen"]]
+            assert not hidden, f"{page} at 390 px: ratios scrolled off the screen in {hidden}"
 
 
 # --------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@
  *    text column is scaled down RELATIVE TO THAT SIZE, at most to MIN_SCALE of it and
  *    never below the size of the body text; a formula that still does not fit scrolls,
  *    and tests/test_browser.py reports it so that the chapter splits it over lines.
+ *    Only a formula that scrolls gets the scroll cue (class elbo-scrolls), drawn in the
+ *    colour of the box it sits in.
  *    This runs again when the window is resized and when a hidden block opens.
  * 4. Sidebar buttons. sphinx-book-theme 1.3.0 / pydata-sphinx-theme 0.17.1 put two
  *    buttons of each kind on the page (.primary-toggle, .secondary-toggle): one in the top
@@ -161,13 +163,36 @@
       m.style.fontSize = m.dataset.elboSize;  // MathJax's own size
       const have = m.clientWidth;
       const need = m.scrollWidth;
-      if (!(have > 0 && need > have + 1)) return;
-      const own = m.dataset.elboSize ? parseFloat(m.dataset.elboSize) / 100 : 1;
-      const ownPx = px(m);
-      const floor = Math.max(MIN_SCALE, bodyPx / ownPx);
-      const scale = Math.min(1, Math.max(floor, (0.99 * have) / need));
-      m.style.fontSize = (100 * own * scale).toFixed(1) + "%";
+      if (have > 0 && need > have + 1) {
+        const own = m.dataset.elboSize ? parseFloat(m.dataset.elboSize) / 100 : 1;
+        const ownPx = px(m);
+        const floor = Math.max(MIN_SCALE, bodyPx / ownPx);
+        const scale = Math.min(1, Math.max(floor, (0.99 * have) / need));
+        m.style.fontSize = (100 * own * scale).toFixed(1) + "%";
+      }
+      // Still too wide: it scrolls, with the cue of elbo.css drawn in the colour of the
+      // box it sits in (a formula that fits gets no background of its own).
+      const scrolls = m.clientWidth > 0 && m.scrollWidth > m.clientWidth + 1;
+      m.classList.toggle("elbo-scrolls", scrolls);
+      if (scrolls) m.style.setProperty("--elbo-cover", backgroundOf(m.parentElement));
     });
+  }
+
+  // The opaque colour an element's box shows: its own and its ancestors' backgrounds
+  // composited, up to the first opaque one (an exercise's tint is translucent).
+  function backgroundOf(element) {
+    const layers = [];
+    for (let e = element; e; e = e.parentElement) {
+      const c = (window.getComputedStyle(e).backgroundColor.match(/[\d.]+/g) || []).map(Number);
+      const rgba = c.length >= 3 ? [c[0], c[1], c[2], c.length > 3 ? c[3] : 1] : [0, 0, 0, 0];
+      if (rgba[3] > 0) layers.push(rgba);
+      if (rgba[3] >= 1) break;
+    }
+    let rgb = [255, 255, 255];
+    layers.reverse().forEach(function (l) {
+      rgb = rgb.map(function (v, i) { return l[i] * l[3] + v * (1 - l[3]); });
+    });
+    return "rgb(" + rgb.map(Math.round).join(", ") + ")";
   }
 
   let pending = null;
@@ -268,6 +293,18 @@
     });
   }
 
+  // A solution's title is "Solution to" followed by a link whose text starts with the
+  // space (sphinx-exercise: <a> Exercise 4.1 (...)</a>), so the link's underline started
+  // with a blank: the space goes before the link.
+  function tidySolutionTitles() {
+    document.querySelectorAll("div.solution > p.admonition-title > a").forEach(function (a) {
+      const first = a.firstChild;
+      if (!first || first.nodeType !== Node.TEXT_NODE || !/^\s/.test(first.textContent)) return;
+      first.textContent = first.textContent.replace(/^\s+/, "");
+      a.parentNode.insertBefore(document.createTextNode(" "), a);
+    });
+  }
+
   // ------------------------------------------------------------------- 7. printing
   // A printed page (and `make pdf`, which opens the single-page book with ?print) shows
   // the solutions open.
@@ -310,6 +347,7 @@
     closeDrawersOnJump();
     enableFigureZoom();
     markShortCells();
+    tidySolutionTitles();
   }
 
   if (document.readyState === "loading") {
