@@ -830,8 +830,10 @@ class MarkovianScoreClimbing(VariationalObjective):
     w~_j (w_j = p(x, z_j) / q(z_j)). For any fixed q this kernel leaves p(z | x)
     invariant, so the gradient -grad log q_phi(z_new) (``loss`` = log p(x, z_new) -
     log q_phi(z_new), z_new held fixed) is unbiased for the inclusive KL's gradient once
-    the chain has mixed, and score climbing with decreasing step sizes converges to a
-    local optimum of KL(p || q) (Naesseth et al. 2020; the step sizes are the loop's).
+    the chain has mixed. Along a fit q, and so the kernel, changes at every step;
+    Naesseth et al. (2020) prove that score climbing with Robbins-Monro step sizes
+    (decreasing, sum infinite, sum of squares finite) still converges to a local
+    optimum of KL(p || q). The step sizes are the loop's: ``fit_vi``'s are constant.
     ``estimate`` is log w(z_new).
     The object **keeps the chains' states** between calls (one chain per estimate and
     run, initialised from q at the first call or when q's shape or ``num_samples``
