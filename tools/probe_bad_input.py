@@ -295,7 +295,7 @@ def vae_model(latent=2, seed=0):
 
 def flow_vae(num_layers=2, seed=0):
     torch.manual_seed(seed)
-    return vae.VAE(4, 2, 3, encoder=flows.PlanarFlowEncoder(4, 2, num_layers, 3))
+    return vae.VAE(4, 2, 3, encoder=vae.PlanarFlowEncoder(4, 2, num_layers, 3))
 
 
 def lam_vae(fn, latent=2):
@@ -504,26 +504,26 @@ SPECS3 = [
     ("flows.log_density_u2", flows.log_density_u2, dict(z=Z2, confine=4.0)),
     ("flows.log_density_u3", flows.log_density_u3, dict(z=Z2, confine=4.0)),
     ("flows.log_density_u4", flows.log_density_u4, dict(z=Z2, confine=4.0)),
-    ("flows.PlanarFlowEncoder", lambda **k: flows.PlanarFlowEncoder(**k).outer.bias.shape,
+    ("vae.PlanarFlowEncoder", lambda **k: vae.PlanarFlowEncoder(**k).outer.bias.shape,
      dict(num_pixels=4, latent_dim=2, num_layers=2, hidden=3)),
-    ("flows.PlanarFlowEncoder.raw_outputs",
+    ("vae.PlanarFlowEncoder.raw_outputs",
      lambda **k: flow_vae().encoder.raw_outputs(**k)["u"], dict(x=XB)),
-    ("flows.PlanarFlowEncoder.forward",
+    ("vae.PlanarFlowEncoder.forward",
      lambda **k: (lambda q: q.log_prob(torch.zeros(6, 2)))(flow_vae().encoder(**k)),
      dict(x=XB)),
-    ("flows.PlanarFlowEncoder.posterior",
+    ("vae.PlanarFlowEncoder.posterior",
      lambda **k: flow_vae().encoder.posterior(dict(flow_vae().encoder.raw_outputs(XB),
                                                    **k)).log_prob(torch.zeros(6, 2)),
      dict(mean=torch.zeros(6, 2), logvar=torch.zeros(6, 2))),
-    ("flows.vae_elbo_of",
-     lambda **k: flows.vae_elbo_of(**dict(dict(model=flow_vae(),
+    ("vae.vae_elbo_of",
+     lambda **k: vae.vae_elbo_of(**dict(dict(model=flow_vae(),
                                                q=flow_vae().encoder(XB)), **k)),
      dict(x=XB, num_samples=2)),
-    ("flows.vae_elbo_of(model)",
-     lambda **k: flows.vae_elbo_of(x=XB, q=flow_vae().encoder(XB), num_samples=2, **k),
+    ("vae.vae_elbo_of(model)",
+     lambda **k: vae.vae_elbo_of(x=XB, q=flow_vae().encoder(XB), num_samples=2, **k),
      dict(model=flow_vae())),
-    ("flows.refine_flow_posterior",
-     lambda **k: flows.refine_flow_posterior(flow_vae(), **k)[1],
+    ("vae.refine_flow_posterior",
+     lambda **k: vae.refine_flow_posterior(flow_vae(), **k)[1],
      dict(x=XB, num_steps=2, lr=0.01, num_samples=2)),
     ("flows.fit_maximum_likelihood",
      lambda **k: flows.fit_maximum_likelihood(family("coupling"), **k),
@@ -899,7 +899,7 @@ def _diverge(train, *args, **kwargs):
     """A training call that diverges: a clear error naming the step, and the model's
     parameters as they were before the call (or the library's documented state)."""
     def call():
-        model = vae_model() if train is not flows.refine_flow_posterior else flow_vae()
+        model = vae_model() if train is not vae.refine_flow_posterior else flow_vae()
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         try:
             train(model, *args, **kwargs)
@@ -948,7 +948,7 @@ EXTREME3 = [
     ("elbo_terms KL at logvar -110 (float32 encoder)", *_elbo_terms_logvar(-110.0)),
     ("importance_log_weights at logvar -800", *_ilw_logvar()),
     ("refine_flow_posterior(lr=1e8)",
-     _diverge(flows.refine_flow_posterior, XB, 200, lr=1e8), ("error", "lr")),
+     _diverge(vae.refine_flow_posterior, XB, 200, lr=1e8), ("error", "lr")),
     ("train_wake_sleep(lr=1e10)",
      _diverge(vae.train_wake_sleep, XB, XV, 20, 3, lr=1e10), ("error", "lr")),
     ("train_vae(lr=1e10)", _diverge(vae.train_vae, XB, XV, 20, 3, lr=1e10), ("error", "lr")),
@@ -956,11 +956,11 @@ EXTREME3 = [
      ("error", "lr")),
     ("fit_maximum_likelihood(lr=1e6), then lr=0.01", _ml_diverge_then_fit, _ml_check),
     ("vae_elbo_of(model=None)",
-     lambda: flows.vae_elbo_of(None, XB, flow_vae().encoder(XB), 2), ("error", "model")),
+     lambda: vae.vae_elbo_of(None, XB, flow_vae().encoder(XB), 2), ("error", "model")),
     ("PlanarFlowEncoder.forward(numpy x)",
      lambda: flow_vae().encoder(XB.numpy()), ("error", "x")),
     ("refine_flow_posterior(None x)",
-     lambda: flows.refine_flow_posterior(flow_vae(), None, 2), ("error", "x")),
+     lambda: vae.refine_flow_posterior(flow_vae(), None, 2), ("error", "x")),
     ("iwae_bound(one image)", lambda: vae.iwae_bound(vae_model(), XB[0], 3), ("error", "x")),
     ("Grid2D.log_integral(+inf)",
      lambda: GRID.log_integral(torch.full((25,), math.inf)), ("error", "log_values")),
