@@ -49,9 +49,9 @@ MUTATIONS = [
     Mutation(
         "kl-weight", "KL-to-prior term of ConjugateGaussianMean.elbo weighted by 1.001",
         "elbo_lib/models.py",
-        "return self.expected_log_likelihood(q_mean, q_var) - self.kl_to_prior(q_mean, q_var)",
-        "return self.expected_log_likelihood(q_mean, q_var) - 1.001 * self.kl_to_prior("
-        "q_mean, q_var)",
+        "return self.expected_log_likelihood(mean_q, var_q) - self.kl_to_prior(mean_q, var_q)",
+        "return self.expected_log_likelihood(mean_q, var_q) - 1.001 * self.kl_to_prior("
+        "mean_q, var_q)",
         "chapters/01_elbo.ipynb"),
     Mutation(
         "fista", "FISTA's momentum step multiplied by 1.001",
