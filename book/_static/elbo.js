@@ -318,22 +318,37 @@
   }
 
   // The whole-book PDF (make pdf) prints each chapter's solutions together at the end of
-  // its Exercises section, after the last exercise, as a printed textbook does; the page
-  // keeps each folded solution under its exercise.
+  // the chapter, after its last exercise, as a printed textbook does; the page keeps each
+  // folded solution under its exercise. A chapter's section on a page of its own (7.11)
+  // is inlined inside the chapter in the single-page book, so its solutions join the
+  // chapter's after the section's exercises.
+  function chapterOf(element) {
+    // The outermost page section around the element: each page but the root follows its
+    // span#document-... marker (the root page, which holds all others, has none).
+    var chapter = null;
+    for (var e = element.closest("section"); e; e = e.parentElement.closest("section")) {
+      var marker = e.previousElementSibling;
+      if (marker && marker.matches("span[id^='document-']")) chapter = e;
+    }
+    return chapter || element.closest("section");
+  }
+
   function solutionsAtTheEnd() {
-    var sections = [];
+    var chapters = [], byChapter = [];
     document.querySelectorAll("article.bd-article div.solution").forEach(function (s) {
-      var section = s.closest("section");
-      if (section && sections.indexOf(section) < 0) sections.push(section);
+      var chapter = chapterOf(s);
+      if (!chapter) return;
+      var i = chapters.indexOf(chapter);
+      if (i < 0) { chapters.push(chapter); byChapter.push([]); i = chapters.length - 1; }
+      byChapter[i].push(s);
     });
-    sections.forEach(function (section) {
+    byChapter.forEach(function (solutions) {
+      var last = solutions[solutions.length - 1].closest("section");  // its last Exercises
       var heading = document.createElement("p");
       heading.className = "rubric elbo-solutions";
       heading.textContent = "Solutions";
-      section.appendChild(heading);
-      section.querySelectorAll(":scope > div.solution").forEach(function (s) {
-        section.appendChild(s);
-      });
+      last.appendChild(heading);
+      solutions.forEach(function (s) { last.appendChild(s); });
     });
   }
 
