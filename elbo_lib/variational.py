@@ -530,7 +530,7 @@ def fit_gaussian_vi_parallel(
     eval_samples: int = 256,
     final_samples: int = 4096,
     optimizer: RunwiseOptimizerFactory | None = None,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
 ) -> ParallelVIResult:
     """Run ``len(lrs)`` independent Gaussian black-box VI runs in parallel.
 
@@ -565,9 +565,10 @@ def fit_gaussian_vi_parallel(
         parameters (leading axis: the run) and the step sizes as a tensor (R,); default
         :class:`RunwiseAdam`. A torch optimiser with one step size for all runs is
         ``lambda params, lrs: torch.optim.SGD(params, lr=float(lrs[0]))``.
-    seed : int
-        Seed of the private torch generator that draws every run's noise (so that a
-        sweep's runs do not depend on what ran before it).
+    generator : torch.Generator, optional
+        Source of every run's noise (default: torch's global generator, seeded by
+        :func:`elbo_lib.seed_everything`). Pass ``torch.Generator().manual_seed(s)`` to
+        give a sweep its own stream, so that its runs do not depend on what ran before it.
 
     Returns
     -------
@@ -576,7 +577,7 @@ def fit_gaussian_vi_parallel(
     Raises
     ------
     TypeError, ValueError
-        For a bad family, objective, optimiser, size, step size or seed.
+        For a bad family, objective, optimiser, size, step size or generator.
     """
     if not callable(log_joint):
         raise TypeError(f"log_joint must be callable, got {type(log_joint).__name__}")
@@ -595,7 +596,10 @@ def fit_gaussian_vi_parallel(
     eval_every = check_positive_int(eval_every, "eval_every")
     eval_samples = check_positive_int(eval_samples, "eval_samples")
     final_samples = check_positive_int(final_samples, "final_samples")
-    gen = torch.Generator().manual_seed(check_positive_int(seed, "seed", minimum=0))
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, "
+                        f"got {type(generator).__name__}")
+    gen = generator
     r, d, s = lrs_np.size, family.dim, num_samples
     diagonal = isinstance(family, DiagonalGaussian)
     raw_leaf = family.raw_std if diagonal else family.raw_scale_tril

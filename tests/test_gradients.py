@@ -319,6 +319,33 @@ def test_score_gradient_estimates_reject_bad_arguments(gaussian_target):
         gaussian_score_gradient_estimates(log_joint, np.zeros(3), -np.eye(3), 8)
 
 
+@pytest.mark.parametrize("sampler, estimator", [
+    (gaussian_elbo_gradient_samples, "pathwise"),
+    (gaussian_elbo_gradient_samples, "path-derivative"),
+    (gaussian_score_gradient_estimates, "score"),
+    (gaussian_score_gradient_estimates, "score-cv"),
+])
+def test_gaussian_samplers_follow_the_randomness_rule(sampler, estimator, gaussian_target):
+    """No generator: torch's global one (seeded, it gives the bits of a generator with the
+    same seed); a generator: its own stream, the global one untouched. Rejects a sampler
+    that ignores the generator or makes a private one."""
+    log_joint = gaussian_target[2]
+
+    def draw(generator):
+        out = sampler(log_joint, np.zeros(3), np.eye(3), 4, 3, estimator=estimator,
+                      generator=generator)
+        return torch.cat([out["mu"].ravel(), out["scale_tril"].ravel()])
+
+    torch.manual_seed(7)
+    from_global, after_global = draw(None), torch.rand(4)
+    torch.manual_seed(7)
+    from_own, after_own = draw(torch.Generator().manual_seed(7)), torch.rand(4)
+    untouched = torch.rand(4, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(from_global, from_own)
+    assert torch.equal(after_own, untouched) and not torch.equal(after_global, untouched)
+    assert not torch.equal(from_own, draw(torch.Generator().manual_seed(8)))
+
+
 def test_leave_one_out_control_variate_against_a_loop_over_samples():
     """Each sample's coefficient a = Cov(f h, h) / Var(h) from the other S - 1 samples,
     computed here with NumPy's np.cov in a loop, reproduces the vectorised kernel; with

@@ -199,7 +199,8 @@ def test_parallel_full_rank_path_derivative_finds_the_posterior_exactly(gaussian
     m, cov, log_joint, log_z = gaussian_target
     res = fit_gaussian_vi_parallel(log_joint, FullRankGaussian(3, num_runs=3), [0.02] * 3,
                                    objective=PathDerivativeELBO(), num_steps=1500,
-                                   eval_every=500, final_samples=4000, seed=2)
+                                   eval_every=500, final_samples=4000,
+                                   generator=torch.Generator().manual_seed(2))
     assert res.elbo.shape == (3, 4) and res.steps.tolist() == [0, 500, 1000, 1500]
     assert not res.diverged.any() and res.model_evaluations == 1500 * 8
     np.testing.assert_allclose(res.mean, np.tile(m, (3, 1)), atol=0.01)
@@ -219,7 +220,7 @@ def test_parallel_diagonal_reaches_the_mean_field_optimum(objective, tol, gaussi
     m, cov, log_joint, _ = gaussian_target
     res = fit_gaussian_vi_parallel(log_joint, DiagonalGaussian(3, num_runs=2), [0.02] * 2,
                                    objective=objective, num_steps=1500, eval_every=1500,
-                                   seed=2)
+                                   generator=torch.Generator().manual_seed(2))
     prec = np.linalg.inv(cov)
     kl_opt = 0.5 * (np.sum(np.log(np.diag(prec))) + np.linalg.slogdet(cov)[1])
     for mean, low in zip(res.mean, res.scale_tril, strict=True):
@@ -233,7 +234,7 @@ def test_parallel_estimators_agree_and_divergence_is_flagged(gaussian_target):
     for objective in (PathwiseELBO(), ScoreFunctionELBO()):
         res = fit_gaussian_vi_parallel(log_joint, FullRankGaussian(3), [0.02],
                                        objective=objective, num_steps=1500, eval_every=500,
-                                       seed=4)
+                                       generator=torch.Generator().manual_seed(4))
         assert not res.diverged[0] and log_z - res.final_elbo[0] < 0.2
         # the exact gap KL(q || p) of the final q: measured at most 0.026 over four
         # replicates of each estimator
@@ -242,8 +243,33 @@ def test_parallel_estimators_agree_and_divergence_is_flagged(gaussian_target):
     # an absurd step size for the score function leaves the ELBO below where it started
     bad = fit_gaussian_vi_parallel(log_joint, FullRankGaussian(3), [50.0],
                                    objective=ScoreFunctionELBO(), num_steps=50,
-                                   eval_every=50, seed=0)
+                                   eval_every=50, generator=torch.Generator().manual_seed(0))
     assert bad.diverged[0]
+
+
+def test_parallel_vi_draws_from_the_generator_it_is_given(gaussian_target):
+    """The randomness rule (CONTRIBUTING): no generator means torch's global one, a
+    generator gives the sweep its own stream and leaves the global one alone. Rejects a
+    private generator made behind the caller's back (the default would then not follow
+    torch.manual_seed) and a generator that is accepted but not used."""
+    log_joint = gaussian_target[2]
+
+    def run(generator):
+        res = fit_gaussian_vi_parallel(log_joint, FullRankGaussian(3, num_runs=2),
+                                       [0.02, 0.05], num_steps=20, eval_every=10,
+                                       eval_samples=8, final_samples=16,
+                                       generator=generator)
+        return np.concatenate([res.mean.ravel(), res.elbo.ravel(), res.final_elbo])
+
+    torch.manual_seed(3)
+    from_global, after_global = run(None), torch.rand(4)
+    torch.manual_seed(3)
+    from_own, after_own = run(torch.Generator().manual_seed(3)), torch.rand(4)
+    untouched = torch.rand(4, generator=torch.Generator().manual_seed(3))
+    assert np.array_equal(from_global, from_own)   # the same stream, the same bits
+    assert torch.equal(after_own, untouched)       # a given generator: global stream unused
+    assert not torch.equal(after_global, untouched)   # None: the global stream moved on
+    assert not np.array_equal(from_own, run(torch.Generator().manual_seed(4)))
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -348,8 +374,8 @@ BAD_INPUTS = {
          r"family must be a DiagonalGaussian or FullRankGaussian"),
         (lambda: fit_gaussian_vi_parallel(_std_log_joint, _full(2), [0.1], objective="magic"),
          TypeError, r"objective must be an elbo_lib.objectives.VariationalObjective"),
-        (lambda: fit_gaussian_vi_parallel(_std_log_joint, _full(2), [0.1], seed=-1),
-         ValueError, r"seed must be >= 0"),
+        (lambda: fit_gaussian_vi_parallel(_std_log_joint, _full(2), [0.1], generator=0),
+         TypeError, r"generator must be a torch.Generator or None, got int"),
         (lambda: fit_gaussian_vi_parallel(_std_log_joint, _full(2), [0.1], optimizer=3),
          TypeError, r"optimizer must be a callable \(params, lrs\)"),
         (lambda: fit_gaussian_vi_parallel(_std_log_joint, _full(2), [0.1],
@@ -420,7 +446,8 @@ EXTREME_INPUTS = {
         # zero-variance gradient at q = p, so q converges to N(0, 1) itself
         (lambda: fit_gaussian_vi_parallel(_std_log_joint, FullRankGaussian(1, init_scale=1.0),
                                           [0.05], objective=PathDerivativeELBO(),
-                                          num_steps=600, seed=0),
+                                          num_steps=600,
+                                          generator=torch.Generator().manual_seed(0)),
          lambda res: (np.testing.assert_allclose(res.mean, [[0.0]], atol=1e-12),
                       np.testing.assert_allclose(res.scale_tril, [[[1.0]]], rtol=1e-12))),
     ],
@@ -634,7 +661,7 @@ def test_parallel_score_cv_reaches_the_posterior(gaussian_target):
     m, cov, log_joint, log_z = gaussian_target
     res = fit_gaussian_vi_parallel(log_joint, FullRankGaussian(3), [0.02],
                                    objective=ScoreControlVariateELBO(), num_steps=1500,
-                                   eval_every=500, seed=4)
+                                   eval_every=500, generator=torch.Generator().manual_seed(4))
     low = res.scale_tril[0]
     assert not res.diverged[0]
     assert 0 <= gaussian_kl_full(res.mean[0], low @ low.T, m, cov) < 0.06
@@ -704,7 +731,8 @@ def test_new_optimisers_train_through_the_unchanged_loops(gaussian_target):
     sweep = FullRankGaussian(3, init_scale=0.5, num_runs=2)
     res = fit_gaussian_vi_parallel(target_log_joint, sweep, [0.05, 1e-300],
                                    objective=PathDerivativeELBO(), optimizer=RunwiseSGD,
-                                   num_steps=1500, eval_every=1500, seed=1)
+                                   num_steps=1500, eval_every=1500,
+                                   generator=torch.Generator().manual_seed(1))
     low = res.scale_tril[0]
     assert gaussian_kl_full(res.mean[0], low @ low.T, m, cov) < 0.01
     np.testing.assert_allclose(res.mean[1], np.zeros(3), rtol=0, atol=1e-250)
