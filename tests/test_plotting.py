@@ -381,3 +381,32 @@ def test_show_keeps_an_outside_legend_in_the_image(monkeypatch):
     pixel_width = plotting._png_width(png)
     assert pixel_width > 4 * 2 * dpi + 50   # the legend is in the image
     assert metadata["image/png"]["width"] == round(pixel_width / 2)
+
+
+def test_show_keeps_a_title_wider_than_the_figure_in_the_image(monkeypatch):
+    """A title that runs past both edges of the figure (issue 33: the first letters of
+    Figs. 1.1, 1.6 and 2.4 were cut off) is in the saved image whole: the image is at
+    least as wide as the title's own extent at the save's resolution (a save that crops
+    to the figure's 4 in would be narrower)."""
+    import base64
+
+    import matplotlib as mpl
+    from IPython import display as ipy_display
+
+    from elbo_lib import plotting
+
+    shown = []
+    monkeypatch.setattr(plotting, "_in_ipython_kernel", lambda: True)
+    monkeypatch.setattr(ipy_display, "display",
+                        lambda data, raw, metadata: shown.append((data, metadata)))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [0, 1])
+    title = ax.set_title("W" * 60)   # centred on the axes: past the left and right edges
+    dpi = float(mpl.rcParams["figure.dpi"])
+    fig.set_dpi(2 * dpi)             # measure the title at the save's resolution
+    title_width = title.get_window_extent(fig.canvas.get_renderer()).width
+    fig.set_dpi(dpi)
+    assert title_width > 4 * 2 * dpi    # the test's premise: wider than the figure
+    plotting.show(fig, check_legends=False)
+    png = base64.b64decode(shown[0][0]["image/png"])
+    assert plotting._png_width(png) >= title_width
