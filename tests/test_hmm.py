@@ -144,7 +144,7 @@ def test_bad_inputs(call, error, match):
 
 
 def test_scaled_and_log_space_paths_agree():
-    from elbo_lib.hmm import _forward_backward_log, _forward_backward_scaled
+    from elbo_lib.hmm.posterior import _forward_backward_log, _forward_backward_scaled
 
     rng = np.random.default_rng(7)
     log_pi, log_A, log_b = _random_hmm(rng, 4, 300, d=2, zeros=True)
