@@ -67,6 +67,15 @@ def _finite(terms: torch.Tensor, what: str) -> torch.Tensor:
     return terms
 
 
+def _reparameterised_log_weights(log_joint: LogJoint, q: Distribution, num_samples: int,
+                                 num_importance: int) -> torch.Tensor:
+    """log w = log p(x, z) - log q(z), shape (S, k, *R), of z = q.rsample((S, k)): the
+    importance-weighted family's one sampling step (q and S already checked)."""
+    z = q.rsample((num_samples, num_importance))                    # (S, k, *R, D)
+    return _finite(_log_joint_of(log_joint, z) - q.log_prob(z),
+                   "log_joint(z) - q.log_prob(z)")
+
+
 def _runs_of_q(mean: torch.Tensor, scale_tril: torch.Tensor) -> MultivariateNormal:
     return MultivariateNormal(mean, scale_tril=scale_tril, validate_args=False)
 

@@ -20,6 +20,7 @@ from elbo_lib.objectives.base import (
     _finite,
     _gaussian_parts,
     _log_joint_of,
+    _reparameterised_log_weights,
 )
 
 
@@ -46,9 +47,7 @@ class ImportanceWeightedBound(VariationalObjective):
         """See :meth:`VariationalObjective.surrogate`."""
         q = _check_q(q)
         num_samples = check_positive_int(num_samples, "num_samples")
-        z = q.rsample((num_samples, self.num_importance))               # (S, k, *R, D)
-        log_w = _finite(_log_joint_of(log_joint, z) - q.log_prob(z),
-                        "log_joint(z) - q.log_prob(z)")
+        log_w = _reparameterised_log_weights(log_joint, q, num_samples, self.num_importance)
         bound = importance_weighted_bound(log_w, dim=1).mean(0)
         return Surrogate(-bound.sum(), bound.detach())
 

@@ -19,8 +19,7 @@ from elbo_lib.objectives.base import (
     Surrogate,
     VariationalObjective,
     _check_q,
-    _finite,
-    _log_joint_of,
+    _reparameterised_log_weights,
 )
 
 
@@ -129,9 +128,7 @@ class RenyiBound(VariationalObjective):
         """See :meth:`VariationalObjective.surrogate`."""
         q = _check_q(q)
         num_samples = check_positive_int(num_samples, "num_samples")
-        z = q.rsample((num_samples, self.num_importance))               # (S, k, *R, D)
-        log_w = _finite(_log_joint_of(log_joint, z) - q.log_prob(z),
-                        "log_joint(z) - q.log_prob(z)")
+        log_w = _reparameterised_log_weights(log_joint, q, num_samples, self.num_importance)
         bound = renyi_bound(log_w, self.alpha, dim=1).mean(0)
         sign = 1.0 if self.is_upper_bound else -1.0
         return Surrogate(sign * bound.sum(), bound.detach())
@@ -174,8 +171,6 @@ class ChiUpperBound(VariationalObjective):
         """See :meth:`VariationalObjective.surrogate`."""
         q = _check_q(q)
         num_samples = check_positive_int(num_samples, "num_samples")
-        z = q.rsample((num_samples, self.num_importance))
-        log_w = _finite(_log_joint_of(log_joint, z) - q.log_prob(z),
-                        "log_joint(z) - q.log_prob(z)")
+        log_w = _reparameterised_log_weights(log_joint, q, num_samples, self.num_importance)
         bound = renyi_bound(log_w, 1.0 - self.n, dim=1).mean(0)
         return Surrogate(bound.sum(), bound.detach())
