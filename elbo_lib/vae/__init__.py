@@ -31,7 +31,10 @@ trains several independent runs (seeds) of one architecture as one tensor progra
 
 The package's modules, each importing only those above it: :mod:`~elbo_lib.vae.model`
 (the networks, the prior, the encoder families), :mod:`~elbo_lib.vae.elbo` (the ELBO and
-the importance-weighted bound, in one place), :mod:`~elbo_lib.vae.training` (the loops),
+the importance-weighted bound, in one place), :mod:`~elbo_lib.vae.objectives` (what the
+loops train on, as objects: ``ELBO(beta, warmup_epochs, free_bits)``, ``IWAE(k)``,
+``WakeSleep()``; a new one is a subclass of :class:`VAEObjective`, no edit of a loop),
+:mod:`~elbo_lib.vae.training` (the one single-model loop),
 :mod:`~elbo_lib.vae.diagnostics` (quadrature, gaps, active units, the aggregate
 posterior), :mod:`~elbo_lib.vae.replicates` (several runs as one tensor program) and
 :mod:`~elbo_lib.vae.flow_encoder` (chapter 7's planar-flow encoder family, its
@@ -79,22 +82,28 @@ from elbo_lib.vae.model import (
     log_prior,
     reparameterize,
 )
+from elbo_lib.vae.objectives import ELBO, IWAE, Phase, VAEObjective, VAEStep, WakeSleep
 from elbo_lib.vae.replicates import train_replicates
 from elbo_lib.vae.training import (
     TrainingHistory,
     fit_encoder,
     train_vae,
-    train_vae_variant,
     train_wake_sleep,
 )
 
 __all__ = [
+    "ELBO",
+    "IWAE",
     "VAE",
     "AggregatePosterior",
     "DiagonalGaussianPosterior",
     "GaussianEncoder",
+    "Phase",
     "PlanarFlowEncoder",
     "TrainingHistory",
+    "VAEObjective",
+    "VAEStep",
+    "WakeSleep",
     "active_units",
     "aggregate_posterior",
     "decoder_gradient_by_quadrature",
@@ -104,7 +113,6 @@ __all__ = [
     "inference_gaps",
     "iwae_objective",
     "kl_per_unit",
-    "train_vae_variant",
     "as_tensor",
     "bernoulli_log_likelihood",
     "check_binary_images",

@@ -1,7 +1,8 @@
 """Independent runs of one VAE architecture trained as one tensor program (chapter 6's seeds).
 
 :func:`train_replicates` stacks R models' parameters along a leading run axis and writes
-every step of all of them as batched matrix products, for the default Gaussian encoder.
+every step of all of them as batched matrix products, for the default Gaussian encoder;
+what they train on is a :class:`~elbo_lib.vae.VAEObjective` (its ``stacked_loss``).
 """
 
 from __future__ import annotations
@@ -11,22 +12,18 @@ import time
 
 import torch
 
-from elbo_lib._validation import check_nonnegative, check_positive, check_positive_int
-from elbo_lib.gaussians import diagonal_gaussian_log_density
 from elbo_lib.vae.elbo import _bernoulli_log_likelihood
-from elbo_lib.vae.model import VAE, GaussianEncoder, _log_prior
+from elbo_lib.vae.model import VAE, GaussianEncoder
+from elbo_lib.vae.objectives import ELBO, VAEObjective
 from elbo_lib.vae.training import (
     TrainingHistory,
+    _check_objective,
     _check_training,
-    _dream,
     _stop_on_error,
     _stopped,
 )
 
 __all__ = ["train_replicates"]
-
-
-_REPLICATE_METHODS = ("elbo", "iwae", "wake_sleep", "encoder")
 
 
 def _stacked_linear(p: dict[str, torch.Tensor], name: str, h: torch.Tensor) -> torch.Tensor:
@@ -59,44 +56,76 @@ def _stacked_kl_units(mean, logvar):
     return 0.5 * (var + mean ** 2 - 1.0 - torch.log(var))
 
 
-def _replicate_options(models, method, k, beta, warmup_epochs, free_bits):
-    """Checked k, per-run beta (tensor (R,)), warm-up epochs and free bits."""
-    if method not in _REPLICATE_METHODS:
-        raise ValueError(f"method must be one of {_REPLICATE_METHODS}, got {method!r}")
-    k = check_positive_int(k, "k")
-    if k > 1 and method != "iwae":
-        raise ValueError(f"k > 1 needs method='iwae', got method={method!r}")
-    if isinstance(beta, list | tuple):
-        if len(beta) != len(models):
-            raise ValueError(f"beta must be one number or one per model ({len(models)}), "
-                             f"got {len(beta)}")
-        betas = [check_positive(b, "beta") for b in beta]
+class _Stack:
+    """R runs' stacked parameters as the networks an objective's
+    :meth:`~elbo_lib.vae.VAEObjective.stacked_loss` calls (see there)."""
+
+    def __init__(self, params, objectives, latent_dim, dtype):
+        self.params, self.objectives = params, objectives
+        self.latent_dim, self.dtype, self.num = latent_dim, dtype, len(objectives)
+
+    def encode(self, x):
+        return _stacked_encode(self.params, x)
+
+    def decode(self, z):
+        return _stacked_decode(self.params, z)
+
+    @staticmethod
+    def kl_units(mean, logvar):
+        return _stacked_kl_units(mean, logvar)
+
+    def noise(self, *shape):
+        return torch.randn(self.num, *shape, dtype=self.dtype)
+
+
+def _check_objectives(objective, num: int, fixed_decoder: bool) -> list[VAEObjective]:
+    """One objective per run (the one given, or the sequence of ``num``), all stackable
+    together."""
+    if objective is None:
+        objective = ELBO()
+    if isinstance(objective, list | tuple):
+        if len(objective) != num:
+            raise ValueError(f"objective must be one VAEObjective or one per model ({num}), "
+                             f"got {len(objective)}")
+        objectives = list(objective)
     else:
-        betas = [check_positive(beta, "beta")] * len(models)
-    warmup_epochs = check_positive_int(warmup_epochs, "warmup_epochs", minimum=0)
-    free_bits = check_nonnegative(free_bits, "free_bits")
-    if (any(b != 1.0 for b in betas) or warmup_epochs or free_bits) and method != "elbo":
-        raise ValueError(f"beta, warmup_epochs and free_bits need method='elbo', got "
-                         f"method={method!r}")
-    return k, betas, warmup_epochs, free_bits
+        objectives = [objective] * num
+    for obj in objectives:
+        if not isinstance(obj, VAEObjective):
+            raise TypeError(f"objective must be an elbo_lib.vae.VAEObjective (ELBO(), "
+                            f"IWAE(k), WakeSleep(), ...) or a sequence of them, got "
+                            f"{type(obj).__name__}")
+    first = _check_objective(objectives[0])
+    if type(first)._stacked_loss is VAEObjective._stacked_loss:
+        raise TypeError(f"objective {type(first).__name__} has no _stacked_loss(): train "
+                        f"it with train_vae, one model at a time")
+    if any(obj.stack_key() != first.stack_key() for obj in objectives):
+        raise ValueError(f"objective must hold objectives of one type that agree in their "
+                         f"stack_key() (runs of ELBO may differ in beta only), got "
+                         f"{objectives!r}")
+    if fixed_decoder and any(phase.moves == "decoder" for phase in first.phases):
+        raise ValueError(f"fixed_decoder=True needs an objective whose phases move the "
+                         f"encoder or the model, got {first!r}")
+    return objectives
 
 
 def train_replicates(models, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs: int,
-                     method: str = "elbo", k: int = 1, batch_size: int = 64,
-                     lr: float = 1e-3, beta=1.0, warmup_epochs: int = 0,
-                     free_bits: float = 0.0) -> list[TrainingHistory]:
+                     objective=None, batch_size: int = 64, lr: float = 1e-3,
+                     fixed_decoder: bool = False) -> list[TrainingHistory]:
     """Train several VAEs of one architecture at once, each as its own independent run.
 
     The models' parameters are stacked along a leading run axis (R, ...) and every step
     of all of them is one tensor program: each layer of every run is one batched matrix
-    product (``torch.baddbmm``) over the stack, the losses are written out for the
-    default Gaussian encoder, and one Adam moves every stacked parameter. Each model
-    draws its own minibatch order (a permutation per model per epoch) and its own noise;
-    the loss is the sum of the models' losses, so each model's gradient is that of its
-    own loss; and Adam is elementwise. So every model follows the trajectory it would
-    follow trained alone, with other random numbers (a stack of one draws the very
-    random numbers of the one-model function, in the same order). Used by chapter 6 to
-    report trained results over seeds at a fraction of the cost of separate runs.
+    product (``torch.baddbmm``) over the stack, the objective's
+    :meth:`~elbo_lib.vae.VAEObjective.stacked_loss` writes the losses out for the
+    default Gaussian encoder, and one Adam per phase moves every stacked parameter. Each
+    model draws its own minibatch order (a permutation per model per epoch) and its own
+    noise; the loss is the sum of the models' losses, so each model's gradient is that of
+    its own loss; and Adam is elementwise. So every model follows the trajectory it
+    would follow trained alone by :func:`train_vae` with the same objective, with other
+    random numbers (a stack of one draws the very random numbers of the one-model
+    function, in the same order). Used by chapter 6 to report trained results over seeds
+    at a fraction of the cost of separate runs.
 
     Parameters
     ----------
@@ -105,24 +134,17 @@ def train_replicates(models, x_train: torch.Tensor, x_val: torch.Tensor, num_epo
         of the same shapes. Trained in place.
     x_train, x_val : torch.Tensor, shape (n, D)
     num_epochs : int
-    method : {"elbo", "iwae", "wake_sleep", "encoder"}
-        ``"elbo"``: as :func:`train_vae` (or :func:`train_vae_variant` with ``beta``,
-        ``warmup_epochs`` or ``free_bits``); ``"iwae"``: IWAE_k as
-        :func:`train_vae_variant` with ``k``; ``"wake_sleep"``: as
-        :func:`train_wake_sleep` (a wake step on the decoders, then a sleep step on the
-        encoders, each with its own Adam); ``"encoder"``: as :func:`fit_encoder`, only
-        the encoders move and the decoders stay as they are.
-    k : int
-        Importance samples per image for ``method="iwae"`` (1 otherwise).
+    objective : VAEObjective, sequence of VAEObjective, or None
+        What every run trains on (None: ``ELBO()``), or one objective per model, of one
+        type and agreeing in their :meth:`~elbo_lib.vae.VAEObjective.stack_key` (e.g.
+        ``[ELBO(beta=b) for b in betas]``: one KL weight per run). The objective must
+        implement the hook ``_stacked_loss``.
     batch_size : int
     lr : float
         Adam learning rate.
-    beta : float or sequence of float
-        KL weight (> 0), one for every model or one per model (``method="elbo"``).
-    warmup_epochs : int
-        KL warm-up as in :func:`train_vae_variant` (``method="elbo"``).
-    free_bits : float
-        Free bits per latent unit as in :func:`train_vae_variant` (``method="elbo"``).
+    fixed_decoder : bool
+        Only the encoders move and the decoders stay as they are (as
+        :func:`fit_encoder`, with the models' own encoders and decoders).
 
     Returns
     -------
@@ -133,8 +155,9 @@ def train_replicates(models, x_train: torch.Tensor, x_val: torch.Tensor, num_epo
     Raises
     ------
     TypeError, ValueError
-        For bad arguments, models of different shapes or families, or the first time a
-        model's loss is not finite (naming the model, epoch and step).
+        For bad arguments, models of different shapes or families, objectives that
+        cannot be stacked, or the first time a model's loss is not finite (naming the
+        model, epoch, step and, for several phases, the phase).
     """
     if isinstance(models, VAE) or not isinstance(models, list | tuple) or not models:
         raise TypeError(f"models must be a non-empty list of VAE, got "
@@ -157,8 +180,10 @@ def train_replicates(models, x_train: torch.Tensor, x_val: torch.Tensor, num_epo
                          f"{sorted(map(str, dtypes))}")
     first, x_train, x_val, num_epochs, batch_size, lr = _check_training(
         models[0], x_train, x_val, num_epochs, batch_size, lr)
-    k, betas, warmup_epochs, free_bits = _replicate_options(
-        models, method, k, beta, warmup_epochs, free_bits)
+    if not isinstance(fixed_decoder, bool):
+        raise TypeError(f"fixed_decoder must be a bool, got {type(fixed_decoder).__name__}")
+    objectives = _check_objectives(objective, len(models), fixed_decoder)
+    objective = objectives[0]
     num, n, latent = len(models), len(x_train), first.latent_dim
     dtype = x_train.dtype
     names = [name for name, _ in first.named_parameters()]
@@ -168,63 +193,25 @@ def train_replicates(models, x_train: torch.Tensor, x_val: torch.Tensor, num_epo
                   for name in names}
     encoder = [v for name, v in params.items() if name.startswith("encoder.")]
     decoder = [v for name, v in params.items() if name.startswith("decoder.")]
-    if method == "encoder":   # the decoders stay as they are: no gradients for them
+    if fixed_decoder:   # the decoders stay as they are: no gradients for them
         for v in decoder:
             v.requires_grad_(False)
-    groups = {"elbo": [encoder + decoder], "iwae": [encoder + decoder],
-              "encoder": [encoder], "wake_sleep": [decoder, encoder]}[method]
-    optimizers = [torch.optim.Adam(group, lr=lr, fused=True) for group in groups]
+    moved = {"model": encoder + ([] if fixed_decoder else decoder), "encoder": encoder,
+             "decoder": decoder}
+    optimizers = [torch.optim.Adam(moved[phase.moves], lr=lr, fused=True)
+                  for phase in objective.phases]
     histories = [TrainingHistory() for _ in models]
-    beta_t = torch.tensor(betas, dtype=dtype)
+    stack = _Stack(params, objectives, latent, dtype)
     steps_per_epoch = math.ceil(n / batch_size)
-    where = f"train_replicates (method={method!r})"
+    where = f"train_replicates ({type(objective).__name__})"
+    wheres = [where if len(objective.phases) == 1
+              else f"train_replicates ({type(objective).__name__}, {phase.name} phase)"
+              for phase in objective.phases]
 
     def noise(*shape):
         return torch.randn(num, *shape, dtype=dtype)
 
-    def train_losses(x, step):
-        """(loss per run (R,), reconstruction sum (R,), KL sum (R,)) of one minibatch."""
-        b = x.shape[1]
-        if method == "wake_sleep":   # wake phase: the decoder fits q's explanations
-            with torch.no_grad():
-                mean, logvar = _stacked_encode(params, x)
-                z = mean + torch.exp(0.5 * logvar) * noise(b, latent)
-                kl = _stacked_kl_units(mean, logvar).sum(-1)
-            rec = _bernoulli_log_likelihood(x, _stacked_decode(params, z))
-            return -rec.mean(1), rec.sum(1), kl.sum(1)
-        mean, logvar = _stacked_encode(params, x)
-        kl_units = _stacked_kl_units(mean, logvar)                     # (R, b, latent)
-        kl = kl_units.sum(-1)
-        if method == "iwae":
-            z = mean.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * noise(k, b, latent)
-            log_lik = _bernoulli_log_likelihood(x.unsqueeze(1), _stacked_decode(params, z))
-            log_q = diagonal_gaussian_log_density(z, mean.unsqueeze(1), logvar.unsqueeze(1),
-                                                  validate=False)
-            log_w = log_lik + _log_prior(z) - log_q                  # (R, k, b)
-            iwae = torch.logsumexp(log_w, dim=1) - math.log(k)
-            return -iwae.mean(1), log_lik.mean(1).sum(1), kl.sum(1)
-        z = mean + torch.exp(0.5 * logvar) * noise(b, latent)
-        rec = _bernoulli_log_likelihood(x, _stacked_decode(params, z))
-        weight = beta_t
-        if warmup_epochs:
-            weight = beta_t * min(1.0, (step + 1) / (warmup_epochs * steps_per_epoch))
-        if free_bits:
-            kl_term = torch.clamp(kl_units.mean(1), min=free_bits).sum(-1)   # (R,)
-            loss = -(rec.mean(1) - weight * kl_term)
-        else:
-            loss = -(rec - weight[:, None] * kl).mean(1)
-        return loss, rec.sum(1), kl.sum(1)
-
-    def sleep_loss(b):
-        """Sleep phase: every encoder fits its own decoder's dreams."""
-        with torch.no_grad():
-            z_dream = noise(b, latent)
-            x_dream = _dream(torch.sigmoid(_stacked_decode(params, z_dream)))
-        mean, logvar = _stacked_encode(params, x_dream)
-        log_q = diagonal_gaussian_log_density(z_dream, mean, logvar, validate=False)
-        return -log_q.mean(1)
-
-    def backward(loss, opt, epoch, step_in_epoch):
+    def backward(loss, opt, where, epoch, step_in_epoch):
         if not bool(torch.isfinite(loss).all()):
             bad = int(torch.flatten(~torch.isfinite(loss)).nonzero()[0])
             raise ValueError(_stopped(where, epoch, num_epochs, step_in_epoch, lr,
@@ -241,17 +228,17 @@ def train_replicates(models, x_train: torch.Tensor, x_val: torch.Tensor, num_epo
         order = torch.stack([torch.randperm(n) for _ in models])      # (num, n)
         for step_in_epoch, idx in enumerate(order.split(batch_size, dim=1)):
             x = x_train[idx]                                          # (num, b, D)
-            loss, reconstruction, kl = train_losses(x, step)
-            backward(loss, optimizers[0], epoch, step_in_epoch)
-            if method == "wake_sleep":
+            for phase, (name, opt) in enumerate(zip(wheres, optimizers, strict=True)):
                 try:
-                    sleep = sleep_loss(x.shape[1])
+                    out = objective._stacked_loss(stack, x, phase, step, steps_per_epoch)
                 except ValueError as err:
-                    raise ValueError(_stopped(where, epoch, num_epochs, step_in_epoch,
+                    raise ValueError(_stopped(name, epoch, num_epochs, step_in_epoch,
                                               lr, str(err))) from err
-                backward(sleep, optimizers[1], epoch, step_in_epoch)
+                backward(out.loss, opt, name, epoch, step_in_epoch)
+                if out.reconstruction is not None:
+                    totals += torch.stack([out.reconstruction.detach(),
+                                           out.kl.detach()], dim=1)
             step += 1
-            totals += torch.stack([reconstruction.detach(), kl.detach()], dim=1)
         with torch.no_grad():    # evaluate_elbo(model, x_val): one sample, closed-form KL
             mean, logvar = _stacked_encode(params, x_val.expand(num, *x_val.shape))
             z = mean + torch.exp(0.5 * logvar) * noise(len(x_val), latent)

@@ -1,6 +1,8 @@
-"""Training the VAE: the ELBO (beta, warm-up, free bits), IWAE, wake-sleep, encoder refits.
+"""Training the VAE on an objective (:mod:`elbo_lib.vae.objectives`), and encoder refits.
 
-Every loop checks its data and sizes once (:func:`_check_training`), then calls the
+One loop (:func:`_train`) serves :func:`train_vae`, :func:`train_wake_sleep` and
+:func:`fit_encoder`: the objective gives each phase's loss, the loop minimises it. Every
+public trainer checks its data and sizes once (:func:`_check_training`), then calls the
 unchecked kernels of :mod:`elbo_lib.vae.model` and :mod:`elbo_lib.vae.elbo` at every
 step and checks what comes out: a non-finite loss stops the loop with a message naming
 the epoch and step (:func:`_stop_on_error`) and puts the parameters back
@@ -22,36 +24,23 @@ from torch import nn
 from tqdm import tqdm
 
 from elbo_lib._validation import (
-    check_nonnegative,
     check_positive,
     check_positive_int,
     check_real,
 )
-from elbo_lib.bounds import importance_weighted_bound
-from elbo_lib.vae.elbo import (
-    _bernoulli_log_likelihood,
-    _elbo_terms,
-    _evaluate_elbo,
-    _kl_to_prior,
-    _kl_units,
-    _log_likelihood,
-    _log_q,
-    _log_weights,
-)
+from elbo_lib.vae.elbo import _evaluate_elbo
 from elbo_lib.vae.model import (
     VAE,
-    DiagonalGaussianPosterior,
     _check_data,
     _check_model,
     _dtype_of,
-    _require_diagonal_gaussian,
 )
+from elbo_lib.vae.objectives import ELBO, Phase, VAEObjective, WakeSleep
 
 __all__ = [
     "TrainingHistory",
     "fit_encoder",
     "train_vae",
-    "train_vae_variant",
     "train_wake_sleep",
 ]
 
@@ -86,15 +75,6 @@ def _restore_on_error(*modules: nn.Module):
             for module, state in zip(modules, saved, strict=True):
                 module.load_state_dict(state)
         raise
-
-
-def _dream(probs: torch.Tensor) -> torch.Tensor:
-    """Bernoulli pixels of probabilities ``probs``; a NaN probability (a diverged
-    decoder) is the library's ValueError, not torch's RuntimeError."""
-    try:
-        return torch.bernoulli(probs)
-    except RuntimeError as err:
-        raise ValueError("the decoder's pixel probabilities are not finite") from err
 
 
 def _check_loss(loss: torch.Tensor) -> None:
@@ -171,85 +151,126 @@ def _end_of_epoch(history: TrainingHistory, totals: torch.Tensor, n: int, model:
         history.record({"elbo": rec - kl_mean, "reconstruction": rec, "kl": kl_mean}, val)
 
 
+def _check_objective(objective) -> VAEObjective:
+    if not isinstance(objective, VAEObjective):
+        raise TypeError(f"objective must be an elbo_lib.vae.VAEObjective (ELBO(), IWAE(k), "
+                        f"WakeSleep(), ...), got {type(objective).__name__}")
+    for phase in objective.phases:
+        if not isinstance(phase, Phase) or phase.moves not in ("model", "encoder", "decoder"):
+            raise ValueError(f"objective's phases must be Phase(name, moves) with moves "
+                             f"'model', 'encoder' or 'decoder', got {phase!r}")
+    return objective
+
+
+def _phase_parameters(model: VAE, moves: str, fixed_decoder: bool) -> list:
+    if moves == "encoder" or (moves == "model" and fixed_decoder):
+        return list(model.encoder.parameters())
+    if moves == "decoder":
+        return list(model.decoder.parameters())
+    return list(model.parameters())
+
+
+def _train(model: VAE, x_train, x_val, num_epochs, batch_size, lr, objective, where: str,
+           progress: bool = False, fixed_decoder: bool = False) -> TrainingHistory:
+    """The one loop of the single-model trainers: each epoch a fresh permutation of the
+    training set (torch's global generator); each minibatch, every phase of ``objective``
+    in order, each with its own Adam on the parameters it moves; the objective's
+    recorded terms averaged per epoch, and the validation ELBO. Arguments checked."""
+    optimizers = [torch.optim.Adam(_phase_parameters(model, phase.moves, fixed_decoder),
+                                   lr=lr) for phase in objective.phases]
+    names = [where if len(objective.phases) == 1 else f"{where} ({phase.name} phase)"
+             for phase in objective.phases]
+    history = TrainingHistory()
+    n = len(x_train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    step = 0
+    start = time.perf_counter()
+    bar = tqdm(range(num_epochs), desc=f"VAE {objective!r}", disable=not progress,
+               mininterval=0.5)
+    with _restore_on_error(model):
+        for epoch in bar:
+            model.train()
+            totals = torch.zeros(2)
+            for step_in_epoch, idx in enumerate(torch.randperm(n).split(batch_size)):
+                x = x_train[idx]
+                for phase, (name, optimizer) in enumerate(zip(names, optimizers,
+                                                              strict=True)):
+                    with _stop_on_error(name, epoch, num_epochs, step_in_epoch, lr):
+                        out = objective._loss(model, x, phase, step, steps_per_epoch)
+                        _check_loss(out.loss)
+                    optimizer.zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    optimizer.step()
+                    if out.reconstruction is not None:
+                        totals += torch.stack([out.reconstruction.detach().sum(),
+                                               out.kl.detach().sum()])
+                step += 1
+            model.eval()
+            _end_of_epoch(history, totals, n, model, x_val, where, epoch, num_epochs, lr)
+            bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
+    history.seconds = time.perf_counter() - start
+    return history
+
+
 def train_vae(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs: int,
-              batch_size: int = 64, lr: float = 1e-3, beta: float = 1.0,
+              batch_size: int = 64, lr: float = 1e-3, objective: VAEObjective | None = None,
               progress: bool = False) -> TrainingHistory:
-    """Train encoder and decoder jointly with Adam on the (beta-weighted) ELBO.
+    """Train encoder and decoder with Adam on ``objective`` (default: the ELBO).
 
     Each step draws a minibatch (a fresh permutation of the training set every epoch,
-    from torch's global generator, seeded by :func:`elbo_lib.seed_everything`), takes one
-    reparameterised sample per image and ascends
+    from torch's global generator, seeded by :func:`elbo_lib.seed_everything`) and,
+    for each phase of the objective (:class:`~elbo_lib.vae.VAEObjective`), takes one
+    Adam step (Kingma & Ba 2015) on the parameters that phase moves. With the default
+    :class:`~elbo_lib.vae.ELBO` it ascends, one reparameterised sample per image,
     mean_i [log p_theta(x_i | z_i) - beta * KL(q_phi(z | x_i) || p(z))]
-    (Kingma & Welling 2014; Kingma & Ba 2015). ``beta = 1`` is the ELBO; other values give
-    the beta-VAE objective of Higgins et al. (2017). Used by chapter 6.
+    (Kingma & Welling 2014); ``ELBO(beta=...)``, ``ELBO(warmup_epochs=...)``,
+    ``ELBO(free_bits=...)``, ``IWAE(k)`` and ``WakeSleep()`` are chapter 6's variants,
+    and any subclass of :class:`~elbo_lib.vae.VAEObjective` trains here unchanged.
 
     Parameters
     ----------
     model : VAE
-        Trained in place; any encoder family (:func:`elbo_terms`).
+        Trained in place; any encoder family (:func:`elbo_terms`; free bits need the
+        diagonal Gaussian).
     x_train, x_val : torch.Tensor, shape (n, D)
     num_epochs : int
     batch_size : int
     lr : float
         Adam learning rate.
-    beta : float
-        Weight of the KL term (> 0).
+    objective : VAEObjective or None
+        What to train on; None is ``ELBO()``.
     progress : bool
         Show a tqdm progress bar over epochs (on stderr).
 
     Returns
     -------
     TrainingHistory
-        The history always reports the true ELBO (beta = 1) next to its two terms.
+        ``train_*``: the epoch's averages of the objective's recorded terms (for the
+        ELBO, the one-sample reconstruction estimate and the KL); ``val_*``: the true
+        ELBO (beta = 1) and its two terms on the validation set.
 
     Raises
     ------
+    TypeError
+        If ``objective`` is not a VAEObjective (or free bits meet another family).
     ValueError
-        For bad sizes, or the first time the loss is not finite (naming epoch and step);
-        the model's parameters are then put back as they were before the call.
+        For bad sizes, or the first time a loss is not finite (naming epoch, step and,
+        for several phases, the phase); the model's parameters are then put back as
+        they were before the call.
     """
     model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
         model, x_train, x_val, num_epochs, batch_size, lr)
-    beta = check_positive(beta, "beta")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = TrainingHistory()
-    n = len(x_train)
-    start = time.perf_counter()
-    bar = tqdm(range(num_epochs), desc=f"VAE beta={beta:g}", disable=not progress,
-               mininterval=0.5)
-    with _restore_on_error(model):
-        for epoch in bar:
-            model.train()
-            totals = torch.zeros(2)
-            for step, idx in enumerate(torch.randperm(n).split(batch_size)):
-                with _stop_on_error("train_vae", epoch, num_epochs, step, lr):
-                    x = x_train[idx]
-                    reconstruction, kl = _elbo_terms(model, model._encode(x), x)
-                    loss = -(reconstruction - beta * kl).mean()
-                    _check_loss(loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
-            model.eval()
-            _end_of_epoch(history, totals, n, model, x_val, "train_vae", epoch, num_epochs, lr)
-            bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
-    history.seconds = time.perf_counter() - start
-    return history
+    objective = ELBO() if objective is None else _check_objective(objective)
+    return _train(model, x_train, x_val, num_epochs, batch_size, lr, objective,
+                  "train_vae", progress)
 
 
 def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs: int,
                      batch_size: int = 64, lr: float = 1e-3,
                      progress: bool = False) -> TrainingHistory:
-    """Train the same networks with the wake-sleep algorithm (Hinton et al. 1995).
-
-    Wake phase: z ~ q_phi(z | x) for a data minibatch, without reparameterisation, and a
-    gradient step on the decoder only, maximising log p_theta(x | z) (the prior has no
-    parameters). Sleep phase: dream (z, x) ~ p(z) p_theta(x | z) and a gradient step on the
-    encoder only, maximising log q_phi(z | x) on the dream, i.e. minimising
-    KL(p_theta(z | x) || q_phi(z | x)) averaged over the model's own x (any encoder
-    family whose ``log_prob`` takes arbitrary z). The recorded curves are the ELBO and
-    its terms, so that they compare with :func:`train_vae`. Used by chapter 6.
+    """Train the same networks with the wake-sleep algorithm (Hinton et al. 1995):
+    :func:`train_vae` with ``objective=WakeSleep()`` (see :class:`~elbo_lib.vae.WakeSleep`
+    for the two phases), its messages naming ``train_wake_sleep``. Used by chapter 6.
 
     Returns
     -------
@@ -264,159 +285,23 @@ def train_wake_sleep(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num
     """
     model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
         model, x_train, x_val, num_epochs, batch_size, lr)
-    opt_decoder = torch.optim.Adam(model.decoder.parameters(), lr=lr)
-    opt_encoder = torch.optim.Adam(model.encoder.parameters(), lr=lr)
-    history = TrainingHistory()
-    n = len(x_train)
-    start = time.perf_counter()
-    bar = tqdm(range(num_epochs), desc="wake-sleep", disable=not progress, mininterval=0.5)
-    with _restore_on_error(model):
-        for epoch in bar:
-            totals = torch.zeros(2)
-            for step, idx in enumerate(torch.randperm(n).split(batch_size)):
-                x = x_train[idx]
-                # wake: fit the decoder to the encoder's explanations of real data
-                with _stop_on_error("train_wake_sleep (wake phase)", epoch, num_epochs, step, lr):
-                    with torch.no_grad():
-                        q = model._encode(x)
-                        z = q.rsample()
-                        kl = _kl_to_prior(q, z)
-                    reconstruction = _bernoulli_log_likelihood(x, model._decode(z))
-                    wake_loss = -reconstruction.mean()
-                    _check_loss(wake_loss)
-                opt_decoder.zero_grad(set_to_none=True)
-                wake_loss.backward()
-                opt_decoder.step()
-                # sleep: fit the encoder to the decoder's dreams
-                with _stop_on_error("train_wake_sleep (sleep phase)", epoch, num_epochs, step,
-                                    lr):
-                    with torch.no_grad():
-                        z_dream = torch.randn(len(idx), model.latent_dim)
-                        x_dream = _dream(torch.sigmoid(model._decode(z_dream)))
-                    sleep_loss = -_log_q(model._encode(x_dream), z_dream).mean()
-                    _check_loss(sleep_loss)
-                opt_encoder.zero_grad(set_to_none=True)
-                sleep_loss.backward()
-                opt_encoder.step()
-                totals += torch.stack([reconstruction.detach().sum(), kl.sum()])
-            _end_of_epoch(history, totals, n, model, x_val, "train_wake_sleep", epoch,
-                          num_epochs, lr)
-            bar.set_postfix(val_elbo=f"{history.val_elbo[-1]:.2f}", refresh=False)
-    history.seconds = time.perf_counter() - start
-    return history
-
-
-def _free_bits_kl(kl_per_unit: torch.Tensor, free_bits: float) -> torch.Tensor:
-    """sum_j max(free_bits, mean over the minibatch of KL_j), per data point (shape (n,))."""
-    if free_bits <= 0:
-        return kl_per_unit.sum(-1)
-    floored = torch.clamp(kl_per_unit.mean(0), min=free_bits).sum()
-    return floored.expand(kl_per_unit.shape[0])
-
-
-def train_vae_variant(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor,
-                      num_epochs: int, k: int = 1, beta: float = 1.0,
-                      warmup_epochs: int = 0, free_bits: float = 0.0,
-                      batch_size: int = 64, lr: float = 1e-3) -> TrainingHistory:
-    """Train a VAE on the IWAE_k objective, or on the ELBO with KL warm-up / free bits.
-
-    Same minibatches, optimiser and recorded history as :func:`train_vae`, with one of:
-
-    - ``k > 1``: ascend IWAE_k (Burda et al. 2016), k reparameterised samples per image;
-    - ``warmup_epochs > 0``: the KL weight rises linearly from 0 to ``beta`` over the
-      first ``warmup_epochs`` epochs (per step), then stays at ``beta`` (KL annealing,
-      Bowman et al. 2016; warm-up, Sonderby et al. 2016);
-    - ``free_bits > 0``: the KL term is sum_j max(free_bits, mean_batch KL_j), so a latent
-      unit is not pushed below ``free_bits`` nats (Kingma et al. 2016).
-
-    The recorded ``train_*`` values are the epoch's averages of the one-sample
-    reconstruction estimate and the closed-form KL (for ``k > 1``, the reconstruction
-    term averaged over the k samples); ``val_*`` are the true ELBO and its terms, as in
-    :func:`train_vae`. Used by chapter 6.
-
-    Any encoder family, except that free bits need the diagonal Gaussian's per-unit
-    KL; for families without a closed-form KL the recorded KL is the Monte Carlo
-    estimate at the training samples.
-
-    Raises
-    ------
-    TypeError
-        If ``free_bits > 0`` and the encoder is not of the diagonal Gaussian family.
-    ValueError
-        If ``k > 1`` is combined with ``beta != 1``, warm-up or free bits (the IWAE
-        objective has no separate KL term to weight), on invalid sizes, or the first
-        time the loss is not finite (naming epoch and step; the model's parameters are
-        then put back as they were before the call).
-    """
-    model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
-        model, x_train, x_val, num_epochs, batch_size, lr)
-    k = check_positive_int(k, "k")
-    beta = check_positive(beta, "beta")
-    warmup_epochs = check_positive_int(warmup_epochs, "warmup_epochs", minimum=0)
-    free_bits = check_nonnegative(free_bits, "free_bits")
-    if k > 1 and (beta != 1.0 or warmup_epochs or free_bits):
-        raise ValueError("k > 1 (IWAE) cannot be combined with beta, warmup_epochs or "
-                         "free_bits")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = TrainingHistory()
-    n = len(x_train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    step = 0
-    start = time.perf_counter()
-    with _restore_on_error(model):
-        for epoch in range(num_epochs):
-            model.train()
-            totals = torch.zeros(2)
-            for step_in_epoch, idx in enumerate(torch.randperm(n).split(batch_size)):
-                x = x_train[idx]
-                with _stop_on_error("train_vae_variant", epoch, num_epochs, step_in_epoch, lr):
-                    q = model._encode(x)
-                    if free_bits:
-                        _require_diagonal_gaussian(q, "train_vae_variant with free_bits")
-                    # per-unit closed-form KL for the diagonal Gaussian (free bits need units)
-                    kl = (_kl_units(q.base_dist.loc, q.logvar)
-                          if isinstance(q, DiagonalGaussianPosterior) else None)
-                    if k > 1:
-                        z = q.rsample((k,))
-                        log_w, log_lik = _log_weights(model, x, q, z)         # (k, b) each
-                        loss = -importance_weighted_bound(log_w, dim=0).mean()
-                        reconstruction = log_lik.mean(0)
-                        kl = _kl_to_prior(q, z) if kl is None else kl
-                    else:
-                        z = q.rsample()
-                        reconstruction = _log_likelihood(model, x, z)
-                        kl = _kl_to_prior(q, z) if kl is None else kl
-                        weight = beta
-                        if warmup_epochs:
-                            weight = beta * min(1.0, (step + 1)
-                                                / (warmup_epochs * steps_per_epoch))
-                        kl_term = kl if kl.ndim == 1 else _free_bits_kl(kl, free_bits)
-                        loss = -(reconstruction - weight * kl_term).mean()
-                    _check_loss(loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
-            model.eval()
-            _end_of_epoch(history, totals, n, model, x_val, "train_vae_variant", epoch,
-                          num_epochs, lr)
-    history.seconds = time.perf_counter() - start
-    return history
-
+    return _train(model, x_train, x_val, num_epochs, batch_size, lr, WakeSleep(),
+                  "train_wake_sleep", progress)
 
 
 def fit_encoder(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epochs: int,
-                hidden: int, batch_size: int = 64, lr: float = 1e-3
-                ) -> tuple[VAE, TrainingHistory]:
+                hidden: int, batch_size: int = 64, lr: float = 1e-3,
+                objective: VAEObjective | None = None) -> tuple[VAE, TrainingHistory]:
     """A new encoder of width ``hidden`` trained on the ELBO of ``model``'s frozen decoder.
 
     Returns a new VAE whose decoder is a copy of ``model.decoder`` (never updated) and
     whose encoder (a :class:`GaussianEncoder`, one hidden layer of ``hidden`` tanh units;
-    ``new.hidden`` is the encoder's width) is trained by Adam on the reparameterised
-    ELBO; ``model`` itself may have any encoder family. With the decoder
-    fixed, the amortisation gaps of encoders of different widths are gaps for the same
-    model p_theta, so they can be compared (Cremer et al. 2018). Used by chapter 6.
+    ``new.hidden`` is the encoder's width) is trained by Adam on ``objective`` (default
+    the reparameterised ``ELBO()``; an objective whose phases move only the encoder or
+    the whole model), as :func:`train_vae` does with the decoder held fixed; ``model``
+    itself may have any encoder family. With the decoder fixed, the amortisation gaps of
+    encoders of different widths are gaps for the same model p_theta, so they can be
+    compared (Cremer et al. 2018). Used by chapter 6.
 
     Returns
     -------
@@ -425,27 +310,14 @@ def fit_encoder(model: VAE, x_train: torch.Tensor, x_val: torch.Tensor, num_epoc
     model, x_train, x_val, num_epochs, batch_size, lr = _check_training(
         model, x_train, x_val, num_epochs, batch_size, lr)
     hidden = check_positive_int(hidden, "hidden")
+    objective = ELBO() if objective is None else _check_objective(objective)
+    if any(phase.moves == "decoder" for phase in objective.phases):
+        raise ValueError(f"fit_encoder holds the decoder fixed: objective must not have a "
+                         f"phase that moves the decoder, got {objective!r}")
     new = VAE(model.num_pixels, model.latent_dim, hidden)
     new.decoder = copy.deepcopy(model.decoder)       # same shape and weights, frozen below
     for p in new.decoder.parameters():
         p.requires_grad_(False)
-    optimizer = torch.optim.Adam(new.encoder.parameters(), lr=lr)
-    history = TrainingHistory()
-    n = len(x_train)
-    start = time.perf_counter()
-    for epoch in range(num_epochs):
-        totals = torch.zeros(2)
-        for step, idx in enumerate(torch.randperm(n).split(batch_size)):
-            with _stop_on_error("fit_encoder", epoch, num_epochs, step, lr):
-                x = x_train[idx]
-                reconstruction, kl = _elbo_terms(new, new._encode(x), x)
-                loss = -(reconstruction - kl).mean()
-                _check_loss(loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            totals += torch.stack([reconstruction.detach().sum(), kl.detach().sum()])
-        _end_of_epoch(history, totals, n, new, x_val, "fit_encoder", epoch, num_epochs, lr)
-    history.seconds = time.perf_counter() - start
+    history = _train(new, x_train, x_val, num_epochs, batch_size, lr, objective,
+                     "fit_encoder", fixed_decoder=True)
     return new, history
-
