@@ -207,11 +207,3 @@ BAD_INPUTS = {
         (lambda: bits_per_dim(-1.0, 0), ValueError, r"dim"),
     ],
 }
-
-
-@pytest.mark.parametrize(("name", "index"),
-                         [(n, i) for n, cases in BAD_INPUTS.items() for i in range(len(cases))])
-def test_bad_input(name, index):
-    build, error, match = BAD_INPUTS[name][index]
-    with pytest.raises(error, match=match):
-        build()

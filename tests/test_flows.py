@@ -436,14 +436,6 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize(("name", "index"),
-                         [(n, i) for n, cases in BAD_INPUTS.items() for i in range(len(cases))])
-def test_bad_input(name, index):
-    build, error, match = BAD_INPUTS[name][index]
-    with pytest.raises(error, match=match):
-        build()
-
-
 def test_bad_input_shape_at_call():
     t = PlanarTransform(U, U, B)
     with pytest.raises(ValueError, match="x must have last dimension 2"):
