@@ -22,7 +22,7 @@ from elbo_lib._validation import check_finite_tensor, check_positive, check_posi
 from elbo_lib.flows import PlanarStackTransform
 from elbo_lib.vae.elbo import _bernoulli_log_likelihood, bernoulli_log_likelihood
 from elbo_lib.vae.model import VAE, _check_data, _log_prior
-from elbo_lib.vae.training import TrainingHistory, _stopped
+from elbo_lib.vae.training import TrainingHistory, _check_loop_arguments, _stopped
 
 __all__ = ["PlanarFlowEncoder", "refine_flow_posterior", "train_flow_vaes", "vae_elbo_of"]
 
@@ -322,13 +322,8 @@ def train_flow_vaes(models: list, x_train: torch.Tensor, x_val: torch.Tensor,
     dtype = first.encoder.inner.weight.dtype
     if any(p.dtype != dtype for m in models for p in m.parameters()):
         raise TypeError("every parameter of the models must have one dtype")
-    x_train = _check_data(x_train, first.num_pixels, "x_train", binary=True, dtype=dtype,
-                          batch=True)
-    x_val = _check_data(x_val, first.num_pixels, "x_val", binary=True, dtype=dtype,
-                        batch=True)
-    num_epochs = check_positive_int(num_epochs, "num_epochs")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    lr = check_positive(lr, "lr")
+    x_train, x_val, num_epochs, batch_size, lr = _check_loop_arguments(
+        first.num_pixels, dtype, x_train, x_val, num_epochs, batch_size, lr)
     num, d, k = len(models), first.latent_dim, first.encoder.num_layers
     layers = {"inner": [m.encoder.inner for m in models],
               "outer": [m.encoder.outer for m in models],

@@ -126,17 +126,23 @@ class TrainingHistory:
         return {k: np.asarray(v) for k, v in vars(self).items() if isinstance(v, list)}
 
 
-def _check_training(model, x_train, x_val, num_epochs, batch_size, lr):
-    model = _check_model(model)
-    dtype = _dtype_of(model.encoder, model.decoder)   # converted once, not every step
-    x_train = _check_data(x_train, model.num_pixels, "x_train", binary=True, dtype=dtype,
-                            batch=True)
-    x_val = _check_data(x_val, model.num_pixels, "x_val", binary=True, dtype=dtype,
-                            batch=True)
+def _check_loop_arguments(num_pixels, dtype, x_train, x_val, num_epochs, batch_size, lr):
+    """A training loop's data (binary images of ``num_pixels``, converted to ``dtype``
+    once, not every step) and schedule, checked: the checks every VAE loop shares."""
+    x_train = _check_data(x_train, num_pixels, "x_train", binary=True, dtype=dtype,
+                          batch=True)
+    x_val = _check_data(x_val, num_pixels, "x_val", binary=True, dtype=dtype, batch=True)
     num_epochs = check_positive_int(num_epochs, "num_epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
-    return model, x_train, x_val, num_epochs, batch_size, lr
+    return x_train, x_val, num_epochs, batch_size, lr
+
+
+def _check_training(model, x_train, x_val, num_epochs, batch_size, lr):
+    model = _check_model(model)
+    dtype = _dtype_of(model.encoder, model.decoder)
+    return (model, *_check_loop_arguments(model.num_pixels, dtype, x_train, x_val,
+                                          num_epochs, batch_size, lr))
 
 
 def _end_of_epoch(history: TrainingHistory, totals: torch.Tensor, n: int, model: VAE,
