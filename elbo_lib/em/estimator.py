@@ -125,6 +125,7 @@ class GaussianMixtureEM:
                  covariances_init=None, precisions_init=None, rng=None,
                  keep_history: bool = False, covariance_floor: str = "add",
                  chunk_size: int | None = None) -> None:
+        # scikit-learn's convention: __init__ stores every argument as given; fit checks them
         self.n_components = n_components
         self.tol = tol
         self.reg_covar = reg_covar

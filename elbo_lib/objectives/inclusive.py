@@ -70,6 +70,7 @@ class InclusiveKL(VariationalObjective):
     def surrogate(self, log_joint: LogJoint, q: Distribution,
                   num_samples: int) -> Surrogate:
         """See :meth:`VariationalObjective.surrogate`."""
+        # the same checks as every surrogate: each public method checks its own arguments
         q = _check_q(q)
         num_samples = check_positive_int(num_samples, "num_samples")
         with torch.no_grad():

@@ -126,6 +126,7 @@ class RenyiBound(VariationalObjective):
     def surrogate(self, log_joint: LogJoint, q: Distribution,
                   num_samples: int) -> Surrogate:
         """See :meth:`VariationalObjective.surrogate`."""
+        # the same checks as every surrogate: each public method checks its own arguments
         q = _check_q(q)
         num_samples = check_positive_int(num_samples, "num_samples")
         log_w = _reparameterised_log_weights(log_joint, q, num_samples, self.num_importance)
@@ -169,6 +170,7 @@ class ChiUpperBound(VariationalObjective):
     def surrogate(self, log_joint: LogJoint, q: Distribution,
                   num_samples: int) -> Surrogate:
         """See :meth:`VariationalObjective.surrogate`."""
+        # the same checks as every surrogate: each public method checks its own arguments
         q = _check_q(q)
         num_samples = check_positive_int(num_samples, "num_samples")
         log_w = _reparameterised_log_weights(log_joint, q, num_samples, self.num_importance)
