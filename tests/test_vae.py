@@ -1197,20 +1197,27 @@ _VARIANTS = {"beta": ELBO(beta=2.5), "warm-up": ELBO(beta=4.0, warmup_epochs=1),
              "free bits": ELBO(beta=4.0, free_bits=0.3)}
 
 
+def _alone_and_stacked(objective, toy_data, seed, latent_dim):
+    """The same VAE trained by train_vae and, from the same seed, as a stack of one by
+    train_replicates: (alone, its history, stacked, its history)."""
+    seed_everything(seed)
+    alone = VAE(6, latent_dim, hidden=4)
+    h_alone = train_vae(alone, toy_data, toy_data, 3, batch_size=16, objective=objective)
+    seed_everything(seed)
+    stacked = VAE(6, latent_dim, hidden=4)
+    (h_stacked,) = train_replicates([stacked], toy_data, toy_data, 3, batch_size=16,
+                                    objective=objective)
+    return alone, h_alone, stacked, h_stacked
+
+
 @pytest.mark.parametrize("variant", sorted(_VARIANTS))
 def test_train_replicates_variants_are_train_vae(variant, toy_data):
     """beta, KL warm-up and free bits in a stack of one follow train_vae with the same
     objective step for step (a KL weight applied per image instead of per minibatch for
     free bits, a warm-up schedule counted per epoch instead of per step, or beta ignored
     would move the parameters by far more than float32 rounding)."""
-    objective = _VARIANTS[variant]
-    seed_everything(6)
-    alone = VAE(6, 3, hidden=4)
-    h_alone = train_vae(alone, toy_data, toy_data, 3, batch_size=16, objective=objective)
-    seed_everything(6)
-    stacked = VAE(6, 3, hidden=4)
-    (h_stacked,) = train_replicates([stacked], toy_data, toy_data, 3, batch_size=16,
-                                    objective=objective)
+    alone, h_alone, stacked, h_stacked = _alone_and_stacked(_VARIANTS[variant], toy_data,
+                                                            seed=6, latent_dim=3)
     for (name, a), b in zip(alone.named_parameters(), stacked.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5), name
     assert np.allclose(h_alone.val_kl, h_stacked.val_kl, atol=1e-4)
@@ -1304,13 +1311,8 @@ def test_a_new_schedule_from_outside_trains_through_the_loops(toy_data):
     assert [objective.kl_schedule(t, 3) for t in range(6)] == [0.5, 1.0, 1.0, 1.0, 0.5, 1.0]
     ends = {}
     for name, obj in (("cyclical", objective), ("constant", ELBO(beta=4.0))):
-        seed_everything(8)
-        alone = VAE(6, 2, hidden=4)
-        h_alone = train_vae(alone, toy_data, toy_data, 3, batch_size=16, objective=obj)
-        seed_everything(8)
-        stacked = VAE(6, 2, hidden=4)
-        (h_stacked,) = train_replicates([stacked], toy_data, toy_data, 3, batch_size=16,
-                                        objective=obj)
+        alone, h_alone, stacked, h_stacked = _alone_and_stacked(obj, toy_data, seed=8,
+                                                                latent_dim=2)
         for a, b in zip(alone.parameters(), stacked.parameters(), strict=True):
             assert torch.allclose(a, b, atol=1e-5)
         assert np.allclose(h_alone.val_elbo, h_stacked.val_elbo, atol=1e-4)
