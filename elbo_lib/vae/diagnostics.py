@@ -325,9 +325,17 @@ def aggregate_posterior(model: VAE, x: torch.Tensor, limit: float = 5.0,
     grid = torch.cartesian_prod(axis, axis)                       # (G, 2), row-major
     log_cell = 2 * math.log(float(axis[1] - axis[0]))
     log_n = math.log(len(x))
+    # log q(z | x_n) = a_1(z_1, n) + a_2(z_2, n): a diagonal Gaussian is a product over
+    # the two axes, so each axis' term is computed on the m axis points once, shape (m,
+    # N), and a block of whole grid rows is one broadcast sum (not G x N densities)
+    per_axis = [diagonal_gaussian_log_density(axis[:, None, None], mean[:, d:d + 1],
+                                              logvar[:, d:d + 1]) for d in (0, 1)]
+    rows = max(1, check_positive_int(max_batch, "max_batch") // num_points)
     log_q_parts, kl_prior, mutual = [], 0.0, 0.0
-    for chunk in grid.split(check_positive_int(max_batch, "max_batch")):
-        log_q_cond = diagonal_gaussian_log_density(chunk[:, None, :], mean, logvar)   # (g, N)
+    for start in range(0, num_points, rows):
+        first = per_axis[0][start:start + rows]                              # (r, N)
+        log_q_cond = (first[:, None, :] + per_axis[1][None, :, :]).reshape(-1, len(x))
+        chunk = grid[start * num_points:(start + len(first)) * num_points]   # (g, 2)
         log_q = torch.logsumexp(log_q_cond, dim=1) - log_n                    # (g,)
         log_p = _log_prior(chunk)
         kl_prior += float((torch.exp(log_q + log_cell) * (log_q - log_p)).sum())
