@@ -1,6 +1,7 @@
 """Tests of elbo_lib.vae and of bounds.importance_weighted_bound (chapter 6)."""
 
 import copy
+import itertools
 import math
 import re
 import types
@@ -20,7 +21,9 @@ from elbo_lib.vae import (
     IWAE,
     VAE,
     DiagonalGaussianPosterior,
+    IWAEDReG,
     Phase,
+    RenyiVR,
     VAEObjective,
     VAEStep,
     WakeSleep,
@@ -644,6 +647,7 @@ def test_flow_encoder_kl_is_monte_carlo_and_variants_train(trained_families):
     (lambda m, x: train_vae(m, x, x, 1, objective=ELBO(free_bits=0.1)),
      "ELBO with free_bits needs the diagonal Gaussian"),
     (lambda m, x: active_units(m, x), "active_units needs an encoder family whose q"),
+    (lambda m, x: IWAEDReG(3).loss(m, x), "IWAEDReG needs the diagonal Gaussian"),
 ])
 def test_gaussian_only_functions_name_what_they_need(call, match, trained_families):
     model, _, x = trained_families["affine flow"]
@@ -1170,6 +1174,10 @@ _ONE_BY_ONE = {
     "elbo": (lambda m, x: train_vae(m, x, x, 2, batch_size=16), ELBO()),
     "iwae": (lambda m, x: train_vae(m, x, x, 2, batch_size=16, objective=IWAE(5)), IWAE(5)),
     "wake_sleep": (lambda m, x: train_wake_sleep(m, x, x, 2, batch_size=16), WakeSleep()),
+    "iwae_dreg": (lambda m, x: train_vae(m, x, x, 2, batch_size=16, objective=IWAEDReG(5)),
+                  IWAEDReG(5)),
+    "renyi_vr": (lambda m, x: train_vae(m, x, x, 2, batch_size=16,
+                                        objective=RenyiVR(0.5, 5)), RenyiVR(0.5, 5)),
 }
 
 
@@ -1734,3 +1742,175 @@ def test_train_flow_vaes_reproduces_train_vae(num_layers):
         for a, b in zip(model.parameters(), alone.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(history.val_elbo, expected.val_elbo, rtol=1e-4, atol=0)
+
+
+# -- chapter 8's objectives: IWAE_k with the doubly reparameterised gradient, Renyi's bound
+def _losses_and_gradients(objective, model, x, seed):
+    """The objective's loss on x from the draws of ``seed`` and its gradients in the
+    encoder's and the decoder's parameters."""
+    torch.manual_seed(seed)
+    loss = objective.loss(model, x).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    names = [name for name, _ in model.named_parameters()]
+    return loss.detach(), {n: g for n, g in zip(names, grads, strict=True)}
+
+
+def test_dreg_is_iwae_in_value_and_in_the_decoders_gradient(toy_data):
+    """For the same draws, IWAEDReG(k)'s loss is IWAE(k)'s and so is its decoder's
+    gradient (the sum over samples of w~_j grad log p(x | z_j)); its encoder's gradient
+    is another estimate (a DReG that moved the decoder's gradient too, or a loss with
+    weights w~_j^2 in value, would fail)."""
+    seed_everything(0)
+    model = VAE(6, 2, hidden=8)
+    iwae_loss, iwae_grads = _losses_and_gradients(IWAE(5), model, toy_data, seed=1)
+    dreg_loss, dreg_grads = _losses_and_gradients(IWAEDReG(5), model, toy_data, seed=1)
+    torch.testing.assert_close(dreg_loss, iwae_loss)
+    for name, grad in iwae_grads.items():
+        if name.startswith("decoder."):
+            torch.testing.assert_close(dreg_grads[name], grad, rtol=1e-5, atol=1e-7)
+        else:
+            assert not torch.allclose(dreg_grads[name], grad, atol=1e-3), name
+
+
+def _stl_iwae_loss(model, x, k):
+    """IWAE_k with the score part dropped (sticking the landing; biased for k > 1): the
+    plain loss with log q's parameters held fixed and no reweighting of the path."""
+    q = model.encode(x)
+    z = q.rsample((k,))
+    held = DiagonalGaussianPosterior(q.mean.detach(), q.logvar.detach())
+    log_w = bernoulli_log_likelihood(x, model.decode(z)) + log_prior(z) - held.log_prob(z)
+    return -importance_weighted_bound(log_w, dim=0).mean()
+
+
+def _encoder_output_gradients(loss_of, model, x):
+    """Per-image gradients of loss_of(model, x) (a mean over the images) in the
+    encoder's outputs (mean, logvar), times n: one gradient estimate per image."""
+    outputs = []
+    handle = model.encoder[2].register_forward_hook(lambda mod, inp, out: outputs.append(out))
+    try:
+        loss = loss_of(model, x)
+    finally:
+        handle.remove()
+    return torch.autograd.grad(loss, outputs[0])[0].double() * len(x)
+
+
+def test_dreg_encoder_gradient_has_the_iwae_gradients_mean(toy_data):
+    """Over 40000 independent draws for one image (the image repeated), the mean of
+    IWAEDReG(5)'s gradient in the encoder's outputs (mean, logvar of q) agrees with plain
+    IWAE(5)'s within 4.5 standard errors in every coordinate, while the biased
+    sticking-the-landing estimate is rejected by the same comparison: the test can
+    fail. (The encoder's parameters' gradient is a fixed linear map of these.)"""
+    seed_everything(0)
+    model = VAE(6, 2, hidden=8)
+    with torch.no_grad():
+        model.encoder[2].bias[2:] = 0.7       # a q wider than the posterior: bounded w
+    x = toy_data[:1].expand(40000, 6)
+    grads = {}
+    for name, loss_of in (("iwae", lambda m, x: IWAE(5).loss(m, x).loss),
+                          ("dreg", lambda m, x: IWAEDReG(5).loss(m, x).loss),
+                          ("stl", lambda m, x: _stl_iwae_loss(m, x, 5))):
+        torch.manual_seed(7)
+        grads[name] = _encoder_output_gradients(loss_of, model, x)
+
+    def z_scores(a, b):
+        se = torch.sqrt(a.var(0) / len(a) + b.var(0) / len(b))
+        return ((a.mean(0) - b.mean(0)).abs() / se).max().item()
+
+    assert z_scores(grads["dreg"], grads["iwae"]) < 4.5
+    assert z_scores(grads["stl"], grads["iwae"]) > 8.0
+    # and DReG's estimate is the less noisy one for q's mean (Tucker et al.)
+    assert bool((grads["dreg"][:, :2].var(0) < grads["iwae"][:, :2].var(0)).all())
+
+
+def test_renyi_vr_at_its_limits_is_iwae_and_the_elbo(toy_data):
+    """For the same draws: RenyiVR(0, k) is IWAE(k)'s loss and gradient; RenyiVR(1, k) is
+    minus the mean of the k log weights (the ELBO's estimate) and alpha -> 1 tends to it;
+    at k = 1 every alpha is IWAE(1); and the loss does not decrease with alpha (the
+    k-sample bound is a power mean of the weights, non-increasing in alpha)."""
+    seed_everything(0)
+    model = VAE(6, 2, hidden=8)
+    iwae_loss, iwae_grads = _losses_and_gradients(IWAE(5), model, toy_data, seed=2)
+    vr_loss, vr_grads = _losses_and_gradients(RenyiVR(0.0, 5), model, toy_data, seed=2)
+    torch.testing.assert_close(vr_loss, iwae_loss)
+    for name, grad in iwae_grads.items():
+        torch.testing.assert_close(vr_grads[name], grad, rtol=1e-5, atol=1e-7)
+    torch.manual_seed(2)
+    log_w = importance_log_weights(model, toy_data, 5)                 # the same draws
+    elbo_estimate = -log_w.mean(0).mean()
+    at_one = _losses_and_gradients(RenyiVR(1.0, 5), model, toy_data, seed=2)[0]
+    near_one = _losses_and_gradients(RenyiVR(1 - 1e-4, 5), model, toy_data, seed=2)[0]
+    torch.testing.assert_close(at_one, elbo_estimate.detach())
+    assert abs(float(near_one - at_one)) < 1e-3 < abs(float(iwae_loss - at_one))
+    one_sample = _losses_and_gradients(IWAE(1), model, toy_data, seed=3)[0]
+    for alpha in (-2.0, 0.5, 3.0):
+        torch.testing.assert_close(
+            _losses_and_gradients(RenyiVR(alpha, 1), model, toy_data, seed=3)[0],
+            one_sample)
+    losses = [_losses_and_gradients(RenyiVR(a, 5), model, toy_data, seed=4)[0]
+              for a in (-math.inf, -1.0, 0.0, 0.5, 1.0, 2.0)]
+    assert all(a <= b + 1e-6 for a, b in itertools.pairwise(losses))
+    assert losses[0] < losses[-1] - 0.1
+
+
+def _test_stack(models, objective):
+    """A stack of the given models (each run its own networks), drawing each run's noise
+    in turn from torch's global generator, as each model's own loss would."""
+    def encode(x):
+        qs = [m.encoder(xr) for m, xr in zip(models, x, strict=True)]
+        return torch.stack([q.mean for q in qs]), torch.stack([q.logvar for q in qs])
+
+    return types.SimpleNamespace(
+        encode=encode,
+        decode=lambda z: torch.stack([m.decode(zr) for m, zr in zip(models, z, strict=True)]),
+        kl_units=lambda mean, logvar: 0.5 * (logvar.exp() + mean**2 - 1 - logvar),
+        noise=lambda *shape: torch.stack([torch.randn(*shape) for _ in models]),
+        latent_dim=models[0].latent_dim, dtype=torch.float32,
+        objectives=[objective] * len(models))
+
+
+@pytest.mark.parametrize("objective", [IWAE(4), IWAEDReG(4), RenyiVR(0.5, 4),
+                                       RenyiVR(-math.inf, 4)], ids=repr)
+def test_stacked_loss_is_each_runs_own_loss(objective, toy_data):
+    """For each run of a stack of three, the stacked loss and its gradient in that run's
+    parameters equal the run's own loss and gradient at the same draws (a DReG hook
+    that scaled one run's samples by another run's weights, or a mean over the runs
+    where a sum belongs, would fail)."""
+    models = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        models.append(VAE(6, 2, hidden=8))
+    x = torch.stack([toy_data[:16], toy_data[16:32], toy_data[24:40]])
+    torch.manual_seed(5)
+    out = objective.stacked_loss(_test_stack(models, objective), x)
+    stacked_grads = torch.autograd.grad(out.loss.sum(), [p for m in models
+                                                         for p in m.parameters()])
+    torch.manual_seed(5)
+    alone = [objective.loss(m, xr) for m, xr in zip(models, x, strict=True)]
+    alone_grads = [g for m, a in zip(models, alone, strict=True)
+                   for g in torch.autograd.grad(a.loss, list(m.parameters()))]
+    torch.testing.assert_close(out.loss.detach(), torch.stack([a.loss for a in alone]).detach())
+    torch.testing.assert_close(out.reconstruction.detach(),
+                               torch.stack([a.reconstruction.sum() for a in alone]).detach())
+    for a, b in zip(stacked_grads, alone_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_new_objectives_train(toy_data):
+    """IWAEDReG and RenyiVR raise the validation ELBO through the unchanged train_vae."""
+    for objective in (IWAEDReG(5), RenyiVR(0.5, 5)):
+        seed_everything(9)
+        model = VAE(6, 2, hidden=8)
+        h = train_vae(model, toy_data, toy_data, 15, batch_size=10, lr=0.01,
+                      objective=objective)
+        assert h.val_elbo[-1] > h.val_elbo[0] + 0.5, objective
+
+
+for _name, _cases in {
+    "IWAEDReG": [(lambda: IWAEDReG(0), ValueError, r"k must be >= 1"),
+                 (lambda: IWAEDReG(2.5), TypeError, r"k must be an integer")],
+    "RenyiVR": [(lambda: RenyiVR(math.nan, 5), ValueError, r"alpha must be finite"),
+                (lambda: RenyiVR("a", 5), TypeError, r"alpha must be a real number"),
+                (lambda: RenyiVR(0.5, 0), ValueError, r"k must be >= 1"),
+                (lambda: RenyiVR(0.5, 2.5), TypeError, r"k must be an integer")],
+}.items():
+    BAD_INPUTS.setdefault(_name, []).extend(_cases)

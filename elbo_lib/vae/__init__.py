@@ -33,7 +33,8 @@ The package's modules, each importing only those above it: :mod:`~elbo_lib.vae.m
 (the networks, the prior, the encoder families), :mod:`~elbo_lib.vae.elbo` (the ELBO and
 the importance-weighted bound, in one place), :mod:`~elbo_lib.vae.objectives` (what the
 loops train on, as objects: ``ELBO(beta, warmup_epochs, free_bits)``, ``IWAE(k)``,
-``WakeSleep()``; a new one is a subclass of :class:`VAEObjective`, no edit of a loop),
+``IWAEDReG(k)``, ``RenyiVR(alpha, k)``, ``WakeSleep()``; a new one is a subclass of
+:class:`VAEObjective`, no edit of a loop),
 :mod:`~elbo_lib.vae.training` (the one single-model loop),
 :mod:`~elbo_lib.vae.diagnostics` (quadrature, gaps, active units, the aggregate
 posterior), :mod:`~elbo_lib.vae.replicates` (several runs as one tensor program) and
@@ -82,7 +83,16 @@ from elbo_lib.vae.model import (
     log_prior,
     reparameterize,
 )
-from elbo_lib.vae.objectives import ELBO, IWAE, Phase, VAEObjective, VAEStep, WakeSleep
+from elbo_lib.vae.objectives import (
+    ELBO,
+    IWAE,
+    IWAEDReG,
+    Phase,
+    RenyiVR,
+    VAEObjective,
+    VAEStep,
+    WakeSleep,
+)
 from elbo_lib.vae.replicates import train_replicates
 from elbo_lib.vae.training import (
     TrainingHistory,
@@ -94,12 +104,14 @@ from elbo_lib.vae.training import (
 __all__ = [
     "ELBO",
     "IWAE",
+    "IWAEDReG",
     "VAE",
     "AggregatePosterior",
     "DiagonalGaussianPosterior",
     "GaussianEncoder",
     "Phase",
     "PlanarFlowEncoder",
+    "RenyiVR",
     "TrainingHistory",
     "VAEObjective",
     "VAEStep",

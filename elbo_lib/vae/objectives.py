@@ -1,5 +1,6 @@
-"""What the VAE loops train on, as objects: the ELBO (beta, warm-up, free bits), IWAE_k,
-wake-sleep's two phases (chapter 6).
+"""What the VAE loops train on, as objects: the ELBO (beta, warm-up, free bits), IWAE_k
+(chapter 6) with the doubly reparameterised gradient, the variational Renyi bound
+(chapter 8), wake-sleep's two phases (chapter 6).
 
 A :class:`VAEObjective` gives one step's loss on a minibatch, for one model
 (:meth:`~VAEObjective.loss`; its hook ``_loss`` is what :func:`elbo_lib.vae.train_vae`
@@ -19,6 +20,10 @@ the package's one ELBO kernel, :mod:`elbo_lib.vae.elbo`:
 ``ELBO(free_bits=lam)``                  free bits: sum_j max(lam, mean_batch KL_j)
                                          (Kingma et al. 2016)
 ``IWAE(k)``                              IWAE_k (Burda, Grosse & Salakhutdinov 2016)
+``IWAEDReG(k)``                          IWAE_k with the doubly reparameterised encoder
+                                         gradient (Tucker et al. 2019)
+``RenyiVR(alpha, k)``                    the k-sample variational Renyi bound (Li &
+                                         Turner 2016); alpha = 0 is IWAE_k
 ``WakeSleep()``                          wake phase on the decoder, sleep phase on the
                                          encoder (Hinton et al. 1995)
 =======================================  ==================================================
@@ -31,9 +36,15 @@ from typing import NamedTuple
 
 import torch
 
-from elbo_lib._validation import check_nonnegative, check_positive, check_positive_int
+from elbo_lib._validation import (
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_real,
+)
 from elbo_lib.bounds import importance_weighted_bound
 from elbo_lib.gaussians import diagonal_gaussian_log_density
+from elbo_lib.objectives import renyi_bound
 from elbo_lib.vae.elbo import (
     _bernoulli_log_likelihood,
     _elbo_terms,
@@ -53,7 +64,8 @@ from elbo_lib.vae.model import (
     _require_diagonal_gaussian,
 )
 
-__all__ = ["ELBO", "IWAE", "Phase", "VAEObjective", "VAEStep", "WakeSleep"]
+__all__ = ["ELBO", "IWAE", "IWAEDReG", "Phase", "RenyiVR", "VAEObjective", "VAEStep",
+           "WakeSleep"]
 
 
 class Phase(NamedTuple):
@@ -312,26 +324,157 @@ class IWAE(VAEObjective):
         self.k = check_positive_int(k, "k")
 
     def _loss(self, model, x, phase, step, steps_per_epoch):
-        q = model._encode(x)
-        kl = (_kl_units(q.base_dist.loc, q.logvar)
-              if isinstance(q, DiagonalGaussianPosterior) else None)
-        z = q.rsample((self.k,))
-        log_w, log_lik = _log_weights(model, x, q, z)                  # (k, n) each
-        kl = _kl_to_prior(q, z) if kl is None else kl
+        log_w, log_lik, kl, _ = _importance_samples(model, x, self.k)      # (k, n) each
         return VAEStep(-importance_weighted_bound(log_w, dim=0).mean(), log_lik.mean(0), kl)
 
     def _stacked_loss(self, stack, x, phase, step, steps_per_epoch):
-        k = self.k
-        mean, logvar = stack.encode(x)
-        kl = stack.kl_units(mean, logvar).sum(-1)
-        z = (mean.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1)
-             * stack.noise(k, x.shape[1], stack.latent_dim))
-        log_lik = _bernoulli_log_likelihood(x.unsqueeze(1), stack.decode(z))
-        log_q = diagonal_gaussian_log_density(z, mean.unsqueeze(1), logvar.unsqueeze(1),
-                                              validate=False)
-        log_w = log_lik + _log_prior(z) - log_q                          # (R, k, n)
-        iwae = torch.logsumexp(log_w, dim=1) - math.log(k)
+        log_w, log_lik, kl, _ = _stacked_importance_samples(stack, x, self.k)  # (R, k, n)
+        iwae = torch.logsumexp(log_w, dim=1) - math.log(self.k)
         return VAEStep(-iwae.mean(1), log_lik.mean(1).sum(1), kl.sum(1))
+
+
+class IWAEDReG(IWAE):
+    r"""IWAE_k trained with the doubly reparameterised gradient (DReG; Tucker, Lawson, Gu
+    and Maddison 2019): the same bound, the same expected gradient, a better encoder
+    gradient.
+
+    The decoder's gradient is IWAE's, sum_j w~_j grad_theta log w_j with w~_j = w_j /
+    sum_i w_i. The encoder's is
+
+    .. math::
+
+        \sum_{j=1}^k \tilde w_j^2\, \frac{\partial \log w_j}{\partial z_j}
+        \frac{\partial z_j}{\partial \phi},
+
+    where log w_j = log p(x, z_j) - log q(z_j | x) with q's parameters held fixed in
+    log q (the score part of IWAE's gradient, reparameterised once more); its mean is
+    IWAE's encoder gradient, and its signal-to-noise ratio does not fall with k as the
+    plain one's does (chapter 8 derives both;
+    :class:`elbo_lib.objectives.DoublyReparameterisedIWAE` is the same estimator for a
+    log-joint and a Gaussian q).
+    The loss's value is -IWAE_k (as :class:`IWAE`'s, at the same draws); its gradient is
+    the one above: the loss is -sum_j w~_j log w_j (weights detached) and a hook on the
+    samples scales the gradient reaching each z_j by w~_j. At k = 1 the encoder's
+    gradient is the ELBO's path derivative (sticking the landing). The diagonal Gaussian
+    encoder family only. Chapter 8.
+
+    Parameters
+    ----------
+    k : int
+        Importance samples per image (>= 1).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a k that is not an int >= 1; for an encoder that is not the diagonal
+        Gaussian family (when a loss is computed).
+    """
+
+    def _loss(self, model, x, phase, step, steps_per_epoch):
+        log_w, log_lik, kl, z = _importance_samples(model, x, self.k, hold_q=True)
+        return VAEStep(_dreg_loss(log_w, z, dim=0).mean(), log_lik.mean(0), kl)
+
+    def _stacked_loss(self, stack, x, phase, step, steps_per_epoch):
+        log_w, log_lik, kl, z = _stacked_importance_samples(stack, x, self.k, hold_q=True)
+        return VAEStep(_dreg_loss(log_w, z, dim=1).mean(1), log_lik.mean(1).sum(1),
+                       kl.sum(1))
+
+
+class RenyiVR(VAEObjective):
+    r"""The variational Renyi bound L_alpha from k samples per image (Li and Turner 2016).
+
+    .. math::
+
+        \hat{\mathcal L}_{\alpha,k} = \frac{1}{1-\alpha}
+        \log \frac1k \sum_{j=1}^k w_j^{1-\alpha}, \qquad
+        w_j = \frac{p_\theta(x, z_j)}{q_\phi(z_j \mid x)},
+
+    (:func:`elbo_lib.objectives.renyi_bound`), differentiated through reparameterised
+    z_j: its gradient is sum_j v_j grad log w_j with v_j = w_j^(1 - alpha) / sum_i
+    w_i^(1 - alpha), for the decoder and the encoder alike (Li and Turner's VR gradient).
+    alpha = 0 is :class:`IWAE` (the same loss at the same draws); alpha = 1 the mean of
+    the k log weights, an ELBO estimate (the weights v_j all 1/k); at k = 1 every alpha
+    gives log w. For 0 < alpha < 1 the bound lies between the ELBO and log p(x); for
+    alpha < 0 (-inf: "VR-max") the exact L_alpha is an upper bound on log p(x), which
+    the loops maximise all the same, as Li and Turner do (its k-sample estimate is below
+    IWAE_k + log k). The recorded terms are IWAE's. Chapter 8.
+
+    Parameters
+    ----------
+    alpha : float
+        Real, or -inf / +inf.
+    k : int
+        Importance samples per image (>= 1).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an alpha that is not a real number (NaN refused) or a k that is not an int
+        >= 1.
+    """
+
+    def __init__(self, alpha: float, k: int) -> None:
+        infinite = isinstance(alpha, float) and math.isinf(alpha)     # VR-max / VR-min
+        self.alpha = float(alpha) if infinite else check_real(alpha, "alpha")
+        self.k = check_positive_int(k, "k")
+
+    def _loss(self, model, x, phase, step, steps_per_epoch):
+        log_w, log_lik, kl, _ = _importance_samples(model, x, self.k)      # (k, n) each
+        return VAEStep(-renyi_bound(log_w, self.alpha, dim=0).mean(), log_lik.mean(0), kl)
+
+    def _stacked_loss(self, stack, x, phase, step, steps_per_epoch):
+        log_w, log_lik, kl, _ = _stacked_importance_samples(stack, x, self.k)  # (R, k, n)
+        return VAEStep(-renyi_bound(log_w, self.alpha, dim=1).mean(1),
+                       log_lik.mean(1).sum(1), kl.sum(1))
+
+
+def _importance_samples(model: VAE, x: torch.Tensor, k: int, hold_q: bool = False):
+    """k reparameterised samples of q(z | x) per image and their log weights: (log w,
+    log p(x | z), the KL to the prior, z) of shapes (k, n), (k, n), (n,) or (n,
+    latent_dim), (k, n, latent_dim). The KL is the closed form (per unit) for the
+    diagonal Gaussian, else the Monte Carlo estimate at the samples. ``hold_q``: log q
+    in the weights with q's parameters detached (the samples keep their path; the
+    diagonal Gaussian only), as DReG needs."""
+    q = model._encode(x)
+    if hold_q:
+        _require_diagonal_gaussian(q, "IWAEDReG")
+    kl = (_kl_units(q.base_dist.loc, q.logvar)
+          if isinstance(q, DiagonalGaussianPosterior) else None)
+    z = q.rsample((k,))
+    scored = (DiagonalGaussianPosterior._from_checked(q.base_dist.loc.detach(),
+                                                      q.logvar.detach()) if hold_q else q)
+    log_w, log_lik = _log_weights(model, x, scored, z)
+    kl = _kl_to_prior(q, z) if kl is None else kl
+    return log_w, log_lik, kl, z
+
+
+def _stacked_importance_samples(stack, x: torch.Tensor, k: int, hold_q: bool = False):
+    """:func:`_importance_samples` for a stack of R runs (x of shape (R, n, D)): log w
+    and log p(x | z) of shape (R, k, n), the closed-form KL (R, n), z (R, k, n,
+    latent_dim)."""
+    mean, logvar = stack.encode(x)
+    kl = stack.kl_units(mean, logvar).sum(-1)
+    z = (mean.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1)
+         * stack.noise(k, x.shape[1], stack.latent_dim))
+    log_lik = _bernoulli_log_likelihood(x.unsqueeze(1), stack.decode(z))
+    if hold_q:
+        mean, logvar = mean.detach(), logvar.detach()
+    log_q = diagonal_gaussian_log_density(z, mean.unsqueeze(1), logvar.unsqueeze(1),
+                                          validate=False)
+    return log_lik + _log_prior(z) - log_q, log_lik, kl, z
+
+
+def _dreg_loss(log_w: torch.Tensor, z: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per image, minus IWAE_k in value, with DReG's gradient: -sum_j w~_j log w_j
+    (weights detached) plus a hook scaling the gradient reaching z_j by w~_j, so that the
+    encoder gets sum_j w~_j^2 (d log w_j / d z_j)(d z_j / d phi) (with log q's
+    parameters held by the caller) and the decoder IWAE's sum_j w~_j grad log w_j."""
+    weights = torch.softmax(log_w.detach(), dim=dim)
+    if z.requires_grad:
+        z.register_hook(lambda grad: grad * weights.unsqueeze(-1))
+    surrogate = (weights * log_w).sum(dim)
+    bound = torch.logsumexp(log_w.detach(), dim=dim) - math.log(log_w.shape[dim])
+    return -(bound + (surrogate - surrogate.detach()))
 
 
 def _dream(probs: torch.Tensor) -> torch.Tensor:
