@@ -638,8 +638,10 @@ def reverse_chain_log_likelihood(x0, mean_fn: Callable, variances, grid) -> np.n
     p_{t-1}(y) = int p_t(x) N(y; m(x, t), v_t) dx is a trapezoid sum over the grid (an
     (G, G) matrix of log N per step, :func:`elbo_lib.gaussians.gaussian_log_density`,
     reduced by log-sum-exp); the last step is evaluated at the data. The trapezoid rule is
-    exponentially accurate for these smooth integrands once the spacing is below the step
-    standard deviations (checked; a steep mean function needs finer) and the grid holds
+    exponentially accurate for these smooth integrands once both the grid's spacing and the
+    spacing of its images under the mean function are below the step standard deviation
+    (both checked at every step: where the mean is steep, the integrand over x_t is
+    narrower than sqrt(v_t) and a grid fine enough in y is not fine enough in x) and the grid holds
     the chain's mass (checked at every step: mass within 1e-6 of 1) and the posterior of
     x_1 given each x_0 (checked: the grid's end points carry a share below 1e-9 of the
     last integral). Cost O(T G^2). Chapter 9.
@@ -652,7 +654,9 @@ def reverse_chain_log_likelihood(x0, mean_fn: Callable, variances, grid) -> np.n
     variances : array_like, shape (T,)
         > 0; ``variances[0]`` is the decoder's.
     grid : array_like, shape (G,)
-        Strictly increasing, G >= 3, spacing at most the smallest sqrt(variances).
+        Strictly increasing, G >= 3, spacing at most the smallest sqrt(variances), and
+        fine enough that ``mean_fn(grid, t)`` moves by at most ``sqrt(variances[t - 1])``
+        between neighbouring points at every t.
 
     Returns
     -------
@@ -682,6 +686,14 @@ def reverse_chain_log_likelihood(x0, mean_fn: Callable, variances, grid) -> np.n
         if mean.shape != grid.shape or not np.all(np.isfinite(mean)):
             raise ValueError(f"mean_fn must return finite values of shape {grid.shape}, "
                              f"got shape {mean.shape} at t={t}")
+        jump = np.abs(np.diff(mean))
+        if jump.max() > np.sqrt(variances[t - 1]):
+            i = int(np.argmax(jump))
+            raise ValueError(
+                f"grid too coarse where mean_fn is steep: mean_fn(grid, {t}) moves by "
+                f"{jump[i]:.3g} between grid points {grid[i]:.4g} and {grid[i + 1]:.4g}, "
+                f"more than the step standard deviation sqrt(variances[{t - 1}]) = "
+                f"{np.sqrt(variances[t - 1]):.3g}: refine the grid")
         mass = np.exp(logsumexp(log_w + log_p))
         if abs(mass - 1) > 1e-6:
             raise ValueError(f"grid holds mass {mass:.8g} of x_{t} (not 1 within 1e-6): "
