@@ -708,7 +708,7 @@ EXTREME_INPUTS = {
 }
 
 
-def _gaussian_elbo_by_quadrature(x, W, mean, cov, sigma, b, step=0.005):
+def _gaussian_elbo_by_quadrature(x, W, mean, cov, sigma, b, step):
     g = np.arange(-5 + step / 2, 6, step)
     G1, G2 = np.meshgrid(g, g, indexing="ij")
     grid = np.column_stack([G1.ravel(), G2.ravel()])
@@ -729,8 +729,12 @@ def test_gaussian_elbo_matches_grid_quadrature(mean, cov):
     W = np.array([[1.0, 0.8], [0.0, 0.6]])
     x = np.array([1.4, 0.05])
     closed = sparse_coding_gaussian_elbo(x, W, mean, cov, 0.5, 1.0)
-    grid = _gaussian_elbo_by_quadrature(x, W, np.asarray(mean), np.asarray(cov), 0.5, 1.0)
-    assert abs(closed - grid) < 1e-4
+    # The midpoint rule's error falls as step**2 (the kinks of |z| lie on cell edges), so
+    # Richardson's extrapolation from steps 0.02 and 0.01 leaves about 1e-9 (measured),
+    # 1e4 times closer than step 0.005 alone and a quarter of its grid points.
+    coarse, fine = (_gaussian_elbo_by_quadrature(x, W, np.asarray(mean), np.asarray(cov),
+                                                 0.5, 1.0, step=h) for h in (0.02, 0.01))
+    assert abs(closed - (4 * fine - coarse) / 3) < 1e-7
 
 
 def test_gaussian_elbo_bad_inputs():
