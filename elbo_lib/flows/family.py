@@ -20,6 +20,7 @@ from elbo_lib.flows.transforms import (
     _check_tensor,
 )
 from elbo_lib.variational import DiagonalGaussian, VariationalFamily
+from elbo_lib.variational.fit import _Adam
 
 __all__ = ["FLOW_KINDS", "FlowFamily", "fit_maximum_likelihood"]
 
@@ -187,7 +188,7 @@ def fit_maximum_likelihood(family: VariationalFamily, samples: torch.Tensor, *,
     num_steps = check_positive_int(num_steps, "num_steps")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
-    opt = torch.optim.Adam(family.parameters(), lr=lr)
+    opt = _Adam(family.parameters(), lr=lr)   # torch's Adam, bit for bit
     start = [p.detach().clone() for p in family.parameters()]
     runs = family.num_runs
     trace = np.empty((num_steps,) if runs == 1 else (num_steps, runs))

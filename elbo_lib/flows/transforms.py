@@ -3,6 +3,8 @@ input checks that every layer of the package shares (chapter 7)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -388,7 +390,10 @@ class PlanarStackTransform(_VectorBijection):
         return PlanarStackTransform(self.u, self.w, self.b, cache_size, validate=False)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._last is not None and self._last[0] is x:
+        if (self._last is not None and self._last[0] is x
+                and (self._last[2].requires_grad or not torch.is_grad_enabled()
+                     or not (self.u.requires_grad or self.w.requires_grad
+                             or self.b.requires_grad))):   # no graph lost to the cache
             return self._last[1], self._last[2]
         x = _check_input(x, self.w.shape[-1], dtype=self.w.dtype)
         y, log_det = _PlanarStackFunction.apply(x, self.u_hat, self.w, self.b, self.wu)
@@ -399,13 +404,130 @@ class PlanarStackTransform(_VectorBijection):
         return self._forward(x)[0]
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        for layer in reversed(self.layers):
-            y = layer.inv(y)
-        return y
+        y = _check_input(y, self.w.shape[-1], "y", dtype=self.w.dtype)
+        if y.dtype != torch.float64 or torch.is_grad_enabled() and (
+                y.requires_grad or self.u.requires_grad or self.w.requires_grad
+                or self.b.requires_grad):
+            for layer in reversed(self.layers):   # differentiable, layer by layer
+                y = layer.inv(y)
+            return y
+        # float64 and no gradient wanted (a quadrature grid): one compiled pass, which
+        # also gives the log-determinant, so log_prob needs no forward pass after it
+        x, log_det = _planar_stack_inverse(y, self.u_hat.detach(), self.w.detach(),
+                                           self.b.detach(), self.wu.detach())
+        self._last = (x, y, log_det)
+        return x
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Sum of the K layers' log |1 + u_hat^T psi|, shape (...)."""
         return self._forward(x)[1]
+
+
+_KERNELS: dict = {}
+
+
+def _planar_inverse_kernel():
+    """The compiled kernel of :func:`_planar_stack_inverse` (Numba, compiled on first
+    use and cached on disk; imported here so that ``elbo_lib.flows`` loads without it)."""
+    if "inverse" in _KERNELS:
+        return _KERNELS["inverse"]
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def solve(t, wu, b, eps):  # pragma: no cover - compiled; tested through callers
+        """The root a of a + wu tanh(a + b) = t and tanh(a + b), to rounding error:
+        _solve_planar's safeguarded Newton iteration (same bracket and tests), which
+        stops as soon as a Newton step leaves an error below rounding (the error of
+        a Newton iterate is at most 0.385 |wu| move^2 / slope, since |g''| <= 0.77
+        |wu|); tanh at the last iterate is then updated to first order (the step is
+        below 1e-8, so the update's error is below 0.385e-16)."""
+        spread = abs(wu) + 1e-12
+        low, high, a = t - spread, t + spread, t
+        step_before = 2 * spread
+        step_last = step_before
+        for _ in range(200):
+            th = math.tanh(a + b)
+            g = a + wu * th - t
+            if g > 0:
+                high = a
+            else:
+                low = a
+            slope = 1 + wu * (1 - th * th)
+            newton = a - g / slope
+            move = abs(newton - a)
+            scale = eps * (1 + abs(a))
+            if move <= 4 * scale or (low < newton < high and move <= 1e-8 and
+                                     0.385 * abs(wu) * move * move <= scale * slope):
+                return newton, th + (1 - th * th) * (newton - a)
+            if low < newton < high and 2 * move <= step_before:
+                new = newton
+            else:
+                new = 0.5 * (low + high)
+            step_before, step_last = step_last, abs(new - a)
+            a = new
+            if high - low <= 2 * scale:
+                break
+        return a, math.tanh(a + b)
+
+    @numba.njit(cache=True, nogil=True)
+    def inverse(y, u_hat, w, b, wu, x, log_det):  # pragma: no cover - compiled
+        num_layers, num_params, dim = u_hat.shape
+        eps = np.finfo(np.float64).eps
+        terms = np.empty(num_layers)
+        for n in range(y.shape[0]):
+            p = n % num_params
+            for d in range(dim):
+                x[n, d] = y[n, d]
+            for k in range(num_layers - 1, -1, -1):
+                t = 0.0
+                for d in range(dim):
+                    t += w[k, p, d] * x[n, d]
+                wuk = wu[k, p]
+                a, th = solve(t, wuk, b[k, p], eps)
+                for d in range(dim):
+                    x[n, d] = x[n, d] - u_hat[k, p, d] * th
+                terms[k] = math.log1p(wuk * (1 - th * th))
+            total = 0.0
+            for k in range(num_layers):    # summed in the forward pass's order
+                total = total + terms[k]
+            log_det[n] = total
+
+    _KERNELS["inverse"] = inverse
+    return inverse
+
+
+def _planar_stack_inverse(y: torch.Tensor, u_hat: torch.Tensor, w: torch.Tensor,
+                          b: torch.Tensor, wu: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of K planar layers and its log-determinant, without gradients.
+
+    ``y`` (..., D) against parameters u_hat, w (K, ..., D), b, wu (K, ...), which
+    broadcast as in the forward pass. Each point goes back through the layers in one
+    compiled loop: the scalar root of each layer by :func:`_solve_planar`'s
+    safeguarded Newton iteration, stopped once a step leaves an error below rounding
+    (no extra tanh to confirm convergence, none to polish), then the layer's inverse
+    and its log|det|. The same map as the layer-by-layer inverse (a log_prob through
+    it and the forward pass from its result) up to rounding, and several times faster
+    (no temporary arrays, a third of the tanh evaluations, and no forward pass for
+    the log-determinant). Returns x (..., D) and log|det df/dx| (...), float64.
+    """
+    batch = torch.broadcast_shapes(y.shape[:-1], b.shape[1:])
+    dim, layers = y.shape[-1], b.shape[0]
+    tail = batch[len(batch) - (b.dim() - 1):] if b.dim() > 1 else ()
+    num_params = math.prod(tail)
+
+    def params(t: torch.Tensor, *event: int) -> np.ndarray:
+        full = t.detach().to(torch.float64).expand(layers, *tail, *event)
+        return np.ascontiguousarray(full.numpy()).reshape(layers, num_params, *event)
+
+    y_np = np.ascontiguousarray(y.detach().to(torch.float64).expand(*batch, dim).numpy())
+    y_np = y_np.reshape(-1, dim)
+    x = np.empty_like(y_np)
+    log_det = np.empty(len(y_np))
+    _planar_inverse_kernel()(y_np, params(u_hat, dim), params(w, dim), params(b),
+                             params(wu), x, log_det)
+    return (torch.from_numpy(x).reshape(*batch, dim),
+            torch.from_numpy(log_det).reshape(batch))
 
 
 class RadialTransform(_VectorBijection):

@@ -23,6 +23,7 @@ from elbo_lib.flows import PlanarStackTransform
 from elbo_lib.vae.elbo import _bernoulli_log_likelihood, bernoulli_log_likelihood
 from elbo_lib.vae.model import VAE, _check_data, _log_prior
 from elbo_lib.vae.training import TrainingHistory, _check_loop_arguments, _stopped
+from elbo_lib.variational.fit import _Adam
 
 __all__ = ["PlanarFlowEncoder", "refine_flow_posterior", "train_flow_vaes", "vae_elbo_of"]
 
@@ -225,7 +226,7 @@ def refine_flow_posterior(model: nn.Module, x: torch.Tensor, num_steps: int,
             own[key] = given.detach().to(value.dtype)
     params = {name: value.clone().requires_grad_(True) for name, value in own.items()
               if value.numel() > 0}
-    optimizer = torch.optim.Adam(list(params.values()), lr=lr)
+    optimizer = _Adam(list(params.values()), lr=lr)   # torch's Adam, bit for bit
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -330,7 +331,7 @@ def train_flow_vaes(models: list, x_train: torch.Tensor, x_val: torch.Tensor,
               "dec_in": [m.decoder[0] for m in models],
               "dec_out": [m.decoder[2] for m in models]}
     stacked = {name: _stacked_linear(mods) for name, mods in layers.items()}
-    optimizer = torch.optim.Adam([t for pair in stacked.values() for t in pair], lr=lr)
+    optimizer = _Adam([t for pair in stacked.values() for t in pair], lr=lr)  # torch's, bit for bit
     zero = torch.zeros(d, dtype=dtype)
     prior = Independent(Normal(zero, torch.ones_like(zero)), 1)
 

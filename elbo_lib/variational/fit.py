@@ -50,13 +50,62 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 DEFAULT_LR = 0.05
 
 
+class _Adam:
+    """torch.optim.Adam's default step on CPU tensors (single-tensor, no weight decay,
+    no amsgrad), the same operations in the same order, so the same bits, without the
+    framework around it.
+
+    torch's optimizer wraps each step in hooks, a profiler record and graph breaks for
+    torch.compile (its first step imports torch._dynamo, about 2.5 s of CPU); for the
+    tiny models of chapter 7 that costs more than the update. The library's training
+    loops (:func:`fit_vi`'s default, the flow and VAE loops of chapter 7) step with
+    this; ``tests/test_variational.py`` checks it against ``torch.optim.Adam`` bit for
+    bit. Parameters without a gradient are skipped, as torch does (their step count
+    does not advance).
+    """
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params = [p for p in params]
+        self.lr, (self.beta1, self.beta2), self.eps = float(lr), betas, eps
+        self.state = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.beta1, self.beta2
+        for i, p in enumerate(self.params):
+            grad = p.grad
+            if grad is None:
+                continue
+            if self.state[i] is None:   # torch's lazy state: zero moments, step 0
+                self.state[i] = [0, torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 torch.zeros_like(p, memory_format=torch.preserve_format)]
+            state = self.state[i]
+            state[0] += 1
+            step = float(state[0])      # torch: a float32 step tensor's .item()
+            exp_avg, exp_avg_sq = state[1], state[2]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = self.lr / bias_correction1
+            bias_correction2_sqrt = bias_correction2**0.5
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 
 def _make_optimizer(optimizer: OptimizerFactory | None, lr: float | None,
-                    params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """``optimizer(params)``, or Adam at ``lr`` (0.05 when None) when no factory is given."""
+                    params: list[nn.Parameter]) -> torch.optim.Optimizer | _Adam:
+    """``optimizer(params)``, or Adam at ``lr`` (0.05 when None, :class:`_Adam`: torch's
+    Adam without its framework) when no factory is given."""
     if optimizer is None:
         lr = DEFAULT_LR if lr is None else check_positive(lr, "lr")
-        return torch.optim.Adam(params, lr=lr)
+        return _Adam(params, lr=lr)
     if lr is not None:
         raise ValueError(f"lr sets the step size of the default Adam only; with an "
                          f"optimizer factory set it there, got lr={lr!r}")
