@@ -449,6 +449,21 @@ def test_aggregate_posterior_decomposition(toy_data):
     assert np.exp(agg.log_density).sum() * h * h == pytest.approx(1.0, abs=1e-3)
     assert agg.mutual_information + agg.kl_to_prior == pytest.approx(agg.mean_rate, abs=1e-4)
     assert 0 <= agg.mutual_information <= math.log(len(toy_data)) + 1e-6
+    # the grid's log q(z) against the mixture of the encoder's Gaussians evaluated
+    # directly at every grid point (torch's Normal), also with blocks of a few rows:
+    # a transposed grid, a wrong axis' variance or a block offset is off by far more
+    with torch.no_grad():
+        q = model.encode(toy_data)
+        comps = torch.distributions.Normal(q.mean.double(), (0.5 * q.logvar.double()).exp())
+        axis = torch.as_tensor(agg.axis)
+        z = torch.cartesian_prod(axis, axis)[:, None, :]                   # (G, 1, 2)
+        direct = (torch.logsumexp(comps.log_prob(z).sum(-1), dim=1)
+                  - math.log(len(toy_data))).reshape(201, 201).numpy()
+    assert np.abs(direct - direct.T).max() > 0.1      # asymmetric: a transpose shows
+    for max_batch in (2**12, 3 * 201 + 7):
+        got = aggregate_posterior(model, toy_data, limit=8.0, num_points=201,
+                                  max_batch=max_batch).log_density
+        np.testing.assert_allclose(got, direct, rtol=1e-12, atol=1e-10)
     # one image repeated: the aggregate posterior is q(z | x) itself, no information
     same = aggregate_posterior(model, toy_data[:1].expand(5, 6).contiguous(), limit=8.0)
     assert abs(same.mutual_information) < 1e-6
