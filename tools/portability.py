@@ -21,7 +21,7 @@ why; ``--all`` runs it anyway.
     python tools/portability.py                          # every other-CPU configuration
     python tools/portability.py --config native --tests  # what `make test` runs
     python tools/portability.py --config native --config avx2 --config avx \
-        --config sse4 --tests                            # both in one pool (`make test-all`)
+        --tests                                          # one pool (`make test-all`, CI)
     python tools/portability.py --list
     python tools/portability.py --config avx2 chapters/06_vae.ipynb   # one notebook
     python tools/portability.py --config avx2 -- -x      # arguments after -- go to pytest
