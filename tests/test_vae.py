@@ -1266,6 +1266,39 @@ def test_train_replicates_beta_per_model(toy_data):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["warm-up", "free bits"])
+def test_train_replicates_remedy_per_model(variant, toy_data):
+    """Warm-up and free bits may differ between the runs of one stack (chapter 6 trains
+    its beta sweep and both remedies as one program): the remedy's model ends where it
+    ends in a stack whose runs all use the remedy, next to a partner with plain beta = 1
+    (one schedule or one floor for the whole stack, the partner's objective applied to
+    it, or a floor applied to the partner would not)."""
+    remedy = _VARIANTS[variant]
+    torch.manual_seed(0)
+    first = VAE(6, 3, hidden=4)
+    torch.manual_seed(1)
+    partner = VAE(6, 3, hidden=4)
+    alone, partner_alone = copy.deepcopy(first), copy.deepcopy(partner)
+    first_plain, plain_partner = copy.deepcopy(first), copy.deepcopy(partner)
+    seed_everything(7)
+    train_replicates([first, partner], toy_data, toy_data, 3, batch_size=16,
+                     objective=[remedy, ELBO(beta=1.0)])
+    seed_everything(7)
+    train_replicates([alone, partner_alone], toy_data, toy_data, 3, batch_size=16,
+                     objective=remedy)
+    seed_everything(7)
+    train_replicates([first_plain, plain_partner], toy_data, toy_data, 3,
+                     batch_size=16, objective=ELBO(beta=1.0))
+    for a, b in zip(first.parameters(), alone.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    for a, b in zip(partner.parameters(), plain_partner.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    moved = max(float((a - b).detach().abs().max())
+                for a, b in zip(partner.parameters(), partner_alone.parameters(),
+                                strict=True))
+    assert moved > 1e-3           # the remedy would have moved the partner elsewhere
+
+
 def test_train_replicates_fixed_decoder_is_fit_encoder(toy_data):
     model = VAE(6, 2, hidden=4)
     seed_everything(2)
@@ -1400,7 +1433,7 @@ BAD_INPUTS["train_replicates"] = [
     (lambda: train_replicates(_two(), _X, _X, 1, objective=[ELBO(), IWAE(2)]), ValueError,
      r"objective must hold objectives of one type that agree"),
     (lambda: train_replicates(_two(), _X, _X, 1,
-                              objective=[ELBO(free_bits=0.1), ELBO(free_bits=0.2)]),
+                              objective=[CyclicalELBO(cycle=4), CyclicalELBO(cycle=2)]),
      ValueError, r"objective must hold objectives of one type that agree"),
     (lambda: train_replicates(_two(), _X, _X, 1, objective=_Custom()), TypeError,
      r"objective _Custom has no _stacked_loss"),

@@ -213,6 +213,10 @@ class VAEObjective:
         return f"{type(self).__name__}({args})"
 
 
+#: ELBO attributes that may differ between the runs of one stack.
+_PER_RUN = ("beta", "warmup_epochs", "free_bits")
+
+
 def _free_bits_kl(kl_per_unit: torch.Tensor, free_bits: float) -> torch.Tensor:
     """sum_j max(free_bits, mean over the minibatch of KL_j), per data point (shape (n,))."""
     floored = torch.clamp(kl_per_unit.mean(0), min=free_bits).sum()
@@ -233,7 +237,8 @@ class ELBO(VAEObjective):
     ----------
     beta : float
         KL weight (> 0); in :func:`~elbo_lib.vae.train_replicates` the runs of a stack
-        may have different betas.
+        may have different betas, warm-ups and free bits (chapter 6 trains its beta
+        sweep and both remedies as one stack).
     warmup_epochs : int
         Epochs over which the weight rises linearly from 0 to beta (0: none).
     free_bits : float
@@ -268,9 +273,10 @@ class ELBO(VAEObjective):
         return 1.0
 
     def stack_key(self) -> tuple:
-        """Runs of one stack may differ in beta only (and must share the schedule)."""
+        """Runs of one stack may differ in beta, warm-up and free bits (each run follows
+        its own :meth:`kl_schedule`); any other attribute of a subclass must agree."""
         return (type(self), tuple(sorted((k, v) for k, v in vars(self).items()
-                                         if k != "beta")))
+                                         if k not in _PER_RUN)))
 
     def _loss(self, model, x, phase, step, steps_per_epoch):
         q = model._encode(x)
@@ -286,18 +292,30 @@ class ELBO(VAEObjective):
         return VAEStep(-(reconstruction - weight * kl_term).mean(), reconstruction, kl)
 
     def _stacked_loss(self, stack, x, phase, step, steps_per_epoch):
-        beta = torch.tensor([o.beta for o in stack.objectives], dtype=stack.dtype)
-        weight = beta * self.kl_schedule(step, steps_per_epoch)          # (R,)
+        objectives = stack.objectives
+        beta = torch.tensor([o.beta for o in objectives], dtype=stack.dtype)
+        schedules = [o.kl_schedule(step, steps_per_epoch) for o in objectives]
+        if all(s == schedules[0] for s in schedules):      # one schedule for every run
+            weight = beta * schedules[0]                                   # (R,)
+        else:
+            weight = beta * torch.tensor(schedules, dtype=stack.dtype)
         mean, logvar = stack.encode(x)
         kl_units = stack.kl_units(mean, logvar)                        # (R, n, latent)
         kl = kl_units.sum(-1)
         z = mean + torch.exp(0.5 * logvar) * stack.noise(x.shape[1], stack.latent_dim)
         rec = _bernoulli_log_likelihood(x, stack.decode(z))
-        if self.free_bits:
-            kl_term = torch.clamp(kl_units.mean(1), min=self.free_bits).sum(-1)   # (R,)
-            loss = -(rec.mean(1) - weight * kl_term)
-        else:
-            loss = -(rec - weight[:, None] * kl).mean(1)
+        free_bits = [o.free_bits for o in objectives]
+        if all(f == free_bits[0] for f in free_bits):      # one floor (or none) for all
+            if free_bits[0]:
+                kl_term = torch.clamp(kl_units.mean(1), min=free_bits[0]).sum(-1)  # (R,)
+                loss = -(rec.mean(1) - weight * kl_term)
+            else:
+                loss = -(rec - weight[:, None] * kl).mean(1)
+        else:       # runs with and without free bits, or with different floors
+            floor = torch.tensor(free_bits, dtype=stack.dtype)
+            kl_term = torch.maximum(kl_units.mean(1), floor[:, None]).sum(-1)     # (R,)
+            loss = torch.where(floor > 0, -(rec.mean(1) - weight * kl_term),
+                               -(rec - weight[:, None] * kl).mean(1))
         return VAEStep(loss, rec.sum(1), kl.sum(1))
 
 

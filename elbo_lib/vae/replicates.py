@@ -101,7 +101,8 @@ def _check_objectives(objective, num: int, fixed_decoder: bool) -> list[VAEObjec
                         f"it with train_vae, one model at a time")
     if any(obj.stack_key() != first.stack_key() for obj in objectives):
         raise ValueError(f"objective must hold objectives of one type that agree in their "
-                         f"stack_key() (runs of ELBO may differ in beta only), got "
+                         f"stack_key() (runs of ELBO may differ in beta, warm-up and free "
+                         f"bits only), got "
                          f"{objectives!r}")
     if fixed_decoder and any(phase.moves == "decoder" for phase in first.phases):
         raise ValueError(f"fixed_decoder=True needs an objective whose phases move the "
@@ -137,8 +138,9 @@ def train_replicates(models, x_train: torch.Tensor, x_val: torch.Tensor, num_epo
     objective : VAEObjective, sequence of VAEObjective, or None
         What every run trains on (None: ``ELBO()``), or one objective per model, of one
         type and agreeing in their :meth:`~elbo_lib.vae.VAEObjective.stack_key` (e.g.
-        ``[ELBO(beta=b) for b in betas]``: one KL weight per run). The objective must
-        implement the hook ``_stacked_loss``.
+        ``[ELBO(beta=b) for b in betas]``: one KL weight per run; runs of ELBO may also
+        differ in warm-up and free bits). The objective must implement the hook
+        ``_stacked_loss``.
     batch_size : int
     lr : float
         Adam learning rate.
