@@ -474,6 +474,39 @@ def test_planar_stack_transform_matches_compose_and_gradcheck(z_shape, param_sha
     assert torch.autograd.gradcheck(fused, (z, u, w, b))
 
 
+@pytest.mark.parametrize(("z_shape", "param_shape"), [
+    ((32, 20, 2), (8, 20, 2)),      # samples of R runs (chapter 7's fits)
+    ((5, 64, 2), (3, 5, 64, 2)),    # one set of layers per image of R models (the VAE)
+    ((7, 2, 2), (32, 2, 2)),        # two runs, a long stack
+])
+def test_planar_stack_compiled_backward_is_the_numpy_loop_bit_for_bit(
+        z_shape, param_shape, monkeypatch):
+    # the compiled backward promises the NumPy loop's bits, so that a trained result
+    # does not depend on which path ran: gradients of every input compared exactly
+    from elbo_lib.flows import transforms
+
+    def gradients():
+        torch.manual_seed(12)
+        u, w = torch.randn(param_shape, dtype=F64), torch.randn(param_shape, dtype=F64)
+        b = torch.randn(param_shape[:-1], dtype=F64)
+        z = torch.randn(z_shape, dtype=F64)
+        inputs = [t.requires_grad_() for t in (z, u, w, b)]
+        t = PlanarStackTransform(u, w, b, cache_size=0)
+        y = t(z)
+        weight = torch.randn(y.shape, dtype=F64)
+        ((y * weight).sum() + 0.7 * t.log_abs_det_jacobian(z, y).sum()).backward()
+        return [x.grad for x in inputs]
+
+    assert transforms._compiled_backward_applies(
+        *(torch.zeros(z_shape, dtype=F64).numpy(), torch.zeros(z_shape[:-1], dtype=F64).numpy(),
+          torch.zeros(param_shape, dtype=F64).numpy(),
+          [torch.zeros(z_shape, dtype=F64).numpy()], z_shape))
+    compiled = gradients()
+    monkeypatch.setattr(transforms, "_compiled_backward_applies", lambda *args: False)
+    for a, b in zip(compiled, gradients(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_planar_stack_inverse_without_gradient_matches_layer_by_layer():
     # the compiled no-gradient inverse (a quadrature grid's log_prob) against the
     # differentiable layer-by-layer one and the forward pass's log-determinant, with

@@ -311,8 +311,15 @@ class _PlanarStackFunction(torch.autograd.Function):
             th = np.tanh((z_np * w_np[k]).sum(-1) + b_np[k])
             inputs.append(z_np)
             tanhs.append(th)
-            log_det = log_det + np.log1p(wu_np[k] * (1 - th * th))
             z_np = z_np + th[..., None] * uh[k]
+        if tanhs:   # every layer's log|det| in one pass (elementwise, so the same bits
+            # as layer by layer), then added up in the layers' order
+            th = np.stack(np.broadcast_arrays(*tanhs))
+            wu_k = np.reshape(wu_np, wu_np.shape[:1] + (1,) * (th.ndim - wu_np.ndim)
+                              + wu_np.shape[1:])
+            terms = np.log1p(wu_k * (1 - th * th))
+            for term in terms:
+                log_det = log_det + term
         ctx.arrays = (uh, w_np, b_np, wu_np, inputs, tanhs)
         ctx.z_shape = tuple(z.shape)
         return torch.from_numpy(np.asarray(z_np)), torch.from_numpy(np.asarray(log_det))
@@ -322,6 +329,9 @@ class _PlanarStackFunction(torch.autograd.Function):
         uh, w_np, b_np, wu_np, inputs, tanhs = ctx.arrays
         g = np.asarray(grad_z.detach().cpu().numpy())
         gl = np.asarray(grad_log_det.detach().cpu().numpy())
+        if _compiled_backward_applies(g, gl, uh, inputs, ctx.z_shape):
+            return tuple(torch.from_numpy(t) for t in _compiled_backward(
+                g, gl, uh, w_np, b_np, wu_np, inputs, tanhs))
         grads = [np.zeros_like(t) for t in (uh, w_np, b_np, wu_np)]
         for k in range(uh.shape[0] - 1, -1, -1):
             th = tanhs[k]
@@ -336,6 +346,44 @@ class _PlanarStackFunction(torch.autograd.Function):
         g = np.array(_sum_to(np.broadcast_to(g, np.broadcast_shapes(g.shape, ctx.z_shape)),
                              ctx.z_shape))
         return tuple(torch.from_numpy(t) for t in (g, *grads))
+
+
+def _compiled_backward_applies(g, gl, uh, inputs, z_shape) -> bool:
+    """Whether the compiled backward computes exactly the NumPy loop's bits: float64
+    arrays of the full broadcast shape (S..., P..., D), the parameters' batch shape P...
+    trailing it with at least 2 sets of parameters, and D = 2. Then NumPy adds the
+    samples' terms in order (the sampled axes are outer) and a pair in one step, which
+    the compiled loop repeats; for one set of parameters or D > 2 NumPy sums pairwise,
+    in another order, and the NumPy loop runs (tested bit for bit against it)."""
+    dim = uh.shape[-1]
+    params = uh.shape[1:-1]
+    full = tuple(z_shape)
+    return (dim == 2 and math.prod(params) >= 2 and g.dtype == np.float64 and uh.dtype == np.float64
+            and g.shape == full and gl.shape == full[:-1]
+            and all(x.shape == full for x in inputs)
+            and len(full) - 1 >= len(params) and full[len(full) - 1 - len(params):-1]
+            == params)
+
+
+def _compiled_backward(g, gl, uh, w_np, b_np, wu_np, inputs, tanhs):
+    """The backward pass of :class:`_PlanarStackFunction` in one compiled loop, the same
+    arithmetic in the same order as the NumPy loop (so the same bits), without the
+    ~25 small array operations per layer."""
+    num_layers, dim = uh.shape[0], uh.shape[-1]
+    num_params = max(1, math.prod(uh.shape[1:-1]))
+    shape = g.shape
+    x = np.ascontiguousarray(np.stack(inputs).reshape(num_layers, -1, dim))
+    th = np.ascontiguousarray(np.stack(tanhs).reshape(num_layers, -1))
+    g2 = np.array(g.reshape(-1, dim))
+    grads = [np.zeros((num_layers, num_params, dim)), np.zeros((num_layers, num_params, dim)),
+             np.zeros((num_layers, num_params)), np.zeros((num_layers, num_params))]
+    _planar_backward_kernel()(
+        g2, np.ascontiguousarray(gl.reshape(-1)),
+        np.ascontiguousarray(uh.reshape(num_layers, num_params, dim)),
+        np.ascontiguousarray(w_np.reshape(num_layers, num_params, dim)),
+        np.ascontiguousarray(np.reshape(wu_np, (num_layers, num_params))), x, th, *grads)
+    return (g2.reshape(shape), grads[0].reshape(uh.shape), grads[1].reshape(w_np.shape),
+            grads[2].reshape(np.shape(b_np)), grads[3].reshape(np.shape(wu_np)))
 
 
 class PlanarStackTransform(_VectorBijection):
@@ -494,6 +542,45 @@ def _planar_inverse_kernel():
 
     _KERNELS["inverse"] = inverse
     return inverse
+
+
+def _planar_backward_kernel():
+    """The compiled kernel of :func:`_compiled_backward` (Numba, cached on disk)."""
+    if "backward" in _KERNELS:
+        return _KERNELS["backward"]
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def backward(g, gl, uh, w, wu, x, th, g_uh, g_w, g_b, g_wu):  # pragma: no cover
+        num_layers, num_params, dim = uh.shape
+        num_points = g.shape[0]
+        d_a_row = np.empty(num_points)
+        for k in range(num_layers - 1, -1, -1):
+            for n in range(num_points):
+                p = n % num_params
+                t = th[k, n]
+                slope = 1 - t * t
+                denom = 1 + wu[k, p] * slope
+                first = n < num_params            # the sums start from their first term
+                for d in range(dim):
+                    v = g[n, d] * t
+                    g_uh[k, p, d] = v if first else g_uh[k, p, d] + v
+                v = gl[n] * slope / denom
+                g_wu[k, p] = v if first else g_wu[k, p] + v
+                dot = g[n, 0] * uh[k, p, 0] + g[n, 1] * uh[k, p, 1]   # D = 2
+                d_a = (dot - 2 * gl[n] * wu[k, p] * t / denom) * slope
+                d_a_row[n] = d_a
+                for d in range(dim):
+                    v = d_a * x[k, n, d]
+                    g_w[k, p, d] = v if first else g_w[k, p, d] + v
+                g_b[k, p] = d_a if first else g_b[k, p] + d_a
+            for n in range(num_points):
+                p = n % num_params
+                for d in range(dim):
+                    g[n, d] = g[n, d] + d_a_row[n] * w[k, p, d]
+
+    _KERNELS["backward"] = backward
+    return backward
 
 
 def _planar_stack_inverse(y: torch.Tensor, u_hat: torch.Tensor, w: torch.Tensor,
