@@ -18,8 +18,13 @@ and (Sohl-Dickstein et al. 2015; Ho et al. 2020)
 * the terms :func:`prior_kl` (L_T), :func:`denoising_kl` (L_{t-1}),
   :func:`decoder_log_likelihood` (-L_0), :func:`mean_from_epsilon` and
   :func:`epsilon_loss_weight` (Ho et al.'s epsilon loss as L_{t-1}), :func:`diffusion_elbo`;
-* oracles: :class:`GaussianMixtureData` (analytic denoiser E[x_0 | x_t] and optimal
-  reverse mean) and :func:`reverse_chain_log_likelihood` (exact log p(x_0) in 1-D, grid).
+* oracles: :class:`GaussianMixtureData` (analytic denoiser E[x_0 | x_t], optimal
+  reverse mean, and the data-averaged ELBO of any mean by its shortfall from the optimum,
+  :meth:`GaussianMixtureData.average_elbo`), :func:`reverse_chain_log_likelihood` (exact
+  log p(x_0) in 1-D, grid) and :func:`reverse_chain_log_density_2d` (the same on a 2-D
+  product grid);
+* training: :func:`train_noise_predictors`, R preconditioned MLP noise predictors
+  trained on the ELBO in one batched program (:class:`NoisePredictors`).
 
 Backends: the schedule and the mixture and grid oracles are NumPy (fixed numbers, no
 gradients); the forward process, the posterior and the ELBO terms accept NumPy arrays or
@@ -51,10 +56,12 @@ from elbo_lib._validation import (
 )
 from elbo_lib.em import gmm_log_likelihood, gmm_responsibilities
 from elbo_lib.gaussians import diagonal_gaussian_log_density, gaussian_kl, gaussian_log_density
+from elbo_lib.reproducibility import seed_everything
 
 __all__ = [
     "DiffusionELBO",
     "GaussianMixtureData",
+    "NoisePredictors",
     "NoiseSchedule",
     "cosine_schedule",
     "decoder_log_likelihood",
@@ -67,7 +74,9 @@ __all__ = [
     "mean_from_epsilon",
     "prior_kl",
     "reverse_chain_log_likelihood",
+    "reverse_chain_log_density_2d",
     "reverse_posterior",
+    "train_noise_predictors",
 ]
 
 
@@ -627,6 +636,82 @@ class GaussianMixtureData:
         """E[x_{t-1} | x_t] under q: the mean of the best Gaussian reverse step."""
         return reverse_posterior(schedule, self.denoiser(schedule, xt, t), xt, t)[0]
 
+    def average_elbo(self, schedule: NoiseSchedule, mean_fn: Callable, variances, grid
+                     ) -> tuple[float, np.ndarray]:
+        """The ELBO of a Gaussian reverse chain averaged over the data, and its shortfall
+        from the best mean, by the regression decomposition on a product grid.
+
+        In L_{t-1} the mean enters through E_q ||mu~_t(x_t, x_0) - m(x_t)||^2 / (2 v_t), and
+        since mu~_t is linear in x_0 with coefficient a_t = sqrt(abar_{t-1}) beta_t /
+        (1 - abar_t) (a_1 = 1, where mu~_1 = x_0),
+
+            E_q ||mu~_t - m||^2 = E_{q(x_t)} ||m*(x_t, t) - m(x_t)||^2
+                                  + a_t^2 (E ||x_0||^2 - E_{q(x_t)} ||E[x_0 | x_t]||^2),
+
+        with m* = :meth:`reverse_mean` (law of total variance). So the data-averaged ELBO
+        is the best chain's minus sum_t E_{q(x_t)} ||m* - m||^2 / (2 v_t), the shortfall:
+        every expectation is over q(x_t), a Gaussian mixture (:meth:`diffused`), taken
+        here by the trapezoid rule on the grid (``grid`` x ``grid`` for 2-D data), and
+        L_T = (abar_T (E ||x_0||^2 - d) - d log(1 - abar_T)) / 2 is closed. An independent
+        route to the number :func:`diffusion_elbo` computes point by point (chapter 9
+        checks the two against each other). Chapter 9.
+
+        Parameters
+        ----------
+        schedule : NoiseSchedule
+        mean_fn : callable
+            ``mean_fn(x, t)`` for points x of shape (m,) (scalar data) or (m, d), returning
+            an array of that shape.
+        variances : array_like, shape (T,)
+            > 0, the variances of p(x_{t-1} | x_t).
+        grid : array_like, shape (G,)
+            Evenly spaced axis of the product grid; it must hold every q(x_t) within 1e-6
+            and resolve it (spacing at most the smallest sqrt(variances)).
+
+        Returns
+        -------
+        (elbo, shortfall) : float and numpy.ndarray of shape (T,)
+            ``shortfall[t - 1]`` = E_{q(x_t)} ||m* - m||^2 / (2 v_t) >= 0; the best chain's
+            average ELBO is ``elbo + shortfall.sum()``.
+        """
+        schedule = _check_schedule(schedule)
+        if not callable(mean_fn):
+            raise TypeError(f"mean_fn must be callable, got {type(mean_fn).__name__}")
+        variances = check_positive(variances, "variances", allow_array=True)
+        if variances.shape != (schedule.num_steps,):
+            raise ValueError(f"variances must have shape ({schedule.num_steps},), got "
+                             f"{variances.shape}")
+        if self.dim > 2:
+            raise ValueError(f"average_elbo takes data of dimension 1 or 2, got {self.dim}")
+        grid, h = _grid_axis(grid, variances)
+        d = self.dim
+        points = (grid if self.scalar else np.stack(np.meshgrid(grid, grid, indexing="ij"),
+                                                    -1).reshape(-1, 2))
+        second = float(self.weights @ (np.sum(self.means**2, -1)
+                                       + np.trace(self.covariances, axis1=1, axis2=2)))
+        abar, one_minus = schedule.alpha_bars, schedule.one_minus_alpha_bars
+        coef = np.sqrt(abar[:-1]) * schedule.betas / one_minus[1:]
+        ratio = schedule.posterior_variances / variances
+        const = np.where(np.arange(schedule.num_steps) == 0,
+                         0.5 * d * np.log(2 * np.pi * variances),
+                         0.5 * d * (ratio - 1 - np.log(np.where(ratio > 0, ratio, 1.0))))
+        shortfall, resolved = np.empty(schedule.num_steps), np.empty(schedule.num_steps)
+        for t in range(1, schedule.num_steps + 1):
+            weight = np.exp(self.diffused(schedule, t).log_density(points)) * h**d
+            if abs(weight.sum() - 1) > 1e-6:
+                raise ValueError(f"grid holds mass {weight.sum():.8g} of q(x_{t}) (not 1 "
+                                 f"within 1e-6): widen the grid")
+            den = np.asarray(self.denoiser(schedule, points, t))
+            best = reverse_posterior(schedule, den, points, t)[0]
+            mean = _grid_means(mean_fn, points, t)
+            sq, den = (mean - best) ** 2, den**2
+            shortfall[t - 1] = weight @ (sq if self.scalar else sq.sum(-1)) / (
+                2 * variances[t - 1])
+            resolved[t - 1] = weight @ (den if self.scalar else den.sum(-1))
+        prior = 0.5 * (abar[-1] * (second - d) - d * np.log(one_minus[-1]))
+        spread = coef**2 * (second - resolved) / (2 * variances)
+        return float(-(prior + const.sum() + spread.sum() + shortfall.sum())), shortfall
+
 
 # ---------------------------------------------------------------------------------------
 # oracle 2: the exact log p(x_0) of a 1-D reverse chain, by quadrature on a grid
@@ -709,3 +794,248 @@ def reverse_chain_log_likelihood(x0, mean_fn: Callable, variances, grid) -> np.n
         raise ValueError(f"x0[{i}] = {float(x0[i])!r}: its integrand over x_1 reaches the "
                          f"grid's edge (share {np.exp(edge[i]):.3g} > 1e-9): widen the grid")
     return log_p
+
+
+# ---------------------------------------------------------------------------------------
+# oracle 2 in two dimensions: the product grid, one separable matrix product per step
+# ---------------------------------------------------------------------------------------
+def _grid_axis(grid, variances: np.ndarray) -> tuple[np.ndarray, float]:
+    grid = as_float_array(grid, "grid", ndim=1)
+    step = np.diff(grid)
+    if grid.size < 3 or np.any(step <= 0) or np.ptp(step) > 1e-9 * step.mean():
+        raise ValueError("grid must be evenly spaced and increasing with at least 3 points")
+    if step[0] > np.sqrt(variances.min()):
+        raise ValueError(f"grid spacing {step[0]:.3g} must be at most the smallest step "
+                         f"standard deviation sqrt(min(variances)) = "
+                         f"{np.sqrt(variances.min()):.3g}")
+    return grid, float(step[0])
+
+
+def _grid_means(mean_fn: Callable, points: np.ndarray, t: int) -> np.ndarray:
+    mean = np.asarray(mean_fn(points, t), dtype=float)
+    if mean.shape != points.shape or not np.all(np.isfinite(mean)):
+        raise ValueError(f"mean_fn must return finite values of shape {points.shape}, got "
+                         f"shape {mean.shape} at t={t}")
+    return mean
+
+
+def reverse_chain_log_density_2d(mean_fn: Callable, variances, grid) -> np.ndarray:
+    """log p(x_0) on the product grid ``grid`` x ``grid`` of a 2-D chain p(x_T) = N(0, I),
+    p(x_{t-1} | x_t) = N(mean_fn(x_t, t), variances[t - 1] I), by propagating the density.
+
+    The step kernel factorises over the coordinates, N(y; m(x), v I) = N(y_1; m_1(x), v)
+    N(y_2; m_2(x), v), so p_{t-1}(y_1, y_2) = sum_x h^2 p_t(x) K_1[y_1, x] K_2[y_2, x] is
+    one matrix product of (G, G^2) by (G^2, G): 2 G^3 exponentials and G^4 multiply-adds
+    per step, where the direct sum needs G^4 exponentials (torch, float64, rescaled by the
+    largest term against underflow). A data average E_q[log p(x_0)] is then the trapezoid
+    sum of q(x_0) log p(x_0) over the grid. Checked: the grid evenly spaced, its spacing at
+    most the smallest step standard deviation, and the mass of every p_t, p_0 included,
+    within 1e-6 of 1 (else a wider grid is needed). Unlike the 1-D
+    :func:`reverse_chain_log_likelihood` it does not hold the mean's images to one step
+    standard deviation between neighbouring points: in 2-D that would take a grid several
+    times finer than chapter 9's budget (the optimal mean of a mixture is steep in the
+    valleys between its modes), so the caller checks the answer against a finer grid
+    (chapter 9 does, for every kind of chain it reports); a mean steep where the chain
+    has mass can be off on a coarse grid. Chapter 9.
+
+    Parameters
+    ----------
+    mean_fn : callable
+        ``mean_fn(x, t)`` for points x of shape (G^2, 2) (row i * G + j is
+        (grid[i], grid[j])), returning an array of that shape.
+    variances : array_like, shape (T,)
+        > 0; ``variances[0]`` is the decoder's.
+    grid : array_like, shape (G,)
+        The axis of the product grid, evenly spaced, G >= 3.
+
+    Returns
+    -------
+    numpy.ndarray, shape (G, G)
+        log p(x_0) at (grid[i], grid[j]); -inf where the density underflows.
+
+    A ValueError says which input is wrong: a shape, a grid too coarse or too narrow,
+    ``mean_fn`` returning another shape or non-finite values.
+    """
+    if not callable(mean_fn):
+        raise TypeError(f"mean_fn must be callable, got {type(mean_fn).__name__}")
+    variances = check_positive(variances, "variances", allow_array=True)
+    if variances.ndim != 1:
+        raise ValueError(f"variances must have 1 dimension, got shape {variances.shape}")
+    grid, h = _grid_axis(grid, variances)
+    points = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    axis = torch.as_tensor(grid, dtype=torch.float64)[:, None]
+    log_cell = torch.as_tensor(-0.5 * (points**2).sum(-1) - np.log(2 * np.pi)
+                               + 2 * np.log(h))
+    for t in range(variances.size, -1, -1):
+        mass = float(torch.logsumexp(log_cell, 0).exp())
+        if abs(mass - 1) > 1e-6:
+            raise ValueError(f"grid holds mass {mass:.8g} of x_{t} (not 1 within 1e-6): "
+                             f"widen the grid")
+        if t == 0:
+            return (log_cell - 2 * np.log(h)).reshape(grid.size, grid.size).numpy()
+        mean = torch.as_tensor(_grid_means(mean_fn, points, t))
+        sd = float(np.sqrt(variances[t - 1]))
+        top = log_cell.max()
+        kernel = [torch.exp(-0.5 * ((axis - mean[None, :, i]) / sd) ** 2)
+                  / (np.sqrt(2 * np.pi) * sd) for i in (0, 1)]
+        log_cell = (torch.log((kernel[0] * torch.exp(log_cell - top)) @ kernel[1].T)
+                    .ravel() + top + 2 * np.log(h))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------
+# training: independent noise predictors, batched in one tensor program
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class NoisePredictors:
+    """R trained noise predictors eps_theta(x_t, t) and the ELBO estimates of their
+    training (:func:`train_noise_predictors`).
+
+    eps_theta = (x_t - sqrt(abar_t) D_theta(x_t, t)) / sqrt(1 - abar_t) with the denoiser
+    D_theta = c_skip x_t + c_out F(c_in x_t, t): F a two-hidden-layer SiLU MLP (t one-hot),
+    c_skip x_t the best linear denoiser of data of variance s^2 per coordinate,
+    c_skip = sqrt(abar_t) s^2 / S_t, c_out = s sqrt((1 - abar_t) / S_t), c_in = S_t^(-1/2),
+    S_t = abar_t s^2 + 1 - abar_t (Karras et al. 2022's preconditioning in the variance-
+    preserving chain): every output of F has target of unit scale, so no step's weight
+    in the ELBO needs F to be precise to the thousandth. ``params`` are six stacked float32
+    tensors (R runs first; weights in (in, out) layout), ``scales`` the (T, 3) array of
+    (c_skip, c_out, c_in), ``elbo_trace`` (num_iters, R) the minibatch ELBO estimates,
+    nats per point.
+    """
+
+    schedule: NoiseSchedule
+    params: tuple[torch.Tensor, ...]
+    scales: np.ndarray
+    elbo_trace: np.ndarray
+
+    @property
+    def num_runs(self) -> int:
+        """R, the number of runs."""
+        return int(self.params[0].shape[0])
+
+    def mean_fn(self, run: int) -> Callable:
+        """m_theta(x, t) of run ``run`` as a NumPy function of points (m, d) and t in [1, T]
+        (float64 arithmetic), for :func:`diffusion_elbo` and the oracles."""
+        run = check_int(run, "run", 0, self.num_runs - 1)
+        params = [p[run:run + 1].detach().double() for p in self.params]
+
+        def mean(x, t):
+            xt = torch.as_tensor(np.asarray(x, dtype=float))
+            shape = xt.shape
+            xt = xt.reshape(1, -1, shape[-1])
+            index = torch.full((xt.shape[1],), check_int(t, "t", 1, self.schedule.num_steps)
+                               - 1)
+            scales = torch.as_tensor(self.scales, dtype=torch.float64)
+            eps = _epsilon_mlp(params, scales, self.schedule.alpha_bars[t], xt, index)
+            return mean_from_epsilon(self.schedule, np.asarray(x, dtype=float), t,
+                                     eps.reshape(shape).numpy())
+        return mean
+
+
+def _epsilon_mlp(params, scales, abar, xt, t_index):
+    """eps_theta for R runs at once: xt (R, N, d), t_index (N,) in [0, T), ``scales`` (T, 3)
+    of :class:`NoisePredictors`, ``abar`` abar_t per entry of t_index (or one float)
+    -> (R, N, d)."""
+    w1, b1, w2, b2, w3, b3 = params
+    skip, out, inp = (scales[t_index, i][:, None] for i in range(3))
+    onehot = torch.nn.functional.one_hot(t_index, w1.shape[1] - xt.shape[-1]).to(xt.dtype)
+    feats = torch.cat([inp * xt, onehot.expand(xt.shape[0], -1, -1)], -1)
+    h = torch.nn.functional.silu(torch.baddbmm(b1[:, None], feats, w1))
+    h = torch.nn.functional.silu(torch.baddbmm(b2[:, None], h, w2))
+    denoised = skip * xt + out * torch.baddbmm(b3[:, None], h, w3)
+    abar = torch.as_tensor(abar, dtype=xt.dtype).reshape(-1, 1)
+    return (xt - abar.sqrt() * denoised) / (1 - abar).sqrt()
+
+
+def train_noise_predictors(data: GaussianMixtureData, schedule: NoiseSchedule,
+                           seeds, *, hidden: int = 64, num_iters: int = 1500,
+                           batch: int = 16, lr: float = 1e-2) -> NoisePredictors:
+    """Train one noise predictor per seed on the ELBO, all runs in one batched program.
+
+    The model is :class:`NoisePredictors`' (a preconditioned MLP denoiser, hidden width
+    ``hidden``); variances v_t = beta_t. Each step draws ``batch`` fresh points of ``data`` per run,
+    noises each to every level t = 1..T and takes an Adam step (learning rate ``lr``,
+    cosine decay to 0 over ``num_iters``) on sum_t w_t ||eps - eps_theta||^2 averaged over
+    the points (:func:`epsilon_loss_weight`, eq. 12 of Ho et al. 2020), which plus the
+    constants (L_T, the d C_t, d log(2 pi v_1) / 2) is minus an unbiased estimate of the
+    ELBO: recorded per step. Run r's initial weights come from torch's global generator
+    seeded with ``seeds[r]`` (torch.nn.Linear's initialisation) and its data and noise
+    from its own torch.Generator seeded with ``seeds[r]``: a chapter passes
+    ``[training_seed(s) for s in ...]``. float32. Chapter 9.
+
+    Parameters
+    ----------
+    data : GaussianMixtureData
+        Vector data (means of shape (K, d)).
+    schedule : NoiseSchedule
+    seeds : sequence of int
+        One per run, >= 0; R = len(seeds) >= 1.
+    hidden, num_iters, batch : int
+        Width of the two hidden layers, Adam steps, points per step and run; >= 1.
+    lr : float
+        > 0.
+
+    Returns
+    -------
+    NoisePredictors
+    """
+    if not isinstance(data, GaussianMixtureData) or data.scalar:
+        raise TypeError("data must be a GaussianMixtureData of vector data (means (K, d))")
+    schedule = _check_schedule(schedule)
+    seeds = [check_int(s, "seeds", 0) for s in np.atleast_1d(np.asarray(seeds, dtype=object))]
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed")
+    hidden = check_positive_int(hidden, "hidden", maximum=10**5)
+    num_iters = check_positive_int(num_iters, "num_iters", maximum=10**8)
+    batch = check_positive_int(batch, "batch", maximum=10**7)
+    lr = check_positive(lr, "lr")
+    d, num_steps, num_runs = data.dim, schedule.num_steps, len(seeds)
+    runs = []
+    for seed in seeds:
+        seed_everything(seed)
+        layers = [torch.nn.Linear(d + num_steps, hidden), torch.nn.Linear(hidden, hidden),
+                  torch.nn.Linear(hidden, d)]
+        runs.append([p for layer in layers for p in (layer.weight.T, layer.bias)])
+    params = [torch.stack([run[i] for run in runs]).detach().requires_grad_(True)
+              for i in range(6)]
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    f32 = torch.float32
+    w_t = torch.tensor(epsilon_loss_weight(schedule, np.arange(1, num_steps + 1),
+                                           schedule.betas), dtype=f32)
+    abar = torch.tensor(schedule.alpha_bars[1:], dtype=f32)[:, None]
+    mix_w = torch.tensor(data.weights, dtype=f32)
+    mix_m = torch.tensor(data.means, dtype=f32)
+    mix_l = torch.tensor(np.linalg.cholesky(data.covariances), dtype=f32)
+    var = float(np.trace(data.covariances, axis1=1, axis2=2) @ data.weights
+                + data.weights @ np.sum(data.means**2, -1)
+                - np.sum((data.weights @ data.means) ** 2)) / d
+    big_s = schedule.alpha_bars[1:] * var + schedule.one_minus_alpha_bars[1:]
+    scales = np.stack([np.sqrt(schedule.alpha_bars[1:]) * var / big_s,
+                       np.sqrt(var * schedule.one_minus_alpha_bars[1:] / big_s),
+                       1 / np.sqrt(big_s)], -1)
+    scales_32 = torch.tensor(scales, dtype=f32)
+    constant = float(d * gaussian_kl(0.0, schedule.posterior_variances[1:], 0.0,
+                                     schedule.betas[1:]).sum()
+                     + 0.5 * d * np.log(2 * np.pi * schedule.betas[0]))
+    optimizer = torch.optim.Adam(params, lr=lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, num_iters)
+    t_index = torch.arange(num_steps).repeat(batch)             # every level, every point
+    abar_index = torch.tensor(schedule.alpha_bars[1:], dtype=f32)[t_index]
+    trace = np.empty((num_iters, num_runs))
+    for it in range(num_iters):
+        draws = [(torch.multinomial(mix_w, batch, replacement=True, generator=g),
+                  torch.randn(batch, d, generator=g),
+                  torch.randn(batch, num_steps, d, generator=g)) for g in gens]
+        comp, z, eps = (torch.stack(parts) for parts in zip(*draws, strict=True))
+        x0 = mix_m[comp] + (mix_l[comp] @ z[..., None])[..., 0]             # (R, B, d)
+        xt = abar.sqrt() * x0[:, :, None] + (1 - abar).sqrt() * eps         # (R, B, T, d)
+        pred = _epsilon_mlp(params, scales_32, abar_index, xt.reshape(num_runs, -1, d),
+                            t_index).reshape(xt.shape)
+        loss = (w_t * ((eps - pred) ** 2).sum(-1)).sum(-1).mean(-1)        # (R,)
+        optimizer.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+        decay.step()
+        prior = prior_kl(schedule, x0.detach().double()).sum(-1).mean(-1)
+        trace[it] = -(loss.detach().double().numpy() + constant + prior.numpy())
+    return NoisePredictors(schedule, tuple(p.detach() for p in params), scales, trace)

@@ -26,8 +26,10 @@ from elbo_lib.diffusion import (
     linear_schedule,
     mean_from_epsilon,
     prior_kl,
+    reverse_chain_log_density_2d,
     reverse_chain_log_likelihood,
     reverse_posterior,
+    train_noise_predictors,
 )
 from elbo_lib.gaussians import gaussian_kl
 
@@ -525,9 +527,51 @@ BAD_INPUTS = {
                                               np.linspace(-8, 8, 99)),
          ValueError, r"x0\[1\] = 25\.0: its integrand over x_1 reaches the grid's edge"),
     ],
+    "reverse_chain_log_density_2d": [
+        (lambda: reverse_chain_log_density_2d(_mean0, [1.0], np.linspace(-8, 8, 5)),
+         ValueError, r"grid spacing .* at most the smallest step"),
+        (lambda: reverse_chain_log_density_2d(_mean0, [1.0], np.linspace(-2, 2, 21)),
+         ValueError, r"grid holds mass .* widen the grid"),
+        (lambda: reverse_chain_log_density_2d(_mean0, [1.0], np.r_[0.0, 0.1, 0.3]),
+         ValueError, r"grid must be evenly spaced"),
+        (lambda: reverse_chain_log_density_2d(_mean0, [-1.0], np.linspace(-8, 8, 99)),
+         ValueError, r"variances must be > 0"),
+        (lambda: reverse_chain_log_density_2d(lambda x, t: x[:, :1], [1.0],
+                                              np.linspace(-8, 8, 99)),
+         ValueError, r"mean_fn must return finite values"),
+        (lambda: reverse_chain_log_density_2d(None, [1.0], np.linspace(-8, 8, 99)),
+         TypeError, r"mean_fn must be callable"),
+    ],
+    "GaussianMixtureData.average_elbo": [
+        (lambda: MIX_2D.average_elbo(SCHED, _mean0, SCHED.betas[:2], np.linspace(-9, 9, 91)),
+         ValueError, r"variances must have shape \(4,\)"),
+        (lambda: MIX_2D.average_elbo(SCHED, _mean0, SCHED.betas, np.linspace(-2, 2, 41)),
+         ValueError, r"grid holds mass .* widen the grid"),
+        (lambda: MIX_2D.average_elbo(SCHED, None, SCHED.betas, np.linspace(-9, 9, 91)),
+         TypeError, r"mean_fn must be callable"),
+        (lambda: MIX_2D.average_elbo(None, _mean0, SCHED.betas, np.linspace(-9, 9, 91)),
+         TypeError, r"schedule must be a NoiseSchedule"),
+    ],
+    "train_noise_predictors": [
+        (lambda: train_noise_predictors(MIX_1D, SCHED, [0]), TypeError, r"data must be"),
+        (lambda: train_noise_predictors(MIX_2D, SCHED, []), ValueError,
+         r"seeds must hold at least one"),
+        (lambda: train_noise_predictors(MIX_2D, SCHED, [0], lr=0.0), ValueError,
+         r"lr must be a finite number > 0"),
+        (lambda: train_noise_predictors(MIX_2D, SCHED, [0], num_iters=0), ValueError,
+         r"num_iters must be"),
+        (lambda: train_noise_predictors(MIX_2D, None, [0]), TypeError,
+         r"schedule must be a NoiseSchedule"),
+    ],
+    "NoisePredictors.mean_fn": [
+        (lambda: train_noise_predictors(MIX_2D, SCHED, [0], hidden=4,
+                                        num_iters=1).mean_fn(2),
+         ValueError, r"run must be"),
+    ],
 }
 
-NO_INPUTS = {"DiffusionELBO": "a result object returned by diffusion_elbo"}
+NO_INPUTS = {"DiffusionELBO": "a result object returned by diffusion_elbo",
+             "NoisePredictors": "a result object returned by train_noise_predictors"}
 
 
 def _check_one_minus(s):
