@@ -826,6 +826,17 @@ ZOOM_STATE_JS = r"""
 """
 
 
+def _wait_zoom(page, open_: bool) -> None:
+    """Wait (at most 2 s) until a figure's zoom dialog is open, or closed: polling the page
+    instead of sleeping a fixed time. A timeout, or the page navigating away, returns
+    quietly: the checks that follow report what went wrong."""
+    shown = "[...document.querySelectorAll('dialog')].some(d => d.open && d.querySelector('img'))"
+    try:
+        page.wait_for_function(f"() => {'' if open_ else '!'}{shown}", timeout=2_000)
+    except Exception:  # playwright's TimeoutError, or an Error when the tap navigated
+        pass
+
+
 def _figure_zoom(page) -> list[str]:
     """Every figure at 390 px: a tap opens its image at full resolution over the page
     (without leaving it), Escape closes it; the first also opens from the keyboard."""
@@ -840,7 +851,7 @@ def _figure_zoom(page) -> list[str]:
         src = img.evaluate("i => i.currentSrc || i.src")
         name = f"figure {i + 1} ({src.rsplit('/', 1)[-1][:16]})"
         img.click()
-        page.wait_for_timeout(150)
+        _wait_zoom(page, True)
         if page.url != start:
             problems.append(f"{name}: a tap leaves the page for {page.url.rsplit('/', 1)[-1]}")
             page.goto(start, wait_until="load", timeout=60_000)
@@ -862,7 +873,7 @@ def _figure_zoom(page) -> list[str]:
         if state["hidden_past_edge"]:
             problems.append(f"{name}: the full-size image is cut at the dialog's edge")
         page.keyboard.press("Escape")
-        page.wait_for_timeout(100)
+        _wait_zoom(page, False)
         if page.evaluate(ZOOM_STATE_JS)["open"]:
             problems.append(f"{name}: Escape does not close it")
             page.evaluate("() => document.querySelectorAll('dialog[open]')"
@@ -875,14 +886,14 @@ def _figure_zoom(page) -> list[str]:
             problems.append("figure 1 cannot take the keyboard focus")
         else:
             page.keyboard.press("Enter")
-            page.wait_for_timeout(150)
+            _wait_zoom(page, True)
             if page.url != start:
                 problems.append("figure 1: Enter leaves the page")
             elif not page.evaluate(ZOOM_STATE_JS)["open"]:
                 problems.append("figure 1: Enter on the focused figure does not open it")
             else:
                 page.keyboard.press("Escape")
-                page.wait_for_timeout(100)
+                _wait_zoom(page, False)
     return problems
 
 

@@ -154,27 +154,40 @@
     return parseFloat(window.getComputedStyle(element).fontSize);
   }
 
+  // Reads and writes of the layout are batched (all sizes reset, then all measured, then
+  // all scaled, then all measured again): measuring right after each write would make the
+  // browser lay the page out again for every formula, which on a long chapter on a phone
+  // costs seconds per tap (fitSoon runs after every click).
   function fitFormulas() {
     const article = document.querySelector("article") || document.body;
     const bodyText = article.querySelector("p") || article;
     const bodyPx = px(bodyText);
-    document.querySelectorAll('mjx-container[display="true"]').forEach(function (m) {
+    const all = Array.from(document.querySelectorAll('mjx-container[display="true"]'));
+    all.forEach(function (m) {
       if (m.dataset.elboSize === undefined) m.dataset.elboSize = m.style.fontSize || "";
       m.style.fontSize = m.dataset.elboSize;  // MathJax's own size
-      const have = m.clientWidth;
-      const need = m.scrollWidth;
+    });
+    const sizes = all.map(function (m) { return [m.clientWidth, m.scrollWidth, px(m)]; });
+    all.forEach(function (m, i) {
+      const have = sizes[i][0], need = sizes[i][1], ownPx = sizes[i][2];
       if (have > 0 && need > have + 1) {
         const own = m.dataset.elboSize ? parseFloat(m.dataset.elboSize) / 100 : 1;
-        const ownPx = px(m);
         const floor = Math.max(MIN_SCALE, bodyPx / ownPx);
         const scale = Math.min(1, Math.max(floor, (0.99 * have) / need));
         m.style.fontSize = (100 * own * scale).toFixed(1) + "%";
       }
-      // Still too wide: it scrolls, with the cue of elbo.css drawn in the colour of the
-      // box it sits in (a formula that fits gets no background of its own).
-      const scrolls = m.clientWidth > 0 && m.scrollWidth > m.clientWidth + 1;
-      m.classList.toggle("elbo-scrolls", scrolls);
-      if (scrolls) m.style.setProperty("--elbo-cover", backgroundOf(m.parentElement));
+    });
+    // Still too wide: it scrolls, with the cue of elbo.css drawn in the colour of the
+    // box it sits in (a formula that fits gets no background of its own).
+    const scrolls = all.map(function (m) {
+      return m.clientWidth > 0 && m.scrollWidth > m.clientWidth + 1;
+    });
+    const covers = all.map(function (m, i) {
+      return scrolls[i] ? backgroundOf(m.parentElement) : null;
+    });
+    all.forEach(function (m, i) {
+      m.classList.toggle("elbo-scrolls", scrolls[i]);
+      if (scrolls[i]) m.style.setProperty("--elbo-cover", covers[i]);
     });
   }
 
