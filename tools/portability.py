@@ -135,7 +135,7 @@ def _probe_output(config: KernelConfig) -> tuple[dict | None, str | None]:
 
 def _run_probe(config: KernelConfig) -> tuple[dict | None, str | None]:
     proc = subprocess.run([sys.executable, "-c", _PROBE], env=config_env(config), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         return None, f"the probe failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
     if proc.stderr.strip():  # e.g. an MKL deprecation warning would reach notebook output
