@@ -87,8 +87,9 @@ def update_dictionary(X, H, W, *, num_sweeps: int = 1) -> np.ndarray:
     H = _check_codes(H, X.shape[0], W.shape[1], "H")
     num_sweeps = check_positive_int(num_sweeps, "num_sweeps")
     s = power_of_two_scale(np.abs(X).max() + np.abs(H).max())  # (X, H) / s: same W, exact
-    A = (H / s).T @ (H / s)
-    B = (X / s).T @ (H / s)
+    with _blas_threads(H.size * max(H.shape[1], X.shape[1])):
+        A = (H / s).T @ (H / s)
+        B = (X / s).T @ (H / s)
     for _ in range(num_sweeps):
         for j in range(W.shape[1]):
             if A[j, j] <= 0:

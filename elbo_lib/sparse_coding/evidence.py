@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from elbo_lib._validation import as_float_array, check_positive
+from elbo_lib.sparse_coding.lasso import _blas_threads
 
 
 # ------------------------------------------- what the point mass throws away (chapter 3)
@@ -51,7 +52,8 @@ def sparse_coding_log_joint(X, W, H, sigma, b) -> np.ndarray:
                          "or one of them must be a single row")
     sigma = check_positive(sigma, "sigma")
     b = check_positive(b, "b")
-    residual = (X - H @ W.T) / sigma      # log sigma, not log sigma^2: no under/overflow
+    with _blas_threads(H.size * d):
+        residual = (X - H @ W.T) / sigma      # log sigma, not log sigma^2: no under/overflow
     return (-0.5 * np.einsum("ij,ij->i", residual, residual)
             - d * (0.5 * np.log(2 * np.pi) + np.log(sigma))
             - np.abs(H).sum(axis=1) / b - k * (np.log(2.0) + np.log(b)))

@@ -159,7 +159,7 @@ def lipschitz_constant(W, method: str = "exact", *, max_iter: int = 1000, tol: f
     if method not in ("exact", "power"):
         raise ValueError(f"method must be 'exact' or 'power', got {method!r}")
     scale = power_of_two_scale(W)       # exact; 1 unless W's entries are extreme
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"), _blas_threads(W.size * min(W.shape)):
         value = np.float64(scale) ** 2 * _lipschitz_scaled(W / scale, method, max_iter, tol,
                                                             rng)
     if not np.isfinite(value) or value < np.finfo(float).tiny:
@@ -236,7 +236,8 @@ def lasso_objective(X, W, H, lam) -> np.ndarray:
     """
     X, W, lam = _check_problem(X, W, lam)
     H = _check_codes(H, X.shape[0], W.shape[1], "H")
-    return _finite_result(_objective(X, W, H, lam), "lasso objective")
+    with _blas_threads(H.size * W.shape[0]):
+        return _finite_result(_objective(X, W, H, lam), "lasso objective")
 
 
 def _objective(X: np.ndarray, W: np.ndarray, H: np.ndarray, lam: float) -> np.ndarray:
@@ -261,9 +262,10 @@ def lasso_duality_gap(X, W, H, lam) -> np.ndarray:
     """
     X, W, lam = _check_problem(X, W, lam)
     H = _check_codes(H, X.shape[0], W.shape[1], "H")
-    residual = X - H @ W.T
+    with _blas_threads(H.size * W.shape[0]):
+        residual = X - H @ W.T
+        corr = np.abs(residual @ W).max(axis=1)
     primal = 0.5 * np.einsum("ij,ij->i", residual, residual) + lam * np.abs(H).sum(axis=1)
-    corr = np.abs(residual @ W).max(axis=1)
     scale = np.minimum(1.0, lam / np.maximum(corr, np.finfo(float).tiny))
     theta = residual * scale[:, None]
     diff = X - theta

@@ -12,6 +12,7 @@ from elbo_lib._validation import (
     power_of_two_scale,
 )
 from elbo_lib.datasets import remove_dc
+from elbo_lib.sparse_coding.lasso import _blas_threads
 from elbo_lib.sparse_coding.proximal_gradient import fista
 
 
@@ -57,7 +58,8 @@ def denoise_image(noisy, atoms, lam, *, offset=None, max_iter: int = 500,
     Y = extract_patches_2d(noisy, (p, p)).reshape(-1, p * p)
     Y, dc = remove_dc(Y)
     codes = fista(Y - offset, A, lam, max_iter=max_iter, tol=tol).codes
-    estimate = codes @ A.T + offset + dc[:, None]
+    with _blas_threads(codes.size * A.shape[0]):
+        estimate = codes @ A.T + offset + dc[:, None]
     return reconstruct_from_patches_2d(estimate.reshape(-1, p, p), noisy.shape)
 
 
@@ -106,4 +108,5 @@ def orientation_concentration(patches, *, fft_size: int = 32,
     centres = np.arange(180.0)
     dist = np.abs((angle[None, :] - centres[:, None] + 90.0) % 180.0 - 90.0)
     wedges = (dist <= half_width).astype(float)        # (180, n_bins)
-    return (power @ wedges.T).max(axis=1) / total
+    with _blas_threads(power.size * wedges.shape[0]):
+        return (power @ wedges.T).max(axis=1) / total

@@ -60,15 +60,18 @@ def _proximal_gradient(X, W, lam, *, accelerated: bool, restart: bool, max_iter:
     check_every = check_positive_int(check_every, "check_every")
     tol = check_nonnegative(tol, "tol")
     n, k = X.shape[0], W.shape[1]
-    L = lipschitz_constant(W) if lipschitz is None else check_positive(lipschitz, "lipschitz")
-    H = (np.zeros((n, k)) if codes_init is None
-         else _check_codes(codes_init, n, k, "codes_init").copy())
-    # the lasso is homogeneous: (X, H, lam) / s has the codes H / s; s is a power of two
-    # (exact), and 1 unless the data are extreme, so ordinary problems are untouched
-    s = power_of_two_scale(X)
-    result = _proximal_gradient_scaled(X / s, W, lam / s, H / s, L, accelerated=accelerated,
-                                       restart=restart, max_iter=max_iter, tol=tol,
-                                       check_every=check_every, track_objective=track_objective)
+    with _blas_threads(n * k * k):   # every product of the call, L and X W included
+        L = (lipschitz_constant(W) if lipschitz is None
+             else check_positive(lipschitz, "lipschitz"))
+        H = (np.zeros((n, k)) if codes_init is None
+             else _check_codes(codes_init, n, k, "codes_init").copy())
+        # the lasso is homogeneous: (X, H, lam) / s has the codes H / s; s is a power of
+        # two (exact), and 1 unless the data are extreme, so ordinary problems are untouched
+        s = power_of_two_scale(X)
+        result = _proximal_gradient_scaled(
+            X / s, W, lam / s, H / s, L, accelerated=accelerated, restart=restart,
+            max_iter=max_iter, tol=tol, check_every=check_every,
+            track_objective=track_objective)
     if s != 1.0:
         result.codes *= s
         if result.objectives is not None:
@@ -98,17 +101,16 @@ def _proximal_gradient_scaled(X, W, lam, H, L, *, accelerated, restart, max_iter
     block = n if track_objective else max(1, BLOCK_BYTES // (8 * k))
     objectives = [] if track_objective else None
     codes, num_iter, converged = np.empty_like(H), 0, True
-    with _blas_threads(n * k * k):
-        for start in range(0, n, block):   # blocks of signals, each iterated to the end
-            rows = slice(start, start + block)
-            H_b = H[rows].copy()
-            t = np.ones(H_b.shape[0]) if restart else 1.0
-            part = _iterate(X[rows], W, lam, H_b, np.empty_like(H_b), H_b.copy(),
-                            np.empty_like(H_b), t, step_matrix, offset[rows], thr, L,
-                            objectives, accelerated=accelerated, restart=restart,
-                            max_iter=max_iter, tol=tol, check_every=check_every)
-            codes[rows] = part.codes
-            num_iter, converged = max(num_iter, part.num_iter), converged and part.converged
+    for start in range(0, n, block):   # blocks of signals, each iterated to the end
+        rows = slice(start, start + block)
+        H_b = H[rows].copy()
+        t = np.ones(H_b.shape[0]) if restart else 1.0
+        part = _iterate(X[rows], W, lam, H_b, np.empty_like(H_b), H_b.copy(),
+                        np.empty_like(H_b), t, step_matrix, offset[rows], thr, L,
+                        objectives, accelerated=accelerated, restart=restart,
+                        max_iter=max_iter, tol=tol, check_every=check_every)
+        codes[rows] = part.codes
+        num_iter, converged = max(num_iter, part.num_iter), converged and part.converged
     return ProximalGradientResult(
         codes=codes, num_iter=num_iter, converged=converged,
         objectives=None if objectives is None else np.asarray(objectives), lipschitz=L)

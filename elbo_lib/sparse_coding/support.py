@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from elbo_lib._validation import as_float_array, check_positive_int, power_of_two_scale
-from elbo_lib.sparse_coding.lasso import _check_codes
+from elbo_lib.sparse_coding.lasso import _blas_threads, _check_codes
 
 
 def best_m_term_reconstruction(X, basis, num_terms) -> np.ndarray:
@@ -39,10 +39,12 @@ def best_m_term_reconstruction(X, basis, num_terms) -> np.ndarray:
     if not np.allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-8):
         raise ValueError("basis must have orthonormal columns (U^T U = I)")
     m = _check_counts(num_terms, "num_terms", X.shape[0], U.shape[1])
-    C = X @ U
-    ranks = np.argsort(np.argsort(-np.abs(C), axis=1, kind="stable"), axis=1, kind="stable")
-    C = np.where(ranks < m[:, None], C, 0.0)
-    return C @ U.T
+    with _blas_threads(X.shape[0] * U.shape[0] * U.shape[1]):
+        C = X @ U
+        ranks = np.argsort(np.argsort(-np.abs(C), axis=1, kind="stable"), axis=1,
+                           kind="stable")
+        C = np.where(ranks < m[:, None], C, 0.0)
+        return C @ U.T
 
 
 def _check_counts(counts, name: str, n: int, limit: int) -> np.ndarray:
@@ -90,6 +92,11 @@ def debias_codes(X, W, H, *, chunk_size: int = 1024) -> np.ndarray:
         raise ValueError(f"shape mismatch: X has shape {X.shape}, W has shape {W.shape}")
     H = _check_codes(H, X.shape[0], W.shape[1], "H")
     chunk_size = check_positive_int(chunk_size, "chunk_size")
+    with _blas_threads(X.shape[0] * W.shape[1] * max(W.shape)):
+        return _debias(X, W, H, chunk_size)
+
+
+def _debias(X, W, H, chunk_size):
     gram, corr = W.T @ W, X @ W
     out = np.zeros_like(H)
     eye = np.eye(W.shape[1])
@@ -136,11 +143,12 @@ def omp_codes(X, W, num_nonzero) -> np.ndarray:
         raise ValueError("W must have unit-norm columns for OMP")
     m = _check_counts(num_nonzero, "num_nonzero", X.shape[0], min(W.shape))
     s = power_of_two_scale(X)            # OMP is homogeneous in X; exact, 1 unless extreme
-    gram, corr = W.T @ W, (X / s) @ W
     codes = np.zeros((X.shape[0], W.shape[1]))
-    for count in np.unique(m[m > 0]):   # one batch per distinct count, not per signal
-        rows = np.flatnonzero(m == count)
-        codes[rows] = _omp_batch(gram, corr[rows], int(count))
+    with _blas_threads(X.shape[0] * W.shape[1] * max(W.shape)):
+        gram, corr = W.T @ W, (X / s) @ W
+        for count in np.unique(m[m > 0]):   # one batch per distinct count, not per signal
+            rows = np.flatnonzero(m == count)
+            codes[rows] = _omp_batch(gram, corr[rows], int(count))
     return codes * s
 
 
