@@ -809,3 +809,26 @@ BAD_INPUTS["fit_sparse_coding_gaussian_q"] = [
     (lambda: fit_sparse_coding_gaussian_q(_X_ONES, _W_EYE, 1.0, -1.0), ValueError,
      r"b must be a finite number > 0, got -1.0"),
 ]
+
+
+def test_small_products_run_on_one_blas_thread_and_nesting_restores_the_count():
+    """The package's thread policy: one BLAS thread inside (also nested), restored after."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from elbo_lib.sparse_coding.lasso import SINGLE_THREAD_FLOPS, _blas_threads
+
+    def blas_threads():
+        return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info()
+                if lib["user_api"] == "blas" and "numpy" in lib["filepath"]}
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        assert before and set(before.values()) == {2}   # NumPy's BLAS, not limited yet
+        with _blas_threads(10):
+            assert set(blas_threads().values()) == {1}
+            with _blas_threads(10), _blas_threads(SINGLE_THREAD_FLOPS):
+                assert set(blas_threads().values()) == {1}
+            assert set(blas_threads().values()) == {1}
+        assert blas_threads() == before
+        with _blas_threads(SINGLE_THREAD_FLOPS):
+            assert blas_threads() == before
