@@ -102,9 +102,15 @@ def _floor_covariances(cov, counts, reg_covar, floor):
     d = cov.shape[1]
     eig, vecs = np.linalg.eigh(cov)
     if floor == "add":
+        # An eigenvalue within eigh's round-off of 0 (d * eps * the largest) is 0: its sign
+        # is the rounding's (a singular S_k gave +6.5e-45 on one BLAS thread count and
+        # -9.3e-46 on another, next to 1.5e-28), and a tiny positive one would turn the
+        # infinite shortfall into a finite number of about 100 nats.
+        tiny = d * np.finfo(eig.dtype).eps * np.abs(eig).max(axis=1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = reg_covar / eig
-            per = np.where(eig > 0, np.log1p(ratio) - reg_covar / (eig + reg_covar), np.inf)
+            per = np.where(eig > tiny, np.log1p(ratio) - reg_covar / (eig + reg_covar),
+                           np.inf)
         per = np.where(reg_covar == 0, 0.0, per)
         shortfall = float((0.5 * counts * per.sum(axis=1)).sum())
         cov[:, np.arange(d), np.arange(d)] += reg_covar
