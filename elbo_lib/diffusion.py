@@ -716,6 +716,14 @@ class GaussianMixtureData:
 # ---------------------------------------------------------------------------------------
 # oracle 2: the exact log p(x_0) of a 1-D reverse chain, by quadrature on a grid
 # ---------------------------------------------------------------------------------------
+def _grid_means(mean_fn: Callable, points: np.ndarray, t: int) -> np.ndarray:
+    mean = np.asarray(mean_fn(points, t), dtype=float)
+    if mean.shape != points.shape or not np.all(np.isfinite(mean)):
+        raise ValueError(f"mean_fn must return finite values of shape {points.shape}, got "
+                         f"shape {mean.shape} at t={t}")
+    return mean
+
+
 def reverse_chain_log_likelihood(x0, mean_fn: Callable, variances, grid) -> np.ndarray:
     """log p(x_0) of the chain p(x_T) = N(0, 1), p(x_{t-1} | x_t) = N(mean_fn(x_t, t),
     variances[t - 1]), for scalar data, by propagating the density on a grid.
@@ -767,10 +775,7 @@ def reverse_chain_log_likelihood(x0, mean_fn: Callable, variances, grid) -> np.n
     log_w = np.log(np.concatenate([[0.0], step]) / 2 + np.concatenate([step, [0.0]]) / 2)
     log_p = -0.5 * (grid**2 + np.log(2 * np.pi))                   # p(x_T) = N(0, 1)
     for t in range(variances.size, 0, -1):
-        mean = np.asarray(mean_fn(grid, t), dtype=float)
-        if mean.shape != grid.shape or not np.all(np.isfinite(mean)):
-            raise ValueError(f"mean_fn must return finite values of shape {grid.shape}, "
-                             f"got shape {mean.shape} at t={t}")
+        mean = _grid_means(mean_fn, grid, t)
         jump = np.abs(np.diff(mean))
         if jump.max() > np.sqrt(variances[t - 1]):
             i = int(np.argmax(jump))
@@ -809,14 +814,6 @@ def _grid_axis(grid, variances: np.ndarray) -> tuple[np.ndarray, float]:
                          f"standard deviation sqrt(min(variances)) = "
                          f"{np.sqrt(variances.min()):.3g}")
     return grid, float(step[0])
-
-
-def _grid_means(mean_fn: Callable, points: np.ndarray, t: int) -> np.ndarray:
-    mean = np.asarray(mean_fn(points, t), dtype=float)
-    if mean.shape != points.shape or not np.all(np.isfinite(mean)):
-        raise ValueError(f"mean_fn must return finite values of shape {points.shape}, got "
-                         f"shape {mean.shape} at t={t}")
-    return mean
 
 
 def reverse_chain_log_density_2d(mean_fn: Callable, variances, grid) -> np.ndarray:
